@@ -1,0 +1,1 @@
+"""The topdeck engine. Never imports textual, rich or topdeck.tui."""
