@@ -1,0 +1,341 @@
+"""The inventory: `topdeck.toml` (cache, SSH, deploy settings) and one `<name>/host.toml` per host.
+
+Every value is checked when it is read; a bad one is refused with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from topdeck.core.errors import InventoryError
+
+CONFIG_FILE = "topdeck.toml"
+HOST_FILE = "host.toml"
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+BUCKET_RE = re.compile(r"[A-Za-z0-9-]{6,50}")
+PREFIX_RE = re.compile(r"([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?")
+
+
+@dataclass(frozen=True)
+class Build:
+    """What builds a host's toplevel: a Nix expression (the lab) or a NixOS configuration.nix."""
+
+    kind: str  # "nix" or "nixos"
+    file: Path
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    pointer: str
+    user: str = "root"
+    port: int = 22
+    tags: tuple[str, ...] = ()
+    sudo: bool = False
+    build: Build | None = None
+    source: Path = Path()
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    kind: str  # "b2" or "dir"
+    bucket: str = ""
+    prefix: str = ""
+    realm: str = "production"
+    credentials_file: Path | None = None
+    path: Path | None = None
+    url: str = ""
+    signing_key: Path | None = None
+    public_key: str = ""
+    public_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    known_hosts: Path | None = None
+    identity: Path | None = None
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    parallel: int = 8
+    confirm_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Inventory:
+    root: Path
+    hosts: tuple[Host, ...]
+    cache: CacheConfig
+    ssh: SSHConfig = field(default_factory=SSHConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise InventoryError(f"{self.root}: no host named {name!r}")
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def load_inventory(root: Path | str) -> Inventory:
+    root = Path(root)
+    if not root.is_dir():
+        raise InventoryError(f"{root}: inventory folder not found")
+    config = _read_toml(root / CONFIG_FILE)
+    section = _Section(config, root / CONFIG_FILE, "")
+    section.allow_only("cache", "ssh", "deploy")
+    inventory = Inventory(
+        root=root,
+        hosts=_load_hosts(root),
+        cache=_cache_config(section.table("cache", required=True), root),
+        ssh=_ssh_config(section.table("ssh"), root),
+        deploy=_deploy_config(section.table("deploy")),
+    )
+    return inventory
+
+
+def _load_hosts(root: Path) -> tuple[Host, ...]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    hosts = [_load_host(folder) for folder in folders if (folder / HOST_FILE).exists()]
+    if not hosts:
+        raise InventoryError(f"{root}: no hosts (expected {root}/<name>/{HOST_FILE})")
+    _refuse_shared_addresses(hosts)
+    return tuple(hosts)
+
+
+def _load_host(folder: Path) -> Host:
+    path = folder / HOST_FILE
+    if not NAME_RE.fullmatch(folder.name):
+        raise InventoryError(
+            f"{path}: host name {folder.name!r} must be letters, digits, '.', '_' or '-' (at most 63)"
+        )
+    section = _Section(_read_toml(path), path, "")
+    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build")
+    build_table = section.table("build")
+    return Host(
+        name=folder.name,
+        address=section.get("address", str, required=True, check=_valid_address),
+        pointer=section.get("pointer", str, required=True, check=_valid_name),
+        user=section.get("user", str, default="root", check=_valid_user),
+        port=section.get("port", int, default=22, check=_valid_port),
+        tags=tuple(section.get("tags", list, default=[], check=_valid_tags)),
+        sudo=section.get("sudo", bool, default=False),
+        build=_build(build_table, folder) if build_table.data else None,
+        source=path,
+    )
+
+
+def _build(section: _Section, folder: Path) -> Build:
+    section.allow_only("nix", "nixos")
+    kinds = [kind for kind in ("nix", "nixos") if kind in section.data]
+    if len(kinds) != 1:
+        raise InventoryError(f"{section.where()}: give exactly one of 'nix' or 'nixos'")
+    name = section.get(kinds[0], str, required=True)
+    file = (folder / name).resolve()
+    if folder.resolve() not in file.parents:
+        raise InventoryError(f"{section.where(kinds[0])}: {name!r} must be a file inside {folder}")
+    return Build(kind=kinds[0], file=file)
+
+
+def _cache_config(section: _Section, root: Path) -> CacheConfig:
+    section.allow_only(
+        "type", "bucket", "prefix", "realm", "credentials_file", "path", "url",
+        "signing_key", "public_key", "public_key_file",
+    )
+    kind = section.get("type", str, default="b2", check=_one_of("b2", "dir"))
+    if kind == "b2":
+        section.get("bucket", str, required=True, check=_valid_bucket)
+    else:
+        section.get("path", str, required=True)
+    if "public_key" in section.data and "public_key_file" in section.data:
+        raise InventoryError(f"{section.where()}: give 'public_key' or 'public_key_file', not both")
+    return CacheConfig(
+        kind=kind,
+        bucket=section.get("bucket", str, default=""),
+        prefix=section.get("prefix", str, default="", check=_valid_prefix).strip("/"),
+        realm=section.get("realm", str, default="production"),
+        credentials_file=section.path("credentials_file", root),
+        path=section.path("path", root),
+        url=section.get("url", str, default=""),
+        signing_key=section.path("signing_key", root),
+        public_key=section.get("public_key", str, default=""),
+        public_key_file=section.path("public_key_file", root),
+    )
+
+
+def _ssh_config(section: _Section, root: Path) -> SSHConfig:
+    section.allow_only("known_hosts", "identity", "connect_timeout")
+    return SSHConfig(
+        known_hosts=section.path("known_hosts", root),
+        identity=section.path("identity", root),
+        connect_timeout=float(section.get("connect_timeout", (int, float), default=10.0, check=_positive)),
+    )
+
+
+def _deploy_config(section: _Section) -> DeployConfig:
+    section.allow_only("parallel", "confirm_timeout")
+    return DeployConfig(
+        parallel=section.get("parallel", int, default=8, check=_positive),
+        confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
+    )
+
+
+def _refuse_shared_addresses(hosts: list[Host]) -> None:
+    seen: dict[tuple[str, int], Host] = {}
+    for host in hosts:
+        key = (host.address.lower(), host.port)
+        if key in seen:
+            raise InventoryError(
+                f"{host.source}: address: {host.address}:{host.port} is also the address of "
+                f"host {seen[key].name!r}"
+            )
+        seen[key] = host
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise InventoryError(f"{path}: file not found") from None
+    except OSError as error:
+        raise InventoryError(f"{path}: cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InventoryError(f"{path}: not valid TOML: {error}") from None
+
+
+class _Section:
+    """One TOML table with the file it came from, for error messages that name file and key."""
+
+    def __init__(self, data: dict[str, Any], path: Path, prefix: str):
+        self.data, self.file, self.prefix = data, path, prefix
+
+    def where(self, key: str = "") -> str:
+        dotted = ".".join(part for part in (self.prefix, key) if part)
+        return f"{self.file}: {dotted}" if dotted else str(self.file)
+
+    def allow_only(self, *keys: str) -> None:
+        for key in self.data:
+            if key not in keys:
+                raise InventoryError(f"{self.where(key)}: unknown key (expected one of: {', '.join(keys)})")
+
+    def table(self, key: str, required: bool = False) -> _Section:
+        value = self.get(key, dict, required=required, default={})
+        dotted = ".".join(part for part in (self.prefix, key) if part)
+        return _Section(value, self.file, dotted)
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = False, default: Any = None,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+        if key not in self.data:
+            if required:
+                raise InventoryError(f"{self.where(key)}: missing (required)")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InventoryError(f"{self.where(key)}: {value!r} should be {_kind_name(kind)}")
+        problem = check(value) if check else None
+        if problem:
+            raise InventoryError(f"{self.where(key)}: {value!r} {problem}")
+        return value
+
+    def path(self, key: str, root: Path) -> Path | None:
+        value = self.get(key, str)
+        if value is None:
+            return None
+        if not value or "\n" in value:
+            raise InventoryError(f"{self.where(key)}: {value!r} is not a path")
+        return (root / Path(value).expanduser()).resolve()
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table",
+             float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _valid_address(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if HOSTNAME_RE.fullmatch(value) and not value.replace(".", "").isdigit():
+        return None
+    return "is not an IP address or host name"
+
+
+def _valid_name(value: str) -> str | None:
+    if NAME_RE.fullmatch(value) and ".." not in value:
+        return None
+    return "must be letters, digits, '.', '_' or '-' (no '/', no '..', at most 63)"
+
+
+def _valid_user(value: str) -> str | None:
+    return None if USER_RE.fullmatch(value) else "is not a valid user name"
+
+
+def _valid_port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "is not a port (1-65535)"
+
+
+def _valid_tags(value: list[Any]) -> str | None:
+    for tag in value:
+        if not isinstance(tag, str) or _valid_name(tag):
+            return f"has a bad tag {tag!r} (letters, digits, '.', '_' or '-')"
+    return None
+
+
+def _valid_bucket(value: str) -> str | None:
+    return None if BUCKET_RE.fullmatch(value) else "is not a B2 bucket name (6-50 letters, digits, '-')"
+
+
+def _valid_prefix(value: str) -> str | None:
+    return None if PREFIX_RE.fullmatch(value.strip("/")) and ".." not in value else "is not a safe prefix"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    return lambda value: None if value in choices else f"must be one of: {', '.join(choices)}"
+
+
+# --- selection --------------------------------------------------------------------------------------
+
+
+def select_hosts(inventory: Inventory, selectors: Iterable[str]) -> tuple[Host, ...]:
+    """Hosts matching any selector: a name, a glob (`web-*`) or a tag (`@db`); all hosts if none given."""
+    selectors = [part for selector in selectors for part in selector.split(",") if part]
+    if not selectors:
+        return inventory.hosts
+    chosen: dict[str, Host] = {}
+    for selector in selectors:
+        matches = [host for host in inventory.hosts if _matches(host, selector)]
+        if not matches:
+            raise InventoryError(f"--on {selector}: no host matches (hosts: "
+                                 f"{', '.join(h.name for h in inventory.hosts)})")
+        chosen.update((host.name, host) for host in matches)
+    return tuple(host for host in inventory.hosts if host.name in chosen)
+
+
+def _matches(host: Host, selector: str) -> bool:
+    if selector.startswith("@"):
+        return selector[1:] in host.tags
+    return fnmatch.fnmatchcase(host.name, selector)

@@ -1,0 +1,348 @@
+"""One lab host: an OpenSSH sshd on its own loopback address, inside its own mount namespace.
+
+Inside the namespace `/nix`, `/run`, `/root` and `/etc/nix` are the host's own folders (or, for a host with
+a small disk, `/nix` is a size-limited tmpfs), so each host has its own store, Nix database, system profile,
+`/run/current-system` and Nix cache. A long-lived anchor process (`sleep infinity`) holds the namespace, so
+sshd can be stopped and started (an unreachable host) without losing the host's state.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from topdeck.core.errors import LabError
+
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+HOST_NIX_CONF = "\n".join(
+    ["experimental-features = nix-command", "sandbox = false", "build-users-group =", "substituters =", ""]
+)
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What the lab remembers about a running host between commands (kept in the lab's state file)."""
+
+    name: str
+    address: str
+    anchor_pid: int = 0
+    namespace: str = ""
+    sshd_pid: int = 0
+    small_nix: int = 0
+    slow_cpu_percent: int = 0
+
+
+class LabHost:
+    def __init__(self, lab_root: Path, state: HostState):
+        self.state = state
+        self.dir = lab_root / "hosts" / state.name
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def address(self) -> str:
+        return self.state.address
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.dir / "ssh" / "ssh_host_ed25519_key"
+
+    @property
+    def sshd_log(self) -> Path:
+        return self.dir / "ssh" / "sshd.log"
+
+    # --- creation -------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        for sub in ("nix", "run/sshd", "root", "etc-nix", "ssh"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "etc-nix" / "nix.conf").write_text(HOST_NIX_CONF)
+        if not self.host_key_path.exists():
+            generate_ssh_key(self.host_key_path, comment=f"lab host {self.name}")
+        (self.dir / "ssh" / "sshd_config").write_text(self._sshd_config())
+
+    def rotate_host_key(self) -> None:
+        """Give the host a new host key (a changed key, as after a reinstall or an attack)."""
+        for path in (self.host_key_path, self.host_key_path.with_suffix(".pub")):
+            path.unlink(missing_ok=True)
+        generate_ssh_key(self.host_key_path, comment=f"lab host {self.name}")
+
+    def public_host_key(self) -> str:
+        key_type, key_b64 = self.host_key_path.with_suffix(".pub").read_text().split()[:2]
+        return f"{key_type} {key_b64}"
+
+    def _sshd_config(self) -> str:
+        ssh = self.dir / "ssh"
+        return "\n".join(
+            [
+                f"ListenAddress {self.address}:22",
+                f"HostKey {ssh / 'ssh_host_ed25519_key'}",
+                "PidFile /run/sshd.pid",
+                "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                # Keys come from the running system, so a toplevel without them locks new logins out.
+                "AuthorizedKeysFile /run/current-system/etc/ssh/authorized_keys.d/%u",
+                "UsePAM no",
+                "PrintMotd no",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                "MaxStartups 100:30:200",
+                "MaxSessions 64",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+
+    # --- the namespace ----------------------------------------------------------------------------
+
+    def start_namespace(self, small_nix: int = 0) -> None:
+        ready = self.dir / "namespace.ready"
+        ready.unlink(missing_ok=True)
+        nix_mount = (
+            f"mount -t tmpfs -o size={int(small_nix)},mode=0755 topdeck-lab-nix /nix"
+            if small_nix
+            else f"mount --bind {shlex.quote(str(self.dir / 'nix'))} /nix"
+        )
+        mounts = [
+            nix_mount,
+            f"mount --bind {shlex.quote(str(self.dir / 'run'))} /run",
+            f"mount --bind {shlex.quote(str(self.dir / 'root'))} /root",
+            f"mount --bind {shlex.quote(str(self.dir / 'etc-nix'))} /etc/nix",
+        ]
+        script = " && ".join([*mounts, f"touch {shlex.quote(str(ready))}", "exec sleep infinity"])
+        pid = spawn_detached(
+            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script],
+            self.dir / "namespace.log",
+        )
+        wait_for(lambda: ready.exists(), 10, f"host {self.name}: namespace did not come up", self._ns_log)
+        self.state = replace(
+            self.state, anchor_pid=pid, namespace=os.readlink(f"/proc/{pid}/ns/mnt"), small_nix=small_nix
+        )
+
+    def namespace_alive(self) -> bool:
+        pid = self.state.anchor_pid
+        return bool(pid) and _namespace_of(pid) == self.state.namespace
+
+    def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+        """Run a command on the host as root (inside its namespace, without SSH)."""
+        if not self.namespace_alive():
+            raise LabError(f"host {self.name}: its namespace is not running (is the lab up?)")
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.state.anchor_pid), "-m", "--", *argv],
+            input=input, capture_output=True, env=HOST_ENV, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise LabError(
+                f"host {self.name}: {shlex.join(argv)} exited {proc.returncode}: "
+                f"{proc.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+        return proc
+
+    def sh(self, script: str, check: bool = True) -> str:
+        return self.run(["/bin/sh", "-c", script], check=check).stdout.decode()
+
+    # --- sshd -------------------------------------------------------------------------------------
+
+    def start_sshd(self) -> None:
+        if self.sshd_running():
+            return
+        config = self.dir / "ssh" / "sshd_config"
+        pid = spawn_detached(
+            ["nsenter", "-t", str(self.state.anchor_pid), "-m", "--",
+             "/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(self.sshd_log)],
+            self.dir / "ssh" / "sshd.stdout",
+            env=HOST_ENV,
+        )
+        self.state = replace(self.state, sshd_pid=pid)
+        self._apply_slowness()
+        wait_for(lambda: port_open(self.address, 22) or not _alive(pid), 10,
+                 f"host {self.name}: sshd did not start", self._sshd_log_tail)
+        if not _alive(pid):
+            raise LabError(f"host {self.name}: sshd exited at start: {self._sshd_log_tail()}")
+
+    def stop_sshd(self) -> None:
+        """Stop the host's sshd and every SSH session on it: the host becomes unreachable."""
+        for pid in self.namespace_pids():
+            if pid != self.state.anchor_pid and _comm(pid) == "sshd":
+                _kill(pid, signal.SIGKILL)
+        wait_for(lambda: not port_open(self.address, 22), 5, f"host {self.name}: sshd did not stop")
+        self.state = replace(self.state, sshd_pid=0)
+
+    def sshd_running(self) -> bool:
+        pid = self.state.sshd_pid
+        return bool(pid) and _namespace_of(pid) == self.state.namespace and _comm(pid) == "sshd"
+
+    # --- slowness ---------------------------------------------------------------------------------
+
+    def set_slow(self, cpu_percent: int) -> None:
+        """Throttle everything the host runs to a share of one CPU (0 = full speed)."""
+        self.state = replace(self.state, slow_cpu_percent=cpu_percent)
+        self._apply_slowness()
+
+    def _apply_slowness(self) -> None:
+        group = CGROUP_CPU / f"topdeck-lab-{self.name}"
+        if not self.state.slow_cpu_percent and not group.exists():
+            return
+        if not CGROUP_CPU.is_dir():
+            raise LabError("a slow host needs the cgroup v1 cpu controller at /sys/fs/cgroup/cpu")
+        group.mkdir(exist_ok=True)
+        quota = self.state.slow_cpu_percent * 1000 if self.state.slow_cpu_percent else -1
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+        for pid in self.namespace_pids():
+            try:
+                (group / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                pass  # the process ended meanwhile
+
+    # --- installation -----------------------------------------------------------------------------
+
+    def import_closure(self, path: str, nix_env: dict[str, str]) -> None:
+        """Copy a store path and its closure from this machine's store into the host's store."""
+        closure = subprocess.run(
+            ["nix-store", "-qR", path], capture_output=True, text=True, env=nix_env, check=True
+        ).stdout.split()
+        export = subprocess.Popen(["nix-store", "--export", *closure], stdout=subprocess.PIPE, env=nix_env)
+        assert export.stdout is not None
+        try:
+            imported = subprocess.run(
+                ["nsenter", "-t", str(self.state.anchor_pid), "-m", "--", "nix-store", "--import"],
+                stdin=export.stdout, capture_output=True, env=HOST_ENV,
+            )
+        finally:
+            export.stdout.close()
+            export.wait()
+        if imported.returncode != 0 or export.returncode != 0:
+            raise LabError(f"host {self.name}: importing {path} failed: {imported.stderr.decode()[-500:]}")
+
+    def install(self, toplevel: str, nix_env: dict[str, str]) -> None:
+        """Make the host look freshly installed with `toplevel`: generation 1, active and booted."""
+        self.import_closure(toplevel, nix_env)
+        quoted = shlex.quote(toplevel)
+        self.sh(
+            f"nix-env -p {SYSTEM_PROFILE} --set {quoted} && "
+            f"{quoted}/bin/switch-to-configuration switch >/dev/null && "
+            f"ln -sfn {quoted} /run/booted-system"
+        )
+
+    # --- reading the host -------------------------------------------------------------------------
+
+    def current_system(self) -> str:
+        return self.sh("readlink /run/current-system || true").strip()
+
+    def generation(self) -> int:
+        link = self.sh(f"readlink {SYSTEM_PROFILE} || true").strip()
+        parts = link.split("-")
+        return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else 0
+
+    # --- teardown ---------------------------------------------------------------------------------
+
+    def namespace_pids(self) -> list[int]:
+        if not self.state.namespace:
+            return []
+        return [pid for pid in _all_pids() if _namespace_of(pid) == self.state.namespace]
+
+    def teardown(self) -> None:
+        """Kill every process in the host's namespace; the namespace and its mounts go with the last one."""
+        for _ in range(50):
+            pids = self.namespace_pids()
+            if not pids:
+                break
+            for pid in pids:
+                _kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        else:
+            raise LabError(f"host {self.name}: processes survive in its namespace: {self.namespace_pids()}")
+        group = CGROUP_CPU / f"topdeck-lab-{self.name}"
+        if group.exists():
+            group.rmdir()
+        self.state = replace(self.state, anchor_pid=0, sshd_pid=0, namespace="")
+
+    def _ns_log(self) -> str:
+        return _tail(self.dir / "namespace.log")
+
+    def _sshd_log_tail(self) -> str:
+        return _tail(self.sshd_log)
+
+
+def generate_ssh_key(path: Path, comment: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True, capture_output=True,
+    )
+
+
+def spawn_detached(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start a process that outlives us (not our child, so never a zombie of ours); return its pid."""
+    launcher = 'exec "$@" </dev/null >>"$TOPDECK_SPAWN_LOG" 2>&1 &\necho $!'
+    full_env = {**(env if env is not None else os.environ), "TOPDECK_SPAWN_LOG": str(log)}
+    out = subprocess.run(
+        ["/bin/sh", "-c", launcher, "sh", *argv], capture_output=True, text=True, env=full_env, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def port_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout: float, message: str, detail=None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise LabError(f"{message}: {detail()}" if detail else message)
+        time.sleep(0.05)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _namespace_of(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    return bool(_namespace_of(pid))
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, chars: int = 400) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:].strip() or "(empty log)"
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,337 @@
+"""The local lab as a whole: its folder, keys, B2 emulator process and hosts, remembered in a state file.
+
+`Lab(root).up(...)` starts everything from nothing (or whatever is missing), `down()` stops every process
+it started and removes the hosts' stores; `status()` reads the live state. Needs root on Linux.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from topdeck.core.errors import LabError
+from topdeck.lab import factory
+from topdeck.lab.hosts import HostState, LabHost, generate_ssh_key, spawn_detached, wait_for
+from topdeck.lab.nixenv import lab_env
+
+DEFAULT_ROOT = Path("/var/lib/topdeck-lab")
+DEFAULT_BASE_ADDRESS = "127.0.0.11"
+DEFAULT_EMULATOR_PORT = 17890
+BUCKET = "topdeck-lab"
+CACHE_KEY_NAME = "topdeck-lab-1"
+REQUIRED_TOOLS = ("unshare", "nsenter", "mount", "ssh-keygen", "/usr/sbin/sshd", "nix-build", "nix-store")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("TOPDECK_LAB_DIR", DEFAULT_ROOT))
+
+
+@dataclass(frozen=True)
+class EmulatorState:
+    pid: int = 0
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    address: str
+    sshd: bool
+    current_system: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    root: Path
+    up: bool
+    hosts: tuple[HostStatus, ...]
+    emulator_url: str
+    emulator_running: bool
+    counters: dict[str, object]
+
+
+class Lab:
+    def __init__(self, root: Path | None = None, base_address: str = DEFAULT_BASE_ADDRESS,
+                 emulator_port: int = DEFAULT_EMULATOR_PORT):
+        self.root = Path(root) if root else default_root()
+        self.base_address = base_address
+        self.emulator_port = emulator_port
+        self.hosts: dict[str, LabHost] = {}
+        self.emulator = EmulatorState()
+        self._load_state()
+
+    # --- files the lab writes ---------------------------------------------------------------------
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def cache_secret_key(self) -> Path:
+        return self.root / "cache-key.sec"
+
+    @property
+    def cache_public_key(self) -> Path:
+        return self.root / "cache-key.pub"
+
+    @property
+    def b2_credentials(self) -> Path:
+        return self.root / "b2-credentials.toml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def b2_key(self) -> tuple[str, str]:
+        """The emulator's key id and application key, as written in the credentials file."""
+        import tomllib
+
+        data = tomllib.loads(self.b2_credentials.read_text())
+        return data["key_id"], data["application_key"]
+
+    # --- up ---------------------------------------------------------------------------------------
+
+    def up(self, count: int = 3, hosts: dict[str, str] | None = None, small_nix: dict[str, int] | None = None,
+           log=print) -> None:  # type: ignore[no-untyped-def]
+        """Start the emulator and hosts, each installed with a first toplevel; whatever runs already is kept.
+
+        `hosts` maps names to loopback addresses; without it, `count` hosts `host-1`... get addresses from
+        the base address up.
+        """
+        check_prerequisites()
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self._ensure_keys()
+        self._ensure_emulator(log)
+        wanted = hosts or {f"host-{i + 1}": "" for i in range(count)}
+        missing = {name: address for name, address in wanted.items() if not self._host_running(name)}
+        if missing:
+            log(f"building the first toplevel for {len(missing)} host(s)")
+            toplevel = self.build_initial_toplevel()
+            for name, address in missing.items():
+                self._place_host(name, address)
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(lambda name: self._start_host(name, toplevel, (small_nix or {}).get(name, 0), log),
+                              missing))
+        self._write_known_hosts()
+        self._save_state()
+
+    def build_initial_toplevel(self) -> str:
+        spec = factory.initial_system(authorized_keys=[self.client_public_key()])
+        return factory.build(spec, self.root / "build")
+
+    def client_public_key(self) -> str:
+        return self.client_key.with_suffix(".pub").read_text().strip()
+
+    def _place_host(self, name: str, address: str) -> None:
+        if name in self.hosts:
+            return
+        address = address or self._next_address()
+        _check_loopback(address)
+        taken = [h.name for h in self.hosts.values() if h.address == address]
+        if taken:
+            raise LabError(f"lab host {name}: address {address} is taken by {taken[0]}")
+        self.hosts[name] = LabHost(self.root, HostState(name=name, address=address))
+
+    def _start_host(self, name: str, toplevel: str, small_nix: int, log) -> None:  # type: ignore[no-untyped-def]
+        host = self.hosts[name]
+        host.create()
+        host.start_namespace(small_nix=small_nix)
+        host.install(toplevel, lab_env())
+        host.start_sshd()
+        log(f"host {name} up on {host.address}")
+
+    def _host_running(self, name: str) -> bool:
+        host = self.hosts.get(name)
+        if host is None or not host.namespace_alive():
+            return False
+        host.start_sshd()
+        return True
+
+    def _next_address(self) -> str:
+        used = {host.address for host in self.hosts.values()}
+        address = ipaddress.ip_address(self.base_address)
+        while str(address) in used:
+            address += 1
+        return str(address)
+
+    def _ensure_keys(self) -> None:
+        if not self.client_key.exists():
+            generate_ssh_key(self.client_key, comment="topdeck lab operator")
+        if not self.cache_secret_key.exists():
+            subprocess.run(
+                ["nix-store", "--generate-binary-cache-key", CACHE_KEY_NAME,
+                 str(self.cache_secret_key), str(self.cache_public_key)],
+                check=True, capture_output=True, env=lab_env(),
+            )
+            os.chmod(self.cache_secret_key, 0o600)
+        if not self.b2_credentials.exists():
+            key_id, key = f"lab{secrets.token_hex(8)}", secrets.token_urlsafe(24)
+            self.b2_credentials.touch(mode=0o600)
+            self.b2_credentials.write_text(f'key_id = "{key_id}"\napplication_key = "{key}"\n')
+
+    def _ensure_emulator(self, log) -> None:  # type: ignore[no-untyped-def]
+        if self.emulator_running():
+            return
+        key_id, key = self.b2_key()
+        emulator_log = self.root / "b2emu.log"
+        emulator_log.write_text("")
+        pid = spawn_detached(
+            [sys.executable, "-m", "topdeck.lab.b2emu", "--host", "127.0.0.1",
+             "--port", str(self.emulator_port), "--key-id", key_id, "--key-env", "TOPDECK_LAB_B2_KEY",
+             "--bucket", BUCKET],
+            emulator_log,
+            env={**os.environ, "TOPDECK_LAB_B2_KEY": key},
+        )
+        wait_for(lambda: "listening on" in emulator_log.read_text() or not _pid_alive(pid), 20,
+                 "the B2 emulator did not start", lambda: emulator_log.read_text()[-400:])
+        if not _pid_alive(pid):
+            raise LabError(f"the B2 emulator exited at start: {emulator_log.read_text()[-400:]}")
+        url = emulator_log.read_text().split("listening on", 1)[1].split()[0]
+        self.emulator = EmulatorState(pid=pid, url=url)
+        self._save_state()
+        log(f"B2 emulator on {url}")
+
+    def emulator_running(self) -> bool:
+        pid = self.emulator.pid
+        if not pid or not _pid_alive(pid):
+            return False
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"topdeck.lab.b2emu" in cmdline
+
+    def _write_known_hosts(self) -> None:
+        lines = [f"{host.address} {host.public_host_key()}\n" for host in self.hosts.values()]
+        self.known_hosts.write_text("".join(lines))
+
+    # --- controls for tests -----------------------------------------------------------------------
+
+    def host(self, name: str) -> LabHost:
+        if name not in self.hosts:
+            raise LabError(f"no lab host named {name!r} (hosts: {', '.join(self.hosts) or 'none'})")
+        return self.hosts[name]
+
+    def stop_host(self, name: str) -> None:
+        self.host(name).stop_sshd()
+        self._save_state()
+
+    def start_host(self, name: str) -> None:
+        self.host(name).start_sshd()
+        self._save_state()
+
+    def set_slow(self, name: str, cpu_percent: int) -> None:
+        self.host(name).set_slow(cpu_percent)
+        self._save_state()
+
+    def emulator_control(self, method: str, path: str, body: dict | None = None) -> dict:  # type: ignore[type-arg]
+        """Call the emulator's control API (counters, faults)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.emulator.url}/_emulator/{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else {}
+
+    # --- down -------------------------------------------------------------------------------------
+
+    def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
+        for host in self.hosts.values():
+            host.teardown()
+            log(f"host {host.name} stopped")
+        if self.emulator_running():
+            os.kill(self.emulator.pid, 15)
+            wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
+            log("B2 emulator stopped")
+        self.hosts = {}
+        self.emulator = EmulatorState()
+        shutil.rmtree(self.root / "hosts", ignore_errors=True)
+        self.state_file.unlink(missing_ok=True)
+        self.known_hosts.unlink(missing_ok=True)
+
+    # --- status -----------------------------------------------------------------------------------
+
+    def status(self) -> LabStatus:
+        hosts = tuple(self._host_status(host) for host in self.hosts.values())
+        running = self.emulator_running()
+        counters = self.emulator_control("GET", "counters") if running else {}
+        return LabStatus(
+            root=self.root,
+            up=running and bool(hosts) and all(h.sshd for h in hosts),
+            hosts=hosts,
+            emulator_url=self.emulator.url,
+            emulator_running=running,
+            counters=counters,
+        )
+
+    def _host_status(self, host: LabHost) -> HostStatus:
+        alive = host.namespace_alive()
+        return HostStatus(
+            name=host.name,
+            address=host.address,
+            sshd=alive and host.sshd_running(),
+            current_system=host.current_system() if alive else "",
+            generation=host.generation() if alive else 0,
+        )
+
+    # --- state file -------------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        if not self.state_file.exists():
+            return
+        data = json.loads(self.state_file.read_text())
+        self.base_address = data.get("base_address", self.base_address)
+        self.emulator_port = data.get("emulator_port", self.emulator_port)
+        self.emulator = EmulatorState(**data.get("emulator", {}))
+        self.hosts = {h["name"]: LabHost(self.root, HostState(**h)) for h in data.get("hosts", [])}
+
+    def _save_state(self) -> None:
+        data = {
+            "base_address": self.base_address,
+            "emulator_port": self.emulator_port,
+            "emulator": asdict(self.emulator),
+            "hosts": [asdict(host.state) for host in self.hosts.values()],
+        }
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data, indent=2))
+        temporary.replace(self.state_file)
+
+
+def check_prerequisites() -> None:
+    if sys.platform != "linux":
+        raise LabError("the lab runs on Linux only (mount namespaces); real use of topdeck does not need it")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (mount namespaces, sshd on 127.0.0.x); real use of topdeck does not")
+    missing = [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
+    if missing:
+        raise LabError(f"the lab needs {', '.join(missing)}: run `make setup` (scripts/setup.sh) first")
+
+
+def _check_loopback(address: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(address) in ipaddress.ip_network("127.0.0.0/8")
+    except ValueError:
+        loopback = False
+    if not loopback or address == "127.0.0.1":
+        raise LabError(f"lab host address {address!r} must be in 127.0.0.0/8 (and not 127.0.0.1)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+

@@ -1,0 +1,145 @@
+"""The inventory loader: the demo fleet loads; every kind of bad inventory is refused with file, key and reason."""
+
+from pathlib import Path
+
+import pytest
+
+from topdeck.core.errors import InventoryError
+from topdeck.core.inventory import load_inventory, select_hosts
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = '[cache]\nbucket = "topdeck-test"\nprefix = "cache"\n'
+HOST = 'address = "127.0.0.11"\npointer = "web"\ntags = ["web"]\n'
+
+
+def write_inventory(root: Path, hosts: dict[str, str], config: str = CONFIG) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "topdeck.toml").write_text(config)
+    for name, text in hosts.items():
+        (root / name).mkdir()
+        (root / name / "host.toml").write_text(text)
+    return root
+
+
+def test_demo_fleet_loads():
+    inventory = load_inventory(REPO / "hosts")
+    assert [h.name for h in inventory.hosts] == ["db-1", "web-1", "web-2"]
+    web1 = inventory.host("web-1")
+    assert (web1.address, web1.port, web1.user, web1.pointer) == ("127.0.0.11", 22, "root", "web")
+    assert web1.build is not None and web1.build.kind == "nix"
+    assert inventory.cache.bucket == "topdeck-lab" and inventory.cache.prefix == "cache"
+    assert inventory.cache.realm == "http://127.0.0.1:17890"
+    assert inventory.deploy.parallel == 8
+
+
+def test_selection_by_name_glob_and_tag(tmp_path):
+    inventory = write_inventory(tmp_path / "inv", {
+        "web-1": HOST,
+        "web-2": HOST.replace(".11", ".12"),
+        "db-1": 'address = "127.0.0.13"\npointer = "db"\ntags = ["db"]\n',
+    })
+    inventory = load_inventory(inventory)
+    names = lambda sel: [h.name for h in select_hosts(inventory, sel)]  # noqa: E731
+    assert names([]) == ["db-1", "web-1", "web-2"]
+    assert names(["web-*"]) == ["web-1", "web-2"]
+    assert names(["@db"]) == ["db-1"]
+    assert names(["@db,web-2"]) == ["db-1", "web-2"]
+    assert names(["web-1", "@web"]) == ["web-1", "web-2"]
+    with pytest.raises(InventoryError, match="--on mail-\\*: no host matches"):
+        select_hosts(inventory, ["mail-*"])
+
+
+BAD_HOSTS = [
+    ("missing address", 'pointer = "web"\n', "address: missing"),
+    ("missing pointer", 'address = "127.0.0.11"\n', "pointer: missing"),
+    ("unknown key", HOST + 'colour = "red"\n', "colour: unknown key"),
+    ("port is text", HOST + 'port = "22"\n', "port: '22' should be an integer"),
+    ("port out of range", HOST + "port = 70000\n", "port: 70000 is not a port"),
+    ("bad address", 'address = "999.1.1.1"\npointer = "web"\n', "not an IP address or host name"),
+    ("address with shell", 'address = "a;rm -rf /"\npointer = "web"\n', "not an IP address or host name"),
+    ("pointer with slash", 'address = "127.0.0.11"\npointer = "a/b"\n', "pointer: 'a/b' must be"),
+    ("pointer with dotdot", 'address = "127.0.0.11"\npointer = "a..b"\n', "pointer: 'a..b' must be"),
+    ("user with shell", HOST + 'user = "root;id"\n', "user: 'root;id' is not a valid user name"),
+    ("tags not a list", 'address = "127.0.0.11"\npointer = "web"\ntags = "web"\n', "tags: 'web' should be a list"),
+    ("tag with space", 'address = "127.0.0.11"\npointer = "web"\ntags = ["a b"]\n', "bad tag 'a b'"),
+    ("sudo is text", HOST + 'sudo = "yes"\n', "sudo: 'yes' should be true or false"),
+    ("not toml", 'address = "127.0.0.11\n', "not valid TOML"),
+    ("build outside folder", HOST + '[build]\nnix = "../x.nix"\n', "must be a file inside"),
+    ("build twice", HOST + '[build]\nnix = "a.nix"\nnixos = "b.nix"\n', "exactly one of"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [(t, e) for _, t, e in BAD_HOSTS], ids=[i for i, _, _ in BAD_HOSTS])
+def test_bad_host_is_refused_with_file_key_and_reason(tmp_path, text, expected):
+    root = write_inventory(tmp_path / "inv", {"web-1": text})
+    with pytest.raises(InventoryError) as error:
+        load_inventory(root)
+    message = str(error.value)
+    assert expected in message
+    assert str(root / "web-1" / "host.toml") in message
+    assert "\n" not in message
+
+
+BAD_CONFIGS = [
+    ("no cache", "", "cache: missing"),
+    ("bad bucket", '[cache]\nbucket = "a/b"\n', "bucket: 'a/b' is not a B2 bucket name"),
+    ("unknown section", CONFIG + "[extra]\n", "extra: unknown key"),
+    ("unknown cache key", '[cache]\nbucket = "topdeck-test"\nsecret = "x"\n', "cache.secret: unknown key"),
+    ("prefix escapes", '[cache]\nbucket = "topdeck-test"\nprefix = "../x"\n', "prefix: '../x' is not a safe prefix"),
+    ("both public keys", CONFIG + 'public_key = "a:b"\npublic_key_file = "k"\n', "not both"),
+    ("bad parallel", CONFIG + "[deploy]\nparallel = 0\n", "deploy.parallel: 0 must be greater than 0"),
+    ("bad cache type", '[cache]\ntype = "s3"\n', "cache.type: 's3' must be one of: b2, dir"),
+]
+
+
+@pytest.mark.parametrize("config,expected", [(c, e) for _, c, e in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS])
+def test_bad_config_is_refused(tmp_path, config, expected):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST}, config=config)
+    with pytest.raises(InventoryError, match=None) as error:
+        load_inventory(root)
+    assert expected in str(error.value)
+    assert "topdeck.toml" in str(error.value)
+
+
+def test_two_hosts_with_one_address(tmp_path):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST, "web-2": HOST})
+    with pytest.raises(InventoryError, match="127.0.0.11:22 is also the address of host 'web-1'"):
+        load_inventory(root)
+
+
+def test_host_folder_name_with_space(tmp_path):
+    root = write_inventory(tmp_path / "inv", {"web 1": HOST})
+    with pytest.raises(InventoryError, match="host name 'web 1' must be"):
+        load_inventory(root)
+
+
+def test_empty_inventory(tmp_path):
+    root = write_inventory(tmp_path / "inv", {})
+    with pytest.raises(InventoryError, match="no hosts"):
+        load_inventory(root)
+
+
+def test_missing_inventory(tmp_path):
+    with pytest.raises(InventoryError, match="inventory folder not found"):
+        load_inventory(tmp_path / "nowhere")
+
+
+def test_unreadable_host_file(tmp_path):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST})
+    (root / "web-1" / "host.toml").unlink()
+    (root / "web-1" / "host.toml").mkdir()
+    with pytest.raises(InventoryError, match="cannot read"):
+        load_inventory(root)
+
+
+def test_cli_reports_bad_inventory_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST + "port = 0\n"})
+    result = subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(root)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "port: 0 is not a port" in result.stderr

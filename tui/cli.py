@@ -1,0 +1,52 @@
+"""The `topdeck` command line: parses arguments, runs a command, turns errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from topdeck.core.errors import TopdeckError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from topdeck.tui import cli_lab
+
+    parser = argparse.ArgumentParser(
+        prog="topdeck",
+        description="Keyboard-driven deployer for NixOS fleets: a B2 binary cache, pointers, and "
+        "pull-and-activate over SSH, with the plan shown before anything happens.",
+        epilog="Run `topdeck COMMAND --help` for a command's options. The local lab (`topdeck lab`, "
+        "`topdeck demo`) needs root on Linux; deploying to real hosts does not.",
+    )
+    parser.add_argument("--inventory", type=Path, default=Path("hosts"), metavar="DIR",
+                        help="inventory folder: topdeck.toml and one <host>/host.toml per host (default: ./hosts)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cli_lab.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from topdeck.tui.cli_lab import show_inventory
+
+        args.handler = show_inventory
+    try:
+        return int(args.handler(args) or 0)
+    except TopdeckError as error:
+        print(f"topdeck: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("topdeck: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

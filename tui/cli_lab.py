@@ -1,0 +1,122 @@
+"""The `topdeck lab ...` and `topdeck demo` commands, and the plain listing of the inventory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from topdeck.core.inventory import load_inventory
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lab = commands.add_parser("lab", help="manage the local lab (namespaced sshd hosts and a B2 emulator)",
+                              description="The local lab: real sshd hosts on 127.0.0.x, each in its own "
+                              "mount namespace with its own /nix and /run, and a B2 emulator on 127.0.0.1. "
+                              "Needs root on Linux.")
+    lab.add_argument("--root", type=Path, default=None, metavar="DIR",
+                     help="lab folder (default: $TOPDECK_LAB_DIR or /var/lib/topdeck-lab)")
+    actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    up = actions.add_parser("up", help="start the lab (whatever is missing of it)")
+    up.add_argument("--hosts", type=_host_count, default=3, metavar="N", help="number of hosts (default 3)")
+    up.set_defaults(handler=lab_up)
+
+    down = actions.add_parser("down", help="stop every lab process and remove the hosts' stores")
+    down.set_defaults(handler=lab_down)
+
+    status = actions.add_parser("status", help="which hosts run, their systems, the emulator and its counters")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.set_defaults(handler=lab_status)
+
+    for verb, text in (("stop-host", "stop a host's sshd (the host becomes unreachable)"),
+                       ("start-host", "start a stopped host's sshd again")):
+        control = actions.add_parser(verb, help=text)
+        control.add_argument("name", help="lab host name")
+        control.set_defaults(handler=lab_host_control, verb=verb)
+
+    demo = commands.add_parser("demo", help="start the lab for the inventory's hosts and show it",
+                               description="Starts the local lab if needed, with one lab host per host of "
+                               "the inventory (default ./hosts, the demo fleet), and shows what it holds.")
+    demo.set_defaults(handler=demo_command)
+
+
+def _host_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= 200:
+        raise argparse.ArgumentTypeError("between 1 and 200 hosts")
+    return value
+
+
+def _lab(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from topdeck.lab.lab import Lab
+
+    return Lab(getattr(args, "root", None))
+
+
+def lab_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    lab.up(count=args.hosts)
+    _print_status(lab.status())
+    return 0
+
+
+def lab_down(args: argparse.Namespace) -> int:
+    _lab(args).down()
+    return 0
+
+
+def lab_status(args: argparse.Namespace) -> int:
+    status = _lab(args).status()
+    if args.json:
+        print(json.dumps(asdict(status), default=str, indent=2))
+    else:
+        _print_status(status)
+    return 0 if status.up else 1
+
+
+def lab_host_control(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    if args.verb == "stop-host":
+        lab.stop_host(args.name)
+    else:
+        lab.start_host(args.name)
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from topdeck.lab.lab import Lab
+
+    inventory = load_inventory(args.inventory)
+    lab = Lab()
+    lab.up(hosts={host.name: host.address for host in inventory.hosts})
+    _print_status(lab.status())
+    return 0
+
+
+def show_inventory(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    width = max(len(host.name) for host in inventory.hosts)
+    for host in inventory.hosts:
+        tags = ",".join(host.tags) or "-"
+        print(f"{host.name:<{width}}  {host.user}@{host.address}:{host.port}  pointer={host.pointer}  tags={tags}")
+    return 0
+
+
+def _print_status(status) -> None:  # type: ignore[no-untyped-def]
+    print(f"lab folder: {status.root}")
+    emulator = status.emulator_url if status.emulator_running else "not running"
+    print(f"B2 emulator: {emulator}")
+    if status.counters:
+        c = status.counters
+        print(f"  transactions: class A {c.get('A', 0)}, class B {c.get('B', 0)}, class C {c.get('C', 0)}")
+    if not status.hosts:
+        print("hosts: none (run `topdeck lab up`)")
+    for host in status.hosts:
+        state = "up" if host.sshd else "sshd stopped"
+        system = host.current_system or "-"
+        print(f"  {host.name:<10} {host.address:<15} {state:<12} gen {host.generation:<3} {system}")
