@@ -21,6 +21,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
     up = actions.add_parser("up", help="start the lab (whatever is missing of it)")
     up.add_argument("--hosts", type=_host_count, default=3, metavar="N", help="number of hosts (default 3)")
+    up.add_argument("--base-address", default="127.0.0.11", metavar="IP",
+                    help="first host's loopback address (default 127.0.0.11)")
+    up.add_argument("--emulator-port", type=int, default=17890, metavar="PORT",
+                    help="B2 emulator port on 127.0.0.1 (default 17890; 0 picks a free one)")
     up.set_defaults(handler=lab_up)
 
     down = actions.add_parser("down", help="stop every lab process and remove the hosts' stores")
@@ -59,7 +63,9 @@ def _lab(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def lab_up(args: argparse.Namespace) -> int:
-    lab = _lab(args)
+    from topdeck.lab.lab import Lab
+
+    lab = Lab(args.root, base_address=args.base_address, emulator_port=args.emulator_port)
     lab.up(count=args.hosts)
     _print_status(lab.status())
     return 0

@@ -1,0 +1,265 @@
+"""Keys and narinfo signatures, checked against keys and signatures the real Nix made and verifies."""
+
+import base64
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from topdeck.core.errors import SignatureError, SigningKeyError
+from topdeck.core.narinfo import Narinfo, fingerprint, parse_narinfo, render_narinfo
+from topdeck.core.signing import (
+    PublicKey,
+    generate_keypair,
+    load_public_key,
+    load_secret_key,
+    parse_public_key,
+    parse_secret_key,
+    require_signature,
+    sign,
+    sign_narinfo,
+    verify,
+    verify_narinfo,
+    write_secret_key,
+)
+from topdeck.core.store import parse_store_path
+from topdeck.lab.nixenv import lab_env
+
+requires_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="needs Nix")
+
+# Two paths, the second referring to the first and to itself.
+CLOSURE_NIX = """
+let
+  mk = name: script: builtins.derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir $out && ${script}" ];
+  };
+  lib = mk "signing-lib-1.0" "echo lib > $out/data";
+in mk "signing-app-2.0" "echo ${lib} $out > $out/refs"
+"""
+EXTRA = parse_store_path("/nix/store/" + "0" * 32 + "-extra")
+
+
+def run_nix(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=lab_env(), capture_output=True, text=True, timeout=300)
+
+
+def nix(*args: str) -> str:
+    result = run_nix(*args)
+    assert result.returncode == 0, f"{args}: {result.stderr}"
+    return result.stdout
+
+
+def copy_to_cache(closure: str, cache: Path, secret_key_file: Path | None = None) -> list[Narinfo]:
+    """`nix copy` the closure to a file:// cache, signing with `secret_key_file` if given."""
+    url = f"file://{cache}?compression=none"
+    if secret_key_file is not None:
+        url += f"&secret-key={secret_key_file}"
+    nix("nix", "copy", "--to", url, closure)
+    return [parse_narinfo(path.read_text(), path.name) for path in sorted(cache.glob("*.narinfo"))]
+
+
+def nix_store_verify(cache: Path, closure: str, public_key: PublicKey) -> subprocess.CompletedProcess[str]:
+    return run_nix(
+        "nix", "store", "verify", "--store", f"file://{cache}",
+        "--trusted-public-keys", public_key.to_text(), "-r", closure,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def closure(tmp_path_factory: pytest.TempPathFactory) -> str:
+    expression = tmp_path_factory.mktemp("closure") / "closure.nix"
+    expression.write_text(CLOSURE_NIX)
+    return nix("nix-build", str(expression), "--no-out-link").strip()
+
+
+@pytest.fixture(scope="module")
+def nix_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A key pair made by `nix-store --generate-binary-cache-key`: (secret file, public file)."""
+    directory = tmp_path_factory.mktemp("nix-key")
+    secret, public = directory / "secret", directory / "public"
+    nix("nix-store", "--generate-binary-cache-key", "nix-test-1", str(secret), str(public))
+    return secret, public
+
+
+@pytest.fixture(scope="module")
+def nix_signed(
+    closure: str, nix_key: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> list[Narinfo]:
+    """The closure's narinfos as Nix wrote and signed them with the Nix-made key."""
+    return copy_to_cache(closure, tmp_path_factory.mktemp("signed-cache"), nix_key[0])
+
+
+@requires_nix
+def test_loads_a_key_pair_nix_made(nix_key: tuple[Path, Path]) -> None:
+    secret_file, public_file = nix_key
+
+    secret, public = load_secret_key(secret_file), load_public_key(public_file)
+
+    assert secret.name == public.name == "nix-test-1"
+    assert secret.public_key() == public
+    assert secret.to_text() == secret_file.read_text()
+    assert public.to_text() == public_file.read_text()
+    assert secret_file.read_text().partition(":")[2] not in repr(secret)
+
+
+@requires_nix
+def test_tolerates_a_trailing_newline(nix_key: tuple[Path, Path]) -> None:
+    secret_file, public_file = nix_key
+
+    assert parse_secret_key(secret_file.read_text() + "\n") == load_secret_key(secret_file)
+    assert parse_public_key(public_file.read_text() + "\n") == load_public_key(public_file)
+
+
+@requires_nix
+def test_signs_exactly_as_nix_signs(nix_signed: list[Narinfo], nix_key: tuple[Path, Path]) -> None:
+    secret = load_secret_key(nix_key[0])
+
+    assert len(nix_signed) == 2
+    for info in nix_signed:
+        [nix_sig] = info.sigs
+        assert sign(secret, fingerprint(info)) == nix_sig
+        assert sign_narinfo(dataclasses.replace(info, sigs=()), secret) == info
+
+
+@requires_nix
+def test_verifies_nix_signatures_and_rejects_tampering(
+    nix_signed: list[Narinfo], nix_key: tuple[Path, Path]
+) -> None:
+    public = load_public_key(nix_key[1])
+    same_name_other_key = generate_keypair("nix-test-1")[1]
+    other_name = generate_keypair("other-1")[1]
+
+    for info in nix_signed:
+        [sig] = info.sigs
+        assert verify([public], fingerprint(info), sig)
+        assert verify([other_name, public], fingerprint(info), sig)
+        assert verify_narinfo(info, [public])
+        assert not verify([same_name_other_key], fingerprint(info), sig)
+        assert not verify([other_name], fingerprint(info), sig)
+        assert not verify_narinfo(dataclasses.replace(info, nar_size=info.nar_size + 1), [public])
+        assert not verify_narinfo(dataclasses.replace(info, references=(*info.references, EXTRA)), [public])
+        assert not verify_narinfo(dataclasses.replace(info, nar_hash=bytes(32)), [public])
+
+
+@pytest.mark.parametrize(
+    "sig", ["", "nix-test-1", "nix-test-1:", ":AAAA", "nix-test-1:!!!", "nix-test-1:AAAA"]
+)
+def test_a_malformed_signature_does_not_verify(sig: str) -> None:
+    secret, public = generate_keypair("nix-test-1")
+
+    assert not verify([public], "1;x", sig)
+    assert verify([public], "1;x", sign(secret, "1;x"))
+
+
+@requires_nix
+def test_nix_signs_with_a_key_topdeck_made(closure: str, tmp_path: Path) -> None:
+    secret, public = generate_keypair("topdeck-test-1")
+    secret_file = tmp_path / "secret"
+    write_secret_key(secret_file, secret)
+
+    narinfos = copy_to_cache(closure, tmp_path / "cache", secret_file)
+
+    for info in narinfos:
+        assert info.sigs == (sign(secret, fingerprint(info)),)
+        assert verify_narinfo(info, [public])
+    assert nix_store_verify(tmp_path / "cache", closure, public).returncode == 0
+
+
+@requires_nix
+def test_nix_trusts_narinfos_topdeck_signed(closure: str, tmp_path: Path) -> None:
+    secret, public = generate_keypair("topdeck-test-1")
+    cache = tmp_path / "cache"
+    narinfos = copy_to_cache(closure, cache)
+    assert nix_store_verify(cache, closure, public).returncode != 0
+
+    for info in narinfos:
+        signed = render_narinfo(sign_narinfo(info, secret))
+        (cache / f"{info.store_path.hash_part}.narinfo").write_text(signed)
+
+    assert nix_store_verify(cache, closure, public).returncode == 0
+    assert nix_store_verify(cache, closure, generate_keypair("topdeck-test-1")[1]).returncode != 0
+
+
+def test_written_secret_key_is_private_and_loads_back(tmp_path: Path) -> None:
+    secret, public = generate_keypair("topdeck-test-1")
+    path = tmp_path / "secret"
+    path.write_text("old")
+    path.chmod(0o644)
+
+    write_secret_key(path, secret)
+
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_secret_key(path) == secret
+    assert load_secret_key(path).public_key() == public
+
+
+def test_sign_narinfo_replaces_only_its_own_signature() -> None:
+    secret, public = generate_keypair("topdeck-test-1")
+    info = parse_narinfo(
+        "StorePath: /nix/store/l8r1i0a3ak0fi2m5gb0shz8v88b85kyp-hello-2.12\nURL: nar/x.nar\n"
+        f"NarHash: sha256:{'0' * 52}\nNarSize: 120\nSig: topdeck-test-1:old\nSig: cache.nixos.org-1:x\n"
+    )
+
+    signed = sign_narinfo(info, secret)
+
+    assert signed.sigs == ("cache.nixos.org-1:x", sign(secret, fingerprint(info)))
+    require_signature(signed, [public])
+    with pytest.raises(SignatureError, match="no valid signature by topdeck-test-1") as caught:
+        require_signature(info, [public])
+    assert "\n" not in str(caught.value)
+
+
+SECRET = generate_keypair("k")[0]
+SECRET_MATERIAL = SECRET.to_text().partition(":")[2]
+PUBLIC_MATERIAL = SECRET.public_key().to_text().partition(":")[2]
+# The seed of one key followed by the public half of another.
+MISMATCHED = "k:" + base64.b64encode(SECRET.seed + generate_keypair("k")[1].raw).decode()
+
+
+@pytest.mark.parametrize(
+    ("content", "load"),
+    [
+        (b"", load_secret_key),
+        (b"no colon", load_secret_key),
+        (b"k:", load_secret_key),
+        (f":{SECRET_MATERIAL}".encode(), load_secret_key),
+        (b"k:!!!!", load_secret_key),
+        (f"k:{PUBLIC_MATERIAL}".encode(), load_secret_key),
+        (MISMATCHED.encode(), load_secret_key),
+        (f"k:{SECRET_MATERIAL}\n\n".encode(), load_secret_key),
+        (b"\xff\xfe" + SECRET_MATERIAL.encode(), load_secret_key),
+        (f"k:{SECRET_MATERIAL}".encode(), load_public_key),
+        (f"k:{PUBLIC_MATERIAL[:-4]}".encode(), load_public_key),
+    ],
+)
+def test_rejects_malformed_key_files_without_showing_them(
+    content: bytes, load: Callable[[Path], object], tmp_path: Path
+) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(content)
+
+    with pytest.raises(SigningKeyError) as caught:
+        load(path)
+
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    assert SECRET_MATERIAL[:12] not in message and PUBLIC_MATERIAL[:12] not in message
+
+
+def test_rejects_unreadable_key_files(tmp_path: Path) -> None:
+    with pytest.raises(SigningKeyError, match="cannot read secret key file"):
+        load_secret_key(tmp_path / "missing")
+    with pytest.raises(SigningKeyError, match="cannot read public key file"):
+        load_public_key(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "a b", "a\n"])
+def test_generate_keypair_rejects_names_nix_cannot_use(name: str) -> None:
+    with pytest.raises(SigningKeyError):
+        generate_keypair(name)
