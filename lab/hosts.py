@@ -193,7 +193,7 @@ class LabHost:
         self._apply_slowness()
 
     def _apply_slowness(self) -> None:
-        group = CGROUP_CPU / f"topdeck-lab-{self.name}"
+        group = self._cgroup()
         if not self.state.slow_cpu_percent and not group.exists():
             return
         if not CGROUP_CPU.is_dir():
@@ -266,10 +266,13 @@ class LabHost:
             time.sleep(0.05)
         else:
             raise LabError(f"host {self.name}: processes survive in its namespace: {self.namespace_pids()}")
-        group = CGROUP_CPU / f"topdeck-lab-{self.name}"
+        group = self._cgroup()
         if group.exists():
             group.rmdir()
         self.state = replace(self.state, anchor_pid=0, sshd_pid=0, namespace="")
+
+    def _cgroup(self) -> Path:
+        return CGROUP_CPU / f"topdeck-lab-{self.address}"
 
     def _ns_log(self) -> str:
         return _tail(self.dir / "namespace.log")
