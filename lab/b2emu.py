@@ -53,6 +53,9 @@ _FAULT_ERRORS = {
 }
 
 
+# What topdeck needs of a key: list, read and write files in its bucket. No deleteFiles, no bucket changes.
+BUCKET_KEY_CAPABILITIES = ("listBuckets", "listFiles", "readFiles", "writeFiles")
+
 class B2Emulator:
     """The emulator with its own in-memory account; `start()` serves it from a background thread."""
 
@@ -133,6 +136,11 @@ class B2Emulator:
     def create_bucket(self, name: str, public: bool = True) -> str:
         """Create a bucket without a B2 call (nothing counted); returns its id."""
         return self.calls.create_bucket_directly(name, public)
+
+    def add_bucket_key(self, key_id: str, key: str, bucket: str,
+                       capabilities: tuple[str, ...] = BUCKET_KEY_CAPABILITIES) -> None:
+        """Accept a second application key, restricted to one bucket and to `capabilities`."""
+        self.calls.add_bucket_key(key_id, key, bucket, list(capabilities))
 
     def count_call(self, call: str, transaction_class: str, transactions: int) -> None:
         self._counters.count_call(call, transaction_class, transactions)
@@ -310,6 +318,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     key.add_argument("--key", help="the application key to accept")
     key.add_argument("--key-env", metavar="VAR", help="environment variable holding the application key")
     parser.add_argument("--bucket", action="append", default=[], help="create this allPublic bucket (repeatable)")
+    parser.add_argument("--bucket-key", nargs=3, metavar=("BUCKET", "KEY_ID", "KEY_ENV"), action="append",
+                        default=[], help="also accept KEY_ID with the key in $KEY_ENV, restricted to BUCKET")
     parser.add_argument("--recommended-part-size", type=int, default=DEFAULT_RECOMMENDED_PART_SIZE)
     parser.add_argument("--minimum-part-size", type=int, default=DEFAULT_ABSOLUTE_MINIMUM_PART_SIZE)
     args = parser.parse_args(argv)
@@ -333,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for bucket in args.bucket:
         emulator.create_bucket(bucket, public=True)
+    for bucket, key_id, key_env in args.bucket_key:
+        if not os.environ.get(key_env):
+            raise SystemExit(f"b2emu: environment variable {key_env} is not set")
+        emulator.add_bucket_key(key_id, os.environ[key_env], bucket)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -153,6 +153,17 @@ class LabSimulator(RawSimulator):
         )
         self.admin_token: str = self.authorize_account("", key_id, key)["authorizationToken"]
 
+    def _assert_account_auth(self, api_url, account_auth_token, account_id, capability, bucket_id=None,  # type: ignore[no-untyped-def]
+                             file_name=None):
+        """RawSimulator passes no bucket id on most calls, which would fail every bucket-restricted key.
+
+        Capabilities are always checked. Where RawSimulator gives no bucket id, the key's own bucket is
+        assumed, so the bucket restriction is enforced only on the calls that name a bucket."""
+        key = self.auth_token_to_key.get(account_auth_token)
+        if bucket_id is None and key is not None and key.buckets_or_none:
+            bucket_id = key.buckets_or_none[0]["id"]
+        super()._assert_account_auth(api_url, account_auth_token, account_id, capability, bucket_id, file_name)
+
     def is_account_token(self, token: str) -> bool:
         return token in self.auth_token_to_key
 

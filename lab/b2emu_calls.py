@@ -19,7 +19,7 @@ from email.message import Message
 from typing import Any
 
 from b2sdk._internal.raw_api import API_VERSION
-from b2sdk._internal.raw_simulator import FileSimulator
+from b2sdk._internal.raw_simulator import FileSimulator, KeySimulator
 from b2sdk._internal.utils import b2_url_decode
 
 from .b2emu_account import (
@@ -142,6 +142,23 @@ class B2Calls:
             bucket = self.sim.create_bucket(self.sim.API_URL, self.sim.admin_token, ACCOUNT_ID, name, bucket_type)
         return bucket["bucketId"]
 
+    def add_bucket_key(self, key_id: str, key: str, bucket_name: str, capabilities: list[str]) -> None:
+        """An application key restricted to one bucket, as topdeck's minimal key is."""
+        with self.lock:
+            bucket = self.sim.bucket_by_name(bucket_name)
+            if bucket is None:
+                raise ValueError(f"no bucket {bucket_name!r} to restrict a key to")
+            self.sim.key_id_to_key[key_id] = KeySimulator(
+                account_id=ACCOUNT_ID,
+                name=f"{bucket_name}-only",
+                application_key_id=key_id,
+                key=key,
+                capabilities=capabilities,
+                expiration_timestamp_or_none=None,
+                buckets_or_none=[{"id": bucket.bucket_id, "name": bucket_name}],
+                name_prefix_or_none=None,
+            )
+
     def _account_token(self, request: Request) -> str:
         if not self.sim.is_account_token(request.token):
             raise B2ApiError(401, "bad_auth_token", "Invalid authorization token")
@@ -162,9 +179,10 @@ class B2Calls:
         answer = self.sim.authorize_account("", key_id, key)
         # v4 answers hold the key's restrictions in "allowed" (as RawSimulator has them); v3
         # answers, which b2sdk.v2 reads, hold them flat, so the answer carries both.
+        buckets = answer["apiInfo"]["storageApi"]["allowed"].get("buckets") or [{"id": None, "name": None}]
         answer["apiInfo"]["storageApi"].update(
-            bucketId=None,
-            bucketName=None,
+            bucketId=buckets[0]["id"],
+            bucketName=buckets[0]["name"],
             apiUrl=self.url,
             downloadUrl=self.url,
             s3ApiUrl=self.url,

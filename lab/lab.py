@@ -97,7 +97,7 @@ class Lab:
         return self.root / "state.json"
 
     def b2_key(self) -> tuple[str, str]:
-        """The emulator's key id and application key, as written in the credentials file."""
+        """topdeck's key id and application key for the lab bucket (restricted to it), from the credentials file."""
         import tomllib
 
         data = tomllib.loads(self.b2_credentials.read_text())
@@ -191,11 +191,11 @@ class Lab:
         emulator_log = self.root / "b2emu.log"
         emulator_log.write_text("")
         pid = spawn_detached(
-            [sys.executable, "-m", "topdeck.lab.b2emu", "--host", "127.0.0.1",
-             "--port", str(self.emulator_port), "--key-id", key_id, "--key-env", "TOPDECK_LAB_B2_KEY",
-             "--bucket", BUCKET],
+            [sys.executable, "-m", "topdeck.lab.b2emu", "--host", "127.0.0.1", "--port", str(self.emulator_port),
+             "--key-id", f"admin{key_id}", "--key-env", "TOPDECK_LAB_B2_ADMIN_KEY",
+             "--bucket", BUCKET, "--bucket-key", BUCKET, key_id, "TOPDECK_LAB_B2_KEY"],
             emulator_log,
-            env={**os.environ, "TOPDECK_LAB_B2_KEY": key},
+            env={**os.environ, "TOPDECK_LAB_B2_KEY": key, "TOPDECK_LAB_B2_ADMIN_KEY": secrets.token_urlsafe(24)},
         )
         wait_for(lambda: "listening on" in emulator_log.read_text() or not _pid_alive(pid), 20,
                  "the B2 emulator did not start", lambda: emulator_log.read_text()[-400:])

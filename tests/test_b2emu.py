@@ -462,3 +462,22 @@ def test_the_command_serves_until_sigterm() -> None:
         killer.cancel()
         process.kill()
         process.wait()
+
+
+# Keys restricted to a bucket
+
+
+def test_bucket_key_finds_its_bucket_without_listing_and_cannot_delete(emulator: B2Emulator, bucket: Bucket) -> None:
+    emulator.add_bucket_key("cachekey", "cache-secret", BUCKET)
+    api = B2Api(InMemoryAccountInfo())
+    emulator.reset_counters()
+    api.authorize_account(emulator.url, "cachekey", "cache-secret")
+    allowed = api.account_info.get_allowed()["buckets"]
+    assert allowed == [{"id": bucket.id_, "name": BUCKET}]
+    restricted = api.BUCKET_CLASS(api, allowed[0]["id"], name=BUCKET)
+    assert emulator.counters()["calls"] == {"b2_authorize_account": 1}
+    version = restricted.upload_bytes(b"narinfo", "cache/x.narinfo")
+    assert download(restricted, "cache/x.narinfo") == b"narinfo"
+    assert [v.file_name for v, _ in restricted.ls("cache/", recursive=True)] == ["cache/x.narinfo"]
+    with pytest.raises(Exception, match="unauthorized"):
+        api.delete_file_version(version.id_, version.file_name)
