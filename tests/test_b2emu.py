@@ -472,9 +472,9 @@ def test_bucket_key_finds_its_bucket_without_listing_and_cannot_delete(emulator:
     api = B2Api(InMemoryAccountInfo())
     emulator.reset_counters()
     api.authorize_account(emulator.url, "cachekey", "cache-secret")
-    allowed = api.account_info.get_allowed()["buckets"]
-    assert allowed == [{"id": bucket.id_, "name": BUCKET}]
-    restricted = api.BUCKET_CLASS(api, allowed[0]["id"], name=BUCKET)
+    allowed = api.account_info.get_allowed()
+    assert (allowed["bucketId"], allowed["bucketName"]) == (bucket.id_, BUCKET)
+    restricted = api.BUCKET_CLASS(api, allowed["bucketId"], name=BUCKET)
     assert emulator.counters()["calls"] == {"b2_authorize_account": 1}
     version = restricted.upload_bytes(b"narinfo", "cache/x.narinfo")
     assert download(restricted, "cache/x.narinfo") == b"narinfo"
