@@ -43,3 +43,11 @@ class HostKeyError(SSHError):
 
 class LabError(TopdeckError):
     """The local lab could not be started, stopped or controlled."""
+
+
+class Cancelled(TopdeckError):
+    """The operator cancelled; what finished before stays valid."""
+
+
+class PointerError(TopdeckError):
+    """A pointer is malformed, unsigned, wrongly signed, or older than one already seen."""

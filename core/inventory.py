@@ -321,8 +321,10 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
 # --- selection --------------------------------------------------------------------------------------
 
 
-def select_hosts(inventory: Inventory, selectors: Iterable[str]) -> tuple[Host, ...]:
-    """Hosts matching any selector: a name, a glob (`web-*`) or a tag (`@db`); all hosts if none given."""
+def select_hosts(inventory: Inventory, selectors: Iterable[str], what: str = "--on") -> tuple[Host, ...]:
+    """Hosts matching any selector: a name, a glob (`web-*`) or a tag (`@db`); all hosts if none given.
+
+    `what` names the selectors in the error (an option, or a command)."""
     selectors = [part for selector in selectors for part in selector.split(",") if part]
     if not selectors:
         return inventory.hosts
@@ -330,7 +332,7 @@ def select_hosts(inventory: Inventory, selectors: Iterable[str]) -> tuple[Host, 
     for selector in selectors:
         matches = [host for host in inventory.hosts if _matches(host, selector)]
         if not matches:
-            raise InventoryError(f"--on {selector}: no host matches (hosts: "
+            raise InventoryError(f"{what} {selector}: no host matches (hosts: "
                                  f"{', '.join(h.name for h in inventory.hosts)})")
         chosen.update((host.name, host) for host in matches)
     return tuple(host for host in inventory.hosts if host.name in chosen)

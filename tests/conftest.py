@@ -28,3 +28,39 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         yield lab
     finally:
         lab.down(log=lambda *_: None)
+
+
+def write_lab_inventory(lab: Lab, root, prefix: str, roles: dict[str, str] | None = None):
+    """An inventory for the test lab's hosts (host-1, host-2 follow `web`; host-3 `db`), with its own cache prefix.
+
+    Each role's toplevel is built from a factory spec written beside the inventory."""
+
+    from topdeck.lab import factory
+
+    roles = roles or {"host-1": "web", "host-2": "web", "host-3": "db"}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "topdeck.toml").write_text(
+        f'[cache]\nbucket = "topdeck-lab"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
+        f'credentials_file = "{lab.b2_credentials}"\nsigning_key = "{lab.cache_secret_key}"\n'
+        f'public_key_file = "{lab.cache_public_key}"\n\n'
+        f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\nconnect_timeout = 5\n'
+    )
+    for role in set(roles.values()):
+        spec = factory.add_package(factory.initial_system([lab.client_public_key()], host=role, count=30),
+                                   factory.Package(f"{role}-app", "1.0", size=200_000))
+        (root / f"{role}.json").write_text(factory.spec_to_json(spec))
+    for name, role in roles.items():
+        (root / name).mkdir()
+        host = f'address = "{lab.host(name).address}"\npointer = "{role}"\ntags = ["{role}"]\n'
+        (root / name / "host.toml").write_text(host + '\n[build]\nnix = "default.nix"\n')
+        (root / name / "default.nix").write_text(
+            f"import {factory.TOPLEVEL_NIX} {{ specFile = ../{role}.json; }}\n"
+        )
+    return root
+
+
+@pytest.fixture
+def lab_inventory(lab, tmp_path):
+    import uuid
+
+    return write_lab_inventory(lab, tmp_path / "hosts", f"inv-{uuid.uuid4().hex[:8]}")

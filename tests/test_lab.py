@@ -12,29 +12,11 @@ from pathlib import Path
 import paramiko
 import pytest
 from b2sdk.v2 import B2Api, InMemoryAccountInfo
+from labtools import connect, ssh_run, substitute
 
 from topdeck.lab import factory
 from topdeck.lab.lab import BUCKET, Lab
 from topdeck.lab.nixenv import lab_env
-
-
-def connect(lab: Lab, name: str, known_hosts: Path | None = None) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    client.load_system_host_keys(str(known_hosts or lab.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(lab.host(name).address, username="root", key_filename=str(lab.client_key),
-                   look_for_keys=False, allow_agent=False, timeout=10, banner_timeout=10, auth_timeout=10)
-    return client
-
-
-def ssh_run(lab: Lab, name: str, command: str) -> tuple[int, str, str]:
-    client = connect(lab, name)
-    try:
-        _, stdout, stderr = client.exec_command(command, timeout=120)
-        out, err = stdout.read().decode(), stderr.read().decode()
-        return stdout.channel.recv_exit_status(), out, err
-    finally:
-        client.close()
 
 
 def test_each_host_answers_ssh_with_its_pinned_key_and_runs_generation_1(lab):
@@ -124,13 +106,6 @@ def publish_with_nix_copy(lab: Lab, toplevel: str, secret_key: Path, prefix: str
     for file in sorted(p for p in cache.rglob("*") if p.is_file()):
         bucket.upload_local_file(str(file), f"{prefix}/{file.relative_to(cache)}")
     return f"{lab.emulator.url}/file/{BUCKET}/{prefix}"
-
-
-def substitute(lab: Lab, host: str, path: str, url: str, public_key: str) -> tuple[int, str, str]:
-    return ssh_run(lab, host, (
-        f"nix-store -r {path} --option substituters '{url}' --option trusted-public-keys '{public_key}' "
-        "--option require-sigs true --option narinfo-cache-negative-ttl 0"
-    ))
 
 
 def test_host_substitutes_a_signed_closure_from_the_emulator_and_refuses_a_wrong_key(lab, tmp_path):

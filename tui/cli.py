@@ -15,7 +15,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.tui import cli_lab
+    from topdeck.tui import cli_build, cli_lab, cli_push
 
     parser = argparse.ArgumentParser(
         prog="topdeck",
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inventory folder: topdeck.toml and one <host>/host.toml per host (default: ./hosts)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli_lab.add_commands(commands)
+    cli_build.add_commands(commands)
+    cli_push.add_commands(commands)
     return parser
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
-from topdeck.core.inventory import load_inventory
+from topdeck.core.inventory import Inventory, load_inventory
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -96,12 +97,36 @@ def lab_host_control(args: argparse.Namespace) -> int:
 
 def demo_command(args: argparse.Namespace) -> int:
     from topdeck.lab.lab import Lab
+    from topdeck.lab.nixenv import LAB_NIX_CONFIG
 
+    os.environ.setdefault("NIX_CONFIG", LAB_NIX_CONFIG)
     inventory = load_inventory(args.inventory)
     lab = Lab()
     lab.up(hosts={host.name: host.address for host in inventory.hosts})
+    _publish_first_toplevels(inventory)
     _print_status(lab.status())
     return 0
+
+
+def _publish_first_toplevels(inventory: Inventory) -> None:
+    """Build and publish each pointer's system (from the first host that follows it), as a first release."""
+    from topdeck.core import localnix
+    from topdeck.core.events import LogLine
+    from topdeck.tui.cli_output import EventPrinter
+    from topdeck.tui.cli_push import publish_toplevel, summary
+
+    printer = EventPrinter()
+    first_host = {}
+    for host in inventory.hosts:
+        if host.build is not None:
+            first_host.setdefault(host.pointer, host)
+    for pointer, host in first_host.items():
+        assert host.build is not None
+        print(f"building {pointer} (from {host.name})")
+        toplevel = localnix.build(host.build, log=lambda line, h=host.name: printer(LogLine(line, h)))
+        result = publish_toplevel(inventory, toplevel, pointer, printer)
+        printer.close()
+        print(summary(result))
 
 
 def show_inventory(args: argparse.Namespace) -> int:

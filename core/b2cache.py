@@ -1,0 +1,158 @@
+"""The Backblaze B2 binary cache, through the unmodified b2sdk, counting B2 transactions by class."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from b2sdk.v2 import B2Api, Bucket, InMemoryAccountInfo
+from b2sdk.v2.exception import (
+    B2Error,
+    FileNotPresent,
+    InvalidAuthToken,
+    NonExistentBucket,
+    TransactionCapExceeded,
+    Unauthorized,
+)
+
+from topdeck.core.cache import Entry
+from topdeck.core.errors import CacheError
+from topdeck.core.events import Transactions
+
+# B2's classes (https://www.backblaze.com/cloud-storage/transaction-pricing); anything else is class A.
+CLASS_B = {"b2_download_file_by_id", "b2_download_file_by_name", "b2_get_file_info", "b2_get_file_info_by_name"}
+CLASS_C = {"b2_authorize_account", "b2_list_buckets", "b2_list_file_names", "b2_list_file_versions",
+           "b2_list_parts", "b2_list_unfinished_large_files", "b2_list_keys", "b2_get_download_authorization"}
+BILLED_PER_THOUSAND = {"b2_list_file_names", "b2_list_file_versions"}
+STREAM_PART_SIZE = 32 * 1024 * 1024
+_CALL = re.compile(r"/b2api/v\d+/(b2_\w+)")
+
+
+class CallCounter:
+    """Counts b2sdk's HTTP calls by B2 call name (a b2sdk HttpCallback); listings are billed by the lister."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def pre_request(self, method, url, headers) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def post_request(self, method, url, headers, response) -> None:  # type: ignore[no-untyped-def]
+        name = call_name(method, url)
+        if name not in BILLED_PER_THOUSAND:
+            self.add(name)
+
+    def add(self, name: str, count: int = 1) -> None:
+        with self._lock:
+            self.calls[name] += count
+
+    def transactions(self) -> Transactions:
+        with self._lock:
+            calls = dict(self.calls)
+        by_class = Counter(transaction_class(name) for name, n in calls.items() for _ in range(n))
+        return Transactions(a=by_class["A"], b=by_class["B"], c=by_class["C"], calls=calls)
+
+
+def call_name(method: str, url: str) -> str:
+    match = _CALL.search(url)
+    if match:
+        return match.group(1)
+    if "/file/" in url:
+        return "b2_get_file_info_by_name" if method == "HEAD" else "b2_download_file_by_name"
+    return "other"
+
+
+def transaction_class(name: str) -> str:
+    return "B" if name in CLASS_B else "C" if name in CLASS_C else "A"
+
+
+class B2Cache:
+    def __init__(self, bucket: str, prefix: str, realm: str, key_id: str, key: str):
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.counter = CallCounter()
+        self.api = B2Api(InMemoryAccountInfo())
+        self.api.session.raw_api.b2_http.add_callback(self.counter)
+        with b2_errors("authorizing with B2"):
+            try:
+                self.api.authorize_account(realm, key_id, key)
+            except (Unauthorized, InvalidAuthToken):
+                raise CacheError(f"B2 refused the application key (realm {realm})") from None
+        self.bucket = self._bucket(bucket)
+        download_url = self.api.account_info.get_download_url()
+        self.substituter_url = f"{download_url}/file/{bucket}/{self.prefix}".rstrip("/")
+
+    def _bucket(self, name: str) -> Bucket:
+        """The bucket, without a class C list_buckets call when the key is restricted to it."""
+        allowed = self.api.account_info.get_allowed() or {}
+        if allowed.get("bucketName") == name and allowed.get("bucketId"):
+            return self.api.BUCKET_CLASS(self.api, allowed["bucketId"], name=name)
+        if allowed.get("bucketName"):
+            raise CacheError(f"the B2 key is restricted to bucket {allowed['bucketName']!r}, not {name!r}")
+        with b2_errors(f"finding bucket {name!r}"):
+            try:
+                return self.api.get_bucket_by_name(name)
+            except NonExistentBucket:
+                raise CacheError(f"B2 bucket {name!r} not found (or not visible to this key)") from None
+
+    def list(self) -> dict[str, Entry]:
+        entries = {}
+        with b2_errors("listing the cache"):
+            for version, _ in self.bucket.ls(self.prefix.rstrip("/"), recursive=True, fetch_count=10_000):
+                name = version.file_name[len(self.prefix):]
+                entries[name] = Entry(name, version.size, dict(version.file_info), version.upload_timestamp)
+        self.counter.add("b2_list_file_names", max(1, math.ceil(len(entries) / 1000)))
+        return entries
+
+    def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
+                  info: Mapping[str, str] | None = None) -> None:
+        with b2_errors(f"uploading {name}"):
+            self.bucket.upload_bytes(data, self.prefix + name, content_type=content_type,
+                                     file_info=dict(info or {}), cache_control=cache_control)
+
+    def put_stream(self, name: str, stream: BinaryIO, *, content_type: str) -> None:
+        part = max(STREAM_PART_SIZE, self.api.account_info.get_absolute_minimum_part_size())
+        with b2_errors(f"uploading {name}"):
+            self.bucket.upload_unbound_stream(stream, self.prefix + name, content_type=content_type,
+                                              recommended_upload_part_size=part, min_part_size=part,
+                                              buffer_size=part, buffers_count=2)
+
+    def get_bytes(self, name: str) -> bytes:
+        buffer = io.BytesIO()
+        with b2_errors(f"downloading {name}"):
+            try:
+                self.bucket.download_file_by_name(self.prefix + name).save(buffer)
+            except FileNotPresent:
+                raise CacheError(f"{name} is not in the cache") from None
+        return buffer.getvalue()
+
+    def versions(self, name: str) -> list[Entry]:
+        with b2_errors(f"listing the versions of {name}"):
+            found = [v for v in self.bucket.list_file_versions(self.prefix + name) if v.action == "upload"]
+        self.counter.add("b2_list_file_versions", max(1, math.ceil(len(found) / 1000)))
+        return [Entry(name, v.size, dict(v.file_info), v.upload_timestamp) for v in found]
+
+    def transactions(self) -> Transactions:
+        return self.counter.transactions()
+
+
+@contextmanager
+def b2_errors(doing: str) -> Iterator[None]:
+    """Turn b2sdk's exceptions into one-line CacheErrors (credentials never appear in them)."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except TransactionCapExceeded:
+        raise CacheError(f"{doing}: the B2 daily transaction cap is exceeded (raise it in the B2 account)") from None
+    except B2Error as error:
+        text = str(error)
+        if "download_cap_exceeded" in text:
+            raise CacheError(f"{doing}: the B2 daily download cap is exceeded (raise it in the B2 account)") from None
+        raise CacheError(f"{doing}: B2 error: {text.splitlines()[0][:200]}") from None

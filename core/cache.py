@@ -1,0 +1,154 @@
+"""The binary cache behind one interface (B2, or a local directory), and opening one from the inventory.
+
+Names are relative to the cache's root (the bucket prefix, or the directory): `<hash>.narinfo`, `nar/...`,
+`nix-cache-info`, `manifests/...`, `toplevels/...`. Hosts fetch from `substituter_url`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from topdeck.core.errors import CacheError
+from topdeck.core.events import Transactions
+from topdeck.core.inventory import CacheConfig
+
+NARINFO_TYPE = "text/x-nix-narinfo"
+NAR_TYPE = "application/x-nix-nar"
+NO_CACHING = "no-cache, no-store, max-age=0"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored file (or one version of it): size, custom info, upload time in ms since the epoch."""
+
+    name: str
+    size: int
+    info: Mapping[str, str] = field(default_factory=dict)
+    uploaded_ms: int = 0
+
+
+class Cache(Protocol):
+    substituter_url: str
+
+    def list(self) -> dict[str, Entry]:
+        """Every file under the cache's root, newest versions only, in as few listing calls as possible."""
+
+    def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
+                  info: Mapping[str, str] | None = None) -> None: ...
+
+    def put_stream(self, name: str, stream: BinaryIO, *, content_type: str) -> None:
+        """Store what `stream` yields until EOF, without holding it all in memory."""
+
+    def get_bytes(self, name: str) -> bytes: ...
+
+    def versions(self, name: str) -> list[Entry]:
+        """Every stored version of one name, newest first."""
+
+    def transactions(self) -> Transactions: ...
+
+
+def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> Cache:
+    if config.kind == "dir":
+        assert config.path is not None
+        return DirCache(config.path, config.url or f"file://{config.path}")
+    from topdeck.core.b2cache import B2Cache
+
+    key_id, key = b2_credentials(config, environ)
+    return B2Cache(config.bucket, config.prefix, config.realm, key_id, key)
+
+
+def b2_credentials(config: CacheConfig, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The application key: B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY, else the configured credentials file."""
+    if environ.get("B2_APPLICATION_KEY_ID") and environ.get("B2_APPLICATION_KEY"):
+        return environ["B2_APPLICATION_KEY_ID"], environ["B2_APPLICATION_KEY"]
+    path = config.credentials_file
+    if path is None:
+        raise CacheError("no B2 key: set B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, "
+                         "or cache.credentials_file in topdeck.toml")
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise CacheError(f"{path}: cannot read the B2 credentials: {error.strerror}") from None
+    except tomllib.TOMLDecodeError:
+        raise CacheError(f"{path}: the B2 credentials file is not valid TOML") from None
+    if not isinstance(data.get("key_id"), str) or not isinstance(data.get("application_key"), str):
+        raise CacheError(f"{path}: needs key_id and application_key (strings)")
+    return data["key_id"], data["application_key"]
+
+
+class DirCache:
+    """A binary cache in a local directory (served to hosts by any web server, or as file://).
+
+    Files are written atomically; versions and custom info of a name live in `.topdeck/versions/`.
+    """
+
+    def __init__(self, root: Path, substituter_url: str):
+        self.root = root
+        self.substituter_url = substituter_url
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        return self.root / name
+
+    def _history(self, name: str) -> Path:
+        return self.root / ".topdeck" / "versions" / f"{name}.jsonl"
+
+    def list(self) -> dict[str, Entry]:
+        entries = {}
+        for path in self.root.rglob("*"):
+            name = path.relative_to(self.root).as_posix()
+            if path.is_file() and not name.startswith(".topdeck/") and ".tmp." not in path.name:
+                versions = self.versions(name)
+                entries[name] = versions[0] if versions else Entry(name, path.stat().st_size)
+        return entries
+
+    def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
+                  info: Mapping[str, str] | None = None) -> None:
+        self._write(name, [data])
+        self._record(name, len(data), info or {})
+
+    def put_stream(self, name: str, stream: BinaryIO, *, content_type: str) -> None:
+        size = self._write(name, iter(lambda: stream.read(1 << 20), b""))
+        self._record(name, size, {})
+
+    def get_bytes(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise CacheError(f"{self.root}: {name} not found") from None
+
+    def versions(self, name: str) -> list[Entry]:
+        try:
+            lines = self._history(name).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [Entry(name=name, **json.loads(line)) for line in reversed(lines)]
+
+    def transactions(self) -> Transactions:
+        return Transactions()
+
+    def _write(self, name: str, chunks) -> int:  # type: ignore[no-untyped-def]
+        target = self._path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f"{target.name}.tmp.{os.getpid()}")
+        size = 0
+        with temporary.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                size += len(chunk)
+        temporary.replace(target)
+        return size
+
+    def _record(self, name: str, size: int, info: Mapping[str, str]) -> None:
+        history = self._history(name)
+        history.parent.mkdir(parents=True, exist_ok=True)
+        record = {"size": size, "info": dict(info), "uploaded_ms": int(time.time() * 1000)}
+        with history.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,276 @@
+"""Push a closure to the binary cache, then publish a pointer to it.
+
+Order, so that a reader never sees a narinfo without its NAR or a pointer to an incomplete closure:
+1. one listing of the cache;
+2. each missing path's NAR, streamed from `nix-store --dump` through zstd into the upload, in parallel;
+3. each path's signed narinfo, once its NAR is stored and the narinfos of all its references exist
+   (so every narinfo in the cache has its whole closure behind it);
+4. `nix-cache-info` if absent, the closure manifest;
+5. last, the pointer.
+NARs are named by their NarHash, so a NAR left without its narinfo by an interrupted push is found by the
+listing; its FileHash is recomputed locally (zstd is deterministic) instead of uploading it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from topdeck.core import localnix, pointers
+from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry
+from topdeck.core.errors import Cancelled, TopdeckError
+from topdeck.core.events import Emit, Progress, PushResult, ignore
+from topdeck.core.localnix import PathInfo
+from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.narinfo import Narinfo, hash_to_nix32, parse_narinfo, render_narinfo
+from topdeck.core.signing import SecretKey, sign_narinfo
+from topdeck.core.store import StorePath
+
+ZSTD_LEVEL = 3
+SMALL_NAR = 8 * 1024 * 1024
+READ_SIZE = 1024 * 1024
+TICK = 0.2
+CACHE_INFO = b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+
+NarSource = Callable[[StorePath], AbstractContextManager[BinaryIO]]
+
+
+def nar_name(info: PathInfo) -> str:
+    return f"nar/{hash_to_nix32(info.nar_hash)}.nar.zst"
+
+
+def narinfo_name(path: StorePath) -> str:
+    return f"{path.hash_part}.narinfo"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A NAR as stored: its compressed hash and size."""
+
+    file_hash: bytes
+    file_size: int
+
+
+class _Compressed:
+    """A readable stream of the zstd-compressed NAR that hashes what it yields and counts NAR bytes read."""
+
+    def __init__(self, nar: BinaryIO, on_nar_bytes: Callable[[int], None], cancel: threading.Event):
+        self._counting = _CountingReader(nar, on_nar_bytes, cancel)
+        self._reader = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(self._counting, read_size=READ_SIZE)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size if size and size > 0 else READ_SIZE)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def read_all(self) -> bytes:
+        return b"".join(iter(lambda: self.read(READ_SIZE), b""))
+
+    def stored(self) -> Stored:
+        return Stored(self.sha256.digest(), self.size)
+
+
+class _CountingReader:
+    def __init__(self, source: BinaryIO, on_bytes: Callable[[int], None], cancel: threading.Event):
+        self.source, self.on_bytes, self.cancel = source, on_bytes, cancel
+
+    def read(self, size: int = -1) -> bytes:
+        if self.cancel.is_set():
+            raise Cancelled("push cancelled")
+        data = self.source.read(size)
+        self.on_bytes(len(data))
+        return data
+
+
+class _Push:
+    def __init__(self, closure: list[PathInfo], cache: Cache, key: SecretKey, nar_source: NarSource,
+                 emit: Emit, cancel: threading.Event, jobs: int):
+        self.closure = {info.path: info for info in closure}
+        self.cache, self.key, self.nar_source = cache, key, nar_source
+        self.emit, self.cancel, self.jobs = emit, cancel, jobs
+        self.lock = threading.Lock()
+        self.nar_bytes_read = 0
+        self.stored: dict[StorePath, Stored] = {}
+        self.published: set[StorePath] = set()
+        self.uploaded: set[StorePath] = set()
+        self.failures: list[BaseException] = []
+
+    # --- the plan ---------------------------------------------------------------------------------
+
+    def run(self, listing: dict[str, Entry]) -> None:
+        self.listing = listing
+        self.published = {p for p in self.closure if narinfo_name(p) in listing}
+        self.missing = [info for p, info in self.closure.items() if p not in self.published]
+        self.bytes_total = sum(info.nar_size for info in self.missing)
+        self.started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="topdeck-push") as pool:
+            self._drive(pool)
+        if self.failures:
+            raise self._failure()
+
+    def _drive(self, pool: ThreadPoolExecutor) -> None:
+        running: dict[Future[None], tuple[str, StorePath]] = {}
+        queue = list(self.missing)
+        waiting: set[StorePath] = set()
+        while queue or running or waiting:
+            stopping = self.cancel.is_set() or bool(self.failures)
+            if stopping and not running:
+                break
+            while queue and len(running) < self.jobs * 2 and not stopping:
+                info = queue.pop(0)
+                running[pool.submit(self._store_nar, info)] = ("nar", info.path)
+            done, _ = wait(running, timeout=TICK, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, path = running.pop(future)
+                error = future.exception()
+                if error is not None:
+                    self.failures.append(error)
+                elif kind == "nar":
+                    waiting.add(path)
+                else:
+                    self.published.add(path)
+            if not (self.cancel.is_set() or self.failures):
+                for path in self._ready(waiting):
+                    waiting.discard(path)
+                    running[pool.submit(self._publish_narinfo, path)] = ("narinfo", path)
+            self._progress()
+
+    def _ready(self, waiting: set[StorePath]) -> list[StorePath]:
+        return [p for p in waiting
+                if all(ref in self.published or ref == p for ref in self.closure[p].references)]
+
+    # --- the work, in worker threads ---------------------------------------------------------------
+
+    def _store_nar(self, info: PathInfo) -> None:
+        existing = self.listing.get(nar_name(info))
+        if existing is not None:
+            stored = self._compress(info, upload=False)
+            if stored.file_size == existing.size:
+                self.stored[info.path] = stored
+                return
+        self.stored[info.path] = self._compress(info, upload=True)
+        with self.lock:
+            self.uploaded.add(info.path)
+
+    def _compress(self, info: PathInfo, upload: bool) -> Stored:
+        with self.nar_source(info.path) as nar:
+            stream = _Compressed(nar, self._count, self.cancel)
+            if not upload:
+                stream.read_all()
+            elif info.nar_size <= SMALL_NAR:
+                self.cache.put_bytes(nar_name(info), stream.read_all(), content_type=NAR_TYPE)
+            else:
+                self.cache.put_stream(nar_name(info), stream, content_type=NAR_TYPE)  # type: ignore[arg-type]
+            return stream.stored()
+
+    def _publish_narinfo(self, path: StorePath) -> None:
+        info, stored = self.closure[path], self.stored[path]
+        narinfo = Narinfo(
+            store_path=path, url=nar_name(info), compression="zstd", file_hash=stored.file_hash,
+            file_size=stored.file_size, nar_hash=info.nar_hash, nar_size=info.nar_size,
+            references=info.references, deriver=info.deriver, ca=info.ca,
+        )
+        signed = sign_narinfo(narinfo, self.key)
+        self.cache.put_bytes(narinfo_name(path), render_narinfo(signed).encode(), content_type=NARINFO_TYPE)
+
+    def _count(self, nbytes: int) -> None:
+        with self.lock:
+            self.nar_bytes_read += nbytes
+
+    # --- reporting --------------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        done = len(self.missing) - sum(1 for info in self.missing if info.path not in self.published)
+        self.emit(Progress(
+            phase="upload", paths_done=done, paths_total=len(self.missing),
+            bytes_done=min(self.nar_bytes_read, self.bytes_total), bytes_total=self.bytes_total,
+            rate=self.nar_bytes_read / elapsed,
+        ))
+
+    def _failure(self) -> TopdeckError:
+        done = len(self.missing) - sum(1 for info in self.missing if info.path not in self.published)
+        first = self.failures[0]
+        progress = f"{done} of {len(self.missing)} paths stored; a re-run uploads only the rest"
+        if isinstance(first, Cancelled):
+            return Cancelled(f"push cancelled: {progress}")
+        if isinstance(first, TopdeckError):
+            return type(first)(f"{first} ({progress})")
+        return TopdeckError(f"push failed: {first!r} ({progress})")
+
+
+def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | None = None,
+         closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
+         nar_source: NarSource = localnix.nar_stream, emit: Emit = ignore,
+         cancel: threading.Event | None = None, jobs: int = 8,
+         clock: Callable[[], float] = time.time) -> PushResult:
+    """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it."""
+    if pointer is not None:
+        pointers.check_name(pointer)
+    started = time.monotonic()
+    closure = closure_of([toplevel])
+    emit(Progress(phase="list", paths_total=len(closure)))
+    listing = cache.list()
+    job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
+    job.run(listing)
+    if "nix-cache-info" not in listing:
+        cache.put_bytes("nix-cache-info", CACHE_INFO, content_type="text/x-nix-cache-info")
+    if manifest_name(toplevel) not in listing:
+        emit(Progress(phase="manifest", paths_done=len(closure), paths_total=len(closure)))
+        manifest = Manifest(toplevel, tuple(_manifest_paths(closure, job.stored, listing, cache)))
+        cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
+    published, changed = _publish_pointer(cache, pointer, toplevel, key, listing, clock)
+    skipped = [info for info in closure if info.path not in job.uploaded]
+    uploaded = [info for info in closure if info.path in job.uploaded]
+    return PushResult(
+        toplevel=str(toplevel),
+        paths_total=len(closure),
+        paths_uploaded=len(uploaded),
+        paths_skipped=len(skipped),
+        nar_bytes_uploaded=sum(info.nar_size for info in uploaded),
+        file_bytes_uploaded=sum(job.stored[info.path].file_size for info in uploaded),
+        nar_bytes_skipped=sum(info.nar_size for info in skipped),
+        seconds=time.monotonic() - started,
+        transactions=cache.transactions(),
+        pointer=pointer or "",
+        pointer_serial=published.serial if published else 0,
+        pointer_changed=changed,
+    )
+
+
+def _publish_pointer(cache: Cache, name: str | None, toplevel: StorePath, key: SecretKey,
+                     listing: dict[str, Entry], clock: Callable[[], float]) -> tuple[pointers.Pointer | None, bool]:
+    """The pointer after the push, and whether this push published it (not when it already named `toplevel`)."""
+    if name is None:
+        return None, False
+    before = pointers.current(listing).get(name)
+    if before is not None and before.path == str(toplevel):
+        return pointers.Pointer(name, toplevel, before.serial, before.uploaded_ms // 1000), False
+    return pointers.publish(cache, name, toplevel, key, listing, clock), True
+
+
+def _manifest_paths(closure: list[PathInfo], stored: dict[StorePath, Stored], listing: dict[str, Entry],
+                    cache: Cache) -> Iterator[ManifestPath]:
+    for info in closure:
+        yield ManifestPath(info.path, info.nar_size, _file_size(info, stored, listing, cache), info.references)
+
+
+def _file_size(info: PathInfo, stored: dict[StorePath, Stored], listing: dict[str, Entry], cache: Cache) -> int:
+    if info.path in stored:
+        return stored[info.path].file_size
+    if nar_name(info) in listing:
+        return listing[nar_name(info)].size
+    # a path another tool pushed, under another NAR name: its narinfo says
+    text = cache.get_bytes(narinfo_name(info.path)).decode()
+    return parse_narinfo(text, narinfo_name(info.path)).file_size

@@ -1,0 +1,72 @@
+"""How the command line shows engine events: a live progress line on a terminal, or JSON lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import TextIO
+
+import humanize
+
+from topdeck.core.events import Event, LogLine, Progress
+
+
+class EventPrinter:
+    """An `emit` for the engine: progress as one redrawn line on a terminal (none elsewhere), logs as lines."""
+
+    def __init__(self, stream: TextIO = sys.stderr, json_lines: bool = False, min_interval: float = 0.1):
+        self.stream, self.json_lines, self.min_interval = stream, json_lines, min_interval
+        self.live = stream.isatty() and not json_lines
+        self._last_draw = 0.0
+        self._line_open = False
+
+    def __call__(self, event: Event) -> None:
+        if self.json_lines:
+            print(json.dumps(to_json(event)), file=sys.stdout, flush=True)
+        elif isinstance(event, LogLine):
+            self._end_line()
+            prefix = f"{event.host} | " if event.host else ""
+            print(f"{prefix}{event.text}", file=self.stream, flush=True)
+        elif isinstance(event, Progress) and self.live:
+            self._draw(event)
+
+    def close(self) -> None:
+        self._end_line()
+
+    def _draw(self, event: Progress) -> None:
+        now = time.monotonic()
+        finished = event.paths_total and event.paths_done == event.paths_total
+        if now - self._last_draw < self.min_interval and not finished:
+            return
+        self._last_draw = now
+        self.stream.write("\r\x1b[K" + describe(event))
+        self.stream.flush()
+        self._line_open = True
+
+    def _end_line(self) -> None:
+        if self._line_open:
+            self.stream.write("\n")
+            self._line_open = False
+
+
+def describe(event: Progress) -> str:
+    parts = [f"{event.host}: " if event.host else "", event.phase]
+    if event.paths_total:
+        parts.append(f" {event.paths_done}/{event.paths_total} paths")
+    if event.bytes_total:
+        parts.append(f", {size(event.bytes_done)} of {size(event.bytes_total)}")
+    if event.rate:
+        parts.append(f", {size(int(event.rate))}/s")
+    return "".join(parts)
+
+
+def size(nbytes: int) -> str:
+    return humanize.naturalsize(nbytes, binary=True)
+
+
+def to_json(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"event": type(value).__name__, **dataclasses.asdict(value)}
+    return value

@@ -1,0 +1,162 @@
+"""The `topdeck push` and `topdeck pointers` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+import humanize
+
+from topdeck.core import localnix, pointers
+from topdeck.core.cache import Cache, open_cache
+from topdeck.core.errors import CacheError, Cancelled, InventoryError
+from topdeck.core.events import LogLine, PushResult
+from topdeck.core.inventory import Inventory, load_inventory, select_hosts
+from topdeck.core.push import push
+from topdeck.core.signing import SecretKey, load_secret_key
+from topdeck.core.store import StorePath, parse_store_path
+from topdeck.tui.cli_output import EventPrinter, size, to_json
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    push_parser = commands.add_parser(
+        "push", help="push a closure to the cache, then publish a pointer to it",
+        description="Uploads what the cache lacks of a toplevel's closure (one listing, then the missing NARs "
+        "zstd-compressed and in parallel, then their signed narinfos, then the closure manifest), and last "
+        "publishes the pointer. TARGET is a store path, or a host of the inventory whose toplevel is built first. "
+        "Safe to interrupt: a re-run uploads only what is missing.",
+    )
+    push_parser.add_argument("target", metavar="PATH|HOST", help="a /nix/store path, or a host to build")
+    push_parser.add_argument("--pointer", metavar="NAME", help="publish toplevels/NAME.txt naming the toplevel "
+                             "(default for a HOST: the pointer the host follows)")
+    push_parser.add_argument("--jobs", type=int, default=8, metavar="N", help="parallel uploads (default 8)")
+    push_parser.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
+    push_parser.set_defaults(handler=push_command)
+
+    pointers_parser = commands.add_parser(
+        "pointers", help="list pointers, show one's history, or roll one back",
+        description="Without NAME: every pointer with its target, serial and time. With NAME: that pointer; "
+        "--history lists its versions (newest first); --rollback publishes an older target as a new version.",
+    )
+    pointers_parser.add_argument("name", nargs="?", metavar="NAME", help="a pointer name")
+    pointers_parser.add_argument("--history", action="store_true", help="every version of NAME")
+    pointers_parser.add_argument("--rollback", nargs="?", const="", metavar="TO",
+                                 help="republish NAME's previous target, or the version with serial or path TO")
+    pointers_parser.add_argument("--yes", action="store_true", help="do not ask before a rollback")
+    pointers_parser.add_argument("--json", action="store_true", help="one JSON document")
+    pointers_parser.set_defaults(handler=pointers_command)
+
+
+def signing_key(inventory: Inventory) -> SecretKey:
+    if inventory.cache.signing_key is None:
+        raise InventoryError(f"{inventory.root}/topdeck.toml: cache.signing_key is not set (needed to sign)")
+    return load_secret_key(inventory.cache.signing_key)
+
+
+def push_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    key = signing_key(inventory)
+    printer = EventPrinter(json_lines=args.json)
+    toplevel, pointer = _target(inventory, args.target, args.pointer, printer)
+    cache = open_cache(inventory.cache)
+    try:
+        result = push(toplevel, cache, key, pointer=pointer, emit=printer, jobs=max(1, args.jobs))
+    finally:
+        printer.close()
+    if args.json:
+        print(json.dumps(to_json(result)))
+    else:
+        print(summary(result))
+    return 0
+
+
+def publish_toplevel(inventory: Inventory, toplevel: StorePath, pointer: str, emit) -> PushResult:  # type: ignore[no-untyped-def]
+    """Push a toplevel and point `pointer` at it, with the inventory's cache and key."""
+    return push(toplevel, open_cache(inventory.cache), signing_key(inventory), pointer=pointer, emit=emit)
+
+
+def _target(inventory: Inventory, target: str, pointer: str | None,
+            printer: EventPrinter) -> tuple[StorePath, str | None]:
+    if target.startswith("/"):
+        return parse_store_path(target), pointer
+    (host,) = select_hosts(inventory, [target], what="push")[:1]
+    if host.build is None:
+        raise InventoryError(f"{host.source}: host {host.name} has no [build] section to build its toplevel from")
+    path = localnix.build(host.build, log=lambda line: printer(LogLine(line, host.name)))
+    return path, pointer or host.pointer
+
+
+def summary(result: PushResult) -> str:
+    t = result.transactions
+    lines = [
+        f"pushed {result.toplevel}",
+        f"  {result.paths_uploaded} of {result.paths_total} paths uploaded "
+        f"({size(result.nar_bytes_uploaded)}, {size(result.file_bytes_uploaded)} compressed), "
+        f"{result.paths_skipped} already in the cache ({size(result.nar_bytes_skipped)}), "
+        f"in {humanize.precisedelta(result.seconds, minimum_unit='milliseconds', format='%0.1f')}",
+        f"  B2 transactions: class A {t.a}, class B {t.b}, class C {t.c}",
+    ]
+    if result.pointer:
+        state = "published" if result.pointer_changed else "already named it"
+        lines.append(f"  pointer {result.pointer}: {state} (serial {result.pointer_serial})")
+    return "\n".join(lines)
+
+
+def pointers_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    if (args.history or args.rollback is not None) and not args.name:
+        raise InventoryError("pointers: --history and --rollback need a pointer NAME")
+    if args.name:
+        pointers.check_name(args.name)
+    cache = open_cache(inventory.cache)
+    if args.rollback is not None:
+        return _rollback(inventory, cache, args)
+    if args.history:
+        versions = pointers.history(cache, args.name)
+        if not versions:
+            raise CacheError(f"pointer {args.name} does not exist")
+        _show(versions, args.json, label=lambda v: f"serial {v.serial}")
+        return 0
+    listing = pointers.current(cache.list())
+    if args.name:
+        if args.name not in listing:
+            raise CacheError(f"pointer {args.name} does not exist (pointers: {', '.join(listing) or 'none'})")
+        listing = {args.name: listing[args.name]}
+    if args.json:
+        print(json.dumps({name: to_json(v) for name, v in listing.items()}, indent=1))
+    else:
+        for name, version in listing.items():
+            print(f"{name:<16} serial {version.serial:<4} {_when(version.uploaded_ms):<16} {version.path}")
+    return 0
+
+
+def _rollback(inventory: Inventory, cache: Cache, args: argparse.Namespace) -> int:
+    versions = pointers.history(cache, args.name)
+    target = pointers.rollback_target(versions, args.rollback or None)
+    if not args.yes and not _confirm(f"point {args.name} back at {target} (now {versions[0].path})?"):
+        print("not rolled back", file=sys.stderr)
+        return 1
+    published = pointers.publish(cache, args.name, target, signing_key(inventory), cache.list())
+    print(f"pointer {args.name} now names {published.path} (serial {published.serial})")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise Cancelled(f"{question} Not asked: stdin is not a terminal; pass --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _show(versions: list[pointers.PointerVersion], as_json: bool, label) -> None:  # type: ignore[no-untyped-def]
+    if as_json:
+        print(json.dumps([to_json(v) for v in versions], indent=1))
+        return
+    for version in versions:
+        print(f"{label(version):<12} {_when(version.uploaded_ms):<16} {version.path}")
+
+
+def _when(uploaded_ms: int) -> str:
+    moment = datetime.fromtimestamp(uploaded_ms / 1000, tz=UTC)
+    return humanize.naturaltime(datetime.now(tz=UTC) - moment)
