@@ -15,7 +15,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.tui import cli_build, cli_lab, cli_push
+    from topdeck.tui import cli_build, cli_lab, cli_plan, cli_push
 
     parser = argparse.ArgumentParser(
         prog="topdeck",
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_lab.add_commands(commands)
     cli_build.add_commands(commands)
     cli_push.add_commands(commands)
+    cli_plan.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,227 @@
+"""The plan: for each selected host, before anything happens, what would change and what it would download.
+
+Targets come from the cache: one listing gives every pointer, one manifest download per distinct target gives
+its closure with sizes. Each host costs one SSH round trip (core/probe.sh). Nothing changes on any host.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+
+from topdeck.core import pointers
+from topdeck.core.cache import Cache
+from topdeck.core.diff import ClosureDiff, diff_closures, signature
+from topdeck.core.errors import CacheError, Cancelled, HostKeyError, SSHError, StorePathError, TopdeckError
+from topdeck.core.events import Emit, Progress, ignore
+from topdeck.core.inventory import Host, SSHConfig
+from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
+from topdeck.core.ssh import Session, connect, remote_command
+from topdeck.core.store import StorePath, parse_store_path
+
+B2_FREE_CLASS_B_PER_DAY = 2500
+PROBE_TIMEOUT = 120.0
+
+Connect = Callable[[Host, SSHConfig], Session]
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What the probe read on a host."""
+
+    current: StorePath | None
+    booted: StorePath | None
+    generation: int
+    free_bytes: int
+    missing: frozenset[StorePath]
+    closure: Mapping[StorePath, int]
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    status: str  # "change", "up-to-date", "unreachable", "host-key", "error"
+    reason: str = ""
+    target: StorePath | None = None
+    state: HostState | None = None
+    diff: ClosureDiff | None = None
+    fetch_paths: int = 0
+    download_bytes: int = 0
+    unpacked_bytes: int = 0
+    fits: bool = True
+
+    @property
+    def planned(self) -> bool:
+        return self.status in ("change", "up-to-date")
+
+    @property
+    def class_b(self) -> int:
+        """B2 class B transactions the host's pull costs: a narinfo and a NAR per path fetched."""
+        return 2 * self.fetch_paths
+
+
+@dataclass(frozen=True)
+class PlanGroup:
+    """Hosts whose change is identical: one diff for all of them."""
+
+    hosts: tuple[str, ...]
+    plan: HostPlan
+
+
+@dataclass(frozen=True)
+class Plan:
+    hosts: tuple[HostPlan, ...]
+    groups: tuple[PlanGroup, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(host.planned for host in self.hosts)
+
+    @property
+    def class_b(self) -> int:
+        return sum(host.class_b for host in self.hosts)
+
+    @property
+    def exceeds_free_class_b(self) -> bool:
+        return self.class_b > B2_FREE_CLASS_B_PER_DAY
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        notes = [f"{h.host}: /nix has {h.state.free_bytes} bytes free, the fetch unpacks to {h.unpacked_bytes}"
+                 for h in self.hosts if not h.fits and h.state]
+        if self.exceeds_free_class_b:
+            notes.append(f"the deploy would cost about {self.class_b} B2 class B transactions, more than the "
+                         f"{B2_FREE_CLASS_B_PER_DAY} free per day")
+        return tuple(notes)
+
+
+def targets_from_pointers(hosts: tuple[Host, ...], cache: Cache) -> dict[str, StorePath | str]:
+    """Each host's target from the pointer it follows (one listing); a reason string where there is none."""
+    current = pointers.current(cache.list())
+    targets: dict[str, StorePath | str] = {}
+    for host in hosts:
+        version = current.get(host.pointer)
+        try:
+            targets[host.name] = parse_store_path(version.path) if version else f"pointer {host.pointer} not found"
+        except StorePathError as error:
+            targets[host.name] = f"pointer {host.pointer}: {error}"
+    return targets
+
+
+def load_manifests(targets: set[StorePath], cache: Cache) -> dict[StorePath, Manifest]:
+    """One download per distinct target."""
+    manifests = {}
+    for target in targets:
+        try:
+            data = cache.get_bytes(manifest_name(target))
+        except CacheError:
+            raise CacheError(f"{target} is not in the cache (no manifest): push it first") from None
+        manifests[target] = parse_manifest(data, manifest_name(target))
+    return manifests
+
+
+def plan(hosts: tuple[Host, ...], targets: Mapping[str, StorePath | str], manifests: Mapping[StorePath, Manifest],
+         ssh: SSHConfig, *, connect: Connect = connect, parallel: int = 8, emit: Emit = ignore,
+         cancel: threading.Event | None = None) -> Plan:
+    """Probe every host (in parallel, one round trip each) and work out its plan."""
+    cancel = cancel or threading.Event()
+    done = []
+    lock = threading.Lock()
+
+    def one(host: Host) -> HostPlan:
+        if cancel.is_set():
+            raise Cancelled("plan cancelled")
+        target = targets[host.name]
+        result = (HostPlan(host.name, "error", target) if isinstance(target, str)
+                  else plan_host(host, target, manifests[target], ssh, connect))
+        with lock:
+            done.append(host.name)
+            emit(Progress(phase="plan", paths_done=len(done), paths_total=len(hosts), host=host.name))
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts))), thread_name_prefix="topdeck-plan") as pool:
+        host_plans = tuple(pool.map(one, hosts))
+    return Plan(host_plans, group(host_plans))
+
+
+def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> HostPlan:
+    try:
+        state = probe(host, manifest, ssh, connect)
+    except HostKeyError as error:
+        return HostPlan(host.name, "host-key", str(error), target)
+    except SSHError as error:
+        return HostPlan(host.name, "unreachable", str(error), target)
+    except TopdeckError as error:
+        return HostPlan(host.name, "error", str(error), target)
+    return host_plan(host.name, target, manifest, state)
+
+
+def host_plan(name: str, target: StorePath, manifest: Manifest, state: HostState) -> HostPlan:
+    """The plan for one host from what its probe read (pure: no I/O)."""
+    fetch = [p for p in manifest.paths if p.path in state.missing]
+    unpacked = sum(p.nar_size for p in fetch)
+    target_closure = {p.path: p.nar_size for p in manifest.paths}
+    return HostPlan(
+        host=name,
+        status="up-to-date" if state.current == target else "change",
+        target=target,
+        state=state,
+        diff=diff_closures(state.closure, target_closure),
+        fetch_paths=len(fetch),
+        download_bytes=sum(p.file_size for p in fetch),
+        unpacked_bytes=unpacked,
+        fits=unpacked <= state.free_bytes,
+    )
+
+
+def group(host_plans: tuple[HostPlan, ...]) -> tuple[PlanGroup, ...]:
+    """Hosts with the same current system and target (so the same diff and download) share one group."""
+    groups: dict[object, list[HostPlan]] = {}
+    for host in host_plans:
+        if host.planned and host.diff is not None and host.state is not None:
+            key = (host.state.current, host.target, signature(host.diff), host.fetch_paths, host.download_bytes)
+            groups.setdefault(key, []).append(host)
+    return tuple(PlanGroup(tuple(h.host for h in members), members[0]) for members in groups.values())
+
+
+def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> HostState:
+    script = resources.files("topdeck.core").joinpath("probe.sh").read_text()
+    paths = "".join(f"{p.path}\n" for p in manifest.paths).encode()
+    with connect(host, ssh) as session:
+        result = session.run(remote_command("sh", "-c", script, "topdeck-probe"), stdin=paths,
+                             timeout=PROBE_TIMEOUT)
+    if result.exit_status != 0:
+        raise TopdeckError(f"{host.name}: the probe failed (exit {result.exit_status}): "
+                           f"{result.stderr.decode(errors='replace').strip()[-300:]}")
+    return parse_probe(result.stdout.decode(errors="replace"), host.name)
+
+
+def parse_probe(output: str, host: str) -> HostState:
+    fields: dict[str, str] = {}
+    missing: set[StorePath] = set()
+    closure: dict[StorePath, int] = {}
+    for line in output.splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "error":
+            raise TopdeckError(f"{host}: {rest}")
+        if kind == "missing":
+            missing.add(parse_store_path(rest))
+        elif kind == "have":
+            path, _, size = rest.partition("\t")
+            closure[parse_store_path(path)] = int(size)
+        else:
+            fields[kind] = rest
+    try:
+        return HostState(
+            current=parse_store_path(fields["current"]) if fields.get("current") else None,
+            booted=parse_store_path(fields["booted"]) if fields.get("booted") else None,
+            generation=int(fields.get("generation") or 0),
+            free_bytes=int(fields["free_kib"]) * 1024,
+            missing=frozenset(missing),
+            closure=closure,
+        )
+    except (KeyError, ValueError, StorePathError) as error:
+        raise TopdeckError(f"{host}: the probe's answer is malformed ({error})") from None

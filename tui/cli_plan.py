@@ -1,0 +1,127 @@
+"""The `topdeck plan` command: per host, before anything happens, what changes and what it downloads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import humanize
+
+from topdeck.core.cache import open_cache
+from topdeck.core.diff import render_diff_closures
+from topdeck.core.inventory import Inventory, load_inventory, select_hosts
+from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan, load_manifests, plan, targets_from_pointers
+from topdeck.core.store import StorePath, parse_store_path
+from topdeck.tui.cli_output import EventPrinter, size
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "plan", help="what a deploy would do, per host (changes nothing)",
+        description="For each selected host: the closure diff between what it runs and its target (grouped like "
+        "`nix store diff-closures`), how many paths it would fetch, the download and unpacked sizes against its "
+        "free disk, and the B2 transactions the pulls would cost. One SSH round trip per host; nothing changes. "
+        "Exits 1 if a host could not be planned.",
+    )
+    parser.add_argument("--on", action="append", default=[], metavar="SELECTOR",
+                        help="hosts: a name, a glob (web-*) or a tag (@db); repeatable or comma-separated")
+    parser.add_argument("--target", metavar="PATH", help="plan towards this store path instead of the hosts' pointers")
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+    parser.set_defaults(handler=plan_command)
+
+
+def make_plan(inventory: Inventory, selectors: list[str], target: str | None, emit) -> Plan:  # type: ignore[no-untyped-def]
+    hosts = select_hosts(inventory, selectors)
+    cache = open_cache(inventory.cache)
+    targets: dict[str, StorePath | str]
+    if target:
+        path = parse_store_path(target)
+        targets = {host.name: path for host in hosts}
+    else:
+        targets = targets_from_pointers(hosts, cache)
+    manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
+    return plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    printer = EventPrinter(json_lines=False)
+    try:
+        result = make_plan(inventory, args.on, args.target, printer)
+    finally:
+        printer.close()
+    if args.json:
+        print(json.dumps(plan_json(result), indent=1))
+    else:
+        print("\n".join(render_plan(result)))
+    return 0 if result.ok else 1
+
+
+def render_plan(result: Plan) -> list[str]:
+    lines: list[str] = []
+    for group in result.groups:
+        lines.extend(_render_group(group.hosts, group.plan))
+        lines.append("")
+    for host in result.hosts:
+        if not host.planned:
+            lines.append(host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}")
+    lines.append(f"B2: about {result.class_b} class B transactions for the pulls "
+                 f"(free allowance {humanize.intcomma(B2_FREE_CLASS_B_PER_DAY)} a day)")
+    lines.extend(f"warning: {note}" for note in result.warnings)
+    return lines
+
+
+def _render_group(names: tuple[str, ...], host: HostPlan) -> list[str]:
+    assert host.state is not None and host.diff is not None and host.target is not None
+    current = host.state.current.name if host.state.current else "nothing"
+    lines = [f"{', '.join(names)}: {current} → {host.target.name}"]
+    if host.status == "up-to-date":
+        return [*lines, "  already on the target: nothing to fetch"]
+    lines.extend(f"  {line}" for line in render_diff_closures(host.diff) or ["no package changes"])
+    diff = host.diff
+    before = len(host.state.closure)
+    after = before + len(diff.paths_added) - len(diff.paths_removed)
+    lines.append(f"  closure: {before} → {after} paths, {size(diff.size_before)} → {size(diff.size_after)}")
+    fits = "" if host.fits else "  DOES NOT FIT"
+    lines.append(f"  fetch: {host.fetch_paths} paths, {size(host.download_bytes)} download, "
+                 f"{size(host.unpacked_bytes)} unpacked; {size(host.state.free_bytes)} free on /nix{fits}")
+    return lines
+
+
+def plan_json(result: Plan) -> dict[str, object]:
+    return {
+        "ok": result.ok,
+        "hosts": [_host_json(host) for host in result.hosts],
+        "groups": [list(group.hosts) for group in result.groups],
+        "b2_class_b": result.class_b,
+        "b2_free_class_b_per_day": B2_FREE_CLASS_B_PER_DAY,
+        "warnings": list(result.warnings),
+    }
+
+
+def _host_json(host: HostPlan) -> dict[str, object]:
+    document: dict[str, object] = {"host": host.host, "status": host.status, "reason": host.reason,
+                                   "target": str(host.target) if host.target else None}
+    if host.state is None or host.diff is None:
+        return document
+    document.update(
+        current=str(host.state.current) if host.state.current else None,
+        booted=str(host.state.booted) if host.state.booted else None,
+        generation=host.state.generation,
+        free_bytes=host.state.free_bytes,
+        fetch_paths=host.fetch_paths,
+        download_bytes=host.download_bytes,
+        unpacked_bytes=host.unpacked_bytes,
+        fits=host.fits,
+        b2_class_b=host.class_b,
+        size_before=host.diff.size_before,
+        size_after=host.diff.size_after,
+        paths_added=len(host.diff.paths_added),
+        paths_removed=len(host.diff.paths_removed),
+        changes=[{"name": c.name, "kind": c.kind, "old": list(c.old_versions), "new": list(c.new_versions),
+                  "size_delta": c.size_delta} for c in host.diff.changes if c.shown],
+        diff_closures=render_diff_closures(host.diff),
+    )
+    return document
+
+
