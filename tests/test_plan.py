@@ -58,7 +58,8 @@ def switch(lab: Lab, name: str, toplevel: str) -> None:
     """Install `toplevel` on a lab host as a new generation and activate it, as a past deploy would have."""
     host = lab.host(name)
     host.import_closure(toplevel, lab_env())
-    host.sh(f"nix-env -p /nix/var/nix/profiles/system --set {toplevel} && {toplevel}/bin/switch-to-configuration switch")
+    profile = "/nix/var/nix/profiles/system"
+    host.sh(f"nix-env -p {profile} --set {toplevel} && {toplevel}/bin/switch-to-configuration switch")
 
 
 def nix_dry_run(lab: Lab, name: str, target: str, url: str) -> tuple[int, float, float]:
@@ -155,8 +156,8 @@ def test_stopped_host_is_unreachable_while_others_are_planned(fleet):
 def test_changed_host_key_is_refused(fleet, tmp_path):
     lab, inventory, _ = fleet
     lines = lab.known_hosts.read_text().splitlines()
-    forged = [line.split()[0] + " " + lab.host("host-1").public_host_key() if line.startswith(lab.host("host-3").address + " ")
-              else line for line in lines]
+    victim, other_key = lab.host("host-3").address + " ", lab.host("host-1").public_host_key()
+    forged = [line.split()[0] + " " + other_key if line.startswith(victim) else line for line in lines]
     known = tmp_path / "known_hosts"
     known.write_text("\n".join(forged) + "\n")
     config = inventory / "topdeck.toml"
