@@ -1,5 +1,8 @@
 """Every error topdeck reports to a user. Each carries one line that says what is wrong and where."""
 
+from pathlib import Path
+from typing import Any
+
 
 class TopdeckError(Exception):
     """Base of all user-facing errors: the CLI prints str(error) on one line and exits non-zero."""
@@ -39,6 +42,27 @@ class SSHError(TopdeckError):
 
 class HostKeyError(SSHError):
     """A host presented an unknown or changed host key."""
+
+
+class UnknownHostKey(HostKeyError):
+    """The host presented a key that known_hosts does not pin for its address (`key` is a paramiko PKey)."""
+
+    def __init__(self, message: str, *, host: str, address: str, port: int, key: Any, fingerprint: str,
+                 known_hosts: Path):
+        super().__init__(message)
+        self.host, self.address, self.port, self.key = host, address, port, key
+        self.fingerprint, self.known_hosts = fingerprint, known_hosts
+
+
+class ChangedHostKey(HostKeyError):
+    """The host presented a key other than the one known_hosts pins for it: maybe an attack."""
+
+    def __init__(self, message: str, *, host: str, address: str, port: int, key: Any, fingerprint: str,
+                 expected: Any, expected_fingerprint: str, known_hosts: Path):
+        super().__init__(message)
+        self.host, self.address, self.port, self.key = host, address, port, key
+        self.fingerprint, self.known_hosts = fingerprint, known_hosts
+        self.expected, self.expected_fingerprint = expected, expected_fingerprint
 
 
 class LabError(TopdeckError):
