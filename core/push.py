@@ -105,6 +105,7 @@ class _Push:
         self.published: set[StorePath] = set()
         self.uploaded: set[StorePath] = set()
         self.failures: list[BaseException] = []
+        self.last_stored = ""
 
     # --- the plan ---------------------------------------------------------------------------------
 
@@ -138,6 +139,7 @@ class _Push:
                     self.failures.append(error)
                 elif kind == "nar":
                     waiting.add(path)
+                    self.last_stored = path.name
                 else:
                     self.published.add(path)
             if not (self.cancel.is_set() or self.failures):
@@ -196,7 +198,7 @@ class _Push:
         self.emit(Progress(
             phase="upload", paths_done=done, paths_total=len(self.missing),
             bytes_done=min(self.nar_bytes_read, self.bytes_total), bytes_total=self.bytes_total,
-            rate=self.nar_bytes_read / elapsed,
+            current=self.last_stored, rate=self.nar_bytes_read / elapsed,
         ))
 
     def _failure(self) -> TopdeckError:

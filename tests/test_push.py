@@ -72,6 +72,9 @@ def test_pushed_closure_is_substituted_with_signatures_required(lab, systems, pr
     assert result.paths_uploaded == result.paths_total == len(closure)
     assert result.pointer_changed and result.pointer_serial == 1
     assert any(getattr(e, "phase", "") == "upload" and e.paths_done == e.paths_total for e in events)
+    names = {info.path.name for info in closure}
+    current = {e.current for e in events if getattr(e, "current", "")}
+    assert current and current <= names
     for info in closure:
         narinfo = parse_narinfo(public_file(lab, prefix, f"{info.path.hash_part}.narinfo").decode())
         assert (narinfo.nar_hash, narinfo.nar_size) == (info.nar_hash, info.nar_size)

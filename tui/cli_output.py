@@ -59,6 +59,8 @@ def describe(event: Progress) -> str:
         parts.append(f", {size(event.bytes_done)} of {size(event.bytes_total)}")
     if event.rate:
         parts.append(f", {size(int(event.rate))}/s")
+    if event.current:
+        parts.append(f" ({event.current})")
     return "".join(parts)
 
 
