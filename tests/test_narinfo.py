@@ -3,11 +3,11 @@
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from nixtools import build_closure, nix
 
 from topdeck.core.errors import NarinfoError
 from topdeck.core.narinfo import (
@@ -23,37 +23,18 @@ from topdeck.core.narinfo import (
 from topdeck.core.store import parse_store_path
 from topdeck.lab.nixenv import lab_env
 
-requires_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="needs Nix")
-
 # zlib has no references, openssl refers to zlib, app to both and to itself.
-CLOSURE_NIX = """
-let
-  mk = name: script: builtins.derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "/bin/mkdir $out && ${script}" ];
-  };
-  zlib = mk "zlib-1.3.1" "echo zlib > $out/data";
-  openssl = mk "openssl-3.0.13-bin" "echo ${zlib} > $out/refs";
-in mk "app-1.0" "echo ${zlib} ${openssl} $out > $out/refs"
-"""
+CLOSURE_BINDINGS = """  zlib = mk "zlib-1.3.1" "echo zlib > $out/data";
+  openssl = mk "openssl-3.0.13-bin" "echo ${zlib} > $out/refs";"""
+CLOSURE_RESULT = 'mk "app-1.0" "echo ${zlib} ${openssl} $out > $out/refs"'
 
 HASH = "l8r1i0a3ak0fi2m5gb0shz8v88b85kyp"
 DIGEST = hashlib.sha256(b"topdeck").digest()
 
 
-def nix(*args: str) -> str:
-    result = subprocess.run(args, env=lab_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{args}: {result.stderr}"
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def closure(tmp_path_factory: pytest.TempPathFactory) -> str:
-    expression = tmp_path_factory.mktemp("closure") / "closure.nix"
-    expression.write_text(CLOSURE_NIX)
-    return nix("nix-build", str(expression), "--no-out-link").strip()
+    return build_closure(tmp_path_factory.mktemp("closure"), CLOSURE_BINDINGS, CLOSURE_RESULT)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +65,6 @@ def minimal_narinfo(**changes: str) -> str:
     return "".join(f"{key}: {value}\n" for key, value in fields.items())
 
 
-@requires_nix
 def test_render_gives_back_what_nix_wrote(cache: Path) -> None:
     narinfos = nix_narinfos(cache)
 
@@ -93,7 +73,6 @@ def test_render_gives_back_what_nix_wrote(cache: Path) -> None:
         assert render_narinfo(parse_narinfo(text, name)) == text
 
 
-@requires_nix
 def test_fields_agree_with_nix_path_info(cache: Path, path_infos: dict[str, dict]) -> None:
     for name, text in nix_narinfos(cache):
         info = parse_narinfo(text, name)
@@ -109,7 +88,6 @@ def test_fields_agree_with_nix_path_info(cache: Path, path_infos: dict[str, dict
         assert info.file_hash == hashlib.sha256(nar_file.read_bytes()).digest()
 
 
-@requires_nix
 def test_narinfo_made_from_path_info_is_what_nix_writes(closure: str, tmp_path: Path) -> None:
     nix("nix", "copy", "--to", f"file://{tmp_path}?compression=none", closure)
 
@@ -132,7 +110,6 @@ def test_narinfo_made_from_path_info_is_what_nix_writes(closure: str, tmp_path: 
         assert render_narinfo(made) == written.read_text()
 
 
-@requires_nix
 def test_fingerprint_is_nix_format(cache: Path, path_infos: dict[str, dict]) -> None:
     for name, text in nix_narinfos(cache):
         info = parse_narinfo(text, name)
@@ -215,7 +192,6 @@ def test_parse_hash_rejects(text: str) -> None:
         parse_hash(text)
 
 
-@requires_nix
 def test_hash_forms_match_nix_hash() -> None:
     digests = [os.urandom(32) for _ in range(8)]
     hexes = [digest.hex() for digest in digests]
@@ -288,7 +264,6 @@ ACCEPTED = {
 }
 
 
-@requires_nix
 @pytest.mark.parametrize("case", ACCEPTED)
 def test_nix_reads_what_topdeck_accepts(case: str, closure: str, tmp_path: Path) -> None:
     text = ACCEPTED[case].replace(f"/nix/store/{HASH}-hello-2.12", closure)
@@ -300,7 +275,6 @@ def test_nix_reads_what_topdeck_accepts(case: str, closure: str, tmp_path: Path)
     assert parse_hash(info["narHash"]) == parse_narinfo(text).nar_hash
 
 
-@requires_nix
 @pytest.mark.parametrize("case", REFUSED_BY_NIX)
 def test_nix_refuses_them_too(case: str, closure: str, tmp_path: Path) -> None:
     text = REFUSED_BY_NIX[case].replace(f"/nix/store/{HASH}-hello-2.12", closure)

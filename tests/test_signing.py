@@ -2,12 +2,12 @@
 
 import base64
 import dataclasses
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from nixtools import build_closure, nix, run_nix
 
 from topdeck.core.errors import SignatureError, SigningKeyError
 from topdeck.core.narinfo import Narinfo, fingerprint, parse_narinfo, render_narinfo
@@ -26,33 +26,11 @@ from topdeck.core.signing import (
     write_secret_key,
 )
 from topdeck.core.store import parse_store_path
-from topdeck.lab.nixenv import lab_env
-
-requires_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="needs Nix")
 
 # Two paths, the second referring to the first and to itself.
-CLOSURE_NIX = """
-let
-  mk = name: script: builtins.derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "/bin/mkdir $out && ${script}" ];
-  };
-  lib = mk "signing-lib-1.0" "echo lib > $out/data";
-in mk "signing-app-2.0" "echo ${lib} $out > $out/refs"
-"""
+CLOSURE_BINDINGS = """  lib = mk "signing-lib-1.0" "echo lib > $out/data";"""
+CLOSURE_RESULT = 'mk "signing-app-2.0" "echo ${lib} $out > $out/refs"'
 EXTRA = parse_store_path("/nix/store/" + "0" * 32 + "-extra")
-
-
-def run_nix(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=lab_env(), capture_output=True, text=True, timeout=300)
-
-
-def nix(*args: str) -> str:
-    result = run_nix(*args)
-    assert result.returncode == 0, f"{args}: {result.stderr}"
-    return result.stdout
 
 
 def copy_to_cache(closure: str, cache: Path, secret_key_file: Path | None = None) -> list[Narinfo]:
@@ -73,9 +51,7 @@ def nix_store_verify(cache: Path, closure: str, public_key: PublicKey) -> subpro
 
 @pytest.fixture(scope="module")
 def closure(tmp_path_factory: pytest.TempPathFactory) -> str:
-    expression = tmp_path_factory.mktemp("closure") / "closure.nix"
-    expression.write_text(CLOSURE_NIX)
-    return nix("nix-build", str(expression), "--no-out-link").strip()
+    return build_closure(tmp_path_factory.mktemp("closure"), CLOSURE_BINDINGS, CLOSURE_RESULT)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +71,6 @@ def nix_signed(
     return copy_to_cache(closure, tmp_path_factory.mktemp("signed-cache"), nix_key[0])
 
 
-@requires_nix
 def test_loads_a_key_pair_nix_made(nix_key: tuple[Path, Path]) -> None:
     secret_file, public_file = nix_key
 
@@ -108,7 +83,6 @@ def test_loads_a_key_pair_nix_made(nix_key: tuple[Path, Path]) -> None:
     assert secret_file.read_text().partition(":")[2] not in repr(secret)
 
 
-@requires_nix
 def test_tolerates_a_trailing_newline(nix_key: tuple[Path, Path]) -> None:
     secret_file, public_file = nix_key
 
@@ -116,7 +90,6 @@ def test_tolerates_a_trailing_newline(nix_key: tuple[Path, Path]) -> None:
     assert parse_public_key(public_file.read_text() + "\n") == load_public_key(public_file)
 
 
-@requires_nix
 def test_signs_exactly_as_nix_signs(nix_signed: list[Narinfo], nix_key: tuple[Path, Path]) -> None:
     secret = load_secret_key(nix_key[0])
 
@@ -127,7 +100,6 @@ def test_signs_exactly_as_nix_signs(nix_signed: list[Narinfo], nix_key: tuple[Pa
         assert sign_narinfo(dataclasses.replace(info, sigs=()), secret) == info
 
 
-@requires_nix
 def test_verifies_nix_signatures_and_rejects_tampering(
     nix_signed: list[Narinfo], nix_key: tuple[Path, Path]
 ) -> None:
@@ -157,7 +129,6 @@ def test_a_malformed_signature_does_not_verify(sig: str) -> None:
     assert verify([public], "1;x", sign(secret, "1;x"))
 
 
-@requires_nix
 def test_nix_signs_with_a_key_topdeck_made(closure: str, tmp_path: Path) -> None:
     secret, public = generate_keypair("topdeck-test-1")
     secret_file = tmp_path / "secret"
@@ -171,7 +142,6 @@ def test_nix_signs_with_a_key_topdeck_made(closure: str, tmp_path: Path) -> None
     assert nix_store_verify(tmp_path / "cache", closure, public).returncode == 0
 
 
-@requires_nix
 def test_nix_trusts_narinfos_topdeck_signed(closure: str, tmp_path: Path) -> None:
     secret, public = generate_keypair("topdeck-test-1")
     cache = tmp_path / "cache"
