@@ -1,1 +1,1 @@
-"""The topdeck engine. Never imports textual, rich or topdeck.tui."""
+"""The topdeck engine. Never imports textual, rich or the UI package (a test checks it in a subprocess)."""
