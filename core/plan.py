@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
+from humanize import naturalsize
+
 from topdeck.core import pointers
 from topdeck.core.cache import Cache
 from topdeck.core.diff import ClosureDiff, diff_closures, signature
@@ -90,7 +92,8 @@ class Plan:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        notes = [f"{h.host}: /nix has {h.state.free_bytes} bytes free, the fetch unpacks to {h.unpacked_bytes}"
+        notes = [f"{h.host}: /nix has {naturalsize(h.state.free_bytes, binary=True)} free, the fetch unpacks "
+                 f"to {naturalsize(h.unpacked_bytes, binary=True)}: the deploy would stop there"
                  for h in self.hosts if not h.fits and h.state]
         if self.exceeds_free_class_b:
             notes.append(f"the deploy would cost about {self.class_b} B2 class B transactions, more than the "

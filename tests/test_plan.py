@@ -186,3 +186,21 @@ def test_plan_of_a_target_not_in_the_cache_is_one_line(fleet):
     result = topdeck(inventory, "plan", "--target", missing)
     assert result.returncode == 1 and "not in the cache" in result.stderr and result.stderr.count("\n") == 1
 
+
+
+def test_host_whose_nix_cannot_hold_the_fetch_is_flagged(fleet, tmp_path):
+    lab, _, _ = fleet
+    lab.up(hosts={"tiny": "127.0.6.30"}, small_nix={"tiny": 24 * factory.MiB}, log=lambda *_: None)
+    inventory = write_lab_inventory(lab, tmp_path / "hosts", "plan", roles={"tiny": "web"})
+    big = factory.add_package(factory.spec_from_json((inventory / "web.json").read_text()),
+                              factory.Package("huge-data", "1.0", size=40 * factory.MiB))
+    target = factory.build(big, tmp_path)
+    assert topdeck(inventory, "push", target).returncode == 0
+
+    result = topdeck(inventory, "plan", "--target", target, "--json")
+
+    host = json.loads(result.stdout)["hosts"][0]
+    assert host["fits"] is False and host["unpacked_bytes"] > host["free_bytes"]
+    assert any("tiny" in w and "free" in w for w in json.loads(result.stdout)["warnings"])
+    text = topdeck(inventory, "plan", "--target", target).stdout
+    assert "DOES NOT FIT" in text
