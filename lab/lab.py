@@ -232,6 +232,14 @@ class Lab:
         self.host(name).start_sshd()
         self._save_state()
 
+    def rotate_host_key(self, name: str) -> None:
+        """Give a host a new host key and restart its sshd; known_hosts keeps the old key (a changed key)."""
+        host = self.host(name)
+        host.stop_sshd()
+        host.rotate_host_key()
+        host.start_sshd()
+        self._save_state()
+
     def set_slow(self, name: str, cpu_percent: int) -> None:
         self.host(name).set_slow(cpu_percent)
         self._save_state()

@@ -197,6 +197,10 @@ def test_small_nix_and_slow_host_controls(tmp_path):
         assert quota == "20000"
         procs = Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.5.11/cgroup.procs").read_text().split()
         assert str(host.state.sshd_pid) in procs
+        connect(lab, "host-1").close()  # the pinned key is accepted before the rotation
+        lab.rotate_host_key("host-1")
+        with pytest.raises(paramiko.BadHostKeyException):
+            connect(lab, "host-1")
     finally:
         lab.down(log=lambda *_: None)
     assert not Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.5.11").exists()
