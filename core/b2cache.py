@@ -101,7 +101,7 @@ class B2Cache:
             except NonExistentBucket:
                 raise CacheError(f"B2 bucket {name!r} not found (or not visible to this key)") from None
 
-    def list(self) -> dict[str, Entry]:
+    def listing(self) -> dict[str, Entry]:
         entries = {}
         with b2_errors("listing the cache"):
             for version, _ in self.bucket.ls(self.prefix.rstrip("/"), recursive=True, fetch_count=10_000):

@@ -37,7 +37,7 @@ class Entry:
 class Cache(Protocol):
     substituter_url: str
 
-    def list(self) -> dict[str, Entry]:
+    def listing(self) -> dict[str, Entry]:
         """Every file under the cache's root, newest versions only, in as few listing calls as possible."""
 
     def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
@@ -100,7 +100,7 @@ class DirCache:
     def _history(self, name: str) -> Path:
         return self.root / ".topdeck" / "versions" / f"{name}.jsonl"
 
-    def list(self) -> dict[str, Entry]:
+    def listing(self) -> dict[str, Entry]:
         entries = {}
         for path in self.root.rglob("*"):
             name = path.relative_to(self.root).as_posix()

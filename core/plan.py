@@ -103,7 +103,7 @@ class Plan:
 
 def targets_from_pointers(hosts: tuple[Host, ...], cache: Cache) -> dict[str, StorePath | str]:
     """Each host's target from the pointer it follows (one listing); a reason string where there is none."""
-    current = pointers.current(cache.list())
+    current = pointers.current(cache.listing())
     targets: dict[str, StorePath | str] = {}
     for host in hosts:
         version = current.get(host.pointer)

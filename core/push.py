@@ -64,7 +64,9 @@ class _Compressed:
 
     def __init__(self, nar: BinaryIO, on_nar_bytes: Callable[[int], None], cancel: threading.Event):
         self._counting = _CountingReader(nar, on_nar_bytes, cancel)
-        self._reader = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(self._counting, read_size=READ_SIZE)
+        self._reader = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(
+            self._counting, read_size=READ_SIZE  # type: ignore[arg-type]  # any object with read(n) will do
+        )
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -223,7 +225,7 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
     started = time.monotonic()
     closure = closure_of([toplevel])
     emit(Progress(phase="list", paths_total=len(closure)))
-    listing = cache.list()
+    listing = cache.listing()
     job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
     job.run(listing)
     if "nix-cache-info" not in listing:

@@ -40,3 +40,9 @@ def test_help_runs_without_lab_or_inventory(tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 0
     assert "lab" in result.stdout and "demo" in result.stdout
+
+
+def test_lint_and_types_are_clean():
+    for command in (["ruff", "check", "core", "lab", "tui", "tests", "bench"], ["mypy", "core", "lab"]):
+        result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -138,7 +138,7 @@ def test_changed_package_uploads_only_the_new_paths(lab, systems, prefix):
 def listing_invariants(lab: Lab, prefix: str) -> tuple[int, bool]:
     """Check the cache as a reader sees it: every narinfo has its NAR and its references' narinfos; the pointer,
     if any, names a toplevel whose whole closure is there. Returns (narinfos, pointer present)."""
-    listing = open_cache(lab, prefix).list()
+    listing = open_cache(lab, prefix).listing()
     narinfos = {name for name in listing if name.endswith(".narinfo")}
     for name in narinfos:
         narinfo = parse_narinfo(public_file(lab, prefix, name).decode(), name)
@@ -181,7 +181,7 @@ def test_push_killed_midway_leaves_a_consistent_cache_and_a_rerun_completes_it(l
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, "the push ended before it could be killed"
-        names = open_cache(lab, prefix).list()
+        names = open_cache(lab, prefix).listing()
         if sum(name.endswith(".narinfo") for name in names) >= len(closure) // 3:
             break
         time.sleep(0.05)
@@ -227,7 +227,7 @@ def test_pointer_history_rollback_and_signed_sidecar(lab, systems, prefix, tmp_p
     versions = pointers.history(cache, "web")
     assert [(v.serial, v.path) for v in versions] == [(3, str(base)), (2, str(upgraded)), (1, str(base))]
 
-    listing = cache.list()
+    listing = cache.listing()
     target = pointers.rollback_target(versions, None)
     assert target == upgraded
     pointers.publish(cache, "web", target, key(lab), listing)
@@ -259,7 +259,7 @@ def test_bad_input_uploads_nothing(lab, systems, prefix):
         push(missing, open_cache(lab, prefix), key(lab))
     with pytest.raises(StorePathError):
         parse_store_path("/nix/store/abc; rm -rf /")
-    assert open_cache(lab, prefix).list() == {}
+    assert open_cache(lab, prefix).listing() == {}
 
 
 def test_no_content_encoding_on_nars(lab, systems, prefix):

@@ -119,7 +119,7 @@ def pointers_command(args: argparse.Namespace) -> int:
             raise CacheError(f"pointer {args.name} does not exist")
         _show(versions, args.json, label=lambda v: f"serial {v.serial}")
         return 0
-    listing = pointers.current(cache.list())
+    listing = pointers.current(cache.listing())
     if args.name:
         if args.name not in listing:
             raise CacheError(f"pointer {args.name} does not exist (pointers: {', '.join(listing) or 'none'})")
@@ -138,7 +138,7 @@ def _rollback(inventory: Inventory, cache: Cache, args: argparse.Namespace) -> i
     if not args.yes and not _confirm(f"point {args.name} back at {target} (now {versions[0].path})?"):
         print("not rolled back", file=sys.stderr)
         return 1
-    published = pointers.publish(cache, args.name, target, signing_key(inventory), cache.list())
+    published = pointers.publish(cache, args.name, target, signing_key(inventory), cache.listing())
     print(f"pointer {args.name} now names {published.path} (serial {published.serial})")
     return 0
 
