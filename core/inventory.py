@@ -281,8 +281,13 @@ def _valid_address(value: str) -> str | None:
     return "is not an IP address or host name"
 
 
+def is_safe_name(value: str) -> bool:
+    """Host, pointer and tag names: safe in a file name, a B2 key and a shell word."""
+    return bool(NAME_RE.fullmatch(value)) and ".." not in value
+
+
 def _valid_name(value: str) -> str | None:
-    if NAME_RE.fullmatch(value) and ".." not in value:
+    if is_safe_name(value):
         return None
     return "must be letters, digits, '.', '_' or '-' (no '/', no '..', at most 63)"
 

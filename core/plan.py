@@ -6,6 +6,7 @@ its closure with sizes. Each host costs one SSH round trip (core/probe.sh). Noth
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -190,8 +191,13 @@ def group(host_plans: tuple[HostPlan, ...]) -> tuple[PlanGroup, ...]:
     return tuple(PlanGroup(tuple(h.host for h in members), members[0]) for members in groups.values())
 
 
+@functools.cache
+def probe_script() -> str:
+    return resources.files("topdeck.core").joinpath("probe.sh").read_text()
+
+
 def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> HostState:
-    script = resources.files("topdeck.core").joinpath("probe.sh").read_text()
+    script = probe_script()
     paths = "".join(f"{p.path}\n" for p in manifest.paths).encode()
     with connect(host, ssh) as session:
         result = session.run(remote_command("sh", "-c", script, "topdeck-probe"), stdin=paths,

@@ -10,18 +10,17 @@ path as a new version.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from topdeck.core.cache import NO_CACHING, Cache, Entry
 from topdeck.core.errors import PointerError, StorePathError
+from topdeck.core.inventory import is_safe_name
 from topdeck.core.signing import PublicKey, SecretKey, sign, verify
 from topdeck.core.store import StorePath, parse_store_path
 
 DIRECTORY = "toplevels"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 FINGERPRINT_PREFIX = "topdeck-pointer-1"
 
 
@@ -42,7 +41,7 @@ class PointerVersion:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name) or ".." in name:
+    if not is_safe_name(name):
         raise PointerError(f"pointer name {name!r}: letters, digits, '.', '_' or '-' only (no '/', no '..')")
     return name
 
