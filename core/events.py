@@ -52,7 +52,69 @@ class PushResult:
     pointer_changed: bool = False
 
 
-Event = Progress | LogLine | PushResult
+@dataclass(frozen=True)
+class HostPhase:
+    """A host entered a phase of a deploy or rollback.
+
+    Phases in order: queued, connect, lock, verify, fetch, profile, activate, confirm, check; then one final
+    phase: done, failed, rolled-back, skipped (not started: an earlier wave failed) or cancelled."""
+
+    host: str
+    phase: str
+    detail: str = ""
+
+
+FINAL_PHASES = ("done", "failed", "rolled-back", "skipped", "cancelled")
+
+
+@dataclass(frozen=True)
+class WaveStarted:
+    index: int  # from 1
+    count: int
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    """How a host ended a deploy or rollback. `after` is what /run/current-system named at the end."""
+
+    host: str
+    outcome: str  # one of FINAL_PHASES
+    target: str
+    before: str = ""
+    after: str = ""
+    generation: int = 0
+    reason: str = ""
+    fetched_paths: int = 0
+    fetched_bytes: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "done"
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    run_id: str
+    mode: str
+    outcomes: tuple[HostOutcome, ...]
+    waves: tuple[tuple[str, ...], ...] = ()
+    started: float = 0.0
+    finished: float = 0.0
+    stopped: str = ""  # why later waves were not started, if they were not
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.outcomes) and all(outcome.ok for outcome in self.outcomes)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(outcome.host for outcome in self.outcomes if not outcome.ok)
+
+
+Event = Progress | LogLine | PushResult | HostPhase | WaveStarted | HostOutcome | DeployResult
 Emit = Callable[[Event], None]
 
 

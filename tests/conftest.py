@@ -9,7 +9,8 @@ import pytest
 from topdeck.lab.lab import Lab
 
 # The tests' lab lives on its own addresses and a free port, so a running demo lab is left alone.
-TEST_BASE_ADDRESS = "127.0.3.11"
+# TOPDECK_TEST_BASE_ADDRESS moves it, so that two test runs can share a machine.
+TEST_BASE_ADDRESS = os.environ.get("TOPDECK_TEST_BASE_ADDRESS", "127.0.3.11")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,11 +7,10 @@ import json
 
 import humanize
 
-from topdeck.core.cache import open_cache
 from topdeck.core.diff import render_diff_closures
-from topdeck.core.inventory import Inventory, load_inventory, select_hosts
-from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan, load_manifests, plan, targets_from_pointers
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.fleet import plan_fleet
+from topdeck.core.inventory import load_inventory
+from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
 from topdeck.tui.cli_output import EventPrinter, size
 
 
@@ -30,24 +29,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.set_defaults(handler=plan_command)
 
 
-def make_plan(inventory: Inventory, selectors: list[str], target: str | None, emit) -> Plan:  # type: ignore[no-untyped-def]
-    hosts = select_hosts(inventory, selectors)
-    cache = open_cache(inventory.cache)
-    targets: dict[str, StorePath | str]
-    if target:
-        path = parse_store_path(target)
-        targets = {host.name: path for host in hosts}
-    else:
-        targets = targets_from_pointers(hosts, cache)
-    manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
-    return plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit)
-
-
 def plan_command(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     printer = EventPrinter(json_lines=False)
     try:
-        result = make_plan(inventory, args.on, args.target, printer)
+        result = plan_fleet(inventory, args.on, args.target, emit=printer).plan
     finally:
         printer.close()
     if args.json:
