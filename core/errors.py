@@ -75,3 +75,7 @@ class Cancelled(TopdeckError):
 
 class PointerError(TopdeckError):
     """A pointer is malformed, unsigned, wrongly signed, or older than one already seen."""
+
+
+class DeployError(TopdeckError):
+    """A deploy, rollback or status request that cannot start as asked."""

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from topdeck.core.cache import NO_CACHING, Cache, Entry
 from topdeck.core.errors import PointerError, StorePathError
 from topdeck.core.inventory import is_safe_name
-from topdeck.core.signing import PublicKey, SecretKey, sign, verify
+from topdeck.core.signing import PublicKey, SecretKey, sign, ssh_signature, verify
 from topdeck.core.store import StorePath, parse_store_path
 
 DIRECTORY = "toplevels"
 FINGERPRINT_PREFIX = "topdeck-pointer-1"
+SSH_NAMESPACE = "topdeck-pointer"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Pointer:
     serial: int
     time: int
     sig: str = ""
+    sshsig: str = ""  # the same fingerprint as an SSH signature, which hosts check with `ssh-keygen -Y verify`
 
 
 @dataclass(frozen=True)
@@ -59,22 +61,26 @@ def fingerprint(pointer: Pointer) -> str:
 
 
 def signed(pointer: Pointer, key: SecretKey) -> Pointer:
-    return Pointer(pointer.name, pointer.path, pointer.serial, pointer.time, sign(key, fingerprint(pointer)))
+    text = fingerprint(pointer)
+    return Pointer(pointer.name, pointer.path, pointer.serial, pointer.time, sign(key, text),
+                   ssh_signature(key, text, SSH_NAMESPACE))
 
 
 def render_sidecar(pointer: Pointer) -> bytes:
+    """One field a line, always in this order: the host-side script reads it with sed."""
     fields = {"name": pointer.name, "path": str(pointer.path), "serial": pointer.serial, "time": pointer.time,
-              "sig": pointer.sig}
+              "sig": pointer.sig, "sshsig": pointer.sshsig}
     return (json.dumps(fields, indent=1) + "\n").encode()
 
 
 def parse_sidecar(data: bytes, source: str) -> Pointer:
     try:
         fields = json.loads(data)
-        serial, stamp, sig = fields["serial"], fields["time"], fields["sig"]
-        if not (isinstance(serial, int) and isinstance(stamp, int) and isinstance(sig, str)):
-            raise TypeError("serial and time must be integers, sig a string")
-        return Pointer(check_name(fields["name"]), parse_store_path(fields["path"]), serial, stamp, sig)
+        serial, stamp, sig, sshsig = fields["serial"], fields["time"], fields["sig"], fields.get("sshsig", "")
+        if not (isinstance(serial, int) and isinstance(stamp, int) and isinstance(sig, str)
+                and isinstance(sshsig, str)):
+            raise TypeError("serial and time must be integers, sig and sshsig strings")
+        return Pointer(check_name(fields["name"]), parse_store_path(fields["path"]), serial, stamp, sig, sshsig)
     except (ValueError, KeyError, TypeError, StorePathError) as error:
         raise PointerError(f"{source}: not a valid pointer sidecar ({error})") from None
 

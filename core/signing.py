@@ -6,8 +6,10 @@ show key material.
 """
 
 import base64
+import hashlib
 import dataclasses
 import os
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +165,31 @@ def _b64decode(text: str) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except ValueError:
         return None
+
+
+# --- SSH signatures (OpenSSH PROTOCOL.sshsig): what a host checks with `ssh-keygen -Y verify` ------------
+
+_SSHSIG_MAGIC = b"SSHSIG"
+_SSH_ED25519 = b"ssh-ed25519"
+
+
+def ssh_public_key(key: PublicKey) -> str:
+    """The key as an OpenSSH public key line: `ssh-ed25519 AAAA...`."""
+    return f"ssh-ed25519 {_b64(_ssh_string(_SSH_ED25519) + _ssh_string(key.raw))}"
+
+
+def ssh_signature(secret_key: SecretKey, message: str, namespace: str) -> str:
+    """An SSHSIG signature of `message`, as the base64 blob between the armour lines `ssh-keygen -Y sign`
+    writes (sha512 of the message, signed with Ed25519)."""
+    signed = (_SSHSIG_MAGIC + _ssh_string(namespace.encode()) + _ssh_string(b"") + _ssh_string(b"sha512")
+              + _ssh_string(hashlib.sha512(message.encode()).digest()))
+    signature = Ed25519PrivateKey.from_private_bytes(secret_key.seed).sign(signed)
+    public = _ssh_string(_SSH_ED25519) + _ssh_string(_public_bytes(secret_key.seed))
+    blob = (_SSHSIG_MAGIC + struct.pack(">I", 1) + _ssh_string(public) + _ssh_string(namespace.encode())
+            + _ssh_string(b"") + _ssh_string(b"sha512")
+            + _ssh_string(_ssh_string(_SSH_ED25519) + _ssh_string(signature)))
+    return _b64(blob)
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data

@@ -1,0 +1,341 @@
+"""Deploy: make hosts pull a system from the cache and activate it, in parallel and in waves, with magic rollback.
+
+Each host runs core/host.sh (sent over SSH on stdin) under a host-side lock: verify the pointer, fetch with
+signatures required, set the profile, activate detached from the SSH session, and wait for a confirmation
+that topdeck gives through a *new* SSH login (after the health checks); without it the host rolls back by
+itself. The script's output lines become events; the last one is the host's result.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+
+from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError
+from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, LogLine, Progress, WaveStarted, ignore
+from topdeck.core.inventory import Host, SSHConfig
+from topdeck.core.signing import PublicKey, ssh_public_key
+from topdeck.core.ssh import Connect, Session, connect, remote_command
+from topdeck.core.store import StorePath
+
+MODES = ("switch", "boot", "test", "dry-activate")
+# Phases in which stopping the host's script leaves the host as it was.
+INTERRUPTIBLE = frozenset({"queued", "connect", "lock", "verify", "fetch"})
+WRAPPER = ('umask 077; mkdir -p /run/topdeck && f=$(mktemp /run/topdeck/host.XXXXXX) || exit 1; '
+           'cat > "$f"; sh "$f" "$@"; status=$?; rm -f "$f"; exit $status')
+RECONNECT_EVERY = 2.0
+LOST_FETCH_WINDOW = 10.0  # how long to look for a host lost before it changed anything
+CONFIRM_LOGIN_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one host should end on: a store path (or, for a rollback, an existing generation)."""
+
+    path: StorePath | None = None
+    pointer: str = ""  # the host reads and verifies this pointer itself; `path` is what the plan expects
+    generation: int = 0
+    need_bytes: int = 0  # what the fetch unpacks to, from the plan (0: the host asks Nix)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.generation == 0):
+            raise ValueError("a target is a store path or a generation")
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Health checks run on the host through the confirming login; any failure rolls the host back."""
+
+    command: str = ""
+    http: str = ""
+    failed_units: bool = False
+
+    def args(self) -> list[str]:
+        return [*(["--check-command", self.command] if self.command else []),
+                *(["--check-http", self.http] if self.http else []),
+                *(["--check-units"] if self.failed_units else [])]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every host of one run shares."""
+
+    mode: str
+    cache_url: str
+    trusted_key: PublicKey
+    confirm_timeout: float = 30.0
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise DeployError(f"mode {self.mode!r}: use one of {', '.join(MODES)}")
+
+
+def new_run_id(clock: Callable[[], float] = time.time) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(clock())) + "-" + secrets.token_hex(3)
+
+
+@functools.cache
+def host_script() -> bytes:
+    return resources.files("topdeck.core").joinpath("host.sh").read_bytes()
+
+
+def host_command(host: Host, verb: str, *args: str | int) -> str:
+    """The remote command that runs host.sh (sent on stdin) with `verb` and `args`, through sudo if asked."""
+    sudo = ["sudo", "-n"] if host.sudo and host.user != "root" else []
+    return remote_command(*sudo, "sh", "-c", WRAPPER, "topdeck-host", verb, *args)
+
+
+# --- waves ----------------------------------------------------------------------------------------
+
+
+def plan_waves(hosts: Iterable[str], canary: int = 0, wave: str | None = None) -> tuple[tuple[str, ...], ...]:
+    """Split hosts into waves: `canary` hosts first, then waves of `wave` hosts ("5") or of a share ("25%")."""
+    names = list(hosts)
+    if canary < 0:
+        raise DeployError(f"--canary {canary}: must be 0 or more")
+    size = len(names) if not wave else _wave_size(wave, len(names))
+    waves = [names[:canary]] if canary else []
+    rest = names[canary:]
+    waves += [rest[i:i + size] for i in range(0, len(rest), max(1, size))]
+    return tuple(tuple(w) for w in waves if w)
+
+
+def _wave_size(wave: str, count: int) -> int:
+    match = re.fullmatch(r"(\d+)(%?)", wave.strip())
+    if not match or int(match.group(1)) == 0 or (match.group(2) and int(match.group(1)) > 100):
+        raise DeployError(f"--wave {wave!r}: give a number of hosts (5) or a share of them (25%)")
+    number = int(match.group(1))
+    return max(1, math.ceil(count * number / 100)) if match.group(2) else number
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Settings, ssh: SSHConfig, *,
+           waves: tuple[tuple[str, ...], ...] | None = None, checks: Mapping[str, Checks] | None = None,
+           connect: Connect = connect, parallel: int = 8, emit: Emit = ignore,
+           cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> DeployResult:
+    """Run the hosts wave by wave (all at once without waves), `parallel` at a time; stop after a wave in
+    which a host failed. Cancel starts no new host and stops running ones only where that changes nothing."""
+    cancel = cancel or threading.Event()
+    by_name = {host.name: host for host in hosts}
+    waves = waves or (tuple(by_name),)
+    started = clock()
+    outcomes: dict[str, HostOutcome] = {}
+    stopped = ""
+    for name in by_name:
+        emit(HostPhase(name, "queued"))
+    for index, wave in enumerate(waves, 1):
+        if stopped or cancel.is_set():
+            why = stopped or "cancelled"
+            for name in wave:
+                outcomes[name] = _not_run(name, targets[name], "skipped" if stopped else "cancelled", why, emit)
+            continue
+        emit(WaveStarted(index, len(waves), wave))
+        runner = _HostRunner(settings, ssh, connect, checks or {}, emit, cancel, clock)
+        with ThreadPoolExecutor(max(1, min(parallel, len(wave))), thread_name_prefix="topdeck-deploy") as pool:
+            results = pool.map(lambda name: runner.run(by_name[name], targets[name]), wave)
+            outcomes.update((outcome.host, outcome) for outcome in results)
+        failed = [name for name in wave if not outcomes[name].ok]
+        if failed and index < len(waves):
+            stopped = f"wave {index} failed on {', '.join(failed)}"
+    result = DeployResult(settings.run_id, settings.mode, tuple(outcomes[h] for w in waves for h in w), waves,
+                          started, clock(), stopped)
+    emit(result)
+    return result
+
+
+def _not_run(name: str, target: Target, outcome: str, why: str, emit: Emit) -> HostOutcome:
+    emit(HostPhase(name, outcome, why))
+    result = HostOutcome(name, outcome, _target_text(target), reason=why)
+    emit(result)
+    return result
+
+
+def _target_text(target: Target) -> str:
+    return str(target.path) if target.path else f"generation {target.generation}"
+
+
+class _HostRunner:
+    def __init__(self, settings: Settings, ssh: SSHConfig, connect: Connect, checks: Mapping[str, Checks],
+                 emit: Emit, cancel: threading.Event, clock: Callable[[], float]):
+        self.settings, self.ssh, self.connect, self.checks = settings, ssh, connect, checks
+        self.emit, self.cancel, self.clock = emit, cancel, clock
+
+    def run(self, host: Host, target: Target) -> HostOutcome:
+        started = self.clock()
+        if self.cancel.is_set():
+            return _not_run(host.name, target, "cancelled", "cancelled before it started", self.emit)
+        track = _Tracker(host.name, self.emit, lambda: self._confirm(host))
+        try:
+            self._deploy(host, target, track)
+        except HostKeyError as error:
+            track.fail(str(error))
+        except (SSHError, Cancelled) as error:
+            self._recover(host, track, error)
+        except TopdeckError as error:
+            track.fail(str(error))
+        outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
+                              track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
+                              started, self.clock())
+        self.emit(HostPhase(host.name, outcome.outcome, outcome.reason))
+        self.emit(outcome)
+        return outcome
+
+    def _deploy(self, host: Host, target: Target, track: _Tracker) -> None:
+        track.phase("connect")
+        with self.connect(host, self.ssh) as session:
+            self._run(session, host, "deploy", self._deploy_args(host, target), track,
+                      _WhileInterruptible(self.cancel, track))
+
+    def _deploy_args(self, host: Host, target: Target) -> list[str | int]:
+        s = self.settings
+        args: list[str | int] = [s.run_id, s.mode, str(target.path) if target.path else "-",
+                                 "--cache", s.cache_url, "--key", s.trusted_key.to_text(),
+                                 "--confirm", math.ceil(s.confirm_timeout)]
+        if target.need_bytes:
+            args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
+        if target.generation:
+            args += ["--generation", target.generation]
+        elif target.pointer:
+            args += ["--pointer", target.pointer, "--sidecar", f"{s.cache_url}/toplevels/{target.pointer}.json",
+                     "--signer", ssh_public_key(s.trusted_key)]
+        return args
+
+    def _run(self, session: Session, host: Host, verb: str, args: list[str | int], track: _Tracker,
+             cancel: object = None) -> None:
+        result = session.run(host_command(host, verb, *args), stdin=host_script(), on_stdout_line=track.line,
+                             on_stderr_line=track.stderr, cancel=cancel)  # type: ignore[arg-type]
+        if track.result is None:
+            track.fail(f"the host script ended without a result (exit {result.exit_status})")
+
+    def _recover(self, host: Host, track: _Tracker, error: TopdeckError) -> None:
+        """The session ended early (lost, or stopped by a cancel): learn from the host how the run ended."""
+        changing = track.current_phase not in INTERRUPTIBLE
+        window = self.settings.confirm_timeout + 60 if changing else LOST_FETCH_WINDOW
+        self.emit(LogLine(f"{error}; asking the host how the run ended", host.name))
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            try:
+                with self.connect(host, self.ssh) as session:
+                    self._run(session, host, "follow", [self.settings.run_id], track)
+                if isinstance(error, Cancelled) and track.outcome == "failed" and not changing:
+                    track.outcome, track.reason = "cancelled", "cancelled before anything changed on the host"
+                return
+            except (SSHError, Cancelled):
+                time.sleep(RECONNECT_EVERY)
+        why = ("the host may still roll back or finish by itself: `topdeck status` shows where it ended"
+               if changing else "nothing was changed on the host")
+        track.fail(f"{error}; {why}")
+
+    def _confirm(self, host: Host) -> None:
+        """Confirm through a new login (after the health checks); failing that, the host rolls back."""
+        checks = self.checks.get(host.name, Checks())
+        self.emit(HostPhase(host.name, "check" if checks.args() else "confirm", "through a new SSH login"))
+        try:
+            with self.connect(host, self.ssh) as session:
+                result = session.run(host_command(host, "confirm", self.settings.run_id, *checks.args()),
+                                     stdin=host_script(), timeout=CONFIRM_LOGIN_TIMEOUT + self.settings.confirm_timeout)
+            text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
+            self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
+        except TopdeckError as error:
+            self.emit(LogLine(f"cannot confirm through a new login ({error}): the host will roll back by itself",
+                              host.name))
+
+
+class _WhileInterruptible:
+    """A cancel flag that counts only while stopping the host's script changes nothing on the host."""
+
+    def __init__(self, cancel: threading.Event, track: _Tracker):
+        self.cancel, self.track = cancel, track
+
+    def is_set(self) -> bool:
+        return self.cancel.is_set() and self.track.current_phase in INTERRUPTIBLE
+
+
+class _Tracker:
+    """Turns one host's script output into events, and remembers how far the host got."""
+
+    def __init__(self, host: str, emit: Emit, on_confirm: Callable[[], None]):
+        self.host, self.emit, self.on_confirm = host, emit, on_confirm
+        self.current_phase = "queued"
+        self.result: str | None = None
+        self.outcome, self.reason = "failed", ""
+        self.target = self.before = self.current = ""
+        self.generation = self.paths_total = self.bytes_done = 0
+        self._progress = Progress(phase="fetch", host=host)
+        self._confirmer: threading.Thread | None = None
+
+    def phase(self, name: str, detail: str = "") -> None:
+        self.current_phase = name
+        self.emit(HostPhase(self.host, name, detail))
+
+    def fail(self, reason: str) -> None:
+        self.result, self.outcome, self.reason = "failed", "failed", reason
+
+    def stderr(self, text: str) -> None:
+        if text.strip():
+            self.emit(LogLine(text, self.host))
+
+    def line(self, text: str) -> None:
+        kind, *fields = text.split("\t")
+        handler = getattr(self, f"_on_{kind.replace('-', '_')}", None)
+        if handler is None:
+            self.emit(LogLine(text, self.host))
+        else:
+            handler(*fields)
+
+    def _on_phase(self, name: str = "", detail: str = "", *_: str) -> None:
+        if name == "confirm" and self._confirmer is None:
+            self.phase(name, f"waiting up to {detail} s")
+            self._confirmer = threading.Thread(target=self.on_confirm, name=f"topdeck-confirm-{self.host}",
+                                               daemon=True)
+            self._confirmer.start()
+        elif name == "confirmed":
+            self.emit(LogLine("activation confirmed", self.host))
+        else:
+            self.phase(name, detail)
+
+    def _on_progress(self, *numbers: str) -> None:
+        try:
+            paths, total, done, expected = (int(n) for n in numbers[:4])
+        except ValueError:
+            return
+        self.paths_total, self.bytes_done = total, done
+        self._progress = Progress("fetch", paths, total, done, expected, self._progress.current, host=self.host)
+        self.emit(self._progress)
+
+    def _on_current(self, path: str = "", *_: str) -> None:
+        p = self._progress
+        self._progress = Progress("fetch", p.paths_done, p.paths_total, p.bytes_done, p.bytes_total,
+                                  path.rpartition("/")[2][33:], host=self.host)
+        self.emit(self._progress)
+
+    def _on_log(self, *text: str) -> None:
+        self.emit(LogLine(" ".join(text), self.host))
+
+    def _on_state(self, key: str = "", value: str = "", *_: str) -> None:
+        if key == "target":
+            self.target = value
+        elif key == "before":
+            self.before = value
+        elif key == "current":
+            self.current = value
+        elif key == "generation" and value.isdigit():
+            self.generation = int(value)
+
+    def _on_result(self, outcome: str = "failed", reason: str = "", *_: str) -> None:
+        self.result = outcome
+        self.outcome = outcome if outcome in ("done", "failed", "rolled-back") else "failed"
+        self.reason = reason
+        if self._confirmer is not None:
+            self._confirmer.join(timeout=CONFIRM_LOGIN_TIMEOUT)

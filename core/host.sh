@@ -1,0 +1,453 @@
+# topdeck host-side script: pull a system closure from the binary cache and activate it, with magic rollback.
+#
+# topdeck sends this file over SSH on stdin (a wrapper saves it under /run/topdeck and runs it; nothing is
+# installed). Installed on a host with a timer, `agent` is the unattended pull agent (hosts/topdeck-agent.nix).
+#
+#   deploy RUN MODE TARGET [options]   pull TARGET (or the pointer's path) and activate it with MODE
+#       --cache URL --key NAME:KEY        the substituter and the only key trusted to sign its paths
+#       --confirm SECONDS                 switch/test: wait this long for `confirm RUN`, else roll back (0: no wait)
+#       --need-kib N                      what the fetch unpacks to (else asked of Nix with --dry-run)
+#       --pointer NAME --sidecar URL --signer 'ssh-ed25519 KEY'
+#                                         read TARGET from the signed pointer sidecar (TARGET "-" or the path the
+#                                         plan expects); refuse a bad signature or a serial older than the last one
+#       --generation N                    switch to the existing system generation N (a rollback); TARGET "-"
+#   agent [deploy options]             deploy the pointer if it moved (no confirmation wait)
+#   confirm RUN [--check-command CMD] [--check-http URL] [--check-units]
+#                                      run the health checks, then confirm (or reject) RUN's activation
+#   follow RUN                         print RUN's events from the start until its result
+#   status | generations               what the host runs; its system generations
+#
+# Output: tab-separated lines on stdout: `phase NAME [DETAIL]`, `progress PATHS_DONE PATHS_TOTAL BYTES_DONE
+# BYTES_TOTAL`, `current PATH`, `log TEXT`, `state KEY VALUE`, and last `result done|failed|rolled-back REASON`.
+# Exit status: 0 done, 1 failed, 2 rolled back, 3 another deploy holds the host's lock, 64 bad arguments.
+set -u
+PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
+export PATH
+umask 022
+
+PROFILE=/nix/var/nix/profiles/system
+STATE=/nix/var/nix/topdeck
+RUNTIME=/run/topdeck
+STORE_PATH_RE='^/nix/store/[0-9a-df-np-sv-z]\{32\}-[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*$'
+TAB=$(printf '\t')
+
+line() {  # one output line: the arguments tab-separated, newlines inside them made spaces
+    (IFS=$TAB; printf '%s' "$*") | tr '\n\r' '  '
+    printf '\n'
+}
+matches() { printf '%s\n' "$1" | grep -q "$2"; }
+usage() { line result failed "topdeck-host: $*"; exit 64; }
+
+event() {  # record an event for `follow`, and print it
+    line "$@" >> "$rundir/events" 2>/dev/null
+    line "$@"
+}
+
+# --- arguments --------------------------------------------------------------------------------------
+
+agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect=
+check_command= check_http= check_units=
+parse_options() {
+    while [ $# -gt 0 ]; do
+        [ $# -ge 2 ] || [ "$1" = --check-units ] || usage "option $1 needs a value"
+        case $1 in
+            --cache) cache=$2 ;;
+            --key) key=$2 ;;
+            --confirm) confirm=$2 ;;
+            --need-kib) need_kib=$2 ;;
+            --pointer) pointer=$2 ;;
+            --sidecar) sidecar=$2 ;;
+            --signer) signer=$2 ;;
+            --generation) generation=$2 ;;
+            --check-command) check_command=$2 ;;
+            --check-http) check_http=$2 ;;
+            --check-units) check_units=1; shift; continue ;;
+            *) usage "unknown option $1" ;;
+        esac
+        shift 2
+    done
+    case $confirm in *[!0-9]* | '') usage "--confirm must be a number of seconds" ;; esac
+    case $need_kib in *[!0-9]*) usage "--need-kib must be a number" ;; esac
+    case $generation in *[!0-9]*) usage "--generation must be a number" ;; esac
+    case $pointer in .* | *[!A-Za-z0-9._-]*) usage "bad pointer name" ;; esac
+}
+
+check_run_id() {
+    case $1 in '' | *[!A-Za-z0-9_-]*) usage "bad run id" ;; esac
+    rundir=$RUNTIME/runs/$1
+}
+
+# --- deploy -----------------------------------------------------------------------------------------
+
+fail() {  # before anything changed on the host
+    event result failed "$1"
+    record_last_run failed
+    exit 1
+}
+
+record_last_run() {
+    mkdir -p "$STATE" 2>/dev/null || return 0
+    printf '%s\t%s\t%s\t%s\n' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" "${target:-}" > "$STATE/last-run.tmp" \
+        && mv "$STATE/last-run.tmp" "$STATE/last-run"
+}
+
+take_lock() {
+    mkdir -p "$RUNTIME/runs" || fail "cannot create $RUNTIME"
+    command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is missing on this host"
+    exec 9>>"$RUNTIME/lock"
+    if ! flock -n 9; then
+        owner=$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)
+        line result failed "another deploy holds this host's lock (${owner:-run unknown}); try again when it ends"
+        exit 3
+    fi
+    printf 'run %s since %s' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$RUNTIME/lock.owner"
+    rm -rf "$rundir"
+    mkdir -p "$rundir" || fail "cannot create $rundir"
+    event phase lock
+}
+
+sidecar_field() {  # one field of the sidecar, which topdeck writes one field a line
+    printf '%s\n' "$sidecar_text" | sed -n "s/^ *\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" | head -n 1
+}
+
+verify_pointer() {
+    event phase verify "pointer $pointer"
+    command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
+    command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
+    sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) || fail "cannot read pointer $pointer: $sidecar_text"
+    p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
+    p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
+    [ "$p_name" = "$pointer" ] || fail "pointer $pointer: the sidecar names pointer '$p_name'"
+    matches "$p_path" "$STORE_PATH_RE" || fail "pointer $pointer: the sidecar's path is not a store path"
+    case $p_serial in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's serial is not a number" ;; esac
+    case $p_time in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's time is not a number" ;; esac
+    case $p_sig in '' | *[!A-Za-z0-9+/=]*) fail "pointer $pointer: the sidecar has no SSH signature" ;; esac
+    printf 'topdeck %s\n' "$signer" > "$rundir/signers"
+    printf -- '-----BEGIN SSH SIGNATURE-----\n%s\n-----END SSH SIGNATURE-----\n' "$p_sig" > "$rundir/pointer.sig"
+    printf 'topdeck-pointer-1;%s;%s;%s;%s' "$p_name" "$p_path" "$p_serial" "$p_time" |
+        ssh-keygen -Y verify -f "$rundir/signers" -I topdeck -n topdeck-pointer -s "$rundir/pointer.sig" \
+            >/dev/null 2>&1 || fail "pointer $pointer: the sidecar's signature does not verify with the trusted key"
+    last=$(cat "$STATE/pointers/$pointer.serial" 2>/dev/null || echo 0)
+    case $last in *[!0-9]* | '') last=0 ;; esac
+    [ "$p_serial" -ge "$last" ] || fail "pointer $pointer: serial $p_serial is older than serial $last, the last this host applied (a replayed or downgraded pointer)"
+    if [ "$target" != - ] && [ "$target" != "$p_path" ]; then
+        fail "pointer $pointer moved since the plan (now $p_path): plan again"
+    fi
+    target=$p_path
+}
+
+realise() {  # nix-store -r from the cache only, with its signatures required and no cached narinfo trusted
+    nix-store -r "$@" --option substituters "$cache" --option trusted-public-keys "$key" --option require-sigs true \
+        --option narinfo-cache-negative-ttl 0 --option narinfo-cache-positive-ttl 0 --option fallback false \
+        --option connect-timeout 15
+}
+
+check_space() {
+    if [ -z "$need_kib" ]; then
+        unpacked=$(realise --dry-run "$target" 2>&1 |
+            sed -n 's/.*download, \([0-9.]*\) MiB unpacked).*/\1/p')
+        need_kib=$(printf '%s\n' "${unpacked:-0}" | awk '{ printf "%d", $1 * 1024 + 1 }')
+    fi
+    free_kib=$(df -Pk /nix/store | awk 'NR == 2 { print $4 }')
+    if [ "$need_kib" -gt "$free_kib" ]; then
+        fail "/nix has $((free_kib / 1024)) MiB free; the fetch needs $((need_kib / 1024)) MiB: nothing was changed"
+    fi
+}
+
+# Nix's internal-json log, turned into progress lines: paths from the copy-paths activity (type 103), bytes from
+# the NAR downloads (type 101), the expected download size from its set-expected result (106 with 101).
+PROGRESS_AWK='
+function number(key,   at) { at = index($0, "\"" key "\":"); return at ? substr($0, at + length(key) + 3) + 0 : -1 }
+function word(key,   text) {  # a number as text: activity ids are too large for some awks as array keys
+    text = substr($0, index($0, "\"" key "\":") + length(key) + 3); return substr(text, 1, match(text, /[^0-9]/) - 1)
+}
+function fields(   text) { text = substr($0, index($0, "\"fields\":[") + 10); return substr(text, 1, index(text, "]") - 1) }
+function show() { printf "progress\t%d\t%d\t%d\t%d\n", paths, total, bytes, expected; fflush(); shown = bytes }
+!/^@nix / { next }
+/"action":"start"/ {
+    type = number("type"); id = word("id")
+    if (type == 103) copies = id
+    if (type == 101 && index($0, "/nar/")) nar[id] = 0
+    if (type == 100) { split(fields(), f, ","); gsub(/"/, "", f[1]); printf "current\t%s\n", f[1]; fflush() }
+    next
+}
+/"action":"result"/ {
+    type = number("type"); id = word("id"); split(fields(), f, ",")
+    if (type == 106 && f[1] == 101) { expected = f[2]; show() }
+    else if (type == 105 && id == copies && (f[1] != paths || f[2] != total)) { paths = f[1]; total = f[2]; show() }
+    else if (type == 105 && (id in nar)) {
+        bytes += f[1] - nar[id]; nar[id] = f[1]
+        if (bytes - shown >= 262144 || bytes - shown >= expected / 50) show()
+    }
+    next
+}
+/"action":"msg"/ && number("level") <= 1 {
+    text = substr($0, index($0, "\"msg\":\"") + 7); sub(/"[^"]*$/, "", text)
+    gsub(/\\u001b\[[0-9;]*m/, "", text); gsub(/\\n/, " ", text); gsub(/\\"/, "\"", text); gsub(/\t/, " ", text)
+    printf "log\t%s\n", text; fflush()
+}
+END { show() }'
+
+fetch() {
+    event phase fetch
+    check_space
+    { realise "$target" --add-root "$rundir/gcroot" --log-format internal-json -v 2>&1 >/dev/null
+      echo $? > "$rundir/fetch.status"; } |
+        awk "$PROGRESS_AWK" | tee -a "$rundir/events"
+    status=$(cat "$rundir/fetch.status")
+    [ "$status" = 0 ] || fail "fetching $target from $cache failed (nix-store exit $status): nothing was changed"
+}
+
+generation_of() {  # the generation number a profile link names
+    link=$(readlink "$1" 2>/dev/null) || { echo 0; return; }
+    link=${link#system-}
+    echo "${link%-link}"
+}
+
+save_previous() {
+    prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    prev_gen=$(generation_of "$PROFILE")
+    prev_profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
+    event state before "$prev_current"
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl --failed --no-legend --plain 2>/dev/null | awk '{ print $1 }' | sort > "$rundir/failed-units.before"
+    fi
+}
+
+set_profile() {
+    new_gen=$prev_gen created=
+    case $mode in switch | boot) ;; *) return ;; esac
+    event phase profile
+    if [ -n "$generation" ]; then
+        nix-env -p "$PROFILE" --switch-generation "$generation" >/dev/null 2>&1 || fail "cannot switch the profile to generation $generation"
+    else
+        nix-env -p "$PROFILE" --set "$target" >/dev/null 2>&1 || fail "cannot set the system profile to $target"
+        created=1
+    fi
+    new_gen=$(generation_of "$PROFILE")
+    event state generation "$new_gen"
+}
+
+# Everything activate() needs, for the detached process; every value here was validated above.
+write_run_env() {
+    cat > "$rundir/env" <<EOF
+run='$run' mode='$mode' target='$target' confirm='$confirm' pointer='$pointer' p_serial='${p_serial:-}'
+prev_current='$prev_current' prev_gen='$prev_gen' prev_profile='$prev_profile' new_gen='$new_gen' created='$created'
+EOF
+}
+
+deploy() {
+    [ $# -ge 3 ] || usage "deploy RUN MODE TARGET [options]"
+    run=$1 mode=$2 target=$3
+    shift 3
+    check_run_id "$run"
+    case $mode in switch | boot | test | dry-activate) ;; *) usage "mode must be switch, boot, test or dry-activate" ;; esac
+    parse_options "$@"
+    [ "$target" = - ] || matches "$target" "$STORE_PATH_RE" || usage "TARGET is not a store path"
+    take_lock
+    if [ -n "$generation" ]; then
+        target=$(readlink -f "/nix/var/nix/profiles/system-$generation-link" 2>/dev/null) \
+            || fail "this host has no system generation $generation"
+    elif [ -n "$pointer" ]; then
+        verify_pointer
+    fi
+    [ "$target" != - ] || usage "no TARGET and no --pointer"
+    event state target "$target"
+    if [ -n "$agent" ] && [ "$target" = "$(readlink -f /run/current-system)" ]; then
+        event result done "already running $target"
+        exit 0
+    fi
+    if [ -z "$generation" ]; then fetch; fi
+    nix-store --check-validity "$target" 2>/dev/null || fail "$target is not complete on this host: nothing was changed"
+    # From here on the host changes: a dropped connection or a stop must not leave it half-way.
+    trap '' HUP INT TERM PIPE
+    save_previous
+    set_profile
+    write_run_env
+    cp "$0" "$rundir/host.sh"
+    # A session of its own: neither a dropped SSH connection nor topdeck stopping the command reaches it.
+    setsid sh "$rundir/host.sh" activate "$run" < /dev/null >> "$rundir/activate.log" 2>&1 &
+    follow_events "$run" "$(wc -l < "$rundir/events")"
+}
+
+# --- the detached part: activate, wait for confirmation, roll back ------------------------------------
+
+activate() {
+    check_run_id "$1"
+    run=$1
+    . "$rundir/env"
+    exec > /dev/null
+    event phase activate "$mode"
+    "$target/bin/switch-to-configuration" "$mode" >> "$rundir/activate.log" 2>&1
+    status=$?
+    tail -n 5 "$rundir/activate.log" | while IFS= read -r text; do event log "$text"; done
+    if [ $status = 100 ]; then
+        event log "a reboot is needed to finish activating $target"
+    elif [ $status != 0 ]; then
+        revert "activating $target failed (switch-to-configuration $mode exit $status)"
+    fi
+    if [ "$confirm" -gt 0 ] && { [ "$mode" = switch ] || [ "$mode" = test ]; }; then
+        await_confirmation
+    fi
+    finish done "$mode of $target"
+}
+
+await_confirmation() {
+    : > "$rundir/canary"
+    event phase confirm "$confirm"
+    deadline=$(( $(date +%s) + confirm ))
+    while [ -e "$rundir/canary" ] && [ ! -e "$rundir/reject" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+        sleep 0.2
+    done
+    # The rename decides a race with a late confirmation: whoever moves the canary first wins.
+    if mv "$rundir/canary" "$rundir/canary.expired" 2>/dev/null; then
+        if [ -e "$rundir/reject" ]; then
+            revert "a health check failed: $(cat "$rundir/reject")"
+        fi
+        revert "no confirmation within ${confirm}s (a new SSH login could not confirm)"
+    fi
+    event phase confirmed
+}
+
+revert() {
+    event phase rollback "$1"
+    case $mode in
+        switch | boot)
+            if [ -z "$prev_profile" ]; then finish failed "$1; there is no previous generation to return to"; fi
+            nix-env -p "$PROFILE" --switch-generation "$prev_gen" >/dev/null 2>&1
+            if [ -n "$created" ] && [ "$new_gen" != "$prev_gen" ]; then
+                nix-env -p "$PROFILE" --delete-generations "$new_gen" >/dev/null 2>&1
+            fi
+            reactivate "$prev_profile" boot
+            if [ "$mode" = switch ]; then reactivate "$prev_current" test; fi
+            ;;
+        test) reactivate "$prev_current" test ;;
+    esac
+    finish rolled-back "$1"
+}
+
+reactivate() {
+    [ -n "$1" ] || return 0
+    "$1/bin/switch-to-configuration" "$2" >> "$rundir/activate.log" 2>&1 \
+        || event log "re-activating $1 ($2) failed: exit $?"
+}
+
+finish() {
+    if [ "$1" = done ] && [ -n "$pointer" ] && [ -n "$p_serial" ]; then
+        mkdir -p "$STATE/pointers" && printf '%s\n' "$p_serial" > "$STATE/pointers/$pointer.serial"
+    fi
+    record_last_run "$1"
+    event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
+    event state generation "$(generation_of "$PROFILE")"
+    event result "$1" "$2"
+    case $1 in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
+}
+
+# --- the other commands -------------------------------------------------------------------------------
+
+follow_events() {  # print run $1's events after line $2 until its result
+    seen=$2
+    while :; do
+        count=$(wc -l < "$rundir/events")
+        if [ "$count" -gt "$seen" ]; then
+            sed -n "$((seen + 1)),${count}p" "$rundir/events"
+            if sed -n "$((seen + 1)),${count}p" "$rundir/events" | grep -q "^result$TAB"; then
+                outcome=$(sed -n "s/^result$TAB\([^$TAB]*\).*/\1/p" "$rundir/events" | tail -n 1)
+                case $outcome in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
+            fi
+            seen=$count
+        fi
+        if ! run_alive "$1"; then
+            sed -n "$((seen + 1)),\$p" "$rundir/events"
+            grep -q "^result$TAB" "$rundir/events" || line result failed "the deploy stopped on the host before it ended"
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+run_alive() {  # whether run $1 still holds the host's lock
+    case $(cat "$RUNTIME/lock.owner" 2>/dev/null) in "run $1 "*) ;; *) return 1 ;; esac
+    ! flock -n "$RUNTIME/lock" true 2>/dev/null
+}
+
+follow() {
+    [ $# = 1 ] || usage "follow RUN"
+    check_run_id "$1"
+    [ -f "$rundir/events" ] || { line result failed "this host has no run $1 (rebooted since?)"; exit 1; }
+    follow_events "$1" 0
+}
+
+confirm_run() {
+    [ $# -ge 1 ] || usage "confirm RUN [checks]"
+    check_run_id "$1"
+    shift
+    parse_options "$@"
+    [ -e "$rundir/canary" ] || { line confirm late "the run is no longer waiting for confirmation"; exit 1; }
+    reason=$(run_checks)
+    if [ -n "$reason" ]; then
+        printf '%s' "$reason" > "$rundir/reject"
+        line confirm rejected "$reason"
+        exit 1
+    fi
+    rm "$rundir/canary" 2>/dev/null || { line confirm late "the run stopped waiting for confirmation"; exit 1; }
+    line confirm ok
+}
+
+run_checks() {  # prints why the first failing check failed, nothing if all pass
+    if [ -n "$check_command" ]; then
+        sh -c "$check_command" > "$rundir/check.log" 2>&1 || { echo "command '$check_command' exited $?"; return; }
+    fi
+    if [ -n "$check_http" ]; then
+        curl -fsS -o /dev/null --max-time 10 "$check_http" > "$rundir/check.log" 2>&1 \
+            || { echo "$check_http: $(tr '\n' ' ' < "$rundir/check.log")"; return; }
+    fi
+    if [ -n "$check_units" ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl --failed --no-legend --plain 2>/dev/null | awk '{ print $1 }' | sort > "$rundir/failed-units.after"
+        touch "$rundir/failed-units.before"
+        new=$(comm -13 "$rundir/failed-units.before" "$rundir/failed-units.after" | tr '\n' ' ')
+        [ -z "$new" ] || echo "units failed since the activation: $new"
+    fi
+}
+
+status() {
+    line current "$(readlink -f /run/current-system 2>/dev/null || true)"
+    line booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
+    line profile "$(readlink -f "$PROFILE" 2>/dev/null || true)"
+    line generation "$(generation_of "$PROFILE")"
+    line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
+    if [ -e "$RUNTIME/lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$RUNTIME/lock" true; then
+        line deploying "$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)"
+    fi
+}
+
+generations() {
+    current=$(generation_of "$PROFILE")
+    nix-env -p "$PROFILE" --list-generations 2>/dev/null | while read -r number day clock _; do
+        path=$(readlink -f "/nix/var/nix/profiles/system-$number-link" 2>/dev/null || true)
+        version=$(cat "$path/nixos-version" 2>/dev/null || true)
+        is_current=
+        [ "$number" = "$current" ] && is_current=current
+        line generation "$number" "$day $clock" "$path" "$version" "$is_current"
+    done
+}
+
+agent() {  # unattended: deploy the pointer when it names something else than what runs
+    agent=1
+    deploy "agent-$(date +%s)" switch - "$@" --confirm 0
+}
+
+command -v nix-store >/dev/null 2>&1 || { line result failed "nix-store is not installed on this host"; exit 1; }
+[ $# -ge 1 ] || usage "a command: deploy, agent, confirm, follow, status or generations"
+verb=$1
+shift
+case $verb in
+    deploy) deploy "$@" ;;
+    agent) agent "$@" ;;
+    activate) activate "$@" ;;
+    confirm) confirm_run "$@" ;;
+    follow) follow "$@" ;;
+    status) status ;;
+    generations) generations ;;
+    *) usage "unknown command $verb" ;;
+esac
