@@ -6,22 +6,33 @@ import io
 import math
 import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
+import requests
 from b2sdk.v2 import B2Api, Bucket, InMemoryAccountInfo
 from b2sdk.v2.exception import (
+    B2ConnectionError,
     B2Error,
+    B2RequestTimeout,
+    BrokenPipe,
+    ConnectionReset,
     FileNotPresent,
     InvalidAuthToken,
+    MaxRetriesExceeded,
     NonExistentBucket,
+    RequestTimeout,
+    ServiceError,
+    TooManyRequests,
     TransactionCapExceeded,
+    TruncatedOutput,
     Unauthorized,
 )
 
-from topdeck.core.cache import Entry
+from topdeck.core.cache import Entry, TransientCacheError
 from topdeck.core.errors import CacheError
 from topdeck.core.events import Transactions
 
@@ -32,6 +43,13 @@ CLASS_C = {"b2_authorize_account", "b2_list_buckets", "b2_list_file_names", "b2_
 BILLED_PER_THOUSAND = {"b2_list_file_names", "b2_list_file_versions"}
 STREAM_PART_SIZE = 32 * 1024 * 1024
 _CALL = re.compile(r"/b2api/v\d+/(b2_\w+)")
+# b2sdk tries each request up to 5 times; when B2 is having a bad moment that is not always enough, so each
+# repeatable operation (everything but a streamed upload, which push retries from the start) gets a few more.
+ATTEMPTS = 4
+BACKOFF = 0.5  # seconds before the second attempt, doubled for each next one
+TRANSIENT = (B2ConnectionError, B2RequestTimeout, RequestTimeout, ServiceError, TooManyRequests, TruncatedOutput,
+             ConnectionReset, BrokenPipe, MaxRetriesExceeded, requests.RequestException, OSError)
+T = TypeVar("T")
 
 
 class CallCounter:
@@ -79,12 +97,15 @@ class B2Cache:
         self.counter = CallCounter()
         self.api = B2Api(InMemoryAccountInfo())
         self.api.session.raw_api.b2_http.add_callback(self.counter)
-        with b2_errors("authorizing with B2"):
+
+        def authorize() -> None:
             try:
                 self.api.authorize_account(realm, key_id, key)
             except (Unauthorized, InvalidAuthToken):
                 raise CacheError(f"B2 refused the application key (realm {realm})") from None
-        self.bucket = self._bucket(bucket)
+
+        retrying("authorizing with B2", authorize)
+        self.bucket = retrying(f"finding bucket {bucket!r}", lambda: self._bucket(bucket))
         download_url = self.api.account_info.get_download_url()
         self.substituter_url = f"{download_url}/file/{bucket}/{self.prefix}".rstrip("/")
 
@@ -95,26 +116,28 @@ class B2Cache:
             return self.api.BUCKET_CLASS(self.api, allowed["bucketId"], name=name)
         if allowed.get("bucketName"):
             raise CacheError(f"the B2 key is restricted to bucket {allowed['bucketName']!r}, not {name!r}")
-        with b2_errors(f"finding bucket {name!r}"):
-            try:
-                return self.api.get_bucket_by_name(name)
-            except NonExistentBucket:
-                raise CacheError(f"B2 bucket {name!r} not found (or not visible to this key)") from None
+        try:
+            return self.api.get_bucket_by_name(name)
+        except NonExistentBucket:
+            raise CacheError(f"B2 bucket {name!r} not found (or not visible to this key)") from None
 
     def listing(self) -> dict[str, Entry]:
-        entries = {}
-        with b2_errors("listing the cache"):
+        def list_all() -> dict[str, Entry]:
+            entries = {}
             for version, _ in self.bucket.ls(self.prefix.rstrip("/"), recursive=True, fetch_count=10_000):
                 name = version.file_name[len(self.prefix):]
                 entries[name] = Entry(name, version.size, dict(version.file_info), version.upload_timestamp)
+            return entries
+
+        entries = retrying("listing the cache", list_all)
         self.counter.add("b2_list_file_names", max(1, math.ceil(len(entries) / 1000)))
         return entries
 
     def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
                   info: Mapping[str, str] | None = None) -> None:
-        with b2_errors(f"uploading {name}"):
-            self.bucket.upload_bytes(data, self.prefix + name, content_type=content_type,
-                                     file_info=dict(info or {}), cache_control=cache_control)
+        retrying(f"uploading {name}", lambda: self.bucket.upload_bytes(
+            data, self.prefix + name, content_type=content_type, file_info=dict(info or {}),
+            cache_control=cache_control))
 
     def put_stream(self, name: str, stream: BinaryIO, *, content_type: str) -> None:
         part = max(STREAM_PART_SIZE, self.api.account_info.get_absolute_minimum_part_size())
@@ -124,17 +147,19 @@ class B2Cache:
                                               buffer_size=part, buffers_count=2)
 
     def get_bytes(self, name: str) -> bytes:
-        buffer = io.BytesIO()
-        with b2_errors(f"downloading {name}"):
+        def download() -> bytes:
+            buffer = io.BytesIO()
             try:
                 self.bucket.download_file_by_name(self.prefix + name).save(buffer)
             except FileNotPresent:
                 raise CacheError(f"{name} is not in the cache") from None
-        return buffer.getvalue()
+            return buffer.getvalue()
+
+        return retrying(f"downloading {name}", download)
 
     def versions(self, name: str) -> list[Entry]:
-        with b2_errors(f"listing the versions of {name}"):
-            found = [v for v in self.bucket.list_file_versions(self.prefix + name) if v.action == "upload"]
+        found = retrying(f"listing the versions of {name}", lambda: [
+            v for v in self.bucket.list_file_versions(self.prefix + name) if v.action == "upload"])
         self.counter.add("b2_list_file_versions", max(1, math.ceil(len(found) / 1000)))
         return [Entry(name, v.size, dict(v.file_info), v.upload_timestamp) for v in found]
 
@@ -142,9 +167,24 @@ class B2Cache:
         return self.counter.transactions()
 
 
+def retrying(doing: str, operation: Callable[[], T], attempts: int = ATTEMPTS,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """`operation()`, tried again (with a growing pause) while it fails with a TransientCacheError."""
+    for attempt in range(attempts):
+        try:
+            with b2_errors(doing):
+                return operation()
+        except TransientCacheError:
+            if attempt == attempts - 1:
+                raise
+            sleep(BACKOFF * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def b2_errors(doing: str) -> Iterator[None]:
-    """Turn b2sdk's exceptions into one-line CacheErrors (credentials never appear in them)."""
+    """Turn b2sdk's exceptions into one-line CacheErrors (credentials never appear in them); the ones worth
+    another try (503, timeouts, dropped connections) into TransientCacheErrors."""
     try:
         yield
     except CacheError:
@@ -155,4 +195,12 @@ def b2_errors(doing: str) -> Iterator[None]:
         text = str(error)
         if "download_cap_exceeded" in text:
             raise CacheError(f"{doing}: the B2 daily download cap is exceeded (raise it in the B2 account)") from None
-        raise CacheError(f"{doing}: B2 error: {text.splitlines()[0][:200]}") from None
+        if isinstance(error, TRANSIENT):
+            raise TransientCacheError(f"{doing}: B2 did not answer: {_first_line(text)}") from None
+        raise CacheError(f"{doing}: B2 error: {_first_line(text)}") from None
+    except (requests.RequestException, OSError) as error:
+        raise TransientCacheError(f"{doing}: B2 did not answer: {_first_line(str(error))}") from None
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0][:200]

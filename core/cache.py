@@ -19,6 +19,11 @@ from topdeck.core.errors import CacheError
 from topdeck.core.events import Transactions
 from topdeck.core.inventory import CacheConfig
 
+
+class TransientCacheError(CacheError):
+    """A failure that may pass (a 503, a timeout, a dropped connection): worth trying the operation again."""
+
+
 NARINFO_TYPE = "text/x-nix-narinfo"
 NAR_TYPE = "application/x-nix-nar"
 NO_CACHING = "no-cache, no-store, max-age=0"

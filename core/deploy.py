@@ -20,8 +20,18 @@ from dataclasses import dataclass
 from importlib import resources
 
 from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError
-from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, LogLine, Progress, WaveStarted, ignore
-from topdeck.core.inventory import Host, SSHConfig
+from topdeck.core.events import (
+    DeployResult,
+    Emit,
+    Event,
+    HostOutcome,
+    HostPhase,
+    LogLine,
+    Progress,
+    WaveStarted,
+    ignore,
+)
+from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
 from topdeck.core.ssh import Connect, Session, connect, remote_command
 from topdeck.core.store import StorePath
@@ -48,20 +58,6 @@ class Target:
     def __post_init__(self) -> None:
         if (self.path is None) == (self.generation == 0):
             raise ValueError("a target is a store path or a generation")
-
-
-@dataclass(frozen=True)
-class Checks:
-    """Health checks run on the host through the confirming login; any failure rolls the host back."""
-
-    command: str = ""
-    http: str = ""
-    failed_units: bool = False
-
-    def args(self) -> list[str]:
-        return [*(["--check-command", self.command] if self.command else []),
-                *(["--check-http", self.http] if self.http else []),
-                *(["--check-units"] if self.failed_units else [])]
 
 
 @dataclass(frozen=True)
@@ -127,11 +123,13 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
     """Run the hosts wave by wave (all at once without waves), `parallel` at a time; stop after a wave in
     which a host failed. Cancel starts no new host and stops running ones only where that changes nothing."""
     cancel = cancel or threading.Event()
+    emit = _one_at_a_time(emit)
     by_name = {host.name: host for host in hosts}
     waves = waves or (tuple(by_name),)
     started = clock()
     outcomes: dict[str, HostOutcome] = {}
     stopped = ""
+    runner = _HostRunner(settings, ssh, connect, checks or {}, emit, cancel, clock)
     for name in by_name:
         emit(HostPhase(name, "queued"))
     for index, wave in enumerate(waves, 1):
@@ -141,9 +139,8 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
                 outcomes[name] = _not_run(name, targets[name], "skipped" if stopped else "cancelled", why, emit)
             continue
         emit(WaveStarted(index, len(waves), wave))
-        runner = _HostRunner(settings, ssh, connect, checks or {}, emit, cancel, clock)
         with ThreadPoolExecutor(max(1, min(parallel, len(wave))), thread_name_prefix="topdeck-deploy") as pool:
-            results = pool.map(lambda name: runner.run(by_name[name], targets[name]), wave)
+            results = pool.map(runner.run, [by_name[name] for name in wave], [targets[name] for name in wave])
             outcomes.update((outcome.host, outcome) for outcome in results)
         failed = [name for name in wave if not outcomes[name].ok]
         if failed and index < len(waves):
@@ -152,6 +149,17 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
                           started, clock(), stopped)
     emit(result)
     return result
+
+
+def _one_at_a_time(emit: Emit) -> Emit:
+    """Hosts run in threads; front ends get their events one at a time, never interleaved."""
+    lock = threading.Lock()
+
+    def serialized(event: Event) -> None:
+        with lock:
+            emit(event)
+
+    return serialized
 
 
 def _not_run(name: str, target: Target, outcome: str, why: str, emit: Emit) -> HostOutcome:
@@ -239,17 +247,23 @@ class _HostRunner:
 
     def _confirm(self, host: Host) -> None:
         """Confirm through a new login (after the health checks); failing that, the host rolls back."""
-        checks = self.checks.get(host.name, Checks())
-        self.emit(HostPhase(host.name, "check" if checks.args() else "confirm", "through a new SSH login"))
+        checks = _check_args(self.checks.get(host.name, Checks()))
+        self.emit(HostPhase(host.name, "check" if checks else "confirm", "through a new SSH login"))
         try:
             with self.connect(host, self.ssh) as session:
-                result = session.run(host_command(host, "confirm", self.settings.run_id, *checks.args()),
+                result = session.run(host_command(host, "confirm", self.settings.run_id, *checks),
                                      stdin=host_script(), timeout=CONFIRM_LOGIN_TIMEOUT + self.settings.confirm_timeout)
             text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
             self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
         except TopdeckError as error:
             self.emit(LogLine(f"cannot confirm through a new login ({error}): the host will roll back by itself",
                               host.name))
+
+
+def _check_args(checks: Checks) -> list[str]:
+    return [*(["--check-command", checks.command] if checks.command else []),
+            *(["--check-http", checks.http] if checks.http else []),
+            *(["--check-units"] if checks.failed_units else [])]
 
 
 class _WhileInterruptible:

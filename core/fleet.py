@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from topdeck.core import pointers
 from topdeck.core.cache import Cache, open_cache
-from topdeck.core.events import Emit, ignore
+from topdeck.core.deploy import Settings, Target, deploy, host_command, host_script, new_run_id, plan_waves
+from topdeck.core.errors import DeployError, InventoryError, TopdeckError
+from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, ignore
 from topdeck.core.inventory import Host, Inventory, select_hosts
 from topdeck.core.manifest import Manifest
-from topdeck.core.plan import Plan, load_manifests, plan, targets_from_pointers
+from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
+from topdeck.core.runs import save_run
+from topdeck.core.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
+from topdeck.core.ssh import Connect, connect
 from topdeck.core.store import StorePath, parse_store_path
 
 
@@ -42,3 +52,175 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
                   cancel=cancel)
     return FleetPlan(hosts, targets, manifests, result, from_pointers=not target)
+
+
+# --- deploy, rollback, status, generations ------------------------------------------------------------
+
+
+def trusted_key(inventory: Inventory) -> PublicKey:
+    """The key hosts trust for the cache's signatures and the pointers."""
+    config = inventory.cache
+    if config.public_key:
+        return parse_public_key(config.public_key, f"{inventory.root}/topdeck.toml: cache.public_key")
+    if config.public_key_file:
+        return load_public_key(config.public_key_file)
+    if config.signing_key:
+        return load_secret_key(config.signing_key).public_key()
+    raise InventoryError(f"{inventory.root}/topdeck.toml: set cache.public_key or cache.public_key_file "
+                         "(the key hosts trust)")
+
+
+def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "switch", canary: int = 0,
+                 wave: str | None = None, cache: Cache | None = None, emit: Emit = ignore,
+                 cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> DeployResult:
+    """Deploy the plan's hosts to their targets, after the completeness gate; record the run.
+
+    Hosts the plan could not reach end as failed without being tried."""
+    cache = cache or open_cache(inventory.cache)
+    settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
+                        new_run_id(clock))
+    require_complete(cache, fleet_plan.manifests)
+    ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
+    targets = {name: Target(plan.target, pointer=_host(fleet_plan, name).pointer if fleet_plan.from_pointers else "",
+                            need_bytes=plan.unpacked_bytes) for name, plan in ready.items()}
+    hosts = tuple(h for h in fleet_plan.hosts if h.name in ready)
+    waves = plan_waves(tuple(h.name for h in hosts), canary, wave)
+    result = deploy(hosts, targets, settings, inventory.ssh, waves=waves, parallel=inventory.deploy.parallel,
+                    checks={h.name: inventory.checks_for(h) for h in hosts}, emit=emit, cancel=cancel, clock=clock)
+    unplanned = tuple(_unplanned(h, emit) for h in fleet_plan.plan.hosts if h.host not in ready)
+    result = dataclasses.replace(result, outcomes=result.outcomes + unplanned)
+    save_run(inventory.root, result)
+    return result
+
+
+def _host(fleet_plan: FleetPlan, name: str) -> Host:
+    return next(h for h in fleet_plan.hosts if h.name == name)
+
+
+def _unplanned(plan: HostPlan, emit: Emit) -> HostOutcome:
+    reason = plan.reason if plan.fits else "its /nix has not enough free space for the fetch: not started"
+    outcome = HostOutcome(plan.host, "failed", str(plan.target or ""), reason=reason or plan.status)
+    emit(HostPhase(plan.host, "failed", outcome.reason))
+    emit(outcome)
+    return outcome
+
+
+def require_complete(cache: Cache, manifests: Mapping[StorePath, Manifest]) -> None:
+    """Refuse to start unless every path of every target's closure has its narinfo in the cache."""
+    if not manifests:
+        return
+    names = cache.listing()
+    for target, manifest in manifests.items():
+        missing = [p.path for p in manifest.paths if f"{p.path.hash_part}.narinfo" not in names]
+        if missing:
+            raise DeployError(f"the cache lacks {len(missing)} of the {len(manifest.paths)} paths of {target.name} "
+                              f"(first: {missing[0]}): push it again before deploying")
+
+
+def rollback_fleet(inventory: Inventory, names: Iterable[str], to: int | None = None, *, mode: str = "switch",
+                   emit: Emit = ignore, cancel: threading.Event | None = None,
+                   clock: Callable[[], float] = time.time) -> DeployResult:
+    """Switch hosts to generation `to`, or to the one before their current one, with the same activation and
+    confirmation as a deploy; record the run."""
+    hosts = select_hosts(inventory, list(names), what="rollback")
+    with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
+        chosen = dict(zip((h.name for h in hosts), pool.map(lambda h: _rollback_generation(inventory, h, to), hosts),
+                          strict=True))
+    cache = open_cache(inventory.cache)
+    settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
+                        new_run_id(clock))
+    result = deploy(hosts, {name: Target(generation=number) for name, number in chosen.items()}, settings,
+                    inventory.ssh, parallel=inventory.deploy.parallel,
+                    checks={h.name: inventory.checks_for(h) for h in hosts}, emit=emit, cancel=cancel, clock=clock)
+    save_run(inventory.root, result, kind="rollback")
+    return result
+
+
+def _rollback_generation(inventory: Inventory, host: Host, to: int | None) -> int:
+    found = generations(inventory, host.name)
+    current = next((g.number for g in found if g.current), 0)
+    if to is not None:
+        if not any(g.number == to for g in found):
+            raise DeployError(f"{host.name} has no system generation {to} "
+                              f"(it has {', '.join(str(g.number) for g in found) or 'none'})")
+        return to
+    earlier = [g.number for g in found if g.number < current]
+    if not earlier:
+        raise DeployError(f"{host.name} has no generation before its current one ({current}) to roll back to")
+    return max(earlier)
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    date: str
+    path: str
+    version: str
+    current: bool
+
+
+def generations(inventory: Inventory, host_name: str, *, connect: Connect = connect) -> tuple[Generation, ...]:
+    host = inventory.host(host_name)
+    with connect(host, inventory.ssh) as session:
+        result = session.run(host_command(host, "generations"), stdin=host_script(), timeout=60)
+    lines = result.stdout.decode(errors="replace").splitlines()
+    found = []
+    for line in lines:
+        kind, *fields = line.split("\t")
+        if kind == "result":
+            raise DeployError(f"{host.name}: {fields[-1] if fields else 'generations failed'}")
+        if kind == "generation" and len(fields) >= 5 and fields[0].isdigit():
+            found.append(Generation(int(fields[0]), fields[1], fields[2], fields[3], fields[4] == "current"))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    status: str  # up-to-date, behind, drifted, unreachable, deploying, rolled-back, error
+    current: str = ""
+    booted: str = ""
+    desired: str = ""
+    generation: int = 0
+    last_run: str = ""
+    reason: str = ""
+
+
+def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: Cache | None = None,
+                 connect: Connect = connect) -> tuple[HostStatus, ...]:
+    """Each host's current, booted and desired system (one SSH round trip each, one cache listing)."""
+    hosts = select_hosts(inventory, list(selectors))
+    cache = cache or open_cache(inventory.cache)
+    desired = pointers.current(cache.listing())
+    histories = {name: {v.path for v in pointers.history(cache, name)}
+                 for name in {h.pointer for h in hosts} if name in desired}
+    with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
+        return tuple(pool.map(lambda h: _status(inventory, h, desired, histories, connect), hosts))
+
+
+def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.PointerVersion],
+            histories: Mapping[str, set[str]], connect: Connect) -> HostStatus:
+    want = desired[host.pointer].path if host.pointer in desired else ""
+    try:
+        with connect(host, inventory.ssh) as session:
+            result = session.run(host_command(host, "status"), stdin=host_script(), timeout=60)
+    except TopdeckError as error:
+        return HostStatus(host.name, "unreachable", desired=want, reason=str(error))
+    fields = dict((line.split("\t", 1) + [""])[:2] for line in result.stdout.decode(errors="replace").splitlines())
+    last = fields.get("last-run", "").split("\t")
+    status = HostStatus(host.name, "", fields.get("current", ""), fields.get("booted", ""), want,
+                        int(fields["generation"]) if fields.get("generation", "").isdigit() else 0,
+                        " ".join(last[1:3]) if len(last) >= 3 else "", fields.get("deploying", ""))
+    return dataclasses.replace(status, status=_classify(status, fields, last, histories.get(host.pointer, set())))
+
+
+def _classify(status: HostStatus, fields: Mapping[str, str], last: list[str], history: set[str]) -> str:
+    if "result" in fields:
+        return "error"
+    if "deploying" in fields:
+        return "deploying"
+    if status.current and status.current == status.desired:
+        return "up-to-date"
+    if len(last) >= 4 and last[2] == "rolled-back" and last[3] == status.desired:
+        return "rolled-back"
+    return "behind" if status.current in history else "drifted"

@@ -253,8 +253,10 @@ deploy() {
     fi
     [ "$target" != - ] || usage "no TARGET and no --pointer"
     event state target "$target"
-    if [ -n "$agent" ] && [ "$target" = "$(readlink -f /run/current-system)" ]; then
-        event result done "already running $target"
+    if [ -z "$generation" ] && already_there; then
+        record_pointer_serial
+        record_last_run done
+        event result done "already running $target: nothing to do"
         exit 0
     fi
     if [ -z "$generation" ]; then fetch; fi
@@ -332,10 +334,25 @@ reactivate() {
         || event log "re-activating $1 ($2) failed: exit $?"
 }
 
-finish() {
-    if [ "$1" = done ] && [ -n "$pointer" ] && [ -n "$p_serial" ]; then
+already_there() {  # whether the mode would change nothing: the system runs (and boots) the target already
+    running=$(readlink -f /run/current-system 2>/dev/null || true)
+    profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
+    case $mode in
+        switch) [ "$running" = "$target" ] && [ "$profile" = "$target" ] ;;
+        boot) [ "$profile" = "$target" ] ;;
+        test) [ "$running" = "$target" ] ;;
+        *) false ;;
+    esac
+}
+
+record_pointer_serial() {
+    if [ -n "$pointer" ] && [ -n "${p_serial:-}" ]; then
         mkdir -p "$STATE/pointers" && printf '%s\n' "$p_serial" > "$STATE/pointers/$pointer.serial"
     fi
+}
+
+finish() {
+    if [ "$1" = done ]; then record_pointer_serial; fi
     record_last_run "$1"
     event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
     event state generation "$(generation_of "$PROFILE")"

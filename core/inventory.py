@@ -36,6 +36,18 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Checks:
+    """Health checks run on a host after an activation; a failing one rolls the host back."""
+
+    command: str = ""  # a shell command, run on the host
+    http: str = ""  # a URL fetched from the host
+    failed_units: bool = False  # no systemd unit may have failed since the activation
+
+    def merged(self, over: Checks) -> Checks:
+        return Checks(over.command or self.command, over.http or self.http, over.failed_units or self.failed_units)
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     address: str
@@ -46,6 +58,7 @@ class Host:
     sudo: bool = False
     build: Build | None = None
     source: Path = Path()
+    check: Checks = field(default_factory=Checks)
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,14 @@ class Inventory:
     cache: CacheConfig
     ssh: SSHConfig = field(default_factory=SSHConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    checks: dict[str, Checks] = field(default_factory=dict)  # by tag; "all" for every host
+
+    def checks_for(self, host: Host) -> Checks:
+        """The checks of `all`, then of the host's tags, then its own, each overriding what it sets."""
+        result = self.checks.get("all", Checks())
+        for tag in host.tags:
+            result = result.merged(self.checks.get(tag, Checks()))
+        return result.merged(host.check)
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -99,20 +120,23 @@ def load_inventory(root: Path | str) -> Inventory:
         raise InventoryError(f"{root}: inventory folder not found")
     config = _read_toml(root / CONFIG_FILE)
     section = _Section(config, root / CONFIG_FILE, "")
-    section.allow_only("cache", "ssh", "deploy")
+    section.allow_only("cache", "ssh", "deploy", "checks")
     inventory = Inventory(
         root=root,
         hosts=_load_hosts(root),
         cache=_cache_config(section.table("cache", required=True), root),
         ssh=_ssh_config(section.table("ssh"), root),
         deploy=_deploy_config(section.table("deploy")),
+        checks=_checks_by_tag(section.table("checks")),
     )
     return inventory
 
 
 def _load_hosts(root: Path) -> tuple[Host, ...]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    hosts = [_load_host(folder) for folder in folders if (folder / HOST_FILE).exists()]
+    # a host.toml that is a dangling link still means a host: refuse it rather than skip it
+    hosts = [_load_host(folder) for folder in folders
+             if (folder / HOST_FILE).exists() or (folder / HOST_FILE).is_symlink()]
     if not hosts:
         raise InventoryError(f"{root}: no hosts (expected {root}/<name>/{HOST_FILE})")
     _refuse_shared_addresses(hosts)
@@ -121,12 +145,12 @@ def _load_hosts(root: Path) -> tuple[Host, ...]:
 
 def _load_host(folder: Path) -> Host:
     path = folder / HOST_FILE
-    if not NAME_RE.fullmatch(folder.name):
+    if not is_safe_name(folder.name):
         raise InventoryError(
-            f"{path}: host name {folder.name!r} must be letters, digits, '.', '_' or '-' (at most 63)"
+            f"{path}: host name {folder.name!r} must be letters, digits, '.', '_' or '-' (no '..', at most 63)"
         )
     section = _Section(_read_toml(path), path, "")
-    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build")
+    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build", "check")
     build_table = section.table("build")
     return Host(
         name=folder.name,
@@ -138,6 +162,7 @@ def _load_host(folder: Path) -> Host:
         sudo=section.get("sudo", bool, default=False),
         build=_build(build_table, folder) if build_table.data else None,
         source=path,
+        check=_checks(section.table("check")),
     )
 
 
@@ -196,6 +221,33 @@ def _deploy_config(section: _Section) -> DeployConfig:
     )
 
 
+def _checks_by_tag(section: _Section) -> dict[str, Checks]:
+    checks = {}
+    for tag in section.data:
+        if not NAME_RE.fullmatch(tag):
+            raise InventoryError(f"{section.where(tag)}: a tag (letters, digits, '.', '_', '-') or 'all'")
+        checks[tag] = _checks(section.table(tag))
+    return checks
+
+
+def _checks(section: _Section) -> Checks:
+    section.allow_only("command", "http", "failed_units")
+    return Checks(
+        command=section.get("command", str, default="", check=_valid_command),
+        http=section.get("http", str, default="", check=_valid_url),
+        failed_units=section.get("failed_units", bool, default=False),
+    )
+
+
+def _valid_command(value: str) -> str | None:
+    return "must be a non-empty command without NUL or newline" if not value.strip() or "\0" in value \
+        or "\n" in value else None
+
+
+def _valid_url(value: str) -> str | None:
+    return None if re.fullmatch(r"https?://[^\s'\"\\]+", value) else "must be an http:// or https:// URL"
+
+
 def _refuse_shared_addresses(hosts: list[Host]) -> None:
     seen: dict[tuple[str, int], Host] = {}
     for host in hosts:
@@ -218,6 +270,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InventoryError(f"{path}: cannot read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise InventoryError(f"{path}: not valid TOML: not UTF-8 (byte {error.start})") from None
 
 
 class _Section:

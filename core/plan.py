@@ -108,10 +108,16 @@ def targets_from_pointers(hosts: tuple[Host, ...], cache: Cache) -> dict[str, St
     targets: dict[str, StorePath | str] = {}
     for host in hosts:
         version = current.get(host.pointer)
-        try:
-            targets[host.name] = parse_store_path(version.path) if version else f"pointer {host.pointer} not found"
-        except StorePathError as error:
-            targets[host.name] = f"pointer {host.pointer}: {error}"
+        if version is None:
+            targets[host.name] = f"pointer {host.pointer} not found"
+        elif not version.path or not version.serial:  # written by hand or by another tool: hosts refuse it
+            targets[host.name] = (f"pointer {host.pointer}: {pointers.text_name(host.pointer)} was not published "
+                                  "by topdeck (no serial, no signed sidecar); publish it with `topdeck push`")
+        else:
+            try:
+                targets[host.name] = parse_store_path(version.path)
+            except StorePathError as error:
+                targets[host.name] = f"pointer {host.pointer}: {error}"
     return targets
 
 

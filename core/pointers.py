@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from topdeck.core.cache import NO_CACHING, Cache, Entry
-from topdeck.core.errors import PointerError, StorePathError
+from topdeck.core.errors import CacheError, PointerError, StorePathError
 from topdeck.core.inventory import is_safe_name
 from topdeck.core.signing import PublicKey, SecretKey, sign, ssh_signature, verify
 from topdeck.core.store import StorePath, parse_store_path
@@ -154,3 +154,26 @@ def _version(entry: Entry) -> PointerVersion:
     serial = info.get("topdeck-serial", "0")
     return PointerVersion(path=info.get("topdeck-path", ""), serial=int(serial) if serial.isdigit() else 0,
                           uploaded_ms=entry.uploaded_ms)
+
+
+def read_verified(cache: Cache, name: str, keys: Iterable[PublicKey]) -> Pointer:
+    """The pointer as a host sees it: the .txt's one store path, vouched for by a sidecar that names the same
+    path and is signed by a trusted key. PointerError (one line, naming the file) for anything else."""
+    try:
+        text = cache.get_bytes(text_name(name))
+    except CacheError:
+        raise PointerError(f"pointer {name}: {text_name(name)} is not in the cache") from None
+    path = parse_text(text, text_name(name))
+    try:
+        sidecar = cache.get_bytes(sidecar_name(name))
+    except CacheError:
+        raise PointerError(f"pointer {name}: {sidecar_name(name)} is missing: an unsigned pointer, which hosts "
+                           "refuse") from None
+    pointer = parse_sidecar(sidecar, sidecar_name(name))
+    if pointer.name != name:
+        raise PointerError(f"pointer {name}: {sidecar_name(name)} is signed for pointer {pointer.name!r}")
+    verify_pointer(pointer, keys)
+    if pointer.path != path:
+        raise PointerError(f"pointer {name}: {text_name(name)} names {path.name} but its signed sidecar names "
+                           f"{pointer.path.name} (a publish in progress, or a forged .txt)")
+    return pointer

@@ -25,7 +25,7 @@ from typing import BinaryIO
 import zstandard
 
 from topdeck.core import localnix, pointers
-from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry
+from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, TransientCacheError
 from topdeck.core.errors import Cancelled, TopdeckError
 from topdeck.core.events import Emit, Progress, PushResult, ignore
 from topdeck.core.localnix import PathInfo
@@ -38,6 +38,8 @@ ZSTD_LEVEL = 3
 SMALL_NAR = 8 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 TICK = 0.2
+STREAM_ATTEMPTS = 3  # a streamed (large) NAR that fails on a transient error is dumped and sent again
+STREAM_BACKOFF = 1.0
 CACHE_INFO = b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
 
 NarSource = Callable[[StorePath], AbstractContextManager[BinaryIO]]
@@ -163,7 +165,15 @@ class _Push:
             if stored.file_size == existing.size:
                 self.stored[info.path] = stored
                 return
-        self.stored[info.path] = self._compress(info, upload=True)
+        for attempt in range(STREAM_ATTEMPTS):
+            try:
+                self.stored[info.path] = self._compress(info, upload=True)
+                break
+            except TransientCacheError:
+                # small NARs were already retried by the cache; a stream can only be sent again whole
+                if info.nar_size <= SMALL_NAR or attempt == STREAM_ATTEMPTS - 1 or self.cancel.is_set():
+                    raise
+                self.cancel.wait(STREAM_BACKOFF * 2**attempt)
         with self.lock:
             self.uploaded.add(info.path)
 

@@ -6,8 +6,8 @@ show key material.
 """
 
 import base64
-import hashlib
 import dataclasses
+import hashlib
 import os
 import struct
 from collections.abc import Iterable

@@ -504,9 +504,21 @@ def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
         client.close()
         raise
     except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the host
+        cause = _handshake_failure(client, error)
         client.close()
-        raise SSHError(f"{where}: {_connect_failure(error, timeout, identity)}") from None
+        raise SSHError(f"{where}: {_connect_failure(cause, timeout, identity)}") from None
     return Session(host, client, channel_timeout=timeout)
+
+
+def _handshake_failure(client: paramiko.SSHClient, error: BaseException) -> BaseException:
+    """What really went wrong when paramiko says only "No existing session": its handshake thread gave up
+    (no banner in time, say) just as `connect` stopped waiting for it. The thread's own error says more."""
+    transport = client.get_transport()
+    if transport is None or "No existing session" not in str(error):
+        return error
+    transport.join(1.0)
+    saved = getattr(transport, "saved_exception", None)
+    return saved if isinstance(saved, BaseException) else error
 
 
 def _connect_failure(error: BaseException, timeout: float, identity: str | None) -> str:
@@ -529,6 +541,8 @@ def _connect_failure(error: BaseException, timeout: float, identity: str | None)
     if isinstance(error, EOFError):
         return "the server closed the connection during login"
     text = _one_line(error)
+    if "No existing session" in text:
+        return f"the SSH handshake did not finish within {timeout:g} s"
     if "No authentication methods available" in text:
         return "no key to log in with (set ssh.identity, or load a key into ssh-agent)"
     if "protocol banner" in text:

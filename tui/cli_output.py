@@ -10,6 +10,7 @@ from typing import TextIO
 
 import humanize
 
+from topdeck.core.errors import Cancelled
 from topdeck.core.events import Event, LogLine, Progress
 
 
@@ -62,6 +63,13 @@ def describe(event: Progress) -> str:
     if event.current:
         parts.append(f" ({event.current})")
     return "".join(parts)
+
+
+def ask(question: str) -> bool:
+    """Ask a yes/no question on the terminal; without a terminal, refuse (the caller's --yes skips asking)."""
+    if not sys.stdin.isatty():
+        raise Cancelled(f"{question} Not asked: stdin is not a terminal; pass --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def size(nbytes: int) -> str:

@@ -1,0 +1,300 @@
+"""End-to-end tests of deploy, magic rollback, waves, retries, generations and rollback, on a lab of their own.
+
+Real sshd hosts in their own namespaces, real Nix substituting from the B2 emulator over HTTP, the real CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import write_lab_inventory
+
+from topdeck.core import pointers
+from topdeck.core.cache import open_cache
+from topdeck.core.events import HostOutcome, HostPhase
+from topdeck.core.fleet import deploy_fleet, plan_fleet
+from topdeck.core.inventory import load_inventory
+from topdeck.core.signing import generate_keypair, load_secret_key
+from topdeck.core.store import parse_store_path
+from topdeck.lab import factory
+from topdeck.lab.lab import Lab
+from topdeck.lab.nixenv import lab_env
+
+CONFIRM_TIMEOUT = 6
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("deploylab"), base_address="127.0.7.11", emulator_port=0)
+    lab.up(count=3, log=lambda *_: None)
+    try:
+        yield lab
+    finally:
+        lab.down(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def inventory(lab, tmp_path_factory):
+    """host-1 and host-2 follow `web`, host-3 `db`; both pointers published once."""
+    root = write_lab_inventory(lab, tmp_path_factory.mktemp("deploy") / "hosts", f"deploy-{uuid.uuid4().hex[:6]}")
+    with (root / "topdeck.toml").open("a") as config:
+        config.write(f"\n[deploy]\nparallel = 8\nconfirm_timeout = {CONFIRM_TIMEOUT}\n")
+    release(root, "web", lambda spec: spec)
+    release(root, "db", lambda spec: spec)
+    return root
+
+
+def topdeck(inventory, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
+                          capture_output=True, text=True, timeout=timeout, env=lab_env())
+
+
+def release(inventory, role: str, change) -> str:  # type: ignore[no-untyped-def]
+    """Change the role's system spec, then build and publish it through `topdeck push` (the first host of it)."""
+    spec_file = inventory / f"{role}.json"
+    spec = change(factory.spec_from_json(spec_file.read_text()))
+    spec = dataclasses.replace(spec, version=f"24.11.{uuid.uuid4().hex[:6]}")
+    spec_file.write_text(factory.spec_to_json(spec))
+    host = "host-3" if role == "db" else "host-1"
+    result = topdeck(inventory, "push", host, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])["toplevel"]
+
+
+def deploy(inventory, *args):
+    result = topdeck(inventory, "deploy", "--yes", "--json", *args)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    plan = next(line for line in lines if line.get("event") == "Plan")
+    outcome = lines[-1]
+    assert outcome["event"] == "DeployResult", result.stdout[-2000:] + result.stderr
+    return result, plan, {host["host"]: host for host in outcome["outcomes"]}
+
+
+def state(lab: Lab, name: str) -> dict[str, object]:
+    host = lab.host(name)
+    return {"current": host.current_system(), "generation": host.generation(),
+            "boot": host.sh("readlink /run/lab/boot-entry || true").strip(),
+            "profile": host.sh("readlink -f /nix/var/nix/profiles/system || true").strip()}
+
+
+def last_activation(lab: Lab, name: str) -> list[str]:
+    return lab.host(name).sh("tail -n 1 /run/lab/activation.log").strip().split("\t")
+
+
+def test_deploy_a_new_toplevel_to_three_hosts(lab, inventory):
+    web = release(inventory, "web", lambda s: factory.upgrade(s, "web-app", "1.1", size=300_000))
+    db = release(inventory, "db", lambda s: factory.upgrade(s, "db-app", "2.0", size=250_000))
+    before = {name: state(lab, name) for name in ("host-1", "host-2", "host-3")}
+
+    result, plan, outcomes = deploy(inventory)
+
+    assert result.returncode == 0, result.stderr
+    targets = {"host-1": web, "host-2": web, "host-3": db}
+    planned = {host["host"]: host for host in plan["hosts"]}
+    for name, target in targets.items():
+        after = state(lab, name)
+        assert after["current"] == after["profile"] == after["boot"] == target
+        assert after["generation"] == before[name]["generation"] + 1
+        assert last_activation(lab, name)[1:] == ["switch", target, "ok"]
+        assert outcomes[name]["outcome"] == "done" and outcomes[name]["after"] == target
+        # What the host fetched, by Nix's own count, is what the plan said it would.
+        assert outcomes[name]["fetched_paths"] == planned[name]["fetch_paths"] > 0
+        assert outcomes[name]["fetched_bytes"] == planned[name]["download_bytes"]
+
+
+def test_a_second_deploy_of_the_same_target_changes_nothing(lab, inventory):
+    deploy(inventory)
+    before = {name: state(lab, name) for name in ("host-1", "host-2", "host-3")}
+    log_before = lab.host("host-1").sh("wc -l < /run/lab/activation.log")
+
+    result, plan, outcomes = deploy(inventory)
+
+    assert result.returncode == 0, result.stderr
+    assert all(host["status"] == "up-to-date" for host in plan["hosts"])
+    assert {name: state(lab, name) for name in before} == before
+    assert lab.host("host-1").sh("wc -l < /run/lab/activation.log") == log_before
+    assert all(o["outcome"] == "done" and "already running" in o["reason"] for o in outcomes.values())
+
+
+@pytest.mark.parametrize("mode", ["boot", "test", "dry-activate"])
+def test_each_mode_changes_what_it_should(lab, inventory, mode):
+    target = release(inventory, "db", lambda s: factory.upgrade(s, "db-app", f"3.{time.time_ns()}"))
+    before = state(lab, "host-3")
+
+    result, _, outcomes = deploy(inventory, "--on", "host-3", "--mode", mode)
+
+    assert result.returncode == 0, result.stderr
+    after = state(lab, "host-3")
+    if mode == "boot":
+        assert after["profile"] == after["boot"] == target and after["current"] == before["current"]
+        assert after["generation"] == before["generation"] + 1
+    elif mode == "test":
+        assert after["current"] == target
+        assert (after["profile"], after["boot"], after["generation"]) == \
+            (before["profile"], before["boot"], before["generation"])
+    else:
+        assert after == before
+    assert last_activation(lab, "host-3")[1:3] == [mode, target]
+    assert outcomes["host-3"]["outcome"] == "done"
+    deploy(inventory, "--on", "host-3")  # leave it running its pointer
+
+
+@pytest.mark.parametrize("variant", ["break-ssh", "fail"])
+def test_a_bad_activation_rolls_the_host_back_by_itself(lab, inventory, variant):
+    deploy(inventory, "--on", "host-1")
+    before = state(lab, "host-1")
+    change = factory.without_ssh if variant == "break-ssh" else (lambda s: factory.with_activation(s, "fail"))
+    bad = release(inventory, "web", change)
+
+    started = time.monotonic()
+    result, _, outcomes = deploy(inventory, "--on", "host-1")
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 1
+    assert outcomes["host-1"]["outcome"] == "rolled-back"
+    assert state(lab, "host-1") == before  # the same system, profile, boot entry and generation
+    log = lab.host("host-1").sh("cat /run/lab/activation.log")
+    assert f"switch\t{bad}\t" in log and log.strip().endswith(f"{before['current']}\tok")
+    if variant == "break-ssh":
+        assert "no confirmation" in outcomes["host-1"]["reason"]
+        assert CONFIRM_TIMEOUT <= elapsed < CONFIRM_TIMEOUT + 20
+    else:
+        assert "failed" in outcomes["host-1"]["reason"] and elapsed < CONFIRM_TIMEOUT + 10
+    release(inventory, "web", lambda s: factory.with_activation(factory.upgrade(s, "web-app", f"5.{time.time_ns()}"), "ok"))
+
+
+def test_a_failing_health_check_rolls_back(lab, inventory):
+    deploy(inventory, "--on", "host-2")
+    before = state(lab, "host-2")
+    release(inventory, "web", lambda s: factory.upgrade(s, "web-app", f"6.{time.time_ns()}"))
+    host_file = inventory / "host-2" / "host.toml"
+    original = host_file.read_text()
+    host_file.write_text(original + '\n[check]\ncommand = "test -e /run/lab/healthy"\n')
+    try:
+        result, _, outcomes = deploy(inventory, "--on", "host-2")
+    finally:
+        host_file.write_text(original)
+    assert result.returncode == 1
+    assert outcomes["host-2"]["outcome"] == "rolled-back"
+    assert "health check" in outcomes["host-2"]["reason"] and "test -e /run/lab/healthy" in outcomes["host-2"]["reason"]
+    assert state(lab, "host-2") == before
+
+
+def test_a_host_lost_mid_deploy_fails_alone_and_retry_failed_finishes_it(lab, inventory):
+    web = release(inventory, "web", lambda s: factory.add_package(s, factory.Package("bulk", "1.0", size=24 << 20)))
+    lab.set_slow("host-2", 10)  # so that its fetch lasts long enough to be cut
+    inv = load_inventory(inventory)
+    stopped = threading.Event()
+
+    def emit(event):
+        if isinstance(event, HostPhase) and event.host == "host-2" and event.phase == "fetch" and not stopped.is_set():
+            stopped.set()
+            threading.Thread(target=lab.stop_host, args=("host-2",)).start()
+
+    try:
+        result = deploy_fleet(inv, plan_fleet(inv, []), emit=emit)
+    finally:
+        lab.set_slow("host-2", 0)
+    assert stopped.is_set()
+    outcomes = {o.host: o for o in result.outcomes}
+    assert not result.ok and result.failed == ("host-2",)
+    assert outcomes["host-1"].outcome == outcomes["host-3"].outcome == "done"
+    assert state(lab, "host-1")["current"] == web
+    lab.start_host("host-2")
+    lost = state(lab, "host-2")
+    # Consistent: it runs what its profile names, that system is complete in its store, and it is the old one.
+    assert lost["current"] == lost["profile"] != web
+    lab.host("host-2").sh(f"nix-store --check-validity {lost['profile']}")
+
+    retry, _, retried = deploy(inventory, "--retry-failed")
+
+    assert retry.returncode == 0, retry.stderr
+    assert list(retried) == ["host-2"] and retried["host-2"]["outcome"] == "done"
+    assert state(lab, "host-2")["current"] == web
+
+
+def test_two_deploys_to_one_host_the_second_is_refused(lab, inventory):
+    slow = release(inventory, "db", lambda s: factory.with_activation(s, "slow", slow_seconds=3))
+    inv = load_inventory(inventory)
+    first_at_activate = threading.Event()
+    results = {}
+
+    def first():
+        results["first"] = deploy_fleet(inv, plan_fleet(inv, ["host-3"]), emit=lambda e: (
+            first_at_activate.set() if isinstance(e, HostPhase) and e.phase == "activate" else None))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_at_activate.wait(60)
+    second = deploy_fleet(inv, plan_fleet(inv, ["host-3"]))
+    thread.join(60)
+
+    assert second.outcomes[0].outcome == "failed"
+    assert "another deploy holds this host's lock" in second.outcomes[0].reason
+    assert results["first"].ok and state(lab, "host-3")["current"] == slow
+    release(inventory, "db", lambda s: factory.with_activation(s, "ok"))
+
+
+def test_generations_and_rollback_to_the_previous_and_a_chosen_one(lab, inventory):
+    deploy(inventory, "--on", "host-1")
+    listed = json.loads(topdeck(inventory, "generations", "host-1", "--json").stdout)
+    current = next(g for g in listed if g["current"])
+    previous = max((g for g in listed if g["number"] < current["number"]), key=lambda g: g["number"])
+    assert current["path"] == state(lab, "host-1")["current"] and current["version"]
+
+    back = topdeck(inventory, "rollback", "host-1", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert state(lab, "host-1")["current"] == previous["path"]
+    assert state(lab, "host-1")["generation"] == previous["number"]
+    status = json.loads(topdeck(inventory, "status", "--on", "host-1", "--json").stdout)
+    assert status[0]["status"] == "behind"  # an earlier target of its pointer
+
+    first = topdeck(inventory, "rollback", "host-1", "--to", "1", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert state(lab, "host-1")["current"] == listed[0]["path"]
+    again = json.loads(topdeck(inventory, "generations", "host-1", "--json").stdout)
+    assert [g["number"] for g in again if g["current"]] == [1]
+
+    status = json.loads(topdeck(inventory, "status", "--on", "host-1", "--json").stdout)
+    assert status[0]["status"] == "drifted"  # the lab's install, which the pointer never named
+    assert status[0]["current"] == listed[0]["path"] != status[0]["desired"]
+
+
+def test_the_host_refuses_a_forged_or_replayed_pointer(lab, inventory):
+    deploy(inventory, "--on", "host-3")  # the host now remembers db's serial
+    inv = load_inventory(inventory)
+    cache = open_cache(inv.cache)
+    now = pointers.current(cache.listing())["db"]
+    path = parse_store_path(now.path)
+    before = state(lab, "host-3")
+
+    forger, _ = generate_keypair("topdeck-lab-1")
+    forged = pointers.signed(pointers.Pointer("db", path, now.serial + 1, int(time.time())), forger)
+    cache.put_bytes(pointers.sidecar_name("db"), pointers.render_sidecar(forged), content_type="application/json")
+    _, _, outcomes = deploy(inventory, "--on", "host-3")
+    assert outcomes["host-3"]["outcome"] == "failed"
+    assert "signature does not verify" in outcomes["host-3"]["reason"]
+
+    replayed = pointers.signed(pointers.Pointer("db", path, now.serial - 1, int(time.time())),
+                               load_secret_key(lab.cache_secret_key))
+    cache.put_bytes(pointers.sidecar_name("db"), pointers.render_sidecar(replayed), content_type="application/json")
+    _, _, outcomes = deploy(inventory, "--on", "host-3")
+    assert outcomes["host-3"]["outcome"] == "failed"
+    assert f"serial {now.serial - 1} is older than serial {now.serial}" in outcomes["host-3"]["reason"]
+    assert state(lab, "host-3") == before
+    release(inventory, "db", lambda s: s)  # a fresh, properly signed pointer for the tests after this one
+
+
+def test_outcome_events_are_emitted_once_per_host(lab, inventory):
+    inv = load_inventory(inventory)
+    events = []
+    result = deploy_fleet(inv, plan_fleet(inv, ["host-1", "host-3"]), emit=events.append)
+    assert result.ok
+    assert sorted(e.host for e in events if isinstance(e, HostOutcome)) == ["host-1", "host-3"]

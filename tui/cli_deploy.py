@@ -1,0 +1,237 @@
+"""The `topdeck deploy`, `rollback`, `status` and `generations` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from topdeck.core import runs
+from topdeck.core.deploy import MODES
+from topdeck.core.errors import DeployError
+from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
+from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet
+from topdeck.core.inventory import load_inventory
+from topdeck.tui.cli_output import EventPrinter, ask, size, to_json
+from topdeck.tui.cli_plan import render_plan
+
+BAR_WIDTH = 20
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    deploy = commands.add_parser(
+        "deploy", help="pull and activate the hosts' systems, with live progress and magic rollback",
+        description="Plans the selected hosts (see `topdeck plan`), asks, then on each host, in parallel: takes the "
+        "host's lock, checks the pointer's signature, fetches the closure from the cache with signatures required, "
+        "sets the system profile, activates it detached from the SSH session, and confirms through a new SSH login "
+        "after the health checks; a host that is not confirmed within deploy.confirm_timeout rolls itself back. "
+        "Refuses to start unless the cache holds every path. Exits 1 unless every host ended on its target.",
+    )
+    deploy.add_argument("--on", action="append", default=[], metavar="SELECTOR",
+                        help="hosts: a name, a glob (web-*) or a tag (@db); repeatable or comma-separated")
+    deploy.add_argument("--target", metavar="PATH", help="deploy this store path instead of the hosts' pointers")
+    deploy.add_argument("--mode", choices=MODES, default="switch",
+                        help="switch (default): activate now and at boot; boot: at next boot only; test: now, not "
+                        "at boot; dry-activate: show what would change")
+    deploy.add_argument("--canary", type=int, default=0, metavar="N",
+                        help="deploy N hosts first, as a wave of their own")
+    deploy.add_argument("--wave", metavar="SIZE", help="then waves of SIZE hosts (5) or of a share (25%%); "
+                        "a wave with a failed host stops the deploy")
+    deploy.add_argument("--retry-failed", action="store_true", help="only the hosts that failed in the last run")
+    deploy.add_argument("--yes", action="store_true", help="do not ask before starting")
+    deploy.add_argument("--json", action="store_true", help="JSON lines: the plan, progress events, then the result")
+    deploy.set_defaults(handler=deploy_command)
+
+    rollback = commands.add_parser(
+        "rollback", help="switch hosts back to their previous (or a chosen) system generation",
+        description="Switches each HOST's system profile to the generation before its current one (or --to N) and "
+        "activates it, with the same confirmation and magic rollback as a deploy. Exits 1 unless every host "
+        "ended on that generation.",
+    )
+    rollback.add_argument("hosts", nargs="+", metavar="HOST", help="host names, globs or @tags")
+    rollback.add_argument("--to", type=int, metavar="GENERATION", help="the generation number (see generations)")
+    rollback.add_argument("--yes", action="store_true", help="do not ask before starting")
+    rollback.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
+    rollback.set_defaults(handler=rollback_command)
+
+    status = commands.add_parser(
+        "status", help="each host's current, booted and desired system, and whether it drifted",
+        description="One SSH round trip per host. up-to-date: runs its pointer's target; behind: runs an earlier "
+        "target of its pointer; drifted: runs something its pointer never named; rolled-back: its last deploy "
+        "rolled back; deploying: a deploy holds its lock. Exits 1 unless every host is up to date.",
+    )
+    status.add_argument("--on", action="append", default=[], metavar="SELECTOR", help="hosts (default: all)")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.set_defaults(handler=status_command)
+
+    gens = commands.add_parser("generations", help="a host's system generations",
+                               description="Number, date, store path and nixos-version of each system generation.")
+    gens.add_argument("host", metavar="HOST")
+    gens.add_argument("--json", action="store_true", help="one JSON document")
+    gens.set_defaults(handler=generations_command)
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    selectors = list(args.on)
+    if args.retry_failed:
+        selectors = list(runs.failed_hosts(inventory.root))
+        if not selectors:
+            raise DeployError("the last run had no failed hosts: nothing to retry")
+    progress = EventPrinter(json_lines=args.json)
+    try:
+        fleet_plan = plan_fleet(inventory, selectors, args.target, emit=progress)
+    finally:
+        progress.close()
+    if args.json:
+        from topdeck.tui.cli_plan import plan_json
+
+        print(json.dumps({"event": "Plan", **plan_json(fleet_plan.plan)}), flush=True)
+    else:
+        print("\n".join(render_plan(fleet_plan.plan)))
+    count = sum(1 for h in fleet_plan.plan.hosts if h.planned)
+    if not args.yes and not ask(f"{args.mode} {count} host(s) now?"):
+        print("nothing deployed", file=sys.stderr)
+        return 1
+    board = DeployBoard(json_lines=args.json)
+    try:
+        result = deploy_fleet(inventory, fleet_plan, mode=args.mode, canary=args.canary, wave=args.wave, emit=board)
+    finally:
+        board.close()
+    return _report(result, args.json)
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    what = f"generation {args.to}" if args.to is not None else "the previous generation"
+    if not args.yes and not ask(f"switch {', '.join(args.hosts)} to {what}?"):
+        print("nothing rolled back", file=sys.stderr)
+        return 1
+    board = DeployBoard(json_lines=args.json)
+    try:
+        result = rollback_fleet(inventory, args.hosts, args.to, emit=board)
+    finally:
+        board.close()
+    return _report(result, args.json)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    found = status_fleet(load_inventory(args.inventory), args.on)
+    if args.json:
+        print(json.dumps([to_json(s) for s in found], indent=1))
+    else:
+        width = max(len(s.host) for s in found)
+        for s in found:
+            print(f"{s.host:<{width}}  {s.status:<11} gen {s.generation:<3} current {_name(s.current)}"
+                  f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
+                  f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}")
+    return 0 if all(s.status == "up-to-date" for s in found) else 1
+
+
+def generations_command(args: argparse.Namespace) -> int:
+    found = generations(load_inventory(args.inventory), args.host)
+    if args.json:
+        print(json.dumps([to_json(g) for g in found], indent=1))
+        return 0
+    for g in found:
+        print(f"{g.number:>4}  {g.date}  {g.version:<28} {g.path}{'  (current)' if g.current else ''}")
+    return 0
+
+
+def _report(result: DeployResult, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(to_json(result)), flush=True)
+    else:
+        print(f"run {result.run_id} ({result.mode}):")
+        width = max((len(o.host) for o in result.outcomes), default=4)
+        for outcome in result.outcomes:
+            print(f"  {outcome.host:<{width}}  {outcome.outcome:<11} {_outcome_detail(outcome)}")
+        if result.stopped:
+            print(f"  stopped: {result.stopped}")
+        if result.failed:
+            print(f"{len(result.failed)} host(s) did not end on the target: {', '.join(result.failed)} "
+                  "(`topdeck deploy --retry-failed` retries them)")
+    return 0 if result.ok else 1
+
+
+def _outcome_detail(outcome: HostOutcome) -> str:
+    if outcome.outcome == "done":
+        fetched = (f", fetched {outcome.fetched_paths} paths ({size(outcome.fetched_bytes)})"
+                   if outcome.fetched_paths else "")
+        return f"generation {outcome.generation}, {_name(outcome.after)}{fetched}"
+    return outcome.reason
+
+
+def _name(path: str) -> str:
+    return path.rpartition("/")[2][33:] or path or "nothing"
+
+
+class DeployBoard:
+    """An `emit` for deploys: on a terminal, one live row per host (phase, bar, paths, bytes) with log lines
+    above; elsewhere, one line per phase change; with json_lines, every event as a JSON line."""
+
+    def __init__(self, stream=sys.stderr, json_lines: bool = False, min_interval: float = 0.1):  # type: ignore[no-untyped-def]
+        self.stream, self.min_interval = stream, min_interval
+        self.json = EventPrinter(json_lines=True) if json_lines else None
+        self.live = stream.isatty() and not json_lines
+        self.rows: dict[str, str] = {}
+        self._drawn = 0
+        self._last = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if self.json is not None:
+            if not isinstance(event, Progress) or self._due():
+                self.json(event)
+            return
+        if isinstance(event, LogLine):
+            self._print(f"{event.host} | {event.text}" if event.host else event.text)
+        elif isinstance(event, WaveStarted) and event.count > 1:
+            self._print(f"wave {event.index} of {event.count}: {', '.join(event.hosts)}")
+        elif isinstance(event, HostPhase):
+            self.rows[event.host] = f"{event.phase}{f' ({event.detail})' if event.detail else ''}"
+            if not self.live:
+                self._print(f"{event.host}: {self.rows[event.host]}")
+            self._redraw(force=True)
+        elif isinstance(event, Progress) and event.host:
+            self.rows[event.host] = _bar(event)
+            self._redraw()
+
+    def close(self) -> None:
+        self._redraw(force=True)
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.min_interval:
+            return False
+        self._last = now
+        return True
+
+    def _print(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.stream, flush=True)
+        self._redraw(force=True)
+
+    def _clear(self) -> None:
+        if self.live and self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _redraw(self, force: bool = False) -> None:
+        if not self.live or not (force or self._due()):
+            return
+        self._clear()
+        width = max(len(name) for name in self.rows)
+        for name, row in self.rows.items():
+            self.stream.write(f"{name:<{width}}  {row}"[:200] + "\n")
+        self._drawn = len(self.rows)
+        self.stream.flush()
+
+
+def _bar(event: Progress) -> str:
+    share = event.bytes_done / event.bytes_total if event.bytes_total else (
+        event.paths_done / event.paths_total if event.paths_total else 0.0)
+    filled = min(BAR_WIDTH, int(share * BAR_WIDTH))
+    return (f"fetch [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {event.paths_done}/{event.paths_total} paths, "
+            f"{size(event.bytes_done)} of {size(event.bytes_total)}{f' {event.current}' if event.current else ''}")
+
