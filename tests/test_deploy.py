@@ -21,7 +21,7 @@ from topdeck.core.cache import open_cache
 from topdeck.core.events import HostOutcome, HostPhase
 from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.inventory import load_inventory
-from topdeck.core.signing import generate_keypair, load_secret_key
+from topdeck.core.signing import generate_keypair, load_secret_key, ssh_public_key
 from topdeck.core.store import parse_store_path
 from topdeck.lab import factory
 from topdeck.lab.lab import Lab
@@ -167,7 +167,8 @@ def test_a_bad_activation_rolls_the_host_back_by_itself(lab, inventory, variant)
         assert CONFIRM_TIMEOUT <= elapsed < CONFIRM_TIMEOUT + 20
     else:
         assert "failed" in outcomes["host-1"]["reason"] and elapsed < CONFIRM_TIMEOUT + 10
-    release(inventory, "web", lambda s: factory.with_activation(factory.upgrade(s, "web-app", f"5.{time.time_ns()}"), "ok"))
+    release(inventory, "web",
+            lambda s: factory.with_activation(factory.upgrade(s, "web-app", f"5.{time.time_ns()}"), "ok"))
 
 
 def test_a_failing_health_check_rolls_back(lab, inventory):
@@ -298,3 +299,27 @@ def test_outcome_events_are_emitted_once_per_host(lab, inventory):
     result = deploy_fleet(inv, plan_fleet(inv, ["host-1", "host-3"]), emit=events.append)
     assert result.ok
     assert sorted(e.host for e in events if isinstance(e, HostOutcome)) == ["host-1", "host-3"]
+
+
+def test_the_installed_script_is_an_unattended_pull_agent(lab, inventory):
+    """The same host script, installed on the host and run by a timer, applies its pointer when it moves."""
+    from topdeck.core.deploy import host_script
+    from topdeck.core.fleet import trusted_key
+
+    inv = load_inventory(inventory)
+    key = trusted_key(inv)
+    url = open_cache(inv.cache).substituter_url
+    web = release(inventory, "web", lambda s: factory.upgrade(s, "web-app", f"7.{time.time_ns()}"))
+    host = lab.host("host-2")
+    host.run(["/bin/sh", "-c", "mkdir -p /root/agent && cat > /root/agent/topdeck-host.sh"], input=host_script())
+    agent = ["/bin/sh", "/root/agent/topdeck-host.sh", "agent", "--pointer", "web", "--sidecar",
+             f"{url}/toplevels/web.json", "--cache", url, "--key", key.to_text(), "--signer", ssh_public_key(key)]
+    generation = state(lab, "host-2")["generation"]
+
+    first = host.run(agent, check=False)
+    assert first.returncode == 0, first.stdout.decode()[-1000:]
+    assert state(lab, "host-2")["current"] == web and state(lab, "host-2")["generation"] == generation + 1
+
+    second = host.run(agent, check=False)
+    assert second.returncode == 0 and "already running" in second.stdout.decode()
+    assert state(lab, "host-2")["generation"] == generation + 1

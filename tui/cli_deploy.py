@@ -8,11 +8,13 @@ import sys
 import time
 
 from topdeck.core import runs
+from topdeck.core.cache import open_cache
 from topdeck.core.deploy import MODES
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
-from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet
+from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet, trusted_key
 from topdeck.core.inventory import load_inventory
+from topdeck.core.signing import ssh_public_key
 from topdeck.tui.cli_output import EventPrinter, ask, size, to_json
 from topdeck.tui.cli_plan import render_plan
 
@@ -70,6 +72,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     gens.add_argument("host", metavar="HOST")
     gens.add_argument("--json", action="store_true", help="one JSON document")
     gens.set_defaults(handler=generations_command)
+
+    agent = commands.add_parser(
+        "agent-config", help="the NixOS settings that make a host pull its pointer by itself",
+        description="Prints the services.topdeck-agent block (hosts/modules/topdeck-agent.nix) for HOST: its "
+        "pointer, the cache URL and the trusted key, in both the Nix and the OpenSSH form.",
+    )
+    agent.add_argument("host", metavar="HOST")
+    agent.set_defaults(handler=agent_config_command)
 
 
 def deploy_command(args: argparse.Namespace) -> int:
@@ -136,6 +146,18 @@ def generations_command(args: argparse.Namespace) -> int:
         return 0
     for g in found:
         print(f"{g.number:>4}  {g.date}  {g.version:<28} {g.path}{'  (current)' if g.current else ''}")
+    return 0
+
+
+def agent_config_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    host = inventory.host(args.host)
+    key = trusted_key(inventory)
+    url = open_cache(inventory.cache).substituter_url
+    print("imports = [ ./topdeck-agent.nix ];  # hosts/modules/topdeck-agent.nix of the topdeck checkout\n"
+          "services.topdeck-agent = {\n  enable = true;\n"
+          f"  pointer = {json.dumps(host.pointer)};\n  cache = {json.dumps(url)};\n"
+          f"  publicKey = {json.dumps(key.to_text())};\n  signer = {json.dumps(ssh_public_key(key))};\n}};")
     return 0
 
 

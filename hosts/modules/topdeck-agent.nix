@@ -1,0 +1,68 @@
+# The topdeck pull agent: the host-side script that `topdeck deploy` sends over SSH (core/host.sh), run by a
+# systemd timer, so a host applies its pointer by itself: it reads the signed pointer from the cache, refuses
+# a forged or older one, fetches the closure with signatures required, sets the profile and switches.
+#
+# In configuration.nix (`topdeck agent-config HOST` prints this block with the host's values):
+#   imports = [ ./topdeck-agent.nix ];
+#   services.topdeck-agent = {
+#     enable = true;
+#     pointer = "web";
+#     cache = "https://f003.backblazeb2.com/file/BUCKET/PREFIX";
+#     publicKey = "cache-1:base64...";            # the key that signs the cache and the pointers
+#     signer = "ssh-ed25519 AAAA...";             # the same key in OpenSSH form
+#   };
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.topdeck-agent;
+  script = ../../core/host.sh;
+in
+{
+  options.services.topdeck-agent = with lib; {
+    enable = mkEnableOption "the topdeck pull agent, which applies the host's pointer on a timer";
+    pointer = mkOption {
+      type = types.strMatching "[A-Za-z0-9._-]+";
+      description = "The pointer this host follows (toplevels/<pointer>.txt in the cache).";
+    };
+    cache = mkOption {
+      type = types.strMatching "https?://[^[:space:]'\"]+";
+      description = "The binary cache URL: <downloadUrl>/file/<bucket>/<prefix>. Hosts need no B2 key.";
+    };
+    publicKey = mkOption {
+      type = types.strMatching "[^:[:space:]]+:[A-Za-z0-9+/=]+";
+      description = "The only key trusted for the cache's paths and the pointer (Nix format name:base64).";
+    };
+    signer = mkOption {
+      type = types.strMatching "ssh-ed25519 [A-Za-z0-9+/=]+";
+      description = "The same key as an OpenSSH public key, to verify the pointer with ssh-keygen -Y verify.";
+    };
+    interval = mkOption {
+      type = types.str;
+      default = "5min";
+      description = "How often to look at the pointer (systemd time span).";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    systemd.services.topdeck-agent = {
+      description = "topdeck pull agent: apply pointer ${cfg.pointer}";
+      path = [ config.nix.package pkgs.coreutils pkgs.curl pkgs.openssh pkgs.util-linux pkgs.gnused
+               pkgs.gnugrep pkgs.gawk pkgs.findutils pkgs.diffutils ];
+      # A switch must never restart or stop the unit that is running it.
+      restartIfChanged = false;
+      stopIfChanged = false;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = lib.escapeShellArgs [
+          "${pkgs.bash}/bin/sh" "${script}" "agent"
+          "--pointer" cfg.pointer "--sidecar" "${cfg.cache}/toplevels/${cfg.pointer}.json"
+          "--cache" cfg.cache "--key" cfg.publicKey "--signer" cfg.signer
+        ];
+      };
+    };
+    systemd.timers.topdeck-agent = {
+      wantedBy = [ "timers.target" ];
+      timerConfig = { OnBootSec = "2min"; OnUnitActiveSec = cfg.interval; RandomizedDelaySec = "1min"; };
+    };
+  };
+}

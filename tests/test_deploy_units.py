@@ -1,0 +1,145 @@
+"""Unit tests of the deploy engine's logic: waves, the host script's output protocol, run records, checks."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+
+import pytest
+
+from topdeck.core import runs
+from topdeck.core.deploy import Target, _Tracker, host_command, plan_waves
+from topdeck.core.errors import DeployError
+from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
+from topdeck.core.inventory import Checks, Host, load_inventory
+from topdeck.core.signing import generate_keypair, ssh_public_key, ssh_signature
+from topdeck.core.store import parse_store_path
+
+PATH = "/nix/store/" + "a" * 32 + "-nixos-system-web-1"
+
+
+@pytest.mark.parametrize(("canary", "wave", "expected"), [
+    (0, None, [10]),
+    (1, None, [1, 9]),
+    (1, "25%", [1, 3, 3, 3]),
+    (2, "4", [2, 4, 4]),
+    (0, "100%", [10]),
+])
+def test_waves(canary, wave, expected):
+    waves = plan_waves([f"h{i}" for i in range(10)], canary, wave)
+    assert [len(w) for w in waves] == expected
+    assert [h for w in waves for h in w] == [f"h{i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("wave", ["0", "abc", "150%", "-1", "5.5"])
+def test_bad_wave_sizes_are_refused(wave):
+    with pytest.raises(DeployError, match="--wave"):
+        plan_waves(["a", "b"], 0, wave)
+
+
+def test_a_target_is_a_path_or_a_generation():
+    with pytest.raises(ValueError):
+        Target()
+    with pytest.raises(ValueError):
+        Target(parse_store_path(PATH), generation=3)
+
+
+def test_the_tracker_turns_script_lines_into_events():
+    events = []
+    confirmations = []
+    track = _Tracker("web-1", events.append, lambda: confirmations.append(1))
+    for line in ["phase\tlock", "phase\tfetch", "progress\t1\t3\t100\t300", f"current\t{PATH}",
+                 "state\tbefore\t/nix/store/old", "phase\tconfirm\t30", "log\thello\tworld", "state\tgeneration\t7",
+                 f"state\tcurrent\t{PATH}", "garbage line", "result\trolled-back\tno confirmation"]:
+        track.line(line)
+    assert [e.phase for e in events if isinstance(e, HostPhase)] == ["lock", "fetch", "confirm"]
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert (progress[0].paths_done, progress[0].paths_total, progress[0].bytes_done, progress[0].bytes_total) == \
+        (1, 3, 100, 300)
+    assert progress[-1].current == "nixos-system-web-1"
+    assert [e.text for e in events if isinstance(e, LogLine)] == ["hello world", "garbage line"]
+    assert (track.outcome, track.reason, track.generation, track.current, track.before) == \
+        ("rolled-back", "no confirmation", 7, PATH, "/nix/store/old")
+    assert confirmations == [1]  # the confirmation login started once, when the host began to wait
+
+
+def test_an_unknown_result_is_a_failure():
+    track = _Tracker("web-1", lambda e: None, lambda: None)
+    track.line("result\tweird\twhat")
+    assert track.outcome == "failed"
+
+
+def test_host_command_runs_the_script_from_stdin_and_quotes_every_argument():
+    hostile = "$(touch /tmp/pwned); `id` 'x"
+    command = host_command(Host("web-1", "10.0.0.1", "web"), "deploy", "run", "switch", hostile)
+    argv = shlex.split(command)
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["topdeck-host", "deploy", "run", "switch", hostile]
+    sudo = host_command(Host("web-1", "10.0.0.1", "web", user="deploy", sudo=True), "status")
+    assert shlex.split(sudo)[:4] == ["sudo", "-n", "sh", "-c"]
+
+
+def test_run_records_give_the_failed_hosts_of_the_newest_run(tmp_path):
+    with pytest.raises(DeployError, match="no earlier run"):
+        runs.failed_hosts(tmp_path)
+    older = DeployResult("a-run", "switch", (HostOutcome("h1", "failed", PATH),), started=1.0, finished=2.0)
+    newer = DeployResult("b-run", "switch", (HostOutcome("h1", "done", PATH), HostOutcome("h2", "rolled-back", PATH),
+                                             HostOutcome("h3", "skipped", PATH)), started=time.time(), finished=0.0)
+    runs.save_run(tmp_path, newer)
+    runs.save_run(tmp_path, older)
+    assert runs.failed_hosts(tmp_path) == ("h2", "h3")
+    assert runs.last_run(tmp_path) == newer
+
+
+def test_checks_merge_all_then_tags_then_the_host(tmp_path):
+    (tmp_path / "topdeck.toml").write_text(
+        '[cache]\ntype = "dir"\npath = "cache"\n\n[checks.all]\nfailed_units = true\n\n'
+        '[checks.web]\nhttp = "http://localhost/health"\ncommand = "true"\n')
+    (tmp_path / "web-1").mkdir()
+    (tmp_path / "web-1" / "host.toml").write_text(
+        'address = "10.0.0.1"\npointer = "web"\ntags = ["web"]\n[check]\ncommand = "systemctl is-active nginx"\n')
+    inventory = load_inventory(tmp_path)
+    assert inventory.checks_for(inventory.host("web-1")) == Checks("systemctl is-active nginx",
+                                                                  "http://localhost/health", True)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[checks.web]\nhttp = "ftp://x"\n', "http:// or https://"),
+    ('[checks.web]\ncommand = ""\n', "non-empty command"),
+    ('[checks.web]\nwhatever = 1\n', "unknown key"),
+    ('[checks."a b"]\ncommand = "true"\n', "a tag"),
+])
+def test_bad_checks_are_refused_with_file_and_key(tmp_path, table, message):
+    (tmp_path / "topdeck.toml").write_text(f'[cache]\ntype = "dir"\npath = "cache"\n\n{table}')
+    (tmp_path / "web-1").mkdir()
+    (tmp_path / "web-1" / "host.toml").write_text('address = "10.0.0.1"\npointer = "web"\n')
+    with pytest.raises(Exception, match=message) as error:
+        load_inventory(tmp_path)
+    assert "topdeck.toml" in str(error.value)
+
+
+def test_ssh_signatures_verify_with_ssh_keygen(tmp_path):
+    secret, public = generate_keypair("cache-1")
+    message = f"topdeck-pointer-1;web;{PATH};3;1700000000"
+    (tmp_path / "signers").write_text(f"topdeck {ssh_public_key(public)}\n")
+    blob = ssh_signature(secret, message, "topdeck-pointer")
+    (tmp_path / "sig").write_text(f"-----BEGIN SSH SIGNATURE-----\n{blob}\n-----END SSH SIGNATURE-----\n")
+
+    def verify(text: str, namespace: str = "topdeck-pointer") -> int:
+        return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", tmp_path / "signers", "-I", "topdeck", "-n",
+                               namespace, "-s", tmp_path / "sig"], input=text.encode(), capture_output=True).returncode
+
+    assert verify(message) == 0
+    assert verify(message.replace(";3;", ";4;")) != 0
+    assert verify(message, "other-namespace") != 0
+
+
+def test_the_agent_module_parses_and_runs_the_host_script():
+    from pathlib import Path
+
+    from topdeck.lab.nixenv import lab_env
+
+    module = Path(__file__).parent.parent / "hosts" / "modules" / "topdeck-agent.nix"
+    parsed = subprocess.run(["nix-instantiate", "--parse", module], capture_output=True, text=True, env=lab_env())
+    assert parsed.returncode == 0, parsed.stderr
+    assert "core/host.sh" in parsed.stdout and '"agent"' in parsed.stdout
