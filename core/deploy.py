@@ -39,7 +39,8 @@ from topdeck.core.store import StorePath
 MODES = ("switch", "boot", "test", "dry-activate")
 # Phases in which stopping the host's script leaves the host as it was.
 INTERRUPTIBLE = frozenset({"queued", "connect", "lock", "verify", "fetch"})
-WRAPPER = ('umask 077; mkdir -p /run/topdeck && f=$(mktemp /run/topdeck/host.XXXXXX) || exit 1; '
+WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; '
+           'mkdir -p "$d" && f=$(mktemp "$d/topdeck-host.XXXXXX") || exit 1; '
            'cat > "$f"; sh "$f" "$@"; status=$?; rm -f "$f"; exit $status')
 RECONNECT_EVERY = 2.0
 LOST_FETCH_WINDOW = 10.0  # how long to look for a host lost before it changed anything

@@ -92,6 +92,10 @@ record_last_run() {
 }
 
 take_lock() {
+    if [ "$(id -u)" != 0 ]; then
+        line result failed "user $(id -un) is not root here: log in as root, or set sudo = true for this host"
+        exit 1
+    fi
     mkdir -p "$RUNTIME/runs" || fail "cannot create $RUNTIME"
     command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is missing on this host"
     exec 9>>"$RUNTIME/lock"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -28,7 +29,11 @@ DEFAULT_BASE_ADDRESS = "127.0.0.11"
 DEFAULT_EMULATOR_PORT = 17890
 BUCKET = "topdeck-lab"
 CACHE_KEY_NAME = "topdeck-lab-1"
-REQUIRED_TOOLS = ("unshare", "nsenter", "mount", "ssh-keygen", "/usr/sbin/sshd", "nix-build", "nix-store")
+REQUIRED_TOOLS = ("unshare", "nsenter", "mount", "ssh-keygen", "/usr/sbin/sshd", "nix-build", "nix-store", "curl",
+                  "sudo", "useradd")
+# A non-root login on every lab host that may run anything through sudo, as a fleet's deploy user would.
+OPERATOR_USER = "topdeck-deployer"
+SUDOERS_FILE = Path("/etc/sudoers.d/topdeck-lab")
 
 
 def default_root() -> Path:
@@ -116,6 +121,7 @@ class Lab:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self._ensure_keys()
+        ensure_operator_user()
         self._ensure_emulator(log)
         wanted = hosts or {f"host-{i + 1}": "" for i in range(count)}
         missing = {name: address for name, address in wanted.items() if not self._host_running(name)}
@@ -325,6 +331,22 @@ def check_prerequisites() -> None:
     missing = [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
     if missing:
         raise LabError(f"the lab needs {', '.join(missing)}: run `make setup` (scripts/setup.sh) first")
+
+
+def ensure_operator_user() -> None:
+    """The lab hosts share this machine's /etc: add the deploy user there (no home, no password, key logins
+    only through the lab's sshd) and let it run commands as root through sudo without a password."""
+    try:
+        pwd.getpwnam(OPERATOR_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh",
+                        OPERATOR_USER], check=True, capture_output=True)
+        # "*" rather than useradd's locked "!": sshd without PAM refuses locked accounts even for key logins.
+        subprocess.run(["usermod", "-p", "*", OPERATOR_USER], check=True, capture_output=True)
+    rule = f"{OPERATOR_USER} ALL=(root) NOPASSWD: ALL\n"
+    if not SUDOERS_FILE.exists() or SUDOERS_FILE.read_text() != rule:
+        SUDOERS_FILE.write_text(rule)
+        SUDOERS_FILE.chmod(0o440)
 
 
 def _check_loopback(address: str) -> None:

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(nix-bin openssh-server openssh-client iproute2 util-linux tmux librsvg2-bin python3-venv)
+DEBIAN_PACKAGES=(nix-bin openssh-server openssh-client iproute2 util-linux curl sudo passwd tmux librsvg2-bin
+                 python3-venv)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -323,3 +323,24 @@ def test_the_installed_script_is_an_unattended_pull_agent(lab, inventory):
     second = host.run(agent, check=False)
     assert second.returncode == 0 and "already running" in second.stdout.decode()
     assert state(lab, "host-2")["generation"] == generation + 1
+
+
+def test_a_non_root_user_deploys_through_sudo(lab, inventory):
+    web = release(inventory, "web", lambda s: factory.upgrade(s, "web-app", f"8.{time.time_ns()}"))
+    host_file = inventory / "host-2" / "host.toml"
+    original = host_file.read_text()
+    before = state(lab, "host-2")
+    try:
+        host_file.write_text('user = "topdeck-deployer"\n' + original)
+        refused, _, outcomes = deploy(inventory, "--on", "host-2")
+        assert refused.returncode == 1 and outcomes["host-2"]["outcome"] == "failed"
+        assert "user topdeck-deployer is not root here" in outcomes["host-2"]["reason"]
+        assert state(lab, "host-2") == before  # without sudo, nothing it may not do was done
+
+        host_file.write_text('user = "topdeck-deployer"\nsudo = true\n' + original)
+        result, _, outcomes = deploy(inventory, "--on", "host-2")
+    finally:
+        host_file.write_text(original)
+    assert result.returncode == 0, result.stderr
+    assert state(lab, "host-2")["current"] == web and outcomes["host-2"]["outcome"] == "done"
+    assert "Accepted publickey for topdeck-deployer" in lab.host("host-2").sshd_log.read_text()

@@ -142,6 +142,7 @@ shellDerivation {
     if [ -n "$withAuthorizedKeys" ]; then
       /bin/mkdir -p $out/etc/ssh/authorized_keys.d
       printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/root
+      printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/topdeck-deployer
     fi
     script=$out/bin/switch-to-configuration
     printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\n\n%s' \
