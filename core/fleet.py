@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from topdeck.core import pointers
-from topdeck.core.cache import Cache, open_cache
+from topdeck.core.cache import Cache, Entry, open_cache
 from topdeck.core.deploy import Settings, Target, deploy, host_command, host_script, new_run_id, plan_waves
 from topdeck.core.errors import DeployError, InventoryError, TopdeckError
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, ignore
@@ -32,14 +32,7 @@ class FleetPlan:
     manifests: dict[StorePath, Manifest]
     plan: Plan
     from_pointers: bool
-
-
-def fleet_targets(hosts: tuple[Host, ...], cache: Cache, target: str | None) -> dict[str, StorePath | str]:
-    """Every host's target: `target` (a store path) for all, or each host's pointer."""
-    if target:
-        path = parse_store_path(target)
-        return {host.name: path for host in hosts}
-    return targets_from_pointers(hosts, cache)
+    listing: Mapping[str, Entry] | None = None  # the cache listing the targets came from, if one was made
 
 
 def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], target: str | None = None, *,
@@ -47,11 +40,17 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     """Plan the selected hosts (every host if there are no selectors) towards `target` or their pointers."""
     hosts = select_hosts(inventory, selectors)
     cache = cache or open_cache(inventory.cache)
-    targets = fleet_targets(hosts, cache, target)
+    listing = None if target else cache.listing()
+    targets: dict[str, StorePath | str]
+    if target:
+        path = parse_store_path(target)
+        targets = {host.name: path for host in hosts}
+    else:
+        targets = targets_from_pointers(hosts, cache.listing() if listing is None else listing)
     manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
                   cancel=cancel)
-    return FleetPlan(hosts, targets, manifests, result, from_pointers=not target)
+    return FleetPlan(hosts, targets, manifests, result, from_pointers=not target, listing=listing)
 
 
 # --- deploy, rollback, status, generations ------------------------------------------------------------
@@ -79,7 +78,7 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
     cache = cache or open_cache(inventory.cache)
     settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock))
-    require_complete(cache, fleet_plan.manifests)
+    require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
     targets = {name: Target(plan.target, pointer=_host(fleet_plan, name).pointer if fleet_plan.from_pointers else "",
                             need_bytes=plan.unpacked_bytes) for name, plan in ready.items()}
@@ -105,11 +104,8 @@ def _unplanned(plan: HostPlan, emit: Emit) -> HostOutcome:
     return outcome
 
 
-def require_complete(cache: Cache, manifests: Mapping[StorePath, Manifest]) -> None:
-    """Refuse to start unless every path of every target's closure has its narinfo in the cache."""
-    if not manifests:
-        return
-    names = cache.listing()
+def require_complete(names: Mapping[str, Entry], manifests: Mapping[StorePath, Manifest]) -> None:
+    """Refuse to start unless every path of every target's closure has its narinfo in the cache listing."""
     for target, manifest in manifests.items():
         missing = [p.path for p in manifest.paths if f"{p.path.hash_part}.narinfo" not in names]
         if missing:

@@ -31,9 +31,15 @@ RUNTIME=/run/topdeck
 STORE_PATH_RE='^/nix/store/[0-9a-df-np-sv-z]\{32\}-[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*$'
 TAB=$(printf '\t')
 
-line() {  # one output line: the arguments tab-separated, newlines inside them made spaces
-    (IFS=$TAB; printf '%s' "$*") | tr '\n\r' '  '
-    printf '\n'
+line() {  # one output line: the arguments tab-separated (no fork: many of these are printed)
+    saved_ifs=$IFS
+    IFS=$TAB
+    printf '%s\n' "$*"
+    IFS=$saved_ifs
+}
+
+one_line() {  # text from a command or a file, with its newlines made spaces
+    printf '%s' "$*" | tr '\n\r\t' '   '
 }
 matches() { printf '%s\n' "$1" | grep -q "$2"; }
 usage() { line result failed "topdeck-host: $*"; exit 64; }
@@ -80,7 +86,7 @@ check_run_id() {
 # --- deploy -----------------------------------------------------------------------------------------
 
 fail() {  # before anything changed on the host
-    event result failed "$1"
+    event result failed "$(one_line "$1")"
     record_last_run failed
     exit 1
 }
@@ -286,7 +292,7 @@ activate() {
     event phase activate "$mode"
     "$target/bin/switch-to-configuration" "$mode" >> "$rundir/activate.log" 2>&1
     status=$?
-    tail -n 5 "$rundir/activate.log" | while IFS= read -r text; do event log "$text"; done
+    tail -n 5 "$rundir/activate.log" | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
     if [ $status = 100 ]; then
         event log "a reboot is needed to finish activating $target"
     elif [ $status != 0 ]; then
@@ -407,8 +413,8 @@ confirm_run() {
     [ -e "$rundir/canary" ] || { line confirm late "the run is no longer waiting for confirmation"; exit 1; }
     reason=$(run_checks)
     if [ -n "$reason" ]; then
-        printf '%s' "$reason" > "$rundir/reject"
-        line confirm rejected "$reason"
+        one_line "$reason" > "$rundir/reject"
+        line confirm rejected "$(one_line "$reason")"
         exit 1
     fi
     rm "$rundir/canary" 2>/dev/null || { line confirm late "the run stopped waiting for confirmation"; exit 1; }

@@ -16,7 +16,7 @@ from importlib import resources
 from humanize import naturalsize
 
 from topdeck.core import pointers
-from topdeck.core.cache import Cache
+from topdeck.core.cache import Cache, Entry
 from topdeck.core.diff import ClosureDiff, diff_closures, signature
 from topdeck.core.errors import CacheError, Cancelled, HostKeyError, SSHError, StorePathError, TopdeckError
 from topdeck.core.events import Emit, Progress, ignore
@@ -102,9 +102,9 @@ class Plan:
         return tuple(notes)
 
 
-def targets_from_pointers(hosts: tuple[Host, ...], cache: Cache) -> dict[str, StorePath | str]:
-    """Each host's target from the pointer it follows (one listing); a reason string where there is none."""
-    current = pointers.current(cache.listing())
+def targets_from_pointers(hosts: tuple[Host, ...], listing: Mapping[str, Entry]) -> dict[str, StorePath | str]:
+    """Each host's target from the pointer it follows (in a cache listing); a reason string where there is none."""
+    current = pointers.current(listing)
     targets: dict[str, StorePath | str] = {}
     for host in hosts:
         version = current.get(host.pointer)

@@ -1,0 +1,102 @@
+"""Benchmarks 7 and 8: deploys on the lab, each against the same hosts deployed one at a time.
+
+- no-change deploy of 10 hosts already on their target (plan + deploy, end to end) [goal: < 2 s in all];
+- small-change deploy of 20 hosts (one package upgraded) against the slowest of the same hosts deployed alone
+  [goal: at most 1.5x], and against all of them one at a time.
+Every deploy is the real thing: SSH logins, the host script, Nix fetching from the emulator, activation and the
+confirming login. The inventory's `parallel` is 20, so all hosts of a run go at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from bench.common import Figure, b2_cache, log, median, repeats, shared_lab, signing_key, timed, work_root
+from topdeck.core import pointers
+from topdeck.core.fleet import deploy_fleet, plan_fleet
+from topdeck.core.inventory import Inventory, load_inventory
+from topdeck.core.push import push
+from topdeck.core.store import parse_store_path
+from topdeck.lab import factory
+from topdeck.lab.lab import BUCKET
+
+HOSTS = 20
+NO_CHANGE_HOSTS = 10
+
+
+def write_inventory(lab, root: Path, prefix: str) -> Inventory:  # type: ignore[no-untyped-def]
+    root.mkdir(parents=True)
+    (root / "topdeck.toml").write_text(
+        f'[cache]\nbucket = "{BUCKET}"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
+        f'credentials_file = "{lab.b2_credentials}"\nsigning_key = "{lab.cache_secret_key}"\n'
+        f'public_key_file = "{lab.cache_public_key}"\n\n'
+        f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\n\n'
+        f'[deploy]\nparallel = {HOSTS}\n')
+    for index in range(1, HOSTS + 1):
+        name = f"host-{index}"
+        (root / name).mkdir()
+        (root / name / "host.toml").write_text(f'address = "{lab.host(name).address}"\npointer = "bench"\n')
+    return load_inventory(root)
+
+
+class Fleet:
+    def __init__(self, quick: bool):
+        self.lab = shared_lab(hosts=HOSTS)
+        self.prefix = f"deploy-{secrets.token_hex(4)}"
+        self.inventory = write_inventory(self.lab, work_root() / self.prefix, self.prefix)
+        self.cache = b2_cache(self.lab, self.prefix)
+        self.key = signing_key(self.lab)
+        self.spec = factory.initial_system([self.lab.client_public_key()], host="bench", count=60)
+        self.workdir = work_root() / f"{self.prefix}-systems"
+        self.versions = 0
+
+    def publish_change(self) -> str:
+        """A new system with one package upgraded, pushed, and the pointer moved to it."""
+        self.versions += 1
+        self.spec = factory.upgrade(self.spec, "zlib", f"1.3.{self.versions + 100}", size=400_000)
+        path = factory.build(self.spec, self.workdir)
+        push(parse_store_path(path), self.cache, self.key, pointer="bench")
+        return path
+
+    def deploy(self, hosts: list[str]) -> float:
+        """Seconds to plan and deploy `hosts`; every host must end on the target."""
+        result = {}
+
+        def run() -> None:
+            result["r"] = deploy_fleet(self.inventory, plan_fleet(self.inventory, hosts), cache=self.cache)
+
+        seconds = timed(run)
+        if not result["r"].ok:
+            raise RuntimeError(f"bench deploy failed: {[(o.host, o.reason) for o in result['r'].outcomes]}")
+        return seconds
+
+
+def run(quick: bool = False) -> list[Figure]:
+    fleet = Fleet(quick)
+    names = [f"host-{i}" for i in range(1, HOSTS + 1)]
+    log(f"deploy: installing a first system on {HOSTS} hosts")
+    fleet.publish_change()
+    fleet.deploy(names)
+
+    log("deploy: a small change, one host at a time")
+    fleet.publish_change()
+    alone = [fleet.deploy([name]) for name in names]
+    small = []
+    for _ in range(repeats(quick, 3)):
+        fleet.publish_change()
+        log(f"deploy: a small change on {HOSTS} hosts at once")
+        small.append(fleet.deploy(names))
+
+    subset = names[:NO_CHANGE_HOSTS]
+    log(f"deploy: no change on {NO_CHANGE_HOSTS} hosts, at once and one at a time")
+    together = [fleet.deploy(subset) for _ in range(repeats(quick, 5))]
+    serial = [sum(fleet.deploy([name]) for name in subset) for _ in range(repeats(quick, 2))]
+    versions = len(pointers.history(fleet.cache, "bench"))
+    return [
+        Figure(f"no-change deploy, {NO_CHANGE_HOSTS} hosts (plan + deploy)", median(together), median(serial), "s",
+               "< 2 s in all", median(together) < 2.0, "baseline: the same hosts one at a time"),
+        Figure(f"small-change deploy, {HOSTS} hosts", median(small), max(alone), "s", "<= 1.5x the slowest host alone",
+               median(small) <= 1.5 * max(alone),
+               f"one at a time: {sum(alone):.1f} s in all; {versions} pointer versions published"),
+    ]
