@@ -14,10 +14,12 @@ def test_wheel_contains_every_subpackage(tmp_path):
     wheel = next(tmp_path.glob("topdeck-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for package, folder in [("topdeck/core", "core"), ("topdeck/tui", "tui"), ("topdeck/lab", "lab")]:
-        sources = {f"{package}/{p.name}" for p in (REPO / folder).glob("*.py")}
+        sources = {f"{package}/{p.relative_to(REPO / folder)}" for p in (REPO / folder).rglob("*.py")
+                   if "__pycache__" not in p.parts}
         assert sources and sources <= names, f"missing from wheel: {sorted(sources - names)}"
     assert "topdeck/__init__.py" in names
     assert "topdeck/lab/nix/toplevel.nix" in names
+    assert {"topdeck/core/host.sh", "topdeck/core/probe.sh"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "topdeck = topdeck.tui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

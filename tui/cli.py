@@ -15,7 +15,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.tui import cli_build, cli_lab, cli_plan, cli_push
+    from topdeck.tui import cli_build, cli_deploy, cli_lab, cli_plan, cli_push
 
     parser = argparse.ArgumentParser(
         prog="topdeck",
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_build.add_commands(commands)
     cli_push.add_commands(commands)
     cli_plan.add_commands(commands)
+    cli_deploy.add_commands(commands)
     return parser
 
 
@@ -38,9 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        from topdeck.tui.cli_lab import show_inventory
+        from topdeck.tui.app import open_command
 
-        args.handler = show_inventory
+        args.handler = open_command
     try:
         return int(args.handler(args) or 0)
     except TopdeckError as error:

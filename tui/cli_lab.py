@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,7 +45,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
     demo = commands.add_parser("demo", help="start the lab for the inventory's hosts and show it",
                                description="Starts the local lab if needed, with one lab host per host of "
-                               "the inventory (default ./hosts, the demo fleet), and shows what it holds.")
+                               "the inventory (default ./hosts, the demo fleet), publishes each pointer's first "
+                               "system, and opens the TUI on it (or, with --no-tui or when stdout is not a "
+                               "terminal, prints the lab's status).")
+    demo.add_argument("--no-tui", action="store_true", help="set the lab up and print its status; do not open the TUI")
     demo.set_defaults(handler=demo_command)
 
 
@@ -101,11 +106,25 @@ def demo_command(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("NIX_CONFIG", LAB_NIX_CONFIG)
     inventory = load_inventory(args.inventory)
-    lab = Lab()
+    lab = Lab(emulator_port=_emulator_port(inventory))
     lab.up(hosts={host.name: host.address for host in inventory.hosts})
     _publish_first_toplevels(inventory)
     _print_status(lab.status())
-    return 0
+    if args.no_tui or not sys.stdout.isatty():
+        return 0
+    from topdeck.tui.app import run_app
+
+    return run_app(args.inventory)
+
+
+def _emulator_port(inventory: Inventory) -> int:
+    """Where the inventory expects the lab's B2 emulator: the port of an `http://127.0.0.1:PORT` realm."""
+    from topdeck.lab.lab import DEFAULT_EMULATOR_PORT
+
+    realm = urllib.parse.urlsplit(inventory.cache.realm)
+    if realm.scheme == "http" and realm.hostname == "127.0.0.1" and realm.port:
+        return realm.port
+    return DEFAULT_EMULATOR_PORT
 
 
 def _publish_first_toplevels(inventory: Inventory) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import humanize
 
@@ -40,7 +41,14 @@ def plan_command(args: argparse.Namespace) -> int:
         print(json.dumps(plan_json(result), indent=1))
     else:
         print("\n".join(render_plan(result)))
+    for host in result.hosts:  # the plan is on stdout; what failed is also on stderr, one line per host
+        if not host.planned:
+            print(f"topdeck: error: {_reason(host)}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _reason(host: HostPlan) -> str:
+    return host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}"
 
 
 def render_plan(result: Plan) -> list[str]:
@@ -50,7 +58,7 @@ def render_plan(result: Plan) -> list[str]:
         lines.append("")
     for host in result.hosts:
         if not host.planned:
-            lines.append(host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}")
+            lines.append(_reason(host))
     lines.append(f"B2: about {result.class_b} class B transactions for the pulls "
                  f"(free allowance {humanize.intcomma(B2_FREE_CLASS_B_PER_DAY)} a day)")
     lines.extend(f"warning: {note}" for note in result.warnings)

@@ -15,7 +15,7 @@ from topdeck.core.errors import CacheError, Cancelled, InventoryError
 from topdeck.core.events import LogLine, PushResult
 from topdeck.core.inventory import Inventory, load_inventory, select_hosts
 from topdeck.core.push import push
-from topdeck.core.signing import SecretKey, load_secret_key
+from topdeck.core.signing import PublicKey, SecretKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.tui.cli_output import EventPrinter, size, to_json
 
@@ -124,12 +124,32 @@ def pointers_command(args: argparse.Namespace) -> int:
         if args.name not in listing:
             raise CacheError(f"pointer {args.name} does not exist (pointers: {', '.join(listing) or 'none'})")
         listing = {args.name: listing[args.name]}
+        # one pointer: read it as a host does, and check its signed sidecar with the trusted key
+        verified = pointers.read_verified(cache, args.name, trusted_keys(inventory))
+        signer = verified.sig.partition(":")[0]
     if args.json:
-        print(json.dumps({name: to_json(v) for name, v in listing.items()}, indent=1))
+        document = {name: to_json(v) for name, v in listing.items()}
+        if args.name:
+            document[args.name] = {**document[args.name], "verified_by": signer}  # type: ignore[dict-item]
+        print(json.dumps(document, indent=1))
     else:
         for name, version in listing.items():
-            print(f"{name:<16} serial {version.serial:<4} {_when(version.uploaded_ms):<16} {version.path}")
+            checked = f"  (signature verified: {signer})" if args.name else ""
+            print(f"{name:<16} serial {version.serial:<4} {_when(version.uploaded_ms):<16} {version.path}{checked}")
     return 0
+
+
+def trusted_keys(inventory: Inventory) -> list[PublicKey]:
+    """The cache's public key from topdeck.toml (public_key or public_key_file, else the signing key's)."""
+    config = inventory.cache
+    if config.public_key:
+        return [parse_public_key(config.public_key, f"{inventory.root}/topdeck.toml: cache.public_key")]
+    if config.public_key_file is not None:
+        return [load_public_key(config.public_key_file)]
+    if config.signing_key is not None:
+        return [load_secret_key(config.signing_key).public_key()]
+    raise InventoryError(f"{inventory.root}/topdeck.toml: set cache.public_key or cache.public_key_file "
+                         "(needed to check pointers)")
 
 
 def _rollback(inventory: Inventory, cache: Cache, args: argparse.Namespace) -> int:

@@ -1,0 +1,292 @@
+"""The TUI driven with Textual's Pilot against the fake engine (tests/tui_fakes.py): keys, confirmations,
+background work, cancellation and errors, without the lab."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+from tui_fakes import NOW, FakeBackend, fake_inventory
+
+from topdeck.core.errors import CacheError, ChangedHostKey, UnknownHostKey
+from topdeck.tui.app import TopdeckApp
+from topdeck.tui.screens.deploy import DeployScreen
+from topdeck.tui.screens.fleet import FleetScreen
+from topdeck.tui.screens.generations import GenerationsScreen
+from topdeck.tui.screens.hostkey import HostKeyScreen
+from topdeck.tui.screens.plan import PlanScreen
+from topdeck.tui.screens.pointers import PointersScreen
+from topdeck.tui.screens.push import PushScreen
+from topdeck.tui.widgets.dialogs import ConfirmScreen
+
+pytestmark = pytest.mark.asyncio
+
+
+def text_of(screen, selector: str) -> str:
+    content = screen.query_one(selector).content
+    return getattr(content, "plain", str(content))
+
+
+def cells(table, key: str) -> list[str]:
+    return [getattr(cell, "plain", str(cell)) for cell in table.get_row(key)]
+
+
+async def until(pilot, condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the screen"
+        await pilot.pause(0.05)
+
+
+def app_for(backend: FakeBackend | None = None) -> TopdeckApp:
+    return TopdeckApp(backend or FakeBackend(), clock=lambda: NOW)
+
+
+async def test_fleet_is_usable_while_the_refresh_runs_in_the_background():
+    app = app_for(FakeBackend(status_delay=1.0))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, FleetScreen) and screen.refreshing
+        table = screen.query_one("#hosts")
+        assert table.row_count == 3 and cells(table, "web-1")[2] == "…"
+        started = time.monotonic()
+        await pilot.press("down", "space")
+        assert time.monotonic() - started < 0.5 and app.fleet.selected == {"web-1"}
+        assert "refreshing…" in text_of(screen, "#statusline")
+        await until(pilot, lambda: not screen.refreshing)
+        assert cells(table, "web-1")[2] == "behind" and cells(table, "web-2")[2] == "unreachable"
+        assert "web 24.05.20240715" in cells(table, "web-1")[4]
+        await pilot.press("down")
+        assert "connection refused" in text_of(screen, "#detail")
+
+
+async def test_select_filter_and_tag():
+    app = app_for()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        screen = app.screen
+        await pilot.press("a")
+        assert app.fleet.selected == {"db-1", "web-1", "web-2"}
+        await pilot.press("a")
+        assert app.fleet.selected == set()
+        await pilot.press("t", *"db", "enter")
+        assert app.fleet.selected == {"db-1"}
+        await pilot.press("slash", *"@web", "enter")
+        assert list(screen.query_one("#hosts").rows) == ["web-1", "web-2"]
+        await pilot.press("escape", "s", "s")  # clear, then status filter: up-to-date, behind
+        assert screen.status_filter == "behind" and list(screen.query_one("#hosts").rows) == ["web-1"]
+        await pilot.press("escape")
+        assert screen.query_one("#hosts").row_count == 3
+
+
+async def test_nothing_is_deployed_until_confirmed_then_every_row_reaches_done():
+    backend = FakeBackend(delay=0.3)
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("space", "space", "p")  # db-1, web-1
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+        plan = app.screen
+        assert list(plan.query_one("#hosts").rows) == ["db-1", "web-1"]
+        assert cells(plan.query_one("#hosts"), "web-1")[3] == "11.0 MiB"
+        assert "openssl: 3.0.13 → 3.0.14, +12.0 KiB" in text_of(plan, "#diff")
+        await pilot.press("d")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "Deploy to 2 hosts in switch mode?" in text_of(app.screen, "#question")
+        await pilot.press("n")
+        assert not any(call[0] == "deploy" for call in backend.calls)
+        await pilot.press("m", "d")
+        assert "Deploy to 2 hosts in boot mode?" in text_of(app.screen, "#question")
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
+        deploy = app.screen
+        await until(pilot, lambda: app.deploying == {"db-1", "web-1"})
+        await until(pilot, lambda: not deploy.running)
+        await pilot.pause(0.2)
+        table = deploy.query_one("#rows")
+        assert [cells(table, h)[1] for h in ("db-1", "web-1")] == ["done", "done"]
+        assert "done: 2 of 2 host(s) ok" in text_of(deploy, "#outcome")
+        assert ("deploy", ("db-1", "web-1"), "boot") in backend.calls
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, FleetScreen))
+
+
+async def test_cancel_shows_cancelling_until_the_engine_stops():
+    backend = FakeBackend(delay=1.0)  # each phase lasts long enough for the key to land mid-run, even on a busy CPU
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("down", "p")
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+        await pilot.press("d", "y")
+        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
+        deploy = app.screen
+        await pilot.pause(0.3)
+        await pilot.press("c")
+        assert "cancelling…" in text_of(deploy, "#outcome") and deploy.running
+        await pilot.press("escape")
+        assert app.screen is deploy  # cannot leave while it runs
+        await until(pilot, lambda: not deploy.running)
+        await pilot.pause(0.2)
+        assert cells(deploy.query_one("#rows"), "web-1")[1] == "cancelled"
+        assert "cancelling" not in text_of(deploy, "#outcome")
+
+
+async def test_quit_asks_while_a_deploy_runs():
+    backend = FakeBackend(delay=0.5)
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("down", "p")
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+        await pilot.press("d", "y")
+        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
+        deploy = app.screen
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen) and "running on 1 host" in text_of(app.screen, "#question")
+        await pilot.press("n")
+        assert app.screen is deploy and app.is_running
+        await pilot.press("q", "y")
+        await pilot.pause(0.1)
+        assert deploy.cancel.is_set()
+
+
+async def test_quit_without_a_run_quits():
+    app = app_for()
+    async with app.run_test() as pilot:
+        await pilot.press("q")
+        await pilot.pause(0.1)
+        assert not app.is_running
+
+
+KEY = SimpleNamespace(get_name=lambda: "ssh-ed25519")
+
+
+class KeyBackend(FakeBackend):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def check_host_key(self, host):
+        raise self.error
+
+
+async def test_unknown_host_key_is_shown_and_accepted():
+    error = UnknownHostKey("db-1: unknown host key", host="db-1", address="127.0.0.13", port=22, key=KEY,
+                           fingerprint="SHA256:abc", known_hosts="/tmp/known_hosts")
+    backend = KeyBackend(error)
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, HostKeyScreen))
+        assert "SHA256:abc" in text_of(app.screen, "#keytext")
+        await pilot.press("a")
+        assert backend.accepted == ["db-1"]
+
+
+async def test_changed_host_key_cannot_be_accepted():
+    error = ChangedHostKey("db-1: HOST KEY CHANGED", host="db-1", address="127.0.0.13", port=22, key=KEY,
+                           fingerprint="SHA256:new", expected=KEY, expected_fingerprint="SHA256:old",
+                           known_hosts="/tmp/known_hosts")
+    backend = KeyBackend(error)
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, HostKeyScreen))
+        assert "HOST KEY CHANGED" in str(app.screen.query_one(".title").content)
+        await pilot.press("a")
+        assert isinstance(app.screen, HostKeyScreen) and backend.accepted == []
+        await pilot.press("escape")
+        assert backend.accepted == [] and isinstance(app.screen, FleetScreen)
+
+
+async def test_pointer_rollback_asks_then_publishes():
+    backend = FakeBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, PointersScreen) and app.screen.pointers)
+        await pilot.press("down")
+        await until(pilot, lambda: app.screen.query_one("#history").row_count == 3)
+        await pilot.press("b")
+        assert isinstance(app.screen, ConfirmScreen) and "(serial 2)" in text_of(app.screen, "#question")
+        await pilot.press("y")
+        await until(pilot, lambda: any(c[0] == "rollback_pointer" for c in backend.calls))
+        assert ("rollback_pointer", "web", "2") in backend.calls
+
+
+async def test_generations_rollback_to_the_highlighted_one():
+    backend = FakeBackend(delay=0.01)
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("down", "g")
+        await until(pilot, lambda: isinstance(app.screen, GenerationsScreen)
+                    and app.screen.query_one("#generations").row_count == 3)
+        gens = app.screen
+        await pilot.press("down", "d")
+        await until(pilot, lambda: "legacy-tool" in text_of(gens, "#diff"))
+        await pilot.press("s")
+        assert "Switch web-1 to generation 3" in text_of(app.screen, "#question")
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
+        await until(pilot, lambda: not app.screen.running)
+        assert ("rollback", ("web-1",), 3) in backend.calls
+        await pilot.press("escape")
+        assert app.screen is gens
+        await pilot.press("b", "y")
+        await until(pilot, lambda: ("rollback", ("web-1",), None) in backend.calls)
+
+
+async def test_plan_errors_are_one_line_and_a_missing_target_can_be_pushed():
+    backend = FakeBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        missing = "/nix/store/" + "1" * 32 + "-nixos-system-missing-1"
+        app.push_screen(PlanScreen(["db-1"], missing))
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.error)
+        assert "not in the cache" in text_of(app.screen, "#statusline")
+        assert "press u to push it" in text_of(app.screen, "#statusline")
+        plan = app.screen
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, PushScreen) and app.screen.result is not None)
+        assert "pushed 12 of 40 paths" in text_of(app.screen, "#result")
+        backend.plan = lambda *a, **k: (_ for _ in ()).throw(CacheError("the cache is down"))  # type: ignore
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is plan and plan.error == "the cache is down")
+
+
+async def test_every_action_is_a_command_with_an_id():
+    app = app_for()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.1)
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        for title in ("Plan", "Select", "All", "Tag", "Filter", "Gens", "Pointers", "Refresh", "Quit", "Help",
+                      "Host key", "Status filter"):
+            assert title in commands, title
+        assert "fleet.plan" in commands["Plan"]
+        for screen_class in (FleetScreen, PlanScreen, DeployScreen, GenerationsScreen, PointersScreen, PushScreen):
+            for binding in screen_class.BINDINGS:
+                assert binding.id and binding.description, (screen_class, binding)
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "HelpScreen"
+
+
+async def test_500_hosts_refresh_keeps_the_cursor():
+    app = TopdeckApp(FakeBackend(fake_inventory(500)), clock=lambda: NOW)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press(*["down"] * 40)
+        before = app.screen.highlighted()
+        await pilot.press("r")
+        await until(pilot, lambda: not app.screen.refreshing)
+        assert app.screen.highlighted() == before == "node-040"
+        assert app.screen.query_one("#hosts").row_count == 500
+        await asyncio.sleep(0)

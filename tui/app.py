@@ -1,0 +1,149 @@
+"""The topdeck TUI: a Textual app over one inventory. Screens live in tui/screens/, one file each.
+
+The app holds what several screens share (the hosts' statuses, the pointers, the selection, which hosts are
+being deployed) and a backend (tui/backend.py) through which every screen reaches the engine, from one thread
+worker per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from topdeck.tui.backend import EngineBackend
+from topdeck.tui.present import Clock
+
+THEME = "tokyo-night"
+
+
+@dataclass
+class Run:
+    """A deploy or rollback in progress: what `q` must ask about and cancel."""
+
+    title: str
+    hosts: tuple[str, ...]
+    cancel: threading.Event
+
+
+@dataclass
+class FleetState:
+    """What the fleet screen shows and other screens read: refreshed in the background."""
+
+    statuses: dict[str, Any] = field(default_factory=dict)  # host name -> core.fleet.HostStatus
+    pointers: dict[str, Any] = field(default_factory=dict)  # pointer name -> core.pointers.PointerVersion
+    selected: set[str] = field(default_factory=set)
+    refreshed: float = 0.0
+    errors: tuple[str, ...] = ()
+
+
+class TopdeckApp(App[None]):
+    TITLE = "topdeck"
+    BINDINGS = [
+        Binding("q", "quit_app", "Quit", id="app.quit"),
+        Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
+    ]
+
+    def __init__(self, backend: EngineBackend, *, clock: Clock = time.time, refresh: bool = True,
+                 theme: str = THEME) -> None:
+        super().__init__()
+        self.backend = backend
+        self.clock = clock
+        self.refresh_on_start = refresh
+        self.fleet = FleetState()
+        self.runs: list[Run] = []
+        self._theme_name = theme
+        self.sub_title = str(backend.inventory.root)
+
+    @property
+    def inventory(self):  # type: ignore[no-untyped-def]
+        return self.backend.inventory
+
+    def on_mount(self) -> None:
+        from topdeck.tui.screens.fleet import FleetScreen
+
+        self.theme = self._theme_name
+        self.push_screen(FleetScreen())
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    def run_started(self, run: Run) -> None:
+        self.runs.append(run)
+
+    def run_finished(self, run: Run) -> None:
+        if run in self.runs:
+            self.runs.remove(run)
+
+    @property
+    def deploying(self) -> set[str]:
+        return {host for run in self.runs for host in run.hosts}
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    def action_quit_app(self) -> None:
+        if not self.runs:
+            self.exit()
+            return
+        from topdeck.tui.widgets.dialogs import ConfirmScreen
+
+        hosts = sorted(self.deploying)
+        question = (f"A {self.runs[0].title} is running on {len(hosts)} host(s) ({', '.join(hosts[:6])}). "
+                    "Cancel it and quit? Hosts already switched stay switched.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                for run in self.runs:
+                    run.cancel.set()
+                self.exit()
+
+        self.push_screen(ConfirmScreen(question, title="Quit during a run?", danger=True), answered)
+
+    def action_help(self) -> None:
+        from topdeck.tui.screens.help import HelpScreen
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.screen))
+
+    # --- the command palette: every binding of the current screen is a command ----------------------
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.id or not binding.description or binding.system or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            shown = binding.key_display or self.get_key_display(binding)
+            yield SystemCommand(binding.description, f"key {shown} · {binding.id or key}",
+                                partial(self.run_action, binding.action, active.node))
+
+
+def run_app(inventory_dir: Path) -> int:
+    """`topdeck` with no command: the TUI on an inventory (errors reading it are one line, before any screen)."""
+    from topdeck.core.inventory import load_inventory
+    from topdeck.tui.backend import Backend
+
+    app = TopdeckApp(Backend(load_inventory(inventory_dir)))
+    app.run()
+    return app.return_code or 0
+
+
+def open_command(args: argparse.Namespace) -> int:
+    """The handler of `topdeck [--inventory DIR]`: the TUI on a terminal, the plain host listing elsewhere."""
+    if sys.stdout.isatty() and sys.stdin.isatty():
+        return run_app(args.inventory)
+    from topdeck.tui.cli_lab import show_inventory
+
+    return show_inventory(args)

@@ -1,0 +1,189 @@
+"""The TUI's one door into the engine (the harlequin boundary): every call the screens make into core.
+
+Screens never import core's fleet or cache code themselves; they hold a `Backend` (the real one below, or a
+fake with the same methods in tests and benchmarks) and call it from one thread worker per job, passing an
+`emit` that posts Textual messages and a `threading.Event` to cancel. Every method may raise a
+`TopdeckError`; the screens show its one line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from topdeck.core import fleet, pointers
+from topdeck.core.cache import Cache, open_cache
+from topdeck.core.diff import ClosureDiff, diff_closures
+from topdeck.core.errors import CacheError, HostKeyError, TopdeckError, UnknownHostKey
+from topdeck.core.events import DeployResult, Emit, PushResult, ignore
+from topdeck.core.inventory import Host, Inventory
+from topdeck.core.manifest import manifest_name
+from topdeck.core.store import StorePath, parse_store_path
+
+# Prints the current system's closure, then the given path's, as `<closure index>\t<path>\t<NarSize>` lines.
+CLOSURES_SCRIPT = r"""
+set -eu
+PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
+list=$(mktemp)
+trap 'rm -f "$list"' EXIT
+index=0
+for top in "$(readlink /run/current-system)" "$1"; do
+    nix-store --query --requisites "$top" > "$list"
+    xargs nix-store --query --size < "$list" | paste "$list" - | sed "s/^/$index\t/"
+    index=$((index + 1))
+done
+"""
+
+
+def parse_closures(output: str, host: str) -> tuple[dict[StorePath, int], dict[StorePath, int]]:
+    closures: tuple[dict[StorePath, int], dict[StorePath, int]] = ({}, {})
+    try:
+        for line in output.splitlines():
+            index, path, nar_size = line.split("\t")
+            closures[int(index)][parse_store_path(path)] = int(nar_size)
+    except (ValueError, IndexError, TopdeckError):
+        raise TopdeckError(f"{host}: could not read the closures ({line[:80]!r})") from None
+    return closures
+
+
+class EngineBackend(Protocol):
+    """What the screens need from the engine. `Any` where core's own dataclasses are passed through."""
+
+    inventory: Inventory
+
+    def status(self, emit: Emit, cancel: threading.Event) -> tuple[Any, ...]: ...
+    def pointers(self) -> dict[str, pointers.PointerVersion]: ...
+    def history(self, name: str) -> list[pointers.PointerVersion]: ...
+    def rollback_pointer(self, name: str, to: str | None = None) -> pointers.Pointer: ...
+    def publish_pointer(self, name: str, path: str) -> pointers.Pointer: ...
+    def plan(self, hosts: Sequence[str], target: str | None, emit: Emit, cancel: threading.Event) -> Any: ...
+    def in_cache(self, path: str) -> bool: ...
+    def push(self, path: str, pointer: str | None, emit: Emit, cancel: threading.Event) -> PushResult: ...
+    def deploy(self, fleet_plan: Any, mode: str, emit: Emit, cancel: threading.Event) -> DeployResult: ...
+    def generations(self, host: str) -> tuple[Any, ...]: ...
+    def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit, cancel: threading.Event) -> DeployResult: ...
+    def generation_diff(self, host: str, path: str) -> ClosureDiff: ...
+    def check_host_key(self, host: str) -> None: ...
+    def accept_host_key(self, error: UnknownHostKey) -> str: ...
+
+
+def _engine(name: str) -> Any:
+    """A function of core.fleet, or a one-line error while the engine does not have it yet."""
+    function = getattr(fleet, name, None)
+    if function is None:
+        raise TopdeckError(f"this engine has no {name} yet")
+    return function
+
+
+def _call(name: str, *args: Any, **options: Any) -> Any:
+    """Call core.fleet's `name`, passing only the keyword options it takes (emit, cancel, cache, ...)."""
+    function = _engine(name)
+    accepted = inspect.signature(function).parameters
+    return function(*args, **{key: value for key, value in options.items() if key in accepted})
+
+
+class Backend:
+    """The real engine, for one inventory. Thread-safe: each job runs in its own worker thread."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self._cache: Cache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def cache(self) -> Cache:
+        with self._lock:
+            if self._cache is None:
+                self._cache = open_cache(self.inventory.cache)
+            return self._cache
+
+    # --- fleet ------------------------------------------------------------------------------------
+
+    def status(self, emit: Emit = ignore, cancel: threading.Event | None = None) -> tuple[Any, ...]:
+        return tuple(_call("status_fleet", self.inventory, (), cache=self.cache, emit=emit, cancel=cancel))
+
+    def plan(self, hosts: Sequence[str], target: str | None, emit: Emit = ignore,
+             cancel: threading.Event | None = None) -> fleet.FleetPlan:
+        return fleet.plan_fleet(self.inventory, list(hosts), target, cache=self.cache, emit=emit, cancel=cancel)
+
+    def deploy(self, fleet_plan: fleet.FleetPlan, mode: str, emit: Emit = ignore,
+               cancel: threading.Event | None = None) -> DeployResult:
+        result: DeployResult = _call("deploy_fleet", self.inventory, fleet_plan, mode=mode, cache=self.cache,
+                                     emit=emit, cancel=cancel)
+        return result
+
+    def generations(self, host: str) -> tuple[Any, ...]:
+        return tuple(_call("generations", self.inventory, host))
+
+    def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit = ignore,
+                 cancel: threading.Event | None = None) -> DeployResult:
+        result: DeployResult = _call("rollback_fleet", self.inventory, list(hosts), to, emit=emit, cancel=cancel)
+        return result
+
+    def generation_diff(self, host: str, path: str) -> ClosureDiff:
+        """What switching `host` from its current system to `path` (another generation) would change, from both
+        closures as the host's own store has them: one SSH round trip, nothing changes."""
+        from topdeck.core.ssh import connect, remote_command
+
+        target = parse_store_path(path)
+        with connect(self._host(host), self.inventory.ssh) as session:
+            result = session.run(remote_command("sh", "-c", CLOSURES_SCRIPT, "topdeck-closures", str(target)),
+                                 timeout=120)
+        if result.exit_status != 0:
+            raise TopdeckError(f"{host}: reading the closures failed (exit {result.exit_status}): "
+                               f"{result.stderr.decode(errors='replace').strip()[-200:]}")
+        return diff_closures(*parse_closures(result.stdout.decode(errors="replace"), host))
+
+    # --- pointers and the cache ---------------------------------------------------------------------
+
+    def pointers(self) -> dict[str, pointers.PointerVersion]:
+        return pointers.current(self.cache.listing())
+
+    def history(self, name: str) -> list[pointers.PointerVersion]:
+        return pointers.history(self.cache, name)
+
+    def rollback_pointer(self, name: str, to: str | None = None) -> pointers.Pointer:
+        from topdeck.tui.cli_push import signing_key
+
+        target = pointers.rollback_target(pointers.history(self.cache, name), to)
+        return pointers.publish(self.cache, name, target, signing_key(self.inventory), self.cache.listing())
+
+    def publish_pointer(self, name: str, path: str) -> pointers.Pointer:
+        from topdeck.tui.cli_push import signing_key
+
+        store_path = parse_store_path(path)
+        if not self.in_cache(path):
+            raise CacheError(f"{path} is not in the cache: push it first")
+        return pointers.publish(self.cache, name, store_path, signing_key(self.inventory), self.cache.listing())
+
+    def in_cache(self, path: str) -> bool:
+        return manifest_name(parse_store_path(path)) in self.cache.listing()
+
+    def push(self, path: str, pointer: str | None, emit: Emit = ignore,
+             cancel: threading.Event | None = None) -> PushResult:
+        from topdeck.core.push import push
+        from topdeck.tui.cli_push import signing_key
+
+        return push(parse_store_path(path), self.cache, signing_key(self.inventory), pointer=pointer, emit=emit,
+                    cancel=cancel)
+
+    # --- host keys --------------------------------------------------------------------------------
+
+    def check_host_key(self, host: str) -> None:
+        """Connect once: raises UnknownHostKey / ChangedHostKey (or another SSHError) if the key is not pinned."""
+        from topdeck.core.ssh import connect
+
+        with connect(self._host(host), self.inventory.ssh):
+            pass
+
+    def accept_host_key(self, error: UnknownHostKey) -> str:
+        from topdeck.core.ssh import accept_host_key
+
+        if self.inventory.ssh.known_hosts is None:
+            raise HostKeyError("topdeck.toml: ssh.known_hosts is not set; nowhere to pin the key")
+        return accept_host_key(self.inventory.ssh.known_hosts, error.address, error.port, error.key)
+
+    def _host(self, name: str) -> Host:
+        return self.inventory.host(name)

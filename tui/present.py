@@ -1,0 +1,149 @@
+"""Pure presentation helpers for the TUI: short names, sizes, times, colours. No Textual, no I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import humanize
+from rich.text import Text
+
+from topdeck.core.diff import ClosureDiff, PackageChange, render_size_delta, show_versions
+from topdeck.core.store import split_name_version
+
+Clock = Callable[[], float]
+
+STATUS_STYLES = {
+    "up-to-date": "green",
+    "behind": "yellow",
+    "drifted": "magenta",
+    "unreachable": "red",
+    "deploying": "cyan",
+    "rolled-back": "dark_orange",
+    "error": "red",
+    "unknown": "dim",
+}
+
+PHASE_STYLES = {
+    "done": "green",
+    "failed": "bold red",
+    "rolled-back": "dark_orange",
+    "skipped": "dim",
+    "cancelled": "yellow",
+    "queued": "dim",
+}
+
+KIND_STYLES = {
+    "upgraded": "green",
+    "downgraded": "yellow",
+    "added": "cyan",
+    "removed": "red",
+    "changed": "dim",
+}
+
+KIND_TITLES = {
+    "upgraded": "upgrades",
+    "downgraded": "downgrades",
+    "added": "added",
+    "removed": "removed",
+    "changed": "rebuilt",
+}
+
+MODES = ("switch", "boot", "test", "dry-activate")
+
+
+def size(nbytes: int | float) -> str:
+    return humanize.naturalsize(int(nbytes), binary=True)
+
+
+def signed_size(nbytes: int) -> str:
+    sign = "+" if nbytes >= 0 else "-"
+    return f"{sign}{size(abs(nbytes))}"
+
+
+def store_name(path: object) -> str:
+    """The name part of a store path (`/nix/store/<hash>-<name>` -> `<name>`), or the text itself."""
+    text = str(path or "")
+    if text.startswith("/nix/store/") and len(text) > 44:
+        return text[44:]
+    return text
+
+
+def short_path(path: object) -> str:
+    """A store path with its hash cut to 8 characters: `/nix/store/cyh7pw1v…-nixos-system-db-24.05`."""
+    text = str(path or "")
+    if text.startswith("/nix/store/") and len(text) > 44:
+        return f"/nix/store/{text[11:19]}…{text[43:]}"
+    return text or "-"
+
+
+def short_system(path: object) -> str:
+    """A toplevel as `<short name> <version>`: `nixos-system-web1-24.05.1` -> `web1 24.05.1`."""
+    name = store_name(path)
+    if not name:
+        return "-"
+    base, version = split_name_version(name)
+    base = base.removeprefix("nixos-system-")
+    return f"{base} {version}".strip()
+
+
+def status_text(status: str) -> Text:
+    return Text(status.replace("-", " ") if status else "…", style=STATUS_STYLES.get(status, "dim"))
+
+
+def phase_text(phase: str) -> Text:
+    return Text(phase, style=PHASE_STYLES.get(phase, "cyan"))
+
+
+def when(stamp: float, clock: Clock = time.time) -> str:
+    """A past moment (seconds since the epoch) as `3 minutes ago`."""
+    if not stamp:
+        return "-"
+    return humanize.naturaltime(datetime.fromtimestamp(clock(), tz=UTC) - datetime.fromtimestamp(stamp, tz=UTC))
+
+
+def duration(seconds: float) -> str:
+    return humanize.naturaldelta(max(0.0, seconds)) if seconds >= 1 else f"{seconds:.1f} s"
+
+
+def bar(done: int, total: int, width: int = 16) -> Text:
+    """A text progress bar with its percentage."""
+    fraction = min(1.0, done / total) if total else 0.0
+    filled = int(round(fraction * width))
+    text = Text("━" * filled, style="green")
+    text.append("━" * (width - filled), style="grey30")
+    text.append(f" {fraction * 100:3.0f}%")
+    return text
+
+
+def change_line(change: PackageChange) -> Text:
+    """One diff line, colour-coded by kind: `openssl: 3.0.13 → 3.0.14, +12.5 KiB`."""
+    style = KIND_STYLES.get(change.kind, "")
+    text = Text("  ")
+    text.append(change.name, style=f"bold {style}")
+    text.append(": ")
+    if change.versions_changed:
+        text.append(f"{show_versions(change.removed_versions)} → {show_versions(change.added_versions)}", style=style)
+    if change.size_shown:
+        if change.versions_changed:
+            text.append(", ")
+        text.append(render_size_delta(change.size_delta), style="red" if change.size_delta > 0 else "green")
+    return text
+
+
+def diff_text(diff: ClosureDiff, *, show_rebuilds: bool = False) -> Text:
+    """A closure diff grouped by kind (upgrades, downgrades, added, removed), as Nix names the changes."""
+    out = Text()
+    shown = [c for c in diff.changes if c.shown or (show_rebuilds and c.kind == "changed")]
+    if not shown:
+        out.append("  no package changes\n", style="dim")
+    for kind in ("upgraded", "downgraded", "added", "removed", "changed"):
+        changes = [c for c in shown if c.kind == kind]
+        if not changes:
+            continue
+        out.append(f" {KIND_TITLES[kind]} ({len(changes)})\n", style=f"bold {KIND_STYLES[kind]}")
+        for change in changes:
+            out.append_text(change_line(change))
+            out.append("\n")
+    return out

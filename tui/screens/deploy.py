@@ -1,0 +1,275 @@
+"""A deploy or rollback as it runs: one row per host (phase, paths and bytes, a bar), the log of the
+highlighted host, the waves, the outcome. `c` cancels: "cancelling…" until the engine has stopped.
+
+Engine events only update the model (cheap, whatever their rate); a timer redraws what changed ten times a
+second, so many hosts fetching at once do not flood the table."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Label, Log, Static
+
+from topdeck.core.events import (
+    FINAL_PHASES,
+    DeployResult,
+    Emit,
+    Event,
+    HostOutcome,
+    HostPhase,
+    LogLine,
+    Progress,
+    WaveStarted,
+)
+from topdeck.tui.app import Run
+from topdeck.tui.present import bar, phase_text, short_system, size
+from topdeck.tui.screens.base import TopdeckScreen
+
+DEPLOY_COLUMNS = (("host", "host", None), ("phase", "phase", 11), ("paths", "paths", 7), ("bytes", "bytes", 17),
+                  ("bar", "progress", 15), ("detail", "detail", 60))
+LOG_LINES_KEPT = 2000
+REDRAW_INTERVAL = 0.1
+
+Runner = Callable[[Emit, threading.Event], DeployResult]
+
+
+@dataclass
+class HostRow:
+    phase: str = "queued"
+    detail: str = ""
+    paths_done: int = 0
+    paths_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+
+class DeployScreen(TopdeckScreen):
+    help_title = "deploy"
+    DEFAULT_CSS = """
+    DeployScreen #summary { height: auto; padding: 0 1; background: $boost; }
+    DeployScreen #rows { height: 1fr; min-height: 4; }
+    DeployScreen #logtitle { height: 1; width: 100%; background: $panel; padding: 0 1; }
+    DeployScreen #log { height: 1fr; max-height: 12; }
+    DeployScreen #outcome { height: auto; max-height: 4; padding: 0 1; background: $panel; }
+    """
+    BINDINGS = [
+        Binding("c", "cancel", "Cancel run", id="deploy.cancel"),
+        Binding("escape", "back", "Back", id="deploy.back"),
+    ]
+
+    def __init__(self, title: str, hosts: Sequence[str], runner: Runner | None = None, *, mode: str = "switch",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.title_text, self.mode, self.runner, self.clock = title, mode, runner, clock
+        self.rows: dict[str, HostRow] = {host: HostRow() for host in hosts}
+        self.waves: list[WaveStarted] = []
+        self.result: DeployResult | None = None
+        self.error = ""
+        self.cancel = threading.Event()
+        self.cancelling = False
+        self.running = runner is not None
+        self.started = clock()
+        self.dirty: set[str] = set()
+        self.summary_dirty = False
+        self.run: Run | None = None
+        self.log_host = next(iter(self.rows), "")
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="summary")
+        table: DataTable[Any] = DataTable(id="rows", cursor_type="row")
+        for key, label, width in DEPLOY_COLUMNS:
+            table.add_column(label, key=key, width=width)
+        yield table
+        yield Label(id="logtitle")
+        yield Log(id="log", max_lines=LOG_LINES_KEPT)
+        yield Static(id="outcome")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#rows", DataTable)
+        for host, row in self.rows.items():
+            table.add_row(*self.cells(host, row), key=host)
+        table.focus()
+        self.show_summary()
+        self.show_log()
+        self.show_outcome()
+        self.set_interval(REDRAW_INTERVAL, self.redraw)
+        if self.runner is not None:
+            self.run = Run(self.title_text, tuple(self.rows), self.cancel)
+            self.topdeck.run_started(self.run)
+            self.start("deploy", self.runner, self.cancel)
+
+    # --- the model: events only change it ----------------------------------------------------------------
+
+    def engine_event(self, job: str, event: Event) -> None:
+        self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        """Take one engine event into the model (also used by tests to show a fixed state)."""
+        if isinstance(event, HostPhase):
+            row = self.row(event.host)
+            row.phase, row.detail = event.phase, event.detail
+            self.dirty.add(event.host)
+        elif isinstance(event, Progress) and event.host:
+            row = self.row(event.host)
+            row.paths_done, row.paths_total = event.paths_done, event.paths_total
+            row.bytes_done, row.bytes_total = event.bytes_done, event.bytes_total
+            if event.current:
+                row.detail = event.current
+            self.dirty.add(event.host)
+        elif isinstance(event, LogLine):
+            host = event.host or self.log_host
+            row = self.row(host)
+            row.log.append(event.text)
+            if len(row.log) > LOG_LINES_KEPT:
+                del row.log[: len(row.log) - LOG_LINES_KEPT]
+            if host == self.log_host and self.is_mounted:
+                self.query_one("#log", Log).write_line(event.text)
+        elif isinstance(event, WaveStarted):
+            self.waves.append(event)
+            self.summary_dirty = True
+        elif isinstance(event, HostOutcome):
+            row = self.row(event.host)
+            row.phase = event.outcome
+            row.detail = event.reason or (short_system(event.after) if event.after else "")
+            if event.fetched_paths:
+                row.paths_done = row.paths_total = event.fetched_paths
+            if event.fetched_bytes:
+                row.bytes_done = row.bytes_total = event.fetched_bytes
+            self.dirty.add(event.host)
+        elif isinstance(event, DeployResult):
+            self.result = event
+            self.summary_dirty = True
+
+    def row(self, host: str) -> HostRow:
+        if host not in self.rows:
+            self.rows[host] = HostRow()
+            if self.is_mounted:
+                table = self.query_one("#rows", DataTable)
+                table.add_row(*self.cells(host, self.rows[host]), key=host)
+        return self.rows[host]
+
+    def cells(self, host: str, row: HostRow) -> list[Any]:
+        paths = f"{row.paths_done}/{row.paths_total}" if row.paths_total else "-"
+        nbytes = f"{size(row.bytes_done)}/{size(row.bytes_total)}" if row.bytes_total else "-"
+        if row.phase == "done":
+            progress = bar(1, 1, width=10)
+        elif row.paths_total or row.bytes_total:
+            progress = (bar(row.bytes_done, row.bytes_total, width=10) if row.bytes_total
+                        else bar(row.paths_done, row.paths_total, width=10))
+        else:
+            progress = Text("")
+        return [Text(host, style="bold"), phase_text(row.phase), paths, nbytes, progress, row.detail]
+
+    # --- the view: redrawn on a timer ----------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        if self.dirty:
+            table = self.query_one("#rows", DataTable)
+            for host in sorted(self.dirty):
+                for (key, _, width), value in zip(DEPLOY_COLUMNS, self.cells(host, self.rows[host]), strict=True):
+                    table.update_cell(host, key, value, update_width=width is None)
+            self.dirty.clear()
+            self.summary_dirty = True
+        if self.summary_dirty:
+            self.summary_dirty = False
+            self.show_summary()
+            self.show_outcome()
+
+    def show_summary(self) -> None:
+        text = Text()
+        text.append(self.title_text.capitalize(), style="bold")
+        text.append(f": {len(self.rows)} host(s)")
+        counts: dict[str, int] = {}
+        for row in self.rows.values():
+            counts[row.phase] = counts.get(row.phase, 0) + 1
+        text.append("   " + ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items())), style="dim")
+        if self.waves:
+            wave = self.waves[-1]
+            text.append(f"\nwave {wave.index} of {wave.count}: {', '.join(wave.hosts)}")
+        self.query_one("#summary", Static).update(text)
+
+    def show_outcome(self) -> None:
+        text = Text()
+        if self.cancelling and self.running:
+            text.append("cancelling… (waiting for the engine to stop; hosts mid-switch finish or roll back)",
+                        style="bold yellow")
+        elif self.running:
+            text.append(f"running… c cancels   elapsed {self.clock() - self.started:.0f} s", style="cyan")
+        elif self.error:
+            text.append(f"failed: {self.error}", style="bold red")
+        elif self.result is not None:
+            result = self.result
+            ok = sum(1 for outcome in result.outcomes if outcome.ok)
+            seconds = max(0.0, result.finished - result.started)
+            style = "bold green" if result.ok else "bold red"
+            text.append(f"{'done' if result.ok else 'finished'}: {ok} of {len(result.outcomes)} host(s) ok",
+                        style=style)
+            if seconds:
+                text.append(f" in {seconds:.1f} s")
+            for outcome in result.outcomes:
+                if not outcome.ok:
+                    text.append(f"\n{outcome.host}: {outcome.outcome}" + (f": {outcome.reason}" if outcome.reason
+                                                                           else ""), style="red")
+            if result.stopped:
+                text.append(f"\nstopped: {result.stopped}", style="yellow")
+            text.append("   escape: back", style="dim")
+        self.query_one("#outcome", Static).update(text)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value and event.row_key.value != self.log_host:
+            self.log_host = str(event.row_key.value)
+            self.show_log()
+
+    def show_log(self) -> None:
+        self.query_one("#logtitle", Label).update(Text(f"log: {self.log_host}", style="bold"))
+        log = self.query_one("#log", Log)
+        log.clear()
+        row = self.rows.get(self.log_host)
+        if row and row.log:
+            log.write_lines(row.log)
+
+    # --- the end -------------------------------------------------------------------------------------------
+
+    def done_deploy(self, job: str, result: DeployResult) -> None:
+        self.apply(result)
+        self.finish()
+
+    def failed_deploy(self, job: str, error: str, exception: BaseException) -> None:
+        self.error = error
+        self.notify(error, title=self.title_text, severity="error", timeout=10)
+        self.finish()
+
+    def finish(self) -> None:
+        self.running = False
+        if self.run is not None:
+            self.topdeck.run_finished(self.run)
+        self.summary_dirty = True
+        self.redraw()
+
+    def action_cancel(self) -> None:
+        if not self.running:
+            self.notify("nothing is running", severity="warning")
+            return
+        self.cancel.set()
+        self.cancelling = True
+        self.show_outcome()
+
+    def action_back(self) -> None:
+        if self.running:
+            self.notify("a run is in progress: c cancels it", severity="warning")
+            return
+        self.dismiss(self.result)

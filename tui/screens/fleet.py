@@ -1,0 +1,393 @@
+"""The fleet: every host with its pointer, current and desired system, generation and status; a detail pane
+follows the cursor. Filter, select, refresh in the background, and go on to plan, generations or pointers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from topdeck.core.errors import TopdeckError
+from topdeck.core.events import Emit, Event, Progress
+from topdeck.core.inventory import Host
+from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, when
+from topdeck.tui.screens.base import TopdeckScreen
+
+STATUSES = ("up-to-date", "behind", "drifted", "unreachable", "deploying", "rolled-back", "error")
+COLUMNS = (("mark", " "), ("host", "host"), ("status", "status"), ("current", "current"), ("desired", "desired"),
+           ("gen", "gen"), ("pointer", "pointer"), ("tags", "tags"), ("last", "last deploy"))
+MARK = Text("●", style="bold yellow")
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """What a background refresh read: the hosts' statuses and the pointers (each may have failed)."""
+
+    statuses: tuple[Any, ...]
+    pointers: dict[str, Any]
+    errors: tuple[str, ...]
+    seconds: float
+
+
+def refresh_job(backend: Any) -> Any:
+    def job(emit: Emit, cancel: threading.Event) -> Refreshed:
+        started = time.monotonic()
+        errors = []
+        try:
+            found = backend.pointers()
+        except TopdeckError as error:
+            found, errors = {}, [f"pointers: {error}"]
+        try:
+            statuses = tuple(backend.status(emit, cancel))
+        except TopdeckError as error:
+            statuses, errors = (), [*errors, f"status: {error}"]
+        return Refreshed(statuses, found, tuple(errors), time.monotonic() - started)
+
+    return job
+
+
+class FleetScreen(TopdeckScreen):
+    help_title = "fleet"
+    DEFAULT_CSS = """
+    FleetScreen #filter { dock: top; display: none; height: 3; }
+    FleetScreen #filter.shown { display: block; }
+    FleetScreen #hosts { height: 1fr; }
+    FleetScreen #detail { height: 7; border-top: solid $primary; padding: 0 1; }
+    FleetScreen #statusline { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("space", "toggle_select", "Select", id="fleet.select"),
+        Binding("a", "select_all", "All", id="fleet.select-all"),
+        Binding("t", "select_tag", "Tag", id="fleet.select-tag"),
+        Binding("slash", "filter", "Filter", key_display="/", id="fleet.filter"),
+        Binding("s", "status_filter", "Status filter", show=False, id="fleet.status-filter"),
+        Binding("p", "plan", "Plan", id="fleet.plan"),
+        Binding("g", "generations", "Gens", id="fleet.generations"),
+        Binding("o", "pointers", "Pointers", id="fleet.pointers"),
+        Binding("r", "refresh", "Refresh", id="fleet.refresh"),
+        Binding("k", "host_key", "Host key", show=False, id="fleet.host-key"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet.clear-filter"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+        self.status_filter = ""
+        self.refreshing = False
+        self.progress = ""
+        self.last_refresh_seconds = 0.0
+        self.populate_seconds = 0.0
+        self.drawn: dict[str, list[Any]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(placeholder="filter: text, @tag or status:behind (enter keeps it, escape clears)", id="filter")
+        table: DataTable[Any] = DataTable(id="hosts", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        yield Static(id="detail")
+        yield Static(id="statusline")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.populate()
+        self.query_one("#hosts", DataTable).focus()
+        if self.topdeck.refresh_on_start:
+            self.action_refresh()
+
+    def on_screen_resume(self) -> None:
+        self.populate()
+
+    # --- data ---------------------------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return tuple(self.topdeck.inventory.hosts)
+
+    def status_of(self, host: Host) -> str:
+        if host.name in self.topdeck.deploying:
+            return "deploying"
+        status = self.topdeck.fleet.statuses.get(host.name)
+        return getattr(status, "status", "") if status is not None else ""
+
+    def shown_hosts(self) -> list[Host]:
+        words = self.filter_text.split()
+        shown = []
+        for host in self.hosts:
+            status = self.status_of(host)
+            if self.status_filter and status != self.status_filter:
+                continue
+            if all(self._matches(host, status, word) for word in words):
+                shown.append(host)
+        return shown
+
+    @staticmethod
+    def _matches(host: Host, status: str, word: str) -> bool:
+        word = word.lower()
+        if word.startswith("@"):
+            return word[1:] in (tag.lower() for tag in host.tags)
+        if word.startswith("status:"):
+            return status.startswith(word[7:])
+        return (word in host.name.lower() or word in host.pointer.lower()
+                or any(word in tag.lower() for tag in host.tags))
+
+    def row(self, host: Host) -> list[Any]:
+        fleet = self.topdeck.fleet
+        status = fleet.statuses.get(host.name)
+        pointer = fleet.pointers.get(host.pointer)
+        desired = getattr(status, "desired", "") or (pointer.path if pointer else "")
+        generation = getattr(status, "generation", 0) if status is not None else 0
+        return [
+            MARK if host.name in fleet.selected else " ",
+            Text(host.name, style="bold"),
+            status_text(self.status_of(host)),
+            short_system(getattr(status, "current", "")) if status is not None else "…",
+            short_system(desired) if desired else "-",
+            str(generation) if generation else "-",
+            host.pointer + (f" #{pointer.serial}" if pointer else ""),
+            ",".join(host.tags),
+            getattr(status, "last_run", "") or "-",
+        ]
+
+    def populate(self) -> None:
+        """Fill the table from the inventory and the last refresh; the cursor stays on its host."""
+        started = time.perf_counter()
+        table = self.query_one("#hosts", DataTable)
+        shown = self.shown_hosts()
+        rows = {host.name: self.row(host) for host in shown}
+        if [key.value for key in table.rows] == list(rows):
+            # The same hosts in the same order (a refresh): change only the cells that changed.
+            for name, cells in rows.items():
+                before = self.drawn.get(name, [])
+                for index, ((column, _), value) in enumerate(zip(COLUMNS, cells, strict=True)):
+                    if index >= len(before) or before[index] != value:
+                        table.update_cell(name, column, value, update_width=True)
+        else:
+            current = self.highlighted()
+            table.clear()
+            for name, cells in rows.items():
+                table.add_row(*cells, key=name)
+            if current is not None and current in table.rows:
+                table.move_cursor(row=table.get_row_index(current), animate=False)
+        self.drawn = rows
+        self.populate_seconds = time.perf_counter() - started
+        self.show_detail()
+        self.show_status()
+
+    def highlighted(self) -> str | None:
+        table = self.query_one("#hosts", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        except Exception:  # the cursor is past the rows while the table refills
+            return None
+
+    def targets(self) -> list[str]:
+        """The hosts an action applies to: the selection, or else the highlighted host."""
+        selected = [host.name for host in self.hosts if host.name in self.topdeck.fleet.selected]
+        if selected:
+            return selected
+        current = self.highlighted()
+        return [current] if current else []
+
+    # --- panes --------------------------------------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        name = self.highlighted()
+        pane = self.query_one("#detail", Static)
+        if name is None:
+            pane.update(Text("no host matches the filter", style="dim"))
+            return
+        host = self.topdeck.inventory.host(name)
+        status = self.topdeck.fleet.statuses.get(name)
+        pointer = self.topdeck.fleet.pointers.get(host.pointer)
+        text = Text()
+        text.append(host.name, style="bold")
+        text.append(f"  {host.user}@{host.address}:{host.port}", style="dim")
+        if host.tags:
+            text.append("  tags " + ", ".join(host.tags))
+        text.append("  ")
+        text.append_text(status_text(self.status_of(host)))
+        text.append("\n")
+        if pointer:
+            text.append(f"pointer  {host.pointer} → {store_name(pointer.path)} (serial {pointer.serial}, "
+                        f"{when(pointer.uploaded_ms / 1000, self.topdeck.clock)})\n")
+        else:
+            text.append(f"pointer  {host.pointer} (not read yet)\n", style="dim")
+        current = getattr(status, "current", "") if status is not None else ""
+        booted = getattr(status, "booted", "") if status is not None else ""
+        desired = getattr(status, "desired", "") if status is not None else ""
+        text.append(f"current  {short_path(current)}")
+        text.append("  (booted)\n" if booted and booted == current else "\n")
+        if booted and booted != current:
+            text.append(f"booted   {short_path(booted)}\n")
+        text.append(f"desired  {short_path(desired)}\n")
+        if status is not None:
+            text.append(f"gen {getattr(status, 'generation', 0) or '-'}  last {getattr(status, 'last_run', '') or '-'}")
+            reason = getattr(status, "reason", "")
+            if reason:
+                text.append(f"  {reason}", style=STATUS_STYLES.get(getattr(status, "status", ""), "red"))
+        pane.update(text)
+
+    def show_status(self) -> None:
+        fleet = self.topdeck.fleet
+        parts = [f"{len(self.hosts)} hosts", f"{len(fleet.selected)} selected"]
+        shown = self.query_one("#hosts", DataTable).row_count
+        if self.filter_text or self.status_filter:
+            what = " ".join(filter(None, [self.filter_text, f"status:{self.status_filter}" if self.status_filter
+                                          else ""]))
+            parts.append(f"{shown} shown (filter {what})")
+        if self.refreshing:
+            parts.append(f"refreshing… {self.progress}".strip())
+        elif fleet.refreshed:
+            stamp = datetime.fromtimestamp(fleet.refreshed, tz=UTC).strftime("%H:%M:%S UTC")
+            parts.append(f"refreshed {stamp} in {self.last_refresh_seconds:.1f} s")
+        line = Text(" · ".join(parts))
+        for error in fleet.errors:
+            line.append(f" · {error}", style="red")
+        self.query_one("#statusline", Static).update(line)
+
+    # --- refresh --------------------------------------------------------------------------------------
+
+    def action_refresh(self) -> None:
+        if self.refreshing:
+            return
+        self.refreshing, self.progress = True, ""
+        self.show_status()
+        self.start("refresh", refresh_job(self.topdeck.backend))
+
+    def engine_event(self, job: str, event: Event) -> None:
+        if job == "refresh" and isinstance(event, Progress) and event.paths_total:
+            self.progress = f"{event.paths_done}/{event.paths_total}"
+            self.show_status()
+
+    def done_refresh(self, job: str, result: Refreshed) -> None:
+        fleet = self.topdeck.fleet
+        fleet.statuses = {getattr(status, "host", ""): status for status in result.statuses}
+        fleet.pointers = dict(result.pointers)
+        fleet.errors = result.errors
+        fleet.refreshed = self.topdeck.clock()
+        self.refreshing, self.last_refresh_seconds = False, result.seconds
+        self.populate()
+
+    def failed_refresh(self, job: str, error: str, exception: BaseException) -> None:
+        self.refreshing = False
+        self.topdeck.fleet.errors = (error,)
+        self.show_status()
+
+    # --- selection and filters -------------------------------------------------------------------------
+
+    def action_toggle_select(self) -> None:
+        name = self.highlighted()
+        if name is None:
+            return
+        selected = self.topdeck.fleet.selected
+        selected.symmetric_difference_update({name})
+        table = self.query_one("#hosts", DataTable)
+        table.update_cell(name, "mark", MARK if name in selected else " ")
+        if table.cursor_row < table.row_count - 1:
+            table.move_cursor(row=table.cursor_row + 1, animate=False)
+        self.show_status()
+
+    def action_select_all(self) -> None:
+        """Select every shown host; if all of them are selected already, select none."""
+        shown = {host.name for host in self.shown_hosts()}
+        selected = self.topdeck.fleet.selected
+        if shown <= selected:
+            selected.difference_update(shown)
+        else:
+            selected.update(shown)
+        self.populate()
+
+    def action_select_tag(self) -> None:
+        from topdeck.tui.widgets.dialogs import PromptScreen
+
+        tags = sorted({tag for host in self.hosts for tag in host.tags})
+
+        def chosen(tag: str | None) -> None:
+            if not tag:
+                return
+            tag = tag.removeprefix("@")
+            matching = {host.name for host in self.hosts if tag in host.tags}
+            if not matching:
+                self.notify(f"no host has the tag {tag}", severity="warning")
+                return
+            self.topdeck.fleet.selected.update(matching)
+            self.notify(f"selected {len(matching)} host(s) tagged {tag}")
+            self.populate()
+
+        self.app.push_screen(PromptScreen("Select the hosts with the tag:", placeholder="tag", suggestions=tags),
+                             chosen)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.populate()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.value.strip():
+            box.remove_class("shown")
+        self.query_one("#hosts", DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("shown")
+        self.filter_text, self.status_filter = "", ""
+        self.query_one("#hosts", DataTable).focus()
+        self.populate()
+
+    def action_status_filter(self) -> None:
+        """Cycle the status filter: none, then each status."""
+        order = ("", *STATUSES)
+        self.status_filter = order[(order.index(self.status_filter) + 1) % len(order)]
+        self.populate()
+
+    # --- other screens ---------------------------------------------------------------------------------
+
+    def action_plan(self) -> None:
+        from topdeck.tui.screens.plan import PlanScreen
+
+        hosts = self.targets()
+        if not hosts:
+            self.notify("no host to plan: select hosts first", severity="warning")
+            return
+        self.app.push_screen(PlanScreen(hosts), lambda _: self.after_run())
+
+    def action_generations(self) -> None:
+        from topdeck.tui.screens.generations import GenerationsScreen
+
+        hosts = self.targets()
+        if hosts:
+            self.app.push_screen(GenerationsScreen(hosts), lambda _: self.after_run())
+
+    def action_pointers(self) -> None:
+        from topdeck.tui.screens.pointers import PointersScreen
+
+        self.app.push_screen(PointersScreen(), lambda _: self.action_refresh())
+
+    def action_host_key(self) -> None:
+        name = self.highlighted()
+        if name:
+            self.check_host_key(name)
+
+    def after_run(self) -> None:
+        self.populate()
+        self.action_refresh()

@@ -1,0 +1,312 @@
+"""The plan: for the chosen hosts and target, what a deploy would change (grouped diff, colour-coded), what
+each host would fetch against its free disk, the B2 transactions, warnings. Nothing happens on any host
+until the operator confirms here; the question names the host count and the mode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import humanize
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Static
+
+from topdeck.core.events import Event, Progress
+from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY
+from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
+from topdeck.tui.screens.base import TopdeckScreen
+
+PLAN_COLUMNS = (("host", "host"), ("status", "status"), ("paths", "fetch"), ("download", "download"),
+                ("unpacked", "unpacked"), ("free", "free /nix"), ("b2", "B2 B"))
+PLAN_STATUS = {"change": "will change", "up-to-date": "up to date", "unreachable": "unreachable",
+               "host-key": "host key", "error": "error"}
+
+
+class PlanScreen(TopdeckScreen):
+    help_title = "plan"
+    DEFAULT_CSS = """
+    PlanScreen #summary { height: auto; padding: 0 1; background: $boost; }
+    PlanScreen #hosts { height: auto; max-height: 8; }
+    PlanScreen #diffbox { height: 1fr; border-top: solid $primary; }
+    PlanScreen #diff { padding: 0 1; }
+    PlanScreen #statusline { height: auto; max-height: 4; background: $panel; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("d", "deploy", "Deploy…", id="plan.deploy"),
+        Binding("m", "mode", "Mode", id="plan.mode"),
+        Binding("t", "target", "Target", id="plan.target"),
+        Binding("u", "push", "Push", id="plan.push"),
+        Binding("r", "replan", "Re-plan", id="plan.replan"),
+        Binding("k", "host_key", "Host key", show=False, id="plan.host-key"),
+        Binding("escape", "back", "Back", id="plan.back"),
+    ]
+
+    def __init__(self, hosts: Sequence[str], target: str | None = None, *, fleet_plan: Any = None,
+                 mode: str = "switch") -> None:
+        super().__init__()
+        self.hosts = list(hosts)
+        self.target = target  # a store path, or None for each host's pointer
+        self.fleet_plan = fleet_plan
+        self.mode = mode
+        self.planning = False
+        self.progress = ""
+        self.error = ""
+        self.missing_target = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="summary")
+        table: DataTable[Any] = DataTable(id="hosts", cursor_type="row")
+        for key, label in PLAN_COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        with VerticalScroll(id="diffbox"):
+            yield Static(id="diff")
+        yield Static(id="statusline")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.fleet_plan is None:
+            self.action_replan()
+        else:
+            self.show()
+        self.query_one("#hosts", DataTable).focus()
+
+    # --- planning ----------------------------------------------------------------------------------
+
+    def action_replan(self) -> None:
+        if self.planning:
+            return
+        backend, hosts, target = self.topdeck.backend, list(self.hosts), self.target
+        self.planning, self.progress, self.error, self.missing_target = True, "", "", False
+        self.fleet_plan = None
+        self.show()
+        self.start("plan", lambda emit, cancel: backend.plan(hosts, target, emit, cancel))
+
+    def engine_event(self, job: str, event: Event) -> None:
+        if job == "plan" and isinstance(event, Progress) and event.paths_total:
+            self.progress = f"{event.paths_done}/{event.paths_total} hosts probed"
+            self.show_summary()
+
+    def done_plan(self, job: str, result: Any) -> None:
+        self.planning, self.fleet_plan = False, result
+        self.show()
+
+    def failed_plan(self, job: str, error: str, exception: BaseException) -> None:
+        self.planning, self.error = False, error
+        self.missing_target = bool(self.target) and "not in the cache" in error
+        self.show()
+
+    # --- showing -----------------------------------------------------------------------------------
+
+    def target_label(self) -> str:
+        if self.target:
+            return f"{short_system(self.target)} ({self.target})"
+        pointers = sorted({self.topdeck.inventory.host(name).pointer for name in self.hosts
+                           if name in {h.name for h in self.topdeck.inventory.hosts}})
+        return "each host's pointer (" + ", ".join(pointers) + ")"
+
+    def show(self) -> None:
+        self.show_summary()
+        self.show_hosts()
+        self.show_diff()
+        self.show_status()
+
+    def show_summary(self) -> None:
+        text = Text()
+        text.append(f"Plan for {len(self.hosts)} host(s)", style="bold")
+        text.append(f": {', '.join(self.hosts[:8])}{' …' if len(self.hosts) > 8 else ''}\n")
+        text.append("target ")
+        text.append(self.target_label(), style="bold")
+        text.append("   mode ")
+        text.append(self.mode, style="bold magenta")
+        if self.planning:
+            text.append(f"   planning… {self.progress}", style="yellow")
+        self.query_one("#summary", Static).update(text)
+
+    def show_hosts(self) -> None:
+        table = self.query_one("#hosts", DataTable)
+        table.clear()
+        if self.fleet_plan is None:
+            return
+        for host in self.fleet_plan.plan.hosts:
+            status = Text(PLAN_STATUS.get(host.status, host.status),
+                          style={"change": "yellow", "up-to-date": "green"}.get(host.status, "red"))
+            if host.state is None:
+                table.add_row(host.host, status, "-", "-", "-", "-", "-", key=host.host)
+                continue
+            free = Text(size(host.state.free_bytes), style="" if host.fits else "bold red")
+            table.add_row(host.host, status, str(host.fetch_paths), size(host.download_bytes),
+                          size(host.unpacked_bytes), free, str(host.class_b), key=host.host)
+
+    def show_diff(self) -> None:
+        pane = self.query_one("#diff", Static)
+        if self.fleet_plan is None:
+            if self.error:
+                text = Text(f"No plan: {self.error}\n\n", style="red")
+                if self.missing_target:
+                    text.append("This system is not in the cache yet. Press u to push it (only what the cache "
+                                "lacks is uploaded); the plan is made again afterwards.", style="bold yellow")
+                pane.update(text)
+                return
+            pane.update(Text("planning: one SSH round trip per host…" if self.planning else "", style="dim"))
+            return
+        plan = self.fleet_plan.plan
+        text = Text()
+        for group in plan.groups:
+            host = group.plan
+            assert host.state is not None and host.diff is not None and host.target is not None
+            text.append(", ".join(group.hosts), style="bold")
+            current = short_system(host.state.current) if host.state.current else "nothing"
+            text.append(f": {current} → {short_system(host.target)}\n")
+            if host.status == "up-to-date":
+                text.append("  already on the target: nothing to fetch\n\n", style="green")
+                continue
+            text.append_text(diff_text(host.diff))
+            diff = host.diff
+            before = len(host.state.closure)
+            after = before + len(diff.paths_added) - len(diff.paths_removed)
+            text.append(f"  closure: {before} → {after} paths, {size(diff.size_before)} → {size(diff.size_after)} "
+                        f"({signed_size(diff.size_delta)})\n", style="dim")
+            text.append(f"  fetch: {host.fetch_paths} paths, {size(host.download_bytes)} download, "
+                        f"{size(host.unpacked_bytes)} unpacked; {size(host.state.free_bytes)} free on /nix")
+            if not host.fits:
+                text.append("  DOES NOT FIT", style="bold red")
+            text.append("\n\n")
+        for host in plan.hosts:
+            if not host.planned:
+                reason = host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}"
+                text.append(f"{reason}\n", style="red")
+                if host.status == "host-key":
+                    text.append("  press k on this host to see its key and accept or refuse it\n", style="yellow")
+        pane.update(text)
+
+    def show_status(self) -> None:
+        line = Text()
+        if self.error:
+            line.append(self.error, style="red")
+            if self.missing_target:
+                line.append("  press u to push it to the cache", style="bold yellow")
+        elif self.fleet_plan is not None:
+            plan = self.fleet_plan.plan
+            line.append(f"B2: about {humanize.intcomma(plan.class_b)} class B transactions for the pulls "
+                        f"(free allowance {humanize.intcomma(B2_FREE_CLASS_B_PER_DAY)} a day)")
+            for note in plan.warnings:
+                line.append(f"\nwarning: {note}", style="bold yellow")
+            ready = self.deployable()
+            if ready:
+                line.append(f"\nd deploys {len(ready)} host(s) in {self.mode} mode, after you confirm",
+                            style="dim")
+        self.query_one("#statusline", Static).update(line)
+
+    # --- choices -----------------------------------------------------------------------------------
+
+    def action_mode(self) -> None:
+        self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
+        self.show_summary()
+        self.show_status()
+
+    def action_target(self) -> None:
+        from topdeck.tui.widgets.dialogs import ChoiceScreen, PromptScreen
+
+        choices: list[tuple[str, str | Text]] = [("", "each host's own pointer")]
+        for name, version in self.topdeck.fleet.pointers.items():
+            label = f"pointer {name} → {store_name(version.path)} (serial {version.serial})"
+            choices.append((f"pointer:{name}", label))
+        choices.append(("path", "a toplevel store path…"))
+
+        def typed(path: str | None) -> None:
+            if path:
+                self.set_target(path)
+
+        def chosen(choice: str | None) -> None:
+            if choice is None:
+                return
+            if choice == "path":
+                self.app.push_screen(PromptScreen("Plan towards which toplevel (a /nix/store path)?",
+                                                  placeholder="/nix/store/…-nixos-system-…",
+                                                  value=self.target or ""), typed)
+            elif choice.startswith("pointer:"):
+                self.set_target(self.topdeck.fleet.pointers[choice[8:]].path)
+            else:
+                self.set_target(None)
+
+        self.app.push_screen(ChoiceScreen("Deploy which system?", choices), chosen)
+
+    def set_target(self, target: str | None) -> None:
+        self.target = target
+        self.action_replan()
+
+    def action_push(self) -> None:
+        from topdeck.tui.screens.push import PushScreen
+
+        if not self.target:
+            self.notify("the hosts' pointers are in the cache already; choose a store path with t to push one",
+                        severity="warning")
+            return
+
+        def pushed(result: Any) -> None:
+            if result is not None:
+                self.action_replan()
+
+        self.app.push_screen(PushScreen(self.target), pushed)
+
+    def action_host_key(self) -> None:
+        table = self.query_one("#hosts", DataTable)
+        if table.row_count:
+            row = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            if row:
+                self.check_host_key(str(row))
+
+    def host_key_accepted(self, host: str) -> None:
+        self.action_replan()
+
+    # --- deploy ------------------------------------------------------------------------------------
+
+    def deployable(self) -> list[str]:
+        if self.fleet_plan is None:
+            return []
+        return [host.host for host in self.fleet_plan.plan.hosts if host.planned]
+
+    def action_deploy(self) -> None:
+        from topdeck.tui.widgets.dialogs import ConfirmScreen
+
+        if self.planning or self.fleet_plan is None:
+            self.notify("no plan yet" if not self.error else self.error, severity="warning")
+            return
+        hosts = self.deployable()
+        if not hosts:
+            self.notify("no host could be planned: nothing to deploy", severity="error")
+            return
+        plan = self.fleet_plan.plan
+        download = sum(h.download_bytes for h in plan.hosts if h.planned)
+        question = Text()
+        question.append(f"Deploy to {len(hosts)} host{'s' if len(hosts) != 1 else ''} in {self.mode} mode?\n",
+                        style="bold")
+        question.append(f"{', '.join(hosts)}\n")
+        question.append(f"{size(download)} to download in all, about {plan.class_b} B2 class B transactions.")
+        skipped = [h.host for h in plan.hosts if not h.planned]
+        if skipped:
+            question.append(f"\nNot planned, left alone: {', '.join(skipped)}", style="yellow")
+        if plan.warnings:
+            question.append(f"\n{len(plan.warnings)} warning(s): see the plan", style="bold yellow")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.start_deploy(hosts)
+
+        self.app.push_screen(ConfirmScreen(question, title=f"Deploy ({self.mode})"), answered)
+
+    def start_deploy(self, hosts: list[str]) -> None:
+        from topdeck.tui.screens.deploy import DeployScreen
+
+        backend, fleet_plan, mode = self.topdeck.backend, self.fleet_plan, self.mode
+        screen = DeployScreen(f"deploy ({mode})", hosts,
+                              lambda emit, cancel: backend.deploy(fleet_plan, mode, emit, cancel), mode=mode)
+        self.app.push_screen(screen, lambda result: self.dismiss(result))
+
+    def action_back(self) -> None:
+        self.dismiss(None)

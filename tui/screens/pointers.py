@@ -1,0 +1,214 @@
+"""Every pointer with its target, time and serial; the highlighted one's history; publish a store path under
+a pointer, or roll a pointer back to an earlier target (each after confirming)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Label, Static
+
+from topdeck.tui.present import short_system, when
+from topdeck.tui.screens.base import TopdeckScreen
+
+POINTER_COLUMNS = (("name", "pointer"), ("serial", "serial"), ("time", "published"), ("hosts", "hosts"),
+                   ("target", "target"))
+HISTORY_COLUMNS = (("mark", " "), ("serial", "serial"), ("time", "published"), ("system", "system"),
+                   ("path", "path"))
+
+
+class PointersScreen(TopdeckScreen):
+    help_title = "pointers"
+    DEFAULT_CSS = """
+    PointersScreen #pointers { height: auto; max-height: 40%; }
+    PointersScreen #historytitle { height: 1; width: 100%; background: $panel; padding: 0 1; }
+    PointersScreen #history { height: 1fr; }
+    PointersScreen #statusline { height: auto; background: $panel; color: $text-muted; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("b", "rollback", "Roll back…", id="pointers.rollback"),
+        Binding("n", "publish", "Publish…", id="pointers.publish"),
+        Binding("r", "reload", "Reload", id="pointers.reload"),
+        Binding("escape", "back", "Back", id="pointers.back"),
+    ]
+
+    def __init__(self, pointers: dict[str, Any] | None = None,
+                 histories: dict[str, list[Any]] | None = None) -> None:
+        super().__init__()
+        self.pointers: dict[str, Any] | None = dict(pointers) if pointers is not None else None
+        self.histories: dict[str, list[Any]] = dict(histories or {})
+        self.pointer_name = ""
+        self.message = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        table: DataTable[Any] = DataTable(id="pointers", cursor_type="row")
+        for key, label in POINTER_COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        yield Label(id="historytitle")
+        history: DataTable[Any] = DataTable(id="history", cursor_type="row")
+        for key, label in HISTORY_COLUMNS:
+            history.add_column(label, key=key)
+        yield history
+        yield Static(id="statusline")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#pointers", DataTable).focus()
+        if self.pointers is None:
+            self.action_reload()
+        else:
+            self.show()
+
+    # --- loading -------------------------------------------------------------------------------------
+
+    def action_reload(self) -> None:
+        backend = self.topdeck.backend
+        self.message = "reading the cache…"
+        self.show_status()
+        self.histories.clear()
+        self.start("pointers", lambda emit, cancel: backend.pointers())
+
+    def done_pointers(self, job: str, result: dict[str, Any]) -> None:
+        self.pointers = dict(result)
+        self.topdeck.fleet.pointers = dict(result)
+        self.message = ""
+        self.show()
+
+    def failed_pointers(self, job: str, error: str, exception: BaseException) -> None:
+        self.message = ""
+        self.pointers = self.pointers or {}
+        self.notify(error, title="pointers", severity="error", timeout=10)
+        self.show_status(Text(error, style="red"))
+
+    def load_history(self, name: str) -> None:
+        backend = self.topdeck.backend
+        self.start(f"history:{name}", lambda emit, cancel: backend.history(name))
+
+    def done_history(self, job: str, result: list[Any]) -> None:
+        name = job.split(":", 1)[1]
+        self.histories[name] = list(result)
+        if name == self.pointer_name:
+            self.show_history()
+
+    # --- showing -------------------------------------------------------------------------------------
+
+    def show(self) -> None:
+        table = self.query_one("#pointers", DataTable)
+        keep = self.pointer_name
+        table.clear()
+        followers: dict[str, int] = {}
+        for host in self.topdeck.inventory.hosts:
+            followers[host.pointer] = followers.get(host.pointer, 0) + 1
+        for name, version in (self.pointers or {}).items():
+            table.add_row(Text(name, style="bold"), str(version.serial),
+                          when(version.uploaded_ms / 1000, self.topdeck.clock), str(followers.get(name, 0)),
+                          short_system(version.path), key=name)
+        if keep in table.rows:
+            table.move_cursor(row=table.get_row_index(keep), animate=False)
+        elif table.row_count:
+            self.pointer_name = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        self.show_history()
+        self.show_status()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "pointers" and event.row_key.value and event.row_key.value != self.pointer_name:
+            self.pointer_name = str(event.row_key.value)
+            self.show_history()
+
+    def show_history(self) -> None:
+        title = self.query_one("#historytitle", Label)
+        table = self.query_one("#history", DataTable)
+        table.clear()
+        if not self.pointer_name:
+            title.update(Text("no pointers in the cache yet: push a toplevel with a pointer", style="dim"))
+            return
+        title.update(Text(f"history of {self.pointer_name} (newest first)", style="bold"))
+        versions = self.histories.get(self.pointer_name)
+        if versions is None:
+            self.load_history(self.pointer_name)
+            return
+        for index, version in enumerate(versions):
+            table.add_row(Text("▶", style="bold green") if index == 0 else " ", str(version.serial),
+                          when(version.uploaded_ms / 1000, self.topdeck.clock), short_system(version.path),
+                          version.path, key=str(version.serial))
+
+    def show_status(self, line: Text | None = None) -> None:
+        if line is None:
+            count = len(self.pointers or {})
+            line = Text(self.message or f"{count} pointer(s) · b rolls the highlighted pointer back (in the history "
+                                        "table: to the highlighted version) · n publishes a path")
+        self.query_one("#statusline", Static).update(line)
+
+    # --- actions -------------------------------------------------------------------------------------
+
+    def rollback_choice(self) -> tuple[str | None, Any]:
+        """(to, version): the history row highlighted (if the history table has focus), else the previous one."""
+        versions = self.histories.get(self.pointer_name) or []
+        history = self.query_one("#history", DataTable)
+        if history.has_focus and history.row_count:
+            key = history.coordinate_to_cell_key(history.cursor_coordinate).row_key.value
+            version = next((v for v in versions if str(v.serial) == key), None)
+            if version is not None:
+                return str(version.serial), version
+        current = versions[0].path if versions else ""
+        earlier = next((v for v in versions[1:] if v.path != current), None)
+        return None, earlier
+
+    def action_rollback(self) -> None:
+        from topdeck.tui.widgets.dialogs import ConfirmScreen
+
+        if not self.pointer_name:
+            return
+        to, version = self.rollback_choice()
+        versions = self.histories.get(self.pointer_name) or []
+        if version is None or (versions and version.path == versions[0].path):
+            self.notify(f"{self.pointer_name}: no earlier, different target to roll back to", severity="warning")
+            return
+        backend, name = self.topdeck.backend, self.pointer_name
+        question = Text(f"Point {name} back at {short_system(version.path)} (serial {version.serial})?\n",
+                        style="bold")
+        question.append(f"{version.path}\nThis publishes it as a new version; hosts that follow {name} get it "
+                        "on their next deploy.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.start(f"publish:{name}", lambda emit, cancel: backend.rollback_pointer(name, to or
+                                                                                           str(version.serial)))
+
+        self.app.push_screen(ConfirmScreen(question, title="Roll back a pointer", danger=True), answered)
+
+    def action_publish(self) -> None:
+        from topdeck.tui.widgets.dialogs import ConfirmScreen, PromptScreen
+
+        name = self.pointer_name or ""
+
+        def confirmed(path: str, pointer: str) -> Any:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    backend = self.topdeck.backend
+                    self.start(f"publish:{pointer}", lambda emit, cancel: backend.publish_pointer(pointer, path))
+            return answered
+
+        def got_path(pointer: str, path: str | None) -> None:
+            if path:
+                self.app.push_screen(ConfirmScreen(Text(f"Point {pointer} at {path}?", style="bold"),
+                                                   title="Publish a pointer"), confirmed(path, pointer))
+
+        def got_name(pointer: str | None) -> None:
+            if pointer:
+                self.app.push_screen(PromptScreen(f"Store path to publish under {pointer}:",
+                                                  placeholder="/nix/store/…"), lambda p: got_path(pointer, p))
+
+        self.app.push_screen(PromptScreen("Pointer name:", value=name, suggestions=sorted(self.pointers or {})),
+                             got_name)
+
+    def done_publish(self, job: str, result: Any) -> None:
+        self.notify(f"pointer {result.name} now names {short_system(result.path)} (serial {result.serial})")
+        self.action_reload()
+
+    def action_back(self) -> None:
+        self.dismiss(None)

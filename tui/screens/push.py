@@ -1,0 +1,143 @@
+"""Pushing a toplevel that the cache does not hold yet: paths, bytes, rate, ETA and the current path, then
+what was uploaded and what it cost in B2 transactions."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Footer, Header, ProgressBar, Static
+
+from topdeck.core.events import Emit, Event, Progress, PushResult
+from topdeck.tui.present import duration, short_system, size, store_name
+from topdeck.tui.screens.base import TopdeckScreen
+
+Runner = Callable[[Emit, threading.Event], PushResult]
+
+
+class PushScreen(TopdeckScreen):
+    help_title = "push"
+    DEFAULT_CSS = """
+    PushScreen > Vertical { height: 1fr; padding: 1 2; }
+    PushScreen #what { height: auto; margin-bottom: 1; }
+    PushScreen #bar { margin-bottom: 1; }
+    PushScreen #numbers { height: auto; }
+    PushScreen #current { height: auto; color: $text-muted; }
+    PushScreen #result { height: auto; margin-top: 1; }
+    """
+    BINDINGS = [
+        Binding("c", "cancel", "Cancel push", id="push.cancel"),
+        Binding("escape", "back", "Back", id="push.back"),
+    ]
+
+    def __init__(self, path: str, pointer: str | None = None, runner: Runner | None = None, *,
+                 start: bool = True) -> None:
+        super().__init__()
+        self.path, self.pointer = path, pointer
+        self.runner = runner
+        self.start_job = start
+        self.progress: Progress | None = None
+        self.phase = "starting"
+        self.result: PushResult | None = None
+        self.error = ""
+        self.cancel = threading.Event()
+        self.running = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical():
+            yield Static(id="what")
+            yield ProgressBar(id="bar", show_eta=False)
+            yield Static(id="numbers")
+            yield Static(id="current")
+            yield Static(id="result")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        text = Text()
+        text.append("Pushing ", style="bold")
+        text.append(short_system(self.path), style="bold cyan")
+        text.append(f" to the cache\n{self.path}")
+        if self.pointer:
+            text.append(f"\nthen pointing {self.pointer} at it")
+        self.query_one("#what", Static).update(text)
+        self.show()
+        if self.start_job:
+            backend, path, pointer = self.topdeck.backend, self.path, self.pointer
+            runner = self.runner or (lambda emit, cancel: backend.push(path, pointer, emit, cancel))
+            self.running = True
+            self.start("push", runner, self.cancel)
+
+    def engine_event(self, job: str, event: Event) -> None:
+        self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            self.phase = event.phase
+            self.progress = event
+            self.show()
+        elif isinstance(event, PushResult):
+            self.result = event
+            self.show()
+
+    def show(self) -> None:
+        event = self.progress
+        bar = self.query_one("#bar", ProgressBar)
+        numbers = Text()
+        numbers.append(f"{self.phase:<9}", style="bold")
+        if event is not None:
+            if event.bytes_total:
+                bar.update(total=event.bytes_total, progress=event.bytes_done)
+            elif event.paths_total:
+                bar.update(total=event.paths_total, progress=event.paths_done)
+            if event.paths_total:
+                numbers.append(f" paths {event.paths_done} of {event.paths_total}")
+            if event.bytes_total:
+                numbers.append(f" · {size(event.bytes_done)} of {size(event.bytes_total)}")
+            if event.rate:
+                numbers.append(f" · {size(event.rate)}/s")
+                if event.bytes_total > event.bytes_done:
+                    numbers.append(f" · ETA {duration((event.bytes_total - event.bytes_done) / event.rate)}")
+            self.query_one("#current", Static).update(f"current: {store_name(event.current)}" if event.current
+                                                      else "")
+        self.query_one("#numbers", Static).update(numbers)
+        result = Text()
+        if self.result is not None:
+            r, t = self.result, self.result.transactions
+            bar.update(total=1, progress=1)
+            result.append("pushed ", style="bold green")
+            result.append(f"{r.paths_uploaded} of {r.paths_total} paths ({size(r.nar_bytes_uploaded)}, "
+                          f"{size(r.file_bytes_uploaded)} compressed), {r.paths_skipped} already there, "
+                          f"in {r.seconds:.1f} s\nB2 transactions: class A {t.a}, class B {t.b}, class C {t.c}")
+            if r.pointer:
+                result.append(f"\npointer {r.pointer}: serial {r.pointer_serial}")
+            result.append("\nescape: back to the plan", style="dim")
+        elif self.error:
+            result.append(f"failed: {self.error}", style="bold red")
+        elif self.cancel.is_set() and self.running:
+            result.append("cancelling… (what is uploaded stays; a re-run finishes the job)", style="yellow")
+        self.query_one("#result", Static).update(result)
+
+    def done_push(self, job: str, result: PushResult) -> None:
+        self.running = False
+        self.apply(result)
+
+    def failed_push(self, job: str, error: str, exception: BaseException) -> None:
+        self.running, self.error = False, error
+        self.show()
+
+    def action_cancel(self) -> None:
+        if self.running:
+            self.cancel.set()
+            self.show()
+
+    def action_back(self) -> None:
+        if self.running:
+            self.notify("the push is running: c cancels it", severity="warning")
+            return
+        self.dismiss(self.result)
+
