@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from topdeck.core import pointers
 from topdeck.core.cache import Cache, Entry, open_cache
 from topdeck.core.deploy import Settings, Target, deploy, host_command, host_script, new_run_id, plan_waves
-from topdeck.core.errors import DeployError, InventoryError, TopdeckError
-from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, ignore
+from topdeck.core.diff import ClosureDiff, diff_closures
+from topdeck.core.errors import Cancelled, DeployError, InventoryError, TopdeckError
+from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
 from topdeck.core.inventory import Host, Inventory, select_hosts
 from topdeck.core.manifest import Manifest
 from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
@@ -170,6 +171,23 @@ def generations(inventory: Inventory, host_name: str, *, connect: Connect = conn
     return tuple(found)
 
 
+def generation_diff(inventory: Inventory, host_name: str, path: str, *, connect: Connect = connect) -> ClosureDiff:
+    """What switching the host from its current system to `path` (say, another generation) would change, from
+    both closures as the host's own store has them: one SSH round trip; nothing changes."""
+    host = inventory.host(host_name)
+    with connect(host, inventory.ssh) as session:
+        result = session.run(host_command(host, "closures", str(parse_store_path(path))), stdin=host_script(),
+                             timeout=120)
+    closures: tuple[dict[StorePath, int], dict[StorePath, int]] = ({}, {})
+    for line in result.stdout.decode(errors="replace").splitlines():
+        kind, *fields = line.split("\t")
+        if kind == "result":
+            raise DeployError(f"{host.name}: {fields[-1] if fields else 'reading the closures failed'}")
+        if kind == "closure" and len(fields) == 3 and fields[0] in ("0", "1") and fields[2].isdigit():
+            closures[int(fields[0])][parse_store_path(fields[1])] = int(fields[2])
+    return diff_closures(*closures)
+
+
 @dataclass(frozen=True)
 class HostStatus:
     host: str
@@ -183,15 +201,30 @@ class HostStatus:
 
 
 def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: Cache | None = None,
-                 connect: Connect = connect) -> tuple[HostStatus, ...]:
-    """Each host's current, booted and desired system (one SSH round trip each, one cache listing)."""
+                 connect: Connect = connect, emit: Emit = ignore,
+                 cancel: threading.Event | None = None) -> tuple[HostStatus, ...]:
+    """Each host's current, booted and desired system (one SSH round trip each, one cache listing, one version
+    listing per pointer). Progress: Progress("status", hosts done, hosts)."""
     hosts = select_hosts(inventory, list(selectors))
+    cancel = cancel or threading.Event()
     cache = cache or open_cache(inventory.cache)
     desired = pointers.current(cache.listing())
     histories = {name: {v.path for v in pointers.history(cache, name)}
                  for name in {h.pointer for h in hosts} if name in desired}
+    done = []
+    lock = threading.Lock()
+
+    def one(host: Host) -> HostStatus:
+        if cancel.is_set():
+            raise Cancelled("status cancelled")
+        result = _status(inventory, host, desired, histories, connect)
+        with lock:
+            done.append(host.name)
+            emit(Progress("status", len(done), len(hosts), host=host.name))
+        return result
+
     with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
-        return tuple(pool.map(lambda h: _status(inventory, h, desired, histories, connect), hosts))
+        return tuple(pool.map(one, hosts))
 
 
 def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.PointerVersion],

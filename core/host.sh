@@ -16,6 +16,7 @@
 #                                      run the health checks, then confirm (or reject) RUN's activation
 #   follow RUN                         print RUN's events from the start until its result
 #   status | generations               what the host runs; its system generations
+#   closures PATH                      the closures of the current system (0) and PATH (1): `closure PATH NARSIZE`
 #
 # Output: tab-separated lines on stdout: `phase NAME [DETAIL]`, `progress PATHS_DONE PATHS_TOTAL BYTES_DONE
 # BYTES_TOTAL`, `current PATH`, `log TEXT`, `state KEY VALUE`, and last `result done|failed|rolled-back REASON`.
@@ -459,6 +460,19 @@ generations() {
     done
 }
 
+closures() {
+    [ $# = 1 ] && matches "$1" "$STORE_PATH_RE" || usage "closures PATH"
+    list=$(mktemp) || exit 1
+    index=0
+    for top in "$(readlink -f /run/current-system)" "$1"; do
+        nix-store --query --requisites "$top" > "$list" 2>/dev/null \
+            || { rm -f "$list"; line result failed "$top is not in this host's store"; exit 1; }
+        xargs nix-store --query --size < "$list" | paste "$list" - | sed "s/^/closure$TAB$index$TAB/"
+        index=$((index + 1))
+    done
+    rm -f "$list"
+}
+
 agent() {  # unattended: deploy the pointer when it names something else than what runs
     agent=1
     deploy "agent-$(date +%s)" switch - "$@" --confirm 0
@@ -476,5 +490,6 @@ case $verb in
     follow) follow "$@" ;;
     status) status ;;
     generations) generations ;;
+    closures) closures "$@" ;;
     *) usage "unknown command $verb" ;;
 esac

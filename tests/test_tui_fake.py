@@ -45,16 +45,16 @@ def app_for(backend: FakeBackend | None = None) -> TopdeckApp:
 
 
 async def test_fleet_is_usable_while_the_refresh_runs_in_the_background():
-    app = app_for(FakeBackend(status_delay=1.0))
+    app = app_for(FakeBackend(status_delay=3.0))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.1)
         screen = app.screen
         assert isinstance(screen, FleetScreen) and screen.refreshing
         table = screen.query_one("#hosts")
         assert table.row_count == 3 and cells(table, "web-1")[2] == "…"
-        started = time.monotonic()
         await pilot.press("down", "space")
-        assert time.monotonic() - started < 0.5 and app.fleet.selected == {"web-1"}
+        # The keys took effect while the refresh was still running in its worker: the UI did not wait for it.
+        assert screen.refreshing and app.fleet.selected == {"web-1"}
         assert "refreshing…" in text_of(screen, "#statusline")
         await until(pilot, lambda: not screen.refreshing)
         assert cells(table, "web-1")[2] == "behind" and cells(table, "web-2")[2] == "unreachable"

@@ -8,44 +8,18 @@ fake with the same methods in tests and benchmarks) and call it from one thread 
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from topdeck.core import fleet, pointers
 from topdeck.core.cache import Cache, open_cache
-from topdeck.core.diff import ClosureDiff, diff_closures
-from topdeck.core.errors import CacheError, HostKeyError, TopdeckError, UnknownHostKey
+from topdeck.core.diff import ClosureDiff
+from topdeck.core.errors import CacheError, HostKeyError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.inventory import Host, Inventory
 from topdeck.core.manifest import manifest_name
-from topdeck.core.store import StorePath, parse_store_path
-
-# Prints the current system's closure, then the given path's, as `<closure index>\t<path>\t<NarSize>` lines.
-CLOSURES_SCRIPT = r"""
-set -eu
-PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
-list=$(mktemp)
-trap 'rm -f "$list"' EXIT
-index=0
-for top in "$(readlink /run/current-system)" "$1"; do
-    nix-store --query --requisites "$top" > "$list"
-    xargs nix-store --query --size < "$list" | paste "$list" - | sed "s/^/$index\t/"
-    index=$((index + 1))
-done
-"""
-
-
-def parse_closures(output: str, host: str) -> tuple[dict[StorePath, int], dict[StorePath, int]]:
-    closures: tuple[dict[StorePath, int], dict[StorePath, int]] = ({}, {})
-    try:
-        for line in output.splitlines():
-            index, path, nar_size = line.split("\t")
-            closures[int(index)][parse_store_path(path)] = int(nar_size)
-    except (ValueError, IndexError, TopdeckError):
-        raise TopdeckError(f"{host}: could not read the closures ({line[:80]!r})") from None
-    return closures
+from topdeck.core.store import parse_store_path
 
 
 class EngineBackend(Protocol):
@@ -69,21 +43,6 @@ class EngineBackend(Protocol):
     def accept_host_key(self, error: UnknownHostKey) -> str: ...
 
 
-def _engine(name: str) -> Any:
-    """A function of core.fleet, or a one-line error while the engine does not have it yet."""
-    function = getattr(fleet, name, None)
-    if function is None:
-        raise TopdeckError(f"this engine has no {name} yet")
-    return function
-
-
-def _call(name: str, *args: Any, **options: Any) -> Any:
-    """Call core.fleet's `name`, passing only the keyword options it takes (emit, cancel, cache, ...)."""
-    function = _engine(name)
-    accepted = inspect.signature(function).parameters
-    return function(*args, **{key: value for key, value in options.items() if key in accepted})
-
-
 class Backend:
     """The real engine, for one inventory. Thread-safe: each job runs in its own worker thread."""
 
@@ -102,7 +61,7 @@ class Backend:
     # --- fleet ------------------------------------------------------------------------------------
 
     def status(self, emit: Emit = ignore, cancel: threading.Event | None = None) -> tuple[Any, ...]:
-        return tuple(_call("status_fleet", self.inventory, (), cache=self.cache, emit=emit, cancel=cancel))
+        return fleet.status_fleet(self.inventory, (), cache=self.cache, emit=emit, cancel=cancel)
 
     def plan(self, hosts: Sequence[str], target: str | None, emit: Emit = ignore,
              cancel: threading.Event | None = None) -> fleet.FleetPlan:
@@ -110,31 +69,17 @@ class Backend:
 
     def deploy(self, fleet_plan: fleet.FleetPlan, mode: str, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
-        result: DeployResult = _call("deploy_fleet", self.inventory, fleet_plan, mode=mode, cache=self.cache,
-                                     emit=emit, cancel=cancel)
-        return result
+        return fleet.deploy_fleet(self.inventory, fleet_plan, mode=mode, cache=self.cache, emit=emit, cancel=cancel)
 
     def generations(self, host: str) -> tuple[Any, ...]:
-        return tuple(_call("generations", self.inventory, host))
+        return fleet.generations(self.inventory, host)
 
     def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit = ignore,
                  cancel: threading.Event | None = None) -> DeployResult:
-        result: DeployResult = _call("rollback_fleet", self.inventory, list(hosts), to, emit=emit, cancel=cancel)
-        return result
+        return fleet.rollback_fleet(self.inventory, list(hosts), to, emit=emit, cancel=cancel)
 
     def generation_diff(self, host: str, path: str) -> ClosureDiff:
-        """What switching `host` from its current system to `path` (another generation) would change, from both
-        closures as the host's own store has them: one SSH round trip, nothing changes."""
-        from topdeck.core.ssh import connect, remote_command
-
-        target = parse_store_path(path)
-        with connect(self._host(host), self.inventory.ssh) as session:
-            result = session.run(remote_command("sh", "-c", CLOSURES_SCRIPT, "topdeck-closures", str(target)),
-                                 timeout=120)
-        if result.exit_status != 0:
-            raise TopdeckError(f"{host}: reading the closures failed (exit {result.exit_status}): "
-                               f"{result.stderr.decode(errors='replace').strip()[-200:]}")
-        return diff_closures(*parse_closures(result.stdout.decode(errors="replace"), host))
+        return fleet.generation_diff(self.inventory, host, path)
 
     # --- pointers and the cache ---------------------------------------------------------------------
 
