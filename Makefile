@@ -14,5 +14,10 @@ lint: setup
 	.venv/bin/ruff check core tui lab tests bench
 	.venv/bin/mypy core lab
 
+# Every benchmark against its baseline (needs root: it starts its own lab); writes bench/RESULTS.md.
+# `.venv/bin/python -m bench --help` lists them; `.venv/bin/python -m bench NAME --quick` runs one, with fewer repeats.
+bench: setup
+	.venv/bin/python -m bench
+
 lab-down: setup
 	.venv/bin/topdeck lab down

@@ -1,37 +1,45 @@
-"""Benchmark: the plan for 10 hosts and a ~1000-path closure, and the closure diff against Nix's own.
+"""Benchmark 5: the plan of 10 hosts for the ~1000-path closure: SSH round trips per host (goal: 1) and time (goal:
+< 1.5 s), against the same hosts planned one at a time (the baseline).
 
-    .venv/bin/python bench/plan.py [--hosts 10] [--packages 1000] [--repeat 5]
+    .venv/bin/python bench/plan.py [--quick]          (or: .venv/bin/python -m bench plan)
 
-Figures (medians of --repeat runs, all measured in this run):
-- plan of all hosts in parallel vs the same hosts planned one at a time (the baseline), and the SSH round
-  trips per host (goal: 1);
-- the diff of the same pair of closures by core.diff vs `nix store diff-closures` (the baseline).
-Needs root (it starts its own lab on 127.0.9.x).
+The hosts run the base closure; the target is the 1 %-changed one, pushed to the emulator first. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
-import tempfile
+import secrets
+import sys
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from topdeck.core import localnix
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.diff import diff_closures, render_diff_closures
-from topdeck.core.inventory import Host, SSHConfig
-from topdeck.core.manifest import manifest_name, parse_manifest
-from topdeck.core.plan import plan
-from topdeck.core.push import push
-from topdeck.core.signing import load_secret_key
-from topdeck.core.ssh import connect
-from topdeck.lab import factory
-from topdeck.lab.lab import BUCKET, Lab
-from topdeck.lab.nixenv import LAB_NIX_CONFIG, lab_env
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    Figure,
+    b2_cache,
+    close_shared_lab,
+    closures,
+    log,
+    median,
+    repeats,
+    shared_lab,
+    signing_key,
+    table,
+    times,
+)
+from topdeck.core.inventory import Host, SSHConfig  # noqa: E402
+from topdeck.core.manifest import manifest_name, parse_manifest  # noqa: E402
+from topdeck.core.plan import plan  # noqa: E402
+from topdeck.core.push import push  # noqa: E402
+from topdeck.core.ssh import connect  # noqa: E402
+from topdeck.core.store import parse_store_path  # noqa: E402
+from topdeck.lab.nixenv import lab_env  # noqa: E402
+
+HOSTS = 10
 
 
 class CountingConnect:
@@ -57,81 +65,56 @@ class CountingConnect:
         return session
 
 
-def median_seconds(action, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def run(quick: bool = False) -> list[Figure]:
+    lab = shared_lab(hosts=HOSTS)
+    built = closures()
+    target = parse_store_path(built.changed)
+    cache = b2_cache(lab, f"plan-{secrets.token_hex(4)}")
+    log("plan: pushing the target")
+    push(target, cache, signing_key(lab))
+    lab_hosts = [lab.host(f"host-{i}") for i in range(1, HOSTS + 1)]
+    log(f"plan: installing the base closure on {HOSTS} hosts")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda host: host.install(built.base, lab_env()), lab_hosts))
+    manifest = parse_manifest(cache.get_bytes(manifest_name(target)), "manifest")
+    hosts = tuple(Host(name=h.name, address=h.address, pointer="bench") for h in lab_hosts)
+    ssh = SSHConfig(known_hosts=lab.known_hosts, identity=lab.client_key, connect_timeout=10)
+    targets = {h.name: target for h in hosts}
+    counter = CountingConnect()
+    results = []
 
+    def parallel() -> None:
+        results.append(plan(hosts, targets, {target: manifest}, ssh, connect=counter, parallel=HOSTS))
 
-def row(figure: str, topdeck: str, baseline: str, ratio: float | None, goal: str, met: bool) -> str:
-    ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
-    return f"| {figure} | {topdeck} | {baseline} | {ratio_text} | {goal} | {'met' if met else 'NOT met'} |"
+    def one_at_a_time() -> None:
+        plan(hosts, targets, {target: manifest}, ssh, connect=connect, parallel=1)
+
+    count = repeats(quick, 5)
+    log("plan: all hosts at once, then one at a time")
+    fleet = median(times(parallel, count))
+    serial = median(times(one_at_a_time, count))
+    if not all(p.planned for r in results for p in r.hosts):
+        raise RuntimeError(f"some hosts were not planned: {results[-1]}")
+    round_trips = max(counter.commands.values()) / count
+    logins = max(counter.logins.values()) / count
+    missing = results[-1].hosts[0]
+    return [
+        Figure(f"plan, {HOSTS} hosts, {len(manifest.paths)}-path closure", fleet, serial, "s", "< 1.5 s",
+               fleet < 1.5, f"baseline: the same hosts one at a time; median of {count}; "
+               f"{missing.fetch_paths} paths to fetch per host"),
+        Figure("plan: SSH round trips per host", round_trips, None, "", "1", round_trips == 1,
+               f"{logins:.0f} login and {round_trips:.0f} command per host"),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=10)
-    parser.add_argument("--packages", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    os.environ.setdefault("NIX_CONFIG", LAB_NIX_CONFIG)
-    with tempfile.TemporaryDirectory(prefix="topdeck-bench-plan-") as workdir:
-        run(Path(workdir), args)
-
-
-def run(workdir: Path, args: argparse.Namespace) -> None:
-    lab = Lab(workdir / "lab", base_address="127.0.9.11", emulator_port=0)
-    lab.up(count=args.hosts, log=lambda *_: None)
     try:
-        base = factory.initial_system([lab.client_public_key()], host="bench", count=args.packages,
-                                      total_size=100 * factory.MiB)
-        changed = base
-        for package in base.packages[len(base.packages) // 2::100]:
-            changed = factory.upgrade(changed, package.pname, package.version + ".1")
-        started = time.perf_counter()
-        target = localnix.closure([factory.build(changed, workdir)])[-1].path
-        current = localnix.closure([factory.build(base, workdir)])[-1].path
-        print(f"built two {args.packages}-package systems in {time.perf_counter() - started:.1f} s")
-        cache = B2Cache(BUCKET, "bench", lab.emulator.url, *lab.b2_key())
-        push(target, cache, load_secret_key(lab.cache_secret_key))
-        for host in lab.hosts.values():
-            host.install(str(current), lab_env())
-        manifest = parse_manifest(cache.get_bytes(manifest_name(target)), "manifest")
-        hosts = tuple(Host(name=h.name, address=h.address, pointer="bench") for h in lab.hosts.values())
-        ssh = SSHConfig(known_hosts=lab.known_hosts, identity=lab.client_key, connect_timeout=10)
-        targets = {h.name: target for h in hosts}
-        counter = CountingConnect()
-
-        def parallel() -> None:
-            plan(hosts, targets, {target: manifest}, ssh, connect=counter, parallel=args.hosts)
-
-        def one_at_a_time() -> None:
-            plan(hosts, targets, {target: manifest}, ssh, connect=connect, parallel=1)
-
-        fleet = median_seconds(parallel, args.repeat)
-        serial = median_seconds(one_at_a_time, args.repeat)
-        round_trips = max(counter.commands.values()) / args.repeat
-        logins = max(counter.logins.values()) / args.repeat
-
-        before = {info.path: info.nar_size for info in localnix.closure([current])}
-        after = {p.path: p.nar_size for p in manifest.paths}
-        ours = median_seconds(lambda: render_diff_closures(diff_closures(before, after)), args.repeat)
-        nix = median_seconds(lambda: subprocess.run(["nix", "store", "diff-closures", str(current), str(target)],
-                                                    check=True, capture_output=True, env=lab_env()), args.repeat)
-        print(f"\nplan of {args.hosts} hosts, {len(manifest.paths)}-path closure, median of {args.repeat}:\n")
-        print("| figure | topdeck | baseline | ratio | goal | |")
-        print("|---|---|---|---|---|---|")
-        print(row(f"plan, {args.hosts} hosts", f"{fleet:.2f} s", f"{serial:.2f} s one at a time", fleet / serial,
-                  "< 1.5 s", fleet < 1.5))
-        print(row("SSH round trips per host", f"{round_trips:.0f} ({logins:.0f} login)", "-", None, "1",
-                  round_trips == 1))
-        print(row("diff alone", f"{ours * 1000:.1f} ms", f"{nix * 1000:.1f} ms nix store diff-closures",
-                  ours / nix, "<= 1x", ours <= nix))
+        print(table(run(args.quick)))
     finally:
-        lab.down(log=lambda *_: None)
+        close_shared_lab()
 
 
 if __name__ == "__main__":

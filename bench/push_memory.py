@@ -1,6 +1,6 @@
-"""Benchmark: peak memory of `push` for a closure holding one ~1 GiB path (goal: at most 300 MB RSS).
+"""Benchmark 4: peak memory of `push` for a closure holding one ~1 GiB path (goal: at most 300 MB RSS).
 
-    .venv/bin/python bench/push_memory.py [--size-mib 1024]
+    .venv/bin/python bench/push_memory.py [--size-mib 1024]      (or: .venv/bin/python -m bench memory)
 
 Starts its own B2 emulator (a separate process, so its storage does not count), builds the closure with the
 lab's toplevel factory, pushes it from a fresh process and reads that process's VmHWM.
@@ -17,8 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from topdeck.lab import factory
-from topdeck.lab.nixenv import LAB_NIX_CONFIG, lab_env
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Figure, log, median, repeats, work_root  # noqa: E402
+from topdeck.lab import factory  # noqa: E402
+from topdeck.lab.nixenv import LAB_NIX_CONFIG, lab_env  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GOAL_BYTES = 300 * 1000 * 1000
@@ -34,11 +38,10 @@ def start_emulator(key_id: str, key: str) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().split("listening on", 1)[1].strip()
 
 
-def measure(size_mib: int, workdir: Path) -> dict[str, float]:
-    spec = factory.SystemSpec(host="bench-memory", version=factory.DEFAULT_VERSION,
-                              packages=(factory.Package("bigdata", "1.0", size=size_mib * factory.MiB),),
-                              authorized_keys=())
-    toplevel = factory.build(spec, workdir)
+def measure(size_mib: int, workdir: Path, toplevel: str | None = None) -> dict[str, float]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if toplevel is None:
+        toplevel = build(size_mib, workdir)
     sec, pub = workdir / "key.sec", workdir / "key.pub"
     subprocess.run(["nix-store", "--generate-binary-cache-key", "bench-1", str(sec), str(pub)], check=True,
                    env=lab_env())
@@ -53,6 +56,29 @@ def measure(size_mib: int, workdir: Path) -> dict[str, float]:
         emulator.terminate()
         emulator.wait()
     return json.loads(probe.stdout)
+
+
+def build(size_mib: int, workdir: Path) -> str:
+    spec = factory.SystemSpec(host="bench-memory", version=factory.DEFAULT_VERSION,
+                              packages=(factory.Package("bigdata", "1.0", size=size_mib * factory.MiB),),
+                              authorized_keys=())
+    return factory.build(spec, workdir)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    workdir = work_root() / "memory"
+    log("memory: building one 1 GiB path")
+    toplevel = build(1024, workdir)
+    runs = []
+    for _ in range(repeats(quick, 3)):
+        log("memory: a push of it in a fresh process")
+        runs.append(measure(1024, workdir / f"run-{len(runs)}", toplevel))
+    peak = median(r["peak_rss"] for r in runs) / 1e6
+    nar = runs[-1]["nar_bytes"]
+    return [Figure(f"push of one {nar / 2**20:.0f} MiB path: peak RSS", peak, None, "MB", "≤ 300 MB", peak <= 300,
+                   f"before the push {runs[-1]['rss_before_push'] / 1e6:.0f} MB; highest of the runs "
+                   f"{max(r['peak_rss'] for r in runs) / 1e6:.0f} MB; push "
+                   f"{median(r['seconds'] for r in runs):.1f} s")]
 
 
 def main() -> None:

@@ -104,7 +104,8 @@ class B2Cache:
             except (Unauthorized, InvalidAuthToken):
                 raise CacheError(f"B2 refused the application key (realm {realm})") from None
 
-        retrying("authorizing with B2", authorize)
+        # once: b2sdk already tries 5 times, and an authorization that fails that often is a wrong realm or no network
+        retrying("authorizing with B2", authorize, attempts=1)
         self.bucket = retrying(f"finding bucket {bucket!r}", lambda: self._bucket(bucket))
         download_url = self.api.account_info.get_download_url()
         self.substituter_url = f"{download_url}/file/{bucket}/{self.prefix}".rstrip("/")
@@ -132,6 +133,51 @@ class B2Cache:
         entries = retrying("listing the cache", list_all)
         self.counter.add("b2_list_file_names", max(1, math.ceil(len(entries) / 1000)))
         return entries
+
+    def listing_around(self, folder: str) -> tuple[dict[str, Entry], bool]:
+        """Like `listing`, but the files under `folder` (a name ending in "/", e.g. "nar/") are skipped when that
+        saves listing transactions; the flag says whether they are all in. B2 bills a listing per 1000 names it
+        returns: names are read 1000 at a time until a page runs into the folder, then from just after it."""
+        if not folder.endswith("/"):
+            raise ValueError(f"folder {folder!r} must end with '/'")
+        skipped = self.prefix + folder
+        after = skipped[:-1] + chr(ord("/") + 1)
+        entries: dict[str, Entry] = {}
+        start: str | None = self.prefix
+        complete, page = True, 1000
+        while start is not None:
+            start = self._list_page(entries, start, self.prefix, page)
+            if start is not None and complete and skipped <= start < after:
+                entries = {name: entry for name, entry in entries.items() if not name.startswith(folder)}
+                complete, page, start = False, 10_000, after
+        return entries, complete
+
+    def listing_of(self, folder: str) -> dict[str, Entry]:
+        """The files under `folder` (a name ending in "/"), named from the cache's root as in `listing`."""
+        if not folder.endswith("/"):
+            raise ValueError(f"folder {folder!r} must end with '/'")
+        return self._list(self.prefix + folder, self.prefix + folder, 10_000)
+
+    def _list(self, start: str, prefix: str, page: int) -> dict[str, Entry]:
+        entries: dict[str, Entry] = {}
+        next_name: str | None = start
+        while next_name is not None:
+            next_name = self._list_page(entries, next_name, prefix, page)
+        return entries
+
+    def _list_page(self, entries: dict[str, Entry], start: str, prefix: str, page: int) -> str | None:
+        """Add one page of names under `prefix` from `start` on to `entries` (one listing call, billed as B2
+        bills it); the name the next page starts at, None at the end."""
+        response = retrying("listing the cache", lambda: self.api.session.list_file_names(
+            self.bucket.id_, start_file_name=start, max_file_count=page, prefix=prefix or None))
+        files = response["files"]
+        self.counter.add("b2_list_file_names", max(1, math.ceil(len(files) / 1000)))
+        for file in files:
+            if file.get("action", "upload") == "upload":
+                name = file["fileName"][len(self.prefix):]
+                entries[name] = Entry(name, file.get("contentLength", 0), dict(file.get("fileInfo") or {}),
+                                      file.get("uploadTimestamp", 0))
+        return response.get("nextFileName")
 
     def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
                   info: Mapping[str, str] | None = None) -> None:
@@ -196,10 +242,36 @@ def b2_errors(doing: str) -> Iterator[None]:
         if "download_cap_exceeded" in text:
             raise CacheError(f"{doing}: the B2 daily download cap is exceeded (raise it in the B2 account)") from None
         if isinstance(error, TRANSIENT):
-            raise TransientCacheError(f"{doing}: B2 did not answer: {_first_line(text)}") from None
+            raise TransientCacheError(f"{doing}: B2 did not answer ({_network_reason(text)})") from None
         raise CacheError(f"{doing}: B2 error: {_first_line(text)}") from None
     except (requests.RequestException, OSError) as error:
-        raise TransientCacheError(f"{doing}: B2 did not answer: {_first_line(str(error))}") from None
+        raise TransientCacheError(f"{doing}: B2 did not answer ({_network_reason(str(error))})") from None
+
+
+_NETWORK_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("timed out", "timed out"),
+    ("Timeout", "timed out"),
+    ("Name or service not known", "cannot resolve the host name"),
+    ("NameResolutionError", "cannot resolve the host name"),
+    ("Temporary failure in name resolution", "cannot resolve the host name"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+    ("RemoteDisconnected", "the connection was dropped"),
+    ("Connection aborted", "the connection was dropped"),
+    ("Connection reset", "the connection was reset"),
+    ("service_unavailable", "503 service unavailable"),
+    ("too_many_requests", "429 too many requests"),
+    ("FAILED to upload after", "the upload failed 5 times"),
+)
+
+
+def _network_reason(text: str) -> str:
+    """A short reason from urllib3's or b2sdk's long, nested error text."""
+    for needle, reason in _NETWORK_REASONS:
+        if needle in text:
+            return reason
+    return _first_line(text)
 
 
 def _first_line(text: str) -> str:

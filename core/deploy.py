@@ -44,7 +44,7 @@ WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; 
            'cat > "$f"; sh "$f" "$@"; status=$?; rm -f "$f"; exit $status')
 RECONNECT_EVERY = 2.0
 LOST_FETCH_WINDOW = 10.0  # how long to look for a host lost before it changed anything
-CONFIRM_LOGIN_TIMEOUT = 15.0
+CONFIRM_JOIN_TIMEOUT = 15.0  # how long a host's result waits for its confirming thread to finish
 
 
 @dataclass(frozen=True)
@@ -247,18 +247,25 @@ class _HostRunner:
         track.fail(f"{error}; {why}")
 
     def _confirm(self, host: Host) -> None:
-        """Confirm through a new login (after the health checks); failing that, the host rolls back."""
+        """Confirm through a new login (after the health checks), trying again while the host waits: a busy
+        host may be slow to answer. Without a confirmation the host rolls back by itself."""
         checks = _check_args(self.checks.get(host.name, Checks()))
         self.emit(HostPhase(host.name, "check" if checks else "confirm", "through a new SSH login"))
-        try:
-            with self.connect(host, self.ssh) as session:
-                result = session.run(host_command(host, "confirm", self.settings.run_id, *checks),
-                                     stdin=host_script(), timeout=CONFIRM_LOGIN_TIMEOUT + self.settings.confirm_timeout)
-            text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
-            self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
-        except TopdeckError as error:
-            self.emit(LogLine(f"cannot confirm through a new login ({error}): the host will roll back by itself",
-                              host.name))
+        deadline = time.monotonic() + self.settings.confirm_timeout
+        while True:
+            try:
+                with self.connect(host, self.ssh) as session:
+                    result = session.run(host_command(host, "confirm", self.settings.run_id, *checks),
+                                         stdin=host_script(), timeout=max(1.0, deadline - time.monotonic()) + 5)
+                text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
+                self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
+                return
+            except TopdeckError as error:
+                if time.monotonic() + RECONNECT_EVERY >= deadline:
+                    self.emit(LogLine(f"cannot confirm through a new login ({error}): the host rolls back by itself",
+                                      host.name))
+                    return
+                time.sleep(RECONNECT_EVERY)
 
 
 def _check_args(checks: Checks) -> list[str]:
@@ -353,4 +360,4 @@ class _Tracker:
         self.outcome = outcome if outcome in ("done", "failed", "rolled-back") else "failed"
         self.reason = reason
         if self._confirmer is not None:
-            self._confirmer.join(timeout=CONFIRM_LOGIN_TIMEOUT)
+            self._confirmer.join(timeout=CONFIRM_JOIN_TIMEOUT)

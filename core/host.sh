@@ -31,6 +31,8 @@ STATE=/nix/var/nix/topdeck
 RUNTIME=/run/topdeck
 STORE_PATH_RE='^/nix/store/[0-9a-df-np-sv-z]\{32\}-[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*$'
 TAB=$(printf '\t')
+NEWLINE='
+'
 
 line() {  # one output line: the arguments tab-separated (no fork: many of these are printed)
     saved_ifs=$IFS
@@ -42,7 +44,10 @@ line() {  # one output line: the arguments tab-separated (no fork: many of these
 one_line() {  # text from a command or a file, with its newlines made spaces
     printf '%s' "$*" | tr '\n\r\t' '   '
 }
-matches() { printf '%s\n' "$1" | grep -q "$2"; }
+matches() {  # whether all of $1, a single line, matches the regular expression $2
+    case $1 in *"$NEWLINE"*) return 1 ;; esac
+    printf '%s\n' "$1" | grep -q "$2"
+}
 usage() { line result failed "topdeck-host: $*"; exit 64; }
 
 event() {  # record an event for `follow`, and print it

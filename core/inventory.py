@@ -251,13 +251,25 @@ def _valid_url(value: str) -> str | None:
 def _refuse_shared_addresses(hosts: list[Host]) -> None:
     seen: dict[tuple[str, int], Host] = {}
     for host in hosts:
-        key = (host.address.lower(), host.port)
+        key = (_address_key(host.address), host.port)
         if key in seen:
             raise InventoryError(
-                f"{host.source}: address: {host.address}:{host.port} is also the address of "
+                f"{host.source}: address: {_with_port(host.address, host.port)} is also the address of "
                 f"host {seen[key].name!r}"
             )
         seen[key] = host
+
+
+def _with_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _address_key(address: str) -> str:
+    """One spelling per address: `::1` and `0:0:0:0:0:0:0:1` are the same host, and so are names in any case."""
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return address.lower()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

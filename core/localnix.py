@@ -74,6 +74,8 @@ def closure(paths: Iterable[StorePath | str], *, env: Mapping[str, str] | None =
             raise NixError(f"{path}: is a derivation; give the store paths it builds")
     command = [*NIX_COMMAND, "path-info", "--json", "--recursive", "--option", "substitute", "false"]
     result = _run(command + [str(path) for path in wanted], env)
+    if result.returncode < 0:
+        raise NixError(f"nix path-info was killed by signal {-result.returncode}")
     if result.returncode != 0:
         raise NixError(_path_info_failure(result.stderr))
     infos = _parse_path_infos(result.stdout)

@@ -226,6 +226,8 @@ def parse_probe(output: str, host: str) -> HostState:
             missing.add(parse_store_path(rest))
         elif kind == "have":
             path, _, size = rest.partition("\t")
+            if not size.isdigit():
+                raise TopdeckError(f"{host}: the probe could not read the size of {path} (is the host's Nix busy?)")
             closure[parse_store_path(path)] = int(size)
         else:
             fields[kind] = rest

@@ -24,7 +24,13 @@ if [ -s "$targets" ]; then
 fi
 if [ -n "$current" ]; then
     closure=$(mktemp)
+    sizes=$(mktemp)
     nix-store --query --requisites "$current" > "$closure"
-    xargs nix-store --query --size < "$closure" | paste "$closure" - | sed 's/^/have\t/'
-    rm -f "$closure"
+    xargs nix-store --query --size < "$closure" > "$sizes"
+    if [ "$(wc -l < "$closure")" = "$(wc -l < "$sizes")" ]; then
+        paste "$closure" "$sizes" | sed 's/^/have\t/'
+    else
+        printf 'error\tnix-store could not read the sizes of the current system'"'"'s closure\n'
+    fi
+    rm -f "$closure" "$sizes"
 fi

@@ -1,8 +1,9 @@
 """Push a closure to the binary cache, then publish a pointer to it.
 
 Order, so that a reader never sees a narinfo without its NAR or a pointer to an incomplete closure:
-1. one listing of the cache;
-2. each missing path's NAR, streamed from `nix-store --dump` through zstd into the upload, in parallel;
+1. one listing of the cache (without the NARs when nothing is missing);
+2. each missing path's NAR, streamed from `nix-store --dump` through zstd into the upload, in parallel (a small
+   path's NAR is serialized in this process instead, and checked against its NarHash);
 3. each path's signed narinfo, once its NAR is stored and the narinfos of all its references exist
    (so every narinfo in the cache has its whole closure behind it);
 4. `nix-cache-info` if absent, the closure manifest;
@@ -14,13 +15,16 @@ listing; its FileHash is recomputed locally (zstd is deterministic) instead of u
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import zstandard
 
@@ -43,10 +47,12 @@ STREAM_BACKOFF = 1.0
 CACHE_INFO = b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
 
 NarSource = Callable[[StorePath], AbstractContextManager[BinaryIO]]
+_NAR_PADDING = bytes(8)
+NAR_FOLDER = "nar/"
 
 
 def nar_name(info: PathInfo) -> str:
-    return f"nar/{hash_to_nix32(info.nar_hash)}.nar.zst"
+    return f"{NAR_FOLDER}{hash_to_nix32(info.nar_hash)}.nar.zst"
 
 
 def narinfo_name(path: StorePath) -> str:
@@ -98,7 +104,7 @@ class _CountingReader:
 
 
 class _Push:
-    def __init__(self, closure: list[PathInfo], cache: Cache, key: SecretKey, nar_source: NarSource,
+    def __init__(self, closure: list[PathInfo], cache: Cache, key: SecretKey, nar_source: NarSource | None,
                  emit: Emit, cancel: threading.Event, jobs: int):
         self.closure = {info.path: info for info in closure}
         self.cache, self.key, self.nar_source = cache, key, nar_source
@@ -116,6 +122,7 @@ class _Push:
     def run(self, listing: dict[str, Entry]) -> None:
         self.listing = listing
         self.published = {p for p in self.closure if narinfo_name(p) in listing}
+        self.published_before = len(self.published)  # `published` only grows by missing paths from here on
         self.missing = [info for p, info in self.closure.items() if p not in self.published]
         self.bytes_total = sum(info.nar_size for info in self.missing)
         self.started = time.monotonic()
@@ -178,7 +185,7 @@ class _Push:
             self.uploaded.add(info.path)
 
     def _compress(self, info: PathInfo, upload: bool) -> Stored:
-        with self.nar_source(info.path) as nar:
+        with self._nar(info) as nar:
             stream = _Compressed(nar, self._count, self.cancel)
             if not upload:
                 stream.read_all()
@@ -187,6 +194,15 @@ class _Push:
             else:
                 self.cache.put_stream(nar_name(info), stream, content_type=NAR_TYPE)  # type: ignore[arg-type]
             return stream.stored()
+
+    def _nar(self, info: PathInfo) -> AbstractContextManager[BinaryIO]:
+        """The path's NAR: serialized here for a small path (no `nix-store --dump` process to start, which costs
+        more than the rest of a small path's push), when it matches the store's NarHash; else from nix-store."""
+        if self.nar_source is None and info.nar_size <= SMALL_NAR:
+            data = small_nar(info)
+            if data is not None:
+                return io.BytesIO(data)
+        return (self.nar_source or localnix.nar_stream)(info.path)
 
     def _publish_narinfo(self, path: StorePath) -> None:
         info, stored = self.closure[path], self.stored[path]
@@ -206,7 +222,7 @@ class _Push:
 
     def _progress(self) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        done = len(self.missing) - sum(1 for info in self.missing if info.path not in self.published)
+        done = len(self.published) - self.published_before
         self.emit(Progress(
             phase="upload", paths_done=done, paths_total=len(self.missing),
             bytes_done=min(self.nar_bytes_read, self.bytes_total), bytes_total=self.bytes_total,
@@ -214,7 +230,7 @@ class _Push:
         ))
 
     def _failure(self) -> TopdeckError:
-        done = len(self.missing) - sum(1 for info in self.missing if info.path not in self.published)
+        done = len(self.published) - self.published_before
         first = self.failures[0]
         progress = f"{done} of {len(self.missing)} paths stored; a re-run uploads only the rest"
         if isinstance(first, Cancelled):
@@ -226,16 +242,19 @@ class _Push:
 
 def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | None = None,
          closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
-         nar_source: NarSource = localnix.nar_stream, emit: Emit = ignore,
+         nar_source: NarSource | None = None, emit: Emit = ignore,
          cancel: threading.Event | None = None, jobs: int = 8,
          clock: Callable[[], float] = time.time) -> PushResult:
-    """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it."""
+    """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it.
+
+    NARs come from `nar_source`; by default small ones are serialized in this process (checked against their
+    NarHash) and the others come from `nix-store --dump`."""
     if pointer is not None:
         pointers.check_name(pointer)
     started = time.monotonic()
     closure = closure_of([toplevel])
     emit(Progress(phase="list", paths_total=len(closure)))
-    listing = cache.listing()
+    listing = _listing(cache, closure, toplevel)
     job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
     job.run(listing)
     if "nix-cache-info" not in listing:
@@ -261,6 +280,94 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
         pointer_serial=published.serial if published else 0,
         pointer_changed=changed,
     )
+
+
+@runtime_checkable
+class FolderListing(Protocol):
+    """A cache that can list around a folder (B2Cache): cheaper than a whole listing when it bills per name."""
+
+    def listing_around(self, folder: str) -> tuple[dict[str, Entry], bool]: ...
+
+    def listing_of(self, folder: str) -> dict[str, Entry]: ...
+
+
+def _listing(cache: Cache, closure: list[PathInfo], toplevel: StorePath) -> dict[str, Entry]:
+    """What the push needs to know of the cache. The NARs (half the names) are listed only when something is
+    missing: a push of a closure that is already there reads only the narinfos, pointers and manifests."""
+    if not isinstance(cache, FolderListing):
+        return cache.listing()
+    listing, complete = cache.listing_around(NAR_FOLDER)
+    if complete:
+        return listing
+    if manifest_name(toplevel) not in listing or any(narinfo_name(info.path) not in listing for info in closure):
+        listing.update(cache.listing_of(NAR_FOLDER))
+    return listing
+
+
+def small_nar(info: PathInfo) -> bytes | None:
+    """The NAR of a small store path, serialized here; None when it is not exactly the NAR the store has
+    (its NarHash and NarSize), or cannot be read."""
+    chunks = _Chunks()
+    try:
+        _nar_string(chunks, b"nix-archive-1")
+        _nar_node(chunks, os.fsencode(str(info.path)), info.nar_size)
+    except (OSError, _TooBig):
+        return None
+    data = b"".join(chunks)
+    if len(data) != info.nar_size or hashlib.sha256(data).digest() != info.nar_hash:
+        return None
+    return data
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Chunks(list[bytes]):
+    size = 0
+
+
+def _nar_string(chunks: _Chunks, data: bytes) -> None:
+    padding = -len(data) % 8
+    chunks.append(len(data).to_bytes(8, "little"))
+    chunks.append(data)
+    if padding:
+        chunks.append(_NAR_PADDING[:padding])
+    chunks.size += 8 + len(data) + padding
+
+
+def _nar_node(chunks: _Chunks, path: bytes, limit: int) -> None:
+    """Nix's NAR serialization of one file system node (as `nix-store --dump` writes it)."""
+    if chunks.size > limit:
+        raise _TooBig()
+    mode = os.lstat(path).st_mode
+    _nar_string(chunks, b"(")
+    _nar_string(chunks, b"type")
+    if stat.S_ISLNK(mode):
+        _nar_string(chunks, b"symlink")
+        _nar_string(chunks, b"target")
+        _nar_string(chunks, os.readlink(path))
+    elif stat.S_ISREG(mode):
+        _nar_string(chunks, b"regular")
+        if mode & stat.S_IXUSR:
+            _nar_string(chunks, b"executable")
+            _nar_string(chunks, b"")
+        _nar_string(chunks, b"contents")
+        with open(path, "rb") as file:
+            _nar_string(chunks, file.read(limit + 1))
+    elif stat.S_ISDIR(mode):
+        _nar_string(chunks, b"directory")
+        for name in sorted(os.listdir(path)):
+            _nar_string(chunks, b"entry")
+            _nar_string(chunks, b"(")
+            _nar_string(chunks, b"name")
+            _nar_string(chunks, name)
+            _nar_string(chunks, b"node")
+            _nar_node(chunks, os.path.join(path, name), limit)
+            _nar_string(chunks, b")")
+    else:
+        raise OSError(f"{path!r}: not a regular file, directory or symlink")
+    _nar_string(chunks, b")")
 
 
 def _publish_pointer(cache: Cache, name: str | None, toplevel: StorePath, key: SecretKey,

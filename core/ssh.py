@@ -303,7 +303,10 @@ class Session:
     def _kill_group(self, pid: int) -> None:
         """SIGTERM a stopped command's process group, best effort, bounded by the channel timeout."""
         try:
-            channel = self._open_channel(f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null")
+            # The group only: sshd made the login shell a session and group leader, and a group id cannot be
+            # reused while any of its members lives. A bare `kill PID` could hit an unrelated process that got
+            # the pid after the shell ended (on the lab, which shares one pid space, any process of this machine).
+            channel = self._open_channel(f"kill -TERM -- -{pid} 2>/dev/null")
         except SSHError:
             return
         try:

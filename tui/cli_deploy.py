@@ -174,6 +174,9 @@ def _report(result: DeployResult, as_json: bool) -> int:
         if result.failed:
             print(f"{len(result.failed)} host(s) did not end on the target: {', '.join(result.failed)} "
                   "(`topdeck deploy --retry-failed` retries them)")
+    for outcome in result.outcomes:
+        if not outcome.ok:
+            print(f"topdeck: error: {outcome.host}: {outcome.outcome}: {outcome.reason}", file=sys.stderr)
     return 0 if result.ok else 1
 
 

@@ -1,0 +1,72 @@
+"""Benchmark 2: a no-op push (the closure is already in the bucket): B2 transactions and time, against a per-path
+existence check, as `nix copy` does it.
+
+The baseline is the real `nix copy --to http://<emulator>/file/<bucket>/<prefix>` of the same closure: with every
+path present it uploads nothing, and only asks for each path's narinfo (one class B download per path). Both sides
+are billed by the emulator (server-side counters, per class). Nix's narinfo disk cache is bypassed
+(`narinfo-cache-positive-ttl = 0`, a fresh cache folder), as on a first run.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import subprocess
+
+from bench.common import (
+    Figure,
+    b2_cache,
+    closures,
+    log,
+    median,
+    repeats,
+    shared_lab,
+    signing_key,
+    timed_and_counted,
+    work_root,
+)
+from topdeck.core.push import push
+from topdeck.core.store import parse_store_path
+from topdeck.lab.lab import BUCKET
+from topdeck.lab.nixenv import lab_env
+
+
+def nix_copy_noop(url: str, path: str) -> None:
+    cache_home = work_root() / f"nix-cache-home-{secrets.token_hex(4)}"
+    subprocess.run(["nix", "copy", "--option", "narinfo-cache-positive-ttl", "0", "--to", url, path],
+                   check=True, capture_output=True, env=lab_env({"XDG_CACHE_HOME": str(cache_home)}))
+
+
+def run(quick: bool = False) -> list[Figure]:
+    lab = shared_lab()
+    built = closures()
+    toplevel = parse_store_path(built.base)
+    key = signing_key(lab)
+    prefix = f"noop-{secrets.token_hex(4)}"
+    log("no-op push: first push")
+    push(toplevel, b2_cache(lab, prefix), key, pointer="bench")
+    names = len(b2_cache(lab, prefix).listing())
+
+    results = []
+    ours_runs = [timed_and_counted(lab, lambda: results.append(push(toplevel, b2_cache(lab, prefix), key,
+                                                                    pointer="bench")))
+                 for _ in range(repeats(quick, 5))]
+    log("no-op push: nix copy to the same prefix over HTTP")
+    url = f"{lab.emulator.url}/file/{BUCKET}/{prefix}"
+    nix_runs = [timed_and_counted(lab, lambda: nix_copy_noop(url, built.base)) for _ in range(repeats(quick, 3))]
+    ours_times, nix_times = [t for t, _ in ours_runs], [t for t, _ in nix_runs]
+    ours, theirs = ours_runs[-1][1], nix_runs[-1][1]
+    uploaded = sum(r.paths_uploaded for r in results)
+    floor = 1 + math.ceil((built.base_paths + 4) / 1000)
+    return [
+        Figure("no-op push: B2 class B transactions", ours["B"], theirs["B"], "", "0", ours["B"] == 0,
+               f"baseline: `nix copy` to the same bucket over HTTP, one narinfo download per path "
+               f"({built.base_paths} paths)"),
+        Figure("no-op push: B2 class C transactions", ours["C"], theirs["C"], "", "≤ 2", ours["C"] <= 2,
+               f"1 authorize + the listing, billed per started 1000 names; the bucket prefix holds {names} names "
+               f"({built.base_paths} narinfos, as many NARs); a listing that skips nar/ cannot go below "
+               f"{floor} at this size (authorize + ⌈narinfos / 1000⌉)"),
+        Figure("no-op push: class A (uploads)", ours["A"], theirs["A"], "", "0", ours["A"] == 0 and uploaded == 0),
+        Figure("no-op push: time", median(ours_times), median(nix_times), "s", "< 1 s", median(ours_times) < 1,
+               "includes `nix path-info` of the closure and the B2 authorize"),
+    ]

@@ -1,0 +1,567 @@
+# ruff: noqa: E501  (the table reads best one row a line)
+"""Bad and hostile input, as one table: every row is an input, the `topdeck` command run on it, and the
+fragments its one error line must hold. Every row checks the same outcomes:
+
+- exactly one line on stderr, `topdeck: error: ...`, naming what is wrong and where, and no traceback;
+- a non-zero exit;
+- nothing changed in the bucket (its whole listing, with upload times, before and after) nor on any lab host
+  (/run/current-system and the generation), and the marker file hostile values try to create does not exist;
+- no secret (the B2 application key, the SSH private key, the cache signing key) in anything printed.
+
+The three ways a cache can lie to a host (a narinfo with a bad signature, a NAR whose hash does not match, a
+truncated NAR) are a second table: a lab host's Nix, pulling with signatures required, refuses each one.
+Commands run as a user runs them: `.venv/bin/topdeck` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import TEST_BASE_ADDRESS
+from labtools import ssh_run, substitute
+
+from topdeck.core import pointers
+from topdeck.core.b2cache import B2Cache
+from topdeck.core.narinfo import parse_narinfo, render_narinfo
+from topdeck.core.push import narinfo_name, push
+from topdeck.core.signing import generate_keypair, load_secret_key
+from topdeck.core.store import StorePath, parse_store_path
+from topdeck.lab import factory
+from topdeck.lab.b2emu import B2Emulator
+from topdeck.lab.lab import BUCKET, Lab
+
+TOPDECK = str(Path(sys.executable).with_name("topdeck"))
+MARKER = Path(f"/tmp/topdeck-badinput-pwned-{uuid.uuid4().hex[:8]}")  # /tmp is shared with the lab hosts
+HASH = "0" * 32
+# Addresses of this file's own listeners: in the test lab's range, clear of its hosts.
+SILENT_ADDRESS = str(ipaddress.ip_address(TEST_BASE_ADDRESS) + 40)
+OTHER_ACCOUNT_ADDRESS = str(ipaddress.ip_address(TEST_BASE_ADDRESS) + 41)
+UNREACHABLE_ADDRESS = str(ipaddress.ip_address(TEST_BASE_ADDRESS) + 43)  # nothing listens there
+
+
+# --- the fleet every row starts from ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Lab, tmp_path_factory):
+    """A cache prefix holding a pushed toplevel that `web` points at, and an inventory of the three lab hosts."""
+    workdir = tmp_path_factory.mktemp("badinput")
+    spec = factory.SystemSpec(host="badinput", version=factory.DEFAULT_VERSION,
+                              packages=factory.base_packages(15, seed=15, total_size=factory.MiB),
+                              authorized_keys=(lab.client_public_key(),))
+    toplevel = parse_store_path(factory.build(spec, workdir))
+    prefix = f"badinput-{uuid.uuid4().hex[:8]}"
+    push(toplevel, B2Cache(BUCKET, prefix, lab.emulator.url, *lab.b2_key()), load_secret_key(lab.cache_secret_key),
+         pointer="web")
+    inventory = workdir / "hosts"
+    inventory.mkdir()
+    (inventory / "topdeck.toml").write_text(
+        f'[cache]\nbucket = "{BUCKET}"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
+        f'credentials_file = "{lab.b2_credentials}"\nsigning_key = "{lab.cache_secret_key}"\n'
+        f'public_key_file = "{lab.cache_public_key}"\n\n'
+        f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\nconnect_timeout = 5\n'
+    )
+    for name in ("host-1", "host-2", "host-3"):
+        (inventory / name).mkdir()
+        (inventory / name / "host.toml").write_text(host_toml(lab, name))
+    return {"toplevel": toplevel, "prefix": prefix, "inventory": inventory}
+
+
+def host_toml(lab: Lab, name: str) -> str:
+    return f'address = "{lab.host(name).address}"\npointer = "web"\ntags = ["web"]\n'
+
+
+@pytest.fixture(scope="module")
+def other_account():
+    """A second B2 account (its own emulator) with its own unrestricted key and bucket."""
+    emulator = B2Emulator("other-account-key-id", "other-account-secret-key", host=OTHER_ACCOUNT_ADDRESS)
+    emulator.create_bucket("other-account-bucket")
+    with emulator.start():
+        yield emulator
+
+
+@dataclass
+class Ctx:
+    """One row's world: its own copy of the inventory, and what to undo on the lab afterwards."""
+
+    lab: Lab
+    inv: Path
+    tmp: Path
+    toplevel: StorePath
+    prefix: str
+    other_account: B2Emulator
+    env: dict[str, str] = field(default_factory=dict)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.inv / "topdeck.toml"
+
+    def edit_config(self, old: str, new: str) -> None:
+        text = self.config.read_text()
+        assert old in text, old
+        self.config.write_text(text.replace(old, new))
+
+    def host(self, name: str, text: str | bytes) -> None:
+        path = self.inv / name / "host.toml"
+        path.parent.mkdir(exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+
+    def cache(self, prefix: str | None = None) -> B2Cache:
+        return B2Cache(BUCKET, prefix or self.prefix, self.lab.emulator.url, *self.lab.b2_key())
+
+    def new_prefix(self) -> B2Cache:
+        """Point the row's inventory at an empty cache prefix of its own."""
+        prefix = f"badinput-row-{uuid.uuid4().hex[:8]}"
+        self.edit_config(f'prefix = "{self.prefix}"', f'prefix = "{prefix}"')
+        return self.cache(prefix)
+
+    def published(self, key=None) -> B2Cache:  # type: ignore[no-untyped-def]
+        """A prefix of the row's own where pointer `web` is published (signed by `key`, else the cache key)."""
+        cache = self.new_prefix()
+        pointers.publish(cache, "web", self.toplevel, key or load_secret_key(self.lab.cache_secret_key), {})
+        return cache
+
+
+# --- the rows --------------------------------------------------------------------------------------
+# Each row: (id, prepare, expected). `prepare(ctx)` changes the row's inventory (or the lab, registering how
+# to undo it) and returns the command's arguments after `--inventory DIR`. `expected` are fragments of the
+# error line; `{inv}` is the row's inventory folder and `{top}` the pushed toplevel.
+
+
+def _inventory_row(host: str | bytes, name: str = "host-1", argv: tuple[str, ...] = ("plan",)):  # type: ignore[no-untyped-def]
+    def prepare(ctx: Ctx) -> list[str]:
+        ctx.host(name, host)
+        return list(argv)
+    return prepare
+
+
+def _host_folder(name: str):  # type: ignore[no-untyped-def]
+    def prepare(ctx: Ctx) -> list[str]:
+        ctx.host(name, 'address = "192.0.2.99"\npointer = "web"\n')
+        return ["plan"]
+    return prepare
+
+
+def _config(old: str, new: str, argv: tuple[str, ...] = ("plan",)):  # type: ignore[no-untyped-def]
+    def prepare(ctx: Ctx) -> list[str]:
+        ctx.edit_config(old, new)
+        return list(argv)
+    return prepare
+
+
+def _host_toml_is_a_folder(ctx: Ctx) -> list[str]:
+    (ctx.inv / "host-2" / "host.toml").unlink()
+    (ctx.inv / "host-2" / "host.toml").mkdir()
+    return ["plan"]
+
+
+def _host_toml_dangles(ctx: Ctx) -> list[str]:
+    (ctx.inv / "host-2" / "host.toml").unlink()
+    (ctx.inv / "host-2" / "host.toml").symlink_to(ctx.tmp / "gone.toml")
+    return ["plan"]
+
+
+def _no_hosts(ctx: Ctx) -> list[str]:
+    for name in ("host-1", "host-2", "host-3"):
+        shutil.rmtree(ctx.inv / name)
+    (ctx.inv / "notes").mkdir()  # a folder without host.toml is not a host
+    return ["plan"]
+
+
+def _no_config(ctx: Ctx) -> list[str]:
+    ctx.config.unlink()
+    return ["plan"]
+
+
+def _no_inventory(ctx: Ctx) -> list[str]:
+    shutil.rmtree(ctx.inv)
+    return ["plan"]
+
+
+def _argv(*argv: str):  # type: ignore[no-untyped-def]
+    return lambda ctx: [arg.format(top=ctx.toplevel, marker=MARKER) for arg in argv]
+
+
+def _bad_signing_key(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "bad.sec").write_text("topdeck-lab-1:not-base64!\n")
+    ctx.edit_config(str(ctx.lab.cache_secret_key), str(ctx.tmp / "bad.sec"))
+    return ["push", str(ctx.toplevel), "--pointer", "web"]
+
+
+def _no_signing_key(ctx: Ctx) -> list[str]:
+    ctx.edit_config(f'signing_key = "{ctx.lab.cache_secret_key}"\n', "")
+    return ["push", str(ctx.toplevel), "--pointer", "web"]
+
+
+def _pointer_txt(content: bytes):  # type: ignore[no-untyped-def]
+    """Pointer `web`'s .txt overwritten (by someone with write access) with `content`; the sidecar is genuine."""
+    def prepare(ctx: Ctx) -> list[str]:
+        cache = ctx.published()
+        serial = pointers.current(cache.listing())["web"].serial
+        cache.put_bytes("toplevels/web.txt", content, content_type="text/plain",
+                        info={"topdeck-serial": str(serial), "topdeck-path": str(ctx.toplevel)})
+        return ["pointers", "web"]
+    return prepare
+
+
+def _unsigned_pointer(ctx: Ctx) -> list[str]:
+    cache = ctx.new_prefix()
+    cache.put_bytes("toplevels/web.txt", f"{ctx.toplevel}\n".encode(), content_type="text/plain",
+                    info={"topdeck-serial": "7", "topdeck-path": str(ctx.toplevel)})
+    return ["pointers", "web"]
+
+
+def _wrongly_signed_pointer(ctx: Ctx) -> list[str]:
+    other, _ = generate_keypair("topdeck-lab-1")  # the trusted key's name, another key
+    ctx.published(key=other)
+    return ["pointers", "web"]
+
+
+def _garbage_sidecar(ctx: Ctx) -> list[str]:
+    cache = ctx.published()
+    cache.put_bytes("toplevels/web.json", b'{"name": "web", "path": "$(touch /tmp/x)"', content_type="application/json")
+    return ["pointers", "web"]
+
+
+def _hand_written_pointer(ctx: Ctx) -> list[str]:
+    ctx.new_prefix().put_bytes("toplevels/web.txt", f"{ctx.toplevel}\n".encode(), content_type="text/plain")
+    return ["plan", "--on", "host-1"]
+
+
+def _no_pointer(ctx: Ctx) -> list[str]:
+    ctx.new_prefix()
+    return ["plan", "--on", "host-1"]
+
+
+def _wrong_b2_key(ctx: Ctx) -> list[str]:
+    ctx.env.update(B2_APPLICATION_KEY_ID=ctx.lab.b2_key()[0], B2_APPLICATION_KEY="wrong-secret-9f8e7d6c5b4a")
+    ctx.secrets.append("wrong-secret-9f8e7d6c5b4a")
+    return ["pointers"]
+
+
+def _b2_credentials_file(text: str | None):  # type: ignore[no-untyped-def]
+    def prepare(ctx: Ctx) -> list[str]:
+        path = ctx.tmp / "b2.toml"
+        if text is not None:
+            path.write_text(text)
+        ctx.edit_config(str(ctx.lab.b2_credentials), str(path))
+        return ["pointers"]
+    return prepare
+
+
+def _other_account(bucket: str):  # type: ignore[no-untyped-def]
+    """The inventory names another B2 account's realm and key, and `bucket`."""
+    def prepare(ctx: Ctx) -> list[str]:
+        ctx.edit_config(ctx.lab.emulator.url, ctx.other_account.url)
+        ctx.edit_config(f'bucket = "{BUCKET}"', f'bucket = "{bucket}"')
+        ctx.env.update(B2_APPLICATION_KEY_ID="other-account-key-id", B2_APPLICATION_KEY="other-account-secret-key")
+        ctx.secrets.append("other-account-secret-key")
+        return ["push", str(ctx.toplevel), "--pointer", "web"]
+    return prepare
+
+
+def _unknown_host_key(ctx: Ctx) -> list[str]:
+    known = ctx.tmp / "known_hosts"
+    known.write_text("".join(line + "\n" for line in ctx.lab.known_hosts.read_text().splitlines()
+                             if not line.startswith(ctx.lab.host("host-1").address + " ")))
+    ctx.edit_config(str(ctx.lab.known_hosts), str(known))
+    before = known.read_bytes()
+    ctx.undo.append(lambda: _assert_unchanged(known, before))
+    return ["plan", "--on", "host-1"]
+
+
+def _assert_unchanged(path: Path, before: bytes) -> None:
+    assert path.read_bytes() == before, f"{path} was changed"
+
+
+def _changed_host_key(ctx: Ctx) -> list[str]:
+    lab = ctx.lab
+    lab.rotate_host_key("host-2")
+
+    def repin() -> None:  # the lab's known_hosts learns the new key, for the rows after this one
+        lab.known_hosts.write_text("".join(f"{h.address} {h.public_host_key()}\n" for h in lab.hosts.values()))
+    ctx.undo.append(repin)
+    return ["plan", "--on", "host-2"]
+
+
+def _wrong_user_key(ctx: Ctx) -> list[str]:
+    stranger = ctx.tmp / "id_stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    ctx.secrets.extend(line for line in stranger.read_text().splitlines() if len(line) > 20)
+    ctx.edit_config(str(ctx.lab.client_key), str(stranger))
+    return ["plan", "--on", "host-1"]
+
+
+def _missing_identity(ctx: Ctx) -> list[str]:
+    ctx.edit_config(str(ctx.lab.client_key), str(ctx.tmp / "no-such-key"))
+    return ["plan", "--on", "host-1"]
+
+
+def _silent_host(ctx: Ctx) -> list[str]:
+    """host-1's address is a TCP listener that accepts connections and never says anything."""
+    listener = socket.create_server((SILENT_ADDRESS, 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+        assert held, "topdeck never connected to the silent host"
+    ctx.undo.append(close)
+    ctx.host("host-1", f'address = "{SILENT_ADDRESS}"\nport = {listener.getsockname()[1]}\npointer = "web"\n')
+    ctx.edit_config("connect_timeout = 5", "connect_timeout = 1.5")
+    return ["plan", "--on", "host-1"]
+
+
+def _host_without_nix(ctx: Ctx) -> list[str]:
+    """host-3 loses nix-store: an empty, non-executable file is bind-mounted over it in its namespace."""
+    host = ctx.lab.host("host-3")
+    empty = ctx.tmp / "not-nix"
+    empty.write_text("")
+    empty.chmod(0o644)
+    target = host.sh("readlink -f \"$(command -v nix-store)\"").strip()
+    host.run(["mount", "--bind", str(empty), target])
+    ctx.undo.append(lambda: host.run(["umount", target]))
+    return ["plan", "--on", "host-3"]
+
+
+def _same_address(ctx: Ctx) -> list[str]:
+    ctx.host("host-9", host_toml(ctx.lab, "host-1"))
+    return ["plan"]
+
+
+def _same_address_spelt_twice(ctx: Ctx) -> list[str]:
+    ctx.host("host-8", 'address = "::1"\npointer = "web"\n')
+    ctx.host("host-9", 'address = "0:0:0:0:0:0:0:1"\npointer = "web"\n')
+    return ["plan"]
+
+
+def _stopped_host(ctx: Ctx) -> list[str]:
+    ctx.lab.stop_host("host-3")
+    ctx.undo.append(lambda: ctx.lab.start_host("host-3"))
+    return ["plan", "--on", "host-3"]
+
+
+# --- deploy rows: HERE the deploy engine's author adds the rows that need `topdeck deploy` ------------------
+# Same shape as the rows below; `prepare` may use ctx.published(key=...) (a prefix of the row's own with pointer
+# `web` signed by `key`), ctx.cache(), ctx.lab, and register undo steps in ctx.undo. Every check of the table
+# applies: one line on stderr, exit != 0, bucket and /run/current-system of every host unchanged, no secret.
+#   ("deploy: older pointer serial", <publish serial 2, deploy, republish serial 1 over it>, ["serial 1 is older"]),
+#   ("deploy: wrongly signed sidecar", <ctx.published(key=another key)>, ["does not verify with the trusted key"]),
+DEPLOY_ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = []
+
+
+BAD_HOST = 'address = "127.0.0.250"\npointer = "web"\n'
+ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
+    # --- inventory ---
+    ("host: missing address", _inventory_row('pointer = "web"\n'), ["{inv}/host-1/host.toml: address: missing"]),
+    ("host: missing pointer", _inventory_row('address = "127.0.0.250"\n'), ["{inv}/host-1/host.toml: pointer: missing"]),
+    ("host: port is a string", _inventory_row(BAD_HOST + 'port = "22"\n'), ["host-1/host.toml: port: '22' should be an integer"]),
+    ("host: port out of range", _inventory_row(BAD_HOST + "port = 70000\n"), ["host-1/host.toml: port: 70000 is not a port"]),
+    ("host: tags not a list", _inventory_row(BAD_HOST + 'tags = "web"\n'), ["host-1/host.toml: tags: 'web' should be a list"]),
+    ("host: sudo not a boolean", _inventory_row(BAD_HOST + 'sudo = "yes"\n'), ["host-1/host.toml: sudo: 'yes' should be true or false"]),
+    ("host: unknown key", _inventory_row(BAD_HOST + 'ssh_options = "-o ProxyCommand=sh"\n'), ["host-1/host.toml: ssh_options: unknown key"]),
+    ("host: key given twice", _inventory_row(BAD_HOST + 'address = "127.0.0.251"\n'), ["host-1/host.toml: not valid TOML"]),
+    ("host: not UTF-8", _inventory_row(b'address = "\xff\xfe"\npointer = "web"\n'), ["host-1/host.toml: not valid TOML"]),
+    ("host: shell in address", _inventory_row(f'address = "a;touch {MARKER}"\npointer = "web"\n'), ["host-1/host.toml: address:", "is not an IP address or host name"]),
+    ("host: newline in address", _inventory_row('address = "10.0.0.1\\nProxyCommand sh"\npointer = "web"\n'), ["host-1/host.toml: address:", "is not an IP address"]),
+    ("host: shell in user", _inventory_row(BAD_HOST + f'user = "root$(touch {MARKER})"\n'), ["host-1/host.toml: user:", "is not a valid user name"]),
+    ("host: '/' in pointer", _inventory_row('address = "127.0.0.250"\npointer = "web/../db"\n'), ["host-1/host.toml: pointer: 'web/../db' must be"]),
+    ("host: '..' in pointer", _inventory_row('address = "127.0.0.250"\npointer = "web..db"\n'), ["host-1/host.toml: pointer: 'web..db' must be"]),
+    ("host: shell in pointer", _inventory_row(f'address = "127.0.0.250"\npointer = "`touch {MARKER}`"\n'), ["host-1/host.toml: pointer:", "must be letters"]),
+    ("host: shell in a tag", _inventory_row(BAD_HOST + 'tags = ["web;reboot"]\n'), ["host-1/host.toml: tags:", "bad tag 'web;reboot'"]),
+    ("host name: '..'", _host_folder("web..1"), ["web..1/host.toml: host name 'web..1' must be"]),
+    ("host name: space", _host_folder("web 1"), ["web 1/host.toml: host name 'web 1' must be"]),
+    ("host name: ';'", _host_folder("web;reboot"), ["host name 'web;reboot' must be"]),
+    ("host name: $(...)", _host_folder("$(reboot)"), ["host name '$(reboot)' must be"]),
+    ("host name: backticks", _host_folder("`reboot`"), ["host name '`reboot`' must be"]),
+    ("host name: '/' (selector)", _argv("push", "host-1/../host-2"), ["push host-1/../host-2: no host matches"]),
+    ("same address twice", _same_address, ["host-9/host.toml: address:", "is also the address of host 'host-1'"]),
+    ("same address, spelt another way", _same_address_spelt_twice, ["host-9/host.toml: address: [0:0:0:0:0:0:0:1]:22 is also the address of host 'host-8'"]),
+    ("host.toml is a folder", _host_toml_is_a_folder, ["{inv}/host-2/host.toml: cannot read"]),
+    ("host.toml is a broken link", _host_toml_dangles, ["{inv}/host-2/host.toml: file not found"]),
+    ("no host folders", _no_hosts, ["{inv}: no hosts"]),
+    ("no topdeck.toml", _no_config, ["{inv}/topdeck.toml: file not found"]),
+    ("no inventory folder", _no_inventory, ["{inv}: inventory folder not found"]),
+    ("config: unknown key", _config("[cache]\n", '[cache]\nsecret_key = "x"\n'), ["{inv}/topdeck.toml: cache.secret_key: unknown key"]),
+    ("config: wrong type", _config("connect_timeout = 5", 'connect_timeout = "soon"'), ["topdeck.toml: ssh.connect_timeout: 'soon' should be"]),
+    ("config: prefix escapes", lambda ctx: _config(f'prefix = "{ctx.prefix}"', 'prefix = "../other"')(ctx), ["topdeck.toml: cache.prefix: '../other' is not a safe prefix"]),
+    # --- paths and pointers ---
+    ("push: path outside /nix/store", _argv("push", "/etc/passwd"), ["'/etc/passwd' is not a Nix store path"]),
+    ("push: '..' out of the store", _argv("push", f"/nix/store/{HASH}-x/../../../etc/passwd"), ["is not a Nix store path"]),
+    ("push: store path with ';'", _argv("push", f"/nix/store/{HASH}-x;touch {{marker}}"), ["is not a Nix store path"]),
+    ("push: store path with $(...)", _argv("push", f"/nix/store/{HASH}-$(touch {{marker}})"), ["is not a Nix store path"]),
+    ("push: store path not built here", _argv("push", f"/nix/store/{HASH}-never-built-1.0"), ["never-built-1.0", "not in the local store"]),
+    ("push: hostile pointer name", _argv("push", "{top}", "--pointer", "web;touch {marker}"), ["pointer name 'web;touch", "no '/', no '..'"]),
+    ("push: host without [build]", _argv("push", "host-1"), ["host-1/host.toml: host host-1 has no [build] section"]),
+    ("push: garbage signing key", _bad_signing_key, ["bad.sec", "is not in Nix's format"]),
+    ("push: no signing key", _no_signing_key, ["{inv}/topdeck.toml: cache.signing_key is not set"]),
+    ("plan --target outside the store", _argv("plan", "--target", "/etc"), ["'/etc' is not a Nix store path"]),
+    ("plan --target with backticks", _argv("plan", "--target", f"/nix/store/{HASH}-`touch {{marker}}`"), ["is not a Nix store path"]),
+    ("plan --target not in the cache", _argv("plan", "--target", f"/nix/store/{HASH}-nixos-system-gone-1"), ["nixos-system-gone-1 is not in the cache (no manifest): push it first"]),
+    ("pointer: .txt holds garbage", _pointer_txt(b"hello world\n"), ["toplevels/web.txt: 'hello world' is not a Nix store path"]),
+    ("pointer: .txt holds two lines", _pointer_txt(b"/nix/store/" + HASH.encode() + b"-a\n/nix/store/" + HASH.encode() + b"-b\n"), ["toplevels/web.txt: must hold exactly one line"]),
+    ("pointer: .txt holds binary", _pointer_txt(b"\xff\xfe\x00"), ["toplevels/web.txt: not text"]),
+    ("pointer: .txt names another path", _pointer_txt(f"/nix/store/{HASH}-nixos-system-evil-1\n".encode()), ["pointer web: toplevels/web.txt names nixos-system-evil-1 but its signed sidecar names"]),
+    ("pointer: unsigned (no sidecar)", _unsigned_pointer, ["pointer web: toplevels/web.json is missing: an unsigned pointer"]),
+    ("pointer: wrongly signed sidecar", _wrongly_signed_pointer, ["pointer web: the sidecar's signature does not verify with the trusted key"]),
+    ("pointer: sidecar is garbage", _garbage_sidecar, ["toplevels/web.json: not a valid pointer sidecar"]),
+    ("pointer: hostile name", _argv("pointers", "web$(touch {marker})"), ["pointer name 'web$(touch", "no '/', no '..'"]),
+    ("pointer: written by hand", _hand_written_pointer, ["host-1: pointer web: toplevels/web.txt was not published by topdeck"]),
+    ("pointer: does not exist", _no_pointer, ["host-1: pointer web not found"]),
+    # --- B2 ---
+    ("B2: wrong application key", _wrong_b2_key, ["B2 refused the application key"]),
+    ("B2: credentials file missing", _b2_credentials_file(None), ["b2.toml: cannot read the B2 credentials"]),
+    ("B2: credentials file garbage", _b2_credentials_file('key_id = "x"\n'), ["b2.toml: needs key_id and application_key"]),
+    ("B2: missing bucket", _config(f'bucket = "{BUCKET}"', 'bucket = "no-such-bucket"', ("pointers",)), ["the B2 key is restricted to bucket 'topdeck-lab', not 'no-such-bucket'"]),
+    ("B2: missing bucket, account key", _other_account("no-such-bucket"), ["B2 bucket 'no-such-bucket' not found"]),
+    ("B2: realm unreachable", lambda ctx: _config(ctx.lab.emulator.url, f"http://{UNREACHABLE_ADDRESS}:9", ("pointers",))(ctx), ["authorizing with B2: B2 did not answer (connection refused)"]),
+    ("B2: another account's bucket", _other_account(BUCKET), [f"B2 bucket '{BUCKET}' not found (or not visible to this key)"]),
+    # --- SSH ---
+    ("ssh: unknown host key", _unknown_host_key, ["host-1 (", "unknown host key ssh-ed25519 SHA256:", "not in {tmp}/known_hosts"]),
+    ("ssh: changed host key", _changed_host_key, ["host-2 (", "HOST KEY CHANGED (possible man-in-the-middle attack"]),
+    ("ssh: wrong user key", _wrong_user_key, ["host-1 (root@", "the server refused our key"]),
+    ("ssh: identity file missing", _missing_identity, ["host-1 (root@", "identity file", "no-such-key not found"]),
+    ("ssh: host says nothing", _silent_host, [f"host-1 (root@{SILENT_ADDRESS}:", "no SSH server answered (no SSH banner within 1.5 s)"]),
+    ("ssh: host stopped", _stopped_host, ["host-3 (root@", "unreachable: connection refused"]),
+    ("ssh: Nix missing on the host", _host_without_nix, ["host-3: nix-store is not installed on this host"]),
+    *DEPLOY_ROWS,
+]
+
+
+# --- the checks every row gets ---------------------------------------------------------------------
+
+
+def bucket_state(lab: Lab) -> dict[str, tuple[int, int]]:
+    listing = B2Cache(BUCKET, "", lab.emulator.url, *lab.b2_key()).listing()
+    return {name: (entry.size, entry.uploaded_ms) for name, entry in listing.items()}
+
+
+def hosts_state(lab: Lab) -> dict[str, tuple[str, int]]:
+    return {name: (host.current_system(), host.generation()) for name, host in lab.hosts.items()}
+
+
+def lab_secrets(lab: Lab) -> list[str]:
+    private = [line for line in lab.client_key.read_text().splitlines() if len(line) > 20 and "PRIVATE" not in line]
+    return [lab.b2_key()[1], lab.cache_secret_key.read_text().strip().split(":", 1)[1], *private]
+
+
+@pytest.mark.parametrize("name,prepare,expected", ROWS, ids=[row[0] for row in ROWS])
+def test_bad_input_is_one_clear_line_and_changes_nothing(lab, fleet, other_account, tmp_path, name, prepare,
+                                                         expected):
+    inv = tmp_path / "hosts"
+    shutil.copytree(fleet["inventory"], inv)
+    ctx = Ctx(lab, inv, tmp_path, fleet["toplevel"], fleet["prefix"], other_account)
+    try:
+        argv = prepare(ctx)
+        bucket, hosts = bucket_state(lab), hosts_state(lab)
+
+        run = subprocess.run([TOPDECK, "--inventory", str(inv), *argv], capture_output=True, text=True,
+                             env={**os.environ, **ctx.env}, stdin=subprocess.DEVNULL, timeout=120)
+
+        code, out, err = run.returncode, run.stdout, run.stderr
+    finally:
+        for undo in reversed(ctx.undo):
+            undo()
+    assert code != 0, f"exit {code}; stdout: {out}"
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith("topdeck: error: ") and "Traceback" not in err
+    for fragment in expected:
+        fragment = fragment.format(inv=inv, tmp=tmp_path, top=ctx.toplevel)
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert bucket_state(lab) == bucket, "the bucket changed"
+    assert hosts_state(lab) == hosts, "a host's system changed"
+    assert not MARKER.exists(), "a hostile value ran"
+    for secret in [*lab_secrets(lab), *ctx.secrets]:
+        assert secret not in out + err, "a secret was printed"
+
+
+def test_the_unmodified_fleet_plans_and_lists_fine(lab, fleet):
+    """The rows fail because of what each changes, not because the fleet they start from is broken."""
+    for argv in (["plan"], ["pointers", "web"]):
+        run = subprocess.run([TOPDECK, "--inventory", str(fleet["inventory"]), *argv], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert "signature verified: topdeck-lab-1" in run.stdout
+    assert len(ROWS) >= 30
+
+
+# --- what a lying cache does to a host ---------------------------------------------------------------
+
+
+def _bad_signature(cache: B2Cache, toplevel: StorePath) -> None:
+    narinfo = parse_narinfo(cache.get_bytes(narinfo_name(toplevel)).decode())
+    forged = dataclasses.replace(narinfo, sigs=("topdeck-lab-1:" + base64.b64encode(bytes(64)).decode(),))
+    cache.put_bytes(narinfo_name(toplevel), render_narinfo(forged).encode(), content_type="text/x-nix-narinfo")
+
+
+def _nar_of_another_path(cache: B2Cache, toplevel: StorePath) -> None:
+    narinfo = parse_narinfo(cache.get_bytes(narinfo_name(toplevel)).decode())
+    other = next(name for name in cache.listing() if name.startswith("nar/") and name != narinfo.url)
+    cache.put_bytes(narinfo.url, cache.get_bytes(other), content_type="application/x-nix-nar")
+
+
+def _truncated_nar(cache: B2Cache, toplevel: StorePath) -> None:
+    narinfo = parse_narinfo(cache.get_bytes(narinfo_name(toplevel)).decode())
+    data = cache.get_bytes(narinfo.url)
+    cache.put_bytes(narinfo.url, data[: len(data) // 2], content_type="application/x-nix-nar")
+
+
+LIES = [
+    ("narinfo with a bad signature", _bad_signature, "is not signed by any of the keys in 'trusted-public-keys'"),
+    ("NAR whose hash does not match", _nar_of_another_path, "hash mismatch importing path"),
+    ("truncated NAR", _truncated_nar, "Truncated zstd input"),
+]
+
+
+@pytest.mark.parametrize("name,tamper,expected", LIES, ids=[lie[0] for lie in LIES])
+def test_a_host_refuses_what_a_tampered_cache_serves(lab, tmp_path, name, tamper, expected):
+    spec = factory.SystemSpec(host=f"tampered-{len(name)}", version=factory.DEFAULT_VERSION,
+                              packages=(factory.Package(f"victim{len(name)}", "1.0", size=300_000),),
+                              authorized_keys=())
+    toplevel = parse_store_path(factory.build(spec, tmp_path))
+    cache = B2Cache(BUCKET, f"tampered-{uuid.uuid4().hex[:8]}", lab.emulator.url, *lab.b2_key())
+    push(toplevel, cache, load_secret_key(lab.cache_secret_key))
+    tamper(cache, toplevel)
+    before = hosts_state(lab)
+
+    code, _, err = substitute(lab, "host-2", str(toplevel), cache.substituter_url,
+                              lab.cache_public_key.read_text().strip())
+
+    assert code != 0 and expected in err, err
+    assert ssh_run(lab, "host-2", f"nix-store --check-validity {toplevel}")[0] != 0, "the host accepted it"
+    assert hosts_state(lab) == before
+
