@@ -153,7 +153,7 @@ class Generation:
     date: str
     path: str
     version: str
-    current: bool
+    current: bool = False
 
 
 def generations(inventory: Inventory, host_name: str, *, connect: Connect = connect) -> tuple[Generation, ...]:

@@ -8,7 +8,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from topdeck.core.events import (
     WaveStarted,
     ignore,
 )
-from topdeck.core.fleet import FleetPlan
+from topdeck.core.fleet import FleetPlan, Generation, HostStatus
 from topdeck.core.inventory import CacheConfig, Host, Inventory
 from topdeck.core.manifest import Manifest, ManifestPath
 from topdeck.core.plan import HostState, Plan, group, host_plan
@@ -40,27 +39,6 @@ KiB, MiB, GiB = 1024, 1024**2, 1024**3
 def store_path(name: str) -> StorePath:
     digest = hashlib.sha256(name.encode()).digest()[:20]
     return StorePath(nixbase32.encode(digest), name)
-
-
-@dataclass(frozen=True)
-class FakeStatus:
-    host: str
-    status: str
-    current: str = ""
-    booted: str = ""
-    desired: str = ""
-    generation: int = 0
-    last_run: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class FakeGeneration:
-    number: int
-    date: str
-    path: str
-    version: str
-    current: bool = False
 
 
 PACKAGES_V1 = {"glibc": ("2.39-52", 30 * MiB), "openssl": ("3.0.13", 6 * MiB), "nginx": ("1.24.0", 2 * MiB),
@@ -108,15 +86,15 @@ class FakeBackend:
         self.accepted: list[str] = []
 
     # --- fleet ---
-    def statuses(self) -> tuple[FakeStatus, ...]:
+    def statuses(self) -> tuple[HostStatus, ...]:
         web_new, web_old, db = (str(toplevel(c)) for c in (WEB_NEW, WEB_OLD, DB))
         if len(self.inventory.hosts) == 3:
-            return (FakeStatus("db-1", "up-to-date", db, db, db, 3, "2026-11-24 10:00 done"),
-                    FakeStatus("web-1", "behind", web_old, web_old, web_new, 4, "2026-11-20 09:12 done"),
-                    FakeStatus("web-2", "unreachable", "", "", web_new, 0, "",
+            return (HostStatus("db-1", "up-to-date", db, db, db, 3, "2026-11-24 10:00 done"),
+                    HostStatus("web-1", "behind", web_old, web_old, web_new, 4, "2026-11-20 09:12 done"),
+                    HostStatus("web-2", "unreachable", "", "", web_new, 0, "",
                                "web-2 (127.0.0.12:22): connection refused"))
         kinds = ("up-to-date", "behind", "drifted", "up-to-date", "rolled-back")
-        return tuple(FakeStatus(h.name, kinds[i % 5], web_old, web_old, web_new, 2 + i % 7, "2026-11-24 10:00 done")
+        return tuple(HostStatus(h.name, kinds[i % 5], web_old, web_old, web_new, 2 + i % 7, "2026-11-24 10:00 done")
                      for i, h in enumerate(self.inventory.hosts))
 
     def status(self, emit: Emit = ignore, cancel: threading.Event | None = None) -> tuple[Any, ...]:
@@ -231,12 +209,12 @@ class FakeBackend:
         emit(result)
         return result
 
-    def generations(self, host: str) -> tuple[FakeGeneration, ...]:
+    def generations(self, host: str) -> tuple[Generation, ...]:
         if host == "web-2":
             raise TopdeckError("web-2 (127.0.0.12:22): connection refused")
-        return (FakeGeneration(2, "2026-10-02 08:00:11", str(toplevel(WEB_OLD)), "24.05.20240601"),
-                FakeGeneration(3, "2026-11-01 14:30:40", str(toplevel(WEB_OLD)), "24.05.20240601"),
-                FakeGeneration(4, "2026-11-20 09:12:05", str(toplevel(WEB_NEW)), "24.05.20240715", True))
+        return (Generation(2, "2026-10-02 08:00:11", str(toplevel(WEB_OLD)), "24.05.20240601"),
+                Generation(3, "2026-11-01 14:30:40", str(toplevel(WEB_OLD)), "24.05.20240601"),
+                Generation(4, "2026-11-20 09:12:05", str(toplevel(WEB_NEW)), "24.05.20240715", True))
 
     def generation_diff(self, host: str, path: str) -> Any:
         from topdeck.core.diff import diff_closures
