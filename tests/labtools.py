@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import paramiko
 
-from topdeck.lab.lab import Lab
+from topdeck.lab.lab import BUCKET, Lab
 
 
 def connect(lab: Lab, name: str, known_hosts: Path | None = None) -> paramiko.SSHClient:
@@ -33,3 +35,14 @@ def substitute(lab: Lab, host: str, path: str, url: str, public_key: str) -> tup
         f"nix-store -r {path} --option substituters '{url}' --option trusted-public-keys '{public_key}' "
         "--option require-sigs true --option narinfo-cache-negative-ttl 0"
     ))
+
+
+def public_file(lab: Lab, prefix: str, name: str) -> bytes | None:
+    """A file of the cache as hosts see it (public download), or None if B2 answers 404."""
+    try:
+        with urllib.request.urlopen(f"{lab.emulator.url}/file/{BUCKET}/{prefix}/{name}", timeout=10) as answer:
+            return answer.read()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise

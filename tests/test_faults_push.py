@@ -17,14 +17,12 @@ import random
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import zstandard
-from labtools import substitute
+from labtools import public_file, substitute
 
 from topdeck.core import localnix
 from topdeck.core.b2cache import B2Cache
@@ -46,16 +44,6 @@ SEED = 20240601
 
 def cache(lab: Lab, prefix: str) -> B2Cache:
     return B2Cache(BUCKET, prefix, lab.emulator.url, *lab.b2_key())
-
-
-def public_file(lab: Lab, prefix: str, name: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"{lab.emulator.url}/file/{BUCKET}/{prefix}/{name}", timeout=10) as answer:
-            return answer.read()
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return None
-        raise
 
 
 def system(lab: Lab, workdir: Path, tag: str, count: int = 40, size: int = 3 * factory.MiB) -> StorePath:

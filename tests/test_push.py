@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from labtools import ssh_run, substitute
+from labtools import public_file, ssh_run, substitute
 
 from topdeck.core import localnix, pointers
 from topdeck.core.b2cache import B2Cache
@@ -49,16 +49,6 @@ def systems(lab, tmp_path_factory):
 
 def key(lab: Lab):
     return load_secret_key(lab.cache_secret_key)
-
-
-def public_file(lab: Lab, prefix: str, name: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"{lab.emulator.url}/file/{BUCKET}/{prefix}/{name}", timeout=10) as answer:
-            return answer.read()
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return None
-        raise
 
 
 def test_pushed_closure_is_substituted_with_signatures_required(lab, systems, prefix):

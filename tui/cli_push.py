@@ -11,13 +11,13 @@ import humanize
 
 from topdeck.core import localnix, pointers
 from topdeck.core.cache import Cache, open_cache
-from topdeck.core.errors import CacheError, Cancelled, InventoryError
+from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import LogLine, PushResult
 from topdeck.core.inventory import Inventory, load_inventory, select_hosts
 from topdeck.core.push import push
 from topdeck.core.signing import PublicKey, SecretKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.store import StorePath, parse_store_path
-from topdeck.tui.cli_output import EventPrinter, size, to_json
+from topdeck.tui.cli_output import EventPrinter, ask, size, to_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -155,18 +155,12 @@ def trusted_keys(inventory: Inventory) -> list[PublicKey]:
 def _rollback(inventory: Inventory, cache: Cache, args: argparse.Namespace) -> int:
     versions = pointers.history(cache, args.name)
     target = pointers.rollback_target(versions, args.rollback or None)
-    if not args.yes and not _confirm(f"point {args.name} back at {target} (now {versions[0].path})?"):
+    if not args.yes and not ask(f"point {args.name} back at {target} (now {versions[0].path})?"):
         print("not rolled back", file=sys.stderr)
         return 1
     published = pointers.publish(cache, args.name, target, signing_key(inventory), cache.listing())
     print(f"pointer {args.name} now names {published.path} (serial {published.serial})")
     return 0
-
-
-def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        raise Cancelled(f"{question} Not asked: stdin is not a terminal; pass --yes")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def _show(versions: list[pointers.PointerVersion], as_json: bool, label) -> None:  # type: ignore[no-untyped-def]
