@@ -41,13 +41,14 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     """Plan the selected hosts (every host if there are no selectors) towards `target` or their pointers."""
     hosts = select_hosts(inventory, selectors)
     cache = cache or open_cache(inventory.cache)
-    listing = None if target else cache.listing()
+    listing: Mapping[str, Entry] | None = None
     targets: dict[str, StorePath | str]
     if target:
         path = parse_store_path(target)
         targets = {host.name: path for host in hosts}
     else:
-        targets = targets_from_pointers(hosts, cache.listing() if listing is None else listing)
+        listing = cache.listing()
+        targets = targets_from_pointers(hosts, listing)
     manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
                   cancel=cancel)

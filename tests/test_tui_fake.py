@@ -114,16 +114,22 @@ async def test_nothing_is_deployed_until_confirmed_then_every_row_reaches_done()
         await until(pilot, lambda: isinstance(app.screen, FleetScreen))
 
 
+async def start_deploy(app: TopdeckApp, pilot) -> DeployScreen:  # type: ignore[no-untyped-def]
+    """From the fleet: plan the host under the cursor after the first, confirm, and return the deploy screen."""
+    await until(pilot, lambda: not app.screen.refreshing)
+    await pilot.press("down", "p")
+    await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+    await pilot.press("d", "y")
+    await until(pilot, lambda: isinstance(app.screen, DeployScreen))
+    assert isinstance(app.screen, DeployScreen)
+    return app.screen
+
+
 async def test_cancel_shows_cancelling_until_the_engine_stops():
     backend = FakeBackend(delay=1.0)  # each phase lasts long enough for the key to land mid-run, even on a busy CPU
     app = app_for(backend)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: not app.screen.refreshing)
-        await pilot.press("down", "p")
-        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
-        await pilot.press("d", "y")
-        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
-        deploy = app.screen
+        deploy = await start_deploy(app, pilot)
         await pilot.pause(0.3)
         await pilot.press("c")
         assert "cancelling…" in text_of(deploy, "#outcome") and deploy.running
@@ -139,12 +145,7 @@ async def test_quit_asks_while_a_deploy_runs():
     backend = FakeBackend(delay=0.5)
     app = app_for(backend)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: not app.screen.refreshing)
-        await pilot.press("down", "p")
-        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
-        await pilot.press("d", "y")
-        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
-        deploy = app.screen
+        deploy = await start_deploy(app, pilot)
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmScreen) and "running on 1 host" in text_of(app.screen, "#question")
         await pilot.press("n")

@@ -15,7 +15,7 @@ from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, Log
 from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet, trusted_key
 from topdeck.core.inventory import load_inventory
 from topdeck.core.signing import ssh_public_key
-from topdeck.tui.cli_output import EventPrinter, ask, size, to_json
+from topdeck.tui.cli_output import EventPrinter, add_selector_option, ask, size, to_json
 from topdeck.tui.cli_plan import render_plan
 
 BAR_WIDTH = 20
@@ -30,8 +30,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "after the health checks; a host that is not confirmed within deploy.confirm_timeout rolls itself back. "
         "Refuses to start unless the cache holds every path. Exits 1 unless every host ended on its target.",
     )
-    deploy.add_argument("--on", action="append", default=[], metavar="SELECTOR",
-                        help="hosts: a name, a glob (web-*) or a tag (@db); repeatable or comma-separated")
+    add_selector_option(deploy)
     deploy.add_argument("--target", metavar="PATH", help="deploy this store path instead of the hosts' pointers")
     deploy.add_argument("--mode", choices=MODES, default="switch",
                         help="switch (default): activate now and at boot; boot: at next boot only; test: now, not "
@@ -63,7 +62,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "target of its pointer; drifted: runs something its pointer never named; rolled-back: its last deploy "
         "rolled back; deploying: a deploy holds its lock. Exits 1 unless every host is up to date.",
     )
-    status.add_argument("--on", action="append", default=[], metavar="SELECTOR", help="hosts (default: all)")
+    add_selector_option(status, help="hosts (default: all)")
     status.add_argument("--json", action="store_true", help="one JSON document")
     status.set_defaults(handler=status_command)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -63,6 +64,13 @@ def describe(event: Progress) -> str:
     if event.current:
         parts.append(f" ({event.current})")
     return "".join(parts)
+
+
+SELECTOR_HELP = "hosts: a name, a glob (web-*) or a tag (@db); repeatable or comma-separated"
+
+
+def add_selector_option(parser: argparse.ArgumentParser, help: str = SELECTOR_HELP) -> None:
+    parser.add_argument("--on", action="append", default=[], metavar="SELECTOR", help=help)
 
 
 def ask(question: str) -> bool:

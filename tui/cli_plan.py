@@ -12,7 +12,7 @@ from topdeck.core.diff import render_diff_closures
 from topdeck.core.fleet import plan_fleet
 from topdeck.core.inventory import load_inventory
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
-from topdeck.tui.cli_output import EventPrinter, size
+from topdeck.tui.cli_output import EventPrinter, add_selector_option, size
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,8 +23,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "free disk, and the B2 transactions the pulls would cost. One SSH round trip per host; nothing changes. "
         "Exits 1 if a host could not be planned.",
     )
-    parser.add_argument("--on", action="append", default=[], metavar="SELECTOR",
-                        help="hosts: a name, a glob (web-*) or a tag (@db); repeatable or comma-separated")
+    add_selector_option(parser)
     parser.add_argument("--target", metavar="PATH", help="plan towards this store path instead of the hosts' pointers")
     parser.add_argument("--json", action="store_true", help="one JSON document")
     parser.set_defaults(handler=plan_command)
