@@ -33,7 +33,7 @@ from b2sdk.v2.exception import (
 )
 
 from topdeck.core.cache import Entry, TransientCacheError
-from topdeck.core.errors import CacheError
+from topdeck.core.errors import CacheError, CacheMissing
 from topdeck.core.events import Transactions
 
 # B2's classes (https://www.backblaze.com/cloud-storage/transaction-pricing); anything else is class A.
@@ -198,7 +198,7 @@ class B2Cache:
             try:
                 self.bucket.download_file_by_name(self.prefix + name).save(buffer)
             except FileNotPresent:
-                raise CacheError(f"{name} is not in the cache") from None
+                raise CacheMissing(f"{name} is not in the cache") from None
             return buffer.getvalue()
 
         return retrying(f"downloading {name}", download)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from topdeck.core.errors import CacheError
+from topdeck.core.errors import CacheError, CacheMissing
 from topdeck.core.events import Transactions
 from topdeck.core.inventory import CacheConfig
 
@@ -127,7 +127,7 @@ class DirCache:
         try:
             return self._path(name).read_bytes()
         except FileNotFoundError:
-            raise CacheError(f"{self.root}: {name} not found") from None
+            raise CacheMissing(f"{self.root}: {name} not found") from None
 
     def versions(self, name: str) -> list[Entry]:
         try:

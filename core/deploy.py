@@ -184,7 +184,7 @@ class _HostRunner:
         started = self.clock()
         if self.cancel.is_set():
             return _not_run(host.name, target, "cancelled", "cancelled before it started", self.emit)
-        track = _Tracker(host.name, self.emit, lambda: self._confirm(host))
+        track = _Tracker(host.name, self.emit, lambda: self._confirm(host, track))
         try:
             self._deploy(host, target, track)
         except HostKeyError as error:
@@ -242,11 +242,21 @@ class _HostRunner:
                 return
             except (SSHError, Cancelled):
                 time.sleep(RECONNECT_EVERY)
-        why = ("the host may still roll back or finish by itself: `topdeck status` shows where it ended"
-               if changing else "nothing was changed on the host")
-        track.fail(f"{error}; {why}")
+        track.fail(f"{error}; {self._where_it_ends(track) if changing else 'nothing was changed on the host'}")
 
-    def _confirm(self, host: Host) -> None:
+    def _where_it_ends(self, track: _Tracker) -> str:
+        """What a host lost after it began to change does by itself, from what topdeck saw before it was lost."""
+        target = track.target or "the new system"
+        guarded = self.settings.mode in ("switch", "test") and self.settings.confirm_timeout > 0
+        if not guarded or track.confirmed:
+            why = "topdeck confirmed it" if track.confirmed else f"{self.settings.mode} has no confirmation"
+            ends = f"it finishes on {target} by itself ({why})"
+        else:
+            ends = (f"topdeck could not confirm it, so it returns to {track.before or 'its previous system'} by "
+                    f"itself within {self.settings.confirm_timeout:g} s of activating")
+        return f"{ends}; `topdeck status` shows where it ended"
+
+    def _confirm(self, host: Host, track: _Tracker) -> None:
         """Confirm through a new login (after the health checks), trying again while the host waits: a busy
         host may be slow to answer. Without a confirmation the host rolls back by itself."""
         checks = _check_args(self.checks.get(host.name, Checks()))
@@ -259,6 +269,7 @@ class _HostRunner:
                                          stdin=host_script(), timeout=max(1.0, deadline - time.monotonic()) + 5)
                 text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
                 self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
+                track.confirmed = result.exit_status == 0 and text.startswith("confirm ok")
                 return
             except TopdeckError as error:
                 if time.monotonic() + RECONNECT_EVERY >= deadline:
@@ -292,6 +303,7 @@ class _Tracker:
         self.current_phase = "queued"
         self.result: str | None = None
         self.outcome, self.reason = "failed", ""
+        self.confirmed = False
         self.target = self.before = self.current = ""
         self.generation = self.paths_total = self.bytes_done = 0
         self._progress = Progress(phase="fetch", host=host)
@@ -323,6 +335,7 @@ class _Tracker:
                                                daemon=True)
             self._confirmer.start()
         elif name == "confirmed":
+            self.confirmed = True
             self.emit(LogLine("activation confirmed", self.host))
         else:
             self.phase(name, detail)

@@ -36,6 +36,10 @@ class CacheError(TopdeckError):
     """The binary cache (B2 or a directory) refused or failed an operation."""
 
 
+class CacheMissing(CacheError):
+    """The cache answered, and the file is not there (unlike a refusal, a cap or a network failure)."""
+
+
 class SSHError(TopdeckError):
     """A host could not be reached or refused the SSH session."""
 

@@ -99,7 +99,7 @@ def _host(fleet_plan: FleetPlan, name: str) -> Host:
 
 
 def _unplanned(plan: HostPlan, emit: Emit) -> HostOutcome:
-    reason = plan.reason if plan.fits else "its /nix has not enough free space for the fetch: not started"
+    reason = f"{plan.space_note}: not started, nothing was changed" if plan.space_note else plan.reason
     outcome = HostOutcome(plan.host, "failed", str(plan.target or ""), reason=reason or plan.status)
     emit(HostPhase(plan.host, "failed", outcome.reason))
     emit(outcome)

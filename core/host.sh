@@ -130,7 +130,8 @@ verify_pointer() {
     event phase verify "pointer $pointer"
     command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
     command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
-    sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) || fail "cannot read pointer $pointer: $sidecar_text"
+    sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) \
+        || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s' "$sidecar_text")"
     p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
     p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
     [ "$p_name" = "$pointer" ] || fail "pointer $pointer: the sidecar names pointer '$p_name'"
@@ -156,6 +157,18 @@ realise() {  # nix-store -r from the cache only, with its signatures required an
     nix-store -r "$@" --option substituters "$cache" --option trusted-public-keys "$key" --option require-sigs true \
         --option narinfo-cache-negative-ttl 0 --option narinfo-cache-positive-ttl 0 --option fallback false \
         --option connect-timeout 15
+}
+
+cache_refusal() {  # why the cache refuses to serve $1, when it says why (B2 names its daily caps in a 403)
+    answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>/dev/null) || return 1
+    code=$(printf '%s\n' "$answer" | tail -n 1)
+    case $code in 2??) return 1 ;; esac
+    b2code=$(printf '%s\n' "$answer" | sed -n 's/.*"code": *"\([a-z_]*\)".*/\1/p' | head -n 1)
+    case $b2code in
+        download_cap_exceeded) printf 'the B2 daily download cap is exceeded (HTTP %s %s): raise it in the B2 account' "$code" "$b2code" ;;
+        transaction_cap_exceeded) printf 'the B2 daily transaction cap is exceeded (HTTP %s %s): raise it in the B2 account' "$code" "$b2code" ;;
+        *) printf 'the cache answers HTTP %s%s for %s' "$code" "${b2code:+ ($b2code)}" "$1" ;;
+    esac
 }
 
 check_space() {
@@ -211,7 +224,9 @@ fetch() {
       echo $? > "$rundir/fetch.status"; } |
         awk "$PROGRESS_AWK" | tee -a "$rundir/events"
     status=$(cat "$rundir/fetch.status")
-    [ "$status" = 0 ] || fail "fetching $target from $cache failed (nix-store exit $status): nothing was changed"
+    [ "$status" = 0 ] && return 0
+    why=$(cache_refusal "$cache/nix-cache-info") || why="nix-store exit $status"
+    fail "fetching $target from $cache failed ($why): nothing was changed"
 }
 
 generation_of() {  # the generation number a profile link names
@@ -277,6 +292,9 @@ deploy() {
     fi
     if [ -z "$generation" ]; then fetch; fi
     nix-store --check-validity "$target" 2>/dev/null || fail "$target is not complete on this host: nothing was changed"
+    # The last moment to stop with nothing changed: when topdeck is gone (killed, its connection closed) this
+    # line cannot be written, and the script ends here (by SIGPIPE, or by printf's error where it is ignored).
+    event state fetched "$target" || fail "topdeck's session ended before the change: nothing was changed"
     # From here on the host changes: a dropped connection or a stop must not leave it half-way.
     trap '' HUP INT TERM PIPE
     save_previous

@@ -396,8 +396,11 @@ def select_hosts(inventory: Inventory, selectors: Iterable[str], what: str = "--
     """Hosts matching any selector: a name, a glob (`web-*`) or a tag (`@db`); all hosts if none given.
 
     `what` names the selectors in the error (an option, or a command)."""
-    selectors = [part for selector in selectors for part in selector.split(",") if part]
+    given = list(selectors)
+    selectors = [part for selector in given for part in selector.split(",") if part]
     if not selectors:
+        if given:  # '' or ',' (an empty variable in a script) must not mean every host
+            raise InventoryError(f"{what} {','.join(given)!r}: names no host")
         return inventory.hosts
     chosen: dict[str, Host] = {}
     for selector in selectors:

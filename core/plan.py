@@ -18,7 +18,15 @@ from humanize import naturalsize
 from topdeck.core import pointers
 from topdeck.core.cache import Cache, Entry
 from topdeck.core.diff import ClosureDiff, diff_closures, signature
-from topdeck.core.errors import CacheError, Cancelled, HostKeyError, SSHError, StorePathError, TopdeckError
+from topdeck.core.errors import (
+    CacheError,
+    CacheMissing,
+    Cancelled,
+    HostKeyError,
+    SSHError,
+    StorePathError,
+    TopdeckError,
+)
 from topdeck.core.events import Emit, Progress, ignore
 from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
@@ -65,6 +73,14 @@ class HostPlan:
         """B2 class B transactions the host's pull costs: a narinfo and a NAR per path fetched."""
         return 2 * self.fetch_paths
 
+    @property
+    def space_note(self) -> str:
+        """Why the fetch does not fit, in human units (empty when it fits)."""
+        if self.fits or self.state is None:
+            return ""
+        return (f"/nix has {naturalsize(self.state.free_bytes, binary=True)} free, the fetch unpacks to "
+                f"{naturalsize(self.unpacked_bytes, binary=True)}")
+
 
 @dataclass(frozen=True)
 class PlanGroup:
@@ -93,9 +109,7 @@ class Plan:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        notes = [f"{h.host}: /nix has {naturalsize(h.state.free_bytes, binary=True)} free, the fetch unpacks "
-                 f"to {naturalsize(h.unpacked_bytes, binary=True)}: the deploy would stop there"
-                 for h in self.hosts if not h.fits and h.state]
+        notes = [f"{h.host}: {h.space_note}: the deploy would stop there" for h in self.hosts if h.space_note]
         if self.exceeds_free_class_b:
             notes.append(f"the deploy would cost about {self.class_b} B2 class B transactions, more than the "
                          f"{B2_FREE_CLASS_B_PER_DAY} free per day")
@@ -127,7 +141,7 @@ def load_manifests(targets: set[StorePath], cache: Cache) -> dict[StorePath, Man
     for target in targets:
         try:
             data = cache.get_bytes(manifest_name(target))
-        except CacheError:
+        except CacheMissing:
             raise CacheError(f"{target} is not in the cache (no manifest): push it first") from None
         manifests[target] = parse_manifest(data, manifest_name(target))
     return manifests

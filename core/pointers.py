@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from topdeck.core.cache import NO_CACHING, Cache, Entry
-from topdeck.core.errors import CacheError, PointerError, StorePathError
+from topdeck.core.errors import CacheMissing, PointerError, StorePathError
 from topdeck.core.inventory import is_safe_name
 from topdeck.core.signing import PublicKey, SecretKey, sign, ssh_signature, verify
 from topdeck.core.store import StorePath, parse_store_path
@@ -161,12 +161,12 @@ def read_verified(cache: Cache, name: str, keys: Iterable[PublicKey]) -> Pointer
     path and is signed by a trusted key. PointerError (one line, naming the file) for anything else."""
     try:
         text = cache.get_bytes(text_name(name))
-    except CacheError:
+    except CacheMissing:
         raise PointerError(f"pointer {name}: {text_name(name)} is not in the cache") from None
     path = parse_text(text, text_name(name))
     try:
         sidecar = cache.get_bytes(sidecar_name(name))
-    except CacheError:
+    except CacheMissing:
         raise PointerError(f"pointer {name}: {sidecar_name(name)} is missing: an unsigned pointer, which hosts "
                            "refuse") from None
     pointer = parse_sidecar(sidecar, sidecar_name(name))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -35,6 +36,7 @@ from labtools import ssh_run, substitute
 
 from topdeck.core import pointers
 from topdeck.core.b2cache import B2Cache
+from topdeck.core.manifest import manifest_name
 from topdeck.core.narinfo import parse_narinfo, render_narinfo
 from topdeck.core.push import narinfo_name, push
 from topdeck.core.signing import generate_keypair, load_secret_key
@@ -374,13 +376,123 @@ def _stopped_host(ctx: Ctx) -> list[str]:
     return ["plan", "--on", "host-3"]
 
 
-# --- deploy rows: HERE the deploy engine's author adds the rows that need `topdeck deploy` ------------------
-# Same shape as the rows below; `prepare` may use ctx.published(key=...) (a prefix of the row's own with pointer
-# `web` signed by `key`), ctx.cache(), ctx.lab, and register undo steps in ctx.undo. Every check of the table
-# applies: one line on stderr, exit != 0, bucket and /run/current-system of every host unchanged, no secret.
-#   ("deploy: older pointer serial", <publish serial 2, deploy, republish serial 1 over it>, ["serial 1 is older"]),
-#   ("deploy: wrongly signed sidecar", <ctx.published(key=another key)>, ["does not verify with the trusted key"]),
-DEPLOY_ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = []
+# --- deploy, rollback, status, generations --------------------------------------------------------------
+# Rows that would change a host if topdeck let them through: each deploys or rolls back with --yes (without a
+# terminal, deploy and rollback refuse to ask), so a row that passes proves the refusal, not a question.
+
+HOST_SERIAL = "/nix/var/nix/topdeck/pointers/web.serial"  # the last serial of pointer `web` a host applied
+
+
+def _deployable(ctx: Ctx, key=None) -> B2Cache:  # type: ignore[no-untyped-def]
+    """A prefix of the row's own holding the whole closure, with pointer `web` (serial 1) signed by `key`."""
+    cache = ctx.published(key=key)
+    push(ctx.toplevel, cache, load_secret_key(ctx.lab.cache_secret_key))
+    return cache
+
+
+def _deploy_wrongly_signed(ctx: Ctx) -> list[str]:
+    other, _ = generate_keypair("topdeck-lab-1")  # the trusted key's name, another key
+    _deployable(ctx, key=other)
+    return ["deploy", "--on", "host-1", "--yes"]
+
+
+def _deploy_replayed_serial(ctx: Ctx) -> list[str]:
+    """host-1 has applied serial 1000000 of `web` (its state file says so, as a deploy leaves it); the cache
+    serves a genuine, correctly signed serial 1: a replayed or downgraded pointer."""
+    _deployable(ctx)
+    host = ctx.lab.host("host-1")
+    before = host.sh(f"cat {HOST_SERIAL} 2>/dev/null || true").strip()
+    assert before.isdigit() or not before, before
+    host.sh(f"mkdir -p {Path(HOST_SERIAL).parent} && echo 1000000 > {HOST_SERIAL}")
+    ctx.undo.append(lambda: host.sh(f"echo {before} > {HOST_SERIAL}" if before else f"rm -f {HOST_SERIAL}"))
+    return ["deploy", "--on", "host-1", "--yes"]
+
+
+def _deploy_target_not_pushed(ctx: Ctx) -> list[str]:
+    ctx.published()  # a signed pointer, and nothing of its closure
+    return ["deploy", "--on", "host-1", "--yes"]
+
+
+def _deploy_incomplete_cache(ctx: Ctx) -> list[str]:
+    """The manifest and every narinfo but the toplevel's own: a push that stopped short (or a pruned cache)."""
+    cache, source = ctx.published(), ctx.cache()
+    cache.put_bytes(manifest_name(ctx.toplevel), source.get_bytes(manifest_name(ctx.toplevel)),
+                    content_type="application/json")
+    for name in source.listing():
+        if name.endswith(".narinfo") and name != narinfo_name(ctx.toplevel):
+            cache.put_bytes(name, source.get_bytes(name), content_type="text/x-nix-narinfo")
+    return ["deploy", "--on", "host-1", "--yes"]
+
+
+def _stopped(name: str, *argv: str):  # type: ignore[no-untyped-def]
+    def prepare(ctx: Ctx) -> list[str]:
+        ctx.lab.stop_host(name)
+        ctx.undo.append(lambda: ctx.lab.start_host(name))
+        return list(argv)
+    return prepare
+
+
+def _run_record(hosts: list[dict[str, str]] | None):  # type: ignore[no-untyped-def]
+    """The inventory's newest run record: one naming `hosts`, or (None) garbage."""
+    def prepare(ctx: Ctx) -> list[str]:
+        folder = ctx.inv / ".topdeck" / "runs"
+        folder.mkdir(parents=True)
+        record = {"run_id": "20240101-000000-abcdef", "kind": "deploy", "mode": "switch", "started": 1.0,
+                  "finished": 2.0, "stopped": "", "ok": False, "hosts": hosts}
+        (folder / "20240101-000000-abcdef.json").write_text(json.dumps(record) if hosts is not None else "{not json")
+        return ["deploy", "--retry-failed", "--yes"]
+    return prepare
+
+
+NOT_ASKED = "Not asked: stdin is not a terminal; pass --yes"
+DEPLOY_ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
+    # --- deploy: refused by the host ---
+    ("deploy: wrongly signed sidecar", _deploy_wrongly_signed, ["host-1: failed: pointer web: the sidecar's signature does not verify with the trusted key"]),
+    ("deploy: older pointer serial (replay)", _deploy_replayed_serial, ["host-1: failed: pointer web: serial 1 is older than serial 1000000", "(a replayed or downgraded pointer)"]),
+    ("deploy: host's sshd stopped", _stopped("host-3", "deploy", "--on", "host-3", "--yes"), ["host-3: failed: host-3 (root@", "unreachable: connection refused"]),
+    # --- deploy: refused before any host is touched ---
+    ("deploy: target not in the cache", _deploy_target_not_pushed, ["{top} is not in the cache (no manifest): push it first"]),
+    ("deploy: cache lacks a path (completeness gate)", _deploy_incomplete_cache, ["the cache lacks 1 of the", "(first: {top}): push it again before deploying"]),
+    ("deploy --target outside the store", _argv("deploy", "--target", "/etc/passwd", "--yes"), ["'/etc/passwd' is not a Nix store path"]),
+    ("deploy --on unknown host", _argv("deploy", "--on", "host-9", "--yes"), ["--on host-9: no host matches (hosts: host-1, host-2, host-3)"]),
+    ("deploy --on with '/'", _argv("deploy", "--on", "host-1/../host-2", "--yes"), ["--on host-1/../host-2: no host matches"]),
+    ("deploy --on with ';'", _argv("deploy", "--on", "host-1;touch {marker}", "--yes"), ["--on host-1;touch /tmp/topdeck-badinput-pwned-", "no host matches"]),
+    ("deploy --on with $(...)", _argv("deploy", "--on", "$(touch {marker})", "--yes"), ["--on $(touch /tmp/topdeck-badinput-pwned-", "no host matches"]),
+    ("deploy --on with a newline", _argv("deploy", "--on", "host-1\ntopdeck: error: forged", "--yes"), ["--on host-1\\ntopdeck: error: forged: no host matches"]),
+    ("deploy --on '' (not every host)", _argv("deploy", "--on", "", "--yes"), ["deploy: argument --on: '' names no host"]),
+    ("deploy --on ',' (not every host)", _argv("deploy", "--on", ",", "--yes"), ["deploy: argument --on: ',' names no host"]),
+    ("deploy --mode bogus", _argv("deploy", "--mode", "bogus", "--yes"), ["deploy: argument --mode: invalid choice: 'bogus'", "see `topdeck deploy --help`"]),
+    ("deploy --mode with shell", _argv("deploy", "--mode", "switch;touch {marker}", "--yes"), ["deploy: argument --mode: invalid choice: 'switch;touch"]),
+    ("deploy --canary -1", _argv("deploy", "--canary", "-1", "--yes"), ["--canary -1: must be 0 or more"]),
+    ("deploy --canary abc", _argv("deploy", "--canary", "abc", "--yes"), ["deploy: argument --canary: invalid int value: 'abc'"]),
+    ("deploy --wave 0", _argv("deploy", "--wave", "0", "--yes"), ["--wave '0': give a number of hosts (5) or a share of them (25%)"]),
+    ("deploy --wave 150%", _argv("deploy", "--wave", "150%", "--yes"), ["--wave '150%': give a number of hosts"]),
+    ("deploy --wave abc", _argv("deploy", "--wave", "abc", "--yes"), ["--wave 'abc': give a number of hosts"]),
+    ("deploy --retry-failed, no run recorded", _argv("deploy", "--retry-failed", "--yes"), ["no earlier run to retry (none recorded in {inv}/.topdeck/runs)"]),
+    ("deploy --retry-failed, run record garbage", _run_record(None), ["{inv}/.topdeck/runs/20240101-000000-abcdef.json: not a readable run record"]),
+    ("deploy --retry-failed, record names '*'", _run_record([{"host": "*", "outcome": "failed", "target": ""}]), ["names host '*', which is not in the inventory: nothing retried"]),
+    ("deploy --retry-failed, nothing failed", _run_record([{"host": "host-1", "outcome": "done", "target": ""}]), ["the last run had no failed hosts: nothing to retry"]),
+    ("deploy without --yes, no terminal", _argv("deploy", "--on", "host-1"), ["switch 1 host(s) now? " + NOT_ASKED]),
+    # --- rollback ---
+    ("rollback --to 999 (no such generation)", _argv("rollback", "host-1", "--to", "999", "--yes"), ["host-1 has no system generation 999 (it has "]),
+    ("rollback --to -1", _argv("rollback", "host-1", "--to", "-1", "--yes"), ["host-1 has no system generation -1"]),
+    ("rollback --to abc", _argv("rollback", "host-1", "--to", "abc", "--yes"), ["rollback: argument --to: invalid int value: 'abc'"]),
+    ("rollback --to with shell", _argv("rollback", "host-1", "--to", "1;touch {marker}", "--yes"), ["rollback: argument --to: invalid int value: '1;touch"]),
+    ("rollback unknown host", _argv("rollback", "host-9", "--yes"), ["rollback host-9: no host matches (hosts: host-1, host-2, host-3)"]),
+    ("rollback host with backticks", _argv("rollback", "`touch {marker}`", "--yes"), ["rollback `touch /tmp/topdeck-badinput-pwned-", "no host matches"]),
+    ("rollback '' (not every host)", _argv("rollback", "", "--yes"), ["rollback: argument HOST: '' names no host"]),
+    ("rollback without --yes, no terminal", _argv("rollback", "host-1", "--to", "1"), ["switch host-1 to generation 1? " + NOT_ASKED]),
+    ("rollback unknown host, without --yes", _argv("rollback", "host-9"), ["rollback host-9: no host matches"]),
+    ("rollback: host stopped", _stopped("host-2", "rollback", "host-2", "--to", "1", "--yes"), ["host-2 (root@", "unreachable: connection refused"]),
+    # --- status, generations ---
+    ("status --on unknown host", _argv("status", "--on", "host-9"), ["--on host-9: no host matches"]),
+    ("status --on with backticks", _argv("status", "--on", "`touch {marker}`"), ["--on `touch /tmp/topdeck-badinput-pwned-", "no host matches"]),
+    ("status --on ','", _argv("status", "--on", ","), ["status: argument --on: ',' names no host"]),
+    ("generations: unknown host", _argv("generations", "host-9"), ["{inv}: no host named 'host-9'"]),
+    ("generations: a glob is not a host", _argv("generations", "host-*"), ["{inv}: no host named 'host-*'"]),
+    ("generations: shell in the host", _argv("generations", "host-1;touch {marker}"), ["no host named 'host-1;touch"]),
+    ("generations: host stopped", _stopped("host-3", "generations", "host-3"), ["host-3 (root@", "unreachable: connection refused"]),
+]
 
 
 BAD_HOST = 'address = "127.0.0.250"\npointer = "web"\n'

@@ -5,16 +5,14 @@ Real sshd hosts in their own namespaces, real Nix substituting from the B2 emula
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
 
 import pytest
 from conftest import write_lab_inventory
+from deploytools import deploy, last_activation, release, state, topdeck
 
 from topdeck.core import pointers
 from topdeck.core.cache import open_cache
@@ -25,7 +23,6 @@ from topdeck.core.signing import generate_keypair, load_secret_key, ssh_public_k
 from topdeck.core.store import parse_store_path
 from topdeck.lab import factory
 from topdeck.lab.lab import Lab
-from topdeck.lab.nixenv import lab_env
 
 CONFIRM_TIMEOUT = 6
 
@@ -49,43 +46,6 @@ def inventory(lab, tmp_path_factory):
     release(root, "web", lambda spec: spec)
     release(root, "db", lambda spec: spec)
     return root
-
-
-def topdeck(inventory, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
-                          capture_output=True, text=True, timeout=timeout, env=lab_env())
-
-
-def release(inventory, role: str, change) -> str:  # type: ignore[no-untyped-def]
-    """Change the role's system spec, then build and publish it through `topdeck push` (the first host of it)."""
-    spec_file = inventory / f"{role}.json"
-    spec = change(factory.spec_from_json(spec_file.read_text()))
-    spec = dataclasses.replace(spec, version=f"24.11.{uuid.uuid4().hex[:6]}")
-    spec_file.write_text(factory.spec_to_json(spec))
-    host = "host-3" if role == "db" else "host-1"
-    result = topdeck(inventory, "push", host, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])["toplevel"]
-
-
-def deploy(inventory, *args):
-    result = topdeck(inventory, "deploy", "--yes", "--json", *args)
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    plan = next(line for line in lines if line.get("event") == "Plan")
-    outcome = lines[-1]
-    assert outcome["event"] == "DeployResult", result.stdout[-2000:] + result.stderr
-    return result, plan, {host["host"]: host for host in outcome["outcomes"]}
-
-
-def state(lab: Lab, name: str) -> dict[str, object]:
-    host = lab.host(name)
-    return {"current": host.current_system(), "generation": host.generation(),
-            "boot": host.sh("readlink /run/lab/boot-entry || true").strip(),
-            "profile": host.sh("readlink -f /nix/var/nix/profiles/system || true").strip()}
-
-
-def last_activation(lab: Lab, name: str) -> list[str]:
-    return lab.host(name).sh("tail -n 1 /run/lab/activation.log").strip().split("\t")
 
 
 def test_deploy_a_new_toplevel_to_three_hosts(lab, inventory):

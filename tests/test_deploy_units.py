@@ -9,7 +9,7 @@ import time
 import pytest
 
 from topdeck.core import runs
-from topdeck.core.deploy import Target, _Tracker, host_command, plan_waves
+from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, host_command, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
 from topdeck.core.inventory import Checks, Host, load_inventory
@@ -62,6 +62,25 @@ def test_the_tracker_turns_script_lines_into_events():
     assert (track.outcome, track.reason, track.generation, track.current, track.before) == \
         ("rolled-back", "no confirmation", 7, PATH, "/nix/store/old")
     assert confirmations == [1]  # the confirmation login started once, when the host began to wait
+
+
+UNCONFIRMED = "topdeck could not confirm it, so it returns to /nix/store/old by itself within 30 s of activating"
+
+
+@pytest.mark.parametrize(("mode", "confirmed", "expected"), [
+    ("switch", False, UNCONFIRMED),
+    ("test", False, UNCONFIRMED),
+    ("switch", True, f"it finishes on {PATH} by itself (topdeck confirmed it)"),
+    ("boot", False, f"it finishes on {PATH} by itself (boot has no confirmation)"),
+])
+def test_a_host_lost_while_it_changes_is_reported_with_where_it_ends(mode, confirmed, expected):
+    settings = Settings(mode, "http://cache.invalid", generate_keypair("t")[1], 30, "run-1")
+    runner = _HostRunner(settings, None, None, {}, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
+    track = _Tracker("web-1", lambda _: None, lambda: None)
+    for line in ["state\tbefore\t/nix/store/old", f"state\ttarget\t{PATH}", "phase\tactivate\tswitch"]:
+        track.line(line)
+    track.confirmed = confirmed
+    assert runner._where_it_ends(track) == f"{expected}; `topdeck status` shows where it ended"
 
 
 def test_an_unknown_result_is_a_failure():

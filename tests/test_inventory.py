@@ -47,6 +47,9 @@ def test_selection_by_name_glob_and_tag(tmp_path):
     assert names(["web-1", "@web"]) == ["web-1", "web-2"]
     with pytest.raises(InventoryError, match="--on mail-\\*: no host matches"):
         select_hosts(inventory, ["mail-*"])
+    for empty in ([""], [","], ["", ","]):  # an empty variable in a script must not select the whole fleet
+        with pytest.raises(InventoryError, match="names no host"):
+            select_hosts(inventory, empty)
 
 
 BAD_HOSTS = [

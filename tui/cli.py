@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from topdeck.core.errors import TopdeckError
 
@@ -14,10 +15,22 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one `topdeck: error:` line like every other error (the usage
+    itself is in --help). Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        from topdeck.tui.cli_output import one_line
+
+        command = self.prog.partition(" ")[2]  # "deploy" of "topdeck deploy"; "" for topdeck itself
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"topdeck: error: {where}{one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from topdeck.tui import cli_build, cli_deploy, cli_lab, cli_plan, cli_push
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="topdeck",
         description="Keyboard-driven deployer for NixOS fleets: a B2 binary cache, pointers, and "
         "pull-and-activate over SSH, with the plan shown before anything happens.",
@@ -45,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except TopdeckError as error:
-        print(f"topdeck: error: {error}", file=sys.stderr)
+        from topdeck.tui.cli_output import one_line
+
+        print(f"topdeck: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("topdeck: interrupted", file=sys.stderr)

@@ -6,16 +6,17 @@ import argparse
 import json
 import sys
 import time
+from typing import TextIO
 
 from topdeck.core import runs
 from topdeck.core.cache import open_cache
-from topdeck.core.deploy import MODES
+from topdeck.core.deploy import MODES, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
 from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet, trusted_key
-from topdeck.core.inventory import load_inventory
+from topdeck.core.inventory import load_inventory, select_hosts
 from topdeck.core.signing import ssh_public_key
-from topdeck.tui.cli_output import EventPrinter, add_selector_option, ask, size, to_json
+from topdeck.tui.cli_output import EventPrinter, add_selector_option, ask, one_line, selector, size, to_json
 from topdeck.tui.cli_plan import render_plan
 
 BAR_WIDTH = 20
@@ -50,7 +51,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "activates it, with the same confirmation and magic rollback as a deploy. Exits 1 unless every host "
         "ended on that generation.",
     )
-    rollback.add_argument("hosts", nargs="+", metavar="HOST", help="host names, globs or @tags")
+    rollback.add_argument("hosts", nargs="+", type=selector, metavar="HOST", help="host names, globs or @tags")
     rollback.add_argument("--to", type=int, metavar="GENERATION", help="the generation number (see generations)")
     rollback.add_argument("--yes", action="store_true", help="do not ask before starting")
     rollback.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
@@ -82,12 +83,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def deploy_command(args: argparse.Namespace) -> int:
+    plan_waves((), args.canary, args.wave)  # a bad --canary or --wave is refused before any host is asked
     inventory = load_inventory(args.inventory)
     selectors = list(args.on)
     if args.retry_failed:
         selectors = list(runs.failed_hosts(inventory.root))
         if not selectors:
             raise DeployError("the last run had no failed hosts: nothing to retry")
+        known = {host.name for host in inventory.hosts}
+        stranger = next((name for name in selectors if name not in known), None)
+        if stranger is not None:  # a name, not a selector: a record naming '*' or '@web' must not widen the retry
+            raise DeployError(f"the last run (in {runs.runs_dir(inventory.root)}) names host {stranger!r}, which is "
+                              "not in the inventory: nothing retried")
     progress = EventPrinter(json_lines=args.json)
     try:
         fleet_plan = plan_fleet(inventory, selectors, args.target, emit=progress)
@@ -113,6 +120,7 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 def rollback_command(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
+    select_hosts(inventory, args.hosts, what="rollback")  # hosts that do not exist are refused before asking
     what = f"generation {args.to}" if args.to is not None else "the previous generation"
     if not args.yes and not ask(f"switch {', '.join(args.hosts)} to {what}?"):
         print("nothing rolled back", file=sys.stderr)
@@ -175,7 +183,7 @@ def _report(result: DeployResult, as_json: bool) -> int:
                   "(`topdeck deploy --retry-failed` retries them)")
     for outcome in result.outcomes:
         if not outcome.ok:
-            print(f"topdeck: error: {outcome.host}: {outcome.outcome}: {outcome.reason}", file=sys.stderr)
+            print(f"topdeck: error: {outcome.host}: {outcome.outcome}: {one_line(outcome.reason)}", file=sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -193,12 +201,15 @@ def _name(path: str) -> str:
 
 class DeployBoard:
     """An `emit` for deploys: on a terminal, one live row per host (phase, bar, paths, bytes) with log lines
-    above; elsewhere, one line per phase change; with json_lines, every event as a JSON line."""
+    above; elsewhere, one line per phase change, on `log_stream` (stdout: a log of the run, beside the plan and
+    the report, so that stderr holds only the errors); with json_lines, every event as a JSON line."""
 
-    def __init__(self, stream=sys.stderr, json_lines: bool = False, min_interval: float = 0.1):  # type: ignore[no-untyped-def]
-        self.stream, self.min_interval = stream, min_interval
+    def __init__(self, stream: TextIO = sys.stderr, json_lines: bool = False, min_interval: float = 0.1,
+                 log_stream: TextIO | None = None):
+        self.min_interval = min_interval
         self.json = EventPrinter(json_lines=True) if json_lines else None
         self.live = stream.isatty() and not json_lines
+        self.stream = stream if self.live else (log_stream or sys.stdout)
         self.rows: dict[str, str] = {}
         self._drawn = 0
         self._last = 0.0

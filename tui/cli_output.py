@@ -70,7 +70,20 @@ SELECTOR_HELP = "hosts: a name, a glob (web-*) or a tag (@db); repeatable or com
 
 
 def add_selector_option(parser: argparse.ArgumentParser, help: str = SELECTOR_HELP) -> None:
-    parser.add_argument("--on", action="append", default=[], metavar="SELECTOR", help=help)
+    parser.add_argument("--on", action="append", default=[], type=selector, metavar="SELECTOR", help=help)
+
+
+def selector(value: str) -> str:
+    """An argparse type for host selectors: one that names nothing ('' or ',') would select every host."""
+    if not any(part for part in value.split(",")):
+        raise argparse.ArgumentTypeError(f"{value!r} names no host: give a name, a glob (web-*) or a tag (@db)")
+    return value
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters (newlines, escape sequences) spelt out, so an error stays one line
+    and a hostile value cannot forge more lines or drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def ask(question: str) -> bool:
