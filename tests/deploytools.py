@@ -7,10 +7,36 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import write_lab_inventory
 
 from topdeck.lab import factory
 from topdeck.lab.lab import Lab
 from topdeck.lab.nixenv import lab_env
+
+
+@contextmanager
+def three_host_lab(root: Path, base_address: str) -> Iterator[Lab]:
+    """A lab of its own for a test module: three hosts and an emulator, torn down at the end."""
+    lab = Lab(root, base_address=base_address, emulator_port=0)
+    lab.up(count=3, log=lambda *_: None)
+    try:
+        yield lab
+    finally:
+        lab.down(log=lambda *_: None)
+
+
+def deploy_inventory(lab: Lab, root: Path, confirm_timeout: int) -> Path:
+    """host-1 and host-2 follow `web`, host-3 `db`; both pointers published once."""
+    root = write_lab_inventory(lab, root, f"{root.parent.name[:12]}-{uuid.uuid4().hex[:6]}")
+    with (root / "topdeck.toml").open("a") as config:
+        config.write(f"\n[deploy]\nparallel = 8\nconfirm_timeout = {confirm_timeout}\n")
+    release(root, "web", lambda spec: spec)
+    release(root, "db", lambda spec: spec)
+    return root
 
 
 def topdeck(inventory, *args, timeout=300):

@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 
 import pytest
-from conftest import write_lab_inventory
-from deploytools import deploy, last_activation, release, state, topdeck
+from deploytools import deploy, deploy_inventory, last_activation, release, state, three_host_lab, topdeck
 
 from topdeck.core import pointers
 from topdeck.core.cache import open_cache
@@ -22,30 +20,19 @@ from topdeck.core.inventory import load_inventory
 from topdeck.core.signing import generate_keypair, load_secret_key, ssh_public_key
 from topdeck.core.store import parse_store_path
 from topdeck.lab import factory
-from topdeck.lab.lab import Lab
 
 CONFIRM_TIMEOUT = 6
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("deploylab"), base_address="127.0.7.11", emulator_port=0)
-    lab.up(count=3, log=lambda *_: None)
-    try:
+    with three_host_lab(tmp_path_factory.mktemp("deploylab"), "127.0.7.11") as lab:
         yield lab
-    finally:
-        lab.down(log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def inventory(lab, tmp_path_factory):
-    """host-1 and host-2 follow `web`, host-3 `db`; both pointers published once."""
-    root = write_lab_inventory(lab, tmp_path_factory.mktemp("deploy") / "hosts", f"deploy-{uuid.uuid4().hex[:6]}")
-    with (root / "topdeck.toml").open("a") as config:
-        config.write(f"\n[deploy]\nparallel = 8\nconfirm_timeout = {CONFIRM_TIMEOUT}\n")
-    release(root, "web", lambda spec: spec)
-    release(root, "db", lambda spec: spec)
-    return root
+    return deploy_inventory(lab, tmp_path_factory.mktemp("deploy") / "hosts", CONFIRM_TIMEOUT)
 
 
 def test_deploy_a_new_toplevel_to_three_hosts(lab, inventory):

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 from conftest import write_lab_inventory
-from deploytools import deploy, last_activation, release, state, topdeck
+from deploytools import deploy, deploy_inventory, last_activation, release, state, three_host_lab, topdeck
 from labtools import ssh_run
 
 from topdeck.core.events import HostPhase, Progress
@@ -34,22 +34,14 @@ TINY_NIX = 48 * factory.MiB
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("faultlab"), base_address="127.0.13.11", emulator_port=0)
-    lab.up(count=3, log=lambda *_: None)
-    try:
+    with three_host_lab(tmp_path_factory.mktemp("faultlab"), "127.0.13.11") as lab:
         yield lab
-    finally:
-        lab.down(log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def inventory(lab, tmp_path_factory):
     """host-1 and host-2 follow `web`, host-3 `db`, and all three run their pointer's system."""
-    root = write_lab_inventory(lab, tmp_path_factory.mktemp("faults") / "hosts", f"faults-{uuid.uuid4().hex[:6]}")
-    with (root / "topdeck.toml").open("a") as config:
-        config.write(f"\n[deploy]\nparallel = 8\nconfirm_timeout = {CONFIRM_TIMEOUT}\n")
-    release(root, "web", lambda spec: spec)
-    release(root, "db", lambda spec: spec)
+    root = deploy_inventory(lab, tmp_path_factory.mktemp("faults") / "hosts", CONFIRM_TIMEOUT)
     assert deploy(root)[0].returncode == 0
     return root
 
