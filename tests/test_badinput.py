@@ -432,15 +432,15 @@ def _stopped(name: str, *argv: str):  # type: ignore[no-untyped-def]
     return prepare
 
 
-def _run_record(hosts: list[dict[str, str]] | None):  # type: ignore[no-untyped-def]
-    """The inventory's newest run record: one naming `hosts`, or (None) garbage."""
+def _run_record(hosts: list[dict[str, str]] | None, *more: str):  # type: ignore[no-untyped-def]
+    """The inventory's newest run record: one naming `hosts`, or (None) garbage; then a retry (with `more`)."""
     def prepare(ctx: Ctx) -> list[str]:
         folder = ctx.inv / ".topdeck" / "runs"
         folder.mkdir(parents=True)
         record = {"run_id": "20240101-000000-abcdef", "kind": "deploy", "mode": "switch", "started": 1.0,
                   "finished": 2.0, "stopped": "", "ok": False, "hosts": hosts}
         (folder / "20240101-000000-abcdef.json").write_text(json.dumps(record) if hosts is not None else "{not json")
-        return ["deploy", "--retry-failed", "--yes"]
+        return ["deploy", "--retry-failed", "--yes", *more]
     return prepare
 
 
@@ -471,6 +471,7 @@ DEPLOY_ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("deploy --retry-failed, no run recorded", _argv("deploy", "--retry-failed", "--yes"), ["no earlier run to retry (none recorded in {inv}/.topdeck/runs)"]),
     ("deploy --retry-failed, run record garbage", _run_record(None), ["{inv}/.topdeck/runs/20240101-000000-abcdef.json: not a readable run record"]),
     ("deploy --retry-failed, record names '*'", _run_record([{"host": "*", "outcome": "failed", "target": ""}]), ["names host '*', which is not in the inventory: nothing retried"]),
+    ("deploy --retry-failed --on a host that did not fail", _run_record([{"host": "host-1", "outcome": "failed", "target": ""}], "--on", "host-2"), ["--on host-2: none of these hosts failed in the last run: nothing to retry"]),
     ("deploy --retry-failed, nothing failed", _run_record([{"host": "host-1", "outcome": "done", "target": ""}]), ["the last run had no failed hosts: nothing to retry"]),
     ("deploy without --yes, no terminal", _argv("deploy", "--on", "host-1"), ["switch 1 host(s) now? " + NOT_ASKED]),
     # --- rollback ---

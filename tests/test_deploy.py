@@ -161,7 +161,7 @@ def test_a_host_lost_mid_deploy_fails_alone_and_retry_failed_finishes_it(lab, in
     assert lost["current"] == lost["profile"] != web
     lab.host("host-2").sh(f"nix-store --check-validity {lost['profile']}")
 
-    retry, _, retried = deploy(inventory, "--retry-failed")
+    retry, _, retried = deploy(inventory, "--retry-failed", "--on", "@web")  # host-2 is the failed one of @web
 
     assert retry.returncode == 0, retry.stderr
     assert list(retried) == ["host-2"] and retried["host-2"]["outcome"] == "done"

@@ -14,7 +14,7 @@ from topdeck.core.deploy import MODES, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
 from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet, trusted_key
-from topdeck.core.inventory import load_inventory, select_hosts
+from topdeck.core.inventory import Inventory, load_inventory, select_hosts
 from topdeck.core.signing import ssh_public_key
 from topdeck.tui.cli_output import EventPrinter, add_selector_option, ask, one_line, selector, size, to_json
 from topdeck.tui.cli_plan import render_plan
@@ -40,7 +40,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="deploy N hosts first, as a wave of their own")
     deploy.add_argument("--wave", metavar="SIZE", help="then waves of SIZE hosts (5) or of a share (25%%); "
                         "a wave with a failed host stops the deploy")
-    deploy.add_argument("--retry-failed", action="store_true", help="only the hosts that failed in the last run")
+    deploy.add_argument("--retry-failed", action="store_true",
+                        help="only the hosts that failed in the last run (of those --on selects)")
     deploy.add_argument("--yes", action="store_true", help="do not ask before starting")
     deploy.add_argument("--json", action="store_true", help="JSON lines: the plan, progress events, then the result")
     deploy.set_defaults(handler=deploy_command)
@@ -85,16 +86,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def deploy_command(args: argparse.Namespace) -> int:
     plan_waves((), args.canary, args.wave)  # a bad --canary or --wave is refused before any host is asked
     inventory = load_inventory(args.inventory)
-    selectors = list(args.on)
-    if args.retry_failed:
-        selectors = list(runs.failed_hosts(inventory.root))
-        if not selectors:
-            raise DeployError("the last run had no failed hosts: nothing to retry")
-        known = {host.name for host in inventory.hosts}
-        stranger = next((name for name in selectors if name not in known), None)
-        if stranger is not None:  # a name, not a selector: a record naming '*' or '@web' must not widen the retry
-            raise DeployError(f"the last run (in {runs.runs_dir(inventory.root)}) names host {stranger!r}, which is "
-                              "not in the inventory: nothing retried")
+    selectors = _retried(inventory, args.on) if args.retry_failed else list(args.on)
     progress = EventPrinter(json_lines=args.json)
     try:
         fleet_plan = plan_fleet(inventory, selectors, args.target, emit=progress)
@@ -116,6 +108,24 @@ def deploy_command(args: argparse.Namespace) -> int:
     finally:
         board.close()
     return _report(result, args.json)
+
+
+def _retried(inventory: Inventory, on: list[str]) -> list[str]:
+    """The hosts the last run failed, among those --on selects (all of them without --on)."""
+    failed = list(runs.failed_hosts(inventory.root))
+    if not failed:
+        raise DeployError("the last run had no failed hosts: nothing to retry")
+    known = {host.name for host in inventory.hosts}
+    stranger = next((name for name in failed if name not in known), None)
+    if stranger is not None:  # a name, not a selector: a record naming '*' or '@web' must not widen the retry
+        raise DeployError(f"the last run (in {runs.runs_dir(inventory.root)}) names host {stranger!r}, which is "
+                          "not in the inventory: nothing retried")
+    if on:
+        chosen = {host.name for host in select_hosts(inventory, on)}
+        failed = [name for name in failed if name in chosen]
+        if not failed:
+            raise DeployError(f"--on {','.join(on)}: none of these hosts failed in the last run: nothing to retry")
+    return failed
 
 
 def rollback_command(args: argparse.Namespace) -> int:
