@@ -7,7 +7,9 @@ setup:
 demo: setup
 	.venv/bin/topdeck demo
 
+# The lab's image hosts (Debian 13 and sid roots) are built once, cached in /var/cache/topdeck-lab/images.
 test: setup
+	.venv/bin/topdeck lab images --build
 	.venv/bin/python -m pytest -q
 
 lint: setup

@@ -38,11 +38,19 @@ class HostState:
     sshd_pid: int = 0
     small_nix: int = 0
     slow_cpu_percent: int = 0
+    image: str = ""  # empty for a native host; else the image it boots (topdeck.lab.images)
+    boot_pid: int = 0  # an image host's systemd-nspawn
 
 
 class LabHost:
+    """A native host: this machine's Nix and OpenSSH, no init system; its namespace is a mount namespace."""
+
+    NAMESPACE = "mnt"  # the kind of namespace that tells the host's processes from the others
+    NSENTER = ("-m",)
+    SSHD_NAMES = ("sshd",)
+
     def __init__(self, lab_root: Path, state: HostState):
-        self.state = state
+        self.state: HostState = state
         self.dir = lab_root / "hosts" / state.name
 
     @property
@@ -81,12 +89,12 @@ class LabHost:
         key_type, key_b64 = self.host_key_path.with_suffix(".pub").read_text().split()[:2]
         return f"{key_type} {key_b64}"
 
-    def _sshd_config(self) -> str:
-        ssh = self.dir / "ssh"
+    def _sshd_config(self, key_dir: Path | None = None, pam: bool = False) -> str:
+        """`key_dir`: where sshd finds the host's key (the host's own ssh folder unless given)."""
         return "\n".join(
             [
                 f"ListenAddress {self.address}:22",
-                f"HostKey {ssh / 'ssh_host_ed25519_key'}",
+                f"HostKey {(key_dir or self.dir / 'ssh') / 'ssh_host_ed25519_key'}",
                 "PidFile /run/sshd.pid",
                 "PermitRootLogin prohibit-password",
                 "PubkeyAuthentication yes",
@@ -94,7 +102,7 @@ class LabHost:
                 "KbdInteractiveAuthentication no",
                 # Keys come from the running system, so a toplevel without them locks new logins out.
                 "AuthorizedKeysFile /run/current-system/etc/ssh/authorized_keys.d/%u",
-                "UsePAM no",
+                f"UsePAM {'yes' if pam else 'no'}",
                 "PrintMotd no",
                 "X11Forwarding no",
                 "AllowTcpForwarding no",
@@ -133,7 +141,14 @@ class LabHost:
 
     def namespace_alive(self) -> bool:
         pid = self.state.anchor_pid
-        return bool(pid) and _namespace_of(pid) == self.state.namespace
+        return bool(pid) and self._namespace_of(pid) == self.state.namespace
+
+    def _namespace_of(self, pid: int) -> str:
+        return _namespace_of(pid, self.NAMESPACE)
+
+    def nsenter(self) -> list[str]:
+        """The command prefix that runs a command inside the host."""
+        return ["nsenter", "-t", str(self.state.anchor_pid), *self.NSENTER, "--"]
 
     def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
             timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
@@ -141,7 +156,7 @@ class LabHost:
         if not self.namespace_alive():
             raise LabError(f"host {self.name}: its namespace is not running (is the lab up?)")
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.state.anchor_pid), "-m", "--", *argv],
+            [*self.nsenter(), *argv],
             input=input, capture_output=True, env=HOST_ENV, timeout=timeout,
         )
         if check and proc.returncode != 0:
@@ -176,14 +191,14 @@ class LabHost:
     def stop_sshd(self) -> None:
         """Stop the host's sshd and every SSH session on it: the host becomes unreachable."""
         for pid in self.namespace_pids():
-            if pid != self.state.anchor_pid and _comm(pid) == "sshd":
+            if pid != self.state.anchor_pid and _comm(pid) in self.SSHD_NAMES:
                 _kill(pid, signal.SIGKILL)
         wait_for(lambda: not port_open(self.address, 22), 5, f"host {self.name}: sshd did not stop")
         self.state = replace(self.state, sshd_pid=0)
 
     def sshd_running(self) -> bool:
         pid = self.state.sshd_pid
-        return bool(pid) and _namespace_of(pid) == self.state.namespace and _comm(pid) == "sshd"
+        return bool(pid) and self._namespace_of(pid) == self.state.namespace and _comm(pid) == "sshd"
 
     # --- slowness ---------------------------------------------------------------------------------
 
@@ -219,7 +234,7 @@ class LabHost:
         assert export.stdout is not None
         try:
             imported = subprocess.run(
-                ["nsenter", "-t", str(self.state.anchor_pid), "-m", "--", "nix-store", "--import"],
+                [*self.nsenter(), "nix-store", "--import"],
                 stdin=export.stdout, capture_output=True, env=HOST_ENV,
             )
         finally:
@@ -253,7 +268,7 @@ class LabHost:
     def namespace_pids(self) -> list[int]:
         if not self.state.namespace:
             return []
-        return [pid for pid in _all_pids() if _namespace_of(pid) == self.state.namespace]
+        return [pid for pid in _all_pids() if self._namespace_of(pid) == self.state.namespace]
 
     def teardown(self) -> None:
         """Kill every process in the host's namespace; the namespace and its mounts go with the last one."""
@@ -319,9 +334,9 @@ def _all_pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
-def _namespace_of(pid: int) -> str:
+def _namespace_of(pid: int, kind: str = "mnt") -> str:
     try:
-        return os.readlink(f"/proc/{pid}/ns/mnt")
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return ""
 
@@ -349,3 +364,56 @@ def _tail(path: Path, chars: int = 400) -> str:
         return path.read_text(errors="replace")[-chars:].strip() or "(empty log)"
     except OSError:
         return "(no log)"
+
+
+def listener(address: str, port: int) -> int:
+    """The pid of the process that listens on address:port over TCP (0 when none does, or none can be told)."""
+    return listeners(port).get(address, 0)
+
+
+def listeners(port: int) -> dict[str, int]:
+    """Every IPv4 address something listens on at `port`, with the listening process's pid (0 if unknown)."""
+    sockets: dict[str, str] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, _, hex_port = fields[1].partition(":")
+        if int(hex_port, 16) == port and fields[3] == "0A":
+            sockets[f"socket:[{fields[9]}]"] = socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    found = {address: 0 for address in sockets.values()}
+    for pid in _all_pids() if sockets else []:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link in sockets:
+                    found[sockets[link]] = found[sockets[link]] or pid
+        except OSError:
+            continue
+    return found
+
+
+def processes_of(lab_root: Path) -> list[int]:
+    """Every process the lab in `lab_root` started and may have lost track of: spawned by it (spawn_detached marks
+    their environment), naming its hosts' folder on the command line, or holding a mount from inside it."""
+    hosts = str(lab_root / "hosts").encode()
+    spawned = f"TOPDECK_SPAWN_LOG={lab_root}/".encode()
+    own = os.getpid()
+    found = []
+    for pid in _all_pids():
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if pid != own and (hosts in Path(f"/proc/{pid}/cmdline").read_bytes()
+                               or any(variable.startswith(spawned) for variable in environment)
+                               or hosts in Path(f"/proc/{pid}/mountinfo").read_bytes()):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def describe_process(pid: int) -> str:
+    """`pid 123 (sshd -D -f /var/lib/...)`, the command line shortened, for one-line errors."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        command = "gone"
+    return f"pid {pid} ({command[:120] or _comm(pid)})"

@@ -20,8 +20,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from topdeck.core.errors import LabError
-from topdeck.lab import factory
-from topdeck.lab.hosts import HostState, LabHost, generate_ssh_key, spawn_detached, wait_for
+from topdeck.lab import factory, images
+from topdeck.lab.hosts import (
+    HostState,
+    LabHost,
+    describe_process,
+    generate_ssh_key,
+    listener,
+    processes_of,
+    spawn_detached,
+    wait_for,
+)
+from topdeck.lab.imagehost import ImageHost
 from topdeck.lab.nixenv import lab_env
 
 DEFAULT_ROOT = Path("/var/lib/topdeck-lab")
@@ -53,6 +63,7 @@ class HostStatus:
     sshd: bool
     current_system: str
     generation: int
+    image: str = images.NATIVE
 
 
 @dataclass(frozen=True)
@@ -111,28 +122,38 @@ class Lab:
     # --- up ---------------------------------------------------------------------------------------
 
     def up(self, count: int = 3, hosts: dict[str, str] | None = None, small_nix: dict[str, int] | None = None,
+           image: str = images.NATIVE, kinds: dict[str, str] | None = None,
            log=print) -> None:  # type: ignore[no-untyped-def]
         """Start the emulator and hosts, each installed with a first toplevel; whatever runs already is kept.
 
         `hosts` maps names to loopback addresses; without it, `count` hosts `host-1`... get addresses from
-        the base address up.
+        the base address up. Each host is of kind `image` (topdeck.lab.images: native, trixie, sid) unless
+        `kinds` names another for it.
         """
         check_prerequisites()
+        wanted = hosts or {f"host-{i + 1}": "" for i in range(count)}
+        kind_of = {name: images.check_kind((kinds or {}).get(name, image)) for name in wanted}
+        unknown = sorted(set(kinds or {}) - set(wanted))
+        if unknown:
+            raise LabError(f"no lab host named {unknown[0]!r} to give an image (hosts: {', '.join(wanted)})")
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self._ensure_keys()
         ensure_operator_user()
+        missing = {name: address for name, address in wanted.items() if not self._host_running(name, kind_of[name])}
+        for name, address in missing.items():
+            self._place_host(name, address, kind_of[name])
+        for kind in sorted(set(kind_of.values()) - {images.NATIVE}):
+            images.ensure_image(kind, log)
         self._ensure_emulator(log)
-        wanted = hosts or {f"host-{i + 1}": "" for i in range(count)}
-        missing = {name: address for name, address in wanted.items() if not self._host_running(name)}
         if missing:
             log(f"building the first toplevel for {len(missing)} host(s)")
             toplevel = self.build_initial_toplevel()
-            for name, address in missing.items():
-                self._place_host(name, address)
             with ThreadPoolExecutor(max_workers=4) as pool:
                 list(pool.map(lambda name: self._start_host(name, toplevel, (small_nix or {}).get(name, 0), log),
                               missing))
+        for name in wanted:
+            self._check_listener(self.hosts[name])
         self._write_known_hosts()
         self._save_state()
 
@@ -143,7 +164,7 @@ class Lab:
     def client_public_key(self) -> str:
         return self.client_key.with_suffix(".pub").read_text().strip()
 
-    def _place_host(self, name: str, address: str) -> None:
+    def _place_host(self, name: str, address: str, kind: str) -> None:
         if name in self.hosts:
             return
         address = address or self._next_address()
@@ -151,7 +172,12 @@ class Lab:
         taken = [h.name for h in self.hosts.values() if h.address == address]
         if taken:
             raise LabError(f"lab host {name}: address {address} is taken by {taken[0]}")
-        self.hosts[name] = LabHost(self.root, HostState(name=name, address=address))
+        holder = listener(address, 22)
+        if holder:
+            raise LabError(f"lab host {name}: {address}:22 is held by {describe_process(holder)}, which is no host "
+                           f"of the lab in {self.root}: stop it, or `topdeck lab down` the lab that started it")
+        image = "" if kind == images.NATIVE else kind
+        self.hosts[name] = _make_host(self.root, HostState(name=name, address=address, image=image))
 
     def _start_host(self, name: str, toplevel: str, small_nix: int, log) -> None:  # type: ignore[no-untyped-def]
         host = self.hosts[name]
@@ -159,14 +185,26 @@ class Lab:
         host.start_namespace(small_nix=small_nix)
         host.install(toplevel, lab_env())
         host.start_sshd()
-        log(f"host {name} up on {host.address}")
+        log(f"host {name} up on {host.address} ({host.state.image or images.NATIVE})")
 
-    def _host_running(self, name: str) -> bool:
+    def _host_running(self, name: str, kind: str) -> bool:
         host = self.hosts.get(name)
         if host is None or not host.namespace_alive():
             return False
+        running = host.state.image or images.NATIVE
+        if running != kind:
+            raise LabError(f"lab host {name} runs as {running}, not {kind}: `topdeck lab down` first to change it")
         host.start_sshd()
         return True
+
+    def _check_listener(self, host: LabHost) -> None:
+        """The process that answers on the host's address must be the host's own sshd, not a leftover."""
+        holder = listener(host.address, 22)
+        if holder and host.namespace_alive() and host._namespace_of(holder) == host.state.namespace:
+            return
+        what = describe_process(holder) if holder else "nothing"
+        raise LabError(f"lab host {host.name}: {host.address}:22 is held by {what}, not by the host's own sshd: "
+                       f"stop it, or `topdeck lab down` the lab that started it")
 
     def _next_address(self) -> str:
         used = {host.address for host in self.hosts.values()}
@@ -262,9 +300,18 @@ class Lab:
     # --- down -------------------------------------------------------------------------------------
 
     def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
+        """Stop every host and the emulator, and whatever else of this lab still runs (say, hosts its state file
+        forgot); then nothing may listen on the hosts' addresses."""
+        addresses = [host.address for host in self.hosts.values()]
         for host in self.hosts.values():
             host.teardown()
             log(f"host {host.name} stopped")
+        self._stop_leftovers(log)
+        for address in addresses:
+            holder = listener(address, 22)
+            if holder:
+                raise LabError(f"{address}:22 is still held by {describe_process(holder)}, which this lab did not "
+                               "start: stop it by hand")
         if self.emulator_running():
             os.kill(self.emulator.pid, 15)
             wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
@@ -274,6 +321,14 @@ class Lab:
         shutil.rmtree(self.root / "hosts", ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         self.known_hosts.unlink(missing_ok=True)
+
+    def _stop_leftovers(self, log) -> None:  # type: ignore[no-untyped-def]
+        leftovers = processes_of(self.root)
+        for pid in leftovers:
+            log(f"stopping a leftover of this lab: {describe_process(pid)}")
+            _kill(pid)
+        wait_for(lambda: not any(_pid_alive(pid) for pid in leftovers), 10,
+                 "leftover lab processes survive a kill", lambda: ", ".join(map(str, processes_of(self.root))))
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -298,6 +353,7 @@ class Lab:
             sshd=alive and host.sshd_running(),
             current_system=host.current_system() if alive else "",
             generation=host.generation() if alive else 0,
+            image=host.state.image or images.NATIVE,
         )
 
     # --- state file -------------------------------------------------------------------------------
@@ -309,7 +365,7 @@ class Lab:
         self.base_address = data.get("base_address", self.base_address)
         self.emulator_port = data.get("emulator_port", self.emulator_port)
         self.emulator = EmulatorState(**data.get("emulator", {}))
-        self.hosts = {h["name"]: LabHost(self.root, HostState(**h)) for h in data.get("hosts", [])}
+        self.hosts = {h["name"]: _make_host(self.root, HostState(**h)) for h in data.get("hosts", [])}
 
     def _save_state(self) -> None:
         data = {
@@ -321,6 +377,10 @@ class Lab:
         temporary = self.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(data, indent=2))
         temporary.replace(self.state_file)
+
+
+def _make_host(root: Path, state: HostState) -> LabHost:
+    return ImageHost(root, state) if state.image else LabHost(root, state)
 
 
 def check_prerequisites() -> None:
@@ -356,6 +416,13 @@ def _check_loopback(address: str) -> None:
         loopback = False
     if not loopback or address == "127.0.0.1":
         raise LabError(f"lab host address {address!r} must be in 127.0.0.0/8 (and not 127.0.0.1)")
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
 
 
 def _pid_alive(pid: int) -> bool:

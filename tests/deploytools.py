@@ -17,12 +17,17 @@ from topdeck.lab import factory
 from topdeck.lab.lab import Lab
 from topdeck.lab.nixenv import lab_env
 
+# A lab of every kind of host: host-1 native (this machine's Nix, no init), host-2 Debian 13 (Nix 2.26) and
+# host-3 Debian sid (Nix 2.34), both booted with systemd as PID 1.
+MIXED_KINDS = {"host-1": "native", "host-2": "trixie", "host-3": "sid"}
+
 
 @contextmanager
-def three_host_lab(root: Path, base_address: str) -> Iterator[Lab]:
-    """A lab of its own for a test module: three hosts and an emulator, torn down at the end."""
+def three_host_lab(root: Path, base_address: str, kinds: dict[str, str] | None = None) -> Iterator[Lab]:
+    """A lab of its own for a test module: three hosts (native unless `kinds` says) and an emulator, torn down at
+    the end."""
     lab = Lab(root, base_address=base_address, emulator_port=0)
-    lab.up(count=3, log=lambda *_: None)
+    lab.up(count=3, kinds=kinds, log=lambda *_: None)
     try:
         yield lab
     finally:

@@ -18,7 +18,7 @@ def test_wheel_contains_every_subpackage(tmp_path):
                    if "__pycache__" not in p.parts}
         assert sources and sources <= names, f"missing from wheel: {sorted(sources - names)}"
     assert "topdeck/__init__.py" in names
-    assert "topdeck/lab/nix/toplevel.nix" in names
+    assert {"topdeck/lab/nix/toplevel.nix", "topdeck/lab/image/configure.sh"} <= names
     assert {"topdeck/core/host.sh", "topdeck/core/probe.sh"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "topdeck = topdeck.tui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

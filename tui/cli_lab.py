@@ -28,7 +28,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                     help="first host's loopback address (default 127.0.0.11)")
     up.add_argument("--emulator-port", type=int, default=17890, metavar="PORT",
                     help="B2 emulator port on 127.0.0.1 (default 17890; 0 picks a free one)")
+    _add_image_option(up)
     up.set_defaults(handler=lab_up)
+
+    images = actions.add_parser("images", help="the kinds of lab host and what each has (Nix, OpenSSH, systemd)",
+                                description="Lists the kinds of lab host: native (this machine's Nix, no init "
+                                "system) and the Debian roots booted with systemd as PID 1 (built once with "
+                                "debootstrap and cached in $TOPDECK_IMAGE_DIR or /var/cache/topdeck-lab/images).")
+    images.add_argument("--build", nargs="*", metavar="NAME", default=None,
+                        help="build these images (all when no name is given) if missing or outdated, then list")
+    images.add_argument("--json", action="store_true", help="one JSON document")
+    images.set_defaults(handler=lab_images)
 
     down = actions.add_parser("down", help="stop every lab process and remove the hosts' stores")
     down.set_defaults(handler=lab_down)
@@ -49,7 +59,31 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                                "system, and opens the TUI on it (or, with --no-tui or when stdout is not a "
                                "terminal, prints the lab's status).")
     demo.add_argument("--no-tui", action="store_true", help="set the lab up and print its status; do not open the TUI")
+    _add_image_option(demo)
     demo.set_defaults(handler=demo_command)
+
+
+def _add_image_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", action="append", type=_image_choice, default=[], metavar="[HOST=]KIND",
+                        help="the kind of lab host: native (default), trixie (Nix 2.26) or sid (Nix 2.34), booted "
+                        "with systemd; KIND for every host, HOST=KIND for one (repeat to mix kinds)")
+
+
+def _image_choice(text: str) -> tuple[str, str]:
+    from topdeck.lab.images import known_kinds
+
+    host, _, kind = text.rpartition("=")
+    if kind not in known_kinds():
+        raise argparse.ArgumentTypeError(f"{kind!r} is no host image; choose from {', '.join(known_kinds())}")
+    return host, kind
+
+
+def _kinds(choices: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+    """The kind for every host (the last bare KIND, else native) and the per-host ones."""
+    from topdeck.lab.images import NATIVE
+
+    default = next((kind for host, kind in reversed(choices) if not host), NATIVE)
+    return default, {host: kind for host, kind in choices if host}
 
 
 def _host_count(text: str) -> int:
@@ -72,8 +106,30 @@ def lab_up(args: argparse.Namespace) -> int:
     from topdeck.lab.lab import Lab
 
     lab = Lab(args.root, base_address=args.base_address, emulator_port=args.emulator_port)
-    lab.up(count=args.hosts)
+    image, kinds = _kinds(args.image)
+    lab.up(count=args.hosts, image=image, kinds=kinds)
     _print_status(lab.status())
+    return 0
+
+
+def lab_images(args: argparse.Namespace) -> int:
+    from topdeck.lab import images
+
+    if args.build is not None:
+        for name in args.build or [kind for kind in images.known_kinds() if kind != images.NATIVE]:
+            images.ensure_image(images.check_kind(name), log=lambda line: print(line, flush=True))
+    listings = images.list_images()
+    if args.json:
+        print(json.dumps([{**asdict(listing.info), "state": listing.state} for listing in listings], indent=2))
+        return 0
+    print(f"{'image':<8} {'state':<9} {'Nix':<18} {'OpenSSH':<20} {'systemd':<18} what")
+    for listing in listings:
+        info = listing.info
+        print(f"{info.name:<8} {listing.state:<9} {info.nix or '-':<18} {info.openssh or '-':<20} "
+              f"{info.systemd or 'none (no init)':<18} {info.description}")
+    if any(listing.state != "ready" for listing in listings):
+        print("images that are not ready are built by `topdeck lab up --image NAME` (about a minute each), "
+              "or by `topdeck lab images --build`")
     return 0
 
 
@@ -107,7 +163,8 @@ def demo_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("NIX_CONFIG", LAB_NIX_CONFIG)
     inventory = load_inventory(args.inventory)
     lab = Lab(emulator_port=_emulator_port(inventory))
-    lab.up(hosts={host.name: host.address for host in inventory.hosts})
+    image, kinds = _kinds(args.image)
+    lab.up(hosts={host.name: host.address for host in inventory.hosts}, image=image, kinds=kinds)
     _publish_first_toplevels(inventory)
     _print_status(lab.status())
     if args.no_tui or not sys.stdout.isatty():
@@ -169,4 +226,4 @@ def _print_status(status) -> None:  # type: ignore[no-untyped-def]
     for host in status.hosts:
         state = "up" if host.sshd else "sshd stopped"
         system = host.current_system or "-"
-        print(f"  {host.name:<10} {host.address:<15} {state:<12} gen {host.generation:<3} {system}")
+        print(f"  {host.name:<10} {host.address:<15} {host.image:<7} {state:<12} gen {host.generation:<3} {system}")

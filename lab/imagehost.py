@@ -1,0 +1,198 @@
+"""An image host: a Debian root booted by systemd-nspawn with systemd as PID 1, as a NixOS host boots.
+
+The root (topdeck.lab.images) is shared by every host of its kind and never written: each host boots it with
+`--volatile=overlay` (a tmpfs over it, gone when the host stops). Bound in from the host's own folder: `/nix` (or a
+size-limited tmpfs for a small disk), `/etc/nix`, the host key and the sshd configuration. The container shares
+this machine's network, so its sshd (Debian's `ssh.service`, a systemd unit) listens on the host's own loopback
+address. `/run` is the container's own tmpfs, which systemd needs; like a real host's it is empty after a boot.
+
+Each host runs in a cgroup of its own (`topdeck-lab-<address>` in the name=systemd and unified hierarchies), which
+systemd inside the container manages as its root and which tears the host down in one write to `cgroup.kill`.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from topdeck.core.errors import LabError
+from topdeck.lab.hosts import (
+    HOST_ENV,
+    HostState,
+    LabHost,
+    _alive,
+    _all_pids,
+    _kill,
+    _tail,
+    port_open,
+    spawn_detached,
+    wait_for,
+)
+from topdeck.lab.images import ensure_image
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTAINER_SSH = Path("/etc/topdeck-lab/ssh")
+BOOT_TIMEOUT = 90
+# Enter the container's mount, UTS, IPC and PID namespaces (the network is this machine's).
+NSENTER_FLAGS = ("-m", "-u", "-i", "-p")
+# Joins the host's cgroups, then becomes systemd-nspawn: "$1" "$2" are the cgroup folders, the rest the command.
+LAUNCH = 'for group in "$1" "$2"; do mkdir -p "$group" && echo $$ > "$group/cgroup.procs" || exit 1; done\n' \
+         'shift 2\nexec "$@"'
+
+
+class ImageHost(LabHost):
+    NAMESPACE = "pid"  # services with private mounts leave the mount namespace; the PID namespace holds all
+    NSENTER = NSENTER_FLAGS
+    SSHD_NAMES = ("sshd", "sshd-session", "sshd-auth")
+    state: HostState
+
+    @property
+    def image(self) -> str:
+        return self.state.image
+
+    def create(self) -> None:
+        super().create()
+        (self.dir / "ssh" / "sshd_config").write_text(self._sshd_config(key_dir=CONTAINER_SSH, pam=True))
+        # Debian's ssh.service runs `sshd -D $SSHD_OPTS`: log where the lab reads sshd's log on every host.
+        (self.dir / "ssh" / "default").write_text(f'SSHD_OPTS="-E {CONTAINER_SSH / "sshd.log"}"\n')
+
+    # --- boot and shutdown ------------------------------------------------------------------------
+
+    def start_namespace(self, small_nix: int = 0) -> None:
+        image = ensure_image(self.image)
+        command = ["systemd-nspawn", *self._nspawn_options(Path(image.root), small_nix), "--boot"]
+        groups = [str(self._group(hierarchy)) for hierarchy in ("systemd", "unified")]
+        log = self.dir / "boot.log"
+        log.write_text("")
+        boot_pid = spawn_detached(["/bin/sh", "-c", LAUNCH, "sh", *groups, *command], log,
+                                  env={**HOST_ENV, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"})
+        wait_for(lambda: bool(_container_init(boot_pid)) or not _alive(boot_pid), 30,
+                 f"host {self.name}: the container did not start", lambda: _tail(log))
+        leader = _container_init(boot_pid)
+        if not leader:
+            raise LabError(f"host {self.name}: systemd-nspawn exited at start: {_tail(log)}")
+        self.state = replace(self.state, anchor_pid=leader, boot_pid=boot_pid, small_nix=small_nix,
+                             namespace=self._namespace_of(leader))
+        wait_for(self._booted, BOOT_TIMEOUT, f"host {self.name}: systemd did not finish booting", lambda: _tail(log))
+        self._find_sshd()
+
+    def _nspawn_options(self, root: Path, small_nix: int) -> list[str]:
+        for path in (root, self.dir):
+            if ":" in str(path) or "," in str(path):
+                raise LabError(f"host {self.name}: {path} may not contain ':' or ',' (systemd-nspawn's separators)")
+        ssh = self.dir / "ssh"
+        nix = f"--tmpfs=/nix:size={int(small_nix)},mode=0755" if small_nix else f"--bind={self.dir / 'nix'}:/nix"
+        return [
+            "--quiet", "--register=no", "--keep-unit", f"--directory={root}", "--volatile=overlay",
+            f"--machine=lab-{self.name}", f"--hostname={self.name}", "--console=passive", "--link-journal=no",
+            "--resolv-conf=off", "--timezone=off", nix,
+            f"--bind-ro={self.dir / 'etc-nix'}:/etc/nix",
+            f"--bind={ssh}:{CONTAINER_SSH}",
+            f"--bind-ro={ssh / 'sshd_config'}:/etc/ssh/sshd_config",
+            f"--bind-ro={ssh / 'default'}:/etc/default/ssh",
+        ]
+
+    def _booted(self) -> bool:
+        if not self.namespace_alive():
+            raise LabError(f"host {self.name}: the container stopped while booting: {_tail(self.dir / 'boot.log')}")
+        state = self.run(["systemctl", "is-system-running"], check=False).stdout.decode().strip()
+        return state in ("running", "degraded")
+
+    def teardown(self) -> None:
+        """Kill everything in the host's cgroups at once (systemd-nspawn, the container's systemd and all it runs)."""
+        for hierarchy in ("unified", "systemd"):
+            group = self._group(hierarchy)
+            kill_switch = group / "cgroup.kill"
+            if kill_switch.exists():
+                kill_switch.write_text("1")
+        for pid in [self.state.boot_pid, *self.namespace_pids()]:
+            if pid and _alive(pid):
+                _kill(pid, signal.SIGKILL)
+        wait_for(lambda: not self.namespace_pids() and not (self.state.boot_pid and _alive(self.state.boot_pid)),
+                 10, f"host {self.name}: processes survive in its container: {self.namespace_pids()}")
+        for hierarchy in ("unified", "systemd"):
+            _remove_cgroup(self._group(hierarchy))
+        super().teardown()
+        self.state = replace(self.state, boot_pid=0)
+
+    def _group(self, hierarchy: str) -> Path:
+        return CGROUP_ROOT / hierarchy / f"topdeck-lab-{self.address}"
+
+    # --- sshd, a systemd unit -----------------------------------------------------------------------
+
+    def start_sshd(self) -> None:
+        if self.sshd_running():
+            return
+        result = self.run(["systemctl", "start", "ssh.service"], check=False)
+        if result.returncode != 0:
+            raise LabError(f"host {self.name}: systemctl start ssh.service failed: {self._sshd_log_tail()}")
+        wait_for(lambda: port_open(self.address, 22), 10, f"host {self.name}: sshd did not start",
+                 self._sshd_log_tail)
+        self._find_sshd()
+        self._apply_slowness()
+
+    def stop_sshd(self) -> None:
+        """Stop ssh.service and every SSH session (its KillMode=process leaves them): the host is unreachable."""
+        self.run(["systemctl", "stop", "ssh.service"], check=False)
+        super().stop_sshd()
+
+    def _find_sshd(self) -> None:
+        """Record the listening sshd's pid as this machine sees it (the main process of ssh.service)."""
+        wait_for(lambda: port_open(self.address, 22), 10, f"host {self.name}: sshd does not listen",
+                 self._sshd_log_tail)
+        main = self.run(["systemctl", "show", "--property=MainPID", "--value", "ssh.service"]).stdout.decode()
+        inner = int(main.strip() or 0)
+        outer = next((pid for pid in self.namespace_pids() if _inner_pid(pid) == inner), 0)
+        self.state = replace(self.state, sshd_pid=outer)
+
+
+def _container_init(boot_pid: int) -> int:
+    """The container's PID 1 as this machine numbers it: a descendant of systemd-nspawn that is PID 1 inside."""
+    children = {pid for pid in _all_pids() if _parent(pid) == boot_pid}
+    grandchildren = {pid for pid in _all_pids() if _parent(pid) in children}
+    return next((pid for pid in sorted(children | grandchildren) if _inner_pid(pid) == 1), 0)
+
+
+def _status_field(pid: int, field: str) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _parent(pid: int) -> int:
+    return int(_status_field(pid, "PPid") or 0)
+
+
+def _inner_pid(pid: int) -> int:
+    """The pid in the innermost PID namespace the process is in."""
+    numbers = _status_field(pid, "NSpid").split()
+    return int(numbers[-1]) if len(numbers) > 1 else 0
+
+
+def _remove_cgroup(group: Path) -> None:
+    """Remove a cgroup folder and the ones systemd made inside it, deepest first, once they are empty."""
+    if not group.is_dir():
+        return
+    for child in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        _rmdir_when_empty(child)
+    _rmdir_when_empty(group)
+
+
+def _rmdir_when_empty(group: Path) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise LabError(f"cgroup {group} stays busy after the host stopped") from None
+            time.sleep(0.05)
