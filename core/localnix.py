@@ -1,25 +1,60 @@
 """The local Nix: closures with hashes and sizes, NAR streams, and builds with a live log.
 
-Each function runs one Nix command as a subprocess (Debian's nix-bin 2.8 here). The environment Nix
-runs with (`env`, default: this process's) and the log and cancel hooks are parameters.
+Each function runs one Nix command as a subprocess. The environment Nix runs with (`env`, default: this
+process's) and the log and cancel hooks are parameters. Any Nix from 2.8 (Debian 12) to 2.34 (Debian sid)
+works: `nix --version` is asked once per environment (`detect_nix`, `nix_version`), and what differs
+between versions is chosen from it.
 
-What `nix path-info --json -r` prints in Nix 2.8 (one JSON list, sorted by path, not in dependency order):
+`nix path-info --json -r` prints the closure in one of these forms. Nix 2.8, 2.26 and 2.34 were run here (a
+recording of each form is in tests/data/path-info/); the versions where the forms change come from Nix's
+release notes and pull requests (NixOS/nix#9242 in 2.19, NixOS/nix#14704 in 2.33):
 
-    [{"path": "/nix/store/...-b-2.0", "narHash": "sha256-<base64>", "narSize": 576,
-      "references": ["/nix/store/...-a-1.0", "/nix/store/...-b-2.0"],   # full paths, sorted, self included
-      "deriver": "/nix/store/...-b-2.0.drv",                            # absent when unknown
-      "ca": "fixed:r:sha256:...",                                       # absent unless content-addressed
-      "signatures": ["key-1:base64..."],                                # absent when there are none
-      "registrationTime": 1795558500, "ultimate": true}, ...]
+- Nix 2.8 up to 2.18: a JSON list of objects, sorted by path, not in dependency order:
+
+      [{"path": "/nix/store/...-b-2.0", "narHash": "sha256-<base64>", "narSize": 576,
+        "references": ["/nix/store/...-a-1.0", "/nix/store/...-b-2.0"],  # full paths, sorted, self included
+        "deriver": "/nix/store/...-b-2.0.drv",                           # absent when unknown
+        "ca": "fixed:r:sha256:<nix32>",                                  # absent unless content-addressed
+        "signatures": ["key-1:base64..."],                               # absent when there are none
+        "registrationTime": 1795558500, "ultimate": true}, ...]
+
+- Nix 2.19 and later: one object keyed by full store path, the values without "path"; 2.26 prints unknown
+  values as `null` ("ca": null, "deriver": null) and empty lists as [] ("signatures": []):
+
+      {"/nix/store/...-b-2.0": {"narHash": "sha256-<base64>", "narSize": 576, "references": [...],
+                                "deriver": "/nix/store/...-b-2.0.drv", "ca": null, "signatures": [], ...}}
+
+- Nix 2.33 and later: the same, with "version": 1 and "storeDir": "/nix/store" in each value, and a
+  deprecation warning on stderr unless `--json-format 1` or `--json-format 2` is given. topdeck passes
+  `--json-format 1` to these, which prints exactly that form without the warning (2.34).
+- `--json-format 2` (2.33 and later): the infos under "info", keyed by basename; references and the
+  deriver are basenames too, and "ca" is an object such as {"method": "nar", "hash": "sha256-<base64>"}:
+
+      {"info": {"<hash>-b-2.0": {"narHash": "sha256-<base64>", "references": ["<hash>-a-1.0", ...],
+                                 "deriver": "<hash>-b-2.0.drv", "ca": null, "version": 2, ...}},
+       "storeDir": "/nix/store", "version": 2}
+
+Every form is read into the same PathInfo. NarHash may be SRI (`sha256-<base64>`, every version here),
+or `sha256:` with nix-base32, base16 or base64 (narinfo.parse_hash); a structured "ca" becomes the
+string form that narinfos and Nix 2.8 use (`fixed:r:sha256:<nix32>`, `fixed:sha1:...`, `text:sha256:...`).
+
+Other differences seen here: a failed build's first error line is `builder for '<drv>' failed with exit
+code N` in 2.8 and 2.26, and `Cannot build '<drv>'.` followed by an indented `Reason: builder failed with
+exit code N.` in 2.34 (build() joins the two); `nix-store --dump` of a missing path says `getting status
+of '<path>': No such file or directory` in 2.8 and `path '/<path>' does not exist` in 2.26 and 2.34.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import io
 import json
+import os
 import queue
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -28,10 +63,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from topdeck.core.errors import Cancelled, NarinfoError, NixError
+from topdeck.core import nixbase32
+from topdeck.core.errors import Cancelled, NarinfoError, NixError, StorePathError
 from topdeck.core.inventory import Build
 from topdeck.core.narinfo import parse_hash
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.store import STORE_DIR, StorePath, parse_store_path
 
 # `nix` needs this feature; asking on the command line works whatever nix.conf or NIX_CONFIG say.
 NIX_COMMAND = ("nix", "--extra-experimental-features", "nix-command")
@@ -41,6 +77,16 @@ TERMINATE_GRACE = 5.0
 _POLL = 0.05
 
 _NOT_VALID = re.compile(r"^error: path '(/nix/store/[^']*)' is not valid")
+
+# The oldest Nix topdeck is tested with (Debian 12's), and the first one that takes `--json-format`
+# (Nix 2.33.0 release notes, NixOS/nix#14704; 2.26 fails with "unrecognised flag '--json-format'").
+MINIMUM_NIX = (2, 8, 0)
+JSON_FORMAT_SINCE = (2, 33, 0)
+# `nix (Nix) 2.34.8`, `nix (Nix) 2.19`, `nix (Determinate Nix 3.8.2) 2.30.1`, `nix (Lix, like Nix) 2.91.1`.
+_VERSION_LINE = re.compile(r"nix \((?P<implementation>[^()]*)\) (?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?")
+# The "ca" methods of `--json-format 2` and the prefixes of their string form.
+_CA_PREFIXES = {"nar": "fixed:r:", "flat": "fixed:", "git": "fixed:git:", "text": "text:"}
+_DIGEST_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
 
 
 @dataclass(frozen=True)
@@ -54,6 +100,86 @@ class PathInfo:
     deriver: StorePath | None = None
     ca: str = ""
     sigs: tuple[str, ...] = ()
+
+
+# --- the Nix version --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NixVersion:
+    """What `nix --version` says: the implementation ("Nix", "Determinate Nix 3.8.2", "Lix, like Nix") and
+    the version number, e.g. (2, 34, 8)."""
+
+    implementation: str
+    number: tuple[int, int, int]
+
+    def __str__(self) -> str:
+        return f"{self.implementation} {'.'.join(map(str, self.number))}"
+
+    @property
+    def has_json_format(self) -> bool:
+        """Whether `nix path-info` takes `--json-format` (Nix 2.33 and later; Lix numbers its own releases
+        from 2.90 and is not assumed to have it)."""
+        return self.number >= JSON_FORMAT_SINCE and not self.implementation.startswith("Lix")
+
+
+_versions: dict[tuple[str, ...], NixVersion] = {}
+_versions_lock = threading.Lock()
+
+
+def nix_version(env: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """The version of the Nix that `env` runs, e.g. (2, 34, 8). See detect_nix."""
+    return detect_nix(env).number
+
+
+def detect_nix(env: Mapping[str, str] | None = None) -> NixVersion:
+    """The Nix that `env` (default: this process's environment) runs, asked once per `nix` executable.
+
+    NixError (one line) when there is no `nix` on PATH, when it is not Nix, or when it is older than 2.8.
+    """
+    executable = _which("nix", env)
+    try:
+        stat = os.stat(executable)
+    except OSError:
+        raise NixError(f"{executable}: not found (is Nix installed and on PATH?)") from None
+    key = (executable, str(stat.st_ino), str(stat.st_mtime_ns), str(stat.st_size))
+    with _versions_lock:
+        if key not in _versions:
+            _versions[key] = _ask_version(executable, env)
+        version = _versions[key]
+    if version.number < MINIMUM_NIX:
+        minimum = ".".join(map(str, MINIMUM_NIX[:2]))
+        raise NixError(f"{executable} is {version}; topdeck needs Nix {minimum} or newer")
+    return version
+
+
+def _which(tool: str, env: Mapping[str, str] | None) -> str:
+    path = (os.environ if env is None else env).get("PATH", os.defpath)
+    found = shutil.which(tool, path=path)
+    if found is None:
+        raise NixError(f"{tool}: not found (is Nix installed and on PATH?)")
+    return found
+
+
+def _ask_version(executable: str, env: Mapping[str, str] | None) -> NixVersion:
+    try:
+        result = subprocess.run([executable, "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                errors="replace", env=_env(env), timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise NixError(f"{executable}: is not a working Nix: `nix --version` failed: {error}") from None
+    first = (result.stdout.strip().splitlines() or [""])[0].strip()
+    match = _VERSION_LINE.match(first)
+    if result.returncode != 0 or match is None:
+        said = first or _first_error(result.stderr)
+        raise NixError(f"{executable}: is not Nix: `nix --version` said {said[:80]!r} (exit {result.returncode})")
+    number = (int(match["major"]), int(match["minor"]), int(match["patch"] or 0))
+    return NixVersion(match["implementation"].strip(), number)
+
+
+def path_info_command(version: NixVersion) -> list[str]:
+    """`nix path-info` with the JSON form that this Nix prints without a warning (see the module doc)."""
+    json_form = ["--json", "--json-format", "1"] if version.has_json_format else ["--json"]
+    return [*NIX_COMMAND, "path-info", *json_form, "--recursive", "--option", "substitute", "false"]
 
 
 # --- closures ---------------------------------------------------------------------------------------
@@ -72,7 +198,7 @@ def closure(paths: Iterable[StorePath | str], *, env: Mapping[str, str] | None =
         if path.name.endswith(".drv"):
             # Nix 2.8 reads a .drv argument as "its outputs" and would build them.
             raise NixError(f"{path}: is a derivation; give the store paths it builds")
-    command = [*NIX_COMMAND, "path-info", "--json", "--recursive", "--option", "substitute", "false"]
+    command = path_info_command(detect_nix(env))
     result = _run(command + [str(path) for path in wanted], env)
     if result.returncode < 0:
         raise NixError(f"nix path-info was killed by signal {-result.returncode}")
@@ -139,30 +265,114 @@ def _path_info_failure(stderr: str) -> str:
 
 
 def _parse_path_infos(stdout: str) -> dict[StorePath, PathInfo]:
+    """Every form of `nix path-info --json` output in the module doc, read into PathInfos by path."""
     try:
-        entries = json.loads(stdout)
-        if not isinstance(entries, list):
-            raise ValueError("not a JSON list")
-        infos = [_path_info(entry) for entry in entries]
-    except (ValueError, KeyError, TypeError, NarinfoError) as error:
+        infos = [_path_info(entry, store_dir) for entry, store_dir in _entries(json.loads(stdout))]
+    except (ValueError, KeyError, TypeError, NarinfoError, StorePathError) as error:
         raise NixError(f"nix path-info printed something unexpected: {error}") from None
     return {info.path: info for info in infos}
 
 
-def _path_info(entry: dict[str, Any]) -> PathInfo:
+def parse_path_info_json(text: str) -> list[PathInfo]:
+    """The PathInfos in `nix path-info --json` output of any Nix (the module doc lists the forms), in
+    dependency order. NixError on anything else."""
+    return topological(_parse_path_infos(text).values())
+
+
+def _entries(document: object) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(entry with its full "path", store dir its paths are relative to or None when they are full) for
+    each entry of a path-info document. NixError for a path that the store does not have."""
+    if isinstance(document, list):  # Nix 2.8 to 2.18
+        for entry in document:
+            yield _valid(entry, _object(entry).get("path")), None
+    elif isinstance(document, dict) and "info" in document:  # --json-format 2
+        if document.get("version") != 2:
+            raise ValueError(f"JSON format version {document.get('version')!r} (topdeck reads 1 and 2)")
+        store_dir = _store_dir(document.get("storeDir"))
+        for basename, entry in _object(document["info"]).items():
+            yield {**_valid(entry, f"{store_dir}/{basename}"), "path": basename}, store_dir
+    elif isinstance(document, dict):  # Nix 2.19 and later, --json-format 1
+        for path, entry in document.items():
+            yield {**_valid(entry, path), "path": path}, None
+    else:
+        raise ValueError(f"not a JSON list or object: {str(document)[:80]!r}")
+
+
+def _valid(entry: object, path: object) -> dict[str, Any]:
+    """The entry, unless it says that its path is not valid (`null` since Nix 2.19, "valid": false before)."""
+    if entry is None or (isinstance(entry, dict) and entry.get("valid") is False):
+        raise NixError(f"{path}: not in the local store")
+    return _object(entry)
+
+
+def _object(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {str(value)[:80]!r}")
+    return value
+
+
+def _store_dir(value: object) -> str:
+    if value != STORE_DIR:
+        raise ValueError(f"store directory {value!r} (topdeck knows only {STORE_DIR})")
+    return STORE_DIR
+
+
+def _path_info(entry: dict[str, Any], store_dir: str | None) -> PathInfo:
+    """One entry; its paths are full, or basenames in `store_dir` (--json-format 2)."""
+    if entry.get("version", 1) not in (1, 2):
+        raise ValueError(f"path-info version {entry['version']!r} (topdeck reads 1 and 2)")
     size = entry["narSize"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValueError(f"narSize {size!r}")
+
+    def path(value: object) -> StorePath:
+        text = _string(value)
+        if store_dir is not None and "/" in text:
+            raise ValueError(f"expected a store path basename, got {text[:80]!r}")
+        return parse_store_path(text if store_dir is None else f"{store_dir}/{text}")
+
     deriver = entry.get("deriver")
     return PathInfo(
-        path=parse_store_path(_string(entry["path"])),
+        path=path(entry["path"]),
         nar_hash=parse_hash(_string(entry["narHash"])),
         nar_size=size,
-        references=tuple(sorted(parse_store_path(_string(path)) for path in entry.get("references", []))),
-        deriver=parse_store_path(_string(deriver)) if deriver else None,
-        ca=_string(entry.get("ca", "")),
-        sigs=tuple(_string(sig) for sig in entry.get("signatures", [])),
+        references=tuple(sorted(path(reference) for reference in entry.get("references") or [])),
+        deriver=path(deriver) if deriver else None,
+        ca=_content_address(entry.get("ca")),
+        sigs=tuple(_string(sig) for sig in entry.get("signatures") or []),
     )
+
+
+def _content_address(value: object) -> str:
+    """The string form of "ca" (`fixed:r:sha256:<nix32>`), from the string of --json-format 1 and before, or
+    the object of --json-format 2 ({"method": "nar", "hash": "sha256-<base64>"}); "" when there is none."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        return value
+    ca = _object(value)
+    method = _string(ca["method"])
+    if method not in _CA_PREFIXES:
+        raise ValueError(f"content address method {method!r}")
+    return _CA_PREFIXES[method] + _nix32_hash(_string(ca["hash"]))
+
+
+def _nix32_hash(text: str) -> str:
+    """`<algorithm>:<nix32>` from SRI `<algorithm>-<base64>`; `<algorithm>:...` as it is."""
+    algorithm, dash, body = text.partition("-")
+    if not dash:
+        if text.partition(":")[0] in _DIGEST_SIZES:
+            return text
+        raise ValueError(f"{text[:80]!r} is not a hash")
+    if algorithm not in _DIGEST_SIZES:
+        raise ValueError(f"hash algorithm {algorithm!r}")
+    try:
+        digest = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise ValueError(f"{text[:80]!r} is not an SRI hash") from None
+    if len(digest) != _DIGEST_SIZES[algorithm]:
+        raise ValueError(f"{text[:80]!r}: {len(digest)} bytes, expected {_DIGEST_SIZES[algorithm]}")
+    return f"{algorithm}:{nixbase32.encode(digest)}"
 
 
 def _string(value: object) -> str:
@@ -258,6 +468,7 @@ def build(
     """
     if not build.file.is_file():
         raise NixError(f"{build.file}: not found")
+    detect_nix(env)
     command = build_command(build, nix_path_args)
     process = _popen(command, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -293,8 +504,9 @@ def _lines_to_queue(stream: IO[bytes], lines: queue.Queue[str | None]) -> None:
 def _relay_log(lines: queue.Queue[str | None], log: Callable[[str], None],
                cancel: threading.Event | None) -> str | None:
     """Pass lines to `log` until nix-build closes stderr; its first `error:` line ("" if none), or None
-    when `cancel` was set first."""
-    first_error = ""
+    when `cancel` was set first. An indented `Reason:` line right under that error is joined to it:
+    Nix 2.34 says `error: Cannot build '<drv>'.` and, below, `Reason: builder failed with exit code 3.`"""
+    first_error, in_error = "", False
     while True:
         if cancel is not None and cancel.is_set():
             return None
@@ -305,7 +517,12 @@ def _relay_log(lines: queue.Queue[str | None], log: Callable[[str], None],
         if line is None:
             return first_error
         if not first_error and line.startswith("error:"):
-            first_error = line
+            first_error, in_error = line, True
+        elif in_error and line[:1].isspace():
+            if line.strip().startswith("Reason:"):
+                first_error, in_error = f"{first_error} {line.strip()}", False
+        else:
+            in_error = False
         log(line)
 
 
