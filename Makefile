@@ -10,7 +10,7 @@ demo: setup
 # The lab's image hosts (Debian 13 and sid roots) are built once, cached in /var/cache/topdeck-lab/images.
 test: setup
 	.venv/bin/topdeck lab images --build
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check core tui lab tests bench

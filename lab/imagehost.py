@@ -12,7 +12,9 @@ systemd inside the container manages as its root and which tears the host down i
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +36,9 @@ from topdeck.lab.images import ensure_image
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_SSH = Path("/etc/topdeck-lab/ssh")
+# systemd-nspawn 257 and later mount a folder here per machine, refuse to start when it exists, and leave it
+# (mounted) behind when killed.
+UNIX_EXPORT = Path("/run/systemd/nspawn/unix-export")
 BOOT_TIMEOUT = 90
 # Enter the container's mount, UTS, IPC and PID namespaces (the network is this machine's).
 NSENTER_FLAGS = ("-m", "-u", "-i", "-p")
@@ -60,8 +65,14 @@ class ImageHost(LabHost):
 
     # --- boot and shutdown ------------------------------------------------------------------------
 
+    @property
+    def machine(self) -> str:
+        """The container's machine name: unique on this machine, as two labs may both have a host-1."""
+        return "lab-" + self.address.replace(".", "-")
+
     def start_namespace(self, small_nix: int = 0) -> None:
         image = ensure_image(self.image)
+        _remove_folder(UNIX_EXPORT / self.machine)
         command = ["systemd-nspawn", *self._nspawn_options(Path(image.root), small_nix), "--boot"]
         groups = [str(self._group(hierarchy)) for hierarchy in ("systemd", "unified")]
         log = self.dir / "boot.log"
@@ -86,7 +97,7 @@ class ImageHost(LabHost):
         nix = f"--tmpfs=/nix:size={int(small_nix)},mode=0755" if small_nix else f"--bind={self.dir / 'nix'}:/nix"
         return [
             "--quiet", "--register=no", "--keep-unit", f"--directory={root}", "--volatile=overlay",
-            f"--machine=lab-{self.name}", f"--hostname={self.name}", "--console=passive", "--link-journal=no",
+            f"--machine={self.machine}", f"--hostname={self.name}", "--console=passive", "--link-journal=no",
             "--resolv-conf=off", "--timezone=off", nix,
             f"--bind-ro={self.dir / 'etc-nix'}:/etc/nix",
             f"--bind={ssh}:{CONTAINER_SSH}",
@@ -114,6 +125,7 @@ class ImageHost(LabHost):
                  10, f"host {self.name}: processes survive in its container: {self.namespace_pids()}")
         for hierarchy in ("unified", "systemd"):
             _remove_cgroup(self._group(hierarchy))
+        _remove_folder(UNIX_EXPORT / self.machine)
         super().teardown()
         self.state = replace(self.state, boot_pid=0)
 
@@ -173,6 +185,18 @@ def _inner_pid(pid: int) -> int:
     """The pid in the innermost PID namespace the process is in."""
     numbers = _status_field(pid, "NSpid").split()
     return int(numbers[-1]) if len(numbers) > 1 else 0
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove an empty folder that systemd-nspawn left behind, unmounting it first where it is a mount point."""
+    if os.path.ismount(folder):
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+    try:
+        folder.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise LabError(f"{folder}: cannot remove it ({error.strerror}); is a container of that name running?") from None
 
 
 def _remove_cgroup(group: Path) -> None:

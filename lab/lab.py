@@ -303,24 +303,30 @@ class Lab:
         """Stop every host and the emulator, and whatever else of this lab still runs (say, hosts its state file
         forgot); then nothing may listen on the hosts' addresses."""
         addresses = [host.address for host in self.hosts.values()]
+        failures: list[LabError] = []
         for host in self.hosts.values():
-            host.teardown()
-            log(f"host {host.name} stopped")
-        self._stop_leftovers(log)
-        for address in addresses:
-            holder = listener(address, 22)
-            if holder:
-                raise LabError(f"{address}:22 is still held by {describe_process(holder)}, which this lab did not "
-                               "start: stop it by hand")
+            try:
+                host.teardown()
+                log(f"host {host.name} stopped")
+            except LabError as error:  # the others are stopped all the same
+                failures.append(error)
         if self.emulator_running():
             os.kill(self.emulator.pid, 15)
             wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
             log("B2 emulator stopped")
+        self._stop_leftovers(log)
+        for address in addresses:
+            holder = listener(address, 22)
+            if holder:
+                failures.append(LabError(f"{address}:22 is still held by {describe_process(holder)}, which this lab "
+                                         "did not start: stop it by hand"))
         self.hosts = {}
         self.emulator = EmulatorState()
         shutil.rmtree(self.root / "hosts", ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         self.known_hosts.unlink(missing_ok=True)
+        if failures:
+            raise failures[0]
 
     def _stop_leftovers(self, log) -> None:  # type: ignore[no-untyped-def]
         leftovers = processes_of(self.root)
