@@ -171,28 +171,81 @@ cache_refusal() {  # why the cache refuses to serve $1, when it says why (B2 nam
     esac
 }
 
+# A size as `nix-store -r --dry-run` prints it, in KiB rounded up past what its rounding may hide: Nix 2.8 and 2.26
+# print "%.2f MiB" whatever the size ("0.00 MiB" for 700 bytes, "5120.00 MiB"); 2.34 the unit that fits, one
+# decimal, and KiB also below 1 KiB ("0.7 KiB", "293.0 KiB", "50.0 MiB", "3.0 GiB", "5.0 TiB"). Plain bytes ("512 B",
+# "512 bytes") are read too; "?" for anything else. printf "%.0f": Debian 12's mawk clamps "%d" at 2^31 - 1.
+SIZE_AWK='
+{
+    power = -1
+    if ($2 == "B" || $2 == "bytes") power = 0
+    else if ($2 ~ /^[KMGTPEZY]iB$/) power = index("KMGTPEZY", substr($2, 1, 1))
+    if ($1 !~ /^[0-9]+(\.[0-9]+)?$/ || power < 0) { print "?"; exit }
+    decimals = index($1, ".") ? length($1) - index($1, ".") : 0
+    unit = 1024 ^ power
+    kib = ($1 + 0.5 / 10 ^ decimals) * unit / 1024
+    whole = int(kib); if (whole < kib) whole++
+    printf "%.0f\n", whole; exit
+}'
+
 check_space() {
     if [ -z "$need_kib" ]; then
+        # "these N paths will be fetched (X download, Y unpacked):", or "this path will be fetched (...)"; no line
+        # when nothing is missing. A failing dry run leaves the reason to the fetch itself.
         unpacked=$(realise --dry-run "$target" 2>&1 |
-            sed -n 's/.*download, \([0-9.]*\) MiB unpacked).*/\1/p')
-        need_kib=$(printf '%s\n' "${unpacked:-0}" | awk '{ printf "%d", $1 * 1024 + 1 }')
+            sed -n 's/.*will be fetched (.* download, \([^)]*\) unpacked).*/\1/p' | head -n 1)
+        if [ -n "$unpacked" ]; then
+            need_kib=$(printf '%s\n' "$unpacked" | LC_ALL=C awk "$SIZE_AWK")
+            size_from="nix-store --dry-run: $unpacked unpacked"
+        else
+            need_kib=0 size_from="nix-store --dry-run: nothing to fetch"
+        fi
+    else
+        size_from="the plan"
     fi
-    free_kib=$(df -Pk /nix/store | awk 'NR == 2 { print $4 }')
+    free_kib=$(df -Pk /nix/store | LC_ALL=C awk 'NR == 2 { print $4 }')
+    case $need_kib:$free_kib in
+        :* | *: | *[!0-9:]*)
+            event log "cannot tell whether /nix has room for the fetch (${size_from}; free: ${free_kib:-unknown} KiB): not checked"
+            return 0 ;;
+    esac
+    event log "the fetch needs up to $need_kib KiB on /nix ($size_from), which has $free_kib KiB free"
     if [ "$need_kib" -gt "$free_kib" ]; then
-        fail "/nix has $((free_kib / 1024)) MiB free; the fetch needs $((need_kib / 1024)) MiB: nothing was changed"
+        fail "/nix has $((free_kib / 1024)) MiB free; the fetch needs $(( (need_kib + 1023) / 1024 )) MiB: nothing was changed"
     fi
 }
 
 # Nix's internal-json log, turned into progress lines: paths from the copy-paths activity (type 103), bytes from
-# the NAR downloads (type 101), the expected download size from its set-expected result (106 with 101).
+# the NAR downloads (type 101), the expected download size from its set-expected result (106 with 101). The same
+# on Nix 2.8, 2.26 and 2.34 (which print the keys in another order and add "parent"). Warnings and errors (level
+# 0 and 1) become log lines: their "msg" string unescaped, up to its closing quote (errors add "raw_msg" and
+# more keys after it); so do lines that are not JSON (Nix 2.8 prints the warnings of reading its configuration,
+# "warning: unknown setting 'x'", before its JSON logger starts). Numbers are printed with "%.0f": Debian 12's
+# mawk clamps "%d" at 2^31 - 1.
 PROGRESS_AWK='
 function number(key,   at) { at = index($0, "\"" key "\":"); return at ? substr($0, at + length(key) + 3) + 0 : -1 }
 function word(key,   text) {  # a number as text: activity ids are too large for some awks as array keys
     text = substr($0, index($0, "\"" key "\":") + length(key) + 3); return substr(text, 1, match(text, /[^0-9]/) - 1)
 }
 function fields(   text) { text = substr($0, index($0, "\"fields\":[") + 10); return substr(text, 1, index(text, "]") - 1) }
-function show() { printf "progress\t%d\t%d\t%d\t%d\n", paths, total, bytes, expected; fflush(); shown = bytes }
-!/^@nix / { next }
+function show() {
+    printf "progress\t%.0f\t%.0f\t%.0f\t%.0f\n", paths, total, bytes, expected; fflush(); shown = bytes
+}
+function message(   text, out, at, c) {  # the JSON string after "msg":, without colours; control characters as spaces
+    text = substr($0, index($0, "\"msg\":\"") + 7); gsub(/\\u001b\[[0-9;]*m/, "", text); out = ""
+    for (at = 1; at <= length(text); at++) {
+        c = substr(text, at, 1)
+        if (c == "\"") break
+        if (c == "\\") {
+            at++; c = substr(text, at, 1)
+            if (c == "u") { at += 4; c = " " }
+            else if (c != "\"" && c != "\\" && c != "/") c = " "
+        } else if (c == "\t") c = " "
+        out = out c
+    }
+    return out
+}
+!/^@nix / { if ($0 != "") { gsub(/\033\[[0-9;]*m/, ""); gsub(/\t/, " "); printf "log\t%s\n", $0; fflush() } next }
 /"action":"start"/ {
     type = number("type"); id = word("id")
     if (type == 103) copies = id
@@ -210,11 +263,7 @@ function show() { printf "progress\t%d\t%d\t%d\t%d\n", paths, total, bytes, expe
     }
     next
 }
-/"action":"msg"/ && number("level") <= 1 {
-    text = substr($0, index($0, "\"msg\":\"") + 7); sub(/"[^"]*$/, "", text)
-    gsub(/\\u001b\[[0-9;]*m/, "", text); gsub(/\\n/, " ", text); gsub(/\\"/, "\"", text); gsub(/\t/, " ", text)
-    printf "log\t%s\n", text; fflush()
-}
+/"action":"msg"/ && number("level") <= 1 { printf "log\t%s\n", message(); fflush() }
 END { show() }'
 
 fetch() {

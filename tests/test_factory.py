@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from nixtools import path_info_json
 
 from topdeck.core.errors import NixError
 from topdeck.lab.factory import (
@@ -54,7 +55,7 @@ def closure_by_name(toplevel: str) -> dict[str, str]:
 
 
 def path_infos(toplevel: str) -> dict[str, dict]:
-    infos = json.loads(nix("nix", "path-info", "--json", "-r", toplevel))
+    infos = path_info_json("-r", toplevel)
     return {store_name(info["path"]): info for info in infos}
 
 

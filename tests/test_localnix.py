@@ -10,10 +10,10 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+from nixtools import derivation_file
 
 from topdeck.core import localnix
 from topdeck.core.errors import Cancelled, NixError, StorePathError
@@ -180,19 +180,6 @@ def test_nar_stream_refuses_a_value_that_is_not_a_store_path() -> None:
 # --- builds -----------------------------------------------------------------------------------------
 
 
-def derivation_file(folder: Path, script: str, name: str = "localnix-test") -> Path:
-    """A .nix file of one /bin/sh derivation, unique to this run so Nix really builds it."""
-    file = folder / f"{name}.nix"
-    file.write_text(
-        "builtins.derivation {\n"
-        f'  name = "{name}"; nonce = "{uuid.uuid4()}";\n'
-        '  system = builtins.currentSystem; builder = "/bin/sh";\n'
-        f"  args = [ \"-c\" {json.dumps(script)} ];\n"
-        "}\n"
-    )
-    return file
-
-
 def test_build_streams_its_log_live(tmp_path: Path) -> None:
     file = derivation_file(tmp_path, "echo first line from the builder; /bin/sleep 1; echo done > $out")
     seen: list[tuple[float, str]] = []
@@ -205,25 +192,7 @@ def test_build_streams_its_log_live(tmp_path: Path) -> None:
     assert all("\n" not in line for _, line in seen)
 
 
-def test_cancel_stops_a_slow_build_and_its_builder(tmp_path: Path) -> None:
-    pid_file = tmp_path / "builder.pid"
-    file = derivation_file(tmp_path, f"echo $$ > {pid_file}; echo sleeping; exec /bin/sleep 30")
-    cancel = threading.Event()
-    marks: dict[str, float] = {}
-
-    def log(line: str) -> None:
-        if line == "sleeping":
-            marks["cancel"] = time.monotonic()
-            cancel.set()
-
-    with pytest.raises(Cancelled, match=r"localnix-test\.nix: build cancelled$"):
-        localnix.build(Build("nix", file), log=log, cancel=cancel)
-    assert time.monotonic() - marks["cancel"] < 3
-    builder = Path(f"/proc/{pid_file.read_text().strip()}/stat")
-    deadline = time.monotonic() + 3
-    while builder.exists() and builder.read_text().split(") ")[-1][0] != "Z" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not builder.exists() or builder.read_text().split(") ")[-1][0] == "Z", "the builder still runs"
+# Cancelling a running build: tests/test_nix_versions.py, on every Nix the lab has.
 
 
 def test_a_cancel_set_before_the_build_stops_it_at_once(tmp_path: Path) -> None:

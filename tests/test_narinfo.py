@@ -1,13 +1,12 @@
 """Narinfos and NarHash forms, checked against narinfos the real Nix wrote and against `nix path-info`."""
 
 import hashlib
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from nixtools import build_closure, nix
+from nixtools import build_closure, nix, path_info_command, path_info_entries, path_info_json
 
 from topdeck.core.errors import NarinfoError
 from topdeck.core.narinfo import (
@@ -39,7 +38,7 @@ def closure(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def path_infos(closure: str) -> dict[str, dict]:
-    return {info["path"]: info for info in json.loads(nix("nix", "path-info", "--json", "-r", closure))}
+    return {info["path"]: info for info in path_info_json("-r", closure)}
 
 
 @pytest.fixture(scope="module", params=["none", "xz"])
@@ -91,7 +90,7 @@ def test_fields_agree_with_nix_path_info(cache: Path, path_infos: dict[str, dict
 def test_narinfo_made_from_path_info_is_what_nix_writes(closure: str, tmp_path: Path) -> None:
     nix("nix", "copy", "--to", f"file://{tmp_path}?compression=none", closure)
 
-    for info in json.loads(nix("nix", "path-info", "--json", "-r", closure)):
+    for info in path_info_json("-r", closure):
         # Without compression the file is the NAR itself.
         nar_hash = parse_hash(info["narHash"])
         made = Narinfo(
@@ -249,7 +248,7 @@ def nix_path_info(closure: str, text: str, cache: Path) -> subprocess.CompletedP
     (cache / "nix-cache-info").write_text("StoreDir: /nix/store\n")
     (cache / f"{parse_store_path(closure).hash_part}.narinfo").write_text(text)
     return subprocess.run(
-        ["nix", "path-info", "--json", "--store", f"file://{cache}", closure],
+        path_info_command("--store", f"file://{cache}", closure),
         env=lab_env(),
         capture_output=True,
         text=True,
@@ -271,7 +270,7 @@ def test_nix_reads_what_topdeck_accepts(case: str, closure: str, tmp_path: Path)
     result = nix_path_info(closure, text, tmp_path)
 
     assert result.returncode == 0, result.stderr
-    [info] = json.loads(result.stdout)
+    [info] = path_info_entries(result.stdout)
     assert parse_hash(info["narHash"]) == parse_narinfo(text).nar_hash
 
 

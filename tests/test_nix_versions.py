@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import nixtools
 import pytest
 
 from topdeck.core import localnix, nixbase32
@@ -257,16 +258,7 @@ def operator(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 def derivation_file(folder: Path, script: str, name: str = "versions-test") -> Path:
-    """A .nix file of one /bin/sh derivation, unique to this run so Nix really builds it."""
-    file = folder / f"{name}-{uuid.uuid4().hex[:8]}.nix"
-    file.write_text(
-        "builtins.derivation {\n"
-        f'  name = "{name}"; nonce = "{uuid.uuid4()}";\n'
-        '  system = builtins.currentSystem; builder = "/bin/sh";\n'
-        f"  args = [ \"-c\" {json.dumps(script)} ];\n"
-        "}\n"
-    )
-    return file
+    return nixtools.derivation_file(folder, script, name)
 
 
 @pytest.fixture(scope="module")
