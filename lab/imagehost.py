@@ -50,8 +50,10 @@ LAUNCH = 'for group in "$1" "$2"; do mkdir -p "$group" && echo $$ > "$group/cgro
 class ImageHost(LabHost):
     NAMESPACE = "pid"  # services with private mounts leave the mount namespace; the PID namespace holds all
     NSENTER = NSENTER_FLAGS
-    SSHD_NAMES = ("sshd", "sshd-session", "sshd-auth")
     state: HostState
+
+    def _penalty_options(self) -> list[str]:
+        return ["PerSourcePenalties no"]  # the images have OpenSSH 10
 
     @property
     def image(self) -> str:

@@ -29,9 +29,10 @@ if [ ! -x "$ROOT/usr/bin/make" ]; then
 fi
 echo "test-on-debian13: Debian $(cat "$ROOT/etc/debian_version") in $ROOT"
 
-# The checkout as it is, without its venv and caches: the suite's setup makes a new venv with Debian 13's Python.
-rm -rf "$ROOT/src/topdeck"
+# The checkout as it is, without its venv and caches: the suite's setup makes a venv of Debian 13's Python there
+# (kept between runs; it is made again when pyproject.toml changes).
 mkdir -p "$ROOT/src/topdeck" "$ROOT$IMAGES"
+find "$ROOT/src/topdeck" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
 tar --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' --exclude=./.pytest_cache --exclude=./.mypy_cache \
     --exclude=./.ruff_cache -cf - . | tar -xf - -C "$ROOT/src/topdeck"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"

@@ -654,7 +654,7 @@ def _truncated_nar(cache: B2Cache, toplevel: StorePath) -> None:
 
 
 LIES = [
-    ("narinfo with a bad signature", _bad_signature, "is not signed by any of the keys in 'trusted-public-keys'"),
+    ("narinfo with a bad signature", _bad_signature, "not signed by any of the keys in 'trusted-public-keys'"),
     ("NAR whose hash does not match", _nar_of_another_path, "hash mismatch importing path"),
     ("truncated NAR", _truncated_nar, "Truncated zstd input"),
 ]

@@ -33,7 +33,13 @@ RECORDED_TOP = "/nix/store/g11ini5llddcw1j6avc0gjxj04qq00h0-topdeck-fixture-c-3.
 ABSENT = "/nix/store/00000000000000000000000000000000-topdeck-absent-1.0"
 KINDS = ["native", "trixie", "sid"]
 # (major, minor) of each kind's Nix: Debian 12's nix-bin, Debian 13's, Debian sid's (FACTS.md).
-EXPECTED_VERSIONS = {"native": (2, 8), "trixie": (2, 26), "sid": (2, 34)}
+def _debian_nix(dpkg_query: list[str]) -> tuple[int, ...]:
+    """The major and minor version of the nix-bin package, as dpkg says (a source other than `nix --version`)."""
+    version = subprocess.run([*dpkg_query, "-W", "-f", "${Version}", "nix-bin"], capture_output=True, text=True).stdout
+    return tuple(int(part) for part in version.split(".")[:2]) if version else ()
+
+
+EXPECTED_VERSIONS = {"native": _debian_nix(["dpkg-query"]), "trixie": (2, 26), "sid": (2, 34)}
 
 
 def recorded(name: str) -> list[localnix.PathInfo]:
