@@ -30,6 +30,7 @@ from topdeck.core.events import (
     Progress,
     WaveStarted,
     ignore,
+    switch_meaning,
 )
 from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
@@ -119,10 +120,13 @@ def _wave_size(wave: str, count: int) -> int:
 
 def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Settings, ssh: SSHConfig, *,
            waves: tuple[tuple[str, ...], ...] | None = None, checks: Mapping[str, Checks] | None = None,
-           connect: Connect = connect, parallel: int = 8, emit: Emit = ignore,
-           cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> DeployResult:
+           on_failed_units: Mapping[str, str] | None = None, connect: Connect = connect, parallel: int = 8,
+           emit: Emit = ignore, cancel: threading.Event | None = None,
+           clock: Callable[[], float] = time.time) -> DeployResult:
     """Run the hosts wave by wave (all at once without waves), `parallel` at a time; stop after a wave in
-    which a host failed. Cancel starts no new host and stops running ones only where that changes nothing."""
+    which a host failed. Cancel starts no new host and stops running ones only where that changes nothing.
+    `on_failed_units` says per host whether units that fail to start after the switch roll it back ("rollback",
+    the default) or are kept ("keep")."""
     cancel = cancel or threading.Event()
     emit = _one_at_a_time(emit)
     by_name = {host.name: host for host in hosts}
@@ -130,7 +134,7 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
     started = clock()
     outcomes: dict[str, HostOutcome] = {}
     stopped = ""
-    runner = _HostRunner(settings, ssh, connect, checks or {}, emit, cancel, clock)
+    runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock)
     for name in by_name:
         emit(HostPhase(name, "queued"))
     for index, wave in enumerate(waves, 1):
@@ -176,8 +180,10 @@ def _target_text(target: Target) -> str:
 
 class _HostRunner:
     def __init__(self, settings: Settings, ssh: SSHConfig, connect: Connect, checks: Mapping[str, Checks],
-                 emit: Emit, cancel: threading.Event, clock: Callable[[], float]):
+                 on_failed_units: Mapping[str, str], emit: Emit, cancel: threading.Event,
+                 clock: Callable[[], float]):
         self.settings, self.ssh, self.connect, self.checks = settings, ssh, connect, checks
+        self.on_failed_units = on_failed_units
         self.emit, self.cancel, self.clock = emit, cancel, clock
 
     def run(self, host: Host, target: Target) -> HostOutcome:
@@ -195,7 +201,7 @@ class _HostRunner:
             track.fail(str(error))
         outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
                               track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
-                              started, self.clock())
+                              started, self.clock(), track.switch_code, switch_meaning(track.switch_code))
         self.emit(HostPhase(host.name, outcome.outcome, outcome.reason))
         self.emit(outcome)
         return outcome
@@ -210,7 +216,8 @@ class _HostRunner:
         s = self.settings
         args: list[str | int] = [s.run_id, s.mode, str(target.path) if target.path else "-",
                                  "--cache", s.cache_url, "--key", s.trusted_key.to_text(),
-                                 "--confirm", math.ceil(s.confirm_timeout)]
+                                 "--confirm", math.ceil(s.confirm_timeout),
+                                 "--on-failed-units", self.on_failed_units.get(host.name, "rollback")]
         if target.need_bytes:
             args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
         if target.generation:
@@ -306,6 +313,7 @@ class _Tracker:
         self.confirmed = False
         self.target = self.before = self.current = ""
         self.generation = self.paths_total = self.bytes_done = 0
+        self.switch_code: int | None = None
         self._progress = Progress(phase="fetch", host=host)
         self._confirmer: threading.Thread | None = None
 
@@ -367,6 +375,8 @@ class _Tracker:
             self.current = value
         elif key == "generation" and value.isdigit():
             self.generation = int(value)
+        elif key == "switch-code" and value.isdigit():
+            self.switch_code = int(value)
 
     def _on_result(self, outcome: str = "failed", reason: str = "", *_: str) -> None:
         self.result = outcome

@@ -89,6 +89,8 @@ class HostOutcome:
     fetched_bytes: int = 0
     started: float = 0.0
     finished: float = 0.0
+    switch_code: int | None = None  # switch-to-configuration's exit status, when it ran
+    switch_meaning: str = ""  # what that status means (switch_meaning)
 
     @property
     def ok(self) -> bool:
@@ -120,3 +122,20 @@ Emit = Callable[[Event], None]
 
 def ignore(event: Event) -> None:
     """An emit that drops every event."""
+
+
+# What switch-to-configuration's exit status means, as NixOS's switch-to-configuration-ng returns it.
+SWITCH_CODES = {
+    0: "activated",
+    1: "failed (a usage error, a failed pre-switch check or bootloader installation)",
+    2: "the activation script failed",
+    4: "units failed to start or restart",
+    11: "another switch held /run/nixos/switch-to-configuration.lock: nothing was done",
+    100: "the new init is incompatible: installed as the boot default, takes effect after a reboot",
+}
+
+
+def switch_meaning(code: int | None) -> str:
+    if code is None:
+        return ""
+    return SWITCH_CODES.get(code, f"failed (exit {code})")

@@ -87,7 +87,9 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
     hosts = tuple(h for h in fleet_plan.hosts if h.name in ready)
     waves = plan_waves(tuple(h.name for h in hosts), canary, wave)
     result = deploy(hosts, targets, settings, inventory.ssh, waves=waves, parallel=inventory.deploy.parallel,
-                    checks={h.name: inventory.checks_for(h) for h in hosts}, emit=emit, cancel=cancel, clock=clock)
+                    checks={h.name: inventory.checks_for(h) for h in hosts},
+                    on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
+                    emit=emit, cancel=cancel, clock=clock)
     unplanned = tuple(_unplanned(h, emit) for h in fleet_plan.plan.hosts if h.host not in ready)
     result = dataclasses.replace(result, outcomes=result.outcomes + unplanned)
     save_run(inventory.root, result)
@@ -129,7 +131,9 @@ def rollback_fleet(inventory: Inventory, names: Iterable[str], to: int | None = 
                         new_run_id(clock))
     result = deploy(hosts, {name: Target(generation=number) for name, number in chosen.items()}, settings,
                     inventory.ssh, parallel=inventory.deploy.parallel,
-                    checks={h.name: inventory.checks_for(h) for h in hosts}, emit=emit, cancel=cancel, clock=clock)
+                    checks={h.name: inventory.checks_for(h) for h in hosts},
+                    on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
+                    emit=emit, cancel=cancel, clock=clock)
     save_run(inventory.root, result, kind="rollback")
     return result
 

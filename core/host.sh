@@ -11,6 +11,7 @@
 #                                         read TARGET from the signed pointer sidecar (TARGET "-" or the path the
 #                                         plan expects); refuse a bad signature or a serial older than the last one
 #       --generation N                    switch to the existing system generation N (a rollback); TARGET "-"
+#       --on-failed-units rollback|keep   what to do when the switch reports units that failed (exit 4)
 #   agent [deploy options]             deploy the pointer if it moved (no confirmation wait)
 #   confirm RUN [--check-command CMD] [--check-http URL] [--check-units]
 #                                      run the health checks, then confirm (or reject) RUN's activation
@@ -29,6 +30,7 @@ umask 022
 PROFILE=/nix/var/nix/profiles/system
 STATE=/nix/var/nix/topdeck
 RUNTIME=/run/topdeck
+GCROOTS=/nix/var/nix/gcroots/topdeck
 STORE_PATH_RE='^/nix/store/[0-9a-df-np-sv-z]\{32\}-[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*$'
 TAB=$(printf '\t')
 NEWLINE='
@@ -57,7 +59,8 @@ event() {  # record an event for `follow`, and print it
 
 # --- arguments --------------------------------------------------------------------------------------
 
-agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect=
+agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect= on_failed_units=rollback
+status=
 check_command= check_http= check_units=
 parse_options() {
     while [ $# -gt 0 ]; do
@@ -71,6 +74,7 @@ parse_options() {
             --sidecar) sidecar=$2 ;;
             --signer) signer=$2 ;;
             --generation) generation=$2 ;;
+            --on-failed-units) on_failed_units=$2 ;;
             --check-command) check_command=$2 ;;
             --check-http) check_http=$2 ;;
             --check-units) check_units=1; shift; continue ;;
@@ -82,6 +86,7 @@ parse_options() {
     case $need_kib in *[!0-9]*) usage "--need-kib must be a number" ;; esac
     case $generation in *[!0-9]*) usage "--generation must be a number" ;; esac
     case $pointer in .* | *[!A-Za-z0-9._-]*) usage "bad pointer name" ;; esac
+    case $on_failed_units in rollback | keep) ;; *) usage "--on-failed-units must be rollback or keep" ;; esac
 }
 
 check_run_id() {
@@ -111,7 +116,7 @@ take_lock() {
     mkdir -p "$RUNTIME/runs" || fail "cannot create $RUNTIME"
     command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is missing on this host"
     exec 9>>"$RUNTIME/lock"
-    if ! flock -n 9; then
+    if ! flock -n 9 || handover_pending; then
         owner=$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)
         line result failed "another deploy holds this host's lock (${owner:-run unknown}); try again when it ends"
         exit 3
@@ -289,6 +294,8 @@ save_previous() {
     prev_gen=$(generation_of "$PROFILE")
     prev_profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
     event state before "$prev_current"
+    # The system to return to stays alive (a GC root) for as long as this run may return to it.
+    if [ -n "$prev_current" ] && mkdir -p "$GCROOTS" 2>/dev/null; then ln -sfn "$prev_current" "$GCROOTS/$run"; fi
     if command -v systemctl >/dev/null 2>&1; then
         systemctl --failed --no-legend --plain 2>/dev/null | awk '{ print $1 }' | sort > "$rundir/failed-units.before"
     fi
@@ -313,6 +320,7 @@ write_run_env() {
     cat > "$rundir/env" <<EOF
 run='$run' mode='$mode' target='$target' confirm='$confirm' pointer='$pointer' p_serial='${p_serial:-}'
 prev_current='$prev_current' prev_gen='$prev_gen' prev_profile='$prev_profile' new_gen='$new_gen' created='$created'
+on_failed_units='$on_failed_units'
 EOF
 }
 
@@ -343,6 +351,8 @@ deploy() {
     nix-store --check-validity "$target" 2>/dev/null || fail "$target is not complete on this host: nothing was changed"
     # The last moment to stop with nothing changed: when topdeck is gone (killed, its connection closed) this
     # line cannot be written, and the script ends here (by SIGPIPE, or by printf's error where it is ignored).
+    check_system
+    check_switch_lock
     event state fetched "$target" || fail "topdeck's session ended before the change: nothing was changed"
     # From here on the host changes: a dropped connection or a stop must not leave it half-way.
     trap '' HUP INT TERM PIPE
@@ -350,9 +360,84 @@ deploy() {
     set_profile
     write_run_env
     cp "$0" "$rundir/host.sh"
-    # A session of its own: neither a dropped SSH connection nor topdeck stopping the command reaches it.
-    setsid sh "$rundir/host.sh" activate "$run" < /dev/null >> "$rundir/activate.log" 2>&1 &
+    detach activate
     follow_events "$run" "$(wc -l < "$rundir/events")"
+}
+
+check_system() {  # what nixos-rebuild checks before it sets the profile, and what the activation needs
+    [ -e "$target/nixos-version" ] || fail "$target is not a NixOS system (it has no nixos-version): nothing was changed"
+    [ -x "$(switch_program)" ] || fail "$(switch_program) is missing or not executable: nothing was changed"
+}
+
+switch_program() { printf '%s/bin/switch-to-configuration' "$target"; }
+
+# NixOS's switch-to-configuration takes an exclusive flock on this file and refuses to run while it is held.
+SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
+
+check_switch_lock() {  # another switch running (nixos-rebuild, autoUpgrade) or a process left holding its lock
+    [ -e "$SWITCH_LOCK" ] || return 0
+    command -v flock >/dev/null 2>&1 || return 0
+    flock -n "$SWITCH_LOCK" true 2>/dev/null && return 0
+    holder=$(lock_holder "$SWITCH_LOCK")
+    command=$(tr '\0' ' ' < "/proc/$holder/cmdline" 2>/dev/null | cut -c 1-120)
+    case $command in
+        *switch-to-configuration*)
+            fail "busy: another switch holds $SWITCH_LOCK (pid $holder: $command); try again when it ends: nothing was changed" ;;
+        *)
+            fail "stale switch lock: $SWITCH_LOCK is held by ${holder:+pid $holder (${command:-unknown}), }which is not a switch (left by an interrupted one?); stop that process once you know it is not activating, then deploy again: nothing was changed" ;;
+    esac
+}
+
+lock_holder() {  # a process that has file $1 open: a switch if one does (/proc/locks names the process that took
+    # a flock, which may have ended since, like `flock FD` in a script; the lock stays with whoever holds the file)
+    found=
+    for fd in /proc/[0-9]*/fd/*; do
+        [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
+        pid=${fd#/proc/}
+        pid=${pid%%/*}
+        [ "$pid" != $$ ] || continue
+        case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in
+            *switch-to-configuration*) echo "$pid"; return 0 ;;
+        esac
+        found=${found:-$pid}
+    done
+    [ -z "$found" ] || echo "$found"
+}
+
+# Run `host.sh VERB RUN` detached from the SSH session. Where systemd runs, as a transient unit of its own (as
+# nixos-rebuild runs switch-to-configuration): logind's KillUserProcesses, the session's end or an sshd restart
+# cannot reach it, and its output stays in the journal. Elsewhere in a session of its own, which inherits the
+# host's lock (fd 9); a unit cannot, so it takes the lock over (`take_over`), and a `handover` file says meanwhile
+# that the lock belongs to this run.
+detach() {
+    if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+        : > "$rundir/handover"
+        if systemd-run --unit="topdeck-$1-$run" --description="topdeck $1 of run $run" --collect \
+            --no-ask-password --quiet --service-type=exec --setenv=NIXOS_INSTALL_BOOTLOADER=0 \
+            /bin/sh "$rundir/host.sh" "$1" "$run" < /dev/null >> "$rundir/activate.log" 2>&1; then
+            exec 9>&-
+            return 0
+        fi
+        rm -f "$rundir/handover"
+        event log "systemd-run failed (see $rundir/activate.log); running $1 in a session of its own instead"
+    fi
+    NIXOS_INSTALL_BOOTLOADER=0 setsid sh "$rundir/host.sh" "$1" "$run" < /dev/null >> "$rundir/activate.log" 2>&1 &
+}
+
+take_over() {  # in a unit started by detach: hold the host's lock for the run from now on
+    [ -e "$rundir/handover" ] || return 0
+    exec 9>>"$RUNTIME/lock"
+    if ! flock -w 60 9; then
+        event result failed "could not take over the host's lock from the deploy within 60 s"
+        exit 1
+    fi
+    rm -f "$rundir/handover"
+}
+
+handover_pending() {  # whether the lock's owner is a run whose detached unit is about to take the lock over
+    owner=$(sed -n 's/^run \([A-Za-z0-9_-]*\) .*/\1/p' "$RUNTIME/lock.owner" 2>/dev/null)
+    [ -n "$owner" ] && [ -e "$RUNTIME/runs/$owner/handover" ] || return 1
+    systemctl is-active --quiet "topdeck-activate-$owner" "topdeck-watch-$owner" 2>/dev/null
 }
 
 # --- the detached part: activate, wait for confirmation, roll back ------------------------------------
@@ -361,20 +446,59 @@ activate() {
     check_run_id "$1"
     run=$1
     . "$rundir/env"
-    exec > /dev/null
+    take_over
+    [ -d /run/systemd/system ] || exec > /dev/null  # under systemd, the unit's output goes to the journal
     event phase activate "$mode"
-    "$target/bin/switch-to-configuration" "$mode" >> "$rundir/activate.log" 2>&1
-    status=$?
-    tail -n 5 "$rundir/activate.log" | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
-    if [ $status = 100 ]; then
-        event log "a reboot is needed to finish activating $target"
-    elif [ $status != 0 ]; then
-        revert "activating $target failed (switch-to-configuration $mode exit $status)"
-    fi
+    run_switch
+    event state switch-code "$status"
+    outcome_of_switch
     if [ "$confirm" -gt 0 ] && { [ "$mode" = switch ] || [ "$mode" = test ]; }; then
-        await_confirmation
+        printf '%s\n' "$note" > "$rundir/note"
+        detach watch
+        exit 0
     fi
-    finish done "$mode of $target"
+    finish done "$note"
+}
+
+run_switch() {  # the switch's output into the run's log and the journal; its status in $status
+    { "$(switch_program)" "$mode" 2>&1; echo $? > "$rundir/switch.status"; } | tee -a "$rundir/activate.log"
+    status=$(cat "$rundir/switch.status")
+    tail -n 5 "$rundir/activate.log" | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
+}
+
+# What switch-to-configuration's exit status means (switch-to-configuration-ng): 0 activated; 100 the new init is
+# incompatible: the bootloader has the new system, nothing was activated; 4 units failed (it is activated); 2 the
+# activation script failed; 11 (EWOULDBLOCK) another switch holds its lock, nothing was done; others: it failed.
+outcome_of_switch() {
+    note="$mode of $target"
+    case $status in
+        0) ;;
+        100)
+            case $mode in
+                switch | boot) finish done "installed $target as the boot default; it takes effect after a reboot (its init is incompatible with the running one, so nothing was activated)" ;;
+                *) revert "$target cannot be activated without a reboot (its init is incompatible with the running one): deploy it with --mode boot and reboot" ;;
+            esac ;;
+        4)
+            if [ "$on_failed_units" = keep ]; then
+                note="$mode of $target; units failed to start (kept, as deploy.on_failed_units says)"
+                event log "units failed to start; keeping the new system (on_failed_units = keep)"
+            else
+                revert "units failed to start after activating $target (switch-to-configuration exit 4)"
+            fi ;;
+        2) revert "the activation script of $target failed (switch-to-configuration exit 2)" ;;
+        11) revert "another switch holds $SWITCH_LOCK, so nothing was activated (switch-to-configuration exit 11)" ;;
+        *) revert "activating $target failed (switch-to-configuration $mode exit $status)" ;;
+    esac
+}
+
+watch() {  # the magic-rollback watcher, detached like the activation: confirm in time, or return
+    check_run_id "$1"
+    run=$1
+    . "$rundir/env"
+    take_over
+    [ -d /run/systemd/system ] || exec > /dev/null
+    await_confirmation
+    finish done "$(cat "$rundir/note" 2>/dev/null || printf '%s of %s' "$mode" "$target")"
 }
 
 await_confirmation() {
@@ -396,13 +520,14 @@ await_confirmation() {
 
 revert() {
     event phase rollback "$1"
+    if [ "$status" = 11 ] && [ "$mode" != test ]; then  # the switch refused to start: only the profile moved
+        restore_profile
+        finish failed "$1"
+    fi
     case $mode in
         switch | boot)
             if [ -z "$prev_profile" ]; then finish failed "$1; there is no previous generation to return to"; fi
-            nix-env -p "$PROFILE" --switch-generation "$prev_gen" >/dev/null 2>&1
-            if [ -n "$created" ] && [ "$new_gen" != "$prev_gen" ]; then
-                nix-env -p "$PROFILE" --delete-generations "$new_gen" >/dev/null 2>&1
-            fi
+            restore_profile
             reactivate "$prev_profile" boot
             if [ "$mode" = switch ]; then reactivate "$prev_current" test; fi
             ;;
@@ -411,9 +536,17 @@ revert() {
     finish rolled-back "$1"
 }
 
+restore_profile() {
+    [ -n "$prev_profile" ] || return 0
+    nix-env -p "$PROFILE" --switch-generation "$prev_gen" >/dev/null 2>&1
+    if [ -n "$created" ] && [ "$new_gen" != "$prev_gen" ]; then
+        nix-env -p "$PROFILE" --delete-generations "$new_gen" >/dev/null 2>&1
+    fi
+}
+
 reactivate() {
     [ -n "$1" ] || return 0
-    "$1/bin/switch-to-configuration" "$2" >> "$rundir/activate.log" 2>&1 \
+    NIXOS_INSTALL_BOOTLOADER=0 "$1/bin/switch-to-configuration" "$2" >> "$rundir/activate.log" 2>&1 \
         || event log "re-activating $1 ($2) failed: exit $?"
 }
 
@@ -436,6 +569,7 @@ record_pointer_serial() {
 
 finish() {
     if [ "$1" = done ]; then record_pointer_serial; fi
+    rm -f "$GCROOTS/$run"
     record_last_run "$1"
     event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
     event state generation "$(generation_of "$PROFILE")"
@@ -466,9 +600,9 @@ follow_events() {  # print run $1's events after line $2 until its result
     done
 }
 
-run_alive() {  # whether run $1 still holds the host's lock
+run_alive() {  # whether run $1 still holds the host's lock (or its detached unit is taking it over)
     case $(cat "$RUNTIME/lock.owner" 2>/dev/null) in "run $1 "*) ;; *) return 1 ;; esac
-    ! flock -n "$RUNTIME/lock" true 2>/dev/null
+    ! flock -n "$RUNTIME/lock" true 2>/dev/null || handover_pending
 }
 
 follow() {
@@ -558,6 +692,7 @@ case $verb in
     deploy) deploy "$@" ;;
     agent) agent "$@" ;;
     activate) activate "$@" ;;
+    watch) watch "$@" ;;
     confirm) confirm_run "$@" ;;
     follow) follow "$@" ;;
     status) status ;;

@@ -59,6 +59,7 @@ class Host:
     build: Build | None = None
     source: Path = Path()
     check: Checks = field(default_factory=Checks)
+    on_failed_units: str = ""  # "rollback" or "keep"; "" takes the fleet's deploy.on_failed_units
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,15 @@ class SSHConfig:
     connect_timeout: float = 10.0
 
 
+# What a deploy does when the switch activates the new system but units fail to start (its exit code 4).
+FAILED_UNITS_CHOICES = ("rollback", "keep")
+
+
 @dataclass(frozen=True)
 class DeployConfig:
     parallel: int = 8
     confirm_timeout: float = 30.0
+    on_failed_units: str = "rollback"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,9 @@ class Inventory:
     ssh: SSHConfig = field(default_factory=SSHConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     checks: dict[str, Checks] = field(default_factory=dict)  # by tag; "all" for every host
+
+    def on_failed_units_for(self, host: Host) -> str:
+        return host.on_failed_units or self.deploy.on_failed_units
 
     def checks_for(self, host: Host) -> Checks:
         """The checks of `all`, then of the host's tags, then its own, each overriding what it sets."""
@@ -150,7 +159,7 @@ def _load_host(folder: Path) -> Host:
             f"{path}: host name {folder.name!r} must be letters, digits, '.', '_' or '-' (no '..', at most 63)"
         )
     section = _Section(_read_toml(path), path, "")
-    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build", "check")
+    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build", "check", "on_failed_units")
     build_table = section.table("build")
     return Host(
         name=folder.name,
@@ -163,6 +172,7 @@ def _load_host(folder: Path) -> Host:
         build=_build(build_table, folder) if build_table.data else None,
         source=path,
         check=_checks(section.table("check")),
+        on_failed_units=section.get("on_failed_units", str, default="", check=_one_of(*FAILED_UNITS_CHOICES)),
     )
 
 
@@ -214,10 +224,12 @@ def _ssh_config(section: _Section, root: Path) -> SSHConfig:
 
 
 def _deploy_config(section: _Section) -> DeployConfig:
-    section.allow_only("parallel", "confirm_timeout")
+    section.allow_only("parallel", "confirm_timeout", "on_failed_units")
     return DeployConfig(
         parallel=section.get("parallel", int, default=8, check=_positive),
         confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
+        on_failed_units=section.get("on_failed_units", str, default="rollback",
+                                    check=_one_of(*FAILED_UNITS_CHOICES)),
     )
 
 

@@ -5,13 +5,33 @@ dependency DAG), the authorized SSH keys and how its activation behaves. `build`
 toplevel with nix/toplevel.nix. Variants (upgrade, add, remove, failing activation...) are pure
 functions from spec to spec.
 
-The spec as JSON (what toplevel.nix reads; `spec_to_json` writes it):
+The spec as JSON (what toplevel.nix reads; `spec_to_json` writes it; fields after "packages" may be left out):
 
     {"host": "web1", "version": "24.05.20240601.abcdef0",
-     "activation": "ok" | "fail" | "reboot" | "slow" | "break-ssh", "slow_seconds": 0,
+     "activation": "ok" | "fail" | "incompatible-init" | "failed-units" | "slow" | "break-ssh", "slow_seconds": 0,
      "authorized_keys": ["ssh-ed25519 AAAA... lab"],
      "packages": [{"pname": "openssl", "version": "3.0.13", "size": 6500000,
-                   "outputs": ["out", "lib", "bin"], "deps": ["glibc"]}, ...]}
+                   "outputs": ["out", "lib", "bin"], "deps": ["glibc"]}, ...],
+     "init_interface_version": "systemd 2",
+     "sshd_settings": ["ClientAliveInterval 60"],
+     "specialisations": {"rescue": "ok"}}
+
+Each toplevel's bin/switch-to-configuration follows the contract of NixOS's switch-to-configuration-ng: the
+actions, exit codes and messages are listed at the top of nix/toplevel.nix (and in SWITCH_EXIT_CODES). The
+activation kinds:
+
+    ok                 activates (points /run/current-system); exit 0
+    fail               the activate script fails (after pointing /run/current-system, as NixOS's does): exit 2
+    incompatible-init  another init-interface-version: switch, test and dry-activate exit 100 and activate nothing
+                       (switch still moves the boot entry first); "reboot" is the older name, still accepted
+    failed-units       activates, then a unit fails to start (a real transient unit on systemd hosts): exit 4
+    slow               the activate script sleeps slow_seconds first
+    break-ssh          the toplevel lacks the authorized keys, so new SSH logins fail once it is active
+
+`sshd_settings` are the lines of the system's sshd fragment: on a systemd host, a switch to a system whose
+fragment differs from the running one's restarts ssh.service after the activation. `specialisations` maps a
+name to an activation kind: `<toplevel>/specialisation/<name>` is a full toplevel of the same spec with that
+activation (and no specialisations of its own), switched to with its own bin/switch-to-configuration.
 
 A package's deps name packages listed before it. File contents are partly random, so a path built twice
 (in two stores) has two NAR hashes: hosts must get toplevels by substitution, never by building them.
@@ -26,7 +46,7 @@ import random
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -36,7 +56,23 @@ from topdeck.lab.nixenv import lab_env
 
 TOPLEVEL_NIX = Path(__file__).parent / "nix" / "toplevel.nix"
 DEFAULT_VERSION = "24.05.20240601.abcdef0"
-ACTIVATIONS = ("ok", "fail", "reboot", "slow", "break-ssh")
+ACTIVATIONS = ("ok", "fail", "incompatible-init", "failed-units", "slow", "break-ssh")
+# Older names of activation kinds, still accepted (a spec keeps the kind's own name).
+ACTIVATION_ALIASES = {"reboot": "incompatible-init"}
+DEFAULT_INIT_INTERFACE_VERSION = "systemd 2"  # what NixOS writes: "systemd ${systemd.interfaceVersion}"
+
+# bin/switch-to-configuration's exit codes (those of switch-to-configuration-ng), and the outcome each one
+# writes in the last field of the host's /run/lab/activation.log line.
+SWITCH_EXIT_CODES = {
+    0: "ok",
+    1: "failed",  # usage, not root, pre-switch checks, bootloader
+    2: "activation-failed",  # the activate script failed; the switch went on
+    4: "units-failed",  # a unit failed to restart or start (overrides 2)
+    11: "locked",  # another switch-to-configuration holds /run/nixos/switch-to-configuration.lock
+    100: "reboot-needed",  # an incompatible init: nothing activated
+}
+
+_SPECIALISATION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 # The characters Nix allows in a store path's name.
 _STORE_NAME = re.compile(r"[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]*")
@@ -82,12 +118,30 @@ class SystemSpec:
     authorized_keys: tuple[str, ...]
     activation: str = "ok"
     slow_seconds: float = 0
+    init_interface_version: str = DEFAULT_INIT_INTERFACE_VERSION
+    sshd_settings: tuple[str, ...] = ()
+    # (name, activation kind) pairs, sorted by name; a mapping is accepted too.
+    specialisations: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not _STORE_NAME.fullmatch(self.toplevel_name):
             raise ValueError(f"{self.toplevel_name!r} is not a valid store path name")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}")
+        object.__setattr__(self, "activation", _activation_kind(self.activation))
+        pairs = self.specialisations.items() if isinstance(self.specialisations, Mapping) else self.specialisations
+        specialisations = tuple(sorted((str(name), _activation_kind(kind)) for name, kind in pairs))
+        object.__setattr__(self, "specialisations", specialisations)
+        object.__setattr__(self, "sshd_settings", tuple(self.sshd_settings))
+        names = [name for name, _ in specialisations]
+        for name in names:
+            if not _SPECIALISATION_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid specialisation name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a specialisation is named twice: {names}")
+        for line in self.sshd_settings:
+            if "\n" in line or "\r" in line or not line.strip():
+                raise ValueError(f"sshd setting {line!r} must be one non-empty line")
+        if not self.init_interface_version or "\n" in self.init_interface_version:
+            raise ValueError(f"init_interface_version {self.init_interface_version!r} must be one non-empty line")
         if self.slow_seconds < 0:
             raise ValueError(f"negative slow_seconds {self.slow_seconds}")
         seen: set[str] = set()
@@ -110,8 +164,17 @@ class SystemSpec:
         raise KeyError(pname)
 
 
+def _activation_kind(kind: str) -> str:
+    kind = ACTIVATION_ALIASES.get(kind, kind)
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS} (or {tuple(ACTIVATION_ALIASES)})")
+    return kind
+
+
 def spec_to_json(spec: SystemSpec) -> str:
-    return json.dumps(dataclasses.asdict(spec), indent=1)
+    data = dataclasses.asdict(spec)
+    data["specialisations"] = dict(spec.specialisations)
+    return json.dumps(data, indent=1)
 
 
 def spec_from_json(text: str) -> SystemSpec:
@@ -124,8 +187,11 @@ def spec_from_json(text: str) -> SystemSpec:
         version=data["version"],
         packages=packages,
         authorized_keys=tuple(data["authorized_keys"]),
-        activation=data["activation"],
-        slow_seconds=data["slow_seconds"],
+        activation=data.get("activation", "ok"),
+        slow_seconds=data.get("slow_seconds", 0),
+        init_interface_version=data.get("init_interface_version", DEFAULT_INIT_INTERFACE_VERSION),
+        sshd_settings=tuple(data.get("sshd_settings", ())),
+        specialisations=tuple(sorted(data.get("specialisations", {}).items())),
     )
 
 
@@ -188,9 +254,26 @@ def remove_package(spec: SystemSpec, pname: str) -> SystemSpec:
 
 
 def with_activation(spec: SystemSpec, kind: str, slow_seconds: float | None = None) -> SystemSpec:
-    """The spec whose switch-to-configuration behaves as `kind` (one of ACTIVATIONS)."""
+    """The spec whose switch-to-configuration behaves as `kind` (one of ACTIVATIONS, or an alias: "reboot")."""
     seconds = spec.slow_seconds if slow_seconds is None else slow_seconds
     return dataclasses.replace(spec, activation=kind, slow_seconds=seconds)
+
+
+def with_incompatible_init(spec: SystemSpec) -> SystemSpec:
+    """The spec whose init is incompatible with the others': switch, test and dry-activate exit 100."""
+    return with_activation(spec, "incompatible-init")
+
+
+def with_specialisation(spec: SystemSpec, name: str, kind: str = "ok") -> SystemSpec:
+    """The spec with a specialisation `name` (replacing one of that name) whose activation is `kind`."""
+    others = tuple((other, k) for other, k in spec.specialisations if other != name)
+    return dataclasses.replace(spec, specialisations=others + ((name, kind),))
+
+
+def with_sshd_settings(spec: SystemSpec, *lines: str) -> SystemSpec:
+    """The spec whose sshd fragment is `lines`: on systemd hosts, switching to it from a system with another
+    fragment restarts ssh.service."""
+    return dataclasses.replace(spec, sshd_settings=tuple(lines))
 
 
 def without_ssh(spec: SystemSpec) -> SystemSpec:

@@ -75,7 +75,7 @@ UNCONFIRMED = "topdeck could not confirm it, so it returns to /nix/store/old by 
 ])
 def test_a_host_lost_while_it_changes_is_reported_with_where_it_ends(mode, confirmed, expected):
     settings = Settings(mode, "http://cache.invalid", generate_keypair("t")[1], 30, "run-1")
-    runner = _HostRunner(settings, None, None, {}, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
+    runner = _HostRunner(settings, None, None, {}, {}, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
     track = _Tracker("web-1", lambda _: None, lambda: None)
     for line in ["state\tbefore\t/nix/store/old", f"state\ttarget\t{PATH}", "phase\tactivate\tswitch"]:
         track.line(line)

@@ -1,6 +1,7 @@
 """The toplevel factory, against the real Nix: store names, references, sizes, and switch-to-configuration
 run for real in a private mount namespace whose /run is a temporary folder."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from nixtools import path_info_json
 from topdeck.core.errors import NixError
 from topdeck.lab.factory import (
     DEFAULT_VERSION,
+    SWITCH_EXIT_CODES,
     KiB,
     MiB,
     Package,
@@ -30,6 +32,9 @@ from topdeck.lab.factory import (
     spec_to_json,
     upgrade,
     with_activation,
+    with_incompatible_init,
+    with_specialisation,
+    with_sshd_settings,
     without_ssh,
 )
 from topdeck.lab.nixenv import lab_env
@@ -71,7 +76,11 @@ def toplevels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "break-ssh": without_ssh(SPEC),
         "fail": with_activation(SPEC, "fail"),
         "reboot": with_activation(SPEC, "reboot"),
+        "incompatible-init": with_incompatible_init(SPEC),
+        "failed-units": with_activation(SPEC, "failed-units"),
         "slow": with_activation(SPEC, "slow", slow_seconds=1),
+        "sshd": with_sshd_settings(SPEC, "ClientAliveInterval 42", "MaxAuthTries 4"),
+        "specialised": with_specialisation(with_specialisation(SPEC, "rescue"), "broken", "fail"),
     }
     workdir = tmp_path_factory.mktemp("factory")
     return {name: build(spec, workdir) for name, spec in variants.items()}
@@ -119,7 +128,39 @@ def test_toplevel_layout(toplevels: dict[str, str]) -> None:
     assert (toplevel / "nixos-version").read_text() == DEFAULT_VERSION
     assert store_name(os.readlink(toplevel / "sw")) == "system-path"
     assert (toplevel / KEYS_FILE).read_text() == KEY + "\n"
-    assert os.access(toplevel / "bin/switch-to-configuration", os.X_OK)
+    assert (toplevel / "init-interface-version").read_text() == "systemd 2"
+    for script in ("bin/switch-to-configuration", "bin/lab-install-bootloader", "activate", "dry-activate"):
+        assert os.access(toplevel / script, os.X_OK), script
+    assert (toplevel / "etc/topdeck-lab/sshd-unit-hash").read_text() == hashlib.sha256(b"").hexdigest()
+    assert not (toplevel / "etc/ssh/sshd_config.d").exists() and not (toplevel / "specialisation").exists()
+
+
+def test_the_sshd_fragment_and_its_unit_hash(toplevels: dict[str, str]) -> None:
+    fragment = Path(toplevels["sshd"]) / "etc/ssh/sshd_config.d/topdeck-lab.conf"
+    assert fragment.read_text() == "ClientAliveInterval 42\nMaxAuthTries 4\n"
+    digest = (Path(toplevels["sshd"]) / "etc/topdeck-lab/sshd-unit-hash").read_text()
+    assert digest == hashlib.sha256(fragment.read_bytes()).hexdigest()
+    assert (Path(toplevels["sshd"]) / KEYS_FILE).exists()
+
+
+def test_specialisations_are_full_toplevels_of_their_own(toplevels: dict[str, str]) -> None:
+    parent = Path(toplevels["specialised"])
+    assert sorted(path.name for path in (parent / "specialisation").iterdir()) == ["broken", "rescue"]
+    children = {name: os.readlink(parent / "specialisation" / name) for name in ("broken", "rescue")}
+    assert len({str(parent), *children.values()}) == 3
+    for child in map(Path, children.values()):
+        assert store_name(str(child)) == store_name(str(parent))  # NixOS names them as the parent
+        assert (child / "nixos-version").read_text() == DEFAULT_VERSION
+        assert os.access(child / "bin/switch-to-configuration", os.X_OK)
+        assert os.readlink(child / "sw") == os.readlink(parent / "sw")
+        assert not (child / "specialisation").exists()
+    assert set(children.values()) <= set(nix("nix-store", "-q", "--references", str(parent)).split())
+
+
+def test_the_reboot_alias_builds_the_incompatible_init_variant(toplevels: dict[str, str]) -> None:
+    assert toplevels["reboot"] == toplevels["incompatible-init"]
+    version = (Path(toplevels["incompatible-init"]) / "init-interface-version").read_text()
+    assert version != (Path(toplevels["base"]) / "init-interface-version").read_text()
 
 
 def test_break_ssh_lacks_only_the_authorized_keys(toplevels: dict[str, str]) -> None:
@@ -197,6 +238,10 @@ def test_switch_points_current_system_and_boot_entry(toplevels: dict[str, str], 
     assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == upgraded
     assert not [path for path in tmp_path.rglob("*") if ".tmp." in path.name]
     assert [line[1:] for line in log_lines(tmp_path)] == [["switch", base, "ok"], ["switch", upgraded, "ok"]]
+    assert [line.split("\t")[1:] for line in (tmp_path / "lab/bootloader.log").read_text().splitlines()] == \
+        [[base, "update"], [upgraded, "update"]]
+    assert sorted(os.listdir(tmp_path / "nixos")) == ["switch-to-configuration.lock"]  # the lists are gone
+    assert (tmp_path / "nixos").stat().st_mode & 0o777 == 0o755
 
 
 @needs_root
@@ -214,32 +259,94 @@ def test_dry_activate_changes_nothing(toplevels: dict[str, str], tmp_path: Path)
     first = activate(tmp_path, upgraded, "dry-activate")
     assert first.returncode == 0
     assert first.stdout == f"would switch /run/current-system from nothing to {upgraded}\n"
+    assert "would activate the configuration..." in first.stderr
     assert not (tmp_path / "current-system").exists() and not (tmp_path / "lab/boot-entry").exists()
     activate(tmp_path, base, "switch")
     second = activate(tmp_path, upgraded, "dry-activate")
     assert second.stdout == f"would switch /run/current-system from {base} to {upgraded}\n"
     assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == base
     assert log_lines(tmp_path)[-1][1:] == ["dry-activate", upgraded, "ok"]
+    assert sorted(os.listdir(tmp_path / "nixos")) == ["switch-to-configuration.lock"]
 
 
 @needs_root
-@pytest.mark.parametrize("mode", ["switch", "boot", "test"])
-def test_failing_activation_exits_1_and_changes_nothing(toplevels: dict[str, str], tmp_path: Path, mode: str) -> None:
+def test_check_runs_the_pre_switch_checks_only(toplevels: dict[str, str], tmp_path: Path) -> None:
+    result = activate(tmp_path, toplevels["upgraded"], "check")
+    assert result.returncode == 0
+    assert not (tmp_path / "current-system").exists() and not (tmp_path / "lab/boot-entry").exists()
+    assert log_lines(tmp_path)[-1][1:] == ["check", toplevels["upgraded"], "ok"]
+
+
+@needs_root
+@pytest.mark.parametrize(("mode", "code", "current", "boot"), [
+    ("switch", 2, "fail", "fail"),  # the activate script moved /run/current-system, then failed, as NixOS's does
+    ("test", 2, "fail", "base"),
+    ("boot", 0, "base", "fail"),  # boot never runs the activate script
+])
+def test_a_failing_activate_script_exits_2_and_the_switch_goes_on(
+    toplevels: dict[str, str], tmp_path: Path, mode: str, code: int, current: str, boot: str
+) -> None:
     base, failing = toplevels["base"], toplevels["fail"]
     activate(tmp_path, base, "switch")
     result = activate(tmp_path, failing, mode)
-    assert result.returncode == 1 and f"activating {failing} failed" in result.stderr
-    assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == base
-    assert log_lines(tmp_path)[-1][1:] == [mode, failing, "failed"]
+    assert result.returncode == code, result.stderr
+    assert ("Failed to run activate script" in result.stderr) == (code == 2)
+    assert link(tmp_path / "current-system") == toplevels[current]
+    assert link(tmp_path / "lab/boot-entry") == toplevels[boot]
+    assert log_lines(tmp_path)[-1][1:] == [mode, failing, SWITCH_EXIT_CODES[code]]
+    assert sorted(os.listdir(tmp_path / "nixos")) == ["switch-to-configuration.lock"]
 
 
 @needs_root
-def test_reboot_variant_switches_then_exits_100(toplevels: dict[str, str], tmp_path: Path) -> None:
-    rebooting = toplevels["reboot"]
-    result = activate(tmp_path, rebooting, "switch")
-    assert result.returncode == 100 and "reboot is needed" in result.stderr
-    assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == rebooting
-    assert log_lines(tmp_path)[-1][1:] == ["switch", rebooting, "reboot-needed"]
+@pytest.mark.parametrize("mode", ["switch", "test", "dry-activate"])
+def test_an_incompatible_init_exits_100_and_activates_nothing(
+    toplevels: dict[str, str], tmp_path: Path, mode: str
+) -> None:
+    base, incompatible = toplevels["base"], toplevels["incompatible-init"]
+    activate(tmp_path, base, "switch")
+    result = activate(tmp_path, incompatible, mode)
+    assert result.returncode == 100
+    assert result.stderr.startswith("Warning: the new NixOS configuration has an ‘init’ that is\n"
+                                    "incompatible with the current configuration.  The new configuration\n"
+                                    "won't take effect until you reboot the system.\n")
+    assert link(tmp_path / "current-system") == base
+    assert link(tmp_path / "lab/boot-entry") == (incompatible if mode == "switch" else base)
+    assert log_lines(tmp_path)[-1][1:] == [mode, incompatible, "reboot-needed"]
+    assert activate(tmp_path, incompatible, "boot").returncode == 0
+
+
+@needs_root
+def test_failed_units_without_systemd_exit_4_after_activating(toplevels: dict[str, str], tmp_path: Path) -> None:
+    activate(tmp_path, toplevels["base"], "switch")
+    result = activate(tmp_path, toplevels["failed-units"], "switch")
+    assert result.returncode == 4
+    assert "Failed to start lab-broken.service" in result.stderr
+    assert "warning: the following units failed: lab-broken.service" in result.stderr
+    assert link(tmp_path / "current-system") == toplevels["failed-units"]
+    assert log_lines(tmp_path)[-1][3] == "units-failed"
+
+
+@needs_root
+def test_install_bootloader_is_recorded(toplevels: dict[str, str], tmp_path: Path) -> None:
+    command = ["env", "NIXOS_INSTALL_BOOTLOADER=1", f"{toplevels['base']}/bin/switch-to-configuration", "boot"]
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             'mount --bind "$0" /run && exec "$@"', str(tmp_path), *command],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "installing the lab's boot loader" in result.stdout
+    assert (tmp_path / "lab/bootloader.log").read_text().split("\t")[1:] == [toplevels["base"], "install\n"]
+    assert link(tmp_path / "lab/boot-entry") == toplevels["base"] and link(tmp_path / "current-system") is None
+
+
+@needs_root
+def test_a_specialisation_switches_to_its_own_toplevel(toplevels: dict[str, str], tmp_path: Path) -> None:
+    parent = toplevels["specialised"]
+    rescue = os.readlink(f"{parent}/specialisation/rescue")
+    assert activate(tmp_path, f"{parent}/specialisation/rescue", "switch").returncode == 0
+    assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == rescue
+    broken = activate(tmp_path, f"{parent}/specialisation/broken", "test")
+    assert broken.returncode == 2
+    assert link(tmp_path / "current-system") == os.readlink(f"{parent}/specialisation/broken")
 
 
 @needs_root
@@ -266,7 +373,8 @@ def test_break_ssh_variant_locks_out_until_the_previous_system_returns(
 def test_unknown_mode_is_a_usage_error(toplevels: dict[str, str], tmp_path: Path) -> None:
     for args in [("reboot",), ()]:
         result = activate(tmp_path, toplevels["base"], *args)
-        assert result.returncode == 1 and "usage: switch-to-configuration" in result.stderr
+        assert result.returncode == 1
+    assert result.stderr.startswith("Usage: switch-to-configuration [check|switch|boot|test|dry-activate]\n")
     assert not (tmp_path / "current-system").exists() and not (tmp_path / "lab/boot-entry").exists()
     assert [line[1::2] for line in log_lines(tmp_path)] == [["reboot", "failed"], ["", "failed"]]
 
@@ -280,12 +388,16 @@ def test_the_log_has_one_line_per_call(toplevels: dict[str, str], tmp_path: Path
         ("fail", "boot"),
         ("reboot", "test"),
         ("base", "bogus"),
+        ("fail", "test"),
+        ("failed-units", "switch"),
+        ("base", "check"),
     ]
     for variant, mode in calls:
         activate(tmp_path, toplevels[variant], mode)
     lines = log_lines(tmp_path)
     assert [(line[1], line[2]) for line in lines] == [(mode, toplevels[variant]) for variant, mode in calls]
-    assert [line[3] for line in lines] == ["ok", "ok", "ok", "failed", "reboot-needed", "failed"]
+    assert [line[3] for line in lines] == \
+        ["ok", "ok", "ok", "ok", "reboot-needed", "failed", "activation-failed", "units-failed", "ok"]
     for line in lines:
         assert len(line) == 4
         assert abs(datetime.strptime(line[0], "%Y-%m-%dT%H:%M:%S%z").timestamp() - time.time()) < 60
@@ -309,6 +421,13 @@ def test_base_packages_are_deterministic_realistic_and_sized() -> None:
 def test_spec_json_round_trip() -> None:
     spec = with_activation(SPEC, "slow", slow_seconds=2.5)
     assert spec_from_json(spec_to_json(spec)) == spec
+    full = with_specialisation(with_sshd_settings(spec, "ClientAliveInterval 42"), "rescue", "reboot")
+    assert spec_from_json(spec_to_json(full)) == full
+    assert json.loads(spec_to_json(full))["specialisations"] == {"rescue": "incompatible-init"}
+    assert json.loads(spec_to_json(full))["init_interface_version"] == "systemd 2"
+    older = {k: v for k, v in json.loads(spec_to_json(spec)).items()
+             if k not in ("init_interface_version", "sshd_settings", "specialisations")}
+    assert spec_from_json(json.dumps(older)) == spec  # a spec written before those fields existed
     data = json.loads(spec_to_json(spec))
     assert data["packages"][3] == {
         "pname": "openssl",
@@ -337,6 +456,16 @@ def test_variants_are_pure_and_checked() -> None:
         add_package(SPEC, Package("glibc", "2.40", 1))
     with pytest.raises(ValueError, match="unknown activation"):
         with_activation(SPEC, "explode")
+    with pytest.raises(ValueError, match="unknown activation"):
+        with_specialisation(SPEC, "rescue", "explode")
+    with pytest.raises(ValueError, match="not a valid specialisation name"):
+        with_specialisation(SPEC, "../etc")
+    with pytest.raises(ValueError, match="one non-empty line"):
+        with_sshd_settings(SPEC, "PermitRootLogin yes\nPasswordAuthentication yes")
+    assert with_activation(SPEC, "reboot").activation == "incompatible-init"
+    assert with_specialisation(with_specialisation(SPEC, "b", "fail"), "a").specialisations == \
+        (("a", "ok"), ("b", "fail"))
+    assert with_specialisation(with_specialisation(SPEC, "a", "fail"), "a").specialisations == (("a", "ok"),)
     with pytest.raises(ValueError, match="not a valid store path name"):
         SystemSpec("web 1", DEFAULT_VERSION, (), ())
 

@@ -4,11 +4,66 @@
 #   import ./toplevel.nix { spec = { host = "web1"; ... }; }
 #
 # Every derivation is builtins.derivation with /bin/sh as builder; a builder's PATH is empty, so every
-# tool is called by its absolute path.
+# tool is called by its absolute path (the scripts below too: they run on the lab hosts, Debian 12 or 13).
+#
+# The toplevel, as NixOS lays one out:
+#
+#   bin/switch-to-configuration   the contract of NixOS's switch-to-configuration-ng (below)
+#   bin/lab-install-bootloader    the system's INSTALL_BOOTLOADER command: `lab-install-bootloader TOPLEVEL`
+#   activate                      the activation script (`activate TOPLEVEL`): points /run/current-system
+#   dry-activate                  what `activate` would do, printed
+#   init-interface-version        "systemd 2" by default, as NixOS writes it (spec: init_interface_version)
+#   nixos-version, sw -> system-path
+#   etc/ssh/authorized_keys.d/{root,topdeck-deployer}   the operator's keys (not in the break-ssh variant)
+#   etc/ssh/sshd_config.d/topdeck-lab.conf             spec.sshd_settings, one per line (only when there are)
+#   etc/topdeck-lab/sshd-unit-hash                       sha256 of that fragment: the lab's "sshd.service unit"
+#   specialisation/NAME -> a full toplevel of its own (spec.specialisations: NAME -> activation kind)
+#
+# bin/switch-to-configuration ACTION, in the order switch-to-configuration-ng does it:
+#
+#   exit 1    no or unknown ACTION: the usage on stderr ("Usage: switch-to-configuration [check|switch|boot|test|
+#             dry-activate]"); not root: "Error: switch-to-configuration must be run as the root user";
+#             "Pre-switch checks failed"; "Failed to install bootloader" (switch, boot)
+#   exit 11   "Could not acquire lock": another switch-to-configuration holds /run/nixos/switch-to-configuration.lock
+#             (created 0755 /run/nixos; an exclusive, non-blocking flock; 11 is EWOULDBLOCK)
+#   exit 0    check: the pre-switch checks passed (NIXOS_NO_CHECK=1 skips them). boot: the bootloader is installed
+#             (with NIXOS_INSTALL_BOOTLOADER=1 "installed itself too"), nothing activated.
+#   exit 100  switch, test, dry-activate: the new init-interface-version differs from /run/current-system's (a
+#             current system without the file counts as ""): "Warning: the new NixOS configuration has an ‘init’
+#             that is / incompatible with the current configuration.  The new configuration / won't take effect
+#             until you reboot the system." (three lines, as ng prints it). NOTHING was activated and
+#             /run/current-system is unchanged; on switch the bootloader was already updated (boot entry moved).
+#   exit 0    dry-activate: prints what it would do (units on stderr, then the dry-activate script), changes nothing
+#   exit 2    switch, test: "Failed to run activate script"; the switch still goes on (units restarted/started),
+#             and the activate script did point /run/current-system (as NixOS's does, whatever snippet failed)
+#   exit 4    switch, test: a unit failed to restart/start ("Failed to restart UNIT" / "Failed to start UNIT",
+#             then "warning: the following units failed: UNIT, ..."); overrides 2. Activation happened.
+#   exit 0    switch, test: activated.
+#
+# A host without /run/current-system at all (the lab's first install, where a NixOS host would have booted) skips
+# the init-interface check and the unit changes: the switch activates, as stage 2 of a boot does.
+#
+# switch and test write /run/nixos/start-list, restart-list and reload-list (one unit a line; created at the start
+# of the unit phase, empty when there is nothing) and remove them when done; units left in them by an interrupted
+# run are handled by the next one. On a systemd host (/run/systemd/system exists): an sshd unit hash that differs
+# from the current system's puts ssh.service (Debian's sshd unit; stopIfChanged=false, so restarted, not stopped)
+# in the restart list when it is active, and it is restarted for real after the activation; every failed unit is
+# reset (systemctl reset-failed) after the activation, as ng does; the failed-units variant starts a transient
+# unit lab-broken.service that fails (systemd-run, Type=oneshot, /bin/false). On a native host there is no init:
+# no unit is restarted, and the failed-units variant only reports lab-broken.service as failed.
+#
+# What the lab records, in /run/lab (a host's own /run):
+#   activation.log   one line per switch-to-configuration call: TIME<TAB>ACTION<TAB>TOPLEVEL<TAB>OUTCOME, OUTCOME one
+#                    of ok (0), failed (1), locked (11), reboot-needed (100), activation-failed (2), units-failed (4)
+#   boot-entry       -> the toplevel the host boots (moved by lab-install-bootloader)
+#   bootloader.log   one line per bootloader run: TIME<TAB>TOPLEVEL<TAB>install|update (install when
+#                    NIXOS_INSTALL_BOOTLOADER=1)
 { specFile ? null, spec ? builtins.fromJSON (builtins.readFile specFile) }:
 
 let
-  activations = [ "ok" "fail" "reboot" "slow" "break-ssh" ];
+  activations = [ "ok" "fail" "incompatible-init" "failed-units" "slow" "break-ssh" ];
+  aliases = { reboot = "incompatible-init"; };
+  canonical = kind: aliases.${kind} or kind;
 
   shellDerivation = attrs: builtins.derivation ({
     system = builtins.currentSystem;
@@ -72,81 +127,335 @@ let
     '' ];
   };
 
-  # The body of bin/switch-to-configuration; the builder puts toplevel=, activation= and slow_seconds=
-  # above it. It runs inside a lab host, whose /run is its own, and touches nothing outside /run.
-  switchToConfiguration = ''
-    mode=''${1:-}
-    lab=/run/lab
+  # The builder puts `toplevel=`, `activation=` and `slow_seconds=` above each of the scripts below. They run
+  # inside a lab host, whose /run is its own, and touch nothing outside /run but the host's systemd units.
 
-    log() {
-      printf '%s\t%s\t%s\t%s\n' "$(/bin/date -u +%Y-%m-%dT%H:%M:%SZ)" "$mode" "$toplevel" "$1" >> $lab/activation.log
-    }
-
-    fail() {
-      echo "switch-to-configuration: $1" >&2
-      log failed
-      exit 1
-    }
-
-    # Point the symlink $1 at this toplevel atomically: a new link under a temporary name, then a rename.
+  # Point the symlink $1 at $2 atomically: a new link under a temporary name, then a rename.
+  pointFunction = ''
     point() {
-      /bin/ln -sfn "$toplevel" "$1.tmp.$$" && /bin/mv -T "$1.tmp.$$" "$1" || fail "cannot update $1"
+      /bin/ln -sfn "$2" "$1.tmp.$$" && /bin/mv -T "$1.tmp.$$" "$1"
     }
-
-    /bin/mkdir -p $lab
-    case $mode in
-      switch | boot | test) ;;
-      dry-activate)
-        current=$(/bin/readlink /run/current-system) || current=nothing
-        if [ "$current" = "$toplevel" ]; then
-          echo "/run/current-system already is $toplevel; nothing would change"
-        else
-          echo "would switch /run/current-system from $current to $toplevel"
-        fi
-        log ok
-        exit 0
-        ;;
-      *)
-        mode=$(printf '%s' "$mode" | /usr/bin/tr -c 'A-Za-z0-9_.-' '?')
-        fail "unknown mode '$mode'; usage: switch-to-configuration switch|boot|test|dry-activate"
-        ;;
-    esac
-
-    if [ "$activation" = slow ]; then /bin/sleep "$slow_seconds"; fi
-    if [ "$activation" = fail ]; then fail "activating $toplevel failed (the lab's 'fail' variant)"; fi
-    case $mode in switch | boot) point $lab/boot-entry ;; esac
-    case $mode in switch | test) point /run/current-system ;; esac
-    if [ "$activation" = reboot ] && [ "$mode" != boot ]; then
-      echo "switch-to-configuration: a reboot is needed to finish activating $toplevel" >&2
-      log reboot-needed
-      exit 100
-    fi
-    log ok
   '';
 
-  activation = spec.activation or "ok";
-in
-assert builtins.elem activation activations;
-shellDerivation {
-  name = "nixos-system-${spec.host}-${spec.version}";
-  inherit activation switchToConfiguration systemPath;
-  nixosVersion = spec.version;
-  slowSeconds = toString (spec.slow_seconds or 0);
-  authorizedKeys = builtins.concatStringsSep "" (map (key: key + "\n") spec.authorized_keys);
-  withAuthorizedKeys = activation != "break-ssh";
-  args = [ "-c" ''
-    set -e
-    /bin/mkdir -p $out/bin
-    printf '%s' "$nixosVersion" > $out/nixos-version
-    /bin/ln -s $systemPath $out/sw
-    if [ -n "$withAuthorizedKeys" ]; then
-      /bin/mkdir -p $out/etc/ssh/authorized_keys.d
-      printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/root
-      printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/topdeck-deployer
+  # $toplevel/activate: what NixOS's activation script does that the lab has: make this the running system.
+  activateScript = pointFunction + ''
+    status=0
+    if [ "$activation" = slow ]; then /bin/sleep "$slow_seconds"; fi
+    if [ "$activation" = fail ]; then
+      echo "Activation script snippet 'lab-fail' failed (1) (the lab's 'fail' variant)" >&2
+      status=1
     fi
-    script=$out/bin/switch-to-configuration
-    printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\n\n%s' \
-      "$out" "$activation" "$slowSeconds" "$switchToConfiguration" > $script
-    /bin/chmod 555 $script
-  '' ];
-}
+    # As in NixOS, the link moves whatever snippet failed, and the script exits with the failure.
+    point /run/current-system "$toplevel" || { echo "cannot update /run/current-system" >&2; exit 1; }
+    exit $status
+  '';
+
+  dryActivateScript = ''
+    current=$(/bin/readlink /run/current-system) || current=nothing
+    if [ "$current" = "$toplevel" ]; then
+      echo "/run/current-system already is $toplevel; nothing would change"
+    else
+      echo "would switch /run/current-system from $current to $toplevel"
+    fi
+  '';
+
+  # $toplevel/bin/lab-install-bootloader TOPLEVEL: the lab's bootloader, an entry that names what the host boots.
+  installBootloaderScript = pointFunction + ''
+    target=''${1:?usage: lab-install-bootloader TOPLEVEL}
+    lab=/run/lab
+    /bin/mkdir -p $lab || exit 1
+    if [ "''${NIXOS_INSTALL_BOOTLOADER:-}" = 1 ]; then
+      how=install
+      echo "installing the lab's boot loader"
+    else
+      how=update
+    fi
+    point $lab/boot-entry "$target" || { echo "cannot update $lab/boot-entry" >&2; exit 1; }
+    printf '%s\t%s\t%s\n' "$(/bin/date -u +%Y-%m-%dT%H:%M:%SZ)" "$target" "$how" >> $lab/bootloader.log
+  '';
+
+  switchToConfiguration = ''
+    action=''${1:-}
+    lab=/run/lab
+    nixos=/run/nixos
+    systemctl=/usr/bin/systemctl
+    on_systemd=
+    if [ -d /run/systemd/system ]; then on_systemd=1; fi
+
+    log() {  # the lab's record: one line per call (silently none when /run/lab cannot be written)
+      {
+        /bin/mkdir -p $lab &&
+          printf '%s\t%s\t%s\t%s\n' "$(/bin/date -u +%Y-%m-%dT%H:%M:%SZ)" "$action" "$toplevel" "$1" >> $lab/activation.log
+      } 2>/dev/null
+    }
+
+    finish() {  # finish EXIT_CODE OUTCOME
+      log "$2"
+      exit "$1"
+    }
+
+    usage() {
+      action=$(printf '%s' "$action" | /usr/bin/tr -c 'A-Za-z0-9_.-' '?')
+      {
+        echo "Usage: switch-to-configuration [check|switch|boot|test|dry-activate]"
+        echo "check:        run pre-switch checks and exit"
+        echo "switch:       make the configuration the boot default and activate now"
+        echo "boot:         make the configuration the boot default"
+        echo "test:         activate the configuration, but don't make it the boot default"
+        echo "dry-activate: show what would be done if this configuration were activated"
+      } >&2
+      finish 1 failed
+    }
+
+    case $action in
+      check | switch | boot | test | dry-activate) ;;
+      *) usage ;;
+    esac
+
+    if [ "$(/usr/bin/id -u)" != 0 ]; then
+      echo "Error: switch-to-configuration must be run as the root user" >&2
+      finish 1 failed
+    fi
+    export NIXOS_ACTION=$action
+
+    # --- the lock: exclusive and non-blocking, held until this process ends -----------------------
+    if ! /bin/mkdir -p $nixos 2>/dev/null || ! /bin/chmod 0755 $nixos; then
+      echo "Failed to create /run/nixos directory" >&2
+      finish 1 failed
+    fi
+    if ! (: >> $nixos/switch-to-configuration.lock) 2>/dev/null; then
+      echo "Could not open lock" >&2
+      finish 1 failed
+    fi
+    exec 9>> $nixos/switch-to-configuration.lock
+    if ! /usr/bin/flock -n 9; then
+      echo "Could not acquire lock" >&2
+      finish 11 locked
+    fi
+
+    # --- pre-switch checks (the lab's: the toplevel is whole) ----------------------------------------
+    if [ "''${NIXOS_NO_CHECK:-}" != 1 ]; then
+      for file in init-interface-version activate dry-activate bin/lab-install-bootloader; do
+        if [ ! -e "$toplevel/$file" ]; then
+          echo "$toplevel/$file is missing" >&2
+          echo "Pre-switch checks failed" >&2
+          finish 1 failed
+        fi
+      done
+    fi
+    if [ "$action" = check ]; then finish 0 ok; fi
+
+    # --- the bootloader ----------------------------------------------------------------------------
+    case $action in
+      switch | boot)
+        "$toplevel/bin/lab-install-bootloader" "$toplevel" 9>&- || {
+          echo "Failed to install bootloader" >&2
+          finish 1 failed
+        }
+        ;;
+    esac
+    if [ "$action" = boot ]; then finish 0 ok; fi
+
+    # --- can this system be activated at all? ------------------------------------------------------
+    fresh=
+    if [ -e /run/current-system ] || [ -L /run/current-system ]; then
+      current_init=$(/bin/cat /run/current-system/init-interface-version 2>/dev/null) || current_init=
+      new_init=$(/bin/cat "$toplevel/init-interface-version")
+      if [ "$current_init" != "$new_init" ]; then
+        {
+          echo "Warning: the new NixOS configuration has an ‘init’ that is"
+          echo "incompatible with the current configuration.  The new configuration"
+          echo "won't take effect until you reboot the system."
+          echo
+        } >&2
+        finish 100 reboot-needed
+      fi
+    else
+      fresh=1  # never activated since the host came up: nothing runs yet that could be stopped or restarted
+    fi
+
+    # --- which units change ------------------------------------------------------------------------
+    start_units=
+    restart_units=
+    reload_units=
+    add() {  # add LIST UNIT: UNIT into the space-separated list in the variable LIST, once
+      eval "units=\$$1"
+      case " $units " in *" $2 "*) return 0 ;; esac
+      if [ -n "$units" ]; then units="$units $2"; else units=$2; fi
+      eval "$1=\$units"
+    }
+    for list in start restart reload; do  # what an interrupted run left to do
+      if [ -f $nixos/$list-list ]; then
+        while read -r unit; do
+          # Not the lab's broken unit: only the failed-units system starts it.
+          case $unit in *[!A-Za-z0-9@:._-]* | "" | lab-broken.service) continue ;; esac
+          add ''${list}_units "$unit"
+        done < $nixos/$list-list
+      fi
+    done
+    if [ -n "$on_systemd" ] && [ -z "$fresh" ]; then
+      old_hash=$(/bin/cat /run/current-system/etc/topdeck-lab/sshd-unit-hash 2>/dev/null) || old_hash=
+      new_hash=$(/bin/cat "$toplevel/etc/topdeck-lab/sshd-unit-hash" 2>/dev/null) || new_hash=
+      if [ "$old_hash" != "$new_hash" ] && $systemctl is-active --quiet ssh.service; then
+        add restart_units ssh.service  # stopIfChanged = false: restarted after the activation, never stopped
+      fi
+    fi
+    if [ "$activation" = failed-units ]; then add start_units lab-broken.service; fi
+
+    listed() { echo "$1" | /bin/sed 's/ /, /g'; }
+
+    if [ "$action" = dry-activate ]; then
+      if [ -n "$restart_units" ]; then echo "would restart the following units: $(listed "$restart_units")" >&2; fi
+      if [ -n "$start_units" ]; then echo "would start the following units: $(listed "$start_units")" >&2; fi
+      echo "would activate the configuration..." >&2
+      "$toplevel/dry-activate" "$toplevel" 9>&-
+      finish 0 ok
+    fi
+
+    # --- switch | test: record, activate, then restart and start ------------------------------------
+    record() {  # record LIST UNITS...
+      list=$1
+      shift
+      : > $nixos/$list-list
+      for unit in "$@"; do echo "$unit" >> $nixos/$list-list; done
+    }
+    record start $start_units
+    record restart $restart_units
+    record reload $reload_units
+
+    exit_code=0
+    echo "activating the configuration..." >&2
+    if ! "$toplevel/activate" "$toplevel" 9>&-; then
+      echo "Failed to run activate script" >&2
+      exit_code=2
+    fi
+
+    failed_units=
+    if [ -n "$on_systemd" ]; then
+      $systemctl reset-failed 9>&- || echo "Failed to reset failed units" >&2
+    fi
+    if [ -n "$reload_units" ]; then
+      echo "reloading the following units: $(listed "$reload_units")" >&2
+      for unit in $reload_units; do
+        if [ -z "$on_systemd" ] || ! $systemctl reload "$unit" 9>&-; then
+          echo "Failed to reload $unit" >&2
+          exit_code=4
+        fi
+      done
+    fi
+    /bin/rm -f $nixos/reload-list
+    if [ -n "$restart_units" ]; then
+      echo "restarting the following units: $(listed "$restart_units")" >&2
+      for unit in $restart_units; do
+        if [ -z "$on_systemd" ] || ! $systemctl restart "$unit" 9>&-; then
+          echo "Failed to restart $unit" >&2
+          exit_code=4
+        fi
+      done
+    fi
+    /bin/rm -f $nixos/restart-list
+    start_unit() {
+      if [ -z "$on_systemd" ]; then return 1; fi  # no init: nothing can start a unit
+      case $1 in
+        lab-broken.service)
+          $systemctl reset-failed lab-broken.service 2>/dev/null
+          /usr/bin/systemd-run --quiet --unit=lab-broken --property=Type=oneshot \
+            --description="the lab's failed-units variant: a unit that fails to start" /bin/false
+          ;;
+        *) $systemctl start "$1" ;;
+      esac
+    }
+    if [ -n "$start_units" ]; then
+      echo "starting the following units: $(listed "$start_units")" >&2
+      for unit in $start_units; do
+        if ! start_unit "$unit" 9>&-; then
+          echo "Failed to start $unit" >&2
+          exit_code=4
+          if [ -z "$on_systemd" ]; then add failed_units "$unit"; fi
+        fi
+      done
+    fi
+    /bin/rm -f $nixos/start-list
+
+    if [ -n "$on_systemd" ]; then
+      failed_units=$($systemctl list-units --state=failed --no-legend --plain --full 9>&- \
+        | while read -r unit rest; do printf '%s ' "$unit"; done)
+      failed_units=''${failed_units% }
+    fi
+    if [ -n "$failed_units" ]; then
+      echo "warning: the following units failed: $(listed "$failed_units")" >&2
+      if [ -n "$on_systemd" ]; then
+        # shellcheck disable=SC2086 # one argument per unit
+        $systemctl status --no-pager --full $failed_units >&2 9>&-
+      fi
+      exit_code=4
+    fi
+
+    case $exit_code in
+      0) finish 0 ok ;;
+      2) finish 2 activation-failed ;;
+      *) finish "$exit_code" units-failed ;;
+    esac
+  '';
+
+  mkToplevel = spec:
+    let
+      activation = canonical (spec.activation or "ok");
+      baseInit = spec.init_interface_version or "systemd 2";
+      initInterfaceVersion = if activation == "incompatible-init" then "${baseInit} (lab: incompatible)" else baseInit;
+      sshdFragment = builtins.concatStringsSep "" (map (line: line + "\n") (spec.sshd_settings or [ ]));
+      kinds = spec.specialisations or { };
+      names = builtins.attrNames kinds;
+      children = map (name:
+        assert builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]*" name != null;
+        mkToplevel (spec // { activation = kinds.${name}; specialisations = { }; })) names;
+    in
+    assert builtins.elem activation activations;
+    shellDerivation {
+      name = "nixos-system-${spec.host}-${spec.version}";
+      inherit activation systemPath initInterfaceVersion sshdFragment;
+      inherit switchToConfiguration activateScript dryActivateScript installBootloaderScript;
+      nixosVersion = spec.version;
+      slowSeconds = toString (spec.slow_seconds or 0);
+      authorizedKeys = builtins.concatStringsSep "" (map (key: key + "\n") spec.authorized_keys);
+      withAuthorizedKeys = activation != "break-ssh";
+      sshdUnitHash = builtins.hashString "sha256" sshdFragment;
+      specialisationNames = names;
+      specialisations = children;
+      args = [ "-c" ''
+        set -e
+        /bin/mkdir -p $out/bin $out/etc/topdeck-lab
+        printf '%s' "$nixosVersion" > $out/nixos-version
+        printf '%s' "$initInterfaceVersion" > $out/init-interface-version
+        /bin/ln -s $systemPath $out/sw
+        if [ -n "$withAuthorizedKeys" ]; then
+          /bin/mkdir -p $out/etc/ssh/authorized_keys.d
+          printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/root
+          printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/topdeck-deployer
+        fi
+        if [ -n "$sshdFragment" ]; then
+          /bin/mkdir -p $out/etc/ssh/sshd_config.d
+          printf '%s' "$sshdFragment" > $out/etc/ssh/sshd_config.d/topdeck-lab.conf
+        fi
+        printf '%s' "$sshdUnitHash" > $out/etc/topdeck-lab/sshd-unit-hash
+        script() {  # script PATH BODY
+          printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\n\n%s' \
+            "$out" "$activation" "$slowSeconds" "$2" > "$1"
+          /bin/chmod 555 "$1"
+        }
+        script $out/bin/switch-to-configuration "$switchToConfiguration"
+        script $out/bin/lab-install-bootloader "$installBootloaderScript"
+        script $out/activate "$activateScript"
+        script $out/dry-activate "$dryActivateScript"
+        if [ -n "$specialisationNames" ]; then
+          /bin/mkdir $out/specialisation
+          set -- $specialisations
+          for name in $specialisationNames; do
+            /bin/ln -s "$1" "$out/specialisation/$name"
+            shift
+          done
+        fi
+      '' ];
+    };
+in
+mkToplevel spec
