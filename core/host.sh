@@ -414,18 +414,22 @@ detach() {
         : > "$rundir/handover"
         if systemd-run --unit="topdeck-$1-$run" --description="topdeck $1 of run $run" --collect \
             --no-ask-password --quiet --service-type=exec --setenv=NIXOS_INSTALL_BOOTLOADER=0 \
-            /bin/sh "$rundir/host.sh" "$1" "$run" < /dev/null >> "$rundir/activate.log" 2>&1; then
+            --setenv=TOPDECK_DETACHED=unit /bin/sh "$rundir/host.sh" "$1" "$run" \
+            < /dev/null >> "$rundir/activate.log" 2>&1; then
             exec 9>&-
             return 0
         fi
         rm -f "$rundir/handover"
         event log "systemd-run failed (see $rundir/activate.log); running $1 in a session of its own instead"
     fi
-    NIXOS_INSTALL_BOOTLOADER=0 setsid sh "$rundir/host.sh" "$1" "$run" < /dev/null >> "$rundir/activate.log" 2>&1 &
+    TOPDECK_DETACHED=session NIXOS_INSTALL_BOOTLOADER=0 setsid sh "$rundir/host.sh" "$1" "$run" \
+        < /dev/null >> "$rundir/activate.log" 2>&1 &
 }
 
 take_over() {  # in a unit started by detach: hold the host's lock for the run from now on
-    [ -e "$rundir/handover" ] || return 0
+    if [ "${TOPDECK_DETACHED:-}" != unit ]; then return 0; fi  # a session of its own inherited the lock
+    # No handover: systemd-run reported a failure, yet started the unit; the session of its own runs this step.
+    [ -e "$rundir/handover" ] || exit 0
     exec 9>>"$RUNTIME/lock"
     if ! flock -w 60 9; then
         event result failed "could not take over the host's lock from the deploy within 60 s"
@@ -434,10 +438,10 @@ take_over() {  # in a unit started by detach: hold the host's lock for the run f
     rm -f "$rundir/handover"
 }
 
-handover_pending() {  # whether the lock's owner is a run whose detached unit is about to take the lock over
+handover_pending() {  # whether the lock's owner is a run whose detached unit is taking the lock over: its handover
+    # file is younger than the 60 s take_over waits (then the unit holds the lock, or has given up with a result)
     owner=$(sed -n 's/^run \([A-Za-z0-9_-]*\) .*/\1/p' "$RUNTIME/lock.owner" 2>/dev/null)
-    [ -n "$owner" ] && [ -e "$RUNTIME/runs/$owner/handover" ] || return 1
-    systemctl is-active --quiet "topdeck-activate-$owner" "topdeck-watch-$owner" 2>/dev/null
+    [ -n "$owner" ] && [ -n "$(find "$RUNTIME/runs/$owner/handover" -mmin -2 2>/dev/null)" ]
 }
 
 # --- the detached part: activate, wait for confirmation, roll back ------------------------------------

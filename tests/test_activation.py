@@ -173,3 +173,22 @@ def test_failed_units_roll_back_or_stay_as_the_setting_says(lab, inventory, choi
     assert result.returncode == (1 if choice == "rollback" else 0)
     next_web(inventory)
     deploy(inventory)
+
+
+def test_a_switch_that_restarts_sshd_completes_and_is_confirmed(lab, inventory):
+    deploy(inventory)
+    pids = {name: _sshd_main_pid(lab, name) for name in SYSTEMD_HOSTS}
+    web = release(inventory, "web", lambda s: factory.with_sshd_settings(
+        factory.upgrade(s, "web-app", f"7.{time.time_ns()}"), f"# lab setting {time.time_ns()}"))
+
+    result, _, outcomes = deploy(inventory)
+
+    assert result.returncode == 0, result.stdout[-2000:]
+    for name in HOSTS:
+        assert outcomes[name]["outcome"] == "done" and state(lab, name)["current"] == web
+    for name in SYSTEMD_HOSTS:
+        assert _sshd_main_pid(lab, name) != pids[name], f"{name}: the switch restarted ssh.service"
+
+
+def _sshd_main_pid(lab, name: str) -> str:  # type: ignore[no-untyped-def]
+    return lab.host(name).sh("systemctl show --property=MainPID --value ssh.service").strip()
