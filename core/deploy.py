@@ -56,6 +56,7 @@ class Target:
     pointer: str = ""  # the host reads and verifies this pointer itself; `path` is what the plan expects
     generation: int = 0
     need_bytes: int = 0  # what the fetch unpacks to, from the plan (0: the host asks Nix)
+    specialisation: str = ""  # switch and test activate this specialisation of `path`
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.generation == 0):
@@ -220,6 +221,8 @@ class _HostRunner:
                                  "--on-failed-units", self.on_failed_units.get(host.name, "rollback")]
         if target.need_bytes:
             args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
+        if target.specialisation:
+            args += ["--specialisation", target.specialisation]
         if target.generation:
             args += ["--generation", target.generation]
         elif target.pointer:

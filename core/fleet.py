@@ -15,7 +15,7 @@ from topdeck.core.deploy import Settings, Target, deploy, host_command, host_scr
 from topdeck.core.diff import ClosureDiff, diff_closures
 from topdeck.core.errors import Cancelled, DeployError, InventoryError, TopdeckError
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
-from topdeck.core.inventory import Host, Inventory, select_hosts
+from topdeck.core.inventory import Host, Inventory, is_safe_name, select_hosts
 from topdeck.core.manifest import Manifest
 from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
 from topdeck.core.runs import save_run
@@ -72,18 +72,22 @@ def trusted_key(inventory: Inventory) -> PublicKey:
 
 
 def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "switch", canary: int = 0,
-                 wave: str | None = None, cache: Cache | None = None, emit: Emit = ignore,
-                 cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> DeployResult:
+                 wave: str | None = None, specialisation: str | None = None, cache: Cache | None = None,
+                 emit: Emit = ignore, cancel: threading.Event | None = None,
+                 clock: Callable[[], float] = time.time) -> DeployResult:
     """Deploy the plan's hosts to their targets, after the completeness gate; record the run.
 
-    Hosts the plan could not reach end as failed without being tried."""
+    Each host activates its `specialisation` setting (or `specialisation`, when given, "" for none) in switch and
+    test modes. Hosts the plan could not reach end as failed without being tried."""
     cache = cache or open_cache(inventory.cache)
     settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock))
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
     targets = {name: Target(plan.target, pointer=_host(fleet_plan, name).pointer if fleet_plan.from_pointers else "",
-                            need_bytes=plan.unpacked_bytes) for name, plan in ready.items()}
+                            need_bytes=plan.unpacked_bytes,
+                            specialisation=_specialisation(_host(fleet_plan, name), mode, specialisation))
+               for name, plan in ready.items()}
     hosts = tuple(h for h in fleet_plan.hosts if h.name in ready)
     waves = plan_waves(tuple(h.name for h in hosts), canary, wave)
     result = deploy(hosts, targets, settings, inventory.ssh, waves=waves, parallel=inventory.deploy.parallel,
@@ -193,6 +197,16 @@ def generation_diff(inventory: Inventory, host_name: str, path: str, *, connect:
     return diff_closures(*closures)
 
 
+def _specialisation(host: Host, mode: str, override: str | None) -> str:
+    chosen = host.specialisation if override is None else override
+    if chosen and not is_safe_name(chosen):
+        raise DeployError(f"specialisation {chosen!r}: must be letters, digits, '.', '_' or '-'")
+    if chosen and mode not in ("switch", "test"):
+        raise DeployError(f"specialisation {chosen!r} of {host.name}: only switch and test activate one (as "
+                          "nixos-rebuild); deploy with --mode switch or test, or without a specialisation")
+    return chosen
+
+
 @dataclass(frozen=True)
 class HostStatus:
     host: str
@@ -203,6 +217,9 @@ class HostStatus:
     generation: int = 0
     last_run: str = ""
     reason: str = ""
+    specialisation: str = ""  # the specialisation of `system` the host runs ("" for none)
+    system: str = ""  # the system whose specialisation runs, else `current`
+    needs_reboot: str = ""  # the link (kernel, initrd, kernel-modules, systemd) that differs from the booted system
 
 
 def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: Cache | None = None,
@@ -242,19 +259,25 @@ def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.Poi
         return HostStatus(host.name, "unreachable", desired=want, reason=str(error))
     fields = dict((line.split("\t", 1) + [""])[:2] for line in result.stdout.decode(errors="replace").splitlines())
     last = fields.get("last-run", "").split("\t")
+    reboot = fields.get("needs-reboot", "").split("\t")
     status = HostStatus(host.name, "", fields.get("current", ""), fields.get("booted", ""), want,
                         int(fields["generation"]) if fields.get("generation", "").isdigit() else 0,
-                        " ".join(last[1:3]) if len(last) >= 3 else "", fields.get("deploying", ""))
-    return dataclasses.replace(status, status=_classify(status, fields, last, histories.get(host.pointer, set())))
+                        " ".join(last[1:3]) if len(last) >= 3 else "", fields.get("deploying", ""),
+                        specialisation=fields.get("specialisation", ""),
+                        system=fields.get("system", "") or fields.get("current", ""),
+                        needs_reboot=reboot[1] if reboot[0] == "yes" and len(reboot) > 1 else "")
+    history = histories.get(host.pointer, set())
+    return dataclasses.replace(status, status=_classify(status, host, fields, last, history))
 
 
-def _classify(status: HostStatus, fields: Mapping[str, str], last: list[str], history: set[str]) -> str:
+def _classify(status: HostStatus, host: Host, fields: Mapping[str, str], last: list[str], history: set[str]) -> str:
+    """The host's status; a host runs its desired system when it runs the specialisation its settings name."""
     if "result" in fields:
         return "error"
     if "deploying" in fields:
         return "deploying"
-    if status.current and status.current == status.desired:
-        return "up-to-date"
+    if status.system and status.system == status.desired:
+        return "up-to-date" if status.specialisation == host.specialisation else "behind"
     if len(last) >= 4 and last[2] == "rolled-back" and last[3] == status.desired:
         return "rolled-back"
-    return "behind" if status.current in history else "drifted"
+    return "behind" if status.system in history else "drifted"

@@ -12,6 +12,7 @@
 #                                         plan expects); refuse a bad signature or a serial older than the last one
 #       --generation N                    switch to the existing system generation N (a rollback); TARGET "-"
 #       --on-failed-units rollback|keep   what to do when the switch reports units that failed (exit 4)
+#       --specialisation NAME             switch/test: activate TARGET's specialisation NAME (the profile is TARGET)
 #   agent [deploy options]             deploy the pointer if it moved (no confirmation wait)
 #   confirm RUN [--check-command CMD] [--check-http URL] [--check-units]
 #                                      run the health checks, then confirm (or reject) RUN's activation
@@ -59,7 +60,7 @@ event() {  # record an event for `follow`, and print it
 
 # --- arguments --------------------------------------------------------------------------------------
 
-agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect= on_failed_units=rollback
+agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect= on_failed_units=rollback specialisation=
 status=
 check_command= check_http= check_units=
 parse_options() {
@@ -75,6 +76,7 @@ parse_options() {
             --signer) signer=$2 ;;
             --generation) generation=$2 ;;
             --on-failed-units) on_failed_units=$2 ;;
+            --specialisation) specialisation=$2 ;;
             --check-command) check_command=$2 ;;
             --check-http) check_http=$2 ;;
             --check-units) check_units=1; shift; continue ;;
@@ -87,6 +89,7 @@ parse_options() {
     case $generation in *[!0-9]*) usage "--generation must be a number" ;; esac
     case $pointer in .* | *[!A-Za-z0-9._-]*) usage "bad pointer name" ;; esac
     case $on_failed_units in rollback | keep) ;; *) usage "--on-failed-units must be rollback or keep" ;; esac
+    case $specialisation in .* | *[!A-Za-z0-9._-]*) usage "bad specialisation name" ;; esac
 }
 
 check_run_id() {
@@ -320,7 +323,7 @@ write_run_env() {
     cat > "$rundir/env" <<EOF
 run='$run' mode='$mode' target='$target' confirm='$confirm' pointer='$pointer' p_serial='${p_serial:-}'
 prev_current='$prev_current' prev_gen='$prev_gen' prev_profile='$prev_profile' new_gen='$new_gen' created='$created'
-on_failed_units='$on_failed_units'
+on_failed_units='$on_failed_units' specialisation='$specialisation'
 EOF
 }
 
@@ -331,6 +334,7 @@ deploy() {
     check_run_id "$run"
     case $mode in switch | boot | test | dry-activate) ;; *) usage "mode must be switch, boot, test or dry-activate" ;; esac
     parse_options "$@"
+    case $specialisation:$mode in ?*:boot | ?*:dry-activate) usage "--specialisation works with switch and test only" ;; esac
     [ "$target" = - ] || matches "$target" "$STORE_PATH_RE" || usage "TARGET is not a store path"
     take_lock
     if [ -n "$generation" ]; then
@@ -366,10 +370,22 @@ deploy() {
 
 check_system() {  # what nixos-rebuild checks before it sets the profile, and what the activation needs
     [ -e "$target/nixos-version" ] || fail "$target is not a NixOS system (it has no nixos-version): nothing was changed"
+    if [ -n "$specialisation" ]; then
+        [ -e "$target/specialisation/$specialisation" ] \
+            || fail "$target has no specialisation '$specialisation': nothing was changed"
+    fi
     [ -x "$(switch_program)" ] || fail "$(switch_program) is missing or not executable: nothing was changed"
 }
 
-switch_program() { printf '%s/bin/switch-to-configuration' "$target"; }
+# What the mode activates: TARGET, or (switch, test) its specialisation; the profile is TARGET either way.
+activated() {
+    case $specialisation:$mode in
+        :* | *:boot | *:dry-activate) printf '%s' "$target" ;;
+        *) printf '%s/specialisation/%s' "$target" "$specialisation" ;;
+    esac
+}
+
+switch_program() { printf '%s/bin/switch-to-configuration' "$(activated)"; }
 
 # NixOS's switch-to-configuration takes an exclusive flock on this file and refuses to run while it is held.
 SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
@@ -557,10 +573,11 @@ reactivate() {
 already_there() {  # whether the mode would change nothing: the system runs (and boots) the target already
     running=$(readlink -f /run/current-system 2>/dev/null || true)
     profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
+    active=$(readlink -f "$(activated)" 2>/dev/null || true)
     case $mode in
-        switch) [ "$running" = "$target" ] && [ "$profile" = "$target" ] ;;
+        switch) [ "$running" = "$active" ] && [ "$profile" = "$target" ] ;;
         boot) [ "$profile" = "$target" ] ;;
-        test) [ "$running" = "$target" ] ;;
+        test) [ "$running" = "$active" ] ;;
         *) false ;;
     esac
 }
@@ -649,14 +666,39 @@ run_checks() {  # prints why the first failing check failed, nothing if all pass
 }
 
 status() {
-    line current "$(readlink -f /run/current-system 2>/dev/null || true)"
+    current=$(readlink -f /run/current-system 2>/dev/null || true)
+    line current "$current"
     line booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
     line profile "$(readlink -f "$PROFILE" 2>/dev/null || true)"
     line generation "$(generation_of "$PROFILE")"
     line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
+    running_specialisation "$current"
+    if [ -e /run/booted-system ]; then line needs-reboot "$(needs_reboot)"; fi
     if [ -e "$RUNTIME/lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$RUNTIME/lock" true; then
         line deploying "$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)"
     fi
+}
+
+running_specialisation() {  # `specialisation NAME` and `system PARENT` when $1 is a specialisation of the profile's
+    parent=$(readlink -f "$PROFILE" 2>/dev/null) || return 0
+    for entry in "$parent"/specialisation/*; do
+        [ -e "$entry" ] || continue
+        if [ "$(readlink -f "$entry")" = "$1" ]; then
+            line specialisation "${entry##*/}"
+            line system "$parent"
+            return 0
+        fi
+    done
+}
+
+needs_reboot() {  # whether what runs differs from what booted in what only a reboot changes (as autoUpgrade asks)
+    for link in kernel initrd kernel-modules systemd; do
+        if [ "$(readlink -f "/run/booted-system/$link" 2>/dev/null)" != "$(readlink -f "/run/current-system/$link" 2>/dev/null)" ]; then
+            printf 'yes\t%s' "$link"
+            return 0
+        fi
+    done
+    printf 'no'
 }
 
 generations() {

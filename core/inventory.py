@@ -60,6 +60,7 @@ class Host:
     source: Path = Path()
     check: Checks = field(default_factory=Checks)
     on_failed_units: str = ""  # "rollback" or "keep"; "" takes the fleet's deploy.on_failed_units
+    specialisation: str = ""  # the specialisation of its system the host runs (switch and test activate it)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def _load_host(folder: Path) -> Host:
             f"{path}: host name {folder.name!r} must be letters, digits, '.', '_' or '-' (no '..', at most 63)"
         )
     section = _Section(_read_toml(path), path, "")
-    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build", "check", "on_failed_units")
+    section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build", "check", "on_failed_units",
+                        "specialisation")
     build_table = section.table("build")
     return Host(
         name=folder.name,
@@ -173,6 +175,7 @@ def _load_host(folder: Path) -> Host:
         source=path,
         check=_checks(section.table("check")),
         on_failed_units=section.get("on_failed_units", str, default="", check=_one_of(*FAILED_UNITS_CHOICES)),
+        specialisation=section.get("specialisation", str, default="", check=_valid_name),
     )
 
 

@@ -36,6 +36,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     deploy.add_argument("--mode", choices=MODES, default="switch",
                         help="switch (default): activate now and at boot; boot: at next boot only; test: now, not "
                         "at boot; dry-activate: show what would change")
+    deploy.add_argument("--specialisation", metavar="NAME", default=None,
+                        help="switch/test: activate this specialisation of each host's system (the profile is the "
+                        "system itself); overrides the hosts' own `specialisation` setting; '' for none")
     deploy.add_argument("--canary", type=int, default=0, metavar="N",
                         help="deploy N hosts first, as a wave of their own")
     deploy.add_argument("--wave", metavar="SIZE", help="then waves of SIZE hosts (5) or of a share (25%%); "
@@ -104,7 +107,8 @@ def deploy_command(args: argparse.Namespace) -> int:
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
-        result = deploy_fleet(inventory, fleet_plan, mode=args.mode, canary=args.canary, wave=args.wave, emit=board)
+        result = deploy_fleet(inventory, fleet_plan, mode=args.mode, canary=args.canary, wave=args.wave,
+                              specialisation=args.specialisation, emit=board)
     finally:
         board.close()
     return _report(result, args.json)
@@ -150,8 +154,10 @@ def status_command(args: argparse.Namespace) -> int:
     else:
         width = max(len(s.host) for s in found)
         for s in found:
-            print(f"{s.host:<{width}}  {s.status:<11} gen {s.generation:<3} current {_name(s.current)}"
+            running = f"{_name(s.system)}, specialisation {s.specialisation}" if s.specialisation else _name(s.current)
+            print(f"{s.host:<{width}}  {s.status:<11} gen {s.generation:<3} current {running}"
                   f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
+                  f"{f'; needs a reboot (its {s.needs_reboot} differs from the booted one)' if s.needs_reboot else ''}"
                   f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}")
     return 0 if all(s.status == "up-to-date" for s in found) else 1
 

@@ -422,12 +422,19 @@ let
       sshdUnitHash = builtins.hashString "sha256" sshdFragment;
       specialisationNames = names;
       specialisations = children;
+      # As in a NixOS toplevel: what a reboot would change (topdeck's "needs reboot" compares these links).
+      kernel = if packages ? linux then packages.linux.out else "";
+      kernelModules = if packages ? linux && builtins.elem "modules" packages.linux.outputs then packages.linux.modules else "";
+      systemdPackage = if packages ? systemd then packages.systemd.out else "";
       args = [ "-c" ''
         set -e
         /bin/mkdir -p $out/bin $out/etc/topdeck-lab
         printf '%s' "$nixosVersion" > $out/nixos-version
         printf '%s' "$initInterfaceVersion" > $out/init-interface-version
         /bin/ln -s $systemPath $out/sw
+        if [ -n "$kernel" ]; then /bin/ln -s $kernel $out/kernel; fi
+        if [ -n "$kernelModules" ]; then /bin/ln -s $kernelModules $out/kernel-modules; fi
+        if [ -n "$systemdPackage" ]; then /bin/ln -s $systemdPackage $out/systemd; fi
         if [ -n "$withAuthorizedKeys" ]; then
           /bin/mkdir -p $out/etc/ssh/authorized_keys.d
           printf '%s' "$authorizedKeys" > $out/etc/ssh/authorized_keys.d/root

@@ -112,6 +112,12 @@ class FleetScreen(TopdeckScreen):
     def hosts(self) -> tuple[Host, ...]:
         return tuple(self.topdeck.inventory.hosts)
 
+    def _status_cell(self, host: Host, status: object) -> Text:
+        cell = status_text(self.status_of(host))
+        if getattr(status, "needs_reboot", ""):
+            cell.append(", reboot", style="yellow")
+        return cell
+
     def status_of(self, host: Host) -> str:
         if host.name in self.topdeck.deploying:
             return "deploying"
@@ -148,7 +154,7 @@ class FleetScreen(TopdeckScreen):
         return [
             MARK if host.name in fleet.selected else " ",
             Text(host.name, style="bold"),
-            status_text(self.status_of(host)),
+            self._status_cell(host, status),
             short_system(getattr(status, "current", "")) if status is not None else "…",
             short_system(desired) if desired else "-",
             str(generation) if generation else "-",
@@ -220,6 +226,9 @@ class FleetScreen(TopdeckScreen):
             text.append("  tags " + ", ".join(host.tags))
         text.append("  ")
         text.append_text(status_text(self.status_of(host)))
+        needs_reboot = getattr(status, "needs_reboot", "") if status is not None else ""
+        if needs_reboot:
+            text.append(f"  needs a reboot: its {needs_reboot} differs from the booted system's", style="bold yellow")
         text.append("\n")
         if pointer:
             text.append(f"pointer  {host.pointer} → {store_name(pointer.path)} (serial {pointer.serial}, "
@@ -233,6 +242,9 @@ class FleetScreen(TopdeckScreen):
         text.append("  (booted)\n" if booted and booted == current else "\n")
         if booted and booted != current:
             text.append(f"booted   {short_path(booted)}\n")
+        specialisation = getattr(status, "specialisation", "") if status is not None else ""
+        if specialisation:
+            text.append(f"runs     specialisation {specialisation} of {short_path(getattr(status, 'system', ''))}\n")
         text.append(f"desired  {short_path(desired)}\n")
         if status is not None:
             text.append(f"gen {getattr(status, 'generation', 0) or '-'}  last {getattr(status, 'last_run', '') or '-'}")
