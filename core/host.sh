@@ -119,7 +119,7 @@ take_lock() {
     mkdir -p "$RUNTIME/runs" || fail "cannot create $RUNTIME"
     command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is missing on this host"
     exec 9>>"$RUNTIME/lock"
-    if ! flock -n 9 || handover_pending; then
+    if ! flock -n 9 || unit_alive "$(sed -n 's/^run \([A-Za-z0-9_-]*\) .*/\1/p' "$RUNTIME/lock.owner" 2>/dev/null)"; then
         owner=$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)
         line result failed "another deploy holds this host's lock (${owner:-run unknown}); try again when it ends"
         exit 3
@@ -423,11 +423,11 @@ lock_holder() {  # a process that has file $1 open: a switch if one does (/proc/
 # Run `host.sh VERB RUN` detached from the SSH session. Where systemd runs, as a transient unit of its own (as
 # nixos-rebuild runs switch-to-configuration): logind's KillUserProcesses, the session's end or an sshd restart
 # cannot reach it, and its output stays in the journal. Elsewhere in a session of its own, which inherits the
-# host's lock (fd 9); a unit cannot, so it takes the lock over (`take_over`), and a `handover` file says meanwhile
-# that the lock belongs to this run.
+# host's lock (fd 9). A unit cannot inherit it: the run's `unit` file names the unit that takes the lock over
+# (`take_over`), and the run is alive while its lock is held or that unit is active (`run_alive`).
 detach() {
     if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
-        : > "$rundir/handover"
+        printf 'topdeck-%s-%s\n' "$1" "$run" > "$rundir/unit"
         if systemd-run --unit="topdeck-$1-$run" --description="topdeck $1 of run $run" --collect \
             --no-ask-password --quiet --service-type=exec --setenv=NIXOS_INSTALL_BOOTLOADER=0 \
             --setenv=TOPDECK_DETACHED=unit /bin/sh "$rundir/host.sh" "$1" "$run" \
@@ -435,29 +435,26 @@ detach() {
             exec 9>&-
             return 0
         fi
-        rm -f "$rundir/handover"
+        rm -f "$rundir/unit"
         event log "systemd-run failed (see $rundir/activate.log); running $1 in a session of its own instead"
     fi
     TOPDECK_DETACHED=session NIXOS_INSTALL_BOOTLOADER=0 setsid sh "$rundir/host.sh" "$1" "$run" \
         < /dev/null >> "$rundir/activate.log" 2>&1 &
 }
 
-take_over() {  # in a unit started by detach: hold the host's lock for the run from now on
+take_over() {  # in the unit `detach` started for step $1: hold the host's lock for the run from now on
     if [ "${TOPDECK_DETACHED:-}" != unit ]; then return 0; fi  # a session of its own inherited the lock
-    # No handover: systemd-run reported a failure, yet started the unit; the session of its own runs this step.
-    [ -e "$rundir/handover" ] || exit 0
+    # Another unit named: systemd-run reported a failure yet started this one, and a session runs the step.
+    [ "$(cat "$rundir/unit" 2>/dev/null)" = "topdeck-$1-$run" ] || exit 0
     exec 9>>"$RUNTIME/lock"
     if ! flock -w 60 9; then
         event result failed "could not take over the host's lock from the deploy within 60 s"
         exit 1
     fi
-    rm -f "$rundir/handover"
 }
 
-handover_pending() {  # whether the lock's owner is a run whose detached unit is taking the lock over: its handover
-    # file is younger than the 60 s take_over waits (then the unit holds the lock, or has given up with a result)
-    owner=$(sed -n 's/^run \([A-Za-z0-9_-]*\) .*/\1/p' "$RUNTIME/lock.owner" 2>/dev/null)
-    [ -n "$owner" ] && [ -n "$(find "$RUNTIME/runs/$owner/handover" -mmin -2 2>/dev/null)" ]
+unit_alive() {  # whether the unit that runs (or takes the lock over for) run $1 is active
+    unit=$(cat "$RUNTIME/runs/$1/unit" 2>/dev/null) && [ -n "$unit" ] && systemctl is-active --quiet "$unit" 2>/dev/null
 }
 
 # --- the detached part: activate, wait for confirmation, roll back ------------------------------------
@@ -466,7 +463,7 @@ activate() {
     check_run_id "$1"
     run=$1
     . "$rundir/env"
-    take_over
+    take_over activate
     [ -d /run/systemd/system ] || exec > /dev/null  # under systemd, the unit's output goes to the journal
     event phase activate "$mode"
     run_switch
@@ -515,7 +512,7 @@ watch() {  # the magic-rollback watcher, detached like the activation: confirm i
     check_run_id "$1"
     run=$1
     . "$rundir/env"
-    take_over
+    take_over watch
     [ -d /run/systemd/system ] || exec > /dev/null
     await_confirmation
     finish done "$(cat "$rundir/note" 2>/dev/null || printf '%s of %s' "$mode" "$target")"
@@ -590,7 +587,7 @@ record_pointer_serial() {
 
 finish() {
     if [ "$1" = done ]; then record_pointer_serial; fi
-    rm -f "$GCROOTS/$run"
+    rm -f "$GCROOTS/$run" "$rundir/unit"
     record_last_run "$1"
     event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
     event state generation "$(generation_of "$PROFILE")"
@@ -614,16 +611,23 @@ follow_events() {  # print run $1's events after line $2 until its result
         fi
         if ! run_alive "$1"; then
             sed -n "$((seen + 1)),\$p" "$rundir/events"
-            grep -q "^result$TAB" "$rundir/events" || line result failed "the deploy stopped on the host before it ended"
+            grep -q "^result$TAB" "$rundir/events" \
+                || line result failed "the deploy stopped on the host before it ended ($(lock_state "$1"))"
             exit 1
         fi
         sleep 0.2
     done
 }
 
+lock_state() {  # what the host's lock says of run $1, for a report
+    printf 'its lock is %s (owner: run %s), its unit %s' \
+        "$(flock -n "$RUNTIME/lock" true 2>/dev/null && echo free || echo held)" \
+        "$(cut -d' ' -f2 "$RUNTIME/lock.owner" 2>/dev/null)" "$(cat "$RUNTIME/runs/$1/unit" 2>/dev/null || echo none)"
+}
+
 run_alive() {  # whether run $1 still holds the host's lock (or its detached unit is taking it over)
     case $(cat "$RUNTIME/lock.owner" 2>/dev/null) in "run $1 "*) ;; *) return 1 ;; esac
-    ! flock -n "$RUNTIME/lock" true 2>/dev/null || handover_pending
+    ! flock -n "$RUNTIME/lock" true 2>/dev/null || unit_alive "$1"
 }
 
 follow() {

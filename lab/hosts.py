@@ -273,7 +273,8 @@ class LabHost:
     # --- teardown ---------------------------------------------------------------------------------
 
     def namespace_pids(self) -> list[int]:
-        if not self.state.namespace:
+        # Never this machine's own namespace: a stale record would make a teardown kill every process here.
+        if not self.state.namespace or self.state.namespace == self._namespace_of(os.getpid()):
             return []
         return [pid for pid in _all_pids() if self._namespace_of(pid) == self.state.namespace]
 
@@ -409,14 +410,17 @@ def processes_of(lab_root: Path) -> list[int]:
     their environment), naming its hosts' folder on the command line, or holding a mount from inside it."""
     hosts = str(lab_root / "hosts").encode()
     spawned = f"TOPDECK_SPAWN_LOG={lab_root}/".encode()
-    own = os.getpid()
+    own, own_namespace = os.getpid(), _namespace_of(os.getpid())
     found = []
     for pid in _all_pids():
         try:
             environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            # A mount from inside the lab counts only in a namespace of the lab's own: where this process's
+            # namespace shows one too, every process that shares it would.
+            mounted = (_namespace_of(pid) != own_namespace
+                       and hosts in Path(f"/proc/{pid}/mountinfo").read_bytes())
             if pid != own and (hosts in Path(f"/proc/{pid}/cmdline").read_bytes()
-                               or any(variable.startswith(spawned) for variable in environment)
-                               or hosts in Path(f"/proc/{pid}/mountinfo").read_bytes()):
+                               or any(variable.startswith(spawned) for variable in environment) or mounted):
                 found.append(pid)
         except OSError:
             continue
