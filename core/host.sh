@@ -591,7 +591,8 @@ follow_events() {  # print run $1's events after line $2 until its result
             fi
             seen=$count
         fi
-        if ! run_alive "$1"; then
+        # Twice: between a look at the lock and one at the handover file, a unit may take the lock over.
+        if ! run_alive "$1" && ! { sleep 1; run_alive "$1"; }; then
             sed -n "$((seen + 1)),\$p" "$rundir/events"
             grep -q "^result$TAB" "$rundir/events" || line result failed "the deploy stopped on the host before it ended"
             exit 1
