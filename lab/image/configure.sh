@@ -49,7 +49,7 @@ Description=lab: boot the system the boot entry names (NixOS's stage 2)
 ConditionPathExists=/nix/var/nix/topdeck-lab/boot-entry
 DefaultDependencies=no
 After=local-fs.target
-Before=sysinit.target ssh.service
+Before=sysinit.target ssh.service topdeck-reboot-guard.service
 
 [Service]
 Type=oneshot
@@ -59,5 +59,23 @@ ExecStart=/usr/local/lib/topdeck-lab/stage-2
 [Install]
 WantedBy=sysinit.target
 UNIT
-systemctl enable topdeck-lab-stage-2.service >/dev/null 2>&1
+# topdeck's reboot guard, as hosts/modules/topdeck-reboot-guard.nix installs it on NixOS: after a reboot that topdeck
+# asked for, it takes the run over, waits for the confirmation, and otherwise returns the host to its previous system.
+cat > /etc/systemd/system/topdeck-reboot-guard.service <<'UNIT'
+[Unit]
+Description=topdeck: confirm this boot or return to the previous system
+ConditionPathExists=/nix/var/nix/topdeck/reboot/pending
+After=topdeck-lab-stage-2.service
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /nix/var/nix/topdeck/reboot/host.sh boot-guard
+# The run's outcome (1 failed, 2 rolled back) is in its record; the guard itself did its job.
+SuccessExitStatus=1 2
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl enable topdeck-lab-stage-2.service topdeck-reboot-guard.service >/dev/null 2>&1
 : > /etc/machine-id
