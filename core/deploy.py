@@ -310,7 +310,7 @@ class _HostRunner:
                         self._run(session, host, "follow", [self.settings.run_id, "--since-reboot"], track)
                     why = "it still had its old boot id" if boot_id == track.reboot_from else "it rebooted again"
             except HostKeyError as error:
-                track.fail(str(error))
+                track.fail(f"{error}; {self._guard_does(track)}")
             except SSHError as error:
                 why = str(error)
             if track.result is not None:
