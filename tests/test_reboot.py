@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, topdeck
 
-from topdeck.core.errors import LabError
+from topdeck.core import deploy as engine
+from topdeck.core.deploy import REBOOT, Settings, Target, _HostRunner, _Tracker
+from topdeck.core.errors import DeployError, LabError, SSHError
+from topdeck.core.events import HostPhase
+from topdeck.core.signing import generate_keypair
 from topdeck.lab import factory
 from topdeck.lab.hosts import listener, processes_of
 from topdeck.lab.imagehost import CGROUP_ROOT
@@ -168,3 +172,52 @@ def test_reboot_goes_with_mode_boot_only(inventory):
     assert result.returncode == 1
     assert result.stderr.strip() == ("topdeck: error: --reboot goes with --mode boot (not switch): boot makes the "
                                      "new system the one the reboot starts")
+
+
+# --- the engine's side, without a lab ---------------------------------------------------------------------
+
+OLD, NEW = "/nix/store/" + "o" * 32 + "-nixos-system-old", "/nix/store/" + "n" * 32 + "-nixos-system-new"
+
+
+def test_a_reboot_goes_with_boot_mode_and_a_reboot_target_is_the_boot_default_alone():
+    key = generate_keypair("t")[1]
+    with pytest.raises(DeployError, match="--reboot goes with --mode boot"):
+        Settings("switch", "", key, reboot=True)
+    assert Settings("boot", "", key, reboot=True).rebooting and Settings(REBOOT, "", key, reboot=True).rebooting
+    assert not Settings("boot", "", key).rebooting
+    with pytest.raises(ValueError):
+        Target(generation=2, boot_default=True)
+
+
+def test_the_tracker_waits_for_the_result_of_a_host_that_went_to_reboot():
+    events = []
+    track = _Tracker("web-1", events.append, lambda: None)
+    for line in [f"state\ttarget\t{NEW}", "phase\tactivate\tboot", "state\tboot-id\tb1", "phase\treboot\tb1"]:
+        track.line(line)
+    assert track.reboot_from == "b1" and track.rebooting
+    for line in ["phase\tbooted\tb2", f"state\tbooted\t{NEW}", "result\tdone\tbooted"]:
+        track.line(line)
+    assert not track.rebooting and (track.outcome, track.booted) == ("done", NEW)
+    assert [e.phase for e in events if isinstance(e, HostPhase)] == ["activate", "reboot", "booted"]
+
+
+def test_a_host_that_does_not_come_back_fails_with_what_its_guard_does_by_itself(monkeypatch):
+    monkeypatch.setattr(engine, "RECONNECT_EVERY", 0.01)
+
+    def unreachable(host, ssh):  # type: ignore[no-untyped-def]
+        raise SSHError("web-1 (10.0.0.1): connection refused")
+
+    settings = Settings("boot", "http://cache.invalid", generate_keypair("t")[1], 30, "run-1", reboot=True,
+                        reboot_timeout=0.2)
+    runner = _HostRunner(settings, None, unreachable, {}, {}, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
+    track = _Tracker("web-1", lambda _: None, lambda: None)
+    for line in [f"state\tbefore\t{OLD}", f"state\ttarget\t{NEW}", "phase\treboot\tb1"]:
+        track.line(line)
+
+    runner._after_reboot(None, track)  # type: ignore[arg-type]
+
+    assert track.outcome == "failed"
+    assert track.reason == (
+        "it did not come back from its reboot within 0.2 s (web-1 (10.0.0.1): connection refused); if it boots, its "
+        f"topdeck-reboot-guard.service waits 30 s for a confirmation, and without one returns it to {OLD} (and "
+        "reboots it); `topdeck status` shows where it ended")
