@@ -4,6 +4,10 @@ Each host runs core/host.sh (sent over SSH on stdin) under a host-side lock: ver
 signatures required, set the profile, activate detached from the SSH session, and wait for a confirmation
 that topdeck gives through a *new* SSH login (after the health checks); without it the host rolls back by
 itself. The script's output lines become events; the last one is the host's result.
+
+A run that reboots its hosts (`deploy --mode boot --reboot`, `topdeck reboot`) waits for each host to come back
+with a new boot id, then follows the host's reboot guard, which waits for the same confirmation and without one
+returns the host to its previous system (its boot entry back, and another reboot).
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from topdeck.core.events import (
 from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
 from topdeck.core.ssh import Connect, Session, connect, remote_command
-from topdeck.core.store import StorePath
+from topdeck.core.store import StorePath, parse_store_path
 
 MODES = ("switch", "boot", "test", "dry-activate")
+REBOOT = "reboot"  # the mode of a run that only reboots its hosts into their boot default
 # Phases in which stopping the host's script leaves the host as it was.
 INTERRUPTIBLE = frozenset({"queued", "connect", "lock", "verify", "fetch"})
 WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; '
@@ -46,6 +51,8 @@ WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; 
 RECONNECT_EVERY = 2.0
 LOST_FETCH_WINDOW = 10.0  # how long to look for a host lost before it changed anything
 CONFIRM_JOIN_TIMEOUT = 15.0  # how long a host's result waits for its confirming thread to finish
+# On a host: takes a rebooting run over at boot (hosts/modules/topdeck-reboot-guard.nix).
+GUARD_UNIT = "topdeck-reboot-guard.service"
 
 
 @dataclass(frozen=True)
@@ -57,10 +64,11 @@ class Target:
     generation: int = 0
     need_bytes: int = 0  # what the fetch unpacks to, from the plan (0: the host asks Nix)
     specialisation: str = ""  # switch and test activate this specialisation of `path`
+    boot_default: bool = False  # a reboot into what the host boots by default (its system profile)
 
     def __post_init__(self) -> None:
-        if (self.path is None) == (self.generation == 0):
-            raise ValueError("a target is a store path or a generation")
+        if [self.path is not None, self.generation != 0, self.boot_default].count(True) != 1:
+            raise ValueError("a target is a store path, a generation or the host's boot default")
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,19 @@ class Settings:
     trusted_key: PublicKey
     confirm_timeout: float = 30.0
     run_id: str = ""
+    reboot: bool = False  # reboot the hosts after a boot-mode deploy (always, in mode REBOOT)
+    reboot_timeout: float = 300.0  # how long a host may take to come back from its reboot, confirmation included
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if self.mode not in (*MODES, REBOOT):
             raise DeployError(f"mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.reboot and self.mode not in ("boot", REBOOT):
+            raise DeployError(f"--reboot goes with --mode boot (not {self.mode}): boot makes the new system the one "
+                              "the reboot starts")
+
+    @property
+    def rebooting(self) -> bool:
+        return self.reboot or self.mode == REBOOT
 
 
 def new_run_id(clock: Callable[[], float] = time.time) -> str:
@@ -176,6 +193,8 @@ def _not_run(name: str, target: Target, outcome: str, why: str, emit: Emit) -> H
 
 
 def _target_text(target: Target) -> str:
+    if target.boot_default:
+        return "its boot default"
     return str(target.path) if target.path else f"generation {target.generation}"
 
 
@@ -200,18 +219,25 @@ class _HostRunner:
             self._recover(host, track, error)
         except TopdeckError as error:
             track.fail(str(error))
+        if track.rebooting:
+            self._after_reboot(host, track)
         outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
                               track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
-                              started, self.clock(), track.switch_code, switch_meaning(track.switch_code))
+                              started, self.clock(), track.switch_code, switch_meaning(track.switch_code),
+                              track.booted)
         self.emit(HostPhase(host.name, outcome.outcome, outcome.reason))
         self.emit(outcome)
         return outcome
 
     def _deploy(self, host: Host, target: Target, track: _Tracker) -> None:
         track.phase("connect")
+        args: list[str | int]
+        if target.boot_default:
+            verb, args = "reboot", [self.settings.run_id, "--confirm", math.ceil(self.settings.confirm_timeout)]
+        else:
+            verb, args = "deploy", self._deploy_args(host, target)
         with self.connect(host, self.ssh) as session:
-            self._run(session, host, "deploy", self._deploy_args(host, target), track,
-                      _WhileInterruptible(self.cancel, track))
+            self._run(session, host, verb, args, track, _WhileInterruptible(self.cancel, track))
 
     def _deploy_args(self, host: Host, target: Target) -> list[str | int]:
         s = self.settings
@@ -228,17 +254,21 @@ class _HostRunner:
         elif target.pointer:
             args += ["--pointer", target.pointer, "--sidecar", f"{s.cache_url}/toplevels/{target.pointer}.json",
                      "--signer", ssh_public_key(s.trusted_key)]
+        if s.reboot:
+            args.append("--reboot")
         return args
 
     def _run(self, session: Session, host: Host, verb: str, args: list[str | int], track: _Tracker,
              cancel: object = None) -> None:
         result = session.run(host_command(host, verb, *args), stdin=host_script(), on_stdout_line=track.line,
                              on_stderr_line=track.stderr, cancel=cancel)  # type: ignore[arg-type]
-        if track.result is None:
+        if track.result is None and not track.reboot_from:  # a host that reboots gives its result after the boot
             track.fail(f"the host script ended without a result (exit {result.exit_status})")
 
     def _recover(self, host: Host, track: _Tracker, error: TopdeckError) -> None:
         """The session ended early (lost, or stopped by a cancel): learn from the host how the run ended."""
+        if track.reboot_from:  # it went down for its reboot: _after_reboot follows it
+            return
         changing = track.current_phase not in INTERRUPTIBLE
         window = self.settings.confirm_timeout + 60 if changing else LOST_FETCH_WINDOW
         self.emit(LogLine(f"{error}; asking the host how the run ended", host.name))
@@ -258,7 +288,9 @@ class _HostRunner:
         """What a host lost after it began to change does by itself, from what topdeck saw before it was lost."""
         target = track.target or "the new system"
         guarded = self.settings.mode in ("switch", "test") and self.settings.confirm_timeout > 0
-        if not guarded or track.confirmed:
+        if self.settings.rebooting:
+            ends = f"it reboots into {target} by itself, and then {self._guard_does(track)}"
+        elif not guarded or track.confirmed:
             why = "topdeck confirmed it" if track.confirmed else f"{self.settings.mode} has no confirmation"
             ends = f"it finishes on {target} by itself ({why})"
         else:
@@ -266,10 +298,48 @@ class _HostRunner:
                     f"itself within {self.settings.confirm_timeout:g} s of activating")
         return f"{ends}; `topdeck status` shows where it ended"
 
+    def _after_reboot(self, host: Host, track: _Tracker) -> None:
+        """The host reboots: wait until it answers with a new boot id, then follow its reboot guard (which waits for
+        the confirmation that _confirm gives, or returns the host to its previous system) until the result."""
+        track.phase("reboot", "waiting for the host to boot again")
+        timeout = self.settings.reboot_timeout
+        deadline = time.monotonic() + timeout
+        why = "it did not answer"
+        while time.monotonic() < deadline:
+            try:
+                with self.connect(host, self.ssh) as session:
+                    boot_id = _boot_id(session, host)
+                    if boot_id and boot_id != track.reboot_from:
+                        self._run(session, host, "follow", [self.settings.run_id, "--since-reboot"], track)
+                    why = "it still had its old boot id" if boot_id == track.reboot_from else "it rebooted again"
+            except HostKeyError as error:
+                track.fail(f"{error}; {self._guard_does(track)}")
+            except SSHError as error:
+                why = str(error)
+            if track.result is not None:
+                return
+            time.sleep(RECONNECT_EVERY)
+        track.fail(f"it did not come back from its reboot within {timeout:g} s ({why}); if it boots, "
+                   f"{self._guard_does(track)}; `topdeck status` shows where it ended")
+
+    def _guard_does(self, track: _Tracker) -> str:
+        """What the reboot guard of a host that topdeck cannot confirm does by itself after the boot."""
+        waits = f"its {GUARD_UNIT} waits {self.settings.confirm_timeout:g} s for a confirmation"
+        if track.before and track.before == track.target:
+            return f"{waits}; without one it stays on {track.before}, which it ran before"
+        return f"{waits}, and without one returns it to {track.before or 'its previous system'} (and reboots it)"
+
     def _confirm(self, host: Host, track: _Tracker) -> None:
         """Confirm through a new login (after the health checks), trying again while the host waits: a busy
-        host may be slow to answer. Without a confirmation the host rolls back by itself."""
+        host may be slow to answer. Without a confirmation the host rolls back by itself. After a reboot, the
+        login first checks that the host booted the target."""
         checks = _check_args(self.checks.get(host.name, Checks()))
+        if self.settings.rebooting:
+            try:
+                checks = ["--booted", str(parse_store_path(track.target)), *checks]
+            except TopdeckError as error:
+                self.emit(LogLine(f"cannot confirm the boot ({error}): the host returns by itself", host.name))
+                return
         self.emit(HostPhase(host.name, "check" if checks else "confirm", "through a new SSH login"))
         deadline = time.monotonic() + self.settings.confirm_timeout
         while True:
@@ -287,6 +357,16 @@ class _HostRunner:
                                       host.name))
                     return
                 time.sleep(RECONNECT_EVERY)
+
+
+def _boot_id(session: Session, host: Host) -> str:
+    """The host's boot id, which changes with every boot ("" when its status does not say)."""
+    result = session.run(host_command(host, "status"), stdin=host_script(), timeout=60)
+    for line in result.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition("\t")
+        if key == "boot-id":
+            return value.strip()
+    return ""
 
 
 def _check_args(checks: Checks) -> list[str]:
@@ -314,7 +394,8 @@ class _Tracker:
         self.result: str | None = None
         self.outcome, self.reason = "failed", ""
         self.confirmed = False
-        self.target = self.before = self.current = ""
+        self.target = self.before = self.current = self.booted = ""
+        self.reboot_from = ""  # the boot id the host had when it began to reboot
         self.generation = self.paths_total = self.bytes_done = 0
         self.switch_code: int | None = None
         self._progress = Progress(phase="fetch", host=host)
@@ -323,6 +404,11 @@ class _Tracker:
     def phase(self, name: str, detail: str = "") -> None:
         self.current_phase = name
         self.emit(HostPhase(self.host, name, detail))
+
+    @property
+    def rebooting(self) -> bool:
+        """Whether the host went to reboot and its result, which comes after the boot, is still to be read."""
+        return bool(self.reboot_from) and self.result is None
 
     def fail(self, reason: str) -> None:
         self.result, self.outcome, self.reason = "failed", "failed", reason
@@ -347,7 +433,10 @@ class _Tracker:
             self._confirmer.start()
         elif name == "confirmed":
             self.confirmed = True
-            self.emit(LogLine("activation confirmed", self.host))
+            self.emit(LogLine("confirmed", self.host))
+        elif name == "reboot":
+            self.reboot_from = detail
+            self.phase(name, f"from boot {detail}")
         else:
             self.phase(name, detail)
 
@@ -376,6 +465,8 @@ class _Tracker:
             self.before = value
         elif key == "current":
             self.current = value
+        elif key == "booted":
+            self.booted = value
         elif key == "generation" and value.isdigit():
             self.generation = int(value)
         elif key == "switch-code" and value.isdigit():

@@ -56,8 +56,9 @@ class PushResult:
 class HostPhase:
     """A host entered a phase of a deploy or rollback.
 
-    Phases in order: queued, connect, lock, verify, fetch, profile, activate, confirm, check; then one final
-    phase: done, failed, rolled-back, skipped (not started: an earlier wave failed) or cancelled."""
+    Phases in order: queued, connect, lock, verify, fetch, profile, activate, confirm, check; a run that reboots
+    has reboot, booted and confirm (or rollback, returning) after the activation; then one final phase: done,
+    failed, rolled-back, skipped (not started: an earlier wave failed) or cancelled."""
 
     host: str
     phase: str
@@ -91,6 +92,7 @@ class HostOutcome:
     finished: float = 0.0
     switch_code: int | None = None  # switch-to-configuration's exit status, when it ran
     switch_meaning: str = ""  # what that status means (switch_meaning)
+    booted: str = ""  # what /run/booted-system named at the end of a run that rebooted the host
 
     @property
     def ok(self) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from topdeck.core import pointers
 from topdeck.core.cache import Cache, Entry, open_cache
-from topdeck.core.deploy import Settings, Target, deploy, host_command, host_script, new_run_id, plan_waves
+from topdeck.core.deploy import REBOOT, Settings, Target, deploy, host_command, host_script, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff, diff_closures
 from topdeck.core.errors import Cancelled, DeployError, InventoryError, TopdeckError
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
@@ -71,17 +71,18 @@ def trusted_key(inventory: Inventory) -> PublicKey:
                          "(the key hosts trust)")
 
 
-def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "switch", canary: int = 0,
-                 wave: str | None = None, specialisation: str | None = None, cache: Cache | None = None,
-                 emit: Emit = ignore, cancel: threading.Event | None = None,
+def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "switch", reboot: bool = False,
+                 canary: int = 0, wave: str | None = None, specialisation: str | None = None,
+                 cache: Cache | None = None, emit: Emit = ignore, cancel: threading.Event | None = None,
                  clock: Callable[[], float] = time.time) -> DeployResult:
-    """Deploy the plan's hosts to their targets, after the completeness gate; record the run.
+    """Deploy the plan's hosts to their targets, after the completeness gate; record the run. With `reboot` (mode
+    boot), each host then reboots into its target and is confirmed after the boot.
 
     Each host activates its `specialisation` setting (or `specialisation`, when given, "" for none) in switch and
     test modes. Hosts the plan could not reach end as failed without being tried."""
     cache = cache or open_cache(inventory.cache)
     settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
-                        new_run_id(clock))
+                        new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
     targets = {name: Target(plan.target, pointer=_host(fleet_plan, name).pointer if fleet_plan.from_pointers else "",
@@ -139,6 +140,20 @@ def rollback_fleet(inventory: Inventory, names: Iterable[str], to: int | None = 
                     on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
                     emit=emit, cancel=cancel, clock=clock)
     save_run(inventory.root, result, kind="rollback")
+    return result
+
+
+def reboot_fleet(inventory: Inventory, names: Iterable[str], *, emit: Emit = ignore,
+                 cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> DeployResult:
+    """Reboot hosts into their boot default; each is confirmed through a new login after the boot, or its reboot
+    guard returns it to the system it ran before (when the boot default is another one). Record the run."""
+    hosts = select_hosts(inventory, list(names), what="reboot")
+    settings = Settings(REBOOT, "", trusted_key(inventory), inventory.deploy.confirm_timeout, new_run_id(clock),
+                        reboot=True, reboot_timeout=inventory.deploy.reboot_timeout)
+    result = deploy(hosts, {h.name: Target(boot_default=True) for h in hosts}, settings, inventory.ssh,
+                    parallel=inventory.deploy.parallel, checks={h.name: inventory.checks_for(h) for h in hosts},
+                    emit=emit, cancel=cancel, clock=clock)
+    save_run(inventory.root, result, kind="reboot")
     return result
 
 

@@ -13,16 +13,22 @@
 #       --generation N                    switch to the existing system generation N (a rollback); TARGET "-"
 #       --on-failed-units rollback|keep   what to do when the switch reports units that failed (exit 4)
 #       --specialisation NAME             switch/test: activate TARGET's specialisation NAME (the profile is TARGET)
+#       --reboot                          mode boot: then reboot into TARGET, guarded as `reboot` is
 #   agent [deploy options]             deploy the pointer if it moved (no confirmation wait)
-#   confirm RUN [--check-command CMD] [--check-http URL] [--check-units]
-#                                      run the health checks, then confirm (or reject) RUN's activation
-#   follow RUN                         print RUN's events from the start until its result
+#   reboot RUN [--confirm SECONDS]     reboot into the boot default; after the boot, topdeck-reboot-guard.service
+#                                      waits this long for `confirm RUN`, else returns to the previous system
+#                                      (the boot entry back, and a reboot into it)
+#   confirm RUN [--check-command CMD] [--check-http URL] [--check-units] [--booted PATH]
+#                                      run the health checks, then confirm (or reject) RUN's activation or boot
+#   follow RUN [--since-reboot]        print RUN's events from the start (or from its reboot) until its result
 #   status | generations               what the host runs; its system generations
+#   boot-guard                         at boot, from topdeck-reboot-guard.service: take over a run that rebooted
 #   closures PATH                      the closures of the current system (0) and PATH (1): `closure PATH NARSIZE`
 #
 # Output: tab-separated lines on stdout: `phase NAME [DETAIL]`, `progress PATHS_DONE PATHS_TOTAL BYTES_DONE
 # BYTES_TOTAL`, `current PATH`, `log TEXT`, `state KEY VALUE`, and last `result done|failed|rolled-back REASON`.
-# Exit status: 0 done, 1 failed, 2 rolled back, 3 another deploy holds the host's lock, 64 bad arguments.
+# Exit status: 0 done, 1 failed, 2 rolled back, 3 another deploy holds the host's lock, 5 rebooting (the result
+# comes after the boot: `follow RUN --since-reboot`), 64 bad arguments.
 set -u
 PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
 export PATH
@@ -32,6 +38,11 @@ PROFILE=/nix/var/nix/profiles/system
 STATE=/nix/var/nix/topdeck
 RUNTIME=/run/topdeck
 GCROOTS=/nix/var/nix/gcroots/topdeck
+# A reboot in progress, kept where it survives the reboot: `pending` (PHASE RUN) starts the guard unit at boot,
+# `host.sh` is the script it runs, `run` the run's folder (/run/topdeck/runs/RUN links to it).
+REBOOT=$STATE/reboot
+GUARD_UNIT=topdeck-reboot-guard.service
+REBOOT_WAIT=600  # how long a host that was told to reboot may take to go down
 STORE_PATH_RE='^/nix/store/[0-9a-df-np-sv-z]\{32\}-[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*$'
 TAB=$(printf '\t')
 NEWLINE='
@@ -61,11 +72,11 @@ event() {  # record an event for `follow`, and print it
 # --- arguments --------------------------------------------------------------------------------------
 
 agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect= on_failed_units=rollback specialisation=
-status=
-check_command= check_http= check_units=
+status= with_reboot= rebooted=
+check_command= check_http= check_units= booted_check=
 parse_options() {
     while [ $# -gt 0 ]; do
-        [ $# -ge 2 ] || [ "$1" = --check-units ] || usage "option $1 needs a value"
+        [ $# -ge 2 ] || [ "$1" = --check-units ] || [ "$1" = --reboot ] || usage "option $1 needs a value"
         case $1 in
             --cache) cache=$2 ;;
             --key) key=$2 ;;
@@ -80,6 +91,8 @@ parse_options() {
             --check-command) check_command=$2 ;;
             --check-http) check_http=$2 ;;
             --check-units) check_units=1; shift; continue ;;
+            --reboot) with_reboot=1; shift; continue ;;
+            --booted) booted_check=$2 ;;
             *) usage "unknown option $1" ;;
         esac
         shift 2
@@ -90,6 +103,7 @@ parse_options() {
     case $pointer in .* | *[!A-Za-z0-9._-]*) usage "bad pointer name" ;; esac
     case $on_failed_units in rollback | keep) ;; *) usage "--on-failed-units must be rollback or keep" ;; esac
     case $specialisation in .* | *[!A-Za-z0-9._-]*) usage "bad specialisation name" ;; esac
+    [ -z "$booted_check" ] || matches "$booted_check" "$STORE_PATH_RE" || usage "--booted must be a store path"
 }
 
 check_run_id() {
@@ -125,9 +139,21 @@ take_lock() {
         exit 3
     fi
     printf 'run %s since %s' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$RUNTIME/lock.owner"
-    rm -rf "$rundir"
-    mkdir -p "$rundir" || fail "cannot create $rundir"
+    make_rundir
     event phase lock
+}
+
+make_rundir() {  # the folder of a run that reboots the host is kept under /nix, which survives the reboot
+    rm -rf "$rundir"
+    if [ -z "$with_reboot" ]; then
+        mkdir -p "$rundir" || fail "cannot create $rundir"
+        return
+    fi
+    if [ -e "$REBOOT/pending" ]; then
+        fail "a reboot of an earlier run is still pending here ($REBOOT/pending: $(one_line "$(cat "$REBOOT/pending")")): reboot the host to let its guard end it: nothing was changed"
+    fi
+    rm -rf "$REBOOT/run"
+    mkdir -p "$REBOOT/run" && ln -s "$REBOOT/run" "$rundir" || fail "cannot create $REBOOT/run"
 }
 
 sidecar_field() {  # one field of the sidecar, which topdeck writes one field a line
@@ -299,6 +325,10 @@ save_previous() {
     event state before "$prev_current"
     # The system to return to stays alive (a GC root) for as long as this run may return to it.
     if [ -n "$prev_current" ] && mkdir -p "$GCROOTS" 2>/dev/null; then ln -sfn "$prev_current" "$GCROOTS/$run"; fi
+    save_failed_units
+}
+
+save_failed_units() {  # what failed before the change, so that a check counts only what fails since
     if command -v systemctl >/dev/null 2>&1; then
         systemctl --failed --no-legend --plain 2>/dev/null | awk '{ print $1 }' | sort > "$rundir/failed-units.before"
     fi
@@ -323,7 +353,7 @@ write_run_env() {
     cat > "$rundir/env" <<EOF
 run='$run' mode='$mode' target='$target' confirm='$confirm' pointer='$pointer' p_serial='${p_serial:-}'
 prev_current='$prev_current' prev_gen='$prev_gen' prev_profile='$prev_profile' new_gen='$new_gen' created='$created'
-on_failed_units='$on_failed_units' specialisation='$specialisation'
+on_failed_units='$on_failed_units' specialisation='$specialisation' with_reboot='$with_reboot'
 EOF
 }
 
@@ -336,6 +366,10 @@ deploy() {
     parse_options "$@"
     case $specialisation:$mode in ?*:boot | ?*:dry-activate) usage "--specialisation works with switch and test only" ;; esac
     [ "$target" = - ] || matches "$target" "$STORE_PATH_RE" || usage "TARGET is not a store path"
+    if [ -n "$with_reboot" ]; then
+        [ "$mode" = boot ] || usage "--reboot goes with mode boot"
+        check_can_reboot
+    fi
     take_lock
     if [ -n "$generation" ]; then
         target=$(readlink -f "/nix/var/nix/profiles/system-$generation-link" 2>/dev/null) \
@@ -469,6 +503,7 @@ activate() {
     run_switch
     event state switch-code "$status"
     outcome_of_switch
+    if [ -n "$with_reboot" ]; then reboot_into "$target is the boot default, but the host did not reboot"; fi
     if [ "$confirm" -gt 0 ] && { [ "$mode" = switch ] || [ "$mode" = test ]; }; then
         printf '%s\n' "$note" > "$rundir/note"
         detach watch
@@ -536,6 +571,7 @@ await_confirmation() {
 }
 
 revert() {
+    if [ -n "$rebooted" ]; then return_to_previous "$1"; fi
     event phase rollback "$1"
     if [ "$status" = 11 ] && [ "$mode" != test ]; then  # the switch refused to start: only the profile moved
         restore_profile
@@ -573,7 +609,9 @@ already_there() {  # whether the mode would change nothing: the system runs (and
     active=$(readlink -f "$(activated)" 2>/dev/null || true)
     case $mode in
         switch) [ "$running" = "$active" ] && [ "$profile" = "$target" ] ;;
-        boot) [ "$profile" = "$target" ] ;;
+        boot)
+            [ "$profile" = "$target" ] || return 1
+            [ -z "$with_reboot" ] || [ "$(readlink -f /run/booted-system 2>/dev/null)" = "$target" ] ;;
         test) [ "$running" = "$active" ] ;;
         *) false ;;
     esac
@@ -589,10 +627,158 @@ finish() {
     if [ "$1" = done ]; then record_pointer_serial; fi
     rm -f "$GCROOTS/$run" "$rundir/unit"
     record_last_run "$1"
+    if [ -n "$with_reboot" ]; then
+        clear_pending
+        event state booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
+    fi
     event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
     event state generation "$(generation_of "$PROFILE")"
     event result "$1" "$2"
     case $1 in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
+}
+
+# --- reboots: the host boots again, then is confirmed through a new login or returns by itself ---------------
+#
+# Before the reboot the run writes `pending` (armed). At boot, before sshd, topdeck-reboot-guard.service runs
+# `boot-guard`, which links the run's folder into /run, takes the host's lock, checks what booted and starts the watcher
+# (a unit, as after an activation): confirmed in time, the run is done; otherwise the profile and the boot entry go
+# back to the previous system, `pending` says returning, and the host reboots into it; the boot after that ends the run.
+
+boot_id() { tr -cd '0-9a-f-' < /proc/sys/kernel/random/boot_id 2>/dev/null; }
+
+check_can_reboot() {  # before the lock: what cannot reboot with a guard is refused with nothing changed
+    if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then
+        line result failed "cannot reboot: this host runs no systemd, so nothing can reboot it and guard the boot: nothing was changed"
+        exit 1
+    fi
+    if ! systemctl cat "$GUARD_UNIT" >/dev/null 2>&1; then
+        line result failed "cannot reboot with magic rollback: this host has no $GUARD_UNIT (hosts/modules/topdeck-reboot-guard.nix), which returns it to its previous system when the boot is not confirmed: nothing was changed"
+        exit 1
+    fi
+}
+
+reboot_verb() {  # reboot RUN [options]: boot the boot default again, guarded; the reboot itself runs in a unit
+    [ $# -ge 1 ] || usage "reboot RUN [--confirm SECONDS]"
+    run=$1 mode=reboot with_reboot=1
+    shift
+    check_run_id "$run"
+    parse_options "$@"
+    check_can_reboot
+    take_lock
+    target=$(readlink -f "$PROFILE" 2>/dev/null) && [ -e "$target" ] || fail "this host has no system profile to boot: nothing was changed"
+    event state target "$target"
+    prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    event state before "$prev_current"
+    event state generation "$(generation_of "$PROFILE")"
+    prev_gen= prev_profile= new_gen= created=
+    if [ "$target" != "$prev_current" ]; then  # the boot default is another system: return to the running one
+        prev_gen=$(generation_naming "$prev_current")
+        [ -z "$prev_gen" ] || prev_profile=$prev_current
+    fi
+    save_failed_units
+    write_run_env
+    cp "$0" "$rundir/host.sh"
+    detach reboot-now
+    follow_events "$run" "$(wc -l < "$rundir/events")"
+}
+
+generation_naming() {  # the newest system generation whose system is $1, if there is one
+    found=
+    for link in "$PROFILE"-*-link; do
+        [ "$(readlink -f "$link" 2>/dev/null)" = "$1" ] || continue
+        number=${link#"$PROFILE"-}
+        number=${number%-link}
+        case $number in '' | *[!0-9]*) continue ;; esac
+        if [ -z "$found" ] || [ "$number" -gt "$found" ]; then found=$number; fi
+    done
+    printf '%s' "$found"
+}
+
+reboot_now() {  # the detached part of `reboot`
+    check_run_id "$1"
+    run=$1
+    . "$rundir/env"
+    take_over reboot-now
+    reboot_into "the host did not reboot"
+}
+
+reboot_into() {  # arm the guard for the next boot, then reboot; $1: what failing to reboot means
+    old_boot=$(boot_id)
+    printf "old_boot='%s'\n" "$old_boot" >> "$rundir/env"
+    { cp "$rundir/host.sh" "$REBOOT/host.sh.tmp" && mv "$REBOOT/host.sh.tmp" "$REBOOT/host.sh"; } 2>/dev/null \
+        || finish failed "$1: cannot write $REBOOT/host.sh"
+    set_pending armed || finish failed "$1: cannot write $REBOOT/pending"
+    event state boot-id "$old_boot"
+    event phase reboot "$old_boot"
+    reboot_and_wait "$1"
+}
+
+set_pending() { printf '%s %s\n' "$1" "$run" > "$REBOOT/pending.tmp" && mv "$REBOOT/pending.tmp" "$REBOOT/pending"; }
+
+clear_pending() {  # when the pending reboot is this run's
+    case $(cat "$REBOOT/pending" 2>/dev/null) in *" $run") rm -f "$REBOOT/pending" ;; esac
+}
+
+reboot_and_wait() {  # reboot, and hold the host's lock until the shutdown ends this process
+    if ! systemctl --no-block reboot < /dev/null >> "$rundir/activate.log" 2>&1; then
+        clear_pending
+        finish failed "$1: systemctl reboot failed ($(tail -n 1 "$rundir/activate.log" | tr '\t' ' '))"
+    fi
+    deadline=$(( $(date +%s) + REBOOT_WAIT ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done  # the shutdown may kill a sleep before this shell
+    clear_pending
+    finish failed "$1: it was still up ${REBOOT_WAIT}s after systemctl reboot"
+}
+
+boot_guard() {  # at boot, before sshd: take over the run that rebooted the host
+    [ -f "$REBOOT/pending" ] || exit 0
+    read -r phase run < "$REBOOT/pending" || exit 0
+    check_run_id "$run"
+    mkdir -p "$RUNTIME/runs" && ln -sfn "$REBOOT/run" "$rundir" || exit 1
+    . "$rundir/env"
+    exec 9>>"$RUNTIME/lock"
+    flock -n 9 || { echo "topdeck-host: the host's lock is held at boot" >&2; exit 1; }
+    printf 'run %s since %s' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$RUNTIME/lock.owner"
+    booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+    event phase booted "$(boot_id)"
+    event state booted "$booted"
+    case $phase in
+        armed)
+            printf "rebooted=1\n" >> "$rundir/env"
+            rebooted=1
+            set_pending waiting
+            [ "$booted" = "$target" ] || revert "it booted ${booted:-no system}, not $target"
+            printf 'booted %s\n' "$target" > "$rundir/note"
+            [ "$confirm" -gt 0 ] || finish done "booted $target"
+            detach watch ;;
+        waiting) revert "it booted again before it was confirmed" ;;
+        returning) returned ;;
+        *) clear_pending; finish failed "unknown phase '$(one_line "$phase")' in $REBOOT/pending" ;;
+    esac
+}
+
+return_to_previous() {  # after the reboot, unconfirmed: the boot entry back to the system before, and boot it
+    event phase rollback "$1"
+    if [ -z "$prev_profile" ] || [ "$prev_profile" = "$target" ]; then
+        finish failed "$1; it has no other system to return to, so it stays on $target"
+    fi
+    restore_profile
+    reactivate "$prev_profile" boot
+    one_line "$1" > "$rundir/reason"
+    if [ "$(readlink -f /run/booted-system 2>/dev/null)" = "$prev_profile" ]; then
+        finish rolled-back "$1; $prev_profile, which it runs, is its boot default again"
+    fi
+    set_pending returning
+    event phase returning "$prev_profile"
+    reboot_and_wait "it could not reboot into $prev_profile (now its boot default again)"
+}
+
+returned() {  # the boot after returning
+    reason=$(cat "$rundir/reason" 2>/dev/null)
+    if [ "$booted" = "$prev_profile" ]; then
+        finish rolled-back "$reason; it rebooted into $prev_profile by itself"
+    fi
+    finish failed "$reason; it rebooted to return to $prev_profile, but booted ${booted:-no system}"
 }
 
 # --- the other commands -------------------------------------------------------------------------------
@@ -607,9 +793,14 @@ follow_events() {  # print run $1's events after line $2 until its result
                 outcome=$(sed -n "s/^result$TAB\([^$TAB]*\).*/\1/p" "$rundir/events" | tail -n 1)
                 case $outcome in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
             fi
+            if [ -z "$since_reboot" ] &&
+                sed -n "$((seen + 1)),${count}p" "$rundir/events" | grep -q "^phase${TAB}reboot$TAB"; then
+                exit 5  # the host goes down now: its guard gives the result after the boot
+            fi
             seen=$count
         fi
-        if ! run_alive "$1"; then
+        # Looked at twice, a second apart, before a run is declared gone.
+        if ! run_alive "$1" && ! { sleep 1; run_alive "$1"; }; then
             sed -n "$((seen + 1)),\$p" "$rundir/events"
             grep -q "^result$TAB" "$rundir/events" \
                 || line result failed "the deploy stopped on the host before it ended ($(lock_state "$1"))"
@@ -630,11 +821,21 @@ run_alive() {  # whether run $1 still holds the host's lock (or its detached uni
     ! flock -n "$RUNTIME/lock" true 2>/dev/null || unit_alive "$1"
 }
 
+since_reboot=
 follow() {
-    [ $# = 1 ] || usage "follow RUN"
+    [ $# = 1 ] || { [ $# = 2 ] && [ "$2" = --since-reboot ]; } || usage "follow RUN [--since-reboot]"
     check_run_id "$1"
+    if [ ! -f "$rundir/events" ] && [ $# = 2 ]; then
+        line result failed "this host has no run $1 since its reboot: its $GUARD_UNIT did not take the run over"
+        exit 1
+    fi
     [ -f "$rundir/events" ] || { line result failed "this host has no run $1 (rebooted since?)"; exit 1; }
-    follow_events "$1" 0
+    start=0
+    if [ $# = 2 ]; then
+        since_reboot=1
+        start=$(grep -n "^phase${TAB}reboot$TAB" "$rundir/events" | head -n 1 | cut -d : -f 1)
+    fi
+    follow_events "$1" "${start:-0}"
 }
 
 confirm_run() {
@@ -654,6 +855,10 @@ confirm_run() {
 }
 
 run_checks() {  # prints why the first failing check failed, nothing if all pass
+    if [ -n "$booted_check" ]; then
+        booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+        [ "$booted" = "$booted_check" ] || { echo "it booted ${booted:-no system}, not $booted_check"; return; }
+    fi
     if [ -n "$check_command" ]; then
         sh -c "$check_command" > "$rundir/check.log" 2>&1 || { echo "command '$check_command' exited $?"; return; }
     fi
@@ -675,6 +880,7 @@ status() {
     line booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
     line profile "$(readlink -f "$PROFILE" 2>/dev/null || true)"
     line generation "$(generation_of "$PROFILE")"
+    line boot-id "$(boot_id)"
     line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
     running_specialisation "$current"
     if [ -e /run/booted-system ]; then line needs-reboot "$(needs_reboot)"; fi
@@ -735,7 +941,7 @@ agent() {  # unattended: deploy the pointer when it names something else than wh
 }
 
 command -v nix-store >/dev/null 2>&1 || { line result failed "nix-store is not installed on this host"; exit 1; }
-[ $# -ge 1 ] || usage "a command: deploy, agent, confirm, follow, status or generations"
+[ $# -ge 1 ] || usage "a command: deploy, agent, reboot, confirm, follow, status or generations"
 verb=$1
 shift
 case $verb in
@@ -743,6 +949,9 @@ case $verb in
     agent) agent "$@" ;;
     activate) activate "$@" ;;
     watch) watch "$@" ;;
+    reboot) reboot_verb "$@" ;;
+    reboot-now) reboot_now "$@" ;;
+    boot-guard) boot_guard ;;
     confirm) confirm_run "$@" ;;
     follow) follow "$@" ;;
     status) status ;;

@@ -93,6 +93,7 @@ class DeployConfig:
     parallel: int = 8
     confirm_timeout: float = 30.0
     on_failed_units: str = "rollback"
+    reboot_timeout: float = 300.0  # how long a rebooted host may take to come back, confirmation included
 
 
 @dataclass(frozen=True)
@@ -227,12 +228,13 @@ def _ssh_config(section: _Section, root: Path) -> SSHConfig:
 
 
 def _deploy_config(section: _Section) -> DeployConfig:
-    section.allow_only("parallel", "confirm_timeout", "on_failed_units")
+    section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout")
     return DeployConfig(
         parallel=section.get("parallel", int, default=8, check=_positive),
         confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
         on_failed_units=section.get("on_failed_units", str, default="rollback",
                                     check=_one_of(*FAILED_UNITS_CHOICES)),
+        reboot_timeout=float(section.get("reboot_timeout", (int, float), default=300.0, check=_positive)),
     )
 
 

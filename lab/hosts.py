@@ -39,7 +39,7 @@ class HostState:
     small_nix: int = 0
     slow_cpu_percent: int = 0
     image: str = ""  # empty for a native host; else the image it boots (topdeck.lab.images)
-    boot_pid: int = 0  # an image host's systemd-nspawn
+    boot_pid: int = 0  # an image host's launcher, which runs systemd-nspawn (again after each reboot)
 
 
 class LabHost:
@@ -269,6 +269,18 @@ class LabHost:
         link = self.sh(f"readlink {SYSTEM_PROFILE} || true").strip()
         parts = link.split("-")
         return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else 0
+
+    # --- reboots ---------------------------------------------------------------------------------
+
+    def boot_id(self) -> str:
+        return self.sh("cat /proc/sys/kernel/random/boot_id").strip()
+
+    def reboot(self) -> None:
+        raise LabError(f"host {self.name} is a native host: it has no init system, so it cannot reboot")
+
+    def follow_reboot(self) -> bool:
+        """Whether the host rebooted since its state was recorded (and its state now follows); never, natively."""
+        return False
 
     # --- teardown ---------------------------------------------------------------------------------
 

@@ -42,9 +42,23 @@ UNIX_EXPORT = Path("/run/systemd/nspawn/unix-export")
 BOOT_TIMEOUT = 90
 # Enter the container's mount, UTS, IPC and PID namespaces (the network is this machine's).
 NSENTER_FLAGS = ("-m", "-u", "-i", "-p")
-# Joins the host's cgroups, then becomes systemd-nspawn: "$1" "$2" are the cgroup folders, the rest the command.
-LAUNCH = 'for group in "$1" "$2"; do mkdir -p "$group" && echo $$ > "$group/cgroup.procs" || exit 1; done\n' \
-         'shift 2\nexec "$@"'
+# systemd-nspawn --boot exits with this status when the container asks for a reboot (`systemctl reboot` inside).
+REBOOT_STATUS = 133
+# Joins the host's cgroups, then runs systemd-nspawn, again after each reboot, as a machine boots again: "$1" "$2" are
+# the cgroup folders, "$3" the unix-export folder that nspawn 257 leaves behind, the rest the command.
+LAUNCH = ('for group in "$1" "$2"; do mkdir -p "$group" && echo $$ > "$group/cgroup.procs" || exit 1; done\n'
+          'export_folder=$3\nshift 3\n'
+          'while :; do\n'
+          '    "$@"\n'
+          '    status=$?\n'
+          f'    if [ "$status" != {REBOOT_STATUS} ]; then\n'
+          '        echo "topdeck-lab: systemd-nspawn exited $status"\n'
+          '        exit "$status"\n'
+          '    fi\n'
+          '    echo "topdeck-lab: the host rebooted; booting it again"\n'
+          '    if mountpoint -q "$export_folder"; then umount --lazy "$export_folder"; fi\n'
+          '    rmdir "$export_folder" 2>/dev/null\n'
+          'done')
 
 
 class ImageHost(LabHost):
@@ -79,17 +93,48 @@ class ImageHost(LabHost):
         groups = [str(self._group(hierarchy)) for hierarchy in ("systemd", "unified")]
         log = self.dir / "boot.log"
         log.write_text("")
-        boot_pid = spawn_detached(["/bin/sh", "-c", LAUNCH, "sh", *groups, *command], log,
-                                  env={**HOST_ENV, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"})
-        wait_for(lambda: bool(_container_init(boot_pid)) or not _alive(boot_pid), 30,
-                 f"host {self.name}: the container did not start", lambda: _tail(log))
-        leader = _container_init(boot_pid)
+        boot_pid = spawn_detached(["/bin/sh", "-c", LAUNCH, "sh", *groups, str(UNIX_EXPORT / self.machine),
+                                   *command], log, env={**HOST_ENV, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"})
+        self.state = replace(self.state, boot_pid=boot_pid, small_nix=small_nix)
+        self._await_boot("the container did not start")
+
+    def _await_boot(self, what: str) -> None:
+        """Wait for the container's systemd (PID 1 inside) to come up and finish booting; record it and its sshd."""
+        launcher, log = self.state.boot_pid, self.dir / "boot.log"
+        wait_for(lambda: bool(_container_init(launcher)) or not _alive(launcher), 30, f"host {self.name}: {what}",
+                 lambda: _tail(log))
+        leader = _container_init(launcher)
         if not leader:
-            raise LabError(f"host {self.name}: systemd-nspawn exited at start: {_tail(log)}")
-        self.state = replace(self.state, anchor_pid=leader, boot_pid=boot_pid, small_nix=small_nix,
-                             namespace=self._namespace_of(leader))
+            raise LabError(f"host {self.name}: systemd-nspawn exited: {_tail(log)}")
+        self.state = replace(self.state, anchor_pid=leader, namespace=self._namespace_of(leader), sshd_pid=0)
         wait_for(self._booted, BOOT_TIMEOUT, f"host {self.name}: systemd did not finish booting", lambda: _tail(log))
         self._find_sshd()
+
+    def namespace_alive(self) -> bool:
+        # A PID 1 that ended but is not reaped yet still names its PID namespace: it must be alive too.
+        return super().namespace_alive() and _alive(self.state.anchor_pid)
+
+    # --- reboots --------------------------------------------------------------------------------------
+
+    def boot_id(self) -> str:
+        return self.sh("cat /proc/sys/kernel/random/boot_id").strip()
+
+    def reboot(self) -> None:
+        """Reboot the host as a machine reboots (`systemctl reboot` inside), and wait until it has booted again."""
+        leader = self.state.anchor_pid
+        self.run(["systemctl", "reboot"], check=False)  # may lose its connection to systemd as the host goes down
+        wait_for(lambda: not _alive(leader), BOOT_TIMEOUT, f"host {self.name}: did not go down for its reboot")
+        if not self.follow_reboot():
+            raise LabError(f"host {self.name}: did not boot again: {_tail(self.dir / 'boot.log')}")
+
+    def follow_reboot(self) -> bool:
+        """After the container rebooted (its launcher boots it again), wait until it has booted and record its new
+        PID 1, namespace and sshd; whether it had rebooted. A host whose launcher is gone stopped: nothing to do."""
+        if self.namespace_alive() or not (self.state.boot_pid and _alive(self.state.boot_pid)):
+            return False
+        self._await_boot("did not boot again after its reboot")
+        self._apply_slowness()
+        return True
 
     def _nspawn_options(self, root: Path, small_nix: int) -> list[str]:
         for path in (root, self.dir):
@@ -114,7 +159,11 @@ class ImageHost(LabHost):
         return state in ("running", "degraded")
 
     def teardown(self) -> None:
-        """Kill everything in the host's cgroups at once (systemd-nspawn, the container's systemd and all it runs)."""
+        """Kill everything in the host's cgroups at once (the launcher, systemd-nspawn, the container's systemd and all
+        it runs)."""
+        leader = _container_init(self.state.boot_pid) if self.state.boot_pid else 0
+        if leader:  # booted again since the state was written: its processes are in the new PID namespace
+            self.state = replace(self.state, anchor_pid=leader, namespace=self._namespace_of(leader))
         for hierarchy in ("unified", "systemd"):
             group = self._group(hierarchy)
             kill_switch = group / "cgroup.kill"
@@ -162,11 +211,15 @@ class ImageHost(LabHost):
         self.state = replace(self.state, sshd_pid=outer)
 
 
-def _container_init(boot_pid: int) -> int:
-    """The container's PID 1 as this machine numbers it: a descendant of systemd-nspawn that is PID 1 inside."""
-    children = {pid for pid in _all_pids() if _parent(pid) == boot_pid}
-    grandchildren = {pid for pid in _all_pids() if _parent(pid) in children}
-    return next((pid for pid in sorted(children | grandchildren) if _inner_pid(pid) == 1), 0)
+def _container_init(launcher: int) -> int:
+    """The container's PID 1 as this machine numbers it: a descendant of the launcher (its systemd-nspawn's child or
+    grandchild) that is PID 1 inside."""
+    parents = {pid: _parent(pid) for pid in _all_pids()}
+    found, level = set(), {launcher}
+    for _ in range(3):
+        level = {pid for pid, parent in parents.items() if parent in level}
+        found |= level
+    return next((pid for pid in sorted(found) if _inner_pid(pid) == 1 and _alive(pid)), 0)  # not a dead one's zombie
 
 
 def _status_field(pid: int, field: str) -> str:

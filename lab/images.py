@@ -4,9 +4,11 @@
 this machine's apt uses and cached outside the repository, in `$TOPDECK_IMAGE_DIR` (default
 /var/cache/topdeck-lab/images), one folder each:
 
-    <name>/root         the root file system (read-only to hosts: each boots it with an overlay of its own)
-    <name>/info.json    what it has: Debian suite, Nix, OpenSSH and systemd versions, build time
-    <name>/recipe       the digest of the recipe it was built from; a changed recipe rebuilds the image
+    <name>/<digest>/root        the root file system (read-only to hosts: each boots it with an overlay of its own)
+    <name>/<digest>/info.json   what it has: Debian suite, Nix, OpenSSH and systemd versions, build time
+
+where <digest> names the recipe it was built from: a changed recipe builds a new image beside the old one, so a
+host still running from the old one (another checkout's lab, say) keeps its root.
 
 The recipe is the suite, the apt options, this file's package list and image/configure.sh (run in the new root).
 """
@@ -100,16 +102,19 @@ def list_images() -> list[ImageListing]:
     listings = [ImageListing(native_info(), "ready")]
     mirror = debian_mirror()
     for recipe in RECIPES.values():
-        folder = image_dir() / recipe.name
-        info = _read_info(folder) or ImageInfo(recipe.name, recipe.description, "", "", "")
-        if not (folder / "root").is_dir() or _read_info(folder) is None:
-            state = "missing"
-        elif _stamp(folder) != recipe.digest(mirror):
-            state = "outdated"
+        folder = _folder(recipe, mirror)
+        info = _read_info(folder)
+        if info is not None and (folder / "root").is_dir():
+            listings.append(ImageListing(info, "ready"))
         else:
-            state = "ready"
-        listings.append(ImageListing(info, state))
+            older = any(_read_info(other) for other in (image_dir() / recipe.name).glob("*/"))
+            listings.append(ImageListing(ImageInfo(recipe.name, recipe.description, "", "", ""),
+                                         "outdated" if older else "missing"))
     return listings
+
+
+def _folder(recipe: Recipe, mirror: str) -> Path:
+    return image_dir() / recipe.name / recipe.digest(mirror)[:16]
 
 
 def native_info() -> ImageInfo:
@@ -126,13 +131,6 @@ def _read_info(folder: Path) -> ImageInfo | None:
     return replace(info, root=str(folder / "root"))
 
 
-def _stamp(folder: Path) -> str:
-    try:
-        return (folder / "recipe").read_text().strip()
-    except OSError:
-        return ""
-
-
 # --- building ---------------------------------------------------------------------------------------
 
 
@@ -141,11 +139,11 @@ def ensure_image(name: str, log: Log = print) -> ImageInfo:
     if check_kind(name) == NATIVE:
         return native_info()
     recipe = RECIPES[name]
-    folder = image_dir() / name
     mirror = debian_mirror()
+    folder = _folder(recipe, mirror)
     with _locked(folder):
         info = _read_info(folder)
-        if info is not None and (folder / "root").is_dir() and _stamp(folder) == recipe.digest(mirror):
+        if info is not None and (folder / "root").is_dir():
             return info
         return _build(recipe, folder, mirror, log)
 
@@ -179,11 +177,9 @@ def _build(recipe: Recipe, folder: Path, mirror: str, log: Log) -> ImageInfo:
         build_seconds=round(time.monotonic() - started, 1),
         root=str(folder / "root"),
     )
-    (folder / "recipe").unlink(missing_ok=True)
     shutil.rmtree(folder / "root", ignore_errors=True)
     new_root.rename(folder / "root")
     (folder / "info.json").write_text(json.dumps({**asdict(info), "root": ""}, indent=2) + "\n")
-    (folder / "recipe").write_text(recipe.digest(mirror) + "\n")
     log(f"image {recipe.name}: ready in {info.build_seconds:.0f} s (Nix {info.nix}, OpenSSH {info.openssh}, "
         f"systemd {info.systemd})")
     return info

@@ -189,6 +189,8 @@ class Lab:
 
     def _host_running(self, name: str, kind: str) -> bool:
         host = self.hosts.get(name)
+        if host is not None:
+            host.follow_reboot()
         if host is None or not host.namespace_alive():
             return False
         running = host.state.image or images.NATIVE
@@ -264,9 +266,18 @@ class Lab:
     # --- controls for tests -----------------------------------------------------------------------
 
     def host(self, name: str) -> LabHost:
+        """The host, its state following a reboot that happened since (it has booted again by then)."""
         if name not in self.hosts:
             raise LabError(f"no lab host named {name!r} (hosts: {', '.join(self.hosts) or 'none'})")
-        return self.hosts[name]
+        host = self.hosts[name]
+        if host.follow_reboot():
+            self._save_state()
+        return host
+
+    def reboot_host(self, name: str) -> None:
+        """Reboot an image host (`systemctl reboot` inside it) and wait until it has booted again."""
+        self.host(name).reboot()
+        self._save_state()
 
     def stop_host(self, name: str) -> None:
         self.host(name).stop_sshd()
@@ -339,7 +350,7 @@ class Lab:
     # --- status -----------------------------------------------------------------------------------
 
     def status(self) -> LabStatus:
-        hosts = tuple(self._host_status(host) for host in self.hosts.values())
+        hosts = tuple(self._host_status(self.host(name)) for name in self.hosts)
         running = self.emulator_running()
         counters = self.emulator_control("GET", "counters") if running else {}
         return LabStatus(

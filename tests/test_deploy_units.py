@@ -162,3 +162,15 @@ def test_the_agent_module_parses_and_runs_the_host_script():
     parsed = subprocess.run(["nix-instantiate", "--parse", module], capture_output=True, text=True, env=lab_env())
     assert parsed.returncode == 0, parsed.stderr
     assert "core/host.sh" in parsed.stdout and '"agent"' in parsed.stdout
+
+
+def test_the_reboot_guard_module_parses_and_runs_the_pending_reboots_script():
+    from pathlib import Path
+
+    from topdeck.lab.nixenv import lab_env
+
+    module = Path(__file__).parent.parent / "hosts" / "modules" / "topdeck-reboot-guard.nix"
+    parsed = subprocess.run(["nix-instantiate", "--parse", module], capture_output=True, text=True, env=lab_env())
+    assert parsed.returncode == 0, parsed.stderr
+    assert "/nix/var/nix/topdeck/reboot/host.sh boot-guard" in parsed.stdout
+    assert "/nix/var/nix/topdeck/reboot/pending" in parsed.stdout

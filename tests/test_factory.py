@@ -213,10 +213,13 @@ def test_a_failing_build_raises_nix_error(tmp_path: Path, monkeypatch: pytest.Mo
 # --- switch-to-configuration, run in a lab-like host ------------------------------------------
 
 
+# /run is the folder given, and /nix/var its nix-var folder: the lab's bootloader keeps its entry under /nix/var.
+PRIVATE_RUN = 'mkdir -p "$0/nix-var" && mount --bind "$0/nix-var" /nix/var && mount --bind "$0" /run && exec "$@"'
+
+
 def activate(run: Path, toplevel: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run switch-to-configuration in a private mount namespace whose /run is `run`."""
-    script = 'mount --bind "$0" /run && exec "$@"'
-    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(run)]
+    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", PRIVATE_RUN, str(run)]
     command += [f"{toplevel}/bin/switch-to-configuration", *args]
     return subprocess.run(command, capture_output=True, text=True)
 
@@ -236,6 +239,7 @@ def test_switch_points_current_system_and_boot_entry(toplevels: dict[str, str], 
     assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == base
     assert activate(tmp_path, upgraded, "switch").returncode == 0
     assert link(tmp_path / "current-system") == link(tmp_path / "lab/boot-entry") == upgraded
+    assert link(tmp_path / "nix-var/nix/topdeck-lab/boot-entry") == upgraded, "the entry that survives a reboot"
     assert not [path for path in tmp_path.rglob("*") if ".tmp." in path.name]
     assert [line[1:] for line in log_lines(tmp_path)] == [["switch", base, "ok"], ["switch", upgraded, "ok"]]
     assert [line.split("\t")[1:] for line in (tmp_path / "lab/bootloader.log").read_text().splitlines()] == \
@@ -329,9 +333,8 @@ def test_failed_units_without_systemd_exit_4_after_activating(toplevels: dict[st
 @needs_root
 def test_install_bootloader_is_recorded(toplevels: dict[str, str], tmp_path: Path) -> None:
     command = ["env", "NIXOS_INSTALL_BOOTLOADER=1", f"{toplevels['base']}/bin/switch-to-configuration", "boot"]
-    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                             'mount --bind "$0" /run && exec "$@"', str(tmp_path), *command],
-                            capture_output=True, text=True)
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", PRIVATE_RUN, str(tmp_path),
+                             *command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "installing the lab's boot loader" in result.stdout
     assert (tmp_path / "lab/bootloader.log").read_text().split("\t")[1:] == [toplevels["base"], "install\n"]

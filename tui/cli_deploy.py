@@ -10,10 +10,18 @@ from typing import TextIO
 
 from topdeck.core import runs
 from topdeck.core.cache import open_cache
-from topdeck.core.deploy import MODES, plan_waves
+from topdeck.core.deploy import MODES, Settings, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
-from topdeck.core.fleet import deploy_fleet, generations, plan_fleet, rollback_fleet, status_fleet, trusted_key
+from topdeck.core.fleet import (
+    deploy_fleet,
+    generations,
+    plan_fleet,
+    reboot_fleet,
+    rollback_fleet,
+    status_fleet,
+    trusted_key,
+)
 from topdeck.core.inventory import Inventory, load_inventory, select_hosts
 from topdeck.core.signing import ssh_public_key
 from topdeck.tui.cli_output import EventPrinter, add_selector_option, ask, one_line, selector, size, to_json
@@ -39,6 +47,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     deploy.add_argument("--specialisation", metavar="NAME", default=None,
                         help="switch/test: activate this specialisation of each host's system (the profile is the "
                         "system itself); overrides the hosts' own `specialisation` setting; '' for none")
+    deploy.add_argument("--reboot", action="store_true",
+                        help="with --mode boot: then reboot each host into the new system and confirm it after the "
+                        "boot; a host not confirmed in time returns to its previous system by itself")
     deploy.add_argument("--canary", type=int, default=0, metavar="N",
                         help="deploy N hosts first, as a wave of their own")
     deploy.add_argument("--wave", metavar="SIZE", help="then waves of SIZE hosts (5) or of a share (25%%); "
@@ -60,6 +71,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     rollback.add_argument("--yes", action="store_true", help="do not ask before starting")
     rollback.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
     rollback.set_defaults(handler=rollback_command)
+
+    reboot = commands.add_parser(
+        "reboot", help="reboot hosts, confirmed after the boot, with magic rollback across the reboot",
+        description="Reboots each HOST (systemd hosts only) into its boot default and waits for it to come back with "
+        "a new boot id; then checks that it booted that system and confirms through a new SSH login, after the "
+        "health checks. A host not confirmed within deploy.confirm_timeout of its boot returns by itself to the "
+        "system it ran before the reboot, when its boot default is another one (its boot entry back, and another "
+        "reboot). Exits 1 unless every host was confirmed.",
+    )
+    reboot.add_argument("hosts", nargs="+", type=selector, metavar="HOST", help="host names, globs or @tags")
+    reboot.add_argument("--yes", action="store_true", help="do not ask before starting")
+    reboot.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
+    reboot.set_defaults(handler=reboot_command)
 
     status = commands.add_parser(
         "status", help="each host's current, booted and desired system, and whether it drifted",
@@ -87,8 +111,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def deploy_command(args: argparse.Namespace) -> int:
-    plan_waves((), args.canary, args.wave)  # a bad --canary or --wave is refused before any host is asked
+    plan_waves((), args.canary, args.wave)  # a bad --canary, --wave or --reboot is refused before any host is asked
     inventory = load_inventory(args.inventory)
+    Settings(args.mode, "", trusted_key(inventory), reboot=args.reboot)
     selectors = _retried(inventory, args.on) if args.retry_failed else list(args.on)
     progress = EventPrinter(json_lines=args.json)
     try:
@@ -102,13 +127,13 @@ def deploy_command(args: argparse.Namespace) -> int:
     else:
         print("\n".join(render_plan(fleet_plan.plan)))
     count = sum(1 for h in fleet_plan.plan.hosts if h.planned)
-    if not args.yes and not ask(f"{args.mode} {count} host(s) now?"):
+    if not args.yes and not ask(f"{args.mode}{' and reboot' if args.reboot else ''} {count} host(s) now?"):
         print("nothing deployed", file=sys.stderr)
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
-        result = deploy_fleet(inventory, fleet_plan, mode=args.mode, canary=args.canary, wave=args.wave,
-                              specialisation=args.specialisation, emit=board)
+        result = deploy_fleet(inventory, fleet_plan, mode=args.mode, reboot=args.reboot, canary=args.canary,
+                              wave=args.wave, specialisation=args.specialisation, emit=board)
     finally:
         board.close()
     return _report(result, args.json)
@@ -142,6 +167,20 @@ def rollback_command(args: argparse.Namespace) -> int:
     board = DeployBoard(json_lines=args.json)
     try:
         result = rollback_fleet(inventory, args.hosts, args.to, emit=board)
+    finally:
+        board.close()
+    return _report(result, args.json)
+
+
+def reboot_command(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    select_hosts(inventory, args.hosts, what="reboot")  # hosts that do not exist are refused before asking
+    if not args.yes and not ask(f"reboot {', '.join(args.hosts)}?"):
+        print("nothing rebooted", file=sys.stderr)
+        return 1
+    board = DeployBoard(json_lines=args.json)
+    try:
+        result = reboot_fleet(inventory, args.hosts, emit=board)
     finally:
         board.close()
     return _report(result, args.json)
@@ -207,7 +246,8 @@ def _outcome_detail(outcome: HostOutcome) -> str:
     if outcome.outcome == "done":
         fetched = (f", fetched {outcome.fetched_paths} paths ({size(outcome.fetched_bytes)})"
                    if outcome.fetched_paths else "")
-        return f"generation {outcome.generation}, {_name(outcome.after)}{fetched}"
+        booted = ", booted and confirmed" if outcome.booted else ""
+        return f"generation {outcome.generation}, {_name(outcome.after)}{fetched}{booted}"
     return outcome.reason
 
 

@@ -48,7 +48,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     status.set_defaults(handler=lab_status)
 
     for verb, text in (("stop-host", "stop a host's sshd (the host becomes unreachable)"),
-                       ("start-host", "start a stopped host's sshd again")):
+                       ("start-host", "start a stopped host's sshd again"),
+                       ("reboot-host", "reboot an image host (systemctl reboot inside) and wait until it is up")):
         control = actions.add_parser(verb, help=text)
         control.add_argument("name", help="lab host name")
         control.set_defaults(handler=lab_host_control, verb=verb)
@@ -149,10 +150,8 @@ def lab_status(args: argparse.Namespace) -> int:
 
 def lab_host_control(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    if args.verb == "stop-host":
-        lab.stop_host(args.name)
-    else:
-        lab.start_host(args.name)
+    control = {"stop-host": lab.stop_host, "start-host": lab.start_host, "reboot-host": lab.reboot_host}
+    control[args.verb](args.name)
     return 0
 
 

@@ -52,10 +52,13 @@
 # unit lab-broken.service that fails (systemd-run, Type=oneshot, /bin/false). On a native host there is no init:
 # no unit is restarted, and the failed-units variant only reports lab-broken.service as failed.
 #
+# The boot entry itself is /nix/var/nix/topdeck-lab/boot-entry, which survives a reboot as a bootloader's entry does
+# (/run does not): at boot, image hosts make the system it names the booted and current one (lab/image/configure.sh).
+#
 # What the lab records, in /run/lab (a host's own /run):
 #   activation.log   one line per switch-to-configuration call: TIME<TAB>ACTION<TAB>TOPLEVEL<TAB>OUTCOME, OUTCOME one
 #                    of ok (0), failed (1), locked (11), reboot-needed (100), activation-failed (2), units-failed (4)
-#   boot-entry       -> the toplevel the host boots (moved by lab-install-bootloader)
+#   boot-entry       -> the toplevel the host boots (moved by lab-install-bootloader, beside the persistent entry)
 #   bootloader.log   one line per bootloader run: TIME<TAB>TOPLEVEL<TAB>install|update (install when
 #                    NIXOS_INSTALL_BOOTLOADER=1)
 { specFile ? null, spec ? builtins.fromJSON (builtins.readFile specFile) }:
@@ -170,6 +173,9 @@ let
     else
       how=update
     fi
+    entries=/nix/var/nix/topdeck-lab
+    /bin/mkdir -p $entries || exit 1
+    point $entries/boot-entry "$target" || { echo "cannot update $entries/boot-entry" >&2; exit 1; }
     point $lab/boot-entry "$target" || { echo "cannot update $lab/boot-entry" >&2; exit 1; }
     printf '%s\t%s\t%s\n' "$(/bin/date -u +%Y-%m-%dT%H:%M:%SZ)" "$target" "$how" >> $lab/bootloader.log
   '';
