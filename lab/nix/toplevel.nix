@@ -404,6 +404,16 @@ let
     esac
   '';
 
+  # A small path that stands for a package's version (the kernel, its modules, systemd), "" without the package.
+  versionMarker = pname: kind:
+    let found = builtins.filter (package: package.pname == pname) spec.packages;
+    in if found == [ ] then "" else
+      let package = builtins.head found; in
+      shellDerivation {
+        name = "${package.pname}-${package.version}-${kind}";
+        args = [ "-c" "echo ${package.pname}-${package.version} > $out" ];
+      };
+
   mkToplevel = spec:
     let
       activation = canonical (spec.activation or "ok");
@@ -428,10 +438,11 @@ let
       sshdUnitHash = builtins.hashString "sha256" sshdFragment;
       specialisationNames = names;
       specialisations = children;
-      # As in a NixOS toplevel: what a reboot would change (topdeck's "needs reboot" compares these links).
-      kernel = if packages ? linux then packages.linux.out else "";
-      kernelModules = if packages ? linux && builtins.elem "modules" packages.linux.outputs then packages.linux.modules else "";
-      systemdPackage = if packages ? systemd then packages.systemd.out else "";
+      # As in a NixOS toplevel: what a reboot would change (topdeck's "needs reboot" compares these links). Each
+      # names its package's version only, so systems with the same kernel and systemd link the same paths.
+      kernel = versionMarker "linux" "kernel";
+      kernelModules = versionMarker "linux" "modules";
+      systemdPackage = versionMarker "systemd" "init";
       args = [ "-c" ''
         set -e
         /bin/mkdir -p $out/bin $out/etc/topdeck-lab
