@@ -340,25 +340,21 @@ let
     if [ -n "$on_systemd" ]; then
       $systemctl reset-failed 9>&- || echo "Failed to reset failed units" >&2
     fi
-    if [ -n "$reload_units" ]; then
-      echo "reloading the following units: $(listed "$reload_units")" >&2
-      for unit in $reload_units; do
-        if [ -z "$on_systemd" ] || ! $systemctl reload "$unit" 9>&-; then
-          echo "Failed to reload $unit" >&2
+    unit_job() {  # unit_job reload|restart UNITS...: each unit, exit code 4 for one that fails
+      job=$1
+      shift
+      [ $# -gt 0 ] || return 0
+      echo "''${job}ing the following units: $(listed "$*")" >&2
+      for unit in "$@"; do
+        if [ -z "$on_systemd" ] || ! $systemctl "$job" "$unit" 9>&-; then
+          echo "Failed to $job $unit" >&2
           exit_code=4
         fi
       done
-    fi
+    }
+    unit_job reload $reload_units
     /bin/rm -f $nixos/reload-list
-    if [ -n "$restart_units" ]; then
-      echo "restarting the following units: $(listed "$restart_units")" >&2
-      for unit in $restart_units; do
-        if [ -z "$on_systemd" ] || ! $systemctl restart "$unit" 9>&-; then
-          echo "Failed to restart $unit" >&2
-          exit_code=4
-        fi
-      done
-    fi
+    unit_job restart $restart_units
     /bin/rm -f $nixos/restart-list
     start_unit() {
       if [ -z "$on_systemd" ]; then return 1; fi  # no init: nothing can start a unit
@@ -441,7 +437,7 @@ let
       # As in a NixOS toplevel: what a reboot would change (topdeck's "needs reboot" compares these links). Each
       # names its package's version only, so systems with the same kernel and systemd link the same paths.
       kernel = versionMarker "linux" "kernel";
-      kernelModules = versionMarker "linux" "modules";
+      kernelModules = versionMarker "linux" "kernel-modules";
       systemdPackage = versionMarker "systemd" "init";
       args = [ "-c" ''
         set -e
