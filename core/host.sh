@@ -903,7 +903,8 @@ running_specialisation() {  # `specialisation NAME` and `system PARENT` when $1 
 
 needs_reboot() {  # whether what runs differs from what booted in what only a reboot changes (as autoUpgrade asks)
     for link in kernel initrd kernel-modules systemd; do
-        if [ "$(readlink -f "/run/booted-system/$link" 2>/dev/null)" != "$(readlink -f "/run/current-system/$link" 2>/dev/null)" ]; then
+        # -e: a link neither system has names nothing (-f would name a path under each system, always apart)
+        if [ "$(readlink -e "/run/booted-system/$link" 2>/dev/null)" != "$(readlink -e "/run/current-system/$link" 2>/dev/null)" ]; then
             printf 'yes\t%s' "$link"
             return 0
         fi

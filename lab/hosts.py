@@ -8,6 +8,7 @@ sshd can be stopped and started (an unreachable host) without losing the host's 
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -316,6 +317,7 @@ class LabHost:
         return _tail(self.sshd_log)
 
 
+@functools.cache
 def sshd_knows(option: str, sshd: str = "/usr/sbin/sshd") -> bool:
     """Whether this machine's sshd accepts `-o option` (its configuration test exits 0)."""
     result = subprocess.run([sshd, "-G", "-f", "/dev/null", "-o", option], capture_output=True)

@@ -96,6 +96,9 @@ def test_status_says_when_a_host_needs_a_reboot(lab, inventory):
     for name in MIXED_KINDS:  # as after a reboot into what runs now
         lab.host(name).sh("ln -sfn \"$(readlink -f /run/current-system)\" /run/booted-system")
     assert all(s["needs_reboot"] == "" for s in status_of(inventory, *MIXED_KINDS).values())
+    release(inventory, "web", lambda s: factory.upgrade(s, "web-app", f"5.{time.time_ns()}"))
+    assert deploy(inventory, "--on", "@web")[0].returncode == 0
+    assert all(s["needs_reboot"] == "" for s in status_of(inventory, *WEB).values()), "same kernel: no reboot"
     release(inventory, "web", lambda s: factory.upgrade(s, "linux", f"6.6.{31 + time.time_ns() % 1000}"))
 
     result, _, _ = deploy(inventory, "--on", "@web")
