@@ -165,7 +165,7 @@ verify_pointer() {
     command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
     command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
     sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) \
-        || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s' "$sidecar_text")"
+        || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s: %s' "$sidecar" "$sidecar_text")"
     p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
     p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
     [ "$p_name" = "$pointer" ] || fail "pointer $pointer: the sidecar names pointer '$p_name'"
