@@ -205,6 +205,9 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         section.get("path", str, required=True)
     if "public_key" in section.data and "public_key_file" in section.data:
         raise InventoryError(f"{section.where()}: give 'public_key' or 'public_key_file', not both")
+    if "@" in str(section.data.get("download_url", "")):  # not echoed: it may hold a password
+        raise InventoryError(f"{section.where('download_url')}: must not carry a user or password (every host "
+                             "would be given it)")
     if kind == "dir" and "download_url" in section.data:
         raise InventoryError(f"{section.where('download_url')}: only for type = \"b2\" (a dir cache names the URL "
                              "hosts fetch it from with 'url')")

@@ -531,6 +531,9 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("config: unknown key", _config("[cache]\n", '[cache]\nsecret_key = "x"\n'), ["{inv}/topdeck.toml: cache.secret_key: unknown key"]),
     ("config: wrong type", _config("connect_timeout = 5", 'connect_timeout = "soon"'), ["topdeck.toml: ssh.connect_timeout: 'soon' should be"]),
     ("config: prefix escapes", lambda ctx: _config(f'prefix = "{ctx.prefix}"', 'prefix = "../other"')(ctx), ["topdeck.toml: cache.prefix: '../other' is not a safe prefix"]),
+    ("config: download_url with a quote", _config("[cache]\n", "[cache]\ndownload_url = \"https://cache.example.com/x';touch " + str(MARKER) + "\"\n", ("deploy", "--yes")), ["{inv}/topdeck.toml: cache.download_url: ", "is not the http:// or https:// URL of the cache's root"]),
+    ("config: download_url not http", _config("[cache]\n", '[cache]\ndownload_url = "file:///etc"\n', ("agent-config", "host-1")), ["{inv}/topdeck.toml: cache.download_url: 'file:///etc' is not the http:// or https:// URL"]),
+    ("config: download_url with a user", _config("[cache]\n", '[cache]\ndownload_url = "https://user:pw@cache.example.com"\n'), ["{inv}/topdeck.toml: cache.download_url: must not carry a user or password"]),
     # --- paths and pointers ---
     ("push: path outside /nix/store", _argv("push", "/etc/passwd"), ["'/etc/passwd' is not a Nix store path"]),
     ("push: '..' out of the store", _argv("push", f"/nix/store/{HASH}-x/../../../etc/passwd"), ["is not a Nix store path"]),

@@ -153,17 +153,6 @@ def test_ssh_signatures_verify_with_ssh_keygen(tmp_path):
     assert verify(message, "other-namespace") != 0
 
 
-def test_the_agent_module_parses_and_runs_the_host_script():
-    from pathlib import Path
-
-    from topdeck.lab.nixenv import lab_env
-
-    module = Path(__file__).parent.parent / "hosts" / "modules" / "topdeck-agent.nix"
-    parsed = subprocess.run(["nix-instantiate", "--parse", module], capture_output=True, text=True, env=lab_env())
-    assert parsed.returncode == 0, parsed.stderr
-    assert "core/host.sh" in parsed.stdout and '"agent"' in parsed.stdout
-
-
 def test_the_reboot_guard_module_parses_and_runs_the_pending_reboots_script():
     from pathlib import Path
 
