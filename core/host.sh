@@ -165,7 +165,7 @@ verify_pointer() {
     command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
     command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
     sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) \
-        || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s: %s' "$sidecar" "$sidecar_text")"
+        || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s' "$sidecar_text")"
     p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
     p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
     [ "$p_name" = "$pointer" ] || fail "pointer $pointer: the sidecar names pointer '$p_name'"
@@ -193,8 +193,11 @@ realise() {  # nix-store -r from the cache only, with its signatures required an
         --option connect-timeout 15
 }
 
-cache_refusal() {  # why the cache refuses to serve $1, when it says why (B2 names its daily caps in a 403)
-    answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>/dev/null) || return 1
+cache_refusal() {  # why the cache does not serve $1: no answer, or a refusal (B2 names its daily caps in a 403)
+    answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>"$rundir/curl.err") || {
+        printf 'no answer from %s (%s)' "$1" "$(one_line "$(cat "$rundir/curl.err")")"
+        return 0
+    }
     code=$(printf '%s\n' "$answer" | tail -n 1)
     case $code in 2??) return 1 ;; esac
     b2code=$(printf '%s\n' "$answer" | sed -n 's/.*"code": *"\([a-z_]*\)".*/\1/p' | head -n 1)
