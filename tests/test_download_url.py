@@ -20,6 +20,7 @@ from agentmodule import configuration, systemd_units
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, state, three_host_lab, topdeck
 from labtools import ssh_run
 
+from topdeck.core import runs
 from topdeck.core.deploy import host_script
 from topdeck.core.inventory import load_inventory
 from topdeck.lab import factory, forward
@@ -122,6 +123,7 @@ def test_plan_and_deploy_fetch_through_the_front_on_every_kind(lab, inventory, f
     assert any("/manifests/" in d["path"] for d in operator), "topdeck read the manifests through B2's API"
     assert FRONT_SOURCE not in {d["peer"] for d in operator}
     assert forward.peers(front[1]), "the front logged no connection"
+    assert not (inventory / ".topdeck").exists() and any(runs.runs_dir(inventory).glob("*.json")), "run records"
 
 
 def test_the_agent_module_from_agent_config_fetches_through_the_front_on_every_kind(lab, inventory, tmp_path,
