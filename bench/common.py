@@ -102,6 +102,7 @@ def work_root() -> Path:
     with _Shared.lock:
         if _Shared.root is None:
             _Shared.root = Path(tempfile.mkdtemp(prefix="topdeck-bench-"))
+            os.environ["XDG_STATE_HOME"] = str(_Shared.root / "state")  # run records, with the benchmarks' inventories
             atexit.register(close_shared_lab)
         return _Shared.root
 

@@ -92,7 +92,11 @@ def transaction_class(name: str) -> str:
 
 
 class B2Cache:
-    def __init__(self, bucket: str, prefix: str, realm: str, key_id: str, key: str):
+    """The bucket through b2sdk. Hosts fetch from `substituter_url`: `download_url` when given (the cache's root
+    behind a CDN or an own domain), else the bucket's own `<downloadUrl>/file/<bucket>/<prefix>`; topdeck's own
+    reads always go through B2's API."""
+
+    def __init__(self, bucket: str, prefix: str, realm: str, key_id: str, key: str, download_url: str = ""):
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.counter = CallCounter()
         self.api = B2Api(InMemoryAccountInfo())
@@ -107,8 +111,8 @@ class B2Cache:
         # once: b2sdk already tries 5 times, and an authorization that fails that often is a wrong realm or no network
         retrying("authorizing with B2", authorize, attempts=1)
         self.bucket = retrying(f"finding bucket {bucket!r}", lambda: self._bucket(bucket))
-        download_url = self.api.account_info.get_download_url()
-        self.substituter_url = f"{download_url}/file/{bucket}/{self.prefix}".rstrip("/")
+        self.bucket_url = f"{self.api.account_info.get_download_url()}/file/{bucket}/{self.prefix}".rstrip("/")
+        self.substituter_url = download_url.rstrip("/") or self.bucket_url
 
     def _bucket(self, name: str) -> Bucket:
         """The bucket, without a class C list_buckets call when the key is restricted to it."""

@@ -66,7 +66,7 @@ def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> 
     from topdeck.core.b2cache import B2Cache
 
     key_id, key = b2_credentials(config, environ)
-    return B2Cache(config.bucket, config.prefix, config.realm, key_id, key)
+    return B2Cache(config.bucket, config.prefix, config.realm, key_id, key, download_url=config.download_url)
 
 
 def b2_credentials(config: CacheConfig, environ: Mapping[str, str]) -> tuple[str, str]:

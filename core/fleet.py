@@ -34,6 +34,7 @@ class FleetPlan:
     plan: Plan
     from_pointers: bool
     listing: Mapping[str, Entry] | None = None  # the cache listing the targets came from, if one was made
+    fetch_url: str = ""  # where the hosts fetch the cache from (its substituter URL)
 
 
 def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], target: str | None = None, *,
@@ -52,7 +53,8 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
                   cancel=cancel)
-    return FleetPlan(hosts, targets, manifests, result, from_pointers=not target, listing=listing)
+    return FleetPlan(hosts, targets, manifests, result, from_pointers=not target, listing=listing,
+                     fetch_url=cache.substituter_url)
 
 
 # --- deploy, rollback, status, generations ------------------------------------------------------------

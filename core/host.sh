@@ -193,8 +193,11 @@ realise() {  # nix-store -r from the cache only, with its signatures required an
         --option connect-timeout 15
 }
 
-cache_refusal() {  # why the cache refuses to serve $1, when it says why (B2 names its daily caps in a 403)
-    answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>/dev/null) || return 1
+cache_refusal() {  # why the cache does not serve $1: no answer, or a refusal (B2 names its daily caps in a 403)
+    answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>"$rundir/curl.err") || {
+        printf 'no answer from %s (%s)' "$1" "$(one_line "$(cat "$rundir/curl.err")")"
+        return 0
+    }
     code=$(printf '%s\n' "$answer" | tail -n 1)
     case $code in 2??) return 1 ;; esac
     b2code=$(printf '%s\n' "$answer" | sed -n 's/.*"code": *"\([a-z_]*\)".*/\1/p' | head -n 1)
@@ -790,8 +793,7 @@ follow_events() {  # print run $1's events after line $2 until its result
         if [ "$count" -gt "$seen" ]; then
             sed -n "$((seen + 1)),${count}p" "$rundir/events"
             if sed -n "$((seen + 1)),${count}p" "$rundir/events" | grep -q "^result$TAB"; then
-                outcome=$(sed -n "s/^result$TAB\([^$TAB]*\).*/\1/p" "$rundir/events" | tail -n 1)
-                case $outcome in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
+                exit_as_result
             fi
             if [ -z "$since_reboot" ] &&
                 sed -n "$((seen + 1)),${count}p" "$rundir/events" | grep -q "^phase${TAB}reboot$TAB"; then
@@ -802,12 +804,18 @@ follow_events() {  # print run $1's events after line $2 until its result
         # Looked at twice, a second apart, before a run is declared gone.
         if ! run_alive "$1" && ! { sleep 1; run_alive "$1"; }; then
             sed -n "$((seen + 1)),\$p" "$rundir/events"
-            grep -q "^result$TAB" "$rundir/events" \
-                || line result failed "the deploy stopped on the host before it ended ($(lock_state "$1"))"
+            # the run may have written its result between the count above and now
+            grep -q "^result$TAB" "$rundir/events" && exit_as_result
+            line result failed "the deploy stopped on the host before it ended ($(lock_state "$1"))"
             exit 1
         fi
         sleep 0.2
     done
+}
+
+exit_as_result() {  # exit as the run's result says: 0 done, 2 rolled back, else 1
+    outcome=$(sed -n "s/^result$TAB\([^$TAB]*\).*/\1/p" "$rundir/events" | tail -n 1)
+    case $outcome in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
 }
 
 lock_state() {  # what the host's lock says of run $1, for a report

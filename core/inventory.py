@@ -75,6 +75,7 @@ class CacheConfig:
     signing_key: Path | None = None
     public_key: str = ""
     public_key_file: Path | None = None
+    download_url: str = ""  # B2: the cache's root as hosts fetch it (a CDN or own domain); "" for B2's own URL
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _build(section: _Section, folder: Path) -> Build:
 def _cache_config(section: _Section, root: Path) -> CacheConfig:
     section.allow_only(
         "type", "bucket", "prefix", "realm", "credentials_file", "path", "url",
-        "signing_key", "public_key", "public_key_file",
+        "signing_key", "public_key", "public_key_file", "download_url",
     )
     kind = section.get("type", str, default="b2", check=_one_of("b2", "dir"))
     if kind == "b2":
@@ -204,6 +205,12 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         section.get("path", str, required=True)
     if "public_key" in section.data and "public_key_file" in section.data:
         raise InventoryError(f"{section.where()}: give 'public_key' or 'public_key_file', not both")
+    if "@" in str(section.data.get("download_url", "")):  # not echoed: it may hold a password
+        raise InventoryError(f"{section.where('download_url')}: must not carry a user or password (every host "
+                             "would be given it)")
+    if kind == "dir" and "download_url" in section.data:
+        raise InventoryError(f"{section.where('download_url')}: only for type = \"b2\" (a dir cache names the URL "
+                             "hosts fetch it from with 'url')")
     return CacheConfig(
         kind=kind,
         bucket=section.get("bucket", str, default=""),
@@ -215,6 +222,7 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         signing_key=section.path("signing_key", root),
         public_key=section.get("public_key", str, default=""),
         public_key_file=section.path("public_key_file", root),
+        download_url=section.get("download_url", str, default="", check=_valid_download_url).rstrip("/"),
     )
 
 
@@ -263,6 +271,19 @@ def _valid_command(value: str) -> str | None:
 
 def _valid_url(value: str) -> str | None:
     return None if re.fullmatch(r"https?://[^\s'\"\\]+", value) else "must be an http:// or https:// URL"
+
+
+# The cache's root as hosts fetch it: it goes into a remote command, a Nix string of the agent module and Nix's
+# substituters (a space would split it), and paths are appended to it (a query or fragment would swallow them).
+DOWNLOAD_URL_RE = re.compile(rf"https?://({_LABEL}(\.{_LABEL})*|\d{{1,3}}(\.\d{{1,3}}){{3}}|\[[0-9A-Fa-f:.]+\])"
+                             r"(:\d{1,5})?(/[A-Za-z0-9._~%+-]+)*/?")
+
+
+def _valid_download_url(value: str) -> str | None:
+    if DOWNLOAD_URL_RE.fullmatch(value):
+        return None
+    return ("is not the http:// or https:// URL of the cache's root (host, optional port and path of letters, "
+            "digits and ._~%+-; no user, query, quotes or spaces)")
 
 
 def _refuse_shared_addresses(hosts: list[Host]) -> None:

@@ -1,6 +1,8 @@
-"""The record of every deploy and rollback run, kept beside the inventory in .topdeck/runs/<run id>.json.
+"""The record of every deploy, rollback and reboot run: `<run id>.json` in the inventory's state folder
+(core/state.py: `$XDG_STATE_HOME/topdeck/inventories/<inventory>/runs/`).
 
-`--retry-failed` reads the newest record and retries the hosts that did not end on their target.
+`--retry-failed` reads the newest record and retries the hosts that did not end on their target. Records that
+earlier versions kept beside the inventory, in `.topdeck/runs/`, are still read.
 """
 
 from __future__ import annotations
@@ -8,22 +10,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome
+from topdeck.core.state import ensure_inventory_state, inventory_state
 
-RUNS_DIR = Path(".topdeck") / "runs"
-
-
-def runs_dir(inventory_root: Path) -> Path:
-    return inventory_root / RUNS_DIR
+LEGACY_RUNS_DIR = Path(".topdeck") / "runs"
 
 
-def save_run(inventory_root: Path, result: DeployResult, kind: str = "deploy") -> Path:
+def runs_dir(inventory_root: Path, environ: Mapping[str, str] = os.environ) -> Path:
+    return inventory_state(inventory_root, environ) / "runs"
+
+
+def save_run(inventory_root: Path, result: DeployResult, kind: str = "deploy",
+             environ: Mapping[str, str] = os.environ) -> Path:
     """Write the run's record atomically; its name sorts by time (run ids start with the UTC time)."""
-    folder = runs_dir(inventory_root)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_inventory_state(inventory_root, environ) / "runs"
+    folder.mkdir(exist_ok=True, mode=0o700)
     record = {"run_id": result.run_id, "kind": kind, "mode": result.mode, "started": result.started,
               "finished": result.finished, "stopped": result.stopped, "ok": result.ok,
               "hosts": [dataclasses.asdict(outcome) for outcome in result.outcomes]}
@@ -34,8 +39,9 @@ def save_run(inventory_root: Path, result: DeployResult, kind: str = "deploy") -
     return path
 
 
-def last_run(inventory_root: Path) -> DeployResult | None:
-    found = [load_run(path) for path in runs_dir(inventory_root).glob("*.json")]
+def last_run(inventory_root: Path, environ: Mapping[str, str] = os.environ) -> DeployResult | None:
+    folders = (runs_dir(inventory_root, environ), inventory_root / LEGACY_RUNS_DIR)
+    found = [load_run(path) for folder in folders for path in folder.glob("*.json")]
     return max(found, key=lambda run: run.started) if found else None
 
 
@@ -49,9 +55,9 @@ def load_run(path: Path) -> DeployResult:
         raise DeployError(f"{path}: not a readable run record ({error})") from None
 
 
-def failed_hosts(inventory_root: Path) -> tuple[str, ...]:
+def failed_hosts(inventory_root: Path, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     """The hosts of the newest run that did not end on their target."""
-    run = last_run(inventory_root)
+    run = last_run(inventory_root, environ)
     if run is None:
-        raise DeployError(f"no earlier run to retry (none recorded in {runs_dir(inventory_root)})")
+        raise DeployError(f"no earlier run to retry (none recorded in {runs_dir(inventory_root, environ)})")
     return run.failed

@@ -7,7 +7,8 @@ In process:   with B2Emulator("lab-key-id", "lab-secret").start() as b2: ... b2.
 As a process: python -m topdeck.lab.b2emu --port 17890 --key-id ID --key-env VAR --bucket NAME
 Control over HTTP (never counted, never faulted): GET /_emulator/counters,
 POST /_emulator/counters/reset, GET|POST|DELETE /_emulator/faults (POST takes FaultPlan's
-fields as a JSON object).
+fields as a JSON object), GET /_emulator/downloads (each request to /file/...: the peer's address,
+the path, the User-Agent and whether it carried B2 authorization, oldest first).
 
 The pieces: b2emu_account (the simulator and its errors), b2emu_calls (one handler per B2 call),
 b2emu_meter (counters and faults); this module holds the HTTP server, the B2Emulator and the command.
@@ -23,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -40,6 +42,7 @@ DEFAULT_RECOMMENDED_PART_SIZE = 100_000_000
 DEFAULT_ABSOLUTE_MINIMUM_PART_SIZE = 5_000_000
 _CHUNK_SIZE = 1 << 20
 _IDLE_CONNECTION_SECONDS = 600
+_DOWNLOADS_KEPT = 50_000
 _SHUTDOWN_POLL_SECONDS = 0.1
 
 _FAULT_ERRORS = {
@@ -77,6 +80,7 @@ class B2Emulator:
         self.fault_picker = FaultPicker()
         self.stopping = threading.Event()
         self._counters = Counters()
+        self._downloads: deque[dict[str, Any]] = deque(maxlen=_DOWNLOADS_KEPT)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -119,6 +123,14 @@ class B2Emulator:
 
     def reset_counters(self) -> None:
         self._counters.reset()
+
+    def record_download(self, peer: str, request: Request) -> None:
+        self._downloads.append({"peer": peer, "method": request.method, "path": request.path,
+                                "user_agent": request.headers.get("User-Agent", ""),
+                                "authorized": "Authorization" in request.headers})
+
+    def downloads(self) -> list[dict[str, Any]]:
+        return list(self._downloads)
 
     @property
     def fault_plan(self) -> FaultPlan:
@@ -166,6 +178,9 @@ class B2Emulator:
         self.reset_counters()
         return self.counters()
 
+    def _get_downloads(self, request: Request) -> dict[str, Any]:
+        return {"downloads": self.downloads()}
+
     def _get_faults(self, request: Request) -> dict[str, Any]:
         return self.fault_plan.as_json()
 
@@ -180,6 +195,7 @@ class B2Emulator:
 _CONTROL_ROUTES: dict[tuple[str, str], Callable[[B2Emulator, Request], dict[str, Any]]] = {
     ("GET", "counters"): B2Emulator._get_counters,
     ("POST", "counters/reset"): B2Emulator._reset_counters,
+    ("GET", "downloads"): B2Emulator._get_downloads,
     ("GET", "faults"): B2Emulator._get_faults,
     ("POST", "faults"): B2Emulator._set_faults,
     ("DELETE", "faults"): B2Emulator._clear_faults,
@@ -254,6 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
         if request.path.startswith(CONTROL_PREFIX):
             self._write(emulator.control(request))
             return
+        if request.path.startswith("/file/"):
+            emulator.record_download(self.client_address[0], request)
         call = call_name(request.method, request.path) or ""
         route = ROUTES.get(call)
         if route is None:

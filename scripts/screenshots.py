@@ -45,6 +45,7 @@ def main() -> int:
         os.environ["TOPDECK_LAB_DIR"] = str(args.lab_dir)
     lab_dir = Path(os.environ.get("TOPDECK_LAB_DIR", "/var/lib/topdeck-lab"))
     scratch = Path(tempfile.mkdtemp(prefix="topdeck-shots-"))
+    os.environ["XDG_STATE_HOME"] = str(scratch / "state")  # the shots' run records go with the scratch inventory
     try:
         inventory = copy_inventory(scratch, lab_dir, args.base_address, args.emulator_port)
         topdeck(inventory, "demo", "--no-tui")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,12 +13,21 @@ from topdeck.lab.lab import Lab
 # The tests' lab lives on its own addresses and a free port, so a running demo lab is left alone.
 # TOPDECK_TEST_BASE_ADDRESS moves it, so that two test runs can share a machine.
 TEST_BASE_ADDRESS = os.environ.get("TOPDECK_TEST_BASE_ADDRESS", "127.0.3.11")
+_STATE: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from topdeck.lab.nixenv import LAB_NIX_CONFIG
 
     os.environ["NIX_CONFIG"] = LAB_NIX_CONFIG
+    # topdeck's own state (run records) goes to a folder of this session, never to the user's ~/.local/state
+    _STATE.append(tempfile.mkdtemp(prefix="topdeck-test-state-"))
+    os.environ["XDG_STATE_HOME"] = _STATE[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _STATE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

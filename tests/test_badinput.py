@@ -34,7 +34,7 @@ import pytest
 from conftest import TEST_BASE_ADDRESS
 from labtools import ssh_run, substitute
 
-from topdeck.core import pointers
+from topdeck.core import pointers, runs
 from topdeck.core.b2cache import B2Cache
 from topdeck.core.manifest import manifest_name
 from topdeck.core.narinfo import parse_narinfo, render_narinfo
@@ -432,10 +432,11 @@ def _stopped(name: str, *argv: str):  # type: ignore[no-untyped-def]
     return prepare
 
 
-def _run_record(hosts: list[dict[str, str]] | None, *more: str):  # type: ignore[no-untyped-def]
-    """The inventory's newest run record: one naming `hosts`, or (None) garbage; then a retry (with `more`)."""
+def _run_record(hosts: list[dict[str, str]] | None, *more: str, legacy: bool = True):  # type: ignore[no-untyped-def]
+    """The inventory's newest run record: one naming `hosts`, or (None) garbage; then a retry (with `more`).
+    `legacy`: where earlier versions kept records, beside the inventory; else in its state folder."""
     def prepare(ctx: Ctx) -> list[str]:
-        folder = ctx.inv / ".topdeck" / "runs"
+        folder = ctx.inv / ".topdeck" / "runs" if legacy else runs.runs_dir(ctx.inv)
         folder.mkdir(parents=True)
         record = {"run_id": "20240101-000000-abcdef", "kind": "deploy", "mode": "switch", "started": 1.0,
                   "finished": 2.0, "stopped": "", "ok": False, "hosts": hosts}
@@ -468,7 +469,8 @@ DEPLOY_ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("deploy --wave 0", _argv("deploy", "--wave", "0", "--yes"), ["--wave '0': give a number of hosts (5) or a share of them (25%)"]),
     ("deploy --wave 150%", _argv("deploy", "--wave", "150%", "--yes"), ["--wave '150%': give a number of hosts"]),
     ("deploy --wave abc", _argv("deploy", "--wave", "abc", "--yes"), ["--wave 'abc': give a number of hosts"]),
-    ("deploy --retry-failed, no run recorded", _argv("deploy", "--retry-failed", "--yes"), ["no earlier run to retry (none recorded in {inv}/.topdeck/runs)"]),
+    ("deploy --retry-failed, no run recorded", _argv("deploy", "--retry-failed", "--yes"), ["no earlier run to retry (none recorded in " + os.environ["XDG_STATE_HOME"] + "/topdeck/inventories/", "-hosts-", "/runs)"]),
+    ("deploy --retry-failed, state run record garbage", _run_record(None, legacy=False), [os.environ["XDG_STATE_HOME"] + "/topdeck/inventories/", "/runs/20240101-000000-abcdef.json: not a readable run record"]),
     ("deploy --retry-failed, run record garbage", _run_record(None), ["{inv}/.topdeck/runs/20240101-000000-abcdef.json: not a readable run record"]),
     ("deploy --retry-failed, record names '*'", _run_record([{"host": "*", "outcome": "failed", "target": ""}]), ["names host '*', which is not in the inventory: nothing retried"]),
     ("deploy --retry-failed --on a host that did not fail", _run_record([{"host": "host-1", "outcome": "failed", "target": ""}], "--on", "host-2"), ["--on host-2: none of these hosts failed in the last run: nothing to retry"]),
@@ -531,6 +533,9 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("config: unknown key", _config("[cache]\n", '[cache]\nsecret_key = "x"\n'), ["{inv}/topdeck.toml: cache.secret_key: unknown key"]),
     ("config: wrong type", _config("connect_timeout = 5", 'connect_timeout = "soon"'), ["topdeck.toml: ssh.connect_timeout: 'soon' should be"]),
     ("config: prefix escapes", lambda ctx: _config(f'prefix = "{ctx.prefix}"', 'prefix = "../other"')(ctx), ["topdeck.toml: cache.prefix: '../other' is not a safe prefix"]),
+    ("config: download_url with a quote", _config("[cache]\n", "[cache]\ndownload_url = \"https://cache.example.com/x';touch " + str(MARKER) + "\"\n", ("deploy", "--yes")), ["{inv}/topdeck.toml: cache.download_url: ", "is not the http:// or https:// URL of the cache's root"]),
+    ("config: download_url not http", _config("[cache]\n", '[cache]\ndownload_url = "file:///etc"\n', ("agent-config", "host-1")), ["{inv}/topdeck.toml: cache.download_url: 'file:///etc' is not the http:// or https:// URL"]),
+    ("config: download_url with a user", _config("[cache]\n", '[cache]\ndownload_url = "https://user:pw@cache.example.com"\n'), ["{inv}/topdeck.toml: cache.download_url: must not carry a user or password"]),
     # --- paths and pointers ---
     ("push: path outside /nix/store", _argv("push", "/etc/passwd"), ["'/etc/passwd' is not a Nix store path"]),
     ("push: '..' out of the store", _argv("push", f"/nix/store/{HASH}-x/../../../etc/passwd"), ["is not a Nix store path"]),

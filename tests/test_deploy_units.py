@@ -5,10 +5,11 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from topdeck.core import runs
+from topdeck.core import runs, state
 from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, host_command, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
@@ -110,6 +111,43 @@ def test_run_records_give_the_failed_hosts_of_the_newest_run(tmp_path):
     assert runs.last_run(tmp_path) == newer
 
 
+def test_the_state_folder_follows_xdg_state_home(tmp_path):
+    assert state.state_home({"XDG_STATE_HOME": str(tmp_path), "HOME": "/home/x"}) == tmp_path / "topdeck"
+    assert state.state_home({"HOME": "/home/x"}) == Path("/home/x/.local/state/topdeck")
+    assert state.state_home({"XDG_STATE_HOME": "relative", "HOME": "/home/x"}) == Path("/home/x/.local/state/topdeck")
+
+
+def test_each_inventory_has_a_state_folder_of_its_own_with_a_readable_name(tmp_path):
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    one, other = tmp_path / "fleet" / "hosts", tmp_path / "lab" / "hosts"
+    one.mkdir(parents=True)
+    other.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(one)
+    folder = state.inventory_state(one, environ)
+    assert folder.parent == tmp_path / "state" / "topdeck" / "inventories"
+    assert folder.name.startswith("fleet-hosts-") and folder != state.inventory_state(other, environ)
+    assert state.inventory_state(tmp_path / "link", environ) == folder == state.inventory_state(one / ".", environ)
+    assert (state.ensure_inventory_state(one, environ) / "inventory").read_text() == f"{one}\n"
+
+
+def test_run_records_stay_out_of_the_inventory_and_the_old_ones_are_still_read(tmp_path):
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    inventory = tmp_path / "hosts"
+    inventory.mkdir()
+    kept = runs.save_run(inventory, DeployResult("a-run", "switch", (HostOutcome("h1", "failed", PATH),),
+                                                 started=1.0, finished=2.0), environ=environ)
+    assert kept.parent == runs.runs_dir(inventory, environ) and kept.is_relative_to(tmp_path / "state")
+    assert list(inventory.iterdir()) == []
+    assert runs.failed_hosts(inventory, environ) == ("h1",)
+    legacy = inventory / ".topdeck" / "runs"  # where earlier versions wrote them; a newer one there wins
+    legacy.mkdir(parents=True)
+    runs.save_run(tmp_path / "elsewhere", DeployResult("b-run", "switch", (HostOutcome("h2", "failed", PATH),),
+                                                       started=3.0, finished=4.0), environ=environ)
+    moved = next(runs.runs_dir(tmp_path / "elsewhere", environ).glob("*.json"))
+    moved.rename(legacy / moved.name)
+    assert runs.failed_hosts(inventory, environ) == ("h2",)
+
+
 def test_checks_merge_all_then_tags_then_the_host(tmp_path):
     (tmp_path / "topdeck.toml").write_text(
         '[cache]\ntype = "dir"\npath = "cache"\n\n[checks.all]\nfailed_units = true\n\n'
@@ -151,17 +189,6 @@ def test_ssh_signatures_verify_with_ssh_keygen(tmp_path):
     assert verify(message) == 0
     assert verify(message.replace(";3;", ";4;")) != 0
     assert verify(message, "other-namespace") != 0
-
-
-def test_the_agent_module_parses_and_runs_the_host_script():
-    from pathlib import Path
-
-    from topdeck.lab.nixenv import lab_env
-
-    module = Path(__file__).parent.parent / "hosts" / "modules" / "topdeck-agent.nix"
-    parsed = subprocess.run(["nix-instantiate", "--parse", module], capture_output=True, text=True, env=lab_env())
-    assert parsed.returncode == 0, parsed.stderr
-    assert "core/host.sh" in parsed.stdout and '"agent"' in parsed.stdout
 
 
 def test_the_reboot_guard_module_parses_and_runs_the_pending_reboots_script():

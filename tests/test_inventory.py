@@ -146,3 +146,40 @@ def test_cli_reports_bad_inventory_in_one_line(tmp_path):
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "port: 0 is not a port" in result.stderr
+
+
+@pytest.mark.parametrize("url,kept", [
+    ("https://nix-cache.example.org", "https://nix-cache.example.org"),
+    ("https://nix-cache.example.org/file/my-nix-cache/cache/", "https://nix-cache.example.org/file/my-nix-cache/cache"),
+    ("http://127.0.35.1:8080/file/b/p", "http://127.0.35.1:8080/file/b/p"),
+    ("https://[2001:db8::1]:8443/nix", "https://[2001:db8::1]:8443/nix"),
+])
+def test_download_url_names_the_caches_root(tmp_path, url, kept):
+    inventory = load_inventory(write_inventory(tmp_path / "inv", {"web-1": HOST},
+                                               CONFIG + f'download_url = "{url}"\n'))
+    assert inventory.cache.download_url == kept
+
+
+@pytest.mark.parametrize("url,problem", [
+    ("ftp://cache.example.org", "is not the http:// or https:// URL of the cache's root"),
+    ("https://cache.example.org/a b", "is not the http:// or https:// URL"),
+    ("https://cache.example.org/x';touch /tmp/x", "is not the http:// or https:// URL"),
+    ("https://cache.example.org/${x}", "is not the http:// or https:// URL"),
+    ("https://cache.example.org/?token=1", "is not the http:// or https:// URL"),
+    ("https://cache.example.org/#a", "is not the http:// or https:// URL"),
+    ("https://cache.example.org//double", "is not the http:// or https:// URL"),
+    ("https://bob:secret@cache.example.org", "must not carry a user or password"),
+])
+def test_a_bad_download_url_is_refused_with_file_and_key(tmp_path, url, problem):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST}, CONFIG + f'download_url = "{url}"\n')
+    with pytest.raises(InventoryError) as error:
+        load_inventory(root)
+    assert str(error.value).startswith(f"{root}/topdeck.toml: cache.download_url: ") and problem in str(error.value)
+    assert "secret" not in str(error.value)
+
+
+def test_download_url_is_only_for_a_b2_cache(tmp_path):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST},
+                           '[cache]\ntype = "dir"\npath = "c"\ndownload_url = "https://cache.example.org"\n')
+    with pytest.raises(InventoryError, match=r"cache.download_url: only for type = \"b2\""):
+        load_inventory(root)

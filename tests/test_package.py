@@ -1,11 +1,18 @@
-"""Packaging and boundaries: the wheel holds every subpackage; core never imports UI code."""
+"""Packaging and boundaries: the wheel holds every subpackage; every imported package is declared, with an upper
+bound; core never imports UI code."""
 
+import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+REQUIREMENT = re.compile(r"([A-Za-z0-9._-]+)\s*((?:[<>=!~]=?\s*[0-9][0-9.]*\s*,?\s*)*)$")
 
 
 def test_wheel_contains_every_subpackage(tmp_path):
@@ -48,3 +55,70 @@ def test_lint_and_types_are_clean():
     for command in (["ruff", "check", "core", "lab", "tui", "tests", "bench"], ["mypy", "core", "lab"]):
         result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def third_party_imports(*folders: str) -> dict[str, set[str]]:
+    """Top-level names imported in `folders` that are neither the standard library, topdeck, nor a module of the
+    repository's own (the tests' helpers): name -> the files importing it."""
+    local = {p.stem for p in REPO.glob("*/*.py")} | {p.name for p in REPO.iterdir() if p.is_dir()}
+    found: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in (n.split(".")[0] for n in names):
+                    if name not in sys.stdlib_module_names and name != "topdeck" and name not in local:
+                        found.setdefault(name, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def declared(requirements: list[str]) -> dict[str, str]:
+    """Distribution name (normalized) -> its version specifiers."""
+    result = {}
+    for requirement in requirements:
+        match = REQUIREMENT.fullmatch(requirement.strip())
+        assert match, f"pyproject.toml: cannot read requirement {requirement!r}"
+        result[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2].replace(" ", "")
+    return result
+
+
+RUNTIME = declared(PROJECT["project"]["dependencies"])
+DEV = declared(PROJECT["project"]["optional-dependencies"]["dev"])
+
+
+def distribution(module: str) -> str:
+    names = importlib.metadata.packages_distributions().get(module)
+    assert names, f"{module} is imported but not installed"
+    return re.sub(r"[-_.]+", "-", names[0]).lower()
+
+
+def test_every_third_party_import_is_declared():
+    runtime = third_party_imports("core", "tui", "lab", "bench", "topdeck")
+    for module, files in runtime.items():
+        assert distribution(module) in RUNTIME, f"{module} (imported in {sorted(files)}) is not in dependencies"
+    for module, files in third_party_imports("tests").items():
+        assert distribution(module) in RUNTIME | DEV, f"{module} (imported in {sorted(files)}) is not declared"
+    assert {"requests", "rich", "b2sdk", "textual"} <= {distribution(m) for m in runtime}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_every_dependency_is_bounded_below_its_next_breaking_version_and_the_installed_one_fits():
+    build = declared(PROJECT["build-system"]["requires"])
+    for name, specifiers in {**RUNTIME, **DEV, **build}.items():
+        lower = re.search(r">=([0-9.]+)", specifiers)
+        upper = re.search(r"<([0-9.]+)", specifiers)
+        assert lower and upper, f"{name}{specifiers}: needs a lower and an upper bound"
+        low, high = _version(lower[1]), _version(upper[1])
+        installed = _version(importlib.metadata.version(name))
+        assert low <= installed < high, f"{name}{specifiers}: the installed {installed} does not fit"
+        # the bound is the next breaking version after the installed one: its next major (next minor for 0.x)
+        expected = (installed[0] + 1,) if installed[0] else (0, installed[1] + 1)
+        assert high == expected, f"{name}{specifiers}: the upper bound should be <{'.'.join(map(str, expected))}"

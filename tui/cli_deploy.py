@@ -103,8 +103,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
     agent = commands.add_parser(
         "agent-config", help="the NixOS settings that make a host pull its pointer by itself",
-        description="Prints the services.topdeck-agent block (hosts/modules/topdeck-agent.nix) for HOST: its "
-        "pointer, the cache URL and the trusted key, in both the Nix and the OpenSSH form.",
+        description="Prints the services.topdeck-agent block (the module is the folder hosts/modules/topdeck-agent, "
+        "copied beside configuration.nix) for HOST: its pointer, the URL hosts fetch the cache from "
+        "(cache.download_url, else the bucket's own) and the trusted key, in both the Nix and the OpenSSH form.",
     )
     agent.add_argument("host", metavar="HOST")
     agent.set_defaults(handler=agent_config_command)
@@ -123,9 +124,9 @@ def deploy_command(args: argparse.Namespace) -> int:
     if args.json:
         from topdeck.tui.cli_plan import plan_json
 
-        print(json.dumps({"event": "Plan", **plan_json(fleet_plan.plan)}), flush=True)
+        print(json.dumps({"event": "Plan", **plan_json(fleet_plan.plan, fleet_plan.fetch_url)}), flush=True)
     else:
-        print("\n".join(render_plan(fleet_plan.plan)))
+        print("\n".join(render_plan(fleet_plan.plan, fleet_plan.fetch_url)))
     count = sum(1 for h in fleet_plan.plan.hosts if h.planned)
     if not args.yes and not ask(f"{args.mode}{' and reboot' if args.reboot else ''} {count} host(s) now?"):
         print("nothing deployed", file=sys.stderr)
@@ -216,7 +217,7 @@ def agent_config_command(args: argparse.Namespace) -> int:
     host = inventory.host(args.host)
     key = trusted_key(inventory)
     url = open_cache(inventory.cache).substituter_url
-    print("imports = [ ./topdeck-agent.nix ];  # hosts/modules/topdeck-agent.nix of the topdeck checkout\n"
+    print("imports = [ ./topdeck-agent ];  # the folder hosts/modules/topdeck-agent of topdeck, copied here\n"
           "services.topdeck-agent = {\n  enable = true;\n"
           f"  pointer = {json.dumps(host.pointer)};\n  cache = {json.dumps(url)};\n"
           f"  publicKey = {json.dumps(key.to_text())};\n  signer = {json.dumps(ssh_public_key(key))};\n}};")

@@ -33,13 +33,14 @@ def plan_command(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     printer = EventPrinter(json_lines=False)
     try:
-        result = plan_fleet(inventory, args.on, args.target, emit=printer).plan
+        fleet_plan = plan_fleet(inventory, args.on, args.target, emit=printer)
     finally:
         printer.close()
+    result = fleet_plan.plan
     if args.json:
-        print(json.dumps(plan_json(result), indent=1))
+        print(json.dumps(plan_json(result, fleet_plan.fetch_url), indent=1))
     else:
-        print("\n".join(render_plan(result)))
+        print("\n".join(render_plan(result, fleet_plan.fetch_url)))
     for host in result.hosts:  # the plan is on stdout; what failed is also on stderr, one line per host
         if not host.planned:
             print(f"topdeck: error: {_reason(host)}", file=sys.stderr)
@@ -50,7 +51,7 @@ def _reason(host: HostPlan) -> str:
     return host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}"
 
 
-def render_plan(result: Plan) -> list[str]:
+def render_plan(result: Plan, fetch_url: str = "") -> list[str]:
     lines: list[str] = []
     for group in result.groups:
         lines.extend(_render_group(group.hosts, group.plan))
@@ -58,6 +59,8 @@ def render_plan(result: Plan) -> list[str]:
     for host in result.hosts:
         if not host.planned:
             lines.append(_reason(host))
+    if fetch_url:
+        lines.append(f"hosts fetch from {fetch_url}")
     lines.append(f"B2: about {result.class_b} class B transactions for the pulls "
                  f"(free allowance {humanize.intcomma(B2_FREE_CLASS_B_PER_DAY)} a day)")
     lines.extend(f"warning: {note}" for note in result.warnings)
@@ -81,9 +84,10 @@ def _render_group(names: tuple[str, ...], host: HostPlan) -> list[str]:
     return lines
 
 
-def plan_json(result: Plan) -> dict[str, object]:
+def plan_json(result: Plan, fetch_url: str = "") -> dict[str, object]:
     return {
         "ok": result.ok,
+        "fetch_url": fetch_url,
         "hosts": [_host_json(host) for host in result.hosts],
         "groups": [list(group.hosts) for group in result.groups],
         "b2_class_b": result.class_b,

@@ -2,8 +2,10 @@
 # systemd timer, so a host applies its pointer by itself: it reads the signed pointer from the cache, refuses
 # a forged or older one, fetches the closure with signatures required, sets the profile and switches.
 #
-# In configuration.nix (`topdeck agent-config HOST` prints this block with the host's values):
-#   imports = [ ./topdeck-agent.nix ];
+# The module is this folder: default.nix and host.sh, a copy of topdeck's core/host.sh (a test keeps them equal).
+# Copy the whole folder beside configuration.nix (`cp -r hosts/modules/topdeck-agent /etc/nixos/`), then in
+# configuration.nix (`topdeck agent-config HOST` prints this block with the host's values):
+#   imports = [ ./topdeck-agent ];
 #   services.topdeck-agent = {
 #     enable = true;
 #     pointer = "web";
@@ -15,7 +17,7 @@
 
 let
   cfg = config.services.topdeck-agent;
-  script = ../../core/host.sh;
+  script = ./host.sh;
 in
 {
   options.services.topdeck-agent = with lib; {
@@ -25,8 +27,9 @@ in
       description = "The pointer this host follows (toplevels/<pointer>.txt in the cache).";
     };
     cache = mkOption {
-      type = types.strMatching "https?://[^[:space:]'\"]+";
-      description = "The binary cache URL: <downloadUrl>/file/<bucket>/<prefix>. Hosts need no B2 key.";
+      type = types.strMatching "https?://[][A-Za-z0-9.:-]+(/[A-Za-z0-9._~%+-]+)*";
+      description = "The binary cache's root URL: cache.download_url of topdeck.toml, else the bucket's own "
+        + "<downloadUrl>/file/<bucket>/<prefix>. Hosts need no B2 key.";
     };
     publicKey = mkOption {
       type = types.strMatching "[^:[:space:]]+:[A-Za-z0-9+/=]+";

@@ -1,0 +1,970 @@
+# topdeck host-side script: pull a system closure from the binary cache and activate it, with magic rollback.
+#
+# topdeck sends this file over SSH on stdin (a wrapper saves it under /run/topdeck and runs it; nothing is
+# installed). Installed on a host with a timer, `agent` is the unattended pull agent (hosts/topdeck-agent.nix).
+#
+#   deploy RUN MODE TARGET [options]   pull TARGET (or the pointer's path) and activate it with MODE
+#       --cache URL --key NAME:KEY        the substituter and the only key trusted to sign its paths
+#       --confirm SECONDS                 switch/test: wait this long for `confirm RUN`, else roll back (0: no wait)
+#       --need-kib N                      what the fetch unpacks to (else asked of Nix with --dry-run)
+#       --pointer NAME --sidecar URL --signer 'ssh-ed25519 KEY'
+#                                         read TARGET from the signed pointer sidecar (TARGET "-" or the path the
+#                                         plan expects); refuse a bad signature or a serial older than the last one
+#       --generation N                    switch to the existing system generation N (a rollback); TARGET "-"
+#       --on-failed-units rollback|keep   what to do when the switch reports units that failed (exit 4)
+#       --specialisation NAME             switch/test: activate TARGET's specialisation NAME (the profile is TARGET)
+#       --reboot                          mode boot: then reboot into TARGET, guarded as `reboot` is
+#   agent [deploy options]             deploy the pointer if it moved (no confirmation wait)
+#   reboot RUN [--confirm SECONDS]     reboot into the boot default; after the boot, topdeck-reboot-guard.service
+#                                      waits this long for `confirm RUN`, else returns to the previous system
+#                                      (the boot entry back, and a reboot into it)
+#   confirm RUN [--check-command CMD] [--check-http URL] [--check-units] [--booted PATH]
+#                                      run the health checks, then confirm (or reject) RUN's activation or boot
+#   follow RUN [--since-reboot]        print RUN's events from the start (or from its reboot) until its result
+#   status | generations               what the host runs; its system generations
+#   boot-guard                         at boot, from topdeck-reboot-guard.service: take over a run that rebooted
+#   closures PATH                      the closures of the current system (0) and PATH (1): `closure PATH NARSIZE`
+#
+# Output: tab-separated lines on stdout: `phase NAME [DETAIL]`, `progress PATHS_DONE PATHS_TOTAL BYTES_DONE
+# BYTES_TOTAL`, `current PATH`, `log TEXT`, `state KEY VALUE`, and last `result done|failed|rolled-back REASON`.
+# Exit status: 0 done, 1 failed, 2 rolled back, 3 another deploy holds the host's lock, 5 rebooting (the result
+# comes after the boot: `follow RUN --since-reboot`), 64 bad arguments.
+set -u
+PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
+export PATH
+umask 022
+
+PROFILE=/nix/var/nix/profiles/system
+STATE=/nix/var/nix/topdeck
+RUNTIME=/run/topdeck
+GCROOTS=/nix/var/nix/gcroots/topdeck
+# A reboot in progress, kept where it survives the reboot: `pending` (PHASE RUN) starts the guard unit at boot,
+# `host.sh` is the script it runs, `run` the run's folder (/run/topdeck/runs/RUN links to it).
+REBOOT=$STATE/reboot
+GUARD_UNIT=topdeck-reboot-guard.service
+REBOOT_WAIT=600  # how long a host that was told to reboot may take to go down
+STORE_PATH_RE='^/nix/store/[0-9a-df-np-sv-z]\{32\}-[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*$'
+TAB=$(printf '\t')
+NEWLINE='
+'
+
+line() {  # one output line: the arguments tab-separated (no fork: many of these are printed)
+    saved_ifs=$IFS
+    IFS=$TAB
+    printf '%s\n' "$*"
+    IFS=$saved_ifs
+}
+
+one_line() {  # text from a command or a file, with its newlines made spaces
+    printf '%s' "$*" | tr '\n\r\t' '   '
+}
+matches() {  # whether all of $1, a single line, matches the regular expression $2
+    case $1 in *"$NEWLINE"*) return 1 ;; esac
+    printf '%s\n' "$1" | grep -q "$2"
+}
+usage() { line result failed "topdeck-host: $*"; exit 64; }
+
+event() {  # record an event for `follow`, and print it
+    line "$@" >> "$rundir/events" 2>/dev/null
+    line "$@"
+}
+
+# --- arguments --------------------------------------------------------------------------------------
+
+agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect= on_failed_units=rollback specialisation=
+status= with_reboot= rebooted=
+check_command= check_http= check_units= booted_check=
+parse_options() {
+    while [ $# -gt 0 ]; do
+        [ $# -ge 2 ] || [ "$1" = --check-units ] || [ "$1" = --reboot ] || usage "option $1 needs a value"
+        case $1 in
+            --cache) cache=$2 ;;
+            --key) key=$2 ;;
+            --confirm) confirm=$2 ;;
+            --need-kib) need_kib=$2 ;;
+            --pointer) pointer=$2 ;;
+            --sidecar) sidecar=$2 ;;
+            --signer) signer=$2 ;;
+            --generation) generation=$2 ;;
+            --on-failed-units) on_failed_units=$2 ;;
+            --specialisation) specialisation=$2 ;;
+            --check-command) check_command=$2 ;;
+            --check-http) check_http=$2 ;;
+            --check-units) check_units=1; shift; continue ;;
+            --reboot) with_reboot=1; shift; continue ;;
+            --booted) booted_check=$2 ;;
+            *) usage "unknown option $1" ;;
+        esac
+        shift 2
+    done
+    case $confirm in *[!0-9]* | '') usage "--confirm must be a number of seconds" ;; esac
+    case $need_kib in *[!0-9]*) usage "--need-kib must be a number" ;; esac
+    case $generation in *[!0-9]*) usage "--generation must be a number" ;; esac
+    case $pointer in .* | *[!A-Za-z0-9._-]*) usage "bad pointer name" ;; esac
+    case $on_failed_units in rollback | keep) ;; *) usage "--on-failed-units must be rollback or keep" ;; esac
+    case $specialisation in .* | *[!A-Za-z0-9._-]*) usage "bad specialisation name" ;; esac
+    [ -z "$booted_check" ] || matches "$booted_check" "$STORE_PATH_RE" || usage "--booted must be a store path"
+}
+
+check_run_id() {
+    case $1 in '' | *[!A-Za-z0-9_-]*) usage "bad run id" ;; esac
+    rundir=$RUNTIME/runs/$1
+}
+
+# --- deploy -----------------------------------------------------------------------------------------
+
+fail() {  # before anything changed on the host
+    event result failed "$(one_line "$1")"
+    record_last_run failed
+    exit 1
+}
+
+record_last_run() {
+    mkdir -p "$STATE" 2>/dev/null || return 0
+    printf '%s\t%s\t%s\t%s\n' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" "${target:-}" > "$STATE/last-run.tmp" \
+        && mv "$STATE/last-run.tmp" "$STATE/last-run"
+}
+
+take_lock() {
+    if [ "$(id -u)" != 0 ]; then
+        line result failed "user $(id -un) is not root here: log in as root, or set sudo = true for this host"
+        exit 1
+    fi
+    mkdir -p "$RUNTIME/runs" || fail "cannot create $RUNTIME"
+    command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is missing on this host"
+    exec 9>>"$RUNTIME/lock"
+    if ! flock -n 9 || unit_alive "$(sed -n 's/^run \([A-Za-z0-9_-]*\) .*/\1/p' "$RUNTIME/lock.owner" 2>/dev/null)"; then
+        owner=$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)
+        line result failed "another deploy holds this host's lock (${owner:-run unknown}); try again when it ends"
+        exit 3
+    fi
+    printf 'run %s since %s' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$RUNTIME/lock.owner"
+    make_rundir
+    event phase lock
+}
+
+make_rundir() {  # the folder of a run that reboots the host is kept under /nix, which survives the reboot
+    rm -rf "$rundir"
+    if [ -z "$with_reboot" ]; then
+        mkdir -p "$rundir" || fail "cannot create $rundir"
+        return
+    fi
+    if [ -e "$REBOOT/pending" ]; then
+        fail "a reboot of an earlier run is still pending here ($REBOOT/pending: $(one_line "$(cat "$REBOOT/pending")")): reboot the host to let its guard end it: nothing was changed"
+    fi
+    rm -rf "$REBOOT/run"
+    mkdir -p "$REBOOT/run" && ln -s "$REBOOT/run" "$rundir" || fail "cannot create $REBOOT/run"
+}
+
+sidecar_field() {  # one field of the sidecar, which topdeck writes one field a line
+    printf '%s\n' "$sidecar_text" | sed -n "s/^ *\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" | head -n 1
+}
+
+verify_pointer() {
+    event phase verify "pointer $pointer"
+    command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
+    command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
+    sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) \
+        || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s' "$sidecar_text")"
+    p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
+    p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
+    [ "$p_name" = "$pointer" ] || fail "pointer $pointer: the sidecar names pointer '$p_name'"
+    matches "$p_path" "$STORE_PATH_RE" || fail "pointer $pointer: the sidecar's path is not a store path"
+    case $p_serial in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's serial is not a number" ;; esac
+    case $p_time in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's time is not a number" ;; esac
+    case $p_sig in '' | *[!A-Za-z0-9+/=]*) fail "pointer $pointer: the sidecar has no SSH signature" ;; esac
+    printf 'topdeck %s\n' "$signer" > "$rundir/signers"
+    printf -- '-----BEGIN SSH SIGNATURE-----\n%s\n-----END SSH SIGNATURE-----\n' "$p_sig" > "$rundir/pointer.sig"
+    printf 'topdeck-pointer-1;%s;%s;%s;%s' "$p_name" "$p_path" "$p_serial" "$p_time" |
+        ssh-keygen -Y verify -f "$rundir/signers" -I topdeck -n topdeck-pointer -s "$rundir/pointer.sig" \
+            >/dev/null 2>&1 || fail "pointer $pointer: the sidecar's signature does not verify with the trusted key"
+    last=$(cat "$STATE/pointers/$pointer.serial" 2>/dev/null || echo 0)
+    case $last in *[!0-9]* | '') last=0 ;; esac
+    [ "$p_serial" -ge "$last" ] || fail "pointer $pointer: serial $p_serial is older than serial $last, the last this host applied (a replayed or downgraded pointer)"
+    if [ "$target" != - ] && [ "$target" != "$p_path" ]; then
+        fail "pointer $pointer moved since the plan (now $p_path): plan again"
+    fi
+    target=$p_path
+}
+
+realise() {  # nix-store -r from the cache only, with its signatures required and no cached narinfo trusted
+    nix-store -r "$@" --option substituters "$cache" --option trusted-public-keys "$key" --option require-sigs true \
+        --option narinfo-cache-negative-ttl 0 --option narinfo-cache-positive-ttl 0 --option fallback false \
+        --option connect-timeout 15
+}
+
+cache_refusal() {  # why the cache does not serve $1: no answer, or a refusal (B2 names its daily caps in a 403)
+    answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>"$rundir/curl.err") || {
+        printf 'no answer from %s (%s)' "$1" "$(one_line "$(cat "$rundir/curl.err")")"
+        return 0
+    }
+    code=$(printf '%s\n' "$answer" | tail -n 1)
+    case $code in 2??) return 1 ;; esac
+    b2code=$(printf '%s\n' "$answer" | sed -n 's/.*"code": *"\([a-z_]*\)".*/\1/p' | head -n 1)
+    case $b2code in
+        download_cap_exceeded) printf 'the B2 daily download cap is exceeded (HTTP %s %s): raise it in the B2 account' "$code" "$b2code" ;;
+        transaction_cap_exceeded) printf 'the B2 daily transaction cap is exceeded (HTTP %s %s): raise it in the B2 account' "$code" "$b2code" ;;
+        *) printf 'the cache answers HTTP %s%s for %s' "$code" "${b2code:+ ($b2code)}" "$1" ;;
+    esac
+}
+
+# A size as `nix-store -r --dry-run` prints it, in KiB rounded up past what its rounding may hide: Nix 2.8 and 2.26
+# print "%.2f MiB" whatever the size ("0.00 MiB" for 700 bytes, "5120.00 MiB"); 2.34 the unit that fits, one
+# decimal, and KiB also below 1 KiB ("0.7 KiB", "293.0 KiB", "50.0 MiB", "3.0 GiB", "5.0 TiB"). Plain bytes ("512 B",
+# "512 bytes") are read too; "?" for anything else. printf "%.0f": Debian 12's mawk clamps "%d" at 2^31 - 1.
+SIZE_AWK='
+{
+    power = -1
+    if ($2 == "B" || $2 == "bytes") power = 0
+    else if ($2 ~ /^[KMGTPEZY]iB$/) power = index("KMGTPEZY", substr($2, 1, 1))
+    if ($1 !~ /^[0-9]+(\.[0-9]+)?$/ || power < 0) { print "?"; exit }
+    decimals = index($1, ".") ? length($1) - index($1, ".") : 0
+    unit = 1024 ^ power
+    kib = ($1 + 0.5 / 10 ^ decimals) * unit / 1024
+    whole = int(kib); if (whole < kib) whole++
+    printf "%.0f\n", whole; exit
+}'
+
+check_space() {
+    if [ -z "$need_kib" ]; then
+        # "these N paths will be fetched (X download, Y unpacked):", or "this path will be fetched (...)"; no line
+        # when nothing is missing. A failing dry run leaves the reason to the fetch itself.
+        unpacked=$(realise --dry-run "$target" 2>&1 |
+            sed -n 's/.*will be fetched (.* download, \([^)]*\) unpacked).*/\1/p' | head -n 1)
+        if [ -n "$unpacked" ]; then
+            need_kib=$(printf '%s\n' "$unpacked" | LC_ALL=C awk "$SIZE_AWK")
+            size_from="nix-store --dry-run: $unpacked unpacked"
+        else
+            need_kib=0 size_from="nix-store --dry-run: nothing to fetch"
+        fi
+    else
+        size_from="the plan"
+    fi
+    free_kib=$(df -Pk /nix/store | LC_ALL=C awk 'NR == 2 { print $4 }')
+    case $need_kib:$free_kib in
+        :* | *: | *[!0-9:]*)
+            event log "cannot tell whether /nix has room for the fetch (${size_from}; free: ${free_kib:-unknown} KiB): not checked"
+            return 0 ;;
+    esac
+    event log "the fetch needs up to $need_kib KiB on /nix ($size_from), which has $free_kib KiB free"
+    if [ "$need_kib" -gt "$free_kib" ]; then
+        fail "/nix has $((free_kib / 1024)) MiB free; the fetch needs $(( (need_kib + 1023) / 1024 )) MiB: nothing was changed"
+    fi
+}
+
+# Nix's internal-json log, turned into progress lines: paths from the copy-paths activity (type 103), bytes from
+# the NAR downloads (type 101), the expected download size from its set-expected result (106 with 101). The same
+# on Nix 2.8, 2.26 and 2.34 (which print the keys in another order and add "parent"). Warnings and errors (level
+# 0 and 1) become log lines: their "msg" string unescaped, up to its closing quote (errors add "raw_msg" and
+# more keys after it); so do lines that are not JSON (Nix 2.8 prints the warnings of reading its configuration,
+# "warning: unknown setting 'x'", before its JSON logger starts). Numbers are printed with "%.0f": Debian 12's
+# mawk clamps "%d" at 2^31 - 1.
+PROGRESS_AWK='
+function number(key,   at) { at = index($0, "\"" key "\":"); return at ? substr($0, at + length(key) + 3) + 0 : -1 }
+function word(key,   text) {  # a number as text: activity ids are too large for some awks as array keys
+    text = substr($0, index($0, "\"" key "\":") + length(key) + 3); return substr(text, 1, match(text, /[^0-9]/) - 1)
+}
+function fields(   text) { text = substr($0, index($0, "\"fields\":[") + 10); return substr(text, 1, index(text, "]") - 1) }
+function show() {
+    printf "progress\t%.0f\t%.0f\t%.0f\t%.0f\n", paths, total, bytes, expected; fflush(); shown = bytes
+}
+function message(   text, out, at, c) {  # the JSON string after "msg":, without colours; control characters as spaces
+    text = substr($0, index($0, "\"msg\":\"") + 7); gsub(/\\u001b\[[0-9;]*m/, "", text); out = ""
+    for (at = 1; at <= length(text); at++) {
+        c = substr(text, at, 1)
+        if (c == "\"") break
+        if (c == "\\") {
+            at++; c = substr(text, at, 1)
+            if (c == "u") { at += 4; c = " " }
+            else if (c != "\"" && c != "\\" && c != "/") c = " "
+        } else if (c == "\t") c = " "
+        out = out c
+    }
+    return out
+}
+!/^@nix / { if ($0 != "") { gsub(/\033\[[0-9;]*m/, ""); gsub(/\t/, " "); printf "log\t%s\n", $0; fflush() } next }
+/"action":"start"/ {
+    type = number("type"); id = word("id")
+    if (type == 103) copies = id
+    if (type == 101 && index($0, "/nar/")) nar[id] = 0
+    if (type == 100) { split(fields(), f, ","); gsub(/"/, "", f[1]); printf "current\t%s\n", f[1]; fflush() }
+    next
+}
+/"action":"result"/ {
+    type = number("type"); id = word("id"); split(fields(), f, ",")
+    if (type == 106 && f[1] == 101) { expected = f[2]; show() }
+    else if (type == 105 && id == copies && (f[1] != paths || f[2] != total)) { paths = f[1]; total = f[2]; show() }
+    else if (type == 105 && (id in nar)) {
+        bytes += f[1] - nar[id]; nar[id] = f[1]
+        if (bytes - shown >= 262144 || bytes - shown >= expected / 50) show()
+    }
+    next
+}
+/"action":"msg"/ && number("level") <= 1 { printf "log\t%s\n", message(); fflush() }
+END { show() }'
+
+fetch() {
+    event phase fetch
+    check_space
+    { realise "$target" --add-root "$rundir/gcroot" --log-format internal-json -v 2>&1 >/dev/null
+      echo $? > "$rundir/fetch.status"; } |
+        awk "$PROGRESS_AWK" | tee -a "$rundir/events"
+    status=$(cat "$rundir/fetch.status")
+    [ "$status" = 0 ] && return 0
+    why=$(cache_refusal "$cache/nix-cache-info") || why="nix-store exit $status"
+    fail "fetching $target from $cache failed ($why): nothing was changed"
+}
+
+generation_of() {  # the generation number a profile link names
+    link=$(readlink "$1" 2>/dev/null) || { echo 0; return; }
+    link=${link#system-}
+    echo "${link%-link}"
+}
+
+save_previous() {
+    prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    prev_gen=$(generation_of "$PROFILE")
+    prev_profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
+    event state before "$prev_current"
+    # The system to return to stays alive (a GC root) for as long as this run may return to it.
+    if [ -n "$prev_current" ] && mkdir -p "$GCROOTS" 2>/dev/null; then ln -sfn "$prev_current" "$GCROOTS/$run"; fi
+    save_failed_units
+}
+
+save_failed_units() {  # what failed before the change, so that a check counts only what fails since
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl --failed --no-legend --plain 2>/dev/null | awk '{ print $1 }' | sort > "$rundir/failed-units.before"
+    fi
+}
+
+set_profile() {
+    new_gen=$prev_gen created=
+    case $mode in switch | boot) ;; *) return ;; esac
+    event phase profile
+    if [ -n "$generation" ]; then
+        nix-env -p "$PROFILE" --switch-generation "$generation" >/dev/null 2>&1 || fail "cannot switch the profile to generation $generation"
+    else
+        nix-env -p "$PROFILE" --set "$target" >/dev/null 2>&1 || fail "cannot set the system profile to $target"
+        created=1
+    fi
+    new_gen=$(generation_of "$PROFILE")
+    event state generation "$new_gen"
+}
+
+# Everything activate() needs, for the detached process; every value here was validated above.
+write_run_env() {
+    cat > "$rundir/env" <<EOF
+run='$run' mode='$mode' target='$target' confirm='$confirm' pointer='$pointer' p_serial='${p_serial:-}'
+prev_current='$prev_current' prev_gen='$prev_gen' prev_profile='$prev_profile' new_gen='$new_gen' created='$created'
+on_failed_units='$on_failed_units' specialisation='$specialisation' with_reboot='$with_reboot'
+EOF
+}
+
+deploy() {
+    [ $# -ge 3 ] || usage "deploy RUN MODE TARGET [options]"
+    run=$1 mode=$2 target=$3
+    shift 3
+    check_run_id "$run"
+    case $mode in switch | boot | test | dry-activate) ;; *) usage "mode must be switch, boot, test or dry-activate" ;; esac
+    parse_options "$@"
+    case $specialisation:$mode in ?*:boot | ?*:dry-activate) usage "--specialisation works with switch and test only" ;; esac
+    [ "$target" = - ] || matches "$target" "$STORE_PATH_RE" || usage "TARGET is not a store path"
+    if [ -n "$with_reboot" ]; then
+        [ "$mode" = boot ] || usage "--reboot goes with mode boot"
+        check_can_reboot
+    fi
+    take_lock
+    if [ -n "$generation" ]; then
+        target=$(readlink -f "/nix/var/nix/profiles/system-$generation-link" 2>/dev/null) \
+            || fail "this host has no system generation $generation"
+    elif [ -n "$pointer" ]; then
+        verify_pointer
+    fi
+    [ "$target" != - ] || usage "no TARGET and no --pointer"
+    event state target "$target"
+    if [ -z "$generation" ] && already_there; then
+        record_pointer_serial
+        record_last_run done
+        event result done "already running $target: nothing to do"
+        exit 0
+    fi
+    if [ -z "$generation" ]; then fetch; fi
+    nix-store --check-validity "$target" 2>/dev/null || fail "$target is not complete on this host: nothing was changed"
+    # The last moment to stop with nothing changed: when topdeck is gone (killed, its connection closed) this
+    # line cannot be written, and the script ends here (by SIGPIPE, or by printf's error where it is ignored).
+    check_system
+    check_switch_lock
+    event state fetched "$target" || fail "topdeck's session ended before the change: nothing was changed"
+    # From here on the host changes: a dropped connection or a stop must not leave it half-way.
+    trap '' HUP INT TERM PIPE
+    save_previous
+    set_profile
+    write_run_env
+    cp "$0" "$rundir/host.sh"
+    detach activate
+    follow_events "$run" "$(wc -l < "$rundir/events")"
+}
+
+check_system() {  # what nixos-rebuild checks before it sets the profile, and what the activation needs
+    [ -e "$target/nixos-version" ] || fail "$target is not a NixOS system (it has no nixos-version): nothing was changed"
+    if [ -n "$specialisation" ]; then
+        [ -e "$target/specialisation/$specialisation" ] \
+            || fail "$target has no specialisation '$specialisation': nothing was changed"
+    fi
+    [ -x "$(switch_program)" ] || fail "$(switch_program) is missing or not executable: nothing was changed"
+}
+
+# What the mode activates: TARGET, or (switch, test) its specialisation; the profile is TARGET either way.
+activated() {
+    case $specialisation:$mode in
+        :* | *:boot | *:dry-activate) printf '%s' "$target" ;;
+        *) printf '%s/specialisation/%s' "$target" "$specialisation" ;;
+    esac
+}
+
+switch_program() { printf '%s/bin/switch-to-configuration' "$(activated)"; }
+
+# NixOS's switch-to-configuration takes an exclusive flock on this file and refuses to run while it is held.
+SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
+
+check_switch_lock() {  # another switch running (nixos-rebuild, autoUpgrade) or a process left holding its lock
+    [ -e "$SWITCH_LOCK" ] || return 0
+    command -v flock >/dev/null 2>&1 || return 0
+    flock -n "$SWITCH_LOCK" true 2>/dev/null && return 0
+    holder=$(lock_holder "$SWITCH_LOCK")
+    command=$(tr '\0' ' ' < "/proc/$holder/cmdline" 2>/dev/null | cut -c 1-120)
+    case $command in
+        *switch-to-configuration*)
+            fail "busy: another switch holds $SWITCH_LOCK (pid $holder: $command); try again when it ends: nothing was changed" ;;
+        *)
+            fail "stale switch lock: $SWITCH_LOCK is held by ${holder:+pid $holder (${command:-unknown}), }which is not a switch (left by an interrupted one?); stop that process once you know it is not activating, then deploy again: nothing was changed" ;;
+    esac
+}
+
+lock_holder() {  # a process that has file $1 open: a switch if one does (/proc/locks names the process that took
+    # a flock, which may have ended since, like `flock FD` in a script; the lock stays with whoever holds the file)
+    found=
+    for fd in /proc/[0-9]*/fd/*; do
+        [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
+        pid=${fd#/proc/}
+        pid=${pid%%/*}
+        [ "$pid" != $$ ] || continue
+        case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in
+            *switch-to-configuration*) echo "$pid"; return 0 ;;
+        esac
+        found=${found:-$pid}
+    done
+    [ -z "$found" ] || echo "$found"
+}
+
+# Run `host.sh VERB RUN` detached from the SSH session. Where systemd runs, as a transient unit of its own (as
+# nixos-rebuild runs switch-to-configuration): logind's KillUserProcesses, the session's end or an sshd restart
+# cannot reach it, and its output stays in the journal. Elsewhere in a session of its own, which inherits the
+# host's lock (fd 9). A unit cannot inherit it: the run's `unit` file names the unit that takes the lock over
+# (`take_over`), and the run is alive while its lock is held or that unit is active (`run_alive`).
+detach() {
+    if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+        printf 'topdeck-%s-%s\n' "$1" "$run" > "$rundir/unit"
+        if systemd-run --unit="topdeck-$1-$run" --description="topdeck $1 of run $run" --collect \
+            --no-ask-password --quiet --service-type=exec --setenv=NIXOS_INSTALL_BOOTLOADER=0 \
+            --setenv=TOPDECK_DETACHED=unit /bin/sh "$rundir/host.sh" "$1" "$run" \
+            < /dev/null >> "$rundir/activate.log" 2>&1; then
+            exec 9>&-
+            return 0
+        fi
+        rm -f "$rundir/unit"
+        event log "systemd-run failed (see $rundir/activate.log); running $1 in a session of its own instead"
+    fi
+    TOPDECK_DETACHED=session NIXOS_INSTALL_BOOTLOADER=0 setsid sh "$rundir/host.sh" "$1" "$run" \
+        < /dev/null >> "$rundir/activate.log" 2>&1 &
+}
+
+take_over() {  # in the unit `detach` started for step $1: hold the host's lock for the run from now on
+    if [ "${TOPDECK_DETACHED:-}" != unit ]; then return 0; fi  # a session of its own inherited the lock
+    # Another unit named: systemd-run reported a failure yet started this one, and a session runs the step.
+    [ "$(cat "$rundir/unit" 2>/dev/null)" = "topdeck-$1-$run" ] || exit 0
+    exec 9>>"$RUNTIME/lock"
+    if ! flock -w 60 9; then
+        event result failed "could not take over the host's lock from the deploy within 60 s"
+        exit 1
+    fi
+}
+
+unit_alive() {  # whether the unit that runs (or takes the lock over for) run $1 is active
+    unit=$(cat "$RUNTIME/runs/$1/unit" 2>/dev/null) && [ -n "$unit" ] && systemctl is-active --quiet "$unit" 2>/dev/null
+}
+
+# --- the detached part: activate, wait for confirmation, roll back ------------------------------------
+
+activate() {
+    check_run_id "$1"
+    run=$1
+    . "$rundir/env"
+    take_over activate
+    [ -d /run/systemd/system ] || exec > /dev/null  # under systemd, the unit's output goes to the journal
+    event phase activate "$mode"
+    run_switch
+    event state switch-code "$status"
+    outcome_of_switch
+    if [ -n "$with_reboot" ]; then reboot_into "$target is the boot default, but the host did not reboot"; fi
+    if [ "$confirm" -gt 0 ] && { [ "$mode" = switch ] || [ "$mode" = test ]; }; then
+        printf '%s\n' "$note" > "$rundir/note"
+        detach watch
+        exit 0
+    fi
+    finish done "$note"
+}
+
+run_switch() {  # the switch's output into the run's log and the journal; its status in $status
+    { "$(switch_program)" "$mode" 2>&1; echo $? > "$rundir/switch.status"; } | tee -a "$rundir/activate.log"
+    status=$(cat "$rundir/switch.status")
+    tail -n 5 "$rundir/activate.log" | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
+}
+
+# What switch-to-configuration's exit status means (switch-to-configuration-ng): 0 activated; 100 the new init is
+# incompatible: the bootloader has the new system, nothing was activated; 4 units failed (it is activated); 2 the
+# activation script failed; 11 (EWOULDBLOCK) another switch holds its lock, nothing was done; others: it failed.
+outcome_of_switch() {
+    note="$mode of $target"
+    case $status in
+        0) ;;
+        100)
+            case $mode in
+                switch | boot) finish done "installed $target as the boot default; it takes effect after a reboot (its init is incompatible with the running one, so nothing was activated)" ;;
+                *) revert "$target cannot be activated without a reboot (its init is incompatible with the running one): deploy it with --mode boot and reboot" ;;
+            esac ;;
+        4)
+            if [ "$on_failed_units" = keep ]; then
+                note="$mode of $target; units failed to start (kept, as deploy.on_failed_units says)"
+                event log "units failed to start; keeping the new system (on_failed_units = keep)"
+            else
+                revert "units failed to start after activating $target (switch-to-configuration exit 4)"
+            fi ;;
+        2) revert "the activation script of $target failed (switch-to-configuration exit 2)" ;;
+        11) revert "another switch holds $SWITCH_LOCK, so nothing was activated (switch-to-configuration exit 11)" ;;
+        *) revert "activating $target failed (switch-to-configuration $mode exit $status)" ;;
+    esac
+}
+
+watch() {  # the magic-rollback watcher, detached like the activation: confirm in time, or return
+    check_run_id "$1"
+    run=$1
+    . "$rundir/env"
+    take_over watch
+    [ -d /run/systemd/system ] || exec > /dev/null
+    await_confirmation
+    finish done "$(cat "$rundir/note" 2>/dev/null || printf '%s of %s' "$mode" "$target")"
+}
+
+await_confirmation() {
+    : > "$rundir/canary"
+    event phase confirm "$confirm"
+    deadline=$(( $(date +%s) + confirm ))
+    while [ -e "$rundir/canary" ] && [ ! -e "$rundir/reject" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+        sleep 0.2
+    done
+    # The rename decides a race with a late confirmation: whoever moves the canary first wins.
+    if mv "$rundir/canary" "$rundir/canary.expired" 2>/dev/null; then
+        if [ -e "$rundir/reject" ]; then
+            revert "a health check failed: $(cat "$rundir/reject")"
+        fi
+        revert "no confirmation within ${confirm}s (a new SSH login could not confirm)"
+    fi
+    event phase confirmed
+}
+
+revert() {
+    if [ -n "$rebooted" ]; then return_to_previous "$1"; fi
+    event phase rollback "$1"
+    if [ "$status" = 11 ] && [ "$mode" != test ]; then  # the switch refused to start: only the profile moved
+        restore_profile
+        finish failed "$1"
+    fi
+    case $mode in
+        switch | boot)
+            if [ -z "$prev_profile" ]; then finish failed "$1; there is no previous generation to return to"; fi
+            restore_profile
+            reactivate "$prev_profile" boot
+            if [ "$mode" = switch ]; then reactivate "$prev_current" test; fi
+            ;;
+        test) reactivate "$prev_current" test ;;
+    esac
+    finish rolled-back "$1"
+}
+
+restore_profile() {
+    [ -n "$prev_profile" ] || return 0
+    nix-env -p "$PROFILE" --switch-generation "$prev_gen" >/dev/null 2>&1
+    if [ -n "$created" ] && [ "$new_gen" != "$prev_gen" ]; then
+        nix-env -p "$PROFILE" --delete-generations "$new_gen" >/dev/null 2>&1
+    fi
+}
+
+reactivate() {
+    [ -n "$1" ] || return 0
+    NIXOS_INSTALL_BOOTLOADER=0 "$1/bin/switch-to-configuration" "$2" >> "$rundir/activate.log" 2>&1 \
+        || event log "re-activating $1 ($2) failed: exit $?"
+}
+
+already_there() {  # whether the mode would change nothing: the system runs (and boots) the target already
+    running=$(readlink -f /run/current-system 2>/dev/null || true)
+    profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
+    active=$(readlink -f "$(activated)" 2>/dev/null || true)
+    case $mode in
+        switch) [ "$running" = "$active" ] && [ "$profile" = "$target" ] ;;
+        boot)
+            [ "$profile" = "$target" ] || return 1
+            [ -z "$with_reboot" ] || [ "$(readlink -f /run/booted-system 2>/dev/null)" = "$target" ] ;;
+        test) [ "$running" = "$active" ] ;;
+        *) false ;;
+    esac
+}
+
+record_pointer_serial() {
+    if [ -n "$pointer" ] && [ -n "${p_serial:-}" ]; then
+        mkdir -p "$STATE/pointers" && printf '%s\n' "$p_serial" > "$STATE/pointers/$pointer.serial"
+    fi
+}
+
+finish() {
+    if [ "$1" = done ]; then record_pointer_serial; fi
+    rm -f "$GCROOTS/$run" "$rundir/unit"
+    record_last_run "$1"
+    if [ -n "$with_reboot" ]; then
+        clear_pending
+        event state booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
+    fi
+    event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
+    event state generation "$(generation_of "$PROFILE")"
+    event result "$1" "$2"
+    case $1 in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
+}
+
+# --- reboots: the host boots again, then is confirmed through a new login or returns by itself ---------------
+#
+# Before the reboot the run writes `pending` (armed). At boot, before sshd, topdeck-reboot-guard.service runs
+# `boot-guard`, which links the run's folder into /run, takes the host's lock, checks what booted and starts the watcher
+# (a unit, as after an activation): confirmed in time, the run is done; otherwise the profile and the boot entry go
+# back to the previous system, `pending` says returning, and the host reboots into it; the boot after that ends the run.
+
+boot_id() { tr -cd '0-9a-f-' < /proc/sys/kernel/random/boot_id 2>/dev/null; }
+
+check_can_reboot() {  # before the lock: what cannot reboot with a guard is refused with nothing changed
+    if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then
+        line result failed "cannot reboot: this host runs no systemd, so nothing can reboot it and guard the boot: nothing was changed"
+        exit 1
+    fi
+    if ! systemctl cat "$GUARD_UNIT" >/dev/null 2>&1; then
+        line result failed "cannot reboot with magic rollback: this host has no $GUARD_UNIT (hosts/modules/topdeck-reboot-guard.nix), which returns it to its previous system when the boot is not confirmed: nothing was changed"
+        exit 1
+    fi
+}
+
+reboot_verb() {  # reboot RUN [options]: boot the boot default again, guarded; the reboot itself runs in a unit
+    [ $# -ge 1 ] || usage "reboot RUN [--confirm SECONDS]"
+    run=$1 mode=reboot with_reboot=1
+    shift
+    check_run_id "$run"
+    parse_options "$@"
+    check_can_reboot
+    take_lock
+    target=$(readlink -f "$PROFILE" 2>/dev/null) && [ -e "$target" ] || fail "this host has no system profile to boot: nothing was changed"
+    event state target "$target"
+    prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    event state before "$prev_current"
+    event state generation "$(generation_of "$PROFILE")"
+    prev_gen= prev_profile= new_gen= created=
+    if [ "$target" != "$prev_current" ]; then  # the boot default is another system: return to the running one
+        prev_gen=$(generation_naming "$prev_current")
+        [ -z "$prev_gen" ] || prev_profile=$prev_current
+    fi
+    save_failed_units
+    write_run_env
+    cp "$0" "$rundir/host.sh"
+    detach reboot-now
+    follow_events "$run" "$(wc -l < "$rundir/events")"
+}
+
+generation_naming() {  # the newest system generation whose system is $1, if there is one
+    found=
+    for link in "$PROFILE"-*-link; do
+        [ "$(readlink -f "$link" 2>/dev/null)" = "$1" ] || continue
+        number=${link#"$PROFILE"-}
+        number=${number%-link}
+        case $number in '' | *[!0-9]*) continue ;; esac
+        if [ -z "$found" ] || [ "$number" -gt "$found" ]; then found=$number; fi
+    done
+    printf '%s' "$found"
+}
+
+reboot_now() {  # the detached part of `reboot`
+    check_run_id "$1"
+    run=$1
+    . "$rundir/env"
+    take_over reboot-now
+    reboot_into "the host did not reboot"
+}
+
+reboot_into() {  # arm the guard for the next boot, then reboot; $1: what failing to reboot means
+    old_boot=$(boot_id)
+    printf "old_boot='%s'\n" "$old_boot" >> "$rundir/env"
+    { cp "$rundir/host.sh" "$REBOOT/host.sh.tmp" && mv "$REBOOT/host.sh.tmp" "$REBOOT/host.sh"; } 2>/dev/null \
+        || finish failed "$1: cannot write $REBOOT/host.sh"
+    set_pending armed || finish failed "$1: cannot write $REBOOT/pending"
+    event state boot-id "$old_boot"
+    event phase reboot "$old_boot"
+    reboot_and_wait "$1"
+}
+
+set_pending() { printf '%s %s\n' "$1" "$run" > "$REBOOT/pending.tmp" && mv "$REBOOT/pending.tmp" "$REBOOT/pending"; }
+
+clear_pending() {  # when the pending reboot is this run's
+    case $(cat "$REBOOT/pending" 2>/dev/null) in *" $run") rm -f "$REBOOT/pending" ;; esac
+}
+
+reboot_and_wait() {  # reboot, and hold the host's lock until the shutdown ends this process
+    if ! systemctl --no-block reboot < /dev/null >> "$rundir/activate.log" 2>&1; then
+        clear_pending
+        finish failed "$1: systemctl reboot failed ($(tail -n 1 "$rundir/activate.log" | tr '\t' ' '))"
+    fi
+    deadline=$(( $(date +%s) + REBOOT_WAIT ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done  # the shutdown may kill a sleep before this shell
+    clear_pending
+    finish failed "$1: it was still up ${REBOOT_WAIT}s after systemctl reboot"
+}
+
+boot_guard() {  # at boot, before sshd: take over the run that rebooted the host
+    [ -f "$REBOOT/pending" ] || exit 0
+    read -r phase run < "$REBOOT/pending" || exit 0
+    check_run_id "$run"
+    mkdir -p "$RUNTIME/runs" && ln -sfn "$REBOOT/run" "$rundir" || exit 1
+    . "$rundir/env"
+    exec 9>>"$RUNTIME/lock"
+    flock -n 9 || { echo "topdeck-host: the host's lock is held at boot" >&2; exit 1; }
+    printf 'run %s since %s' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$RUNTIME/lock.owner"
+    booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+    event phase booted "$(boot_id)"
+    event state booted "$booted"
+    case $phase in
+        armed)
+            printf "rebooted=1\n" >> "$rundir/env"
+            rebooted=1
+            set_pending waiting
+            [ "$booted" = "$target" ] || revert "it booted ${booted:-no system}, not $target"
+            printf 'booted %s\n' "$target" > "$rundir/note"
+            [ "$confirm" -gt 0 ] || finish done "booted $target"
+            detach watch ;;
+        waiting) revert "it booted again before it was confirmed" ;;
+        returning) returned ;;
+        *) clear_pending; finish failed "unknown phase '$(one_line "$phase")' in $REBOOT/pending" ;;
+    esac
+}
+
+return_to_previous() {  # after the reboot, unconfirmed: the boot entry back to the system before, and boot it
+    event phase rollback "$1"
+    if [ -z "$prev_profile" ] || [ "$prev_profile" = "$target" ]; then
+        finish failed "$1; it has no other system to return to, so it stays on $target"
+    fi
+    restore_profile
+    reactivate "$prev_profile" boot
+    one_line "$1" > "$rundir/reason"
+    if [ "$(readlink -f /run/booted-system 2>/dev/null)" = "$prev_profile" ]; then
+        finish rolled-back "$1; $prev_profile, which it runs, is its boot default again"
+    fi
+    set_pending returning
+    event phase returning "$prev_profile"
+    reboot_and_wait "it could not reboot into $prev_profile (now its boot default again)"
+}
+
+returned() {  # the boot after returning
+    reason=$(cat "$rundir/reason" 2>/dev/null)
+    if [ "$booted" = "$prev_profile" ]; then
+        finish rolled-back "$reason; it rebooted into $prev_profile by itself"
+    fi
+    finish failed "$reason; it rebooted to return to $prev_profile, but booted ${booted:-no system}"
+}
+
+# --- the other commands -------------------------------------------------------------------------------
+
+follow_events() {  # print run $1's events after line $2 until its result
+    seen=$2
+    while :; do
+        count=$(wc -l < "$rundir/events")
+        if [ "$count" -gt "$seen" ]; then
+            sed -n "$((seen + 1)),${count}p" "$rundir/events"
+            if sed -n "$((seen + 1)),${count}p" "$rundir/events" | grep -q "^result$TAB"; then
+                exit_as_result
+            fi
+            if [ -z "$since_reboot" ] &&
+                sed -n "$((seen + 1)),${count}p" "$rundir/events" | grep -q "^phase${TAB}reboot$TAB"; then
+                exit 5  # the host goes down now: its guard gives the result after the boot
+            fi
+            seen=$count
+        fi
+        # Looked at twice, a second apart, before a run is declared gone.
+        if ! run_alive "$1" && ! { sleep 1; run_alive "$1"; }; then
+            sed -n "$((seen + 1)),\$p" "$rundir/events"
+            # the run may have written its result between the count above and now
+            grep -q "^result$TAB" "$rundir/events" && exit_as_result
+            line result failed "the deploy stopped on the host before it ended ($(lock_state "$1"))"
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+exit_as_result() {  # exit as the run's result says: 0 done, 2 rolled back, else 1
+    outcome=$(sed -n "s/^result$TAB\([^$TAB]*\).*/\1/p" "$rundir/events" | tail -n 1)
+    case $outcome in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
+}
+
+lock_state() {  # what the host's lock says of run $1, for a report
+    printf 'its lock is %s (owner: run %s), its unit %s' \
+        "$(flock -n "$RUNTIME/lock" true 2>/dev/null && echo free || echo held)" \
+        "$(cut -d' ' -f2 "$RUNTIME/lock.owner" 2>/dev/null)" "$(cat "$RUNTIME/runs/$1/unit" 2>/dev/null || echo none)"
+}
+
+run_alive() {  # whether run $1 still holds the host's lock (or its detached unit is taking it over)
+    case $(cat "$RUNTIME/lock.owner" 2>/dev/null) in "run $1 "*) ;; *) return 1 ;; esac
+    ! flock -n "$RUNTIME/lock" true 2>/dev/null || unit_alive "$1"
+}
+
+since_reboot=
+follow() {
+    [ $# = 1 ] || { [ $# = 2 ] && [ "$2" = --since-reboot ]; } || usage "follow RUN [--since-reboot]"
+    check_run_id "$1"
+    if [ ! -f "$rundir/events" ] && [ $# = 2 ]; then
+        line result failed "this host has no run $1 since its reboot: its $GUARD_UNIT did not take the run over"
+        exit 1
+    fi
+    [ -f "$rundir/events" ] || { line result failed "this host has no run $1 (rebooted since?)"; exit 1; }
+    start=0
+    if [ $# = 2 ]; then
+        since_reboot=1
+        start=$(grep -n "^phase${TAB}reboot$TAB" "$rundir/events" | head -n 1 | cut -d : -f 1)
+    fi
+    follow_events "$1" "${start:-0}"
+}
+
+confirm_run() {
+    [ $# -ge 1 ] || usage "confirm RUN [checks]"
+    check_run_id "$1"
+    shift
+    parse_options "$@"
+    [ -e "$rundir/canary" ] || { line confirm late "the run is no longer waiting for confirmation"; exit 1; }
+    reason=$(run_checks)
+    if [ -n "$reason" ]; then
+        one_line "$reason" > "$rundir/reject"
+        line confirm rejected "$(one_line "$reason")"
+        exit 1
+    fi
+    rm "$rundir/canary" 2>/dev/null || { line confirm late "the run stopped waiting for confirmation"; exit 1; }
+    line confirm ok
+}
+
+run_checks() {  # prints why the first failing check failed, nothing if all pass
+    if [ -n "$booted_check" ]; then
+        booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+        [ "$booted" = "$booted_check" ] || { echo "it booted ${booted:-no system}, not $booted_check"; return; }
+    fi
+    if [ -n "$check_command" ]; then
+        sh -c "$check_command" > "$rundir/check.log" 2>&1 || { echo "command '$check_command' exited $?"; return; }
+    fi
+    if [ -n "$check_http" ]; then
+        curl -fsS -o /dev/null --max-time 10 "$check_http" > "$rundir/check.log" 2>&1 \
+            || { echo "$check_http: $(tr '\n' ' ' < "$rundir/check.log")"; return; }
+    fi
+    if [ -n "$check_units" ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl --failed --no-legend --plain 2>/dev/null | awk '{ print $1 }' | sort > "$rundir/failed-units.after"
+        touch "$rundir/failed-units.before"
+        new=$(comm -13 "$rundir/failed-units.before" "$rundir/failed-units.after" | tr '\n' ' ')
+        [ -z "$new" ] || echo "units failed since the activation: $new"
+    fi
+}
+
+status() {
+    current=$(readlink -f /run/current-system 2>/dev/null || true)
+    line current "$current"
+    line booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
+    line profile "$(readlink -f "$PROFILE" 2>/dev/null || true)"
+    line generation "$(generation_of "$PROFILE")"
+    line boot-id "$(boot_id)"
+    line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
+    running_specialisation "$current"
+    if [ -e /run/booted-system ]; then line needs-reboot "$(needs_reboot)"; fi
+    if [ -e "$RUNTIME/lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$RUNTIME/lock" true; then
+        line deploying "$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)"
+    fi
+}
+
+running_specialisation() {  # `specialisation NAME` and `system PARENT` when $1 is a specialisation of the profile's
+    parent=$(readlink -f "$PROFILE" 2>/dev/null) || return 0
+    for entry in "$parent"/specialisation/*; do
+        [ -e "$entry" ] || continue
+        if [ "$(readlink -f "$entry")" = "$1" ]; then
+            line specialisation "${entry##*/}"
+            line system "$parent"
+            return 0
+        fi
+    done
+}
+
+needs_reboot() {  # whether what runs differs from what booted in what only a reboot changes (as autoUpgrade asks)
+    for link in kernel initrd kernel-modules systemd; do
+        # -e: a link neither system has names nothing (-f would name a path under each system, always apart)
+        if [ "$(readlink -e "/run/booted-system/$link" 2>/dev/null)" != "$(readlink -e "/run/current-system/$link" 2>/dev/null)" ]; then
+            printf 'yes\t%s' "$link"
+            return 0
+        fi
+    done
+    printf 'no'
+}
+
+generations() {
+    current=$(generation_of "$PROFILE")
+    nix-env -p "$PROFILE" --list-generations 2>/dev/null | while read -r number day clock _; do
+        path=$(readlink -f "/nix/var/nix/profiles/system-$number-link" 2>/dev/null || true)
+        version=$(cat "$path/nixos-version" 2>/dev/null || true)
+        is_current=
+        [ "$number" = "$current" ] && is_current=current
+        line generation "$number" "$day $clock" "$path" "$version" "$is_current"
+    done
+}
+
+closures() {
+    [ $# = 1 ] && matches "$1" "$STORE_PATH_RE" || usage "closures PATH"
+    list=$(mktemp) || exit 1
+    index=0
+    for top in "$(readlink -f /run/current-system)" "$1"; do
+        nix-store --query --requisites "$top" > "$list" 2>/dev/null \
+            || { rm -f "$list"; line result failed "$top is not in this host's store"; exit 1; }
+        xargs nix-store --query --size < "$list" | paste "$list" - | sed "s/^/closure$TAB$index$TAB/"
+        index=$((index + 1))
+    done
+    rm -f "$list"
+}
+
+agent() {  # unattended: deploy the pointer when it names something else than what runs
+    agent=1
+    deploy "agent-$(date +%s)" switch - "$@" --confirm 0
+}
+
+command -v nix-store >/dev/null 2>&1 || { line result failed "nix-store is not installed on this host"; exit 1; }
+[ $# -ge 1 ] || usage "a command: deploy, agent, reboot, confirm, follow, status or generations"
+verb=$1
+shift
+case $verb in
+    deploy) deploy "$@" ;;
+    agent) agent "$@" ;;
+    activate) activate "$@" ;;
+    watch) watch "$@" ;;
+    reboot) reboot_verb "$@" ;;
+    reboot-now) reboot_now "$@" ;;
+    boot-guard) boot_guard ;;
+    confirm) confirm_run "$@" ;;
+    follow) follow "$@" ;;
+    status) status ;;
+    generations) generations ;;
+    closures) closures "$@" ;;
+    *) usage "unknown command $verb" ;;
+esac
