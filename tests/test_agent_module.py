@@ -1,5 +1,6 @@
 """The NixOS modules are self-contained: copied out of this repository, as docs/DEPLOY.md tells an operator to, they
-evaluate, and the agent's unit runs a copy of core/host.sh that the module carries.
+evaluate, and the agent's unit runs core/host.sh, which the module carries (a link in this repository, copied
+as the file it names).
 
 What this does not cover: the evaluation runs against a stand-in for nixpkgs (tests/data/module_stand_in.nix), not a
 real NixOS; option merging, systemd unit generation and the packages are the stand-in's. tests/test_download_url.py
@@ -25,10 +26,9 @@ AGENT = """
 """
 
 
-def test_the_agent_modules_host_script_is_core_host_sh():
-    copy = MODULES / "topdeck-agent" / "host.sh"
-    assert copy.read_bytes() == (REPO / "core" / "host.sh").read_bytes(), \
-        "hosts/modules/topdeck-agent/host.sh differs from core/host.sh: cp core/host.sh hosts/modules/topdeck-agent/"
+def test_the_agent_modules_host_script_is_core_host_sh_itself():
+    link = MODULES / "topdeck-agent" / "host.sh"
+    assert link.is_symlink() and link.resolve() == (REPO / "core" / "host.sh").resolve()
 
 
 def test_the_agent_module_copied_out_runs_the_script_it_carries(tmp_path: Path):
