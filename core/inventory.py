@@ -75,6 +75,7 @@ class CacheConfig:
     signing_key: Path | None = None
     public_key: str = ""
     public_key_file: Path | None = None
+    gc_credentials_file: Path | None = None  # the key `topdeck gc` deletes with (never the deploy key)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _build(section: _Section, folder: Path) -> Build:
 def _cache_config(section: _Section, root: Path) -> CacheConfig:
     section.allow_only(
         "type", "bucket", "prefix", "realm", "credentials_file", "path", "url",
-        "signing_key", "public_key", "public_key_file",
+        "signing_key", "public_key", "public_key_file", "gc_credentials_file",
     )
     kind = section.get("type", str, default="b2", check=_one_of("b2", "dir"))
     if kind == "b2":
@@ -215,6 +216,7 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         signing_key=section.path("signing_key", root),
         public_key=section.get("public_key", str, default=""),
         public_key_file=section.path("public_key_file", root),
+        gc_credentials_file=section.path("gc_credentials_file", root),
     )
 
 
