@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for bucket in args.bucket:
         emulator.create_bucket(bucket, public=True)
-    keys = [(entry, BUCKET_KEY_CAPABILITIES) for entry in args.bucket_key]
+    keys: list[tuple[list[str], tuple[str, ...]]] = [(entry, BUCKET_KEY_CAPABILITIES) for entry in args.bucket_key]
     keys += [(entry, (*BUCKET_KEY_CAPABILITIES, "deleteFiles")) for entry in args.deleting_bucket_key]
     for (bucket, key_id, key_env), capabilities in keys:
         if not os.environ.get(key_env):
