@@ -216,6 +216,29 @@ class B2Cache:
     def transactions(self) -> Transactions:
         return self.counter.transactions()
 
+    def capabilities(self) -> list[str]:
+        return list((self.api.account_info.get_allowed() or {}).get("capabilities") or [])
+
+    def all_versions(self) -> list[Entry]:
+        def list_all() -> list[Entry]:
+            return [Entry(v.file_name[len(self.prefix):], v.size, dict(v.file_info), v.upload_timestamp, v.id_)
+                    for v, _ in self.bucket.ls(self.prefix.rstrip("/"), recursive=True, latest_only=False,
+                                               fetch_count=10_000)
+                    if v.action == "upload"]
+
+        found = retrying("listing every version in the cache", list_all)
+        self.counter.add("b2_list_file_versions", max(1, math.ceil(len(found) / 1000)))
+        return found
+
+    def delete_version(self, entry: Entry) -> None:
+        def delete() -> None:
+            try:
+                self.api.delete_file_version(entry.file_id, self.prefix + entry.name)
+            except FileNotPresent:
+                pass
+
+        retrying(f"deleting {entry.name}", delete)
+
 
 def retrying(doing: str, operation: Callable[[], T], attempts: int = ATTEMPTS,
              sleep: Callable[[float], None] = time.sleep) -> T:

@@ -6,6 +6,7 @@ Names are relative to the cache's root (the bucket prefix, or the directory): `<
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -37,6 +38,7 @@ class Entry:
     size: int
     info: Mapping[str, str] = field(default_factory=dict)
     uploaded_ms: int = 0
+    file_id: str = ""  # the version's id where the backend has one (B2), for deleting exactly it
 
 
 class Cache(Protocol):
@@ -59,6 +61,18 @@ class Cache(Protocol):
     def transactions(self) -> Transactions: ...
 
 
+class DeletingCache(Cache, Protocol):
+    """A cache opened with a key that may delete: only `topdeck gc` has one."""
+
+    def all_versions(self) -> list[Entry]:
+        """Every stored version of every file (one listing pass), newest first within a name."""
+        ...
+
+    def delete_version(self, entry: Entry) -> None:
+        """Delete one version (an entry of `all_versions`); a version already gone is not an error."""
+        ...
+
+
 def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> Cache:
     if config.kind == "dir":
         assert config.path is not None
@@ -69,6 +83,33 @@ def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> 
     return B2Cache(config.bucket, config.prefix, config.realm, key_id, key, download_url=config.download_url)
 
 
+def open_deleting_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> DeletingCache:
+    """The cache with the garbage collector's own key, which must be allowed to delete files."""
+    if config.kind == "dir":
+        assert config.path is not None
+        return DirCache(config.path, config.url or f"file://{config.path}")
+    from topdeck.core.b2cache import B2Cache
+
+    key_id, key = gc_credentials(config, environ)
+    cache = B2Cache(config.bucket, config.prefix, config.realm, key_id, key)
+    if "deleteFiles" not in cache.capabilities():
+        raise CacheError(f"the gc key {key_id} may not delete files (its capabilities: "
+                         f"{', '.join(cache.capabilities()) or 'none'}); make one with deleteFiles for bucket "
+                         f"{config.bucket}")
+    return cache
+
+
+def gc_credentials(config: CacheConfig, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The key that may delete: B2_GC_APPLICATION_KEY_ID / B2_GC_APPLICATION_KEY, else cache.gc_credentials_file.
+    Never the deploy key: a deploy must not be able to delete what hosts fetch."""
+    if environ.get("B2_GC_APPLICATION_KEY_ID") and environ.get("B2_GC_APPLICATION_KEY"):
+        return environ["B2_GC_APPLICATION_KEY_ID"], environ["B2_GC_APPLICATION_KEY"]
+    if config.gc_credentials_file is None:
+        raise CacheError("no B2 key for gc: set B2_GC_APPLICATION_KEY_ID and B2_GC_APPLICATION_KEY, or "
+                         "cache.gc_credentials_file in topdeck.toml (a key with deleteFiles, not the deploy key)")
+    return _credentials_file(config.gc_credentials_file)
+
+
 def b2_credentials(config: CacheConfig, environ: Mapping[str, str]) -> tuple[str, str]:
     """The application key: B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY, else the configured credentials file."""
     if environ.get("B2_APPLICATION_KEY_ID") and environ.get("B2_APPLICATION_KEY"):
@@ -77,6 +118,10 @@ def b2_credentials(config: CacheConfig, environ: Mapping[str, str]) -> tuple[str
     if path is None:
         raise CacheError("no B2 key: set B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, "
                          "or cache.credentials_file in topdeck.toml")
+    return _credentials_file(path)
+
+
+def _credentials_file(path: Path) -> tuple[str, str]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as error:
@@ -138,6 +183,15 @@ class DirCache:
 
     def transactions(self) -> Transactions:
         return Transactions()
+
+    def all_versions(self) -> list[Entry]:
+        """Every recorded version of every file (a directory keeps only the newest content); ids are names."""
+        return [dataclasses.replace(version, file_id=name) for name, entry in self.listing().items()
+                for version in (self.versions(name) or [entry])]
+
+    def delete_version(self, entry: Entry) -> None:
+        self._path(entry.name).unlink(missing_ok=True)
+        self._history(entry.name).unlink(missing_ok=True)
 
     def _write(self, name: str, chunks) -> int:  # type: ignore[no-untyped-def]
         target = self._path(name)

@@ -83,3 +83,7 @@ class PointerError(TopdeckError):
 
 class DeployError(TopdeckError):
     """A deploy, rollback or status request that cannot start as asked."""
+
+
+class GcError(TopdeckError):
+    """A cache garbage collection that cannot run as asked; nothing was deleted."""

@@ -76,6 +76,7 @@ class CacheConfig:
     public_key: str = ""
     public_key_file: Path | None = None
     download_url: str = ""  # B2: the cache's root as hosts fetch it (a CDN or own domain); "" for B2's own URL
+    gc_credentials_file: Path | None = None  # the key `topdeck gc` deletes with (never the deploy key)
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def _build(section: _Section, folder: Path) -> Build:
 def _cache_config(section: _Section, root: Path) -> CacheConfig:
     section.allow_only(
         "type", "bucket", "prefix", "realm", "credentials_file", "path", "url",
-        "signing_key", "public_key", "public_key_file", "download_url",
+        "signing_key", "public_key", "public_key_file", "download_url", "gc_credentials_file",
     )
     kind = section.get("type", str, default="b2", check=_one_of("b2", "dir"))
     if kind == "b2":

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from topdeck.core.errors import CacheError, StorePathError
+from topdeck.core.errors import CacheError, NarinfoError, StorePathError
+from topdeck.core.narinfo import hash_to_nix32, parse_hash
 from topdeck.core.store import StorePath, parse_store_path
 
 FORMAT = 1
@@ -20,6 +21,7 @@ class ManifestPath:
     nar_size: int
     file_size: int
     references: tuple[StorePath, ...]
+    nar_hash: bytes | None = None  # raw sha256 of the NAR; manifests written before it existed lack it
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ def render_manifest(manifest: Manifest) -> bytes:
         "toplevel": str(manifest.toplevel),
         "paths": [
             {"path": str(p.path), "narSize": p.nar_size, "fileSize": p.file_size,
-             "references": [r.basename for r in p.references]}
+             "references": [r.basename for r in p.references],
+             **({"narHash": hash_to_nix32(p.nar_hash)} if p.nar_hash is not None else {})}
             for p in manifest.paths
         ],
     }
@@ -54,7 +57,7 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
             toplevel=parse_store_path(document["toplevel"]),
             paths=tuple(_manifest_path(entry) for entry in document["paths"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError, StorePathError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, StorePathError, NarinfoError) as error:
         raise CacheError(f"{source}: not a valid manifest ({error})") from None
 
 
@@ -67,4 +70,5 @@ def _manifest_path(entry: dict) -> ManifestPath:  # type: ignore[type-arg]
         nar_size=nar_size,
         file_size=file_size,
         references=tuple(parse_store_path(f"/nix/store/{ref}") for ref in entry["references"]),
+        nar_hash=parse_hash(entry["narHash"]) if "narHash" in entry else None,
     )

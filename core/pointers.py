@@ -113,13 +113,13 @@ def current(listing: Mapping[str, Entry]) -> dict[str, PointerVersion]:
     pointers = {}
     for name, entry in listing.items():
         if name.startswith(f"{DIRECTORY}/") and name.endswith(".txt"):
-            pointers[name[len(DIRECTORY) + 1:-4]] = _version(entry)
+            pointers[name[len(DIRECTORY) + 1:-4]] = version_of(entry)
     return dict(sorted(pointers.items()))
 
 
 def history(cache: Cache, name: str) -> list[PointerVersion]:
     """Every published version of a pointer, newest first."""
-    return [_version(entry) for entry in cache.versions(text_name(name))]
+    return [version_of(entry) for entry in cache.versions(text_name(name))]
 
 
 def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, listing: Mapping[str, Entry],
@@ -149,7 +149,7 @@ def rollback_target(versions: list[PointerVersion], to: str | None) -> StorePath
     raise PointerError(f"the pointer never had serial or path {to!r}")
 
 
-def _version(entry: Entry) -> PointerVersion:
+def version_of(entry: Entry) -> PointerVersion:
     info = {key.lower(): value for key, value in entry.info.items()}
     serial = info.get("topdeck-serial", "0")
     return PointerVersion(path=info.get("topdeck-path", ""), serial=int(serial) if serial.isdigit() else 0,

@@ -52,7 +52,12 @@ NAR_FOLDER = "nar/"
 
 
 def nar_name(info: PathInfo) -> str:
-    return f"{NAR_FOLDER}{hash_to_nix32(info.nar_hash)}.nar.zst"
+    return nar_file(info.nar_hash)
+
+
+def nar_file(nar_hash: bytes) -> str:
+    """Where this push stores the NAR with that NarHash (another tool may have used another name)."""
+    return f"{NAR_FOLDER}{hash_to_nix32(nar_hash)}.nar.zst"
 
 
 def narinfo_name(path: StorePath) -> str:
@@ -384,7 +389,8 @@ def _publish_pointer(cache: Cache, name: str | None, toplevel: StorePath, key: S
 def _manifest_paths(closure: list[PathInfo], stored: dict[StorePath, Stored], listing: dict[str, Entry],
                     cache: Cache) -> Iterator[ManifestPath]:
     for info in closure:
-        yield ManifestPath(info.path, info.nar_size, _file_size(info, stored, listing, cache), info.references)
+        yield ManifestPath(info.path, info.nar_size, _file_size(info, stored, listing, cache), info.references,
+                           info.nar_hash)
 
 
 def _file_size(info: PathInfo, stored: dict[StorePath, Stored], listing: dict[str, Entry], cache: Cache) -> int:

@@ -338,6 +338,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bucket", action="append", default=[], help="create this allPublic bucket (repeatable)")
     parser.add_argument("--bucket-key", nargs=3, metavar=("BUCKET", "KEY_ID", "KEY_ENV"), action="append",
                         default=[], help="also accept KEY_ID with the key in $KEY_ENV, restricted to BUCKET")
+    parser.add_argument("--deleting-bucket-key", nargs=3, metavar=("BUCKET", "KEY_ID", "KEY_ENV"), action="append",
+                        default=[], help="like --bucket-key, and the key may also delete files (a gc key)")
     parser.add_argument("--recommended-part-size", type=int, default=DEFAULT_RECOMMENDED_PART_SIZE)
     parser.add_argument("--minimum-part-size", type=int, default=DEFAULT_ABSOLUTE_MINIMUM_PART_SIZE)
     args = parser.parse_args(argv)
@@ -361,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for bucket in args.bucket:
         emulator.create_bucket(bucket, public=True)
-    for bucket, key_id, key_env in args.bucket_key:
+    keys: list[tuple[list[str], tuple[str, ...]]] = [(entry, BUCKET_KEY_CAPABILITIES) for entry in args.bucket_key]
+    keys += [(entry, (*BUCKET_KEY_CAPABILITIES, "deleteFiles")) for entry in args.deleting_bucket_key]
+    for (bucket, key_id, key_env), capabilities in keys:
         if not os.environ.get(key_env):
             raise SystemExit(f"b2emu: environment variable {key_env} is not set")
-        emulator.add_bucket_key(key_id, os.environ[key_env], bucket)
+        emulator.add_bucket_key(key_id, os.environ[key_env], bucket, capabilities)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

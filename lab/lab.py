@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -109,15 +110,17 @@ class Lab:
         return self.root / "b2-credentials.toml"
 
     @property
+    def b2_gc_credentials(self) -> Path:
+        """The lab bucket's gc key: like the deploy key, and it may delete files."""
+        return self.root / "b2-gc-credentials.toml"
+
+    @property
     def state_file(self) -> Path:
         return self.root / "state.json"
 
     def b2_key(self) -> tuple[str, str]:
         """topdeck's key id and application key for the lab bucket (restricted to it), from the credentials file."""
-        import tomllib
-
-        data = tomllib.loads(self.b2_credentials.read_text())
-        return data["key_id"], data["application_key"]
+        return _key_of(self.b2_credentials)
 
     # --- up ---------------------------------------------------------------------------------------
 
@@ -225,23 +228,27 @@ class Lab:
                 check=True, capture_output=True, env=lab_env(),
             )
             os.chmod(self.cache_secret_key, 0o600)
-        if not self.b2_credentials.exists():
-            key_id, key = f"lab{secrets.token_hex(8)}", secrets.token_urlsafe(24)
-            self.b2_credentials.touch(mode=0o600)
-            self.b2_credentials.write_text(f'key_id = "{key_id}"\napplication_key = "{key}"\n')
+        for credentials, prefix in ((self.b2_credentials, "lab"), (self.b2_gc_credentials, "labgc")):
+            if not credentials.exists():
+                key_id, key = f"{prefix}{secrets.token_hex(8)}", secrets.token_urlsafe(24)
+                credentials.touch(mode=0o600)
+                credentials.write_text(f'key_id = "{key_id}"\napplication_key = "{key}"\n')
 
     def _ensure_emulator(self, log) -> None:  # type: ignore[no-untyped-def]
         if self.emulator_running():
             return
         key_id, key = self.b2_key()
+        gc_key_id, gc_key = _key_of(self.b2_gc_credentials)
         emulator_log = self.root / "b2emu.log"
         emulator_log.write_text("")
         pid = spawn_detached(
             [sys.executable, "-m", "topdeck.lab.b2emu", "--host", "127.0.0.1", "--port", str(self.emulator_port),
              "--key-id", f"admin{key_id}", "--key-env", "TOPDECK_LAB_B2_ADMIN_KEY",
-             "--bucket", BUCKET, "--bucket-key", BUCKET, key_id, "TOPDECK_LAB_B2_KEY"],
+             "--bucket", BUCKET, "--bucket-key", BUCKET, key_id, "TOPDECK_LAB_B2_KEY",
+             "--deleting-bucket-key", BUCKET, gc_key_id, "TOPDECK_LAB_B2_GC_KEY"],
             emulator_log,
-            env={**os.environ, "TOPDECK_LAB_B2_KEY": key, "TOPDECK_LAB_B2_ADMIN_KEY": secrets.token_urlsafe(24)},
+            env={**os.environ, "TOPDECK_LAB_B2_KEY": key, "TOPDECK_LAB_B2_GC_KEY": gc_key,
+                 "TOPDECK_LAB_B2_ADMIN_KEY": secrets.token_urlsafe(24)},
         )
         wait_for(lambda: "listening on" in emulator_log.read_text() or not _pid_alive(pid), 20,
                  "the B2 emulator did not start", lambda: emulator_log.read_text()[-400:])
@@ -394,6 +401,11 @@ class Lab:
         temporary = self.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(data, indent=2))
         temporary.replace(self.state_file)
+
+
+def _key_of(credentials: Path) -> tuple[str, str]:
+    data = tomllib.loads(credentials.read_text())
+    return data["key_id"], data["application_key"]
 
 
 def _make_host(root: Path, state: HostState) -> LabHost:

@@ -53,7 +53,8 @@ def write_lab_inventory(lab: Lab, root, prefix: str, roles: dict[str, str] | Non
     root.mkdir(parents=True, exist_ok=True)
     (root / "topdeck.toml").write_text(
         f'[cache]\nbucket = "topdeck-lab"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
-        f'credentials_file = "{lab.b2_credentials}"\nsigning_key = "{lab.cache_secret_key}"\n'
+        f'credentials_file = "{lab.b2_credentials}"\ngc_credentials_file = "{lab.b2_gc_credentials}"\n'
+        f'signing_key = "{lab.cache_secret_key}"\n'
         f'public_key_file = "{lab.cache_public_key}"\n\n'
         f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\nconnect_timeout = 5\n'
     )

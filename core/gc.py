@@ -1,0 +1,336 @@
+"""Cache retention (`topdeck gc`): which closures the cache must keep, and deleting the rest in an order that never
+leaves a reader with a manifest or a narinfo whose files are gone.
+
+Kept: the closures of the last `keep` versions of every pointer, of every system a host of the inventory runs, has
+booted or has as a generation, and of everything uploaded within `min_age` (a push may be under way: its narinfos
+come before its manifest). A closure is read from its manifest; a kept toplevel or a recent narinfo without one is
+followed narinfo by narinfo. Files gc does not know (nix-cache-info, the pointers, anything else) are never touched.
+
+Deleted, in this order: manifests, narinfos (a path's referrers before the path), NARs. So a kill at any moment
+leaves every remaining manifest with its narinfos, and every narinfo with its NAR and its references.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from topdeck.core import pointers
+from topdeck.core.cache import DeletingCache, Entry, open_deleting_cache
+from topdeck.core.deploy import host_command, host_script
+from topdeck.core.errors import Cancelled, GcError, TopdeckError
+from topdeck.core.events import Emit, LogLine, Progress, Transactions, ignore
+from topdeck.core.inventory import Host, Inventory
+from topdeck.core.manifest import manifest_name, parse_manifest
+from topdeck.core.narinfo import parse_narinfo
+from topdeck.core.push import NAR_FOLDER, nar_file, narinfo_name
+from topdeck.core.ssh import Connect, connect
+from topdeck.core.store import StorePath, parse_store_path
+
+PRICE_PER_GB_MONTH = 0.006  # USD: Backblaze B2's list price for storage, per decimal GB and month
+DEFAULT_MIN_AGE = 24 * 3600.0
+MANIFEST_FOLDER = "manifests/"
+
+
+@dataclass(frozen=True)
+class KeptSystem:
+    toplevel: StorePath
+    reasons: tuple[str, ...]  # "pointer web (serial 4)", "host-1 generation 7", ...
+    in_cache: bool  # the cache holds its manifest or narinfo (a host may run a system that was never pushed)
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    kept: tuple[KeptSystem, ...]
+    deletions: tuple[Entry, ...]  # file versions, in the order they are deleted
+    files: int  # file versions stored now
+    bytes: int  # their bytes
+    kept_paths: int  # store paths whose narinfo and NAR stay
+    downloads: int  # manifests and narinfos read to make the plan (B2 class B)
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(entry.size for entry in self.deletions)
+
+
+@dataclass(frozen=True)
+class GcResult:
+    plan: GcPlan
+    deleted: int
+    freed_bytes: int
+    seconds: float
+    transactions: Transactions
+    dry_run: bool
+
+
+def monthly_cost(nbytes: int) -> float:
+    """What B2 bills for storing `nbytes` for a month, in USD."""
+    return nbytes / 1e9 * PRICE_PER_GB_MONTH
+
+
+# --- what to keep -----------------------------------------------------------------------------------
+
+
+def pointer_systems(versions: Iterable[Entry], keep: int) -> dict[StorePath, list[str]]:
+    """The toplevels of the last `keep` versions of every pointer, each with why it is kept."""
+    if keep < 1:
+        raise GcError(f"--keep {keep}: must keep at least the current version of each pointer (1 or more)")
+    by_pointer: dict[str, list[pointers.PointerVersion]] = defaultdict(list)
+    for entry in versions:
+        if entry.name.startswith(f"{pointers.DIRECTORY}/") and entry.name.endswith(".txt"):
+            by_pointer[entry.name[len(pointers.DIRECTORY) + 1:-4]].append(pointers.version_of(entry))
+    systems: dict[StorePath, list[str]] = defaultdict(list)
+    for name, found in sorted(by_pointer.items()):
+        for version in sorted(found, key=lambda v: (v.serial, v.uploaded_ms), reverse=True)[:keep]:
+            if version.path:
+                systems[parse_store_path(version.path)].append(f"pointer {name} (serial {version.serial})")
+    return systems
+
+
+def host_systems(inventory: Inventory, *, skip_unreachable: bool = False, connect: Connect = connect,
+                 emit: Emit = ignore, cancel: threading.Event | None = None) -> dict[StorePath, list[str]]:
+    """Every system a host runs, has booted or keeps as a generation (one SSH login per host). An unreachable
+    host is refused (GcError naming every one): its systems are unknown, so gc cannot know what it would need."""
+    hosts = inventory.hosts
+    cancel = cancel or threading.Event()
+
+    def ask(host: Host) -> tuple[Host, dict[StorePath, list[str]] | str]:
+        if cancel.is_set():
+            raise Cancelled("gc cancelled")
+        try:
+            return host, _systems_of(host, inventory, connect)
+        except TopdeckError as error:
+            return host, str(error)
+
+    with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
+        answers = list(pool.map(ask, hosts))
+    systems: dict[StorePath, list[str]] = defaultdict(list)
+    unreachable = []
+    for host, answer in answers:
+        if isinstance(answer, str):
+            unreachable.append(answer)
+            if skip_unreachable:
+                emit(LogLine(f"skipped: {answer}", host.name))
+            continue
+        for path, reasons in answer.items():
+            systems[path].extend(reasons)
+    if unreachable and not skip_unreachable:
+        raise GcError(f"cannot ask {len(unreachable)} host(s) what they run, so nothing is deleted: "
+                      f"{'; '.join(unreachable)} (bring them back, or pass --skip-unreachable to keep only what "
+                      "the others and the pointers need)")
+    return systems
+
+
+def _systems_of(host: Host, inventory: Inventory, connect: Connect) -> dict[StorePath, list[str]]:
+    found: dict[StorePath, list[str]] = defaultdict(list)
+    with connect(host, inventory.ssh) as session:
+        status = session.run(host_command(host, "status"), stdin=host_script(), timeout=60)
+        listed = session.run(host_command(host, "generations"), stdin=host_script(), timeout=60)
+    for line in (status.stdout + listed.stdout).decode(errors="replace").splitlines():
+        kind, *fields = line.split("\t")
+        if kind == "result":
+            raise GcError(f"{host.name}: {fields[-1] if fields else 'the host script failed'}")
+        if kind in ("current", "booted", "system") and fields and fields[0].startswith("/nix/store/"):
+            found[parse_store_path(fields[0])].append(f"{host.name} {kind}")
+        elif kind == "generation" and len(fields) >= 3 and fields[2].startswith("/nix/store/"):
+            found[parse_store_path(fields[2])].append(f"{host.name} generation {fields[0]}")
+    return found
+
+
+# --- the plan ---------------------------------------------------------------------------------------
+
+
+class _Marker:
+    """Walks what must stay: store paths (by hash part, with the NAR each needs) and manifests, reading as little
+    as it can."""
+
+    def __init__(self, cache: DeletingCache, latest: Mapping[str, Entry]):
+        self.cache, self.latest = cache, latest
+        self.paths: dict[str, str | None] = {}  # kept path's hash part -> its NAR's name (None: not known yet)
+        self.references: dict[str, tuple[str, ...]] = {}
+        self.manifests: set[str] = set()
+        self.downloads = 0
+
+    def read(self, name: str) -> bytes:
+        self.downloads += 1
+        return self.cache.get_bytes(name)
+
+    def manifest(self, name: str, keep: bool = True) -> None:
+        manifest = parse_manifest(self.read(name), name)
+        for item in manifest.paths:
+            self.references[item.path.hash_part] = tuple(r.hash_part for r in item.references)
+            if keep and self.paths.get(item.path.hash_part) is None:
+                nar = nar_file(item.nar_hash) if item.nar_hash is not None else None
+                self.paths[item.path.hash_part] = nar if nar in self.latest else None
+        if keep:
+            self.manifests.add(name)
+
+    def system(self, toplevel: StorePath) -> bool:
+        """Keep a toplevel's closure; False when the cache has neither its manifest nor its narinfo."""
+        if manifest_name(toplevel) in self.latest:
+            self.manifest(manifest_name(toplevel))
+            return True
+        if narinfo_name(toplevel) in self.latest:
+            self.follow([toplevel.hash_part])
+            return True
+        return False
+
+    def follow(self, roots: Iterable[str]) -> None:
+        """Keep the closures of the paths with these hash parts by reading their narinfos (what no manifest
+        describes)."""
+        waiting = list(roots)
+        while waiting:
+            hash_part = waiting.pop()
+            name = f"{hash_part}.narinfo"
+            if self.paths.get(hash_part) is not None or name not in self.latest:
+                continue
+            info = parse_narinfo(self.read(name).decode(errors="replace"), name)
+            self.paths[hash_part] = info.url
+            self.references[hash_part] = tuple(ref.hash_part for ref in info.references)
+            waiting.extend(self.references[hash_part])
+
+    def resolve_nars(self) -> None:
+        """The NAR of each kept path a manifest could not name (older manifests, another tool's NAR names)."""
+        for hash_part, nar in list(self.paths.items()):
+            name = f"{hash_part}.narinfo"
+            if nar is None and name in self.latest:
+                self.paths[hash_part] = parse_narinfo(self.read(name).decode(errors="replace"), name).url
+
+    def kept_names(self) -> set[str]:
+        return self.manifests | {f"{h}.narinfo" for h in self.paths} | {n for n in self.paths.values() if n}
+
+
+def plan_gc(cache: DeletingCache, systems: Mapping[StorePath, Sequence[str]], versions: Sequence[Entry], *,
+            min_age: float = DEFAULT_MIN_AGE, now: float | None = None) -> GcPlan:
+    """What a gc would delete from `versions` (the cache's `all_versions`), keeping `systems`' closures."""
+    now_ms = int((time.time() if now is None else now) * 1000)
+    latest = _latest(versions)
+    marker = _Marker(cache, latest)
+    kept = tuple(KeptSystem(path, tuple(reasons), marker.system(path)) for path, reasons in sorted(systems.items()))
+    young = {name for name, entry in latest.items() if now_ms - entry.uploaded_ms < min_age * 1000}
+    for name in sorted(young):
+        if _is_manifest(name):
+            marker.manifest(name)
+    marker.follow(name.removesuffix(".narinfo") for name in sorted(young) if _is_narinfo(name))
+    marker.resolve_nars()
+    keep = marker.kept_names() | young
+    doomed = {name for name in latest if _collectable(name) and name not in keep}
+    for name in sorted(doomed):
+        if _is_manifest(name):
+            marker.manifest(name, keep=False)  # only for the references: referrers go before what they refer to
+    order = _deletion_order(doomed, marker.references)
+    by_name: dict[str, list[Entry]] = defaultdict(list)
+    for entry in versions:
+        by_name[entry.name].append(entry)
+    return GcPlan(kept=kept, deletions=tuple(entry for name in order for entry in by_name[name]),
+                  files=len(versions), bytes=sum(entry.size for entry in versions), kept_paths=len(marker.paths),
+                  downloads=marker.downloads)
+
+
+def _latest(versions: Iterable[Entry]) -> dict[str, Entry]:
+    latest: dict[str, Entry] = {}
+    for entry in versions:
+        if entry.name not in latest or entry.uploaded_ms > latest[entry.name].uploaded_ms:
+            latest[entry.name] = entry
+    return latest
+
+
+def _is_manifest(name: str) -> bool:
+    return name.startswith(MANIFEST_FOLDER) and name.endswith(".json")
+
+
+def _is_narinfo(name: str) -> bool:
+    return "/" not in name and name.endswith(".narinfo")
+
+
+def _collectable(name: str) -> bool:
+    return _is_manifest(name) or _is_narinfo(name) or name.startswith(NAR_FOLDER)
+
+
+def _deletion_order(doomed: set[str], references: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """Manifests, then narinfos with every referrer before what it refers to, then NARs."""
+    infos = {name.removesuffix(".narinfo"): name for name in doomed if _is_narinfo(name)}
+    refs: dict[str, list[str]] = defaultdict(list)
+    for path, targets in references.items():
+        if path in infos:
+            refs[path] = [t for t in targets if t in infos and t != path]
+    placed: set[str] = set()
+    after_references: list[str] = []  # every narinfo after the ones it refers to
+
+    def visit(start: str) -> None:
+        stack = [(start, iter(refs[start]))]
+        placed.add(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                after_references.append(node)
+            elif child not in placed:
+                placed.add(child)
+                stack.append((child, iter(refs[child])))
+
+    for hash_part in sorted(infos):
+        if hash_part not in placed:
+            visit(hash_part)
+    manifests = sorted(name for name in doomed if _is_manifest(name))
+    nars = sorted(name for name in doomed if name.startswith(NAR_FOLDER))
+    return manifests + [infos[h] for h in reversed(after_references)] + nars
+
+
+# --- deleting ---------------------------------------------------------------------------------------
+
+
+def collect(cache: DeletingCache, plan: GcPlan, *, emit: Emit = ignore, cancel: threading.Event | None = None,
+            clock: Callable[[], float] = time.monotonic) -> tuple[int, int]:
+    """Delete the plan's versions in its order; (versions deleted, bytes freed). Cancel stops between two
+    deletions, which leaves a valid cache (the order guarantees it at every step)."""
+    started, deleted, freed = clock(), 0, 0
+    total = len(plan.deletions)
+    for entry in plan.deletions:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"gc cancelled after {deleted} of {total} deletions; the cache is valid, run it again")
+        cache.delete_version(entry)
+        deleted, freed = deleted + 1, freed + entry.size
+        emit(Progress("gc", deleted, total, freed, plan.freed_bytes, current=entry.name,
+                      rate=freed / max(clock() - started, 1e-6)))
+    return deleted, freed
+
+
+def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,
+             min_age: float = DEFAULT_MIN_AGE, confirm: Callable[[GcPlan], bool] = lambda plan: True,
+             cache: DeletingCache | None = None, connect: Connect = connect, emit: Emit = ignore,
+             cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> GcResult:
+    """Plan a gc of the inventory's cache (asking every host what it runs); then, unless `dry_run` or `confirm`
+    (shown the plan) says no, delete."""
+    if keep < 1:
+        pointer_systems((), keep)  # the one message for a bad keep, before any host or bucket is asked
+    started = clock()
+    cache = cache or open_deleting_cache(inventory.cache)
+    emit(Progress("gc-hosts", 0, len(inventory.hosts)))
+    systems = host_systems(inventory, skip_unreachable=skip_unreachable, connect=connect, emit=emit, cancel=cancel)
+    versions = cache.all_versions()
+    for path, reasons in pointer_systems(versions, keep).items():
+        systems.setdefault(path, []).extend(reasons)
+    plan = plan_gc(cache, systems, versions, min_age=min_age, now=clock())
+    _check_current_pointers(plan, versions)
+    go = not dry_run and bool(plan.deletions) and confirm(plan)
+    deleted, freed = collect(cache, plan, emit=emit, cancel=cancel) if go else (0, 0)
+    return GcResult(plan, deleted, freed, clock() - started, cache.transactions(), dry_run)
+
+
+def _check_current_pointers(plan: GcPlan, versions: Sequence[Entry]) -> None:
+    """A pointer whose current target's closure is not in the cache means the cache is already broken (or this
+    is not the cache the pointers were pushed to): delete nothing then."""
+    current = {parse_store_path(v.path): name for name, v in pointers.current(_latest(versions)).items() if v.path}
+    broken = [f"{current[s.toplevel]} -> {s.toplevel.name}" for s in plan.kept
+              if s.toplevel in current and not s.in_cache]
+    if broken:
+        raise GcError(f"the cache lacks the closure of pointer {', '.join(broken)}; nothing deleted (push it "
+                      "again first)")
+
+
