@@ -224,6 +224,7 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         public_key=section.get("public_key", str, default=""),
         public_key_file=section.path("public_key_file", root),
         download_url=section.get("download_url", str, default="", check=_valid_download_url).rstrip("/"),
+        gc_credentials_file=section.path("gc_credentials_file", root),
     )
 
 
