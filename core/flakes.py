@@ -13,10 +13,11 @@ them, so each command asks for the feature itself.
 
 What Nix says, and what topdeck says instead (one line, naming the setting):
 - a flake in a git repository is copied to the store with its tracked files only: a file that is not tracked is
-  `getting status of '/nix/store/<hash>-source/FILE': No such file or directory` (2.8) or `path
-  '/nix/store/<hash>-source/FILE' does not exist` (2.26 and later);
-- pure evaluation refuses files outside the flake: `access to absolute path '/x' is forbidden in pure evaluation
-  mode (use '--impure' to override)`;
+  `getting status of '/nix/store/<hash>-source/FILE': No such file or directory` (2.8), `path
+  '/nix/store/<hash>-source/FILE' does not exist` (2.26), `Path 'FILE' in the repository "DIR" is not tracked
+  by Git.` (2.34);
+- pure evaluation refuses files outside the flake: `access to absolute path '/x/y' is forbidden in pure
+  evaluation mode (use '--impure' to override)` (2.26 names the first folder of the path it refused, /x);
 - a missing nixosConfigurations.<name> is found by F, with the names the flake has.
 """
 
@@ -37,6 +38,7 @@ FLAKE_COMMAND = ("nix", "--extra-experimental-features", "nix-command flakes")
 TOPLEVEL = "config.system.build.toplevel"
 DRV_OUTPUT_SINCE = (2, 13, 0)  # `DRV^out` (Nix 2.13 release notes); 2.8 builds a bare DRV's outputs
 _SOURCE_FILE = re.compile(r"/nix/store/[0-9a-z]{32}-source/([^'\"]+)")
+_UNTRACKED = re.compile(r"Path '([^']+)' in the repository .* is not tracked by Git")
 _OUTSIDE = re.compile(r"access to (?:absolute )?path '([^']+)' is forbidden")
 
 
@@ -118,8 +120,9 @@ def _check_local(flake: str, where: str) -> None:
 def _explain(flake: str, where: str, message: str) -> str:
     """Nix's evaluation error, with the gotchas said plainly (see the module doc)."""
     reason = message.partition(": build failed: ")[2] or message
-    source = _SOURCE_FILE.search(reason)
-    if source and flake.startswith("/") and ("does not exist" in reason or "No such file" in reason):
+    source = _SOURCE_FILE.search(reason) or _UNTRACKED.search(reason)
+    if source and flake.startswith("/") and ("does not exist" in reason or "No such file" in reason
+                                             or "not tracked" in reason):
         relative = source[1]
         if (Path(flake) / relative).exists():
             return (f"{where}: {Path(flake) / relative} is not tracked by git: a flake in a git repository sees only "
