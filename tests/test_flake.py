@@ -266,3 +266,14 @@ def test_the_flake_gotchas_are_one_clear_line_with_every_nix(nix_envs, tmp_path,
     assert error(outside).startswith(f"W: build.flake: flake {outside} reads /tmp")  # 2.26: the first folder refused
     assert "outside the flake, which pure evaluation forbids" in error(outside)
     assert error(tmp_path / "nowhere") == f"W: build.flake: flake {tmp_path}/nowhere: no such folder"
+
+
+def test_build_builds_every_selected_host_in_one_nix_build(inventory, counted):
+    new_release(inventory, "db", lambda s: factory.upgrade(s, "db-app", "5.0"))
+
+    result = topdeck(inventory, counted, "build", "host-*", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert nix_calls(counted, "build") == 1 and nix_calls(counted, "eval") == 1
+    assert json.loads(result.stdout) == {name: flake_toplevel(inventory, name) for name in HOSTS}
+    assert "flake | building '/nix/store/" in result.stderr  # Nix's live log, from the one shared build

@@ -36,7 +36,7 @@ def build_command(args: argparse.Namespace) -> int:
     nix_path_args = [part for path in args.include for part in ("-I", path)]
     built, failures = build_each(hosts, emit=_log_printer(sys.stderr), nix_path_args=nix_path_args)
     if args.json:
-        print(json.dumps(built, indent=1))
+        print(json.dumps({name: str(path) for name, path in built.items()}, indent=1))
     else:
         for name, path in built.items():
             print(f"{name} {path}")
