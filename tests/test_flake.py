@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from deploytools import MIXED_KINDS, state, three_host_lab
 
 from topdeck.core import flakes
 from topdeck.core.b2cache import B2Cache
-from topdeck.core.errors import NixError
+from topdeck.core.errors import Cancelled, NixError
+from topdeck.core.events import LogLine, Progress
 from topdeck.core.inventory import Build, load_inventory
 from topdeck.core.manifest import manifest_name
 from topdeck.core.push import narinfo_name
@@ -277,3 +279,30 @@ def test_build_builds_every_selected_host_in_one_nix_build(inventory, counted):
     assert nix_calls(counted, "build") == 1 and nix_calls(counted, "eval") == 1
     assert json.loads(result.stdout) == {name: flake_toplevel(inventory, name) for name in HOSTS}
     assert "flake | building '/nix/store/" in result.stderr  # Nix's live log, from the one shared build
+
+
+def test_the_tuis_build_and_push_releases_the_hosts_and_can_be_cancelled(lab, inventory):
+    from topdeck.tui.backend import Backend
+
+    backend = Backend(load_inventory(inventory))
+    new_release(inventory, "web", lambda s: factory.upgrade(s, "web-app", "6.0"))
+    before = backend.pointers()["web"].path
+    cancel = threading.Event()
+
+    def cancel_on_first_log_line(event):  # type: ignore[no-untyped-def]
+        if isinstance(event, LogLine):
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        backend.release(["host-1", "host-2"], cancel_on_first_log_line, cancel)
+    assert backend.pointers()["web"].path == before  # nothing published
+
+    events: list[object] = []
+    result = backend.release(["host-1", "host-2"], events.append, threading.Event())
+
+    expected = flake_toplevel(inventory, "host-1")
+    assert result.toplevels == (expected,) and backend.pointers()["web"].path == expected
+    assert any(isinstance(e, LogLine) and e.host == "flake" for e in events)
+    assert any(isinstance(e, Progress) and e.phase == "upload" for e in events)
+    plan = backend.plan(["host-1", "host-2"], None)
+    assert {h.host: str(h.target) for h in plan.plan.hosts} == {"host-1": expected, "host-2": expected}
