@@ -1,9 +1,10 @@
-"""Build hosts' toplevels and push them as one release: what `topdeck build`, `push --on`, `apply` and the TUI's
-plan screen share.
+"""Build hosts' toplevels and push them as one release: what `topdeck build`, `push --on`, `apply` and the
+TUI's plan screen share.
 
-All flake hosts build in one `nix build` (core.flakes); each distinct `nix` or `nixos` build runs once, so hosts
-that build the same file share it. The pushed closures are the union of the hosts' toplevels, in one push (one
-listing), and then each host's pointer names its toplevel; hosts that follow one pointer must build one toplevel.
+All flake hosts build in one `nix build` (core.flakes), all `nix` files in one nix-build, and each distinct `nixos`
+configuration once; a host's build runs once however many hosts share it. The pushed closures are the union of
+the hosts' toplevels, in one push (one listing), and then each host's pointer names its toplevel; hosts that
+follow one pointer must build one toplevel.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def build_hosts(hosts: Sequence[Host], *, emit: Emit = ignore, cancel: threading
 def build_each(hosts: Sequence[Host], *, emit: Emit = ignore, cancel: threading.Event | None = None,
                nix_path_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
                ) -> tuple[dict[str, StorePath], dict[str, NixError]]:
-    """(host -> toplevel, host -> why its build failed): the flake hosts built in one `nix build`, each other
-    distinct build once. Log lines are LogLine events named by the host (`flake` for the flakes' one build).
-    Cancelled stops at once."""
+    """(host -> toplevel, host -> why its build failed): the flake hosts built in one `nix build`, the `nix` files
+    in one nix-build (when that fails, each alone, to tell which failed), each `nixos` build once. Log lines are
+    LogLine events named by the host, or by `flake` and `nix-build` for the shared builds. Cancelled stops at
+    once."""
     buildable(hosts)
     by_build: dict[Build, list[str]] = {}
     for host in hosts:
@@ -56,8 +58,15 @@ def build_each(hosts: Sequence[Host], *, emit: Emit = ignore, cancel: threading.
         built.update(flakes.build_flakes(flake_builds, log=_logger(emit, "flake"), cancel=cancel, env=env))
     except NixError as error:
         failed.update(dict.fromkeys(flake_builds, error))
+    files = [build for build in by_build if build.kind == "nix"]
+    if len(files) > 1:
+        try:
+            built.update(zip(files, localnix.build_files(files, log=_logger(emit, "nix-build"), cancel=cancel,
+                                                         nix_path_args=nix_path_args, env=env), strict=True))
+        except NixError:
+            pass  # one of them failed: each one alone, below, says which
     for build, names in by_build.items():
-        if build.kind != "flake":
+        if build.kind != "flake" and build not in built:
             try:
                 built[build] = localnix.build(build, log=_logger(emit, names[0]), cancel=cancel,
                                               nix_path_args=nix_path_args, env=env)

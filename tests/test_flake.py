@@ -60,12 +60,14 @@ def inventory(lab, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory) -> Path:
-    """A folder with a `nix` that logs its arguments (one line a call) to nix.log beside it, then runs the real one."""
+    """A folder with a `nix` and a `nix-build` that log their arguments (one line a call) to nix.log beside them,
+    then run the real ones."""
     folder = tmp_path_factory.mktemp("countnix")
-    real = shutil.which("nix")
-    assert real
-    (folder / "nix").write_text(f'#!/bin/sh\necho "$*" >> {folder}/nix.log\nexec {real} "$@"\n')
-    (folder / "nix").chmod(0o755)
+    for tool in ("nix", "nix-build"):
+        real = shutil.which(tool)
+        assert real
+        (folder / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {folder}/nix.log\nexec {real} "$@"\n')
+        (folder / tool).chmod(0o755)
     return folder
 
 
@@ -82,7 +84,8 @@ def nix_calls(counted: Path, command: str) -> int:
     log = counted / "nix.log"
     lines = log.read_text().splitlines() if log.exists() else []
     features = ("--extra-experimental-features nix-command flakes", "--extra-experimental-features nix-command")
-    return sum(1 for line in lines if line.replace(features[0], "").replace(features[1], "").split()[:1] == [command])
+    words = [line.replace(features[0], "").replace(features[1], "").split() for line in lines]
+    return sum(1 for tool, *rest in words if tool == "nix" and rest[:1] == [command])
 
 
 def new_release(inventory: Path, role: str, change=lambda spec: spec) -> None:  # type: ignore[no-untyped-def]
@@ -306,3 +309,16 @@ def test_the_tuis_build_and_push_releases_the_hosts_and_can_be_cancelled(lab, in
     assert any(isinstance(e, Progress) and e.phase == "upload" for e in events)
     plan = backend.plan(["host-1", "host-2"], None)
     assert {h.host: str(h.target) for h in plan.plan.hosts} == {"host-1": expected, "host-2": expected}
+
+
+def test_hosts_built_from_nix_files_share_one_nix_build(lab, counted, tmp_path):
+    files = write_lab_inventory(lab, tmp_path / "hosts", f"files-{uuid.uuid4().hex[:8]}")  # a default.nix per host
+
+    result = topdeck(files, counted, "build", "host-*", "--json")
+
+    assert result.returncode == 0, result.stderr
+    calls = (counted / "nix.log").read_text().splitlines()
+    assert [line.split()[0] for line in calls].count("nix-build") == 1
+    built = json.loads(result.stdout)
+    assert list(built) == list(HOSTS) and built["host-1"] == built["host-2"] != built["host-3"]
+    assert all(Path(path, "bin", "switch-to-configuration").exists() for path in built.values())
