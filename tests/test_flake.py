@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from conftest import write_lab_inventory
 from deploytools import MIXED_KINDS, state, three_host_lab
 
 from topdeck.core import flakes
+from topdeck.core import release as release_module
 from topdeck.core.b2cache import B2Cache
 from topdeck.core.errors import Cancelled, NixError
 from topdeck.core.events import LogLine, Progress
@@ -322,3 +324,52 @@ def test_hosts_built_from_nix_files_share_one_nix_build(lab, counted, tmp_path):
     built = json.loads(result.stdout)
     assert list(built) == list(HOSTS) and built["host-1"] == built["host-2"] != built["host-3"]
     assert all(Path(path, "bin", "switch-to-configuration").exists() for path in built.values())
+
+
+def test_the_demo_fleets_flake_variant_builds_offline_the_same_systems_as_the_demo_fleet(tmp_path):
+    demo = Path(__file__).parent.parent / "hosts"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFlakeFleetTestKeyOnlyForThisTest0000 operator@lab"
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "id_ed25519.pub").write_text(key + "\n")
+    env = {**lab_env(), "TOPDECK_LAB_DIR": str(tmp_path / "lab")}  # where hosts/fleet.nix reads the key
+    from_files = release_module.build_hosts(load_inventory(demo).hosts, env=env)
+
+    fleet = flakefleet.demo_flake_fleet(load_inventory(demo), tmp_path / "flake-fleet", [key])
+
+    flake_hosts = load_inventory(fleet).hosts
+    assert {h.name: (h.build.kind, h.build.name) for h in flake_hosts if h.build} == {
+        name: ("flake", name) for name in ("db-1", "web-1", "web-2")}
+    assert release_module.build_hosts(flake_hosts, env=lab_env()) == from_files
+
+
+def test_demo_flake_sets_the_lab_up_and_publishes_the_flake_fleets_systems(tmp_path):
+    """`topdeck demo --flake --no-tui` on a copy of the demo fleet moved to a lab folder, addresses and port of this
+    test's own (the demo's topdeck.toml names the default lab's folder, /var/lib/topdeck-lab)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lab_dir, demo = tmp_path / "lab", tmp_path / "hosts"
+    shutil.copytree(Path(__file__).parent.parent / "hosts", demo)
+    config = (demo / "topdeck.toml").read_text().replace("/var/lib/topdeck-lab", str(lab_dir))
+    (demo / "topdeck.toml").write_text(config.replace("127.0.0.1:17890", f"127.0.0.1:{port}"))
+    for name, address in (("web-1", "127.0.34.21"), ("web-2", "127.0.34.22"), ("db-1", "127.0.34.23")):
+        host = demo / name / "host.toml"
+        host.write_text(re.sub(r'address = "[^"]*"', f'address = "{address}"', host.read_text()))
+    env = {**lab_env(), "TOPDECK_LAB_DIR": str(lab_dir)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", *args], capture_output=True, text=True,
+                              timeout=300, env=env, stdin=subprocess.DEVNULL)
+
+    try:
+        result = run("--inventory", str(demo), "demo", "--flake", "--no-tui")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        fleet = lab_dir / "flake-fleet"
+        assert (fleet / "flake.nix").is_file() and f"flake fleet: {fleet}" in result.stdout
+        listed = json.loads(run("--inventory", str(fleet), "pointers", "--json").stdout)
+        assert listed["web"]["path"] == flake_toplevel(fleet, "web-1") == flake_toplevel(fleet, "web-2")
+        assert listed["db"]["path"] == flake_toplevel(fleet, "db-1")
+    finally:
+        run("lab", "down")
