@@ -148,6 +148,7 @@ def load_inventory(root: Path | str) -> Inventory:
         deploy=_deploy_config(section.table("deploy")),
         checks=_checks_by_tag(section.table("checks")),
     )
+    _refuse_secrets_in_flakes(inventory)
     return inventory
 
 
@@ -237,6 +238,24 @@ def _flake_ref(section: _Section, ref: str, base: Path) -> str:
         raise InventoryError(f"{section.where('flake')}: {ref!r} is not a flake reference (a path such as '.' "
                              "or a URL such as 'github:owner/repo' or 'git+https://host/repo')")
     return ref
+
+
+def _refuse_secrets_in_flakes(inventory: Inventory) -> None:
+    """Nix copies a local flake that is no git work tree into the world-readable store whole, so a key or
+    credentials file inside its folder would be published on this machine; in a git work tree only tracked
+    files are copied."""
+    flakes = {Path(host.build.flake) for host in inventory.hosts
+              if host.build is not None and host.build.kind == "flake" and host.build.flake.startswith("/")}
+    secrets = {"cache.signing_key": inventory.cache.signing_key,
+               "cache.credentials_file": inventory.cache.credentials_file, "ssh.identity": inventory.ssh.identity}
+    for flake in sorted(flakes):
+        if any((folder / ".git").exists() for folder in (flake, *flake.parents)):
+            continue
+        for key, secret in secrets.items():
+            if secret is not None and flake in secret.parents:
+                raise InventoryError(f"{inventory.root / CONFIG_FILE}: {key}: {secret} is inside flake {flake}, "
+                                     "which is no git repository, so Nix would copy it into the world-readable "
+                                     "store: keep secrets outside the flake's folder")
 
 
 def _cache_config(section: _Section, root: Path) -> CacheConfig:

@@ -446,6 +446,13 @@ def _run_record(hosts: list[dict[str, str]] | None, *more: str):  # type: ignore
     return prepare
 
 
+def _signing_key_in_flake(ctx: Ctx) -> list[str]:
+    shutil.copy(ctx.lab.cache_secret_key, ctx.inv / "cache-key.sec")
+    ctx.edit_config(str(ctx.lab.cache_secret_key), str(ctx.inv / "cache-key.sec"))
+    ctx.edit_config("[ssh]\n", '[build]\nflake = "."\n\n[ssh]\n')
+    return ["plan"]
+
+
 def _flake_fleet(systems: dict[str, str], argv: tuple[str, ...], prebuild: bool = False):  # type: ignore[no-untyped-def]
     """The inventory as a flake fleet (`[build] flake = "."`) whose nixosConfigurations are the given names, each a
     trivial system named by its value; `prebuild` builds them first, so that the row's run has no build log."""
@@ -559,6 +566,7 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("flake: no nixosConfigurations.<host>", _flake_fleet({"other": "sys-other"}, ("push", "--on", "host-1")), ["topdeck.toml: build.flake: flake {inv} has no nixosConfigurations.host-1 (it has: other)"]),
     ("push --on: pointer shared, toplevels differ", _flake_fleet({"host-1": "sys-a", "host-2": "sys-b"}, ("push", "--on", "host-1,host-2"), prebuild=True), ["pointer web: its hosts build different toplevels (host-1 build sys-a; host-2 build sys-b)", "nothing was pushed"]),
     ("apply: pointer shared, toplevels differ", _flake_fleet({"host-1": "sys-a", "host-2": "sys-c"}, ("apply", "--on", "host-1,host-2", "--yes"), prebuild=True), ["pointer web: its hosts build different toplevels (host-1 build sys-a; host-2 build sys-c)"]),
+    ("flake: signing key inside the flake", _signing_key_in_flake, ["topdeck.toml: cache.signing_key: {inv}/cache-key.sec is inside flake {inv}, which is no git repository", "keep secrets outside the flake's folder"]),
     ("push: HOST and --on together", _argv("push", "host-1", "--on", "host-2"), ["push: give a PATH or HOST, or --on SELECTOR (not both)"]),
     ("apply: host without [build]", _argv("apply", "--on", "host-1", "--yes"), ["host-1/host.toml: host host-1 has no [build] section"]),
     ("apply --mode bogus", _argv("apply", "--mode", "bogus", "--yes"), ["apply: argument --mode: invalid choice: 'bogus'"]),
