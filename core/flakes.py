@@ -8,7 +8,8 @@ its own and merges equal ones (seen on 2.8), so a result could not be told apart
 path maps each one back.
 
 Nix 2.8 reads a derivation path given to `nix build` as its outputs; 2.13 and later read it as the .drv file
-itself and need `DRV^out` (both checked here with 2.8, 2.26 and 2.34). Flakes are experimental in every one of
+itself and need `DRV^out` (both checked here with 2.8, 2.26 and 2.34). 2.8 has no `--print-out-paths`; `--json`
+(a list of {"drvPath", "outputs"}) is in every version. Flakes are experimental in every one of
 them, so each command asks for the feature itself.
 
 What Nix says, and what topdeck says instead (one line, naming the setting):
@@ -40,11 +41,6 @@ DRV_OUTPUT_SINCE = (2, 13, 0)  # `DRV^out` (Nix 2.13 release notes); 2.8 builds 
 _SOURCE_FILE = re.compile(r"/nix/store/[0-9a-z]{32}-source/([^'\"]+)")
 _UNTRACKED = re.compile(r"Path '([^']+)' in the repository .* is not tracked by Git")
 _OUTSIDE = re.compile(r"access to (?:absolute )?path '([^']+)' is forbidden")
-
-
-def installable(build: Build) -> str:
-    """What `nix build` would be given for the host: REF#nixosConfigurations.NAME.config.system.build.toplevel."""
-    return f"{build.flake}#nixosConfigurations.{_quoted(build.name)}.{TOPLEVEL}"
 
 
 def build_flakes(builds: Iterable[Build], *, log: Callable[[str], None], cancel: threading.Event | None = None,
@@ -123,10 +119,12 @@ def _explain(flake: str, where: str, message: str) -> str:
     source = _SOURCE_FILE.search(reason) or _UNTRACKED.search(reason)
     if source and flake.startswith("/") and ("does not exist" in reason or "No such file" in reason
                                              or "not tracked" in reason):
-        relative = source[1]
-        if (Path(flake) / relative).exists():
-            return (f"{where}: {Path(flake) / relative} is not tracked by git: a flake in a git repository sees only "
-                    f"its tracked files (git add {relative})")
+        # the path is relative to the flake's folder, or (2.8, a flake below a repository's top) to the repository
+        folders = [Path(flake), *(p for p in Path(flake).parents if (p / ".git").exists())]
+        file = next((folder / source[1] for folder in folders if (folder / source[1]).exists()), None)
+        if file is not None:
+            return (f"{where}: {file} is not tracked by git: a flake in a git repository sees only its tracked "
+                    f"files (git add {file.relative_to(folders[0]) if folders[0] in file.parents else file})")
     outside = _OUTSIDE.search(reason)
     if outside:
         return (f"{where}: flake {flake} reads {outside[1]}, outside the flake, which pure evaluation forbids "
@@ -148,6 +146,3 @@ def _what(builds: list[Build]) -> str:
     flakes = sorted({build.flake for build in builds})
     return f"flake {flakes[0]}" if len(flakes) == 1 else f"flakes {', '.join(flakes)}"
 
-
-def _quoted(name: str) -> str:
-    return f'"{name}"' if "." in name else name

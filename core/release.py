@@ -84,7 +84,8 @@ def pointer_targets(hosts: Sequence[Host], toplevels: Mapping[str, StorePath]) -
         by_pointer.setdefault(host.pointer, {}).setdefault(toplevels[host.name], []).append(host.name)
     for pointer, targets in by_pointer.items():
         if len(targets) > 1:
-            described = "; ".join(f"{', '.join(names)} build {path.name}" for path, names in targets.items())
+            described = "; ".join(f"{', '.join(names)} build{'s' if len(names) == 1 else ''} {path.name}"
+                                  for path, names in targets.items())
             raise InventoryError(f"pointer {pointer}: its hosts build different toplevels ({described}): give them "
                                  "pointers of their own, or the same system; nothing was pushed")
     return {pointer: next(iter(targets)) for pointer, targets in by_pointer.items()}

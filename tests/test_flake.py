@@ -220,7 +220,7 @@ def test_hosts_of_one_pointer_building_different_toplevels_are_refused_with_noth
     *log, error = result.stderr.splitlines()
     assert all(line.startswith("flake | ") for line in log)  # the build's own log, then one error line
     assert error.startswith("topdeck: error: pointer web: its hosts build different toplevels")
-    assert "host-1 build " in error and "host-2 build " in error and "nothing was pushed" in error
+    assert "host-1 builds " in error and "host-2 builds " in error and "nothing was pushed" in error
     assert {name: entry.uploaded_ms for name, entry in cache(lab, conflict, "").listing().items()} == listing
 
 
@@ -267,6 +267,12 @@ def test_the_flake_gotchas_are_one_clear_line_with_every_nix(nix_envs, tmp_path,
     subprocess.run(["git", "-C", str(tracked), "add", "flake.nix"], check=True)
     assert error(tracked) == (f"W: build.flake: {tracked}/sys.nix is not tracked by git: a flake in a git "
                               "repository sees only its tracked files (git add sys.nix)")
+    below = _small_flake(tmp_path / "repo" / "fleet", "{ a = " + toplevel + "; }")  # a flake below the repository's top
+    (below / "sys.nix").write_text("/bin/sh\n")
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    subprocess.run(["git", "-C", str(tmp_path / "repo"), "add", "fleet/flake.nix"], check=True)
+    assert error(below) == (f"W: build.flake: {below}/sys.nix is not tracked by git: a flake in a git "
+                            "repository sees only its tracked files (git add sys.nix)")
     outside = _small_flake(tmp_path / "outside", '{ a = { config.system.build.toplevel = builtins.readFile '
                            f'{tmp_path}/secret; }}; }}')
     (tmp_path / "secret").write_text("x")
