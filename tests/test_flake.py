@@ -151,10 +151,13 @@ def test_push_on_builds_every_host_in_one_nix_build_and_pushes_once(lab, invento
     assert expected["host-1"] == expected["host-2"] != expected["host-3"]
     listed = after["calls"].get("b2_list_file_names", 0) - before["calls"].get("b2_list_file_names", 0)
     assert 1 <= listed <= 2  # one listing (the names around nar/, then nar/ itself, as a one-toplevel push does)
-    names = cache(lab, inventory).listing()
-    for toplevel in expected.values():
-        assert manifest_name(parse_store_path(toplevel)) in names
-        assert narinfo_name(parse_store_path(toplevel)) in names
+    names = cache(lab, inventory).listing()  # the prefix's first push: every name in it is this push's
+    manifests = {manifest_name(parse_store_path(toplevel)) for toplevel in expected.values()}
+    assert manifests <= set(names) and all(narinfo_name(parse_store_path(t)) in names for t in expected.values())
+    times = {kind: [entry.uploaded_ms for name, entry in names.items() if test(name)] for kind, test in (
+        ("narinfo", lambda n: n.endswith(".narinfo")), ("manifest", lambda n: n in manifests),
+        ("pointer", lambda n: n.startswith("toplevels/")))}
+    assert max(times["narinfo"]) <= min(times["manifest"]) and max(times["manifest"]) <= min(times["pointer"])
 
 
 def test_deploy_puts_the_flakes_toplevel_on_every_kind_of_host(lab, inventory, counted):
