@@ -56,7 +56,8 @@ def inventory(lab, tmp_path_factory) -> Path:
             f'address = "{lab.host(name).address}"\npointer = "{role}"\ntags = ["{role}"]\n')
     flakefleet.write_flake(root, ROLES, specs)
     with (root / "topdeck.toml").open("a") as config:
-        config.write('\n[build]\nflake = "."\n\n[deploy]\nconfirm_timeout = 8\n')
+        # no test here waits for a confirmation to time out; 20 s leaves a slow login on 2 shared cores its time
+        config.write('\n[build]\nflake = "."\n\n[deploy]\nconfirm_timeout = 20\n')
     return root
 
 
