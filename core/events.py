@@ -37,6 +37,16 @@ class Transactions:
 
 
 @dataclass(frozen=True)
+class PublishedPointer:
+    """A pointer a push left naming its toplevel; `changed` when this push published it."""
+
+    name: str
+    path: str
+    serial: int
+    changed: bool
+
+
+@dataclass(frozen=True)
 class PushResult:
     toplevel: str
     paths_total: int
@@ -50,6 +60,8 @@ class PushResult:
     pointer: str = ""
     pointer_serial: int = 0
     pointer_changed: bool = False
+    toplevels: tuple[str, ...] = ()  # every toplevel pushed (`toplevel` is the first)
+    pointers: tuple[PublishedPointer, ...] = ()  # every pointer (`pointer` is the first)
 
 
 @dataclass(frozen=True)

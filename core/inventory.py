@@ -5,6 +5,7 @@ Every value is checked when it is read; a bad one is refused with the file, the 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import ipaddress
 import re
@@ -18,6 +19,9 @@ from topdeck.core.errors import InventoryError
 
 CONFIG_FILE = "topdeck.toml"
 HOST_FILE = "host.toml"
+BUILD_KINDS = ("nix", "nixos", "flake")
+# A flake reference: a local path, or a URL-like ref (github:o/r, git+https://..., path:..., a registry name).
+FLAKE_URL_RE = re.compile(r"[a-z][a-z0-9+.-]*:[^\s#'\"\\]+|[A-Za-z][A-Za-z0-9_-]*(/[^\s#'\"\\]+)?")
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -29,10 +33,14 @@ PREFIX_RE = re.compile(r"([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?")
 
 @dataclass(frozen=True)
 class Build:
-    """What builds a host's toplevel: a Nix expression (the lab) or a NixOS configuration.nix."""
+    """What builds a host's toplevel: a Nix expression (the lab), a NixOS configuration.nix, or a flake's
+    nixosConfigurations.<name> (`flake` is the ref, a local path made absolute; `where` names the setting)."""
 
-    kind: str  # "nix" or "nixos"
-    file: Path
+    kind: str  # "nix", "nixos" or "flake"
+    file: Path = Path()
+    flake: str = ""
+    name: str = ""
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,15 +141,16 @@ def load_inventory(root: Path | str) -> Inventory:
         raise InventoryError(f"{root}: inventory folder not found")
     config = _read_toml(root / CONFIG_FILE)
     section = _Section(config, root / CONFIG_FILE, "")
-    section.allow_only("cache", "ssh", "deploy", "checks")
+    section.allow_only("cache", "ssh", "deploy", "checks", "build")
     inventory = Inventory(
         root=root,
-        hosts=_load_hosts(root),
+        hosts=_with_fleet_build(_load_hosts(root), _fleet_build(section.table("build"), root)),
         cache=_cache_config(section.table("cache", required=True), root),
         ssh=_ssh_config(section.table("ssh"), root),
         deploy=_deploy_config(section.table("deploy")),
         checks=_checks_by_tag(section.table("checks")),
     )
+    _refuse_secrets_in_flakes(inventory)
     return inventory
 
 
@@ -183,15 +192,72 @@ def _load_host(folder: Path) -> Host:
 
 
 def _build(section: _Section, folder: Path) -> Build:
-    section.allow_only("nix", "nixos")
-    kinds = [kind for kind in ("nix", "nixos") if kind in section.data]
+    section.allow_only(*BUILD_KINDS)
+    kinds = [kind for kind in BUILD_KINDS if kind in section.data]
     if len(kinds) != 1:
-        raise InventoryError(f"{section.where()}: give exactly one of 'nix' or 'nixos'")
+        raise InventoryError(f"{section.where()}: give exactly one of 'nix', 'nixos' or 'flake'")
+    if kinds == ["flake"]:
+        ref, hash_sign, attr = section.get("flake", str).partition("#")
+        if not hash_sign or not is_safe_name(attr):
+            raise InventoryError(f"{section.where('flake')}: {section.data['flake']!r} should be "
+                                 "'<flake-ref>#<name>' (the name of one of its nixosConfigurations)")
+        return Build(kind="flake", flake=_flake_ref(section, ref, folder), name=attr, where=section.where("flake"))
     name = section.get(kinds[0], str, required=True)
     file = (folder / name).resolve()
     if folder.resolve() not in file.parents:
         raise InventoryError(f"{section.where(kinds[0])}: {name!r} must be a file inside {folder}")
     return Build(kind=kinds[0], file=file)
+
+
+def _fleet_build(section: _Section, root: Path) -> Build | None:
+    """topdeck.toml's `[build] flake = REF`: each host without a [build] of its own builds
+    nixosConfigurations.<its name> of that flake."""
+    section.allow_only("flake")
+    if "flake" not in section.data:
+        return None
+    ref = section.get("flake", str)
+    if "#" in ref:
+        raise InventoryError(f"{section.where('flake')}: {ref!r}: give the flake only (no '#'): each host builds "
+                             "nixosConfigurations.<its name>")
+    return Build(kind="flake", flake=_flake_ref(section, ref, root), where=section.where("flake"))
+
+
+def _with_fleet_build(hosts: tuple[Host, ...], fleet: Build | None) -> tuple[Host, ...]:
+    if fleet is None:
+        return hosts
+    return tuple(host if host.build is not None else dataclasses.replace(host, build=dataclasses.replace(
+        fleet, name=host.name)) for host in hosts)
+
+
+def _flake_ref(section: _Section, ref: str, base: Path) -> str:
+    """A flake reference as Nix takes it: a local path (`.`, `./x`, `/x`) made absolute against `base`, or a
+    URL-like reference as it is."""
+    if ref.startswith((".", "/")):
+        if "\n" in ref or "?" in ref:
+            raise InventoryError(f"{section.where('flake')}: {ref!r} is not a path")
+        return str((base / ref).resolve())
+    if not FLAKE_URL_RE.fullmatch(ref):
+        raise InventoryError(f"{section.where('flake')}: {ref!r} is not a flake reference (a path such as '.' "
+                             "or a URL such as 'github:owner/repo' or 'git+https://host/repo')")
+    return ref
+
+
+def _refuse_secrets_in_flakes(inventory: Inventory) -> None:
+    """Nix copies a local flake that is no git work tree into the world-readable store whole, so a key or
+    credentials file inside its folder would be published on this machine; in a git work tree only tracked
+    files are copied."""
+    flakes = {Path(host.build.flake) for host in inventory.hosts
+              if host.build is not None and host.build.kind == "flake" and host.build.flake.startswith("/")}
+    secrets = {"cache.signing_key": inventory.cache.signing_key,
+               "cache.credentials_file": inventory.cache.credentials_file, "ssh.identity": inventory.ssh.identity}
+    for flake in sorted(flakes):
+        if any((folder / ".git").exists() for folder in (flake, *flake.parents)):
+            continue
+        for key, secret in secrets.items():
+            if secret is not None and flake in secret.parents:
+                raise InventoryError(f"{inventory.root / CONFIG_FILE}: {key}: {secret} is inside flake {flake}, "
+                                     "which is no git repository, so Nix would copy it into the world-readable "
+                                     "store: keep secrets outside the flake's folder")
 
 
 def _cache_config(section: _Section, root: Path) -> CacheConfig:

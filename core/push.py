@@ -6,8 +6,8 @@ Order, so that a reader never sees a narinfo without its NAR or a pointer to an 
    path's NAR is serialized in this process instead, and checked against its NarHash);
 3. each path's signed narinfo, once its NAR is stored and the narinfos of all its references exist
    (so every narinfo in the cache has its whole closure behind it);
-4. `nix-cache-info` if absent, the closure manifest;
-5. last, the pointer.
+4. `nix-cache-info` if absent, the closure manifest (of each toplevel, when several are pushed as one);
+5. last, the pointers.
 NARs are named by their NarHash, so a NAR left without its narinfo by an interrupted push is found by the
 listing; its FileHash is recomputed locally (zstd is deterministic) instead of uploading it again.
 """
@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,10 +28,11 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import zstandard
 
-from topdeck.core import localnix, pointers
+from topdeck.core import localnix
+from topdeck.core import pointers as pointers_module
 from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, TransientCacheError
 from topdeck.core.errors import Cancelled, TopdeckError
-from topdeck.core.events import Emit, Progress, PushResult, ignore
+from topdeck.core.events import Emit, Progress, PublishedPointer, PushResult, ignore
 from topdeck.core.localnix import PathInfo
 from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
 from topdeck.core.narinfo import Narinfo, hash_to_nix32, parse_narinfo, render_narinfo
@@ -254,25 +255,44 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
 
     NARs come from `nar_source`; by default small ones are serialized in this process (checked against their
     NarHash) and the others come from `nix-store --dump`."""
-    if pointer is not None:
-        pointers.check_name(pointer)
+    return push_all([toplevel], cache, key, pointers={pointer: toplevel} if pointer is not None else {},
+                    closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel, jobs=jobs, clock=clock)
+
+
+def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
+             pointers: Mapping[str, StorePath] | None = None,
+             closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
+             nar_source: NarSource | None = None, emit: Emit = ignore,
+             cancel: threading.Event | None = None, jobs: int = 8,
+             clock: Callable[[], float] = time.time) -> PushResult:
+    """Push several toplevels as one: one listing, the NARs and narinfos of the union of their closures, then
+    each toplevel's manifest, and last the pointers (name -> toplevel, each one of `toplevels`)."""
+    toplevels = list(dict.fromkeys(toplevels))
+    wanted = dict(pointers or {})
+    for name, target in wanted.items():
+        pointers_module.check_name(name)
+        if target not in toplevels:
+            raise TopdeckError(f"pointer {name}: {target} is not one of the toplevels pushed")
     started = time.monotonic()
-    closure = closure_of([toplevel])
+    closure = closure_of(toplevels)
     emit(Progress(phase="list", paths_total=len(closure)))
-    listing = _listing(cache, closure, toplevel)
+    listing = _listing(cache, closure, toplevels)
     job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
     job.run(listing)
     if "nix-cache-info" not in listing:
         cache.put_bytes("nix-cache-info", CACHE_INFO, content_type="text/x-nix-cache-info")
-    if manifest_name(toplevel) not in listing:
-        emit(Progress(phase="manifest", paths_done=len(closure), paths_total=len(closure)))
-        manifest = Manifest(toplevel, tuple(_manifest_paths(closure, job.stored, listing, cache)))
-        cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
-    published, changed = _publish_pointer(cache, pointer, toplevel, key, listing, clock)
+    for toplevel in toplevels:
+        if manifest_name(toplevel) not in listing:
+            own = closure_within(closure, toplevel)
+            emit(Progress(phase="manifest", paths_done=len(own), paths_total=len(own)))
+            manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, listing, cache)))
+            cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
+    published = [_publish_pointer(cache, name, target, key, listing, clock) for name, target in wanted.items()]
     skipped = [info for info in closure if info.path not in job.uploaded]
     uploaded = [info for info in closure if info.path in job.uploaded]
+    first = published[0] if published else None
     return PushResult(
-        toplevel=str(toplevel),
+        toplevel=str(toplevels[0]),
         paths_total=len(closure),
         paths_uploaded=len(uploaded),
         paths_skipped=len(skipped),
@@ -281,10 +301,24 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
         nar_bytes_skipped=sum(info.nar_size for info in skipped),
         seconds=time.monotonic() - started,
         transactions=cache.transactions(),
-        pointer=pointer or "",
-        pointer_serial=published.serial if published else 0,
-        pointer_changed=changed,
+        pointer=first.name if first else "",
+        pointer_serial=first.serial if first else 0,
+        pointer_changed=first.changed if first else False,
+        toplevels=tuple(str(t) for t in toplevels),
+        pointers=tuple(published),
     )
+
+
+def closure_within(closure: list[PathInfo], toplevel: StorePath) -> list[PathInfo]:
+    """The part of `closure` (in its order) that `toplevel` refers to, directly or not."""
+    by_path = {info.path: info for info in closure}
+    seen, stack = {toplevel}, [toplevel]
+    while stack:
+        for reference in by_path[stack.pop()].references:
+            if reference not in seen:
+                seen.add(reference)
+                stack.append(reference)
+    return [info for info in closure if info.path in seen]
 
 
 @runtime_checkable
@@ -296,7 +330,7 @@ class FolderListing(Protocol):
     def listing_of(self, folder: str) -> dict[str, Entry]: ...
 
 
-def _listing(cache: Cache, closure: list[PathInfo], toplevel: StorePath) -> dict[str, Entry]:
+def _listing(cache: Cache, closure: list[PathInfo], toplevels: list[StorePath]) -> dict[str, Entry]:
     """What the push needs to know of the cache. The NARs (half the names) are listed only when something is
     missing: a push of a closure that is already there reads only the narinfos, pointers and manifests."""
     if not isinstance(cache, FolderListing):
@@ -304,7 +338,8 @@ def _listing(cache: Cache, closure: list[PathInfo], toplevel: StorePath) -> dict
     listing, complete = cache.listing_around(NAR_FOLDER)
     if complete:
         return listing
-    if manifest_name(toplevel) not in listing or any(narinfo_name(info.path) not in listing for info in closure):
+    if any(manifest_name(t) not in listing for t in toplevels) or \
+            any(narinfo_name(info.path) not in listing for info in closure):
         listing.update(cache.listing_of(NAR_FOLDER))
     return listing
 
@@ -375,15 +410,14 @@ def _nar_node(chunks: _Chunks, path: bytes, limit: int) -> None:
     _nar_string(chunks, b")")
 
 
-def _publish_pointer(cache: Cache, name: str | None, toplevel: StorePath, key: SecretKey,
-                     listing: dict[str, Entry], clock: Callable[[], float]) -> tuple[pointers.Pointer | None, bool]:
+def _publish_pointer(cache: Cache, name: str, toplevel: StorePath, key: SecretKey,
+                     listing: dict[str, Entry], clock: Callable[[], float]) -> PublishedPointer:
     """The pointer after the push, and whether this push published it (not when it already named `toplevel`)."""
-    if name is None:
-        return None, False
-    before = pointers.current(listing).get(name)
+    before = pointers_module.current(listing).get(name)
     if before is not None and before.path == str(toplevel):
-        return pointers.Pointer(name, toplevel, before.serial, before.uploaded_ms // 1000), False
-    return pointers.publish(cache, name, toplevel, key, listing, clock), True
+        return PublishedPointer(name, str(toplevel), before.serial, False)
+    published = pointers_module.publish(cache, name, toplevel, key, listing, clock)
+    return PublishedPointer(name, str(toplevel), published.serial, True)
 
 
 def _manifest_paths(closure: list[PathInfo], stored: dict[StorePath, Stored], listing: dict[str, Entry],

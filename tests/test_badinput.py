@@ -34,16 +34,18 @@ import pytest
 from conftest import TEST_BASE_ADDRESS
 from labtools import ssh_run, substitute
 
-from topdeck.core import pointers, runs
+from topdeck.core import flakes, pointers, runs
 from topdeck.core.b2cache import B2Cache
+from topdeck.core.inventory import Build
 from topdeck.core.manifest import manifest_name
 from topdeck.core.narinfo import parse_narinfo, render_narinfo
 from topdeck.core.push import narinfo_name, push
 from topdeck.core.signing import generate_keypair, load_secret_key
 from topdeck.core.store import StorePath, parse_store_path
-from topdeck.lab import factory
+from topdeck.lab import factory, flakefleet
 from topdeck.lab.b2emu import B2Emulator
 from topdeck.lab.lab import BUCKET, Lab
+from topdeck.lab.nixenv import lab_env
 
 TOPDECK = str(Path(sys.executable).with_name("topdeck"))
 MARKER = Path(f"/tmp/topdeck-badinput-pwned-{uuid.uuid4().hex[:8]}")  # /tmp is shared with the lab hosts
@@ -445,6 +447,30 @@ def _run_record(hosts: list[dict[str, str]] | None, *more: str, legacy: bool = T
     return prepare
 
 
+def _signing_key_in_flake(ctx: Ctx) -> list[str]:
+    shutil.copy(ctx.lab.cache_secret_key, ctx.inv / "cache-key.sec")
+    ctx.edit_config(str(ctx.lab.cache_secret_key), str(ctx.inv / "cache-key.sec"))
+    ctx.edit_config("[ssh]\n", '[build]\nflake = "."\n\n[ssh]\n')
+    return ["plan"]
+
+
+def _flake_fleet(systems: dict[str, str], argv: tuple[str, ...], prebuild: bool = False):  # type: ignore[no-untyped-def]
+    """The inventory as a flake fleet (`[build] flake = "."`) whose nixosConfigurations are the given names, each a
+    trivial system named by its value; `prebuild` builds them first, so that the row's run has no build log."""
+    def prepare(ctx: Ctx) -> list[str]:
+        configurations = " ".join(
+            f'"{name}".config.system.build.toplevel = builtins.derivation {{ name = "{system}"; system = '
+            f'"{flakefleet.nix_system()}"; builder = "/bin/sh"; args = [ "-c" "/bin/mkdir $out" ]; }};'
+            for name, system in systems.items())
+        (ctx.inv / "flake.nix").write_text(f"{{ outputs = {{ self }}: {{ nixosConfigurations = {{ {configurations} }}; }}; }}\n")
+        ctx.edit_config("[ssh]\n", '[build]\nflake = "."\n\n[ssh]\n')
+        if prebuild:
+            builds = [Build(kind="flake", flake=str(ctx.inv), name=name, where=name) for name in systems]
+            flakes.build_flakes(builds, log=lambda _: None, env=lab_env())
+        return list(argv)
+    return prepare
+
+
 NOT_ASKED = "Not asked: stdin is not a terminal; pass --yes"
 DEPLOY_ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     # --- deploy: refused by the host ---
@@ -536,6 +562,19 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("config: download_url with a quote", _config("[cache]\n", "[cache]\ndownload_url = \"https://cache.example.com/x';touch " + str(MARKER) + "\"\n", ("deploy", "--yes")), ["{inv}/topdeck.toml: cache.download_url: ", "is not the http:// or https:// URL of the cache's root"]),
     ("config: download_url not http", _config("[cache]\n", '[cache]\ndownload_url = "file:///etc"\n', ("agent-config", "host-1")), ["{inv}/topdeck.toml: cache.download_url: 'file:///etc' is not the http:// or https:// URL"]),
     ("config: download_url with a user", _config("[cache]\n", '[cache]\ndownload_url = "https://user:pw@cache.example.com"\n'), ["{inv}/topdeck.toml: cache.download_url: must not carry a user or password"]),
+    # --- flakes (build, push --on, apply) ---
+    ("host: flake ref with shell", _inventory_row(BAD_HOST + f'[build]\nflake = "a b;touch {MARKER}#host-1"\n'), ["host-1/host.toml: build.flake: 'a b;touch /tmp/topdeck-badinput-pwned-", "is not a flake reference"]),
+    ("host: flake without #name", _inventory_row(BAD_HOST + '[build]\nflake = "."\n'), ["host-1/host.toml: build.flake: '.' should be '<flake-ref>#<name>'"]),
+    ("host: flake and nix together", _inventory_row(BAD_HOST + '[build]\nflake = ".#host-1"\nnix = "default.nix"\n'), ["host-1/host.toml: build: give exactly one of 'nix', 'nixos' or 'flake'"]),
+    ("config: fleet flake with #name", _config("[ssh]\n", '[build]\nflake = ".#web"\n\n[ssh]\n'), ["topdeck.toml: build.flake: '.#web': give the flake only (no '#')"]),
+    ("config: fleet flake folder missing", _config("[ssh]\n", '[build]\nflake = "./no-such-flake"\n\n[ssh]\n', ("push", "--on", "host-1")), ["topdeck.toml: build.flake: flake {inv}/no-such-flake: no such folder"]),
+    ("flake: no nixosConfigurations.<host>", _flake_fleet({"other": "sys-other"}, ("push", "--on", "host-1")), ["topdeck.toml: build.flake: flake {inv} has no nixosConfigurations.host-1 (it has: other)"]),
+    ("push --on: pointer shared, toplevels differ", _flake_fleet({"host-1": "sys-a", "host-2": "sys-b"}, ("push", "--on", "host-1,host-2"), prebuild=True), ["pointer web: its hosts build different toplevels (host-1 builds sys-a; host-2 builds sys-b)", "nothing was pushed"]),
+    ("apply: pointer shared, toplevels differ", _flake_fleet({"host-1": "sys-a", "host-2": "sys-c"}, ("apply", "--on", "host-1,host-2", "--yes"), prebuild=True), ["pointer web: its hosts build different toplevels (host-1 builds sys-a; host-2 builds sys-c)"]),
+    ("flake: signing key inside the flake", _signing_key_in_flake, ["topdeck.toml: cache.signing_key: {inv}/cache-key.sec is inside flake {inv}, which is no git repository", "keep secrets outside the flake's folder"]),
+    ("push: HOST and --on together", _argv("push", "host-1", "--on", "host-2"), ["push: give a PATH or HOST, or --on SELECTOR (not both)"]),
+    ("apply: host without [build]", _argv("apply", "--on", "host-1", "--yes"), ["host-1/host.toml: host host-1 has no [build] section"]),
+    ("apply --mode bogus", _argv("apply", "--mode", "bogus", "--yes"), ["apply: argument --mode: invalid choice: 'bogus'"]),
     # --- paths and pointers ---
     ("push: path outside /nix/store", _argv("push", "/etc/passwd"), ["'/etc/passwd' is not a Nix store path"]),
     ("push: '..' out of the store", _argv("push", f"/nix/store/{HASH}-x/../../../etc/passwd"), ["is not a Nix store path"]),

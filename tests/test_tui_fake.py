@@ -264,6 +264,41 @@ async def test_plan_errors_are_one_line_and_a_missing_target_can_be_pushed():
         await until(pilot, lambda: app.screen is plan and plan.error == "the cache is down")
 
 
+async def test_build_and_push_from_the_plan_shows_the_log_and_the_push_then_plans_again():
+    backend = FakeBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        app.push_screen(PlanScreen(["web-1", "db-1"], "/nix/store/" + "3" * 32 + "-nixos-system-web-3"))
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+        plan = app.screen
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(app.screen, PushScreen) and app.screen.result is not None)
+        assert ("release", ("web-1", "db-1")) in backend.calls
+        assert "Building and pushing 2 host(s): web-1, db-1" in text_of(app.screen, "#what")
+        assert "flake | building '/nix/store/" in "\n".join(app.screen.query_one("#log").lines)
+        assert "pointer web: serial 0" in text_of(app.screen, "#result")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is plan and plan.fleet_plan is not None)
+        assert plan.target is None and backend.calls[-1] == ("plan", ("web-1", "db-1"), None)
+
+
+async def test_build_and_push_from_the_plan_can_be_cancelled():
+    backend = FakeBackend(delay=30)
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        app.push_screen(PlanScreen(["web-1"]))
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+        plan = app.screen
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(app.screen, PushScreen) and app.screen.running)
+        await pilot.press("c")
+        await until(pilot, lambda: app.screen.error == "flake: build cancelled")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is plan)
+
+
 async def test_every_action_is_a_command_with_an_id():
     app = app_for()
     async with app.run_test(size=(100, 30)) as pilot:

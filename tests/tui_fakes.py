@@ -165,6 +165,16 @@ class FakeBackend:
         return PushResult(path, 40, total, 28, total * 3 * MiB, total * MiB, 50 * MiB, 2.5,
                           Transactions(a=2 * total + 1, b=0, c=2), pointer or "", 0, False)
 
+    def release(self, hosts: Sequence[str], emit: Emit = ignore,
+                cancel: threading.Event | None = None) -> PushResult:
+        self.calls.append(("release", tuple(hosts)))
+        emit(LogLine("building '/nix/store/" + "2" * 32 + "-nixos-system-web-2.drv'...", "flake"))
+        if cancel is not None and cancel.wait(self.delay):
+            from topdeck.core.errors import Cancelled
+
+            raise Cancelled("flake: build cancelled")
+        return self.push(str(toplevel(WEB_NEW)), "web", emit, cancel)
+
     def deploy(self, fleet_plan: Any, mode: str, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
         hosts = tuple(h.host for h in fleet_plan.plan.hosts if h.planned)

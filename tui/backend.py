@@ -35,6 +35,7 @@ class EngineBackend(Protocol):
     def plan(self, hosts: Sequence[str], target: str | None, emit: Emit, cancel: threading.Event) -> Any: ...
     def in_cache(self, path: str) -> bool: ...
     def push(self, path: str, pointer: str | None, emit: Emit, cancel: threading.Event) -> PushResult: ...
+    def release(self, hosts: Sequence[str], emit: Emit, cancel: threading.Event) -> PushResult: ...
     def deploy(self, fleet_plan: Any, mode: str, emit: Emit, cancel: threading.Event) -> DeployResult: ...
     def generations(self, host: str) -> tuple[Any, ...]: ...
     def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit, cancel: threading.Event) -> DeployResult: ...
@@ -113,6 +114,15 @@ class Backend:
 
         return push(parse_store_path(path), self.cache, signing_key(self.inventory), pointer=pointer, emit=emit,
                     cancel=cancel)
+
+    def release(self, hosts: Sequence[str], emit: Emit = ignore, cancel: threading.Event | None = None) -> PushResult:
+        """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
+        from topdeck.core.inventory import select_hosts
+        from topdeck.core.release import release
+        from topdeck.tui.cli_push import signing_key
+
+        chosen = select_hosts(self.inventory, hosts)
+        return release(chosen, lambda: self.cache, signing_key(self.inventory), emit=emit, cancel=cancel)
 
     # --- host keys --------------------------------------------------------------------------------
 

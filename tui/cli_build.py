@@ -8,17 +8,19 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from topdeck.core import localnix
-from topdeck.core.errors import InventoryError, NixError
-from topdeck.core.inventory import Host, Inventory, load_inventory, select_hosts
+from topdeck.core.events import Event, LogLine
+from topdeck.core.inventory import load_inventory, select_hosts
+from topdeck.core.release import build_each
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build = commands.add_parser(
         "build", help="build hosts' toplevels with a live log",
-        description="Builds each selected host's toplevel with the local Nix, as its [build] in host.toml "
-        "says, showing nix-build's log as it goes (on stderr, each line prefixed with the host), then prints "
-        "one `HOST STORE-PATH` line per host built. Exits 1 if any build failed.",
+        description="Builds every selected host's toplevel with the local Nix, as its [build] in host.toml (or "
+        "topdeck.toml's [build] flake) says: all flake hosts in one `nix build` (one evaluation per flake, Nix's "
+        "own parallelism), each distinct Nix file once. Shows Nix's log as it goes (on stderr, each line prefixed "
+        "with the host, or `flake` for the shared flake build), then prints one `HOST STORE-PATH` line per host "
+        "built. Exits 1 if any build failed.",
     )
     build.add_argument("hosts", nargs="+", metavar="HOST",
                        help="host name, glob (web-*) or @tag; several may be given, or joined with commas")
@@ -30,40 +32,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def build_command(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
-    hosts = _selected(inventory, args.hosts)
+    hosts = select_hosts(inventory, args.hosts, what="build")
     nix_path_args = [part for path in args.include for part in ("-I", path)]
-    built: dict[str, str] = {}
-    failures: list[str] = []
-    for host in hosts:
-        assert host.build is not None
-        try:
-            path = localnix.build(host.build, log=_prefixed(host.name, sys.stderr), nix_path_args=nix_path_args)
-        except NixError as error:
-            failures.append(f"{host.name}: {error}")
-            continue
-        built[host.name] = str(path)
+    built, failures = build_each(hosts, emit=_log_printer(sys.stderr), nix_path_args=nix_path_args)
     if args.json:
-        print(json.dumps(built, indent=1))
+        print(json.dumps({name: str(path) for name, path in built.items()}, indent=1))
     else:
         for name, path in built.items():
             print(f"{name} {path}")
-    for failure in failures:
-        print(f"topdeck: error: {failure}", file=sys.stderr)
+    for name, failure in failures.items():
+        print(f"topdeck: error: {name}: {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _selected(inventory: Inventory, selectors: list[str]) -> tuple[Host, ...]:
-    """The hosts the selectors name, each of which must have a [build]; no build starts otherwise."""
-    hosts = select_hosts(inventory, selectors, what="build")
-    for host in hosts:
-        if host.build is None:
-            raise InventoryError(f"{host.source}: host {host.name} has no [build] section, so topdeck "
-                                 "cannot build its toplevel")
-    return hosts
+def _log_printer(stream: TextIO) -> Callable[[Event], None]:
+    def emit(event: Event) -> None:
+        if isinstance(event, LogLine):
+            print(f"{event.host} | {event.text}", file=stream, flush=True)
 
-
-def _prefixed(name: str, stream: TextIO) -> Callable[[str], None]:
-    def log(line: str) -> None:
-        print(f"{name} | {line}", file=stream, flush=True)
-
-    return log
+    return emit

@@ -116,6 +116,12 @@ def deploy_command(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     Settings(args.mode, "", trusted_key(inventory), reboot=args.reboot)
     selectors = _retried(inventory, args.on) if args.retry_failed else list(args.on)
+    return plan_confirm_deploy(inventory, selectors, args)
+
+
+def plan_confirm_deploy(inventory: Inventory, selectors: list[str], args: argparse.Namespace) -> int:
+    """Plan the hosts, show the plan, ask (unless --yes), deploy with live rows, report: `deploy` and `apply`.
+    `args` holds deploy's options (target, mode, reboot, canary, wave, specialisation, yes, json)."""
     progress = EventPrinter(json_lines=args.json)
     try:
         fleet_plan = plan_fleet(inventory, selectors, args.target, emit=progress)

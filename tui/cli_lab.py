@@ -60,6 +60,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                                "system, and opens the TUI on it (or, with --no-tui or when stdout is not a "
                                "terminal, prints the lab's status).")
     demo.add_argument("--no-tui", action="store_true", help="set the lab up and print its status; do not open the TUI")
+    demo.add_argument("--flake", action="store_true",
+                      help="the same fleet as a flake: write it (flake.nix, the factory, the systems with the lab's "
+                      "key) and its inventory into the lab's folder (flake-fleet/), build it and open the TUI on it")
     _add_image_option(demo)
     demo.set_defaults(handler=demo_command)
 
@@ -164,6 +167,13 @@ def demo_command(args: argparse.Namespace) -> int:
     lab = Lab(emulator_port=_emulator_port(inventory))
     image, kinds = _kinds(args.image)
     lab.up(hosts={host.name: host.address for host in inventory.hosts}, image=image, kinds=kinds)
+    if args.flake:
+        from topdeck.lab.flakefleet import demo_flake_fleet
+
+        keys = [line for line in lab.client_public_key().splitlines() if line.strip()]
+        args.inventory = demo_flake_fleet(inventory, lab.root / "flake-fleet", keys)
+        print(f"flake fleet: {args.inventory} (its flake.nix has nixosConfigurations.<host>)")
+        inventory = load_inventory(args.inventory)
     _publish_first_toplevels(inventory)
     _print_status(lab.status())
     if args.no_tui or not sys.stdout.isatty():
@@ -184,24 +194,20 @@ def _emulator_port(inventory: Inventory) -> int:
 
 
 def _publish_first_toplevels(inventory: Inventory) -> None:
-    """Build and publish each pointer's system (from the first host that follows it), as a first release."""
-    from topdeck.core import localnix
-    from topdeck.core.events import LogLine
+    """Build every host's system (one build) and publish each pointer's, as a first release (core.release)."""
+    from topdeck.core.cache import open_cache
+    from topdeck.core.release import release
     from topdeck.tui.cli_output import EventPrinter
-    from topdeck.tui.cli_push import publish_toplevel, summary
+    from topdeck.tui.cli_push import signing_key, summary
 
     printer = EventPrinter()
-    first_host = {}
-    for host in inventory.hosts:
-        if host.build is not None:
-            first_host.setdefault(host.pointer, host)
-    for pointer, host in first_host.items():
-        assert host.build is not None
-        print(f"building {pointer} (from {host.name})")
-        toplevel = localnix.build(host.build, log=lambda line, h=host.name: printer(LogLine(line, h)))
-        result = publish_toplevel(inventory, toplevel, pointer, printer)
+    hosts = [host for host in inventory.hosts if host.build is not None]
+    print(f"building {', '.join(host.name for host in hosts)}")
+    try:
+        result = release(hosts, lambda: open_cache(inventory.cache), signing_key(inventory), emit=printer)
+    finally:
         printer.close()
-        print(summary(result))
+    print(summary(result))
 
 
 def show_inventory(args: argparse.Namespace) -> int:

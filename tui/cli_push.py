@@ -9,15 +9,16 @@ from datetime import UTC, datetime
 
 import humanize
 
-from topdeck.core import localnix, pointers
+from topdeck.core import pointers
 from topdeck.core.cache import Cache, open_cache
 from topdeck.core.errors import CacheError, InventoryError
-from topdeck.core.events import LogLine, PushResult
+from topdeck.core.events import PublishedPointer, PushResult
 from topdeck.core.inventory import Inventory, load_inventory, select_hosts
 from topdeck.core.push import push
+from topdeck.core.release import build_hosts, release
 from topdeck.core.signing import PublicKey, SecretKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.store import StorePath, parse_store_path
-from topdeck.tui.cli_output import EventPrinter, ask, size, to_json
+from topdeck.tui.cli_output import EventPrinter, ask, selector, size, to_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,10 +26,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "push", help="push a closure to the cache, then publish a pointer to it",
         description="Uploads what the cache lacks of a toplevel's closure (one listing, then the missing NARs "
         "zstd-compressed and in parallel, then their signed narinfos, then the closure manifest), and last "
-        "publishes the pointer. TARGET is a store path, or a host of the inventory whose toplevel is built first. "
+        "publishes the pointer. TARGET is a store path, or a host of the inventory whose toplevel is built first; "
+        "--on SELECTOR builds and pushes many hosts as one release (hosts sharing a pointer must build one "
+        "toplevel). "
         "Safe to interrupt: a re-run uploads only what is missing.",
     )
-    push_parser.add_argument("target", metavar="PATH|HOST", help="a /nix/store path, or a host to build")
+    push_parser.add_argument("target", nargs="?", metavar="PATH|HOST", help="a /nix/store path, or a host to build")
+    push_parser.add_argument("--on", action="append", type=selector, default=[], metavar="SELECTOR",
+                             help="build every host it selects (@tag, glob, names; repeatable) in one build, push "
+                             "their closures in one push, and publish each host's pointer")
     push_parser.add_argument("--pointer", metavar="NAME", help="publish toplevels/NAME.txt naming the toplevel "
                              "(default for a HOST: the pointer the host follows)")
     push_parser.add_argument("--jobs", type=int, default=8, metavar="N", help="parallel uploads (default 8)")
@@ -56,13 +62,21 @@ def signing_key(inventory: Inventory) -> SecretKey:
 
 
 def push_command(args: argparse.Namespace) -> int:
+    if (args.target is None) == (not args.on):
+        raise InventoryError("push: give a PATH or HOST, or --on SELECTOR (not both)")
+    if args.on and args.pointer:
+        raise InventoryError("push: --pointer names one pointer; with --on each host's own pointer is published")
     inventory = load_inventory(args.inventory)
     key = signing_key(inventory)
     printer = EventPrinter(json_lines=args.json)
-    toplevel, pointer = _target(inventory, args.target, args.pointer, printer)
-    cache = open_cache(inventory.cache)
     try:
-        result = push(toplevel, cache, key, pointer=pointer, emit=printer, jobs=max(1, args.jobs))
+        if args.on:
+            hosts = select_hosts(inventory, args.on)
+            result = release(hosts, lambda: open_cache(inventory.cache), key, emit=printer, jobs=max(1, args.jobs))
+        else:
+            toplevel, pointer = _target(inventory, args.target, args.pointer, printer)
+            result = push(toplevel, open_cache(inventory.cache), key, pointer=pointer, emit=printer,
+                          jobs=max(1, args.jobs))
     finally:
         printer.close()
     if args.json:
@@ -82,26 +96,27 @@ def _target(inventory: Inventory, target: str, pointer: str | None,
     if target.startswith("/"):
         return parse_store_path(target), pointer
     (host,) = select_hosts(inventory, [target], what="push")[:1]
-    if host.build is None:
-        raise InventoryError(f"{host.source}: host {host.name} has no [build] section to build its toplevel from")
-    path = localnix.build(host.build, log=lambda line: printer(LogLine(line, host.name)))
-    return path, pointer or host.pointer
+    return build_hosts([host], emit=printer)[host.name], pointer or host.pointer
 
 
 def summary(result: PushResult) -> str:
     t = result.transactions
     lines = [
-        f"pushed {result.toplevel}",
+        f"pushed {', '.join(result.toplevels or (result.toplevel,))}",
         f"  {result.paths_uploaded} of {result.paths_total} paths uploaded "
         f"({size(result.nar_bytes_uploaded)}, {size(result.file_bytes_uploaded)} compressed), "
         f"{result.paths_skipped} already in the cache ({size(result.nar_bytes_skipped)}), "
         f"in {humanize.precisedelta(result.seconds, minimum_unit='milliseconds', format='%0.1f')}",
         f"  B2 transactions: class A {t.a}, class B {t.b}, class C {t.c}",
     ]
-    if result.pointer:
-        state = "published" if result.pointer_changed else "already named it"
-        lines.append(f"  pointer {result.pointer}: {state} (serial {result.pointer_serial})")
+    for pointer in result.pointers:
+        state = "published" if pointer.changed else "already named it"
+        lines.append(f"  pointer {pointer.name}: {state} (serial {pointer.serial}){_named(pointer, result)}")
     return "\n".join(lines)
+
+
+def _named(pointer: PublishedPointer, result: PushResult) -> str:
+    return f" -> {pointer.path.rpartition('/')[2]}" if len(result.toplevels) > 1 else ""
 
 
 def pointers_command(args: argparse.Namespace) -> int:

@@ -61,7 +61,8 @@
 #   boot-entry       -> the toplevel the host boots (moved by lab-install-bootloader, beside the persistent entry)
 #   bootloader.log   one line per bootloader run: TIME<TAB>TOPLEVEL<TAB>install|update (install when
 #                    NIXOS_INSTALL_BOOTLOADER=1)
-{ specFile ? null, spec ? builtins.fromJSON (builtins.readFile specFile) }:
+# `system` must be given in a flake: pure evaluation has no builtins.currentSystem.
+{ specFile ? null, spec ? builtins.fromJSON (builtins.readFile specFile), system ? builtins.currentSystem }:
 
 let
   activations = [ "ok" "fail" "incompatible-init" "failed-units" "slow" "break-ssh" ];
@@ -69,7 +70,7 @@ let
   canonical = kind: aliases.${kind} or kind;
 
   shellDerivation = attrs: builtins.derivation ({
-    system = builtins.currentSystem;
+    inherit system;
     builder = "/bin/sh";
   } // attrs);
 

@@ -39,6 +39,7 @@ class PlanScreen(TopdeckScreen):
         Binding("m", "mode", "Mode", id="plan.mode"),
         Binding("t", "target", "Target", id="plan.target"),
         Binding("u", "push", "Push", id="plan.push"),
+        Binding("b", "release", "Build & push", id="plan.release"),
         Binding("r", "replan", "Re-plan", id="plan.replan"),
         Binding("k", "host_key", "Host key", show=False, id="plan.host-key"),
         Binding("escape", "back", "Back", id="plan.back"),
@@ -253,6 +254,22 @@ class PlanScreen(TopdeckScreen):
                 self.action_replan()
 
         self.app.push_screen(PushScreen(self.target), pushed)
+
+    def action_release(self) -> None:
+        """Build the planned hosts' own systems, push what the cache lacks, publish their pointers, re-plan."""
+        from topdeck.tui.screens.push import PushScreen
+
+        if self.planning:
+            return
+        backend, hosts = self.topdeck.backend, list(self.hosts)
+
+        def released(result: Any) -> None:
+            if result is not None:
+                self.set_target(None)  # the hosts' pointers name what was just built
+
+        what = f"Building and pushing {len(hosts)} host(s): {', '.join(hosts[:8])}{' …' if len(hosts) > 8 else ''}"
+        self.app.push_screen(PushScreen("", runner=lambda emit, cancel: backend.release(hosts, emit, cancel),
+                                        what=what), released)
 
     def action_host_key(self) -> None:
         table = self.query_one("#hosts", DataTable)

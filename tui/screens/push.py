@@ -1,5 +1,6 @@
 """Pushing a toplevel that the cache does not hold yet: paths, bytes, rate, ETA and the current path, then
-what was uploaded and what it cost in B2 transactions."""
+what was uploaded and what it cost in B2 transactions. With a build before the push (the plan screen's
+build & push), Nix's log lines too."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.widgets import Footer, Header, Log, ProgressBar, Static
 
-from topdeck.core.events import Emit, Event, Progress, PushResult
+from topdeck.core.events import Emit, Event, LogLine, Progress, PushResult
 from topdeck.tui.present import duration, short_system, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 
@@ -28,6 +29,7 @@ class PushScreen(TopdeckScreen):
     PushScreen #numbers { height: auto; }
     PushScreen #current { height: auto; color: $text-muted; }
     PushScreen #result { height: auto; margin-top: 1; }
+    PushScreen #log { height: 1fr; margin-top: 1; display: none; }
     """
     BINDINGS = [
         Binding("c", "cancel", "Cancel push", id="push.cancel"),
@@ -35,9 +37,9 @@ class PushScreen(TopdeckScreen):
     ]
 
     def __init__(self, path: str, pointer: str | None = None, runner: Runner | None = None, *,
-                 start: bool = True) -> None:
+                 start: bool = True, what: str = "") -> None:
         super().__init__()
-        self.path, self.pointer = path, pointer
+        self.path, self.pointer, self.what = path, pointer, what
         self.runner = runner
         self.start_job = start
         self.progress: Progress | None = None
@@ -55,13 +57,17 @@ class PushScreen(TopdeckScreen):
             yield Static(id="numbers")
             yield Static(id="current")
             yield Static(id="result")
+            yield Log(id="log", max_lines=2000)
         yield Footer()
 
     def on_mount(self) -> None:
         text = Text()
-        text.append("Pushing ", style="bold")
-        text.append(short_system(self.path), style="bold cyan")
-        text.append(f" to the cache\n{self.path}")
+        if self.what:
+            text.append(self.what, style="bold")
+        else:
+            text.append("Pushing ", style="bold")
+            text.append(short_system(self.path), style="bold cyan")
+            text.append(f" to the cache\n{self.path}")
         if self.pointer:
             text.append(f"\nthen pointing {self.pointer} at it")
         self.query_one("#what", Static).update(text)
@@ -83,6 +89,10 @@ class PushScreen(TopdeckScreen):
         elif isinstance(event, PushResult):
             self.result = event
             self.show()
+        elif isinstance(event, LogLine):
+            log = self.query_one("#log", Log)
+            log.display = True
+            log.write_line(f"{event.host} | {event.text}" if event.host else event.text)
 
     def show(self) -> None:
         event = self.progress
@@ -113,7 +123,9 @@ class PushScreen(TopdeckScreen):
             result.append(f"{r.paths_uploaded} of {r.paths_total} paths ({size(r.nar_bytes_uploaded)}, "
                           f"{size(r.file_bytes_uploaded)} compressed), {r.paths_skipped} already there, "
                           f"in {r.seconds:.1f} s\nB2 transactions: class A {t.a}, class B {t.b}, class C {t.c}")
-            if r.pointer:
+            for pointer in r.pointers or ():
+                result.append(f"\npointer {pointer.name}: serial {pointer.serial}")
+            if r.pointer and not r.pointers:
                 result.append(f"\npointer {r.pointer}: serial {r.pointer_serial}")
             result.append("\nescape: back to the plan", style="dim")
         elif self.error:
