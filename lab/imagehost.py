@@ -110,6 +110,15 @@ class ImageHost(LabHost):
         wait_for(self._booted, BOOT_TIMEOUT, f"host {self.name}: systemd did not finish booting", lambda: _tail(log))
         self._find_sshd()
 
+    def _launcher_alive(self) -> bool:
+        """The launcher recorded for this host still runs. Checked by its command line, which names the host's
+        cgroup: once it has ended, its pid may belong to any process of this machine, never to be killed."""
+        pid = self.state.boot_pid
+        try:
+            return bool(pid) and str(self._group("unified")).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
     def namespace_alive(self) -> bool:
         # A PID 1 that ended but is not reaped yet still names its PID namespace: it must be alive too.
         return super().namespace_alive() and _alive(self.state.anchor_pid)
@@ -130,7 +139,7 @@ class ImageHost(LabHost):
     def follow_reboot(self) -> bool:
         """After the container rebooted (its launcher boots it again), wait until it has booted and record its new
         PID 1, namespace and sshd; whether it had rebooted. A host whose launcher is gone stopped: nothing to do."""
-        if self.namespace_alive() or not (self.state.boot_pid and _alive(self.state.boot_pid)):
+        if self.namespace_alive() or not self._launcher_alive():
             return False
         self._await_boot("did not boot again after its reboot")
         self._apply_slowness()
@@ -161,7 +170,8 @@ class ImageHost(LabHost):
     def teardown(self) -> None:
         """Kill everything in the host's cgroups at once (the launcher, systemd-nspawn, the container's systemd and all
         it runs)."""
-        leader = _container_init(self.state.boot_pid) if self.state.boot_pid else 0
+        launcher = self._launcher_alive()
+        leader = _container_init(self.state.boot_pid) if launcher else 0
         if leader:  # booted again since the state was written: its processes are in the new PID namespace
             self.state = replace(self.state, anchor_pid=leader, namespace=self._namespace_of(leader))
         for hierarchy in ("unified", "systemd"):
@@ -169,10 +179,10 @@ class ImageHost(LabHost):
             kill_switch = group / "cgroup.kill"
             if kill_switch.exists():
                 kill_switch.write_text("1")
-        for pid in [self.state.boot_pid, *self.namespace_pids()]:
+        for pid in [self.state.boot_pid if launcher else 0, *self.namespace_pids()]:
             if pid and _alive(pid):
                 _kill(pid, signal.SIGKILL)
-        wait_for(lambda: not self.namespace_pids() and not (self.state.boot_pid and _alive(self.state.boot_pid)),
+        wait_for(lambda: not self.namespace_pids() and not self._launcher_alive(),
                  10, f"host {self.name}: processes survive in its container: {self.namespace_pids()}")
         for hierarchy in ("unified", "systemd"):
             _remove_cgroup(self._group(hierarchy))
