@@ -498,7 +498,7 @@ def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
         for index, hop in enumerate(path.hops):
             transports.append(_login(path, hop, sock, ssh, host_keys, keepalive))
             if index + 1 < len(path.hops):
-                sock = _tunnel(path, transports[-1], hop, path.hops[index + 1], ssh.connect_timeout)
+                sock = tunnel(path, transports[-1], hop, path.hops[index + 1], ssh.connect_timeout)
     except BaseException:
         _close_all(transports)
         raise
@@ -543,7 +543,7 @@ def _login(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | 
         label = path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
         keys.check(label, hop.hostname, hop.port, transport.get_remote_server_key(), hop.key_name,
                    trust=path.host)
-        _authenticate(path, hop, transport, ssh)
+        authenticate(path, hop, transport, ssh)
         transport.set_keepalive(max(1, int(keepalive)))
     except BaseException:
         transport.close()
@@ -568,7 +568,7 @@ def _unresolved(path: Route, hop: Endpoint, error: socket.gaierror) -> str:
     return f"unknown host {hop.name!r}: not an IP address, not a name that resolves ({error.strerror}), and {config}"
 
 
-def _tunnel(path: Route, transport: paramiko.Transport, jump: Endpoint, hop: Endpoint,
+def tunnel(path: Route, transport: paramiko.Transport, jump: Endpoint, hop: Endpoint,
             timeout: float) -> paramiko.Channel:
     """A channel from `jump` to `hop`'s SSH port (what `ssh -W` asks a jump host for)."""
     try:
@@ -601,7 +601,7 @@ class AskOnce:
             return self._known[path]
 
 
-def _authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh: SSHConfig) -> None:
+def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh: SSHConfig) -> None:
     where = hop_name(path, hop)
     files = _identity_files(hop, where)
     tried: list[str] = []
@@ -643,7 +643,7 @@ def _load_key(file: Path, passphrase: str | None, where: str) -> paramiko.PKey |
     """The private key in `file`; None when it needs a passphrase that was not given."""
     try:
         return paramiko.PKey.from_path(file, passphrase.encode() if passphrase is not None else None)
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError):  # cryptography says TypeError for OpenSSH-format keys
         if passphrase is None:
             return None
         raise SSHError(f"{where}: the passphrase given for {file} is wrong") from None

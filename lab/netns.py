@@ -7,8 +7,9 @@ Two namespaces per lab, named after the lab's folder (`topdeck-b<tag>-bastion`, 
 The bastion's sshd listens on 10.250.B.2 (and, for a second hop through itself, 10.250.B+1.1); the hosts behind it
 listen on 10.250.B+1.2 and up, all in the inner namespace. This machine has an `unreachable` route for
 10.250.B+1.0/24 (so nothing leaves by the default route) and the bastion's namespace does not forward: a direct
-connection fails at once ("no route to host") and only an SSH jump through the bastion gets in. Hosts behind the bastion reach the B2
-emulator at this machine's URL through a forwarder (topdeck.lab.forward) listening inside their namespace.
+connection fails at once ("no route to host") and only an SSH jump through the bastion gets in. Hosts behind the
+bastion reach the B2 emulator at this machine's URL through a forwarder (topdeck.lab.forward) listening inside
+their namespace.
 """
 
 from __future__ import annotations

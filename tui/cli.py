@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.tui import cli_build, cli_deploy, cli_lab, cli_plan, cli_push
+    from topdeck.tui import cli_build, cli_deploy, cli_lab, cli_plan, cli_push, cli_trust
 
     parser = Parser(
         prog="topdeck",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_push.add_commands(commands)
     cli_plan.add_commands(commands)
     cli_deploy.add_commands(commands)
+    cli_trust.add_commands(commands)
     return parser
 
 
