@@ -529,10 +529,20 @@ def open_transport(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Ch
     transport.channel_timeout = timeout
     try:
         transport.start_client(timeout=timeout)
+        if transport.host_key is None:  # start_client gives up silently at its timeout
+            raise _handshake_failure(transport)
     except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the hop
         transport.close()
         raise SSHError(f"{where}: {_connect_failure(error, timeout, None)}") from None
     return transport
+
+
+def _handshake_failure(transport: paramiko.Transport) -> BaseException:
+    """Why a key exchange did not finish in time: the handshake thread's own error (no banner in time, say), which
+    it raises just as start_client stops waiting, or else a timeout."""
+    transport.join(1.0)
+    saved = getattr(transport, "saved_exception", None)
+    return saved if isinstance(saved, BaseException) else paramiko.SSHException("No existing session")
 
 
 def _login(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | None, ssh: SSHConfig,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import paramiko
 
-from topdeck.core.errors import SSHConfigError
+from topdeck.core.errors import SSHConfigError, TopdeckError
 from topdeck.core.inventory import Host, SSHConfig, address_problem
 
 DEFAULT_CONFIG = Path("~/.ssh/config")
@@ -86,6 +86,18 @@ class Route:
         where = f"{target.user}@{target.hostname}{'' if target.port == 22 else f':{target.port}'}"
         via = f" via {','.join(jump.name for jump in self.jumps)}" if self.jumps else ""
         return f"{self.host} ({where}{via})"
+
+
+def endpoint_label(host: Host, ssh: SSHConfig) -> str:
+    """`user@hostname:port via jump,...` for listings: where topdeck connects for the host (what host.toml says,
+    when the ssh_config cannot be read; connecting then says why)."""
+    try:
+        found = route(host, ssh)
+    except TopdeckError:
+        return f"{host.user}@{host.address}:{host.port}"
+    target = found.target
+    via = f" via {','.join(jump.name for jump in found.jumps)}" if found.jumps else ""
+    return f"{target.user}@{target.hostname}:{target.port}{via}"
 
 
 def config_path(ssh: SSHConfig) -> Path | None:
