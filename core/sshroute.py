@@ -62,10 +62,6 @@ class Endpoint:
         name = self.host_key_alias or self.hostname
         return name if self.port == 22 else f"[{name}]:{self.port}"
 
-    def __str__(self) -> str:
-        where = f"{self.user}@{self.hostname}{'' if self.port == 22 else f':{self.port}'}"
-        return where if self.name == self.hostname else f"{self.name} = {where}"
-
 
 @dataclass(frozen=True)
 class Route:

@@ -10,6 +10,7 @@ replaced here (remove the old line by hand, as OpenSSH asks).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ def trust(host: Host, ssh: SSHConfig, decide: Decide) -> list[HopKey]:
 def pin(item: HopKey) -> HopKey:
     """Write an accepted key into its known_hosts (the one write of a host key topdeck makes)."""
     accept_host_key(item.known_hosts, "", 22, item.key, name=item.key_name)
-    return HopKey(**{**item.__dict__, "pinned": True})
+    return dataclasses.replace(item, pinned=True)
 
 
 def from_error(error: UnknownHostKey) -> HopKey:
@@ -112,7 +113,7 @@ def _decide(host: str, hop: Endpoint, jump: bool, key: paramiko.PKey, decide: De
     except UnknownHostKey as unknown:
         if keys.revoked(key):
             raise SSHError(str(unknown)) from None
-    item = HopKey(**{**item.__dict__, "status": NEW})
+    item = dataclasses.replace(item, status=NEW)
     if not decide(item):
         raise HostKeyError(f"{host}: {_label(item)} key {item.fingerprint} not accepted; nothing written")
     return item
