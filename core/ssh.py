@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -255,7 +256,8 @@ class Result:
 
 class Session:
     """One logged-in SSH connection to one host, through its jump hosts if it has any. Use as a context
-    manager; `close` (idempotent) closes the target's connection and then every jump's."""
+    manager; `close` (idempotent) closes the target's connection and then every jump's. `host` carries the user
+    and port it logged in with."""
 
     def __init__(self, host: Host, transports: Sequence[paramiko.Transport], *, route: Route | None = None,
                  channel_timeout: float = 10.0):
@@ -502,7 +504,10 @@ def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
     except BaseException:
         _close_all(transports)
         raise
-    return Session(host, transports, route=path, channel_timeout=ssh.connect_timeout)
+    # The host as logged in: its user and port are what the route gave (ssh_config's User, say), which
+    # decides whether privileged steps need sudo.
+    logged_in = dataclasses.replace(host, user=path.target.user, port=path.target.port)
+    return Session(logged_in, transports, route=path, channel_timeout=ssh.connect_timeout)
 
 
 def host_keys_for(endpoint: Endpoint) -> HostKeys:

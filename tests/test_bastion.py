@@ -59,6 +59,7 @@ Host web-a
     {via}
 Host web-b
     HostName {LAYOUT.address_of('inner-2')}
+    User topdeck-deployer
     {via}
 Host db-c
     HostName {LAYOUT.address_of('inner-3')}
@@ -83,6 +84,8 @@ def inventory(lab, tmp_path_factory):
     for name, alias in ALIASES.items():
         host = root / name / "host.toml"
         host.write_text(host.read_text().replace(f'address = "{lab.host(name).address}"', f'address = "{alias}"'))
+    inner_2 = root / "inner-2" / "host.toml"  # its user comes from ssh_config: not root, so sudo
+    inner_2.write_text("sudo = true\n" + inner_2.read_text())
     assert config.exists()
     release(root, "web", lambda spec: spec, via="inner-1")
     release(root, "db", lambda spec: spec, via="inner-3")
@@ -99,6 +102,7 @@ def test_plan_deploy_and_rollback_through_the_bastion(lab, inventory):
     result, _, outcomes = deploy(inventory)
 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "Accepted publickey for topdeck-deployer" in lab.host("inner-2").sshd_log.read_text()  # and sudo
     for name, role in ROLES.items():
         assert outcomes[name]["outcome"] == "done", outcomes[name]
         assert state(lab, name)["current"] == targets[role], name
@@ -110,13 +114,16 @@ def test_plan_deploy_and_rollback_through_the_bastion(lab, inventory):
 
 def test_the_alias_settings_apply(lab, inventory):
     inv = load_inventory(inventory)
-    for name, expected_port, init in (("inner-1", 2222, "sh"), ("inner-2", 22, "systemd"), ("inner-3", 22, "systemd")):
+    for name, expected_port, expected_user, init in (("inner-1", 2222, "root", "sh"),
+                                                     ("inner-2", 22, "topdeck-deployer", "systemd"),
+                                                     ("inner-3", 22, "root", "systemd")):
         with connect(inv.host(name), inv.ssh) as session:
             out = session.run("echo $SSH_CONNECTION; id -un; cat /proc/1/comm").stdout.decode().split()
         _, _, server, port, user, pid1 = out
-        assert (server, int(port), user) == (LAYOUT.address_of(name), expected_port, "root"), out
+        assert (server, int(port), user) == (LAYOUT.address_of(name), expected_port, expected_user), out
+        assert (session.host.user, session.host.port) == (expected_user, expected_port)
         assert (pid1 == "systemd") == (init == "systemd"), (name, pid1)
-        assert session.where.startswith(f"{name} (root@{LAYOUT.address_of(name)}")
+        assert session.where.startswith(f"{name} ({expected_user}@{LAYOUT.address_of(name)}")
         assert session.route.jumps[-1].name == ("bastion-inner" if name == "inner-3" else "bastion")
 
 
