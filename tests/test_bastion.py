@@ -243,3 +243,67 @@ def test_a_passphrase_key_in_ssh_agent_is_used(lab, locked_key, tmp_path, monkey
     finally:
         agent.terminate()
         agent.wait(5)
+
+
+def run_on_a_terminal(inventory, answers: dict[str, str], *args: str) -> tuple[int, str]:
+    """Run `topdeck ARGS` with a pseudo-terminal as stdin, stdout and stderr, answering each prompt that ends with a
+    key of `answers`; the exit code and everything the terminal showed."""
+    import pty
+    import select
+    import sys
+    import time
+
+    from topdeck.lab.nixenv import lab_env
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
+                  {**lab_env(), "SSH_AUTH_SOCK": ""})
+    shown, answered, deadline = b"", {}, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 0.5)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+        for prompt, answer in answers.items():
+            asked = shown.count(prompt.encode())
+            if shown.rstrip(b" ").endswith(prompt.encode()) and answered.get(prompt, 0) < asked:
+                os.write(fd, answer.encode() + b"\n")  # once per time the prompt is shown
+                answered[prompt] = asked
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_the_cli_asks_a_key_passphrase_once_on_the_terminal_and_never_shows_it(lab, inventory, locked_key):
+    ssh_config(lab, inventory.parent / "ssh_config", identity=locked_key)
+    try:
+        code, shown = run_on_a_terminal(inventory, {f"Passphrase for {locked_key}:": "sesame-42"},
+                                        "generations", "inner-1", "--json")
+    finally:
+        ssh_config(lab, inventory.parent / "ssh_config")
+    assert code == 0, shown
+    assert shown.count("Passphrase for") == 1  # the bastion and the host: one key file, asked once
+    assert "sesame-42" not in shown
+    assert '"current": true' in shown
+
+
+def test_trust_asks_on_the_terminal_for_each_new_hop(lab, inventory, tmp_path):
+    known = tmp_path / "known_hosts"
+    ssh_config(lab, inventory.parent / "ssh_config", user_known_hosts=known)
+    try:
+        code, shown = run_on_a_terminal(inventory, {"[y/N]": "y"}, "trust", "inner-3")
+    finally:
+        ssh_config(lab, inventory.parent / "ssh_config")
+    assert code == 0, shown
+    for hop in ("bastion", "bastion-inner"):
+        assert f"jump host {hop} (for inner-3): new host key ssh-ed25519 {fingerprint_of(lab, 'bastion')}" in shown
+    assert f"new host key ssh-ed25519 {fingerprint_of(lab, 'inner-3')} for {LAYOUT.address_of('inner-3')}" in shown
+    assert known.read_text().splitlines() == [
+        f"{LAYOUT.bastion_address} {lab.host('bastion').public_host_key()}",
+        f"{LAYOUT.bastion_inner_address} {lab.host('bastion').public_host_key()}",
+        f"{LAYOUT.address_of('inner-3')} {lab.host('inner-3').public_host_key()}"]
