@@ -627,11 +627,14 @@ def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh:
             locked.append(file)
         elif _offer(transport, hop, key, where, tried, str(file)):
             return
-    if not hop.identities_only:
-        with contextlib.closing(paramiko.Agent()) as agent:
-            for key in agent.get_keys():
-                if _offer(transport, hop, key, where, tried, f"agent key {fingerprint(key)}"):
-                    return
+    with contextlib.closing(paramiko.Agent()) as agent:
+        # IdentitiesOnly: only the agent's copies of the configured keys (known by their .pub files), as OpenSSH
+        allowed = _public_blobs(files) if hop.identities_only else None
+        for key in agent.get_keys():
+            if allowed is not None and key.asbytes() not in allowed:
+                continue
+            if _offer(transport, hop, key, where, tried, f"agent key {fingerprint(key)}"):
+                return
     for file in locked:
         if ssh.passphrase is None:
             raise SSHError(f"{where}: the key {file} is protected by a passphrase and there is no terminal to ask "
@@ -652,6 +655,18 @@ def _identity_files(hop: Endpoint, where: str) -> list[Path]:
                 raise SSHError(f"{where}: identity file {file} not found")
         return list(hop.identities)
     return [file for file in (Path(name).expanduser() for name in DEFAULT_IDENTITIES) if file.is_file()]
+
+
+def _public_blobs(files: Sequence[Path]) -> set[bytes]:
+    """The public keys next to key files (`KEY.pub`), where they exist and can be read."""
+    blobs = set()
+    for file in files:
+        try:
+            key_type, data = file.with_name(file.name + ".pub").read_text().split()[:2]
+            blobs.add(paramiko.PKey.from_type_string(key_type, base64.b64decode(data)).asbytes())
+        except (OSError, ValueError, paramiko.SSHException):
+            continue
+    return blobs
 
 
 def _load_key(file: Path, passphrase: str | None, where: str) -> paramiko.PKey | None:

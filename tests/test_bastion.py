@@ -197,6 +197,7 @@ def locked_key(lab, tmp_path_factory):
     """The lab's key under a passphrase."""
     key = tmp_path_factory.mktemp("locked") / "id_ed25519"
     shutil.copy(lab.client_key, key)
+    shutil.copy(lab.client_key.with_suffix(".pub"), key.with_suffix(".pub"))
     subprocess.run(["ssh-keygen", "-q", "-p", "-N", "sesame-42", "-f", str(key)], check=True, capture_output=True)
     return key
 
@@ -239,6 +240,10 @@ def test_a_passphrase_key_in_ssh_agent_is_used(lab, locked_key, tmp_path, monkey
         monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
         ssh = SSHConfig(config=ssh_config(lab, tmp_path / "c", identity=locked_key), connect_timeout=5)
         with connect(Host("inner-3", "db-c", "db"), ssh) as session:  # no passphrase callback: the agent signs
+            assert session.run("true").ok
+        only = SSHConfig(config=ssh_config(lab, tmp_path / "d", identity=locked_key, extra="IdentitiesOnly yes"),
+                         connect_timeout=5)
+        with connect(Host("inner-1", "web-a", "web"), only) as session:  # the agent's copy of the configured key
             assert session.run("true").ok
     finally:
         agent.terminate()
