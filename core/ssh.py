@@ -606,14 +606,20 @@ class AskOnce:
 
     def __init__(self, ask: Passphrase):
         self._ask = ask
-        self._known: dict[Path, str] = {}
+        self._known: dict[Path, str | Cancelled] = {}  # a refusal is remembered too: not asked again per host
         self._lock = threading.Lock()
 
     def __call__(self, path: Path) -> str:
         with self._lock:
             if path not in self._known:
-                self._known[path] = self._ask(path)
-            return self._known[path]
+                try:
+                    self._known[path] = self._ask(path)
+                except Cancelled as refused:
+                    self._known[path] = refused
+            answer = self._known[path]
+        if isinstance(answer, Cancelled):
+            raise Cancelled(str(answer))
+        return answer
 
 
 def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh: SSHConfig) -> None:
@@ -639,7 +645,11 @@ def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh:
         if ssh.passphrase is None:
             raise SSHError(f"{where}: the key {file} is protected by a passphrase and there is no terminal to ask "
                            f"for it: load it into ssh-agent (ssh-add {file})")
-        key = _load_key(file, ssh.passphrase(file), where)
+        try:
+            given = ssh.passphrase(file)
+        except Cancelled as refused:  # this host fails; the others go on
+            raise SSHError(f"{where}: {refused}") from None
+        key = _load_key(file, given, where)
         if key is not None and _offer(transport, hop, key, where, tried, str(file)):
             return
     if not tried:

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
 from textual.app import App
 from textual.widgets import Input
 
@@ -73,3 +74,15 @@ def test_escape_cancels_with_the_agent_hint() -> None:
     asyncio.run(scenario())
 
 
+def test_a_refused_passphrase_is_not_asked_again() -> None:
+    asked = []
+
+    def refuse(path: Path) -> str:
+        asked.append(path)
+        raise Cancelled(f"no passphrase given for {path}")
+
+    ask = AskOnce(refuse)
+    for _ in range(3):
+        with pytest.raises(Cancelled, match="no passphrase given"):
+            ask(KEY)
+    assert asked == [KEY]
