@@ -491,7 +491,8 @@ def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
     `host_keys` (loaded once, shared read-only) saves reading the known_hosts files per host; without it they
     are those of `[ssh] known_hosts` (or ssh_config's UserKnownHostsFile, or ~/.ssh/known_hosts) and
     GlobalKnownHostsFile (/etc/ssh/ssh_known_hosts). Keys offered: key files without a passphrase, then
-    ssh-agent's keys (unless IdentitiesOnly), then key files with one, asked through `ssh.passphrase`.
+    ssh-agent's keys (with IdentitiesOnly, only its copies of the key files), then key files with one, their
+    passphrase asked through `ssh.passphrase`.
     """
     path = route(host, ssh)
     transports: list[paramiko.Transport] = []
@@ -538,7 +539,7 @@ def open_transport(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Ch
             raise _handshake_failure(transport)
     except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the hop
         transport.close()
-        raise SSHError(f"{where}: {_connect_failure(error, timeout, None)}") from None
+        raise SSHError(f"{where}: {_connect_failure(error, timeout)}") from None
     return transport
 
 
@@ -573,7 +574,7 @@ def _dial(path: Route, hop: Endpoint, timeout: float) -> socket.socket:
     except socket.gaierror as error:
         raise SSHError(f"{where}: {_unresolved(path, hop, error)}") from None
     except Exception as error:  # noqa: BLE001
-        raise SSHError(f"{where}: {_connect_failure(error, timeout, None)}") from None
+        raise SSHError(f"{where}: {_connect_failure(error, timeout)}") from None
 
 
 def _unresolved(path: Route, hop: Endpoint, error: socket.gaierror) -> str:
@@ -584,7 +585,7 @@ def _unresolved(path: Route, hop: Endpoint, error: socket.gaierror) -> str:
 
 
 def tunnel(path: Route, transport: paramiko.Transport, jump: Endpoint, hop: Endpoint,
-            timeout: float) -> paramiko.Channel:
+           timeout: float) -> paramiko.Channel:
     """A channel from `jump` to `hop`'s SSH port (what `ssh -W` asks a jump host for)."""
     try:
         return transport.open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=timeout)
@@ -594,7 +595,7 @@ def tunnel(path: Route, transport: paramiko.Transport, jump: Endpoint, hop: Endp
                        f"{reason.get(error.code, error.text)}") from None
     except Exception as error:  # noqa: BLE001
         raise SSHError(f"{hop_name(path, hop)}: unreachable from jump host {jump.name}: "
-                       f"{_connect_failure(error, timeout, None)}") from None
+                       f"{_connect_failure(error, timeout)}") from None
 
 
 # --- logging in -------------------------------------------------------------------------------------
@@ -707,7 +708,7 @@ def _offer(transport: paramiko.Transport, hop: Endpoint, key: paramiko.PKey, whe
     except paramiko.AuthenticationException:
         return False
     except Exception as error:  # noqa: BLE001
-        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0, None)}") from None
+        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0)}") from None
     return transport.is_authenticated()
 
 
@@ -716,7 +717,7 @@ def _close_all(transports: Sequence[paramiko.Transport]) -> None:
         transport.close()
 
 
-def _connect_failure(error: BaseException, timeout: float, identity: str | None) -> str:
+def _connect_failure(error: BaseException, timeout: float) -> str:
     if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
         reasons = {_socket_reason(e) for e in error.errors.values()}
         return "unreachable: " + ", ".join(sorted(reasons))

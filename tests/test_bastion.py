@@ -146,6 +146,18 @@ def test_a_bastion_that_is_down_is_named(lab, tmp_path):
                                  "connection refused")
 
 
+def test_a_host_down_behind_a_live_bastion_is_named_with_it(lab, tmp_path):
+    ssh = SSHConfig(config=ssh_config(lab, tmp_path / "ssh_config"), connect_timeout=5)
+    lab.stop_host("inner-3")
+    try:
+        with pytest.raises(SSHError) as caught:
+            connect(Host("inner-3", "db-c", "db"), ssh)
+    finally:
+        lab.start_host("inner-3")
+    assert str(caught.value) == (f"inner-3 (root@{LAYOUT.address_of('inner-3')} via bastion,bastion-inner): "
+                                 "unreachable from jump host bastion-inner: connection failed")
+
+
 def test_a_key_only_in_a_global_known_hosts_file_is_accepted(lab, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
