@@ -360,13 +360,15 @@ class Lab:
                 log(f"host {host.name} stopped")
             except LabError as error:  # the others are stopped all the same
                 failures.append(error)
-        if self.emulator_running():
-            os.kill(self.emulator.pid, 15)
-            wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
-            log("B2 emulator stopped")
-        self._stop_leftovers(log)
-        for name in netns.delete(netns.tag_of(self.root), self.network):
-            log(f"removed {name}")
+        try:
+            if self.emulator_running():
+                os.kill(self.emulator.pid, 15)
+                wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
+                log("B2 emulator stopped")
+            self._stop_leftovers(log)
+        finally:  # the namespaces go even when something above would not stop
+            for name in netns.delete(netns.tag_of(self.root), self.network):
+                log(f"removed {name}")
         for address in addresses:
             holder = listener(address, 22)
             if holder:

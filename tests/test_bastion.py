@@ -273,9 +273,12 @@ def run_on_a_terminal(inventory, answers: dict[str, str], *args: str) -> tuple[i
     from topdeck.lab.nixenv import lab_env
 
     pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
-                  {**lab_env(), "SSH_AUTH_SOCK": ""})
+    if pid == 0:  # the child: never goes back into pytest, whatever happens
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory),
+                                       *args], {**lab_env(), "SSH_AUTH_SOCK": ""})
+        finally:
+            os._exit(127)
     shown, answered, deadline = b"", {}, time.monotonic() + 120
     while time.monotonic() < deadline:
         if not select.select([fd], [], [], 0.5)[0]:
