@@ -260,7 +260,7 @@ class _HostRunner:
 
     def _run(self, session: Session, host: Host, verb: str, args: list[str | int], track: _Tracker,
              cancel: object = None) -> None:
-        result = session.run(host_command(host, verb, *args), stdin=host_script(), on_stdout_line=track.line,
+        result = session.run(host_command(session.host, verb, *args), stdin=host_script(), on_stdout_line=track.line,
                              on_stderr_line=track.stderr, cancel=cancel)  # type: ignore[arg-type]
         if track.result is None and not track.reboot_from:  # a host that reboots gives its result after the boot
             track.fail(f"the host script ended without a result (exit {result.exit_status})")
@@ -345,7 +345,7 @@ class _HostRunner:
         while True:
             try:
                 with self.connect(host, self.ssh) as session:
-                    result = session.run(host_command(host, "confirm", self.settings.run_id, *checks),
+                    result = session.run(host_command(session.host, "confirm", self.settings.run_id, *checks),
                                          stdin=host_script(), timeout=max(1.0, deadline - time.monotonic()) + 5)
                 text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
                 self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
@@ -361,7 +361,7 @@ class _HostRunner:
 
 def _boot_id(session: Session, host: Host) -> str:
     """The host's boot id, which changes with every boot ("" when its status does not say)."""
-    result = session.run(host_command(host, "status"), stdin=host_script(), timeout=60)
+    result = session.run(host_command(session.host, "status"), stdin=host_script(), timeout=60)
     for line in result.stdout.decode(errors="replace").splitlines():
         key, _, value = line.partition("\t")
         if key == "boot-id":

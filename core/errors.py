@@ -44,6 +44,10 @@ class SSHError(TopdeckError):
     """A host could not be reached or refused the SSH session."""
 
 
+class SSHConfigError(SSHError):
+    """The SSH client configuration (ssh_config, ProxyJump) is unreadable or gives an unusable value."""
+
+
 class HostKeyError(SSHError):
     """A host presented an unknown or changed host key."""
 
@@ -52,20 +56,22 @@ class UnknownHostKey(HostKeyError):
     """The host presented a key that known_hosts does not pin for its address (`key` is a paramiko PKey)."""
 
     def __init__(self, message: str, *, host: str, address: str, port: int, key: Any, fingerprint: str,
-                 known_hosts: Path):
+                 known_hosts: Path, key_name: str = ""):
         super().__init__(message)
         self.host, self.address, self.port, self.key = host, address, port, key
         self.fingerprint, self.known_hosts = fingerprint, known_hosts
+        self.key_name = key_name  # the known_hosts name the key goes under ("" for the address's own)
 
 
 class ChangedHostKey(HostKeyError):
     """The host presented a key other than the one known_hosts pins for it: maybe an attack."""
 
     def __init__(self, message: str, *, host: str, address: str, port: int, key: Any, fingerprint: str,
-                 expected: Any, expected_fingerprint: str, known_hosts: Path):
+                 expected: Any, expected_fingerprint: str, known_hosts: Path, key_name: str = ""):
         super().__init__(message)
         self.host, self.address, self.port, self.key = host, address, port, key
         self.fingerprint, self.known_hosts = fingerprint, known_hosts
+        self.key_name = key_name
         self.expected, self.expected_fingerprint = expected, expected_fingerprint
 
 

@@ -185,7 +185,7 @@ class Generation:
 def generations(inventory: Inventory, host_name: str, *, connect: Connect = connect) -> tuple[Generation, ...]:
     host = inventory.host(host_name)
     with connect(host, inventory.ssh) as session:
-        result = session.run(host_command(host, "generations"), stdin=host_script(), timeout=60)
+        result = session.run(host_command(session.host, "generations"), stdin=host_script(), timeout=60)
     lines = result.stdout.decode(errors="replace").splitlines()
     found = []
     for line in lines:
@@ -202,7 +202,7 @@ def generation_diff(inventory: Inventory, host_name: str, path: str, *, connect:
     both closures as the host's own store has them: one SSH round trip; nothing changes."""
     host = inventory.host(host_name)
     with connect(host, inventory.ssh) as session:
-        result = session.run(host_command(host, "closures", str(parse_store_path(path))), stdin=host_script(),
+        result = session.run(host_command(session.host, "closures", str(parse_store_path(path))), stdin=host_script(),
                              timeout=120)
     closures: tuple[dict[StorePath, int], dict[StorePath, int]] = ({}, {})
     for line in result.stdout.decode(errors="replace").splitlines():
@@ -271,7 +271,7 @@ def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.Poi
     want = desired[host.pointer].path if host.pointer in desired else ""
     try:
         with connect(host, inventory.ssh) as session:
-            result = session.run(host_command(host, "status"), stdin=host_script(), timeout=60)
+            result = session.run(host_command(session.host, "status"), stdin=host_script(), timeout=60)
     except TopdeckError as error:
         return HostStatus(host.name, "unreachable", desired=want, reason=str(error))
     fields = dict((line.split("\t", 1) + [""])[:2] for line in result.stdout.decode(errors="replace").splitlines())

@@ -128,8 +128,8 @@ def host_systems(inventory: Inventory, *, skip_unreachable: bool = False, connec
 def _systems_of(host: Host, inventory: Inventory, connect: Connect) -> dict[StorePath, list[str]]:
     found: dict[StorePath, list[str]] = defaultdict(list)
     with connect(host, inventory.ssh) as session:
-        status = session.run(host_command(host, "status"), stdin=host_script(), timeout=60)
-        listed = session.run(host_command(host, "generations"), stdin=host_script(), timeout=60)
+        status = session.run(host_command(session.host, "status"), stdin=host_script(), timeout=60)
+        listed = session.run(host_command(session.host, "generations"), stdin=host_script(), timeout=60)
     for line in (status.stdout + listed.stdout).decode(errors="replace").splitlines():
         kind, *fields = line.split("\t")
         if kind == "result":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from topdeck.core.errors import InventoryError
+from topdeck.core.errors import InventoryError, TopdeckError
 
 CONFIG_FILE = "topdeck.toml"
 HOST_FILE = "host.toml"
@@ -69,6 +69,7 @@ class Host:
     check: Checks = field(default_factory=Checks)
     on_failed_units: str = ""  # "rollback" or "keep"; "" takes the fleet's deploy.on_failed_units
     specialisation: str = ""  # the specialisation of its system the host runs (switch and test activate it)
+    explicit: frozenset[str] = frozenset()  # the SSH settings host.toml gives itself (they win over ~/.ssh/config)
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,17 @@ class CacheConfig:
     gc_credentials_file: Path | None = None  # the key `topdeck gc` deletes with (never the deploy key)
 
 
+# Asked for a key file's passphrase (the file's path); raises Cancelled when the operator gives none.
+Passphrase = Callable[[Path], str]
+
+
 @dataclass(frozen=True)
 class SSHConfig:
     known_hosts: Path | None = None
     identity: Path | None = None
     connect_timeout: float = 10.0
+    config: Path | None = None  # an ssh_config file; None: ~/.ssh/config when it exists
+    passphrase: Passphrase | None = field(default=None, compare=False, repr=False)  # set by the front end
 
 
 # What a deploy does when the switch activates the new system but units fail to start (its exit code 4).
@@ -188,6 +195,7 @@ def _load_host(folder: Path) -> Host:
         check=_checks(section.table("check")),
         on_failed_units=section.get("on_failed_units", str, default="", check=_one_of(*FAILED_UNITS_CHOICES)),
         specialisation=section.get("specialisation", str, default="", check=_valid_name),
+        explicit=frozenset(key for key in ("user", "port") if key in section.data),
     )
 
 
@@ -295,12 +303,29 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
 
 
 def _ssh_config(section: _Section, root: Path) -> SSHConfig:
-    section.allow_only("known_hosts", "identity", "connect_timeout")
+    section.allow_only("known_hosts", "identity", "connect_timeout", "config")
     return SSHConfig(
         known_hosts=section.path("known_hosts", root),
         identity=section.path("identity", root),
         connect_timeout=float(section.get("connect_timeout", (int, float), default=10.0, check=_positive)),
+        config=_ssh_client_config(section, root),
     )
+
+
+def _ssh_client_config(section: _Section, root: Path) -> Path | None:
+    """`[ssh] config`: an ssh_config file that must exist and parse (paramiko's parser, as connections use)."""
+    path = section.path("config", root)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise InventoryError(f"{section.where('config')}: {path} is not a file")
+    from topdeck.core.sshroute import read_config  # sshroute reads Host; a top-level import would be circular
+
+    try:
+        read_config(path)
+    except TopdeckError as error:
+        raise InventoryError(f"{section.where('config')}: {error}") from None
+    return path
 
 
 def _deploy_config(section: _Section) -> DeployConfig:
@@ -451,6 +476,11 @@ def _valid_address(value: str) -> str | None:
     if HOSTNAME_RE.fullmatch(value) and not value.replace(".", "").isdigit():
         return None
     return "is not an IP address or host name"
+
+
+def address_problem(value: str) -> str | None:
+    """Why `value` is not an IP address or host name (None when it is one)."""
+    return _valid_address(value)
 
 
 def is_safe_name(value: str) -> bool:

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -25,14 +27,15 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
 from topdeck.core.errors import Cancelled, ChangedHostKey, HostKeyError, SSHError, TopdeckError, UnknownHostKey
-from topdeck.core.inventory import Host, SSHConfig
+from topdeck.core.inventory import Host, Passphrase, SSHConfig
+from topdeck.core.sshroute import Endpoint, Route, route
 
 # paramiko logs transport failures (with tracebacks) at ERROR; without a handler Python's last-resort
 # handler would print them on stderr, under the TUI. Our errors say what went wrong, in one line.
@@ -64,28 +67,37 @@ def known_hosts_name(address: str, port: int = 22) -> str:
 
 
 class HostKeys:
-    """A known_hosts file, read once and then only looked up (safe to share between threads).
+    """known_hosts files, read once and then only looked up (safe to share between threads).
 
-    Plain and hashed (`|1|...`) host names are understood, as paramiko's `load_system_host_keys`
-    does; wildcard patterns do not match. Unlike paramiko, one line it cannot use (a `@cert-authority`
-    line, an unknown key type, bad base64) does not make the whole file fail: that line is skipped
-    and noted in `problems`. Keys on `@revoked` lines are never trusted. A missing file holds no keys.
+    `path` is the operator's own file (the one keys are pinned into); `also` are read-only files such as
+    /etc/ssh/ssh_known_hosts, where NixOS's programs.ssh.knownHosts puts a fleet's keys. A key is trusted when
+    any of them pins it for the name. Plain and hashed (`|1|...`) host names are understood, as paramiko's
+    `load_system_host_keys` does; wildcard patterns do not match. Unlike paramiko, one line it cannot use (a
+    `@cert-authority` line, an unknown key type, bad base64) does not make the whole file fail: that line is
+    skipped and noted in `problems`. Keys on `@revoked` lines (in any file) are never trusted. A missing file
+    holds no keys.
     """
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, *, also: Sequence[Path] = ()):
         self.path = Path(path).expanduser() if path is not None else DEFAULT_KNOWN_HOSTS.expanduser()
+        self.also = tuple(Path(extra).expanduser() for extra in also if Path(extra).expanduser() != self.path)
         self.exists = self.path.exists()
         self.problems: list[str] = []
         self._keys = paramiko.HostKeys()
         self._revoked: set[bytes] = set()
-        if self.exists:
-            self._load()
+        for file in (self.path, *self.also):
+            if file.exists():
+                self._load(file)
 
-    def _load(self) -> None:
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path, *self.also)
+
+    def _load(self, path: Path) -> None:
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as error:
-            raise HostKeyError(f"{self.path}: cannot read known_hosts: {error.strerror}") from None
+            raise HostKeyError(f"{path}: cannot read known_hosts: {error.strerror}") from None
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -94,7 +106,7 @@ class HostKeys:
             if line.startswith("@"):
                 marker, _, line = line.partition(" ")
                 if marker != "@revoked":
-                    self.problems.append(f"{self.path}:{number}: {marker} lines are not supported; skipped")
+                    self.problems.append(f"{path}:{number}: {marker} lines are not supported; skipped")
                     continue
                 revoked, line = True, line.strip()
             try:
@@ -102,7 +114,7 @@ class HostKeys:
             except Exception:  # InvalidHostKey is not an SSHException; anything here means a bad line
                 entry = None
             if entry is None or entry.key is None:
-                self.problems.append(f"{self.path}:{number}: not a usable known_hosts line; skipped")
+                self.problems.append(f"{path}:{number}: not a usable known_hosts line; skipped")
                 continue
             if revoked:
                 self._revoked.add(entry.key.asbytes())
@@ -112,7 +124,11 @@ class HostKeys:
 
     def lookup(self, address: str, port: int = 22) -> list[paramiko.PKey]:
         """The keys pinned for this address and port (revoked ones left out)."""
-        found = self._keys.lookup(known_hosts_name(address, port))
+        return self.lookup_name(known_hosts_name(address, port))
+
+    def lookup_name(self, name: str) -> list[paramiko.PKey]:
+        """The keys pinned under a known_hosts name (`host` or `[host]:port`), revoked ones left out."""
+        found = self._keys.lookup(name)
         if found is None:
             return []
         return [key for key in found.values() if not self.revoked(key)]
@@ -120,47 +136,60 @@ class HostKeys:
     def revoked(self, key: paramiko.PKey) -> bool:
         return key.asbytes() in self._revoked
 
-    def check(self, host: str, address: str, port: int, key: paramiko.PKey) -> None:
-        """Raise UnknownHostKey or ChangedHostKey unless `key` is pinned for this address."""
-        pinned = self.lookup(address, port)
+    def check(self, host: str, address: str, port: int, key: paramiko.PKey, name: str = "", *,
+              trust: str = "") -> None:
+        """Raise UnknownHostKey or ChangedHostKey unless `key` is pinned for this address (or under `name`, the
+        known_hosts name when it is not the address's own, as with HostKeyAlias)."""
+        name = name or known_hosts_name(address, port)
+        pinned = self.lookup_name(name)
         if any(known.asbytes() == key.asbytes() for known in pinned):
             return
         if pinned:
             same_type = [known for known in pinned if known.get_name() == key.get_name()]
-            raise self.changed(host, address, port, key, (same_type or pinned)[0])
-        raise self.unknown(host, address, port, key)
+            raise self.changed(host, address, port, key, (same_type or pinned)[0], name)
+        raise self.unknown(host, address, port, key, name, trust=trust)
 
-    def unknown(self, host: str, address: str, port: int, key: paramiko.PKey) -> UnknownHostKey:
+    def unknown(self, host: str, address: str, port: int, key: paramiko.PKey, name: str = "", *,
+                trust: str = "") -> UnknownHostKey:
+        name = name or known_hosts_name(address, port)
         where = _where_host(host, address, port)
         if self.revoked(key):
             message = (f"{where}: host key {key.get_name()} {fingerprint(key)} is marked @revoked in "
-                       f"{self.path}; refusing to connect")
+                       f"{self._names()}; refusing to connect")
         else:
             missing = "" if self.exists else " (the file does not exist yet)"
+            alias = "" if name == known_hosts_name(address, port) else f" under {name}"
             message = (
-                f"{where}: unknown host key {key.get_name()} {fingerprint(key)}, not in {self.path}{missing}; "
-                f"check it on the host (ssh-keygen -lf /etc/ssh/ssh_host_{_short_type(key)}_key.pub) "
-                f"and, if it matches, accept it into {self.path}"
+                f"{where}: unknown host key {key.get_name()} {fingerprint(key)}, not in {self._names()}{alias}"
+                f"{missing}; check it on the host (ssh-keygen -lf /etc/ssh/ssh_host_{_short_type(key)}_key.pub) "
+                f"and, if it matches, accept it into {self.path}" + (f" (topdeck trust {trust})" if trust else "")
             )
         return UnknownHostKey(message, host=host, address=address, port=port, key=key,
-                              fingerprint=fingerprint(key), known_hosts=self.path)
+                              fingerprint=fingerprint(key), known_hosts=self.path, key_name=name)
 
     def changed(self, host: str, address: str, port: int, key: paramiko.PKey,
-                expected: paramiko.PKey) -> ChangedHostKey:
+                expected: paramiko.PKey, name: str = "") -> ChangedHostKey:
+        name = name or known_hosts_name(address, port)
         where = _where_host(host, address, port)
         message = (
             f"{where}: HOST KEY CHANGED (possible man-in-the-middle attack, or the host was reinstalled): "
-            f"{self.path} pins {expected.get_name()} {fingerprint(expected)}, the host presented "
+            f"{self._names()} pins {expected.get_name()} {fingerprint(expected)}, the host presented "
             f"{key.get_name()} {fingerprint(key)}; refusing to connect (if the change is expected, remove "
-            f"the old line with: ssh-keygen -R {known_hosts_name(address, port)} -f {self.path})"
+            f"the old line with: ssh-keygen -R {name} -f {self.path})"
         )
         return ChangedHostKey(message, host=host, address=address, port=port, key=key,
                               fingerprint=fingerprint(key), expected=expected,
-                              expected_fingerprint=fingerprint(expected), known_hosts=self.path)
+                              expected_fingerprint=fingerprint(expected), known_hosts=self.path, key_name=name)
+
+    def _names(self) -> str:
+        present = [str(file) for file in self.also if file.exists()]
+        return str(self.path) if not present else f"{self.path} or {', '.join(present)}"
 
 
-def accept_host_key(known_hosts: Path | str, address: str, port: int, key: paramiko.PKey) -> str:
-    """Pin `key` for `address:port` by appending one line to `known_hosts` (created if missing).
+def accept_host_key(known_hosts: Path | str, address: str, port: int, key: paramiko.PKey,
+                    name: str = "") -> str:
+    """Pin `key` for `address:port` (or under the known_hosts `name`, when given) by appending one line to
+    `known_hosts` (created if missing).
 
     Only for an explicit decision of the operator (after checking the fingerprint); `connect` never
     calls it. Returns the line. Refuses (HostKeyError) when the file already pins a different key for
@@ -168,10 +197,10 @@ def accept_host_key(known_hosts: Path | str, address: str, port: int, key: param
     the key is already pinned.
     """
     path = Path(known_hosts).expanduser()
-    name = known_hosts_name(address, port)
+    name = name or known_hosts_name(address, port)
     line = f"{name} {key.get_name()} {key.get_base64()}\n"
     current = HostKeys(path)
-    pinned = current.lookup(address, port)
+    pinned = current.lookup_name(name)
     if any(known.asbytes() == key.asbytes() for known in pinned):
         return line
     if pinned:
@@ -191,16 +220,6 @@ def accept_host_key(known_hosts: Path | str, address: str, port: int, key: param
     except OSError as error:
         raise HostKeyError(f"{path}: cannot write known_hosts: {error.strerror}") from None
     return line
-
-
-class _PinnedKeysOnly(paramiko.RejectPolicy):
-    """What paramiko calls for a host it finds no key for: refuse, with a message that helps."""
-
-    def __init__(self, host_keys: HostKeys, host: Host):
-        self.host_keys, self.host = host_keys, host
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise self.host_keys.unknown(self.host.name, self.host.address, self.host.port, key)
 
 
 # --- quoting --------------------------------------------------------------------------------------
@@ -236,12 +255,16 @@ class Result:
 
 
 class Session:
-    """One logged-in SSH client for one host. Use as a context manager; `close` is idempotent."""
+    """One logged-in SSH connection to one host, through its jump hosts if it has any. Use as a context
+    manager; `close` (idempotent) closes the target's connection and then every jump's. `host` carries the user
+    and port it logged in with."""
 
-    def __init__(self, host: Host, client: paramiko.SSHClient, *, channel_timeout: float = 10.0):
+    def __init__(self, host: Host, transports: Sequence[paramiko.Transport], *, route: Route | None = None,
+                 channel_timeout: float = 10.0):
         self.host = host
-        self.where = _where(host)
-        self._client = client
+        self.route = route
+        self.where = route.describe() if route is not None else _where(host)
+        self._transports = tuple(transports)  # the first jump first, the target last
         self._channel_timeout = channel_timeout
 
     def __enter__(self) -> Session:
@@ -251,12 +274,11 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        _close_all(self._transports)
 
     @property
     def active(self) -> bool:
-        transport = self._client.get_transport()
-        return transport is not None and transport.is_active()
+        return self._transports[-1].is_active()
 
     def run(
         self,
@@ -290,8 +312,8 @@ class Session:
             channel.close()
 
     def _open_channel(self, command: str) -> paramiko.Channel:
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
+        transport = self._transports[-1]
+        if not transport.is_active():
             raise SSHError(f"{self.where}: the SSH connection is closed")
         try:
             channel = transport.open_session(timeout=self._channel_timeout)
@@ -458,80 +480,244 @@ def _decode_line(line: bytes) -> str:
 # --- connecting -----------------------------------------------------------------------------------
 
 Connect = Callable[[Host, SSHConfig], Session]
+DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 
 
 def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
             keepalive: float = KEEPALIVE) -> Session:
-    """Log in to `host` as `host.user` with pinned host keys; one-line SSHError on any failure.
+    """Log in to `host` where its route says (ssh_config aliases, jump hosts), every hop's host key checked
+    against the known hosts; one-line SSHError on any failure, naming the hop that failed.
 
-    `host_keys` (loaded once from `ssh.known_hosts`, shared read-only) saves reading the file per host.
-    With `ssh.identity` only that key is offered; without it, the agent and ~/.ssh/id_* are tried.
+    `host_keys` (loaded once, shared read-only) saves reading the known_hosts files per host; without it they
+    are those of `[ssh] known_hosts` (or ssh_config's UserKnownHostsFile, or ~/.ssh/known_hosts) and
+    GlobalKnownHostsFile (/etc/ssh/ssh_known_hosts). Keys offered: key files without a passphrase, then
+    ssh-agent's keys (with IdentitiesOnly, only its copies of the key files), then key files with one, their
+    passphrase asked through `ssh.passphrase`.
     """
-    host_keys = host_keys if host_keys is not None else HostKeys(ssh.known_hosts)
-    where = _where(host)
-    timeout = ssh.connect_timeout
-    if ssh.identity is not None and not Path(ssh.identity).expanduser().is_file():
-        raise SSHError(f"{where}: identity file {ssh.identity} not found")
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_PinnedKeysOnly(host_keys, host))
-    # Only this host's pinned keys go into the client: paramiko then prefers their key type in the
-    # key exchange and raises BadHostKeyException for a different key of that type.
-    pinned = client.get_host_keys()
-    for key in host_keys.lookup(host.address, host.port):
-        pinned.add(known_hosts_name(host.address, host.port), key.get_name(), key)
-    identity = str(Path(ssh.identity).expanduser()) if ssh.identity is not None else None
+    path = route(host, ssh)
+    transports: list[paramiko.Transport] = []
     try:
-        client.connect(
-            host.address,
-            port=host.port,
-            username=host.user,
-            key_filename=identity,
-            look_for_keys=identity is None,
-            allow_agent=identity is None,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
-        )
-        transport = client.get_transport()
-        if transport is None or not transport.is_active():
-            raise SSHError(f"{where}: the connection closed during login")
-        # Same check again on the key actually presented, including the revoked list (paramiko only
-        # compares against keys of the presented type).
-        host_keys.check(host.name, host.address, host.port, transport.get_remote_server_key())
-        transport.set_keepalive(max(1, int(keepalive)))
-    except paramiko.BadHostKeyException as error:
-        client.close()
-        raise host_keys.changed(host.name, host.address, host.port, error.key, error.expected_key) from None
-    except SSHError:
-        client.close()
+        sock: socket.socket | paramiko.Channel | None = None
+        for index, hop in enumerate(path.hops):
+            transports.append(_login(path, hop, sock, ssh, host_keys, keepalive))
+            if index + 1 < len(path.hops):
+                sock = tunnel(path, transports[-1], hop, path.hops[index + 1], ssh.connect_timeout)
+    except BaseException:
+        _close_all(transports)
         raise
-    except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the host
-        cause = _handshake_failure(client, error)
-        client.close()
-        raise SSHError(f"{where}: {_connect_failure(cause, timeout, identity)}") from None
-    return Session(host, client, channel_timeout=timeout)
+    # The host as logged in: its user and port are what the route gave (ssh_config's User, say), which
+    # decides whether privileged steps need sudo.
+    logged_in = dataclasses.replace(host, user=path.target.user, port=path.target.port)
+    return Session(logged_in, transports, route=path, channel_timeout=ssh.connect_timeout)
 
 
-def _handshake_failure(client: paramiko.SSHClient, error: BaseException) -> BaseException:
-    """What really went wrong when paramiko says only "No existing session": its handshake thread gave up
-    (no banner in time, say) just as `connect` stopped waiting for it. The thread's own error says more."""
-    transport = client.get_transport()
-    if transport is None or "No existing session" not in str(error):
-        return error
+def host_keys_for(endpoint: Endpoint) -> HostKeys:
+    """The known hosts that vouch for `endpoint`: its first user file (where keys are pinned), then the others."""
+    user = endpoint.user_known_hosts
+    return HostKeys(user[0] if user else None, also=(*user[1:], *endpoint.global_known_hosts))
+
+
+def hop_name(path: Route, hop: Endpoint) -> str:
+    """How a message names a hop: the route itself for the target, `HOST: jump host NAME (...)` for a jump."""
+    if hop == path.target:
+        return path.describe()
+    return f"{path.host}: jump host {hop.name} ({hop.user}@{hop.hostname}{'' if hop.port == 22 else f':{hop.port}'})"
+
+
+def open_transport(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | None,
+                   timeout: float) -> paramiko.Transport:
+    """An SSH transport to `hop` whose key exchange is done (not yet checked, not logged in)."""
+    where = hop_name(path, hop)
+    if sock is None:
+        sock = _dial(path, hop, timeout)
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = timeout
+    transport.channel_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+        if transport.host_key is None:  # start_client gives up silently at its timeout
+            raise _handshake_failure(transport)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the hop
+        transport.close()
+        raise SSHError(f"{where}: {_connect_failure(error, timeout)}") from None
+    return transport
+
+
+def _handshake_failure(transport: paramiko.Transport) -> BaseException:
+    """Why a key exchange did not finish in time: the handshake thread's own error (no banner in time, say), which
+    it raises just as start_client stops waiting, or else a timeout."""
     transport.join(1.0)
     saved = getattr(transport, "saved_exception", None)
-    return saved if isinstance(saved, BaseException) else error
+    return saved if isinstance(saved, BaseException) else paramiko.SSHException("No existing session")
 
 
-def _connect_failure(error: BaseException, timeout: float, identity: str | None) -> str:
-    if isinstance(error, paramiko.PasswordRequiredException):
-        return (f"the identity {identity or 'key'} is protected by a passphrase; load it into ssh-agent "
-                "and leave ssh.identity unset")
-    if isinstance(error, paramiko.BadAuthenticationType):
-        return f"the server does not accept key logins (it allows: {', '.join(error.allowed_types)})"
-    if isinstance(error, paramiko.AuthenticationException):
-        return "the server refused our key" + (f" ({identity})" if identity else "")
+def _login(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | None, ssh: SSHConfig,
+           host_keys: HostKeys | None, keepalive: float) -> paramiko.Transport:
+    keys = host_keys if host_keys is not None else host_keys_for(hop)
+    transport = open_transport(path, hop, sock, ssh.connect_timeout)
+    try:
+        label = path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
+        keys.check(label, hop.hostname, hop.port, transport.get_remote_server_key(), hop.key_name,
+                   trust=path.host)
+        authenticate(path, hop, transport, ssh)
+        transport.set_keepalive(max(1, int(keepalive)))
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+def _dial(path: Route, hop: Endpoint, timeout: float) -> socket.socket:
+    where = hop_name(path, hop)
+    try:
+        return socket.create_connection((hop.hostname, hop.port), timeout=timeout)
+    except socket.gaierror as error:
+        raise SSHError(f"{where}: {_unresolved(path, hop, error)}") from None
+    except Exception as error:  # noqa: BLE001
+        raise SSHError(f"{where}: {_connect_failure(error, timeout)}") from None
+
+
+def _unresolved(path: Route, hop: Endpoint, error: socket.gaierror) -> str:
+    if hop.aliased:
+        return f"unreachable: cannot resolve {hop.hostname!r}, the HostName of {hop.name} ({error.strerror})"
+    config = f"no Host block in {path.config} gives it a HostName" if path.config else "no ssh_config is read"
+    return f"unknown host {hop.name!r}: not an IP address, not a name that resolves ({error.strerror}), and {config}"
+
+
+def tunnel(path: Route, transport: paramiko.Transport, jump: Endpoint, hop: Endpoint,
+           timeout: float) -> paramiko.Channel:
+    """A channel from `jump` to `hop`'s SSH port (what `ssh -W` asks a jump host for)."""
+    try:
+        return transport.open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=timeout)
+    except paramiko.ChannelException as error:
+        reason = {1: "the jump host does not allow forwarding (AllowTcpForwarding?)", 2: "connection failed"}
+        raise SSHError(f"{hop_name(path, hop)}: unreachable from jump host {jump.name}: "
+                       f"{reason.get(error.code, error.text)}") from None
+    except Exception as error:  # noqa: BLE001
+        raise SSHError(f"{hop_name(path, hop)}: unreachable from jump host {jump.name}: "
+                       f"{_connect_failure(error, timeout)}") from None
+
+
+# --- logging in -------------------------------------------------------------------------------------
+
+
+class AskOnce:
+    """A `passphrase` callback that asks `ask` at most once per key file, one question at a time (hosts
+    connect in parallel). `ask(path)` returns the passphrase or raises Cancelled."""
+
+    def __init__(self, ask: Passphrase):
+        self._ask = ask
+        self._known: dict[Path, str | Cancelled] = {}  # a refusal is remembered too: not asked again per host
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path) -> str:
+        with self._lock:
+            if path not in self._known:
+                try:
+                    self._known[path] = self._ask(path)
+                except Cancelled as refused:
+                    self._known[path] = refused
+            answer = self._known[path]
+        if isinstance(answer, Cancelled):
+            raise Cancelled(str(answer))
+        return answer
+
+
+def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh: SSHConfig) -> None:
+    where = hop_name(path, hop)
+    files = _identity_files(hop, where)
+    tried: list[str] = []
+    locked: list[Path] = []
+    for file in files:
+        key = _load_key(file, None, where)
+        if key is None:
+            locked.append(file)
+        elif _offer(transport, hop, key, where, tried, str(file)):
+            return
+    with contextlib.closing(paramiko.Agent()) as agent:
+        # IdentitiesOnly: only the agent's copies of the configured keys (known by their .pub files), as OpenSSH
+        allowed = _public_blobs(files) if hop.identities_only else None
+        for key in agent.get_keys():
+            if allowed is not None and key.asbytes() not in allowed:
+                continue
+            if _offer(transport, hop, key, where, tried, f"agent key {fingerprint(key)}"):
+                return
+    for file in locked:
+        if ssh.passphrase is None:
+            raise SSHError(f"{where}: the key {file} is protected by a passphrase and there is no terminal to ask "
+                           f"for it: load it into ssh-agent (ssh-add {file})")
+        try:
+            given = ssh.passphrase(file)
+        except Cancelled as refused:  # this host fails; the others go on
+            raise SSHError(f"{where}: {refused}") from None
+        key = _load_key(file, given, where)
+        if key is not None and _offer(transport, hop, key, where, tried, str(file)):
+            return
+    if not tried:
+        raise SSHError(f"{where}: no key to log in with (set ssh.identity or IdentityFile, or load a key into "
+                       "ssh-agent)")
+    raise SSHError(f"{where}: the server refused our keys ({', '.join(tried)})")
+
+
+def _identity_files(hop: Endpoint, where: str) -> list[Path]:
+    if hop.identities:
+        for file in hop.identities:
+            if not file.is_file():
+                raise SSHError(f"{where}: identity file {file} not found")
+        return list(hop.identities)
+    return [file for file in (Path(name).expanduser() for name in DEFAULT_IDENTITIES) if file.is_file()]
+
+
+def _public_blobs(files: Sequence[Path]) -> set[bytes]:
+    """The public keys next to key files (`KEY.pub`), where they exist and can be read."""
+    blobs = set()
+    for file in files:
+        try:
+            key_type, data = file.with_name(file.name + ".pub").read_text().split()[:2]
+            blobs.add(paramiko.PKey.from_type_string(key_type, base64.b64decode(data)).asbytes())
+        except (OSError, ValueError, paramiko.SSHException):
+            continue
+    return blobs
+
+
+def _load_key(file: Path, passphrase: str | None, where: str) -> paramiko.PKey | None:
+    """The private key in `file`; None when it needs a passphrase that was not given."""
+    try:
+        return paramiko.PKey.from_path(file, passphrase.encode() if passphrase is not None else None)
+    except (paramiko.PasswordRequiredException, TypeError):  # cryptography says TypeError for OpenSSH-format keys
+        if passphrase is None:
+            return None
+        raise SSHError(f"{where}: the passphrase given for {file} is wrong") from None
+    except (paramiko.SSHException, ValueError) as error:
+        if passphrase is not None:
+            raise SSHError(f"{where}: the passphrase given for {file} is wrong") from None
+        raise SSHError(f"{where}: cannot use the key {file}: {_one_line(error)}") from None
+    except OSError as error:
+        raise SSHError(f"{where}: cannot read the key {file}: {error.strerror}") from None
+
+
+def _offer(transport: paramiko.Transport, hop: Endpoint, key: paramiko.PKey, where: str, tried: list[str],
+           label: str) -> bool:
+    """Try one key; True once logged in."""
+    tried.append(label)
+    try:
+        transport.auth_publickey(hop.user, key)
+    except paramiko.BadAuthenticationType as error:
+        raise SSHError(f"{where}: the server does not accept key logins (it allows: "
+                       f"{', '.join(error.allowed_types)})") from None
+    except paramiko.AuthenticationException:
+        return False
+    except Exception as error:  # noqa: BLE001
+        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0)}") from None
+    return transport.is_authenticated()
+
+
+def _close_all(transports: Sequence[paramiko.Transport]) -> None:
+    for transport in reversed(transports):
+        transport.close()
+
+
+def _connect_failure(error: BaseException, timeout: float) -> str:
     if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
         reasons = {_socket_reason(e) for e in error.errors.values()}
         return "unreachable: " + ", ".join(sorted(reasons))
@@ -546,12 +732,12 @@ def _connect_failure(error: BaseException, timeout: float, identity: str | None)
     text = _one_line(error)
     if "No existing session" in text:
         return f"the SSH handshake did not finish within {timeout:g} s"
-    if "No authentication methods available" in text:
-        return "no key to log in with (set ssh.identity, or load a key into ssh-agent)"
     if "protocol banner" in text:
         return f"no SSH server answered (no SSH banner within {timeout:g} s)"
     if "Authentication timeout" in text:
         return f"login did not finish within {timeout:g} s"
+    if "Negotiation timed out" in text or "timed out" in text.lower():
+        return f"the SSH handshake did not finish within {timeout:g} s"
     return f"SSH failed: {text}"
 
 

@@ -41,6 +41,9 @@ class HostState:
     slow_cpu_percent: int = 0
     image: str = ""  # empty for a native host; else the image it boots (topdeck.lab.images)
     boot_pid: int = 0  # an image host's launcher, which runs systemd-nspawn (again after each reboot)
+    netns: str = ""  # the lab network namespace it lives in (topdeck.lab.netns); "" for this machine's network
+    jump: bool = False  # a bastion: its sshd forwards connections (AllowTcpForwarding)
+    listen: tuple[str, ...] = ()  # more addresses its sshd listens on
 
 
 class LabHost:
@@ -95,7 +98,7 @@ class LabHost:
         """`key_dir`: where sshd finds the host's key (the host's own ssh folder unless given)."""
         return "\n".join(
             [
-                f"ListenAddress {self.address}:22",
+                *(f"ListenAddress {_with_port(address)}" for address in (self.address, *self.state.listen)),
                 f"HostKey {(key_dir or self.dir / 'ssh') / 'ssh_host_ed25519_key'}",
                 "PidFile /run/sshd.pid",
                 "PermitRootLogin prohibit-password",
@@ -107,7 +110,7 @@ class LabHost:
                 f"UsePAM {'yes' if pam else 'no'}",
                 "PrintMotd no",
                 "X11Forwarding no",
-                "AllowTcpForwarding no",
+                f"AllowTcpForwarding {'yes' if self.state.jump else 'no'}",
                 "MaxStartups 100:30:200",
                 "MaxSessions 64",
                 "LogLevel VERBOSE",
@@ -139,7 +142,7 @@ class LabHost:
         ]
         script = " && ".join([*mounts, f"touch {shlex.quote(str(ready))}", "exec sleep infinity"])
         pid = spawn_detached(
-            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script],
+            [*self._in_netns(), "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script],
             self.dir / "namespace.log",
         )
         wait_for(lambda: ready.exists(), 10, f"host {self.name}: namespace did not come up", self._ns_log)
@@ -156,7 +159,19 @@ class LabHost:
 
     def nsenter(self) -> list[str]:
         """The command prefix that runs a command inside the host."""
-        return ["nsenter", "-t", str(self.state.anchor_pid), *self.NSENTER, "--"]
+        network = ("-n",) if self.state.netns else ()
+        return ["nsenter", "-t", str(self.state.anchor_pid), *self.NSENTER, *network, "--"]
+
+    def _in_netns(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.state.netns}", "--"] if self.state.netns else []
+
+    def listening(self) -> bool:
+        """Whether the host's sshd accepts connections on its address (in the host's own network)."""
+        if not self.state.netns:
+            return port_open(self.address, 22)
+        from topdeck.lab import netns
+
+        return netns.port_open(self.state.netns, self.address, 22)
 
     def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
             timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
@@ -184,14 +199,13 @@ class LabHost:
             return
         config = self.dir / "ssh" / "sshd_config"
         pid = spawn_detached(
-            ["nsenter", "-t", str(self.state.anchor_pid), "-m", "--",
-             "/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(self.sshd_log)],
+            [*self.nsenter(), "/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(self.sshd_log)],
             self.dir / "ssh" / "sshd.stdout",
             env=HOST_ENV,
         )
         self.state = replace(self.state, sshd_pid=pid)
         self._apply_slowness()
-        wait_for(lambda: port_open(self.address, 22) or not _alive(pid), 10,
+        wait_for(lambda: self.listening() or not _alive(pid), 10,
                  f"host {self.name}: sshd did not start", self._sshd_log_tail)
         if not _alive(pid):
             raise LabError(f"host {self.name}: sshd exited at start: {self._sshd_log_tail()}")
@@ -201,7 +215,7 @@ class LabHost:
         for pid in self.namespace_pids():
             if pid != self.state.anchor_pid and _comm(pid) in self.SSHD_NAMES:
                 _kill(pid, signal.SIGKILL)
-        wait_for(lambda: not port_open(self.address, 22), 5, f"host {self.name}: sshd did not stop")
+        wait_for(lambda: not self.listening(), 5, f"host {self.name}: sshd did not stop")
         self.state = replace(self.state, sshd_pid=0)
 
     def sshd_running(self) -> bool:
@@ -317,6 +331,10 @@ class LabHost:
         return _tail(self.sshd_log)
 
 
+def _with_port(address: str) -> str:
+    return address if ":" in address else f"{address}:22"
+
+
 @functools.cache
 def sshd_knows(option: str, sshd: str = "/usr/sbin/sshd") -> bool:
     """Whether this machine's sshd accepts `-o option` (its configuration test exits 0)."""
@@ -394,15 +412,17 @@ def _tail(path: Path, chars: int = 400) -> str:
         return "(no log)"
 
 
-def listener(address: str, port: int) -> int:
-    """The pid of the process that listens on address:port over TCP (0 when none does, or none can be told)."""
-    return listeners(port).get(address, 0)
+def listener(address: str, port: int, network_of: int = 0) -> int:
+    """The pid of the process that listens on address:port over TCP (0 when none does, or none can be told), in
+    this machine's network or in that of process `network_of`."""
+    return listeners(port, network_of).get(address, 0)
 
 
-def listeners(port: int) -> dict[str, int]:
+def listeners(port: int, network_of: int = 0) -> dict[str, int]:
     """Every IPv4 address something listens on at `port`, with the listening process's pid (0 if unknown)."""
     sockets: dict[str, str] = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+    table = Path(f"/proc/{network_of}/net/tcp") if network_of else Path("/proc/net/tcp")
+    for line in table.read_text().splitlines()[1:]:
         fields = line.split()
         address, _, hex_port = fields[1].partition(":")
         if int(hex_port, 16) == port and fields[3] == "0A":

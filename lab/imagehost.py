@@ -28,7 +28,6 @@ from topdeck.lab.hosts import (
     _all_pids,
     _kill,
     _tail,
-    port_open,
     spawn_detached,
     wait_for,
 )
@@ -159,6 +158,7 @@ class ImageHost(LabHost):
             f"--bind={ssh}:{CONTAINER_SSH}",
             f"--bind-ro={ssh / 'sshd_config'}:/etc/ssh/sshd_config",
             f"--bind-ro={ssh / 'default'}:/etc/default/ssh",
+            *([f"--network-namespace-path=/run/netns/{self.state.netns}"] if self.state.netns else []),
         ]
 
     def _booted(self) -> bool:
@@ -201,7 +201,7 @@ class ImageHost(LabHost):
         result = self.run(["systemctl", "start", "ssh.service"], check=False)
         if result.returncode != 0:
             raise LabError(f"host {self.name}: systemctl start ssh.service failed: {self._sshd_log_tail()}")
-        wait_for(lambda: port_open(self.address, 22), 10, f"host {self.name}: sshd did not start",
+        wait_for(self.listening, 10, f"host {self.name}: sshd did not start",
                  self._sshd_log_tail)
         self._find_sshd()
         self._apply_slowness()
@@ -213,7 +213,7 @@ class ImageHost(LabHost):
 
     def _find_sshd(self) -> None:
         """Record the listening sshd's pid as this machine sees it (the main process of ssh.service)."""
-        wait_for(lambda: port_open(self.address, 22), 10, f"host {self.name}: sshd does not listen",
+        wait_for(self.listening, 10, f"host {self.name}: sshd does not listen",
                  self._sshd_log_tail)
         main = self.run(["systemctl", "show", "--property=MainPID", "--value", "ssh.service"]).stdout.decode()
         inner = int(main.strip() or 0)

@@ -6,6 +6,7 @@ it started and removes the hosts' stores; `status()` reads the live state. Needs
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from topdeck.core.errors import LabError
-from topdeck.lab import factory, images
+from topdeck.lab import factory, forward, images, netns
 from topdeck.lab.hosts import (
     HostState,
     LabHost,
@@ -85,6 +86,8 @@ class Lab:
         self.emulator_port = emulator_port
         self.hosts: dict[str, LabHost] = {}
         self.emulator = EmulatorState()
+        self.network: netns.Layout | None = None  # a bastion and the hosts behind it, if the lab has them
+        self.forwarder_pid = 0  # lets the hosts behind the bastion reach the emulator
         self._load_state()
 
     # --- files the lab writes ---------------------------------------------------------------------
@@ -126,15 +129,19 @@ class Lab:
 
     def up(self, count: int = 3, hosts: dict[str, str] | None = None, small_nix: dict[str, int] | None = None,
            image: str = images.NATIVE, kinds: dict[str, str] | None = None,
+           network: netns.Layout | None = None, listen: dict[str, tuple[str, ...]] | None = None,
            log=print) -> None:  # type: ignore[no-untyped-def]
         """Start the emulator and hosts, each installed with a first toplevel; whatever runs already is kept.
 
         `hosts` maps names to loopback addresses; without it, `count` hosts `host-1`... get addresses from
         the base address up. Each host is of kind `image` (topdeck.lab.images: native, trixie, sid) unless
-        `kinds` names another for it.
+        `kinds` names another for it. `network` makes one host a bastion in a network namespace of its own and
+        others hosts that only it can reach (topdeck.lab.netns); their addresses come from it. `listen` gives hosts
+        more `address[:port]`s for their sshd.
         """
         check_prerequisites()
         wanted = hosts or {f"host-{i + 1}": "" for i in range(count)}
+        self._set_network(network, wanted)
         kind_of = {name: images.check_kind((kinds or {}).get(name, image)) for name in wanted}
         unknown = sorted(set(kinds or {}) - set(wanted))
         if unknown:
@@ -145,10 +152,11 @@ class Lab:
         ensure_operator_user()
         missing = {name: address for name, address in wanted.items() if not self._host_running(name, kind_of[name])}
         for name, address in missing.items():
-            self._place_host(name, address, kind_of[name])
+            self._place_host(name, address, kind_of[name], (listen or {}).get(name, ()))
         for kind in sorted(set(kind_of.values()) - {images.NATIVE}):
             images.ensure_image(kind, log)
         self._ensure_emulator(log)
+        self._ensure_network()
         if missing:
             log(f"building the first toplevel for {len(missing)} host(s)")
             toplevel = self.build_initial_toplevel()
@@ -167,8 +175,15 @@ class Lab:
     def client_public_key(self) -> str:
         return self.client_key.with_suffix(".pub").read_text().strip()
 
-    def _place_host(self, name: str, address: str, kind: str) -> None:
+    def _place_host(self, name: str, address: str, kind: str, listen: tuple[str, ...] = ()) -> None:
         if name in self.hosts:
+            return
+        if self.network is not None and name in self.network.names():
+            state = HostState(name=name, address=self.network.address_of(name), image="" if kind == images.NATIVE
+                              else kind, netns=self.network.namespace_of(name), jump=name == self.network.bastion,
+                              listen=(*listen, *((self.network.bastion_inner_address,)
+                                                 if name == self.network.bastion else ())))
+            self.hosts[name] = _make_host(self.root, state)
             return
         address = address or self._next_address()
         _check_loopback(address)
@@ -180,7 +195,7 @@ class Lab:
             raise LabError(f"lab host {name}: {address}:22 is held by {describe_process(holder)}, which is no host "
                            f"of the lab in {self.root}: stop it, or `topdeck lab down` the lab that started it")
         image = "" if kind == images.NATIVE else kind
-        self.hosts[name] = _make_host(self.root, HostState(name=name, address=address, image=image))
+        self.hosts[name] = _make_host(self.root, HostState(name=name, address=address, image=image, listen=listen))
 
     def _start_host(self, name: str, toplevel: str, small_nix: int, log) -> None:  # type: ignore[no-untyped-def]
         host = self.hosts[name]
@@ -202,9 +217,32 @@ class Lab:
         host.start_sshd()
         return True
 
+    def _set_network(self, network: netns.Layout | None, wanted: dict[str, str]) -> None:
+        if network is None:
+            return
+        network = dataclasses.replace(network, tag=netns.tag_of(self.root))
+        if self.network is not None and self.network != network:
+            raise LabError("this lab has another bastion layout: `topdeck lab down` first to change it")
+        unknown = [name for name in network.names() if name not in wanted]
+        if unknown:
+            raise LabError(f"the bastion layout names {unknown[0]!r}, which is no host of the lab")
+        self.network = network
+
+    def _ensure_network(self) -> None:
+        """The namespaces, and the forwarder that lets the hosts behind the bastion reach the emulator."""
+        if self.network is None:
+            return
+        netns.create(self.network)
+        if self.forwarder_pid and _pid_alive(self.forwarder_pid):
+            return
+        port = int(self.emulator.url.rpartition(":")[2])
+        self.forwarder_pid, _ = forward.start(("127.0.0.1", port), ("127.0.0.1", port), self.root / "forward.log",
+                                              netns=netns.NETNS_DIR / self.network.inner_ns)
+        self._save_state()
+
     def _check_listener(self, host: LabHost) -> None:
         """The process that answers on the host's address must be the host's own sshd, not a leftover."""
-        holder = listener(host.address, 22)
+        holder = listener(host.address, 22, network_of=host.state.anchor_pid if host.state.netns else 0)
         if holder and host.namespace_alive() and host._namespace_of(holder) == host.state.namespace:
             return
         what = describe_process(holder) if holder else "nothing"
@@ -267,7 +305,8 @@ class Lab:
         return b"topdeck.lab.b2emu" in cmdline
 
     def _write_known_hosts(self) -> None:
-        lines = [f"{host.address} {host.public_host_key()}\n" for host in self.hosts.values()]
+        lines = [f"{_known_name(address)} {host.public_host_key()}\n" for host in self.hosts.values()
+                 for address in (host.address, *host.state.listen)]
         self.known_hosts.write_text("".join(lines))
 
     # --- controls for tests -----------------------------------------------------------------------
@@ -320,7 +359,7 @@ class Lab:
     def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
         """Stop every host and the emulator, and whatever else of this lab still runs (say, hosts its state file
         forgot); then nothing may listen on the hosts' addresses."""
-        addresses = [host.address for host in self.hosts.values()]
+        addresses = [host.address for host in self.hosts.values() if not host.state.netns]
         failures: list[LabError] = []
         for host in self.hosts.values():
             try:
@@ -328,11 +367,15 @@ class Lab:
                 log(f"host {host.name} stopped")
             except LabError as error:  # the others are stopped all the same
                 failures.append(error)
-        if self.emulator_running():
-            os.kill(self.emulator.pid, 15)
-            wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
-            log("B2 emulator stopped")
-        self._stop_leftovers(log)
+        try:
+            if self.emulator_running():
+                os.kill(self.emulator.pid, 15)
+                wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
+                log("B2 emulator stopped")
+            self._stop_leftovers(log)
+        finally:  # the namespaces go even when something above would not stop
+            for name in netns.delete(netns.tag_of(self.root), self.network):
+                log(f"removed {name}")
         for address in addresses:
             holder = listener(address, 22)
             if holder:
@@ -340,6 +383,7 @@ class Lab:
                                          "did not start: stop it by hand"))
         self.hosts = {}
         self.emulator = EmulatorState()
+        self.network, self.forwarder_pid = None, 0
         shutil.rmtree(self.root / "hosts", ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         self.known_hosts.unlink(missing_ok=True)
@@ -389,7 +433,12 @@ class Lab:
         self.base_address = data.get("base_address", self.base_address)
         self.emulator_port = data.get("emulator_port", self.emulator_port)
         self.emulator = EmulatorState(**data.get("emulator", {}))
-        self.hosts = {h["name"]: _make_host(self.root, HostState(**h)) for h in data.get("hosts", [])}
+        self.hosts = {h["name"]: _make_host(self.root, _host_state(h)) for h in data.get("hosts", [])}
+        if data.get("network"):
+            network = data["network"]
+            self.network = netns.Layout(network["bastion"], tuple(network["behind"]), network["block"],
+                                        network["tag"])
+        self.forwarder_pid = data.get("forwarder_pid", 0)
 
     def _save_state(self) -> None:
         data = {
@@ -397,6 +446,8 @@ class Lab:
             "emulator_port": self.emulator_port,
             "emulator": asdict(self.emulator),
             "hosts": [asdict(host.state) for host in self.hosts.values()],
+            "network": asdict(self.network) if self.network else None,
+            "forwarder_pid": self.forwarder_pid,
         }
         temporary = self.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(data, indent=2))
@@ -406,6 +457,16 @@ class Lab:
 def _key_of(credentials: Path) -> tuple[str, str]:
     data = tomllib.loads(credentials.read_text())
     return data["key_id"], data["application_key"]
+
+
+def _known_name(address: str) -> str:
+    """known_hosts' name for `address` or `address:port`."""
+    host, _, port = address.partition(":")
+    return host if port in ("", "22") else f"[{host}]:{port}"
+
+
+def _host_state(data: dict) -> HostState:  # type: ignore[type-arg]
+    return HostState(**{**data, "listen": tuple(data.get("listen", ()))})
 
 
 def _make_host(root: Path, state: HostState) -> LabHost:

@@ -378,6 +378,25 @@ def _stopped_host(ctx: Ctx) -> list[str]:
     return ["plan", "--on", "host-3"]
 
 
+# --- ssh_config, jump hosts, trust ---------------------------------------------------------------------
+
+
+def _ssh_config_row(text: str, address: str, argv: tuple[str, ...] = ("plan", "--on", "host-1")):  # type: ignore[no-untyped-def]
+    """host-1 named by `address` in an [ssh] config of the row's own holding `text`."""
+    def prepare(ctx: Ctx) -> list[str]:
+        (ctx.tmp / "ssh_config").write_text(text.format(host1=ctx.lab.host("host-1").address))
+        ctx.edit_config("connect_timeout = 5", f'connect_timeout = 5\nconfig = "{ctx.tmp / "ssh_config"}"')
+        ctx.host("host-1", f'address = "{address}"\npointer = "web"\n')
+        return list(argv)
+    return prepare
+
+
+def _trust_wrong_fingerprint(ctx: Ctx) -> list[str]:
+    _unknown_host_key(ctx)  # host-1's key is not pinned, and the file must stay as it is
+    return ["trust", "host-1", "--fingerprint", "SHA256:" + "A" * 43]
+
+
+
 # --- deploy, rollback, status, generations --------------------------------------------------------------
 # Rows that would change a host if topdeck let them through: each deploys or rolls back with --yes (without a
 # terminal, deploy and rollback refuse to ask), so a row that passes proves the refusal, not a question.
@@ -614,6 +633,13 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("ssh: host says nothing", _silent_host, [f"host-1 (root@{SILENT_ADDRESS}:", "no SSH server answered (no SSH banner within 1.5 s)"]),
     ("ssh: host stopped", _stopped_host, ["host-3 (root@", "unreachable: connection refused"]),
     ("ssh: Nix missing on the host", _host_without_nix, ["host-3: nix-store is not installed on this host"]),
+    ("ssh: unknown alias", _ssh_config_row("Host web-*\n    User root\n", "no-such-alias"), ["host-1 (root@no-such-alias): unknown host 'no-such-alias': not an IP address, not a name that resolves", "no Host block in {tmp}/ssh_config gives it a HostName"]),
+    ("ssh: bastion down", _ssh_config_row(f"Host jumpbox\n    HostName {UNREACHABLE_ADDRESS}\nHost web-1\n    HostName {{host1}}\n    ProxyJump jumpbox\n", "web-1"), [f"host-1: jump host jumpbox (root@{UNREACHABLE_ADDRESS}): unreachable: connection refused"]),
+    ("ssh: alias with a hostile HostName", _ssh_config_row(f"Host web-1\n    HostName a;touch{MARKER}\n", "web-1"), ["ssh_config: Host web-1: HostName 'a;touch", "is not an IP address or host name"]),
+    ("ssh: ProxyJump hop with a hostile user", _ssh_config_row("Host web-1\n    HostName {host1}\n    ProxyJump $(reboot)@{host1}\n", "web-1"), ["ProxyJump hop '$(reboot)@", "is not a valid user name"]),
+    ("config: [ssh] config missing", _config("connect_timeout = 5", 'connect_timeout = 5\nconfig = "no-such-ssh-config"'), ["{inv}/topdeck.toml: ssh.config: {inv}/no-such-ssh-config is not a file"]),
+    ("trust: fingerprint mismatch", _trust_wrong_fingerprint, ["host-1: the host presented ssh-ed25519 SHA256:", "not SHA256:AAAA", "refusing it, nothing written"]),
+    ("trust: not a fingerprint", _argv("trust", "host-1", "--fingerprint", "MD5:aa:bb"), ["trust: argument --fingerprint: 'MD5:aa:bb' is not a SHA256 fingerprint"]),
     *DEPLOY_ROWS,
 ]
 

@@ -132,10 +132,19 @@ class TopdeckApp(App[None]):
 
 def run_app(inventory_dir: Path) -> int:
     """`topdeck` with no command: the TUI on an inventory (errors reading it are one line, before any screen)."""
-    from topdeck.core.inventory import load_inventory
-    from topdeck.tui.backend import Backend
+    import dataclasses
 
-    app = TopdeckApp(Backend(load_inventory(inventory_dir)))
+    from topdeck.core.inventory import load_inventory
+    from topdeck.core.ssh import AskOnce
+    from topdeck.tui.backend import Backend
+    from topdeck.tui.screens.passphrase import PassphraseAsker
+
+    inventory = load_inventory(inventory_dir)
+    backend = Backend(inventory)
+    app = TopdeckApp(backend)
+    # Key passphrases are asked in a modal, once per key file while the app runs.
+    backend.inventory = dataclasses.replace(inventory, ssh=dataclasses.replace(
+        inventory.ssh, passphrase=AskOnce(PassphraseAsker(app))))
     app.run()
     return app.return_code or 0
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from topdeck.core import fleet, pointers
 from topdeck.core.cache import Cache, open_cache
 from topdeck.core.diff import ClosureDiff
-from topdeck.core.errors import CacheError, HostKeyError, UnknownHostKey
+from topdeck.core.errors import CacheError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.inventory import Host, Inventory
 from topdeck.core.manifest import manifest_name
@@ -134,11 +134,11 @@ class Backend:
             pass
 
     def accept_host_key(self, error: UnknownHostKey) -> str:
-        from topdeck.core.ssh import accept_host_key
+        """Pin the key the operator accepted, through the same core function as `topdeck trust`."""
+        from topdeck.core.trust import from_error, pin
 
-        if self.inventory.ssh.known_hosts is None:
-            raise HostKeyError("topdeck.toml: ssh.known_hosts is not set; nowhere to pin the key")
-        return accept_host_key(self.inventory.ssh.known_hosts, error.address, error.port, error.key)
+        pinned = pin(from_error(error))
+        return f"{pinned.key_name} {pinned.key_type} {pinned.key.get_base64()}\n"
 
     def _host(self, name: str) -> Host:
         return self.inventory.host(name)

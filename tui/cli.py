@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.tui import cli_apply, cli_build, cli_deploy, cli_gc, cli_lab, cli_plan, cli_push
+    from topdeck.tui import cli_apply, cli_build, cli_deploy, cli_gc, cli_lab, cli_plan, cli_push, cli_trust
 
     parser = Parser(
         prog="topdeck",
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_deploy.add_commands(commands)
     cli_gc.add_commands(commands)
     cli_apply.add_commands(commands)
+    cli_trust.add_commands(commands)
     return parser
 
 

@@ -22,9 +22,18 @@ from topdeck.core.fleet import (
     status_fleet,
     trusted_key,
 )
-from topdeck.core.inventory import Inventory, load_inventory, select_hosts
+from topdeck.core.inventory import Inventory, select_hosts
 from topdeck.core.signing import ssh_public_key
-from topdeck.tui.cli_output import EventPrinter, add_selector_option, ask, one_line, selector, size, to_json
+from topdeck.tui.cli_output import (
+    EventPrinter,
+    add_selector_option,
+    ask,
+    load_inventory,
+    one_line,
+    selector,
+    size,
+    to_json,
+)
 from topdeck.tui.cli_plan import render_plan
 
 BAR_WIDTH = 20

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from topdeck.core.inventory import Inventory, load_inventory
+from topdeck.core.sshroute import endpoint_label
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -215,7 +216,8 @@ def show_inventory(args: argparse.Namespace) -> int:
     width = max(len(host.name) for host in inventory.hosts)
     for host in inventory.hosts:
         tags = ",".join(host.tags) or "-"
-        print(f"{host.name:<{width}}  {host.user}@{host.address}:{host.port}  pointer={host.pointer}  tags={tags}")
+        where = endpoint_label(host, inventory.ssh)
+        print(f"{host.name:<{width}}  {where}  pointer={host.pointer}  tags={tags}")
     return 0
 
 

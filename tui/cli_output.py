@@ -7,12 +7,14 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 import humanize
 
 from topdeck.core.errors import Cancelled
 from topdeck.core.events import Event, LogLine, Progress
+from topdeck.core.inventory import Inventory
 
 
 class EventPrinter:
@@ -101,3 +103,23 @@ def to_json(value: object) -> object:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"event": type(value).__name__, **dataclasses.asdict(value)}
     return value
+
+
+def load_inventory(root: Path) -> Inventory:
+    """core's load_inventory, with SSH key passphrases asked on the terminal (once per key file per run)."""
+    from topdeck.core.inventory import load_inventory as load
+    from topdeck.core.ssh import AskOnce
+
+    inventory = load(root)
+    ssh = dataclasses.replace(inventory.ssh, passphrase=AskOnce(terminal_passphrase))
+    return dataclasses.replace(inventory, ssh=ssh)
+
+
+def terminal_passphrase(path: Path) -> str:
+    """Ask for a key's passphrase without echoing it; without a terminal, say to use ssh-agent."""
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise Cancelled(f"the key {path} is protected by a passphrase and stdin is not a terminal: load it into "
+                        f"ssh-agent (ssh-add {path})")
+    return getpass.getpass(f"Passphrase for {path}: ")

@@ -10,9 +10,8 @@ import humanize
 
 from topdeck.core.diff import render_diff_closures
 from topdeck.core.fleet import plan_fleet
-from topdeck.core.inventory import load_inventory
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
-from topdeck.tui.cli_output import EventPrinter, add_selector_option, size
+from topdeck.tui.cli_output import EventPrinter, add_selector_option, load_inventory, size
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event, Progress
 from topdeck.core.inventory import Host
+from topdeck.core.sshroute import endpoint_label
 from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, when
 from topdeck.tui.screens.base import TopdeckScreen
 
@@ -221,7 +222,7 @@ class FleetScreen(TopdeckScreen):
         pointer = self.topdeck.fleet.pointers.get(host.pointer)
         text = Text()
         text.append(host.name, style="bold")
-        text.append(f"  {host.user}@{host.address}:{host.port}", style="dim")
+        text.append(f"  {endpoint_label(host, self.topdeck.inventory.ssh)}", style="dim")
         if host.tags:
             text.append("  tags " + ", ".join(host.tags))
         text.append("  ")

@@ -54,7 +54,8 @@ class HostKeyScreen(ModalScreen[bool]):
                 text.append(f"pinned     {error.expected_fingerprint}\n")
                 text.append(f"presented  {key_type} {error.fingerprint}\n\n", style="bold")
                 text.append("If the change is expected, remove the old line by hand:\n")
-                name = error.address if error.port == 22 else f"[{error.address}]:{error.port}"
+                name = getattr(error, "key_name", "") or (
+                    error.address if error.port == 22 else f"[{error.address}]:{error.port}")
                 text.append(f"  ssh-keygen -R {name} -f {error.known_hosts}", style="bold")
                 yield Static(text, id="keytext")
                 yield Static("[b]escape[/b] close (refused)", classes="keys")
