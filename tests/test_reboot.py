@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, topdeck
 
 from topdeck.core import deploy as engine
+from topdeck.core import runs
 from topdeck.core.deploy import REBOOT, Settings, Target, _HostRunner, _Tracker
 from topdeck.core.errors import DeployError, LabError, SSHError
 from topdeck.core.events import HostPhase
@@ -123,7 +123,7 @@ def test_topdeck_reboot_keeps_the_system_and_changes_the_boot_id(lab, inventory)
         assert {k: v for k, v in after.items() if k != "boot_id"} == {
             k: v for k, v in before[name].items() if k != "boot_id"}
         assert outcomes[name]["outcome"] == "done" and outcomes[name]["booted"] == before[name]["current"]
-    run = next(Path(inventory, ".topdeck", "runs").glob(f"{json.loads(result.stdout.splitlines()[-1])['run_id']}*"))
+    run = next(runs.runs_dir(inventory).glob(f"{json.loads(result.stdout.splitlines()[-1])['run_id']}*"))
     assert json.loads(run.read_text())["kind"] == "reboot"
 
 
