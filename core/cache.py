@@ -72,6 +72,10 @@ class DeletingCache(Cache, Protocol):
         """Delete one version (an entry of `all_versions`); a version already gone is not an error."""
         ...
 
+    def listing_of(self, folder: str) -> dict[str, Entry]:
+        """The files under `folder` (a name ending in "/"), named from the cache's root as in `listing`."""
+        ...
+
 
 def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> Cache:
     if config.kind == "dir":
@@ -188,6 +192,9 @@ class DirCache:
         """Every recorded version of every file (a directory keeps only the newest content); ids are names."""
         return [dataclasses.replace(version, file_id=name) for name, entry in self.listing().items()
                 for version in (self.versions(name) or [entry])]
+
+    def listing_of(self, folder: str) -> dict[str, Entry]:
+        return {name: entry for name, entry in self.listing().items() if name.startswith(folder)}
 
     def delete_version(self, entry: Entry) -> None:
         self._path(entry.name).unlink(missing_ok=True)

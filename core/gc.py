@@ -51,6 +51,7 @@ class GcPlan:
     bytes: int  # their bytes
     kept_paths: int  # store paths whose narinfo and NAR stay
     downloads: int  # manifests and narinfos read to make the plan (B2 class B)
+    manifests: frozenset[str] = frozenset()  # every manifest in the cache when the plan was made
 
     @property
     def freed_bytes(self) -> int:
@@ -228,7 +229,7 @@ def plan_gc(cache: DeletingCache, systems: Mapping[StorePath, Sequence[str]], ve
         by_name[entry.name].append(entry)
     return GcPlan(kept=kept, deletions=tuple(entry for name in order for entry in by_name[name]),
                   files=len(versions), bytes=sum(entry.size for entry in versions), kept_paths=len(marker.paths),
-                  downloads=marker.downloads)
+                  downloads=marker.downloads, manifests=frozenset(name for name in latest if _is_manifest(name)))
 
 
 def _latest(versions: Iterable[Entry]) -> dict[str, Entry]:
@@ -288,17 +289,31 @@ def _deletion_order(doomed: set[str], references: Mapping[str, tuple[str, ...]])
 def collect(cache: DeletingCache, plan: GcPlan, *, emit: Emit = ignore, cancel: threading.Event | None = None,
             clock: Callable[[], float] = time.monotonic) -> tuple[int, int]:
     """Delete the plan's versions in its order; (versions deleted, bytes freed). Cancel stops between two
-    deletions, which leaves a valid cache (the order guarantees it at every step)."""
+    deletions, which leaves a valid cache (the order guarantees it at every step).
+
+    Before the first narinfo goes, the manifests are listed again: a push that finished meanwhile may name paths
+    the plan would delete (its listing saw them), so gc stops there (GcError) and is run again."""
     started, deleted, freed = clock(), 0, 0
     total = len(plan.deletions)
+    checked = False
     for entry in plan.deletions:
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"gc cancelled after {deleted} of {total} deletions; the cache is valid, run it again")
+        if not checked and not _is_manifest(entry.name):
+            _refuse_new_manifests(cache, plan, deleted)
+            checked = True
         cache.delete_version(entry)
         deleted, freed = deleted + 1, freed + entry.size
         emit(Progress("gc", deleted, total, freed, plan.freed_bytes, current=entry.name,
                       rate=freed / max(clock() - started, 1e-6)))
     return deleted, freed
+
+
+def _refuse_new_manifests(cache: DeletingCache, plan: GcPlan, deleted: int) -> None:
+    new = sorted(set(cache.listing_of(MANIFEST_FOLDER)) - plan.manifests)
+    if new:
+        raise GcError(f"a push wrote {len(new)} manifest(s) while gc ran ({new[0]}...); gc stopped after {deleted} "
+                      "deletions (manifests only, the cache is valid): run it again")
 
 
 def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,

@@ -177,6 +177,21 @@ def test_a_gc_stopped_after_any_deletion_leaves_a_valid_cache(fleet: FakeFleet, 
     assert all(narinfo_name(item.path) in fleet.cache.listing() for item in kept.paths)
 
 
+def test_a_push_that_finished_while_gc_ran_stops_it_before_any_narinfo_goes(fleet: FakeFleet) -> None:
+    versions = fleet.cache.all_versions()
+    plan = plan_gc(fleet.cache, pointer_systems(versions, keep=1), versions, min_age=0)
+    # a push, listed before the gc deletes: it saw nginx-1.26 present and named it in its new manifest
+    fleet.system("system-web-4", ("nginx-1.26",))
+
+    with pytest.raises(GcError, match=r"a push wrote 1 manifest\(s\) while gc ran .* run it again"):
+        collect(fleet.cache, plan)
+
+    listing = fleet.cache.listing()
+    assert narinfo_name(fleet.paths["nginx-1.26"]) in listing
+    assert all(e.name in listing for e in plan.deletions if not e.name.startswith("manifests/"))  # manifests only
+    assert problems(fleet.cache) == []
+
+
 def test_recent_uploads_and_systems_without_a_manifest_are_followed_and_kept(fleet: FakeFleet) -> None:
     versions = fleet.cache.all_versions()
     p = fleet.paths
