@@ -119,4 +119,7 @@ def summary(result: GcResult) -> str:
 
 
 def _cost(nbytes: int) -> str:
-    return f"${monthly_cost(nbytes):,.4f}" if nbytes < 10**10 else f"${monthly_cost(nbytes):,.2f}"
+    cost = monthly_cost(nbytes)
+    if 0 < cost < 0.0001:
+        return "under $0.0001"
+    return f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
