@@ -134,6 +134,9 @@ class _Push:
         self.started = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="topdeck-push") as pool:
             self._drive(pool)
+        # A cancel that came while no worker was inside an upload stops the drive with no worker's Cancelled.
+        if not self.failures and self.cancel.is_set() and any(p not in self.published for p in self.closure):
+            self.failures.append(Cancelled("push cancelled"))
         if self.failures:
             raise self._failure()
 
