@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# debootstrap and systemd-container build and boot the lab's image hosts (Debian roots with systemd as PID 1).
-DEBIAN_PACKAGES=(nix-bin openssh-server openssh-client iproute2 util-linux curl sudo passwd tmux librsvg2-bin
+# debootstrap and systemd-container build and boot the lab's image hosts (Debian roots with systemd as PID 1);
+# git is what Nix reads a flake in a git repository with (and the flake tests make one).
+DEBIAN_PACKAGES=(nix-bin openssh-server openssh-client iproute2 util-linux curl sudo passwd tmux librsvg2-bin git
                  python3-venv debootstrap systemd-container)
 
 missing=()
