@@ -78,8 +78,7 @@ def monthly_cost(nbytes: int) -> float:
 
 def pointer_systems(versions: Iterable[Entry], keep: int) -> dict[StorePath, list[str]]:
     """The toplevels of the last `keep` versions of every pointer, each with why it is kept."""
-    if keep < 1:
-        raise GcError(f"--keep {keep}: must keep at least the current version of each pointer (1 or more)")
+    check_keep(keep)
     by_pointer: dict[str, list[pointers.PointerVersion]] = defaultdict(list)
     for entry in versions:
         if entry.name.startswith(f"{pointers.DIRECTORY}/") and entry.name.endswith(".txt"):
@@ -90,6 +89,11 @@ def pointer_systems(versions: Iterable[Entry], keep: int) -> dict[StorePath, lis
             if version.path:
                 systems[parse_store_path(version.path)].append(f"pointer {name} (serial {version.serial})")
     return systems
+
+
+def check_keep(keep: int) -> None:
+    if keep < 1:
+        raise GcError(f"--keep {keep}: must keep at least the current version of each pointer (1 or more)")
 
 
 def host_systems(inventory: Inventory, *, skip_unreachable: bool = False, connect: Connect = connect,
@@ -322,8 +326,7 @@ def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unr
              cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> GcResult:
     """Plan a gc of the inventory's cache (asking every host what it runs); then, unless `dry_run` or `confirm`
     (shown the plan) says no, delete."""
-    if keep < 1:
-        pointer_systems((), keep)  # the one message for a bad keep, before any host or bucket is asked
+    check_keep(keep)  # before any host or bucket is asked
     started = clock()
     cache = cache or open_deleting_cache(inventory.cache)
     emit(Progress("gc-hosts", 0, len(inventory.hosts)))
