@@ -401,8 +401,7 @@ deploy() {
     set_profile
     write_run_env
     cp "$0" "$rundir/host.sh"
-    detach activate
-    follow_events "$run" "$(wc -l < "$rundir/events")"
+    detach_and_follow activate
 }
 
 check_system() {  # what nixos-rebuild checks before it sets the profile, and what the activation needs
@@ -477,6 +476,12 @@ detach() {
     fi
     TOPDECK_DETACHED=session NIXOS_INSTALL_BOOTLOADER=0 setsid sh "$rundir/host.sh" "$1" "$run" \
         < /dev/null >> "$rundir/activate.log" 2>&1 &
+}
+
+detach_and_follow() {  # detach step $1 and print its events: counted first, as the step may write them at once
+    seen_before=$(wc -l < "$rundir/events")
+    detach "$1"
+    follow_events "$run" "$seen_before"
 }
 
 take_over() {  # in the unit `detach` started for step $1: hold the host's lock for the run from now on
@@ -681,8 +686,7 @@ reboot_verb() {  # reboot RUN [options]: boot the boot default again, guarded; t
     save_failed_units
     write_run_env
     cp "$0" "$rundir/host.sh"
-    detach reboot-now
-    follow_events "$run" "$(wc -l < "$rundir/events")"
+    detach_and_follow reboot-now
 }
 
 generation_naming() {  # the newest system generation whose system is $1, if there is one
