@@ -14,7 +14,7 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check core tui lab tests bench
-	.venv/bin/mypy core lab
+	.venv/bin/mypy
 
 # Every benchmark against its baseline (needs root: it starts its own lab); writes bench/RESULTS.md.
 # `.venv/bin/python -m bench --help` lists them; `.venv/bin/python -m bench NAME --quick` runs one, with fewer repeats.

@@ -50,7 +50,7 @@ class LabHost:
     """A native host: this machine's Nix and OpenSSH, no init system; its namespace is a mount namespace."""
 
     NAMESPACE = "mnt"  # the kind of namespace that tells the host's processes from the others
-    NSENTER = ("-m",)
+    NSENTER: tuple[str, ...] = ("-m",)
     # OpenSSH 9.8 and later run each connection as sshd-session (and, from 10.0, authenticate in sshd-auth).
     SSHD_NAMES = ("sshd", "sshd-session", "sshd-auth")
 

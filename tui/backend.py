@@ -19,6 +19,7 @@ from topdeck.core.errors import CacheError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.inventory import Host, Inventory
 from topdeck.core.manifest import manifest_name
+from topdeck.core.pointers import Pointer, PointerVersion
 from topdeck.core.store import parse_store_path
 
 
@@ -28,10 +29,10 @@ class EngineBackend(Protocol):
     inventory: Inventory
 
     def status(self, emit: Emit, cancel: threading.Event) -> tuple[Any, ...]: ...
-    def pointers(self) -> dict[str, pointers.PointerVersion]: ...
-    def history(self, name: str) -> list[pointers.PointerVersion]: ...
-    def rollback_pointer(self, name: str, to: str | None = None) -> pointers.Pointer: ...
-    def publish_pointer(self, name: str, path: str) -> pointers.Pointer: ...
+    def pointers(self) -> dict[str, PointerVersion]: ...
+    def history(self, name: str) -> list[PointerVersion]: ...
+    def rollback_pointer(self, name: str, to: str | None = None) -> Pointer: ...
+    def publish_pointer(self, name: str, path: str) -> Pointer: ...
     def plan(self, hosts: Sequence[str], target: str | None, emit: Emit, cancel: threading.Event) -> Any: ...
     def in_cache(self, path: str) -> bool: ...
     def push(self, path: str, pointer: str | None, emit: Emit, cancel: threading.Event) -> PushResult: ...
@@ -84,19 +85,19 @@ class Backend:
 
     # --- pointers and the cache ---------------------------------------------------------------------
 
-    def pointers(self) -> dict[str, pointers.PointerVersion]:
+    def pointers(self) -> dict[str, PointerVersion]:
         return pointers.current(self.cache.listing())
 
-    def history(self, name: str) -> list[pointers.PointerVersion]:
+    def history(self, name: str) -> list[PointerVersion]:
         return pointers.history(self.cache, name)
 
-    def rollback_pointer(self, name: str, to: str | None = None) -> pointers.Pointer:
+    def rollback_pointer(self, name: str, to: str | None = None) -> Pointer:
         from topdeck.tui.cli_push import signing_key
 
         target = pointers.rollback_target(pointers.history(self.cache, name), to)
         return pointers.publish(self.cache, name, target, signing_key(self.inventory), self.cache.listing())
 
-    def publish_pointer(self, name: str, path: str) -> pointers.Pointer:
+    def publish_pointer(self, name: str, path: str) -> Pointer:
         from topdeck.tui.cli_push import signing_key
 
         store_path = parse_store_path(path)
