@@ -13,7 +13,7 @@ test: setup
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check core tui lab tests bench
+	.venv/bin/ruff check core cli tui lab tests bench
 	.venv/bin/mypy
 
 # Every benchmark against its baseline (needs root: it starts its own lab); writes bench/RESULTS.md.

@@ -77,7 +77,7 @@ def copy_inventory(scratch: Path, lab_dir: Path, base_address: str, port: int) -
 
 
 def topdeck(inventory: Path | None, *args: str) -> str:
-    command = [sys.executable, "-m", "topdeck.tui.cli"]
+    command = [sys.executable, "-m", "topdeck.cli"]
     if inventory is not None:
         command += ["--inventory", str(inventory)]
     result = subprocess.run([*command, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)

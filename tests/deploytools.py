@@ -45,7 +45,7 @@ def deploy_inventory(lab: Lab, root: Path, confirm_timeout: int) -> Path:
 
 
 def topdeck(inventory, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), *args],
                           capture_output=True, text=True, timeout=timeout, env=lab_env())
 
 

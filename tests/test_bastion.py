@@ -275,7 +275,7 @@ def run_on_a_terminal(inventory, answers: dict[str, str], *args: str) -> tuple[i
     pid, fd = pty.fork()
     if pid == 0:  # the child: never goes back into pytest, whatever happens
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory),
+            os.execve(sys.executable, [sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory),
                                        *args], {**lab_env(), "SSH_AUTH_SOCK": ""})
         finally:
             os._exit(127)

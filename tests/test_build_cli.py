@@ -16,10 +16,11 @@ pytestmark = pytest.mark.skipif(shutil.which("nix-build") is None or shutil.whic
 
 DEMO = Path(__file__).resolve().parent.parent / "hosts"
 
-# tui/cli.py with the build command registered, whether or not cli.py registers it already.
+# cli/main.py with the build command registered, whether or not main.py registers it already.
 RUNNER = """
 import argparse, sys
-from topdeck.tui import cli, cli_build
+from topdeck.cli import build as cli_build
+from topdeck.cli import main as cli
 
 original = cli.build_parser
 

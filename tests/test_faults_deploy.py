@@ -245,7 +245,7 @@ def test_topdeck_killed_mid_deploy_the_hosts_end_by_themselves_and_status_shows_
 
 def kill_topdeck_at(inventory, phase: str, host: str) -> subprocess.CompletedProcess[str]:
     """Run `topdeck deploy` and SIGKILL it as soon as `host` reports `phase`."""
-    command = [sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), "deploy", "--yes", "--json",
+    command = [sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), "deploy", "--yes", "--json",
                "--on", "@web"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab_env())
     seen = []

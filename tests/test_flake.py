@@ -78,7 +78,7 @@ def topdeck(inventory: Path, counted: Path, *args: str) -> subprocess.CompletedP
     (counted / "nix.log").unlink(missing_ok=True)
     env = lab_env()
     env["PATH"] = f"{counted}{os.pathsep}{env['PATH']}"
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), *args],
                           capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
 
 
@@ -371,7 +371,7 @@ def test_demo_flake_sets_the_lab_up_and_publishes_the_flake_fleets_systems(tmp_p
     env = {**lab_env(), "TOPDECK_LAB_DIR": str(lab_dir)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "topdeck.cli", *args], capture_output=True, text=True,
                               timeout=300, env=env, stdin=subprocess.DEVNULL)
 
     try:

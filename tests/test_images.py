@@ -28,7 +28,7 @@ NIX_SERIES = {"native": None, "trixie": "2.26.", "sid": "2.34."}
 
 
 def topdeck(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", *args], capture_output=True, text=True,
                           timeout=600, env=lab_env())
 
 

@@ -140,7 +140,7 @@ def test_cli_reports_bad_inventory_in_one_line(tmp_path):
     import sys
 
     root = write_inventory(tmp_path / "inv", {"web-1": HOST + "port = 0\n"})
-    result = subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(root)],
+    result = subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(root)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stdout == ""

@@ -143,7 +143,7 @@ def test_stopped_host_is_unreachable_and_comes_back_with_its_state(lab):
 
 
 def topdeck(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", *args], capture_output=True, text=True,
                           timeout=300)
 
 

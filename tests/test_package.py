@@ -20,7 +20,8 @@ def test_wheel_contains_every_subpackage(tmp_path):
                    check=True, capture_output=True)
     wheel = next(tmp_path.glob("topdeck-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package, folder in [("topdeck/core", "core"), ("topdeck/tui", "tui"), ("topdeck/lab", "lab")]:
+    for package, folder in [("topdeck/core", "core"), ("topdeck/cli", "cli"), ("topdeck/tui", "tui"),
+                            ("topdeck/lab", "lab")]:
         sources = {f"{package}/{p.relative_to(REPO / folder)}" for p in (REPO / folder).rglob("*.py")
                    if "__pycache__" not in p.parts}
         assert sources and sources <= names, f"missing from wheel: {sorted(sources - names)}"
@@ -28,7 +29,7 @@ def test_wheel_contains_every_subpackage(tmp_path):
     assert {"topdeck/lab/nix/toplevel.nix", "topdeck/lab/image/configure.sh"} <= names
     assert {"topdeck/core/host.sh", "topdeck/core/probe.sh"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "topdeck = topdeck.tui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "topdeck = topdeck.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_core_never_imports_ui():
@@ -36,7 +37,8 @@ def test_core_never_imports_ui():
     code = (
         "import sys\n"
         + "".join(f"import {m}\n" for m in modules)
-        + "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich') or m.startswith('topdeck.tui')]\n"
+        + "bad = [m for m in sys.modules\n"
+        + "       if m.split('.')[0] in ('textual', 'rich') or m.startswith(('topdeck.tui', 'topdeck.cli'))]\n"
         + "print(','.join(bad))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -45,15 +47,15 @@ def test_core_never_imports_ui():
 
 
 def test_help_runs_without_lab_or_inventory(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "topdeck.cli", "--help"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 0
     assert "lab" in result.stdout and "demo" in result.stdout
 
 
 def test_lint_is_clean():  # types: tests/test_types.py
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "core", "lab", "tui", "tests", "bench"], cwd=REPO,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "core", "cli", "lab", "tui", "tests", "bench"],
+                            cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

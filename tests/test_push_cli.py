@@ -9,7 +9,7 @@ import sys
 
 
 def topdeck(inventory, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), *args],
                           capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
                           stdin=subprocess.DEVNULL)
 

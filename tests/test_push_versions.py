@@ -45,7 +45,7 @@ def test_a_push_made_with_each_nix_is_substituted_by_each(lab, tmp_path, operato
     spec = (inventory / "web.json").read_text().replace("24.05.20240601.abcdef0", f"24.11.{uuid.uuid4().hex[:6]}")
     (inventory / "web.json").write_text(spec)
 
-    pushed = subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), "push", "host-1",
+    pushed = subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), "push", "host-1",
                              "--json"], capture_output=True, text=True, env=env, timeout=600)
 
     assert pushed.returncode == 0, pushed.stderr[-2000:]

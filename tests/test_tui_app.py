@@ -48,7 +48,7 @@ def fleet(tmp_path_factory):
 
 
 def topdeck(inventory, *args):
-    return subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", str(inventory), *args],
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), *args],
                           capture_output=True, text=True, timeout=300, env=lab_env(), stdin=subprocess.DEVNULL)
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "tui", "lab")
+PACKAGES = ("core", "cli", "tui", "lab")
 
 
 def mypy(root: Path) -> subprocess.CompletedProcess[str]:

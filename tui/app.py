@@ -7,44 +7,21 @@ worker per job.
 
 from __future__ import annotations
 
-import argparse
-import sys
-import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from topdeck.core.inventory import Inventory
 from topdeck.tui.backend import EngineBackend
 from topdeck.tui.present import Clock
+from topdeck.tui.state import FleetState, Run
 
 THEME = "tokyo-night"
-
-
-@dataclass
-class Run:
-    """A deploy or rollback in progress: what `q` must ask about and cancel."""
-
-    title: str
-    hosts: tuple[str, ...]
-    cancel: threading.Event
-
-
-@dataclass
-class FleetState:
-    """What the fleet screen shows and other screens read: refreshed in the background."""
-
-    statuses: dict[str, Any] = field(default_factory=dict)  # host name -> core.fleet.HostStatus
-    pointers: dict[str, Any] = field(default_factory=dict)  # pointer name -> core.pointers.PointerVersion
-    selected: set[str] = field(default_factory=set)
-    refreshed: float = 0.0
-    errors: tuple[str, ...] = ()
 
 
 class TopdeckApp(App[None]):
@@ -66,7 +43,7 @@ class TopdeckApp(App[None]):
         self.sub_title = str(backend.inventory.root)
 
     @property
-    def inventory(self):  # type: ignore[no-untyped-def]
+    def inventory(self) -> Inventory:
         return self.backend.inventory
 
     def on_mount(self) -> None:
@@ -117,7 +94,7 @@ class TopdeckApp(App[None]):
 
     # --- the command palette: every binding of the current screen is a command ----------------------
 
-    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         seen = set()
         for key, active in screen.active_bindings.items():
@@ -147,12 +124,3 @@ def run_app(inventory_dir: Path) -> int:
         inventory.ssh, passphrase=AskOnce(PassphraseAsker(app))))
     app.run()
     return app.return_code or 0
-
-
-def open_command(args: argparse.Namespace) -> int:
-    """The handler of `topdeck [--inventory DIR]`: the TUI on a terminal, the plain host listing elsewhere."""
-    if sys.stdout.isatty() and sys.stdin.isatty():
-        return run_app(args.inventory)
-    from topdeck.tui.cli_lab import show_inventory
-
-    return show_inventory(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from textual import work
 from textual.screen import Screen
@@ -12,9 +12,7 @@ from textual.screen import Screen
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event
 from topdeck.tui.messages import EngineEvent, JobDone, JobFailed
-
-if TYPE_CHECKING:
-    from topdeck.tui.app import TopdeckApp
+from topdeck.tui.state import Shell
 
 Job = Callable[[Emit, threading.Event], Any]
 
@@ -33,8 +31,8 @@ class TopdeckScreen(Screen[Any]):
     screen gets `EngineEvent`s while it runs and one `JobDone` or `JobFailed` at the end."""
 
     @property
-    def topdeck(self) -> TopdeckApp:
-        return self.app  # type: ignore[return-value]
+    def topdeck(self) -> Shell:
+        return cast(Shell, self.app)
 
     def start(self, name: str, job: Job, cancel: threading.Event | None = None) -> threading.Event:
         cancel = cancel or threading.Event()

@@ -28,9 +28,9 @@ from topdeck.core.events import (
     Progress,
     WaveStarted,
 )
-from topdeck.tui.app import Run
 from topdeck.tui.present import bar, phase_text, short_system, size
 from topdeck.tui.screens.base import TopdeckScreen
+from topdeck.tui.state import Run
 
 DEPLOY_COLUMNS = (("host", "host", None), ("phase", "phase", 11), ("paths", "paths", 7), ("bytes", "bytes", 17),
                   ("bar", "progress", 15), ("detail", "detail", 60))

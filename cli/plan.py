@@ -8,10 +8,9 @@ import sys
 
 import humanize
 
+from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, size
 from topdeck.core.diff import render_diff_closures
-from topdeck.core.fleet import plan_fleet
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
-from topdeck.tui.cli_output import EventPrinter, add_selector_option, load_inventory, size
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,10 +28,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
+    fleet = open_fleet(args.inventory)
     printer = EventPrinter(json_lines=False)
     try:
-        fleet_plan = plan_fleet(inventory, args.on, args.target, emit=printer)
+        fleet_plan = fleet.plan(args.on, args.target, emit=printer)
     finally:
         printer.close()
     result = fleet_plan.plan

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 from topdeck.core.events import Event, LogLine
-from topdeck.core.inventory import load_inventory, select_hosts
-from topdeck.core.release import build_each
+from topdeck.core.facade import Fleet
+from topdeck.core.inventory import load_inventory
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,10 +31,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def build_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    hosts = select_hosts(inventory, args.hosts, what="build")
+    fleet = Fleet(load_inventory(args.inventory))
+    hosts = fleet.hosts(args.hosts, what="build")
     nix_path_args = [part for path in args.include for part in ("-I", path)]
-    built, failures = build_each(hosts, emit=_log_printer(sys.stderr), nix_path_args=nix_path_args)
+    built, failures = fleet.build_each(hosts, emit=_log_printer(sys.stderr), nix_path_args=nix_path_args)
     if args.json:
         print(json.dumps({name: str(path) for name, path in built.items()}, indent=1))
     else:

@@ -8,9 +8,10 @@ import sys
 
 import humanize
 
-from topdeck.core.gc import DEFAULT_MIN_AGE, GcPlan, GcResult, gc_fleet, monthly_cost
+from topdeck.cli.output import EventPrinter, ask, size, to_json
+from topdeck.core.facade import Fleet
+from topdeck.core.gc import DEFAULT_MIN_AGE, GcPlan, GcResult, monthly_cost
 from topdeck.core.inventory import load_inventory
-from topdeck.tui.cli_output import EventPrinter, ask, size, to_json
 
 DEFAULT_KEEP = 3
 
@@ -48,7 +49,7 @@ def _hours(text: str) -> float:
 
 
 def gc_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
+    fleet = Fleet(load_inventory(args.inventory))
     printer = EventPrinter(json_lines=args.json)
     declined = []
 
@@ -62,7 +63,7 @@ def gc_command(args: argparse.Namespace) -> int:
         return False
 
     try:
-        result = gc_fleet(inventory, keep=args.keep, dry_run=args.dry_run, skip_unreachable=args.skip_unreachable,
+        result = fleet.gc(keep=args.keep, dry_run=args.dry_run, skip_unreachable=args.skip_unreachable,
                           min_age=args.min_age, confirm=confirm, emit=printer)
     finally:
         printer.close()

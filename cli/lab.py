@@ -1,4 +1,4 @@
-"""The `topdeck lab ...` and `topdeck demo` commands, and the plain listing of the inventory."""
+"""The `topdeck lab ...` and `topdeck demo` commands: the only part of the product that reaches into lab/."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from topdeck.core.inventory import Inventory, load_inventory
-from topdeck.core.sshroute import endpoint_label
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -196,29 +195,18 @@ def _emulator_port(inventory: Inventory) -> int:
 
 def _publish_first_toplevels(inventory: Inventory) -> None:
     """Build every host's system (one build) and publish each pointer's, as a first release (core.release)."""
-    from topdeck.core.cache import open_cache
-    from topdeck.core.release import release
-    from topdeck.tui.cli_output import EventPrinter
-    from topdeck.tui.cli_push import signing_key, summary
+    from topdeck.cli.output import EventPrinter
+    from topdeck.cli.push import summary
+    from topdeck.core.facade import Fleet
 
     printer = EventPrinter()
     hosts = [host for host in inventory.hosts if host.build is not None]
     print(f"building {', '.join(host.name for host in hosts)}")
     try:
-        result = release(hosts, lambda: open_cache(inventory.cache), signing_key(inventory), emit=printer)
+        result = Fleet(inventory).release(hosts, emit=printer)
     finally:
         printer.close()
     print(summary(result))
-
-
-def show_inventory(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    width = max(len(host.name) for host in inventory.hosts)
-    for host in inventory.hosts:
-        tags = ",".join(host.tags) or "-"
-        where = endpoint_label(host, inventory.ssh)
-        print(f"{host.name:<{width}}  {where}  pointer={host.pointer}  tags={tags}")
-    return 0
 
 
 def _print_status(status) -> None:  # type: ignore[no-untyped-def]

@@ -8,33 +8,20 @@ import sys
 import time
 from typing import TextIO
 
-from topdeck.core import runs
-from topdeck.core.cache import open_cache
-from topdeck.core.deploy import MODES, Settings, plan_waves
-from topdeck.core.errors import DeployError
-from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
-from topdeck.core.fleet import (
-    deploy_fleet,
-    generations,
-    plan_fleet,
-    reboot_fleet,
-    rollback_fleet,
-    status_fleet,
-    trusted_key,
-)
-from topdeck.core.inventory import Inventory, select_hosts
-from topdeck.core.signing import ssh_public_key
-from topdeck.tui.cli_output import (
+from topdeck.cli.output import (
     EventPrinter,
     add_selector_option,
     ask,
-    load_inventory,
     one_line,
+    open_fleet,
     selector,
     size,
     to_json,
 )
-from topdeck.tui.cli_plan import render_plan
+from topdeck.cli.plan import plan_json, render_plan
+from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
+from topdeck.core.facade import Fleet, check_waves
+from topdeck.core.vocabulary import SWITCH_MODES, HostState, Mode, Outcome
 
 BAR_WIDTH = 20
 
@@ -50,7 +37,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     add_selector_option(deploy)
     deploy.add_argument("--target", metavar="PATH", help="deploy this store path instead of the hosts' pointers")
-    deploy.add_argument("--mode", choices=MODES, default="switch",
+    deploy.add_argument("--mode", choices=[mode.value for mode in SWITCH_MODES], default=Mode.SWITCH.value,
                         help="switch (default): activate now and at boot; boot: at next boot only; test: now, not "
                         "at boot; dry-activate: show what would change")
     deploy.add_argument("--specialisation", metavar="NAME", default=None,
@@ -121,24 +108,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def deploy_command(args: argparse.Namespace) -> int:
-    plan_waves((), args.canary, args.wave)  # a bad --canary, --wave or --reboot is refused before any host is asked
-    inventory = load_inventory(args.inventory)
-    Settings(args.mode, "", trusted_key(inventory), reboot=args.reboot)
-    selectors = _retried(inventory, args.on) if args.retry_failed else list(args.on)
-    return plan_confirm_deploy(inventory, selectors, args)
+    check_waves(args.canary, args.wave)  # a bad --canary or --wave is refused before the inventory is read
+    fleet = open_fleet(args.inventory)
+    fleet.check_deploy(args.mode, reboot=args.reboot)
+    selectors = fleet.retry_hosts(args.on) if args.retry_failed else list(args.on)
+    return plan_confirm_deploy(fleet, selectors, args)
 
 
-def plan_confirm_deploy(inventory: Inventory, selectors: list[str], args: argparse.Namespace) -> int:
+def plan_confirm_deploy(fleet: Fleet, selectors: list[str], args: argparse.Namespace) -> int:
     """Plan the hosts, show the plan, ask (unless --yes), deploy with live rows, report: `deploy` and `apply`.
     `args` holds deploy's options (target, mode, reboot, canary, wave, specialisation, yes, json)."""
     progress = EventPrinter(json_lines=args.json)
     try:
-        fleet_plan = plan_fleet(inventory, selectors, args.target, emit=progress)
+        fleet_plan = fleet.plan(selectors, args.target, emit=progress)
     finally:
         progress.close()
     if args.json:
-        from topdeck.tui.cli_plan import plan_json
-
         print(json.dumps({"event": "Plan", **plan_json(fleet_plan.plan, fleet_plan.fetch_url)}), flush=True)
     else:
         print("\n".join(render_plan(fleet_plan.plan, fleet_plan.fetch_url)))
@@ -148,62 +133,44 @@ def plan_confirm_deploy(inventory: Inventory, selectors: list[str], args: argpar
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
-        result = deploy_fleet(inventory, fleet_plan, mode=args.mode, reboot=args.reboot, canary=args.canary,
-                              wave=args.wave, specialisation=args.specialisation, emit=board)
+        result = fleet.deploy(fleet_plan, args.mode, reboot=args.reboot, canary=args.canary, wave=args.wave,
+                              specialisation=args.specialisation, emit=board)
     finally:
         board.close()
     return _report(result, args.json)
 
 
-def _retried(inventory: Inventory, on: list[str]) -> list[str]:
-    """The hosts the last run failed, among those --on selects (all of them without --on)."""
-    failed = list(runs.failed_hosts(inventory.root))
-    if not failed:
-        raise DeployError("the last run had no failed hosts: nothing to retry")
-    known = {host.name for host in inventory.hosts}
-    stranger = next((name for name in failed if name not in known), None)
-    if stranger is not None:  # a name, not a selector: a record naming '*' or '@web' must not widen the retry
-        raise DeployError(f"the last run (in {runs.runs_dir(inventory.root)}) names host {stranger!r}, which is "
-                          "not in the inventory: nothing retried")
-    if on:
-        chosen = {host.name for host in select_hosts(inventory, on)}
-        failed = [name for name in failed if name in chosen]
-        if not failed:
-            raise DeployError(f"--on {','.join(on)}: none of these hosts failed in the last run: nothing to retry")
-    return failed
-
-
 def rollback_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    select_hosts(inventory, args.hosts, what="rollback")  # hosts that do not exist are refused before asking
+    fleet = open_fleet(args.inventory)
+    fleet.hosts(args.hosts, what="rollback")  # hosts that do not exist are refused before asking
     what = f"generation {args.to}" if args.to is not None else "the previous generation"
     if not args.yes and not ask(f"switch {', '.join(args.hosts)} to {what}?"):
         print("nothing rolled back", file=sys.stderr)
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
-        result = rollback_fleet(inventory, args.hosts, args.to, emit=board)
+        result = fleet.rollback(args.hosts, args.to, emit=board)
     finally:
         board.close()
     return _report(result, args.json)
 
 
 def reboot_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    select_hosts(inventory, args.hosts, what="reboot")  # hosts that do not exist are refused before asking
+    fleet = open_fleet(args.inventory)
+    fleet.hosts(args.hosts, what="reboot")  # hosts that do not exist are refused before asking
     if not args.yes and not ask(f"reboot {', '.join(args.hosts)}?"):
         print("nothing rebooted", file=sys.stderr)
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
-        result = reboot_fleet(inventory, args.hosts, emit=board)
+        result = fleet.reboot(args.hosts, emit=board)
     finally:
         board.close()
     return _report(result, args.json)
 
 
 def status_command(args: argparse.Namespace) -> int:
-    found = status_fleet(load_inventory(args.inventory), args.on)
+    found = open_fleet(args.inventory).status(args.on)
     if args.json:
         print(json.dumps([to_json(s) for s in found], indent=1))
     else:
@@ -214,11 +181,11 @@ def status_command(args: argparse.Namespace) -> int:
                   f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
                   f"{f'; needs a reboot (its {s.needs_reboot} differs from the booted one)' if s.needs_reboot else ''}"
                   f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}")
-    return 0 if all(s.status == "up-to-date" for s in found) else 1
+    return 0 if all(s.status == HostState.UP_TO_DATE for s in found) else 1
 
 
 def generations_command(args: argparse.Namespace) -> int:
-    found = generations(load_inventory(args.inventory), args.host)
+    found = open_fleet(args.inventory).generations(args.host)
     if args.json:
         print(json.dumps([to_json(g) for g in found], indent=1))
         return 0
@@ -228,14 +195,11 @@ def generations_command(args: argparse.Namespace) -> int:
 
 
 def agent_config_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    host = inventory.host(args.host)
-    key = trusted_key(inventory)
-    url = open_cache(inventory.cache).substituter_url
+    agent = open_fleet(args.inventory).agent_config(args.host)
     print("imports = [ ./topdeck-agent ];  # the folder hosts/modules/topdeck-agent of topdeck, copied here\n"
           "services.topdeck-agent = {\n  enable = true;\n"
-          f"  pointer = {json.dumps(host.pointer)};\n  cache = {json.dumps(url)};\n"
-          f"  publicKey = {json.dumps(key.to_text())};\n  signer = {json.dumps(ssh_public_key(key))};\n}};")
+          f"  pointer = {json.dumps(agent.pointer)};\n  cache = {json.dumps(agent.cache_url)};\n"
+          f"  publicKey = {json.dumps(agent.public_key)};\n  signer = {json.dumps(agent.signer)};\n}};")
     return 0
 
 
@@ -259,7 +223,7 @@ def _report(result: DeployResult, as_json: bool) -> int:
 
 
 def _outcome_detail(outcome: HostOutcome) -> str:
-    if outcome.outcome == "done":
+    if outcome.outcome == Outcome.DONE:
         fetched = (f", fetched {outcome.fetched_paths} paths ({size(outcome.fetched_bytes)})"
                    if outcome.fetched_paths else "")
         booted = ", booted and confirmed" if outcome.booted else ""

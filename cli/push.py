@@ -9,16 +9,13 @@ from datetime import UTC, datetime
 
 import humanize
 
-from topdeck.core import pointers
-from topdeck.core.cache import Cache, open_cache
+from topdeck.cli.output import EventPrinter, ask, selector, size, to_json
 from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import PublishedPointer, PushResult
-from topdeck.core.inventory import Inventory, load_inventory, select_hosts
-from topdeck.core.push import push
-from topdeck.core.release import build_hosts, release
-from topdeck.core.signing import PublicKey, SecretKey, load_public_key, load_secret_key, parse_public_key
+from topdeck.core.facade import Fleet
+from topdeck.core.inventory import load_inventory
+from topdeck.core.pointers import PointerVersion, check_name
 from topdeck.core.store import StorePath, parse_store_path
-from topdeck.tui.cli_output import EventPrinter, ask, selector, size, to_json
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,28 +52,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     pointers_parser.set_defaults(handler=pointers_command)
 
 
-def signing_key(inventory: Inventory) -> SecretKey:
-    if inventory.cache.signing_key is None:
-        raise InventoryError(f"{inventory.root}/topdeck.toml: cache.signing_key is not set (needed to sign)")
-    return load_secret_key(inventory.cache.signing_key)
-
-
 def push_command(args: argparse.Namespace) -> int:
     if (args.target is None) == (not args.on):
         raise InventoryError("push: give a PATH or HOST, or --on SELECTOR (not both)")
     if args.on and args.pointer:
         raise InventoryError("push: --pointer names one pointer; with --on each host's own pointer is published")
-    inventory = load_inventory(args.inventory)
-    key = signing_key(inventory)
+    fleet = Fleet(load_inventory(args.inventory))
+    fleet.signing_key()  # a missing key is refused before anything is built
     printer = EventPrinter(json_lines=args.json)
     try:
         if args.on:
-            hosts = select_hosts(inventory, args.on)
-            result = release(hosts, lambda: open_cache(inventory.cache), key, emit=printer, jobs=max(1, args.jobs))
+            result = fleet.release(fleet.hosts(args.on), emit=printer, jobs=args.jobs)
         else:
-            toplevel, pointer = _target(inventory, args.target, args.pointer, printer)
-            result = push(toplevel, open_cache(inventory.cache), key, pointer=pointer, emit=printer,
-                          jobs=max(1, args.jobs))
+            toplevel, pointer = _target(fleet, args.target, args.pointer, printer)
+            result = fleet.push(toplevel, pointer=pointer, emit=printer, jobs=args.jobs)
     finally:
         printer.close()
     if args.json:
@@ -86,17 +75,11 @@ def push_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def publish_toplevel(inventory: Inventory, toplevel: StorePath, pointer: str, emit) -> PushResult:  # type: ignore[no-untyped-def]
-    """Push a toplevel and point `pointer` at it, with the inventory's cache and key."""
-    return push(toplevel, open_cache(inventory.cache), signing_key(inventory), pointer=pointer, emit=emit)
-
-
-def _target(inventory: Inventory, target: str, pointer: str | None,
-            printer: EventPrinter) -> tuple[StorePath, str | None]:
+def _target(fleet: Fleet, target: str, pointer: str | None, printer: EventPrinter) -> tuple[StorePath, str | None]:
     if target.startswith("/"):
         return parse_store_path(target), pointer
-    (host,) = select_hosts(inventory, [target], what="push")[:1]
-    return build_hosts([host], emit=printer)[host.name], pointer or host.pointer
+    (host,) = fleet.hosts([target], what="push")[:1]
+    return fleet.build(host, emit=printer), pointer or host.pointer
 
 
 def summary(result: PushResult) -> str:
@@ -120,28 +103,26 @@ def _named(pointer: PublishedPointer, result: PushResult) -> str:
 
 
 def pointers_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
+    fleet = Fleet(load_inventory(args.inventory))
     if (args.history or args.rollback is not None) and not args.name:
         raise InventoryError("pointers: --history and --rollback need a pointer NAME")
     if args.name:
-        pointers.check_name(args.name)
-    cache = open_cache(inventory.cache)
+        check_name(args.name)
     if args.rollback is not None:
-        return _rollback(inventory, cache, args)
+        return _rollback(fleet, args)
     if args.history:
-        versions = pointers.history(cache, args.name)
+        versions = fleet.history(args.name)
         if not versions:
             raise CacheError(f"pointer {args.name} does not exist")
-        _show(versions, args.json, label=lambda v: f"serial {v.serial}")
+        _show(versions, args.json)
         return 0
-    listing = pointers.current(cache.listing())
+    listing = fleet.pointers()
     if args.name:
         if args.name not in listing:
             raise CacheError(f"pointer {args.name} does not exist (pointers: {', '.join(listing) or 'none'})")
         listing = {args.name: listing[args.name]}
         # one pointer: read it as a host does, and check its signed sidecar with the trusted key
-        verified = pointers.read_verified(cache, args.name, trusted_keys(inventory))
-        signer = verified.sig.partition(":")[0]
+        signer = fleet.read_pointer(args.name).sig.partition(":")[0]
     if args.json:
         document = {name: to_json(v) for name, v in listing.items()}
         if args.name:
@@ -154,36 +135,22 @@ def pointers_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def trusted_keys(inventory: Inventory) -> list[PublicKey]:
-    """The cache's public key from topdeck.toml (public_key or public_key_file, else the signing key's)."""
-    config = inventory.cache
-    if config.public_key:
-        return [parse_public_key(config.public_key, f"{inventory.root}/topdeck.toml: cache.public_key")]
-    if config.public_key_file is not None:
-        return [load_public_key(config.public_key_file)]
-    if config.signing_key is not None:
-        return [load_secret_key(config.signing_key).public_key()]
-    raise InventoryError(f"{inventory.root}/topdeck.toml: set cache.public_key or cache.public_key_file "
-                         "(needed to check pointers)")
-
-
-def _rollback(inventory: Inventory, cache: Cache, args: argparse.Namespace) -> int:
-    versions = pointers.history(cache, args.name)
-    target = pointers.rollback_target(versions, args.rollback or None)
-    if not args.yes and not ask(f"point {args.name} back at {target} (now {versions[0].path})?"):
+def _rollback(fleet: Fleet, args: argparse.Namespace) -> int:
+    rollback = fleet.pointer_rollback(args.name, args.rollback or None)
+    if not args.yes and not ask(f"point {args.name} back at {rollback.target} (now {rollback.now})?"):
         print("not rolled back", file=sys.stderr)
         return 1
-    published = pointers.publish(cache, args.name, target, signing_key(inventory), cache.listing())
+    published = fleet.rollback_pointer(rollback)
     print(f"pointer {args.name} now names {published.path} (serial {published.serial})")
     return 0
 
 
-def _show(versions: list[pointers.PointerVersion], as_json: bool, label) -> None:  # type: ignore[no-untyped-def]
+def _show(versions: list[PointerVersion], as_json: bool) -> None:
     if as_json:
         print(json.dumps([to_json(v) for v in versions], indent=1))
         return
     for version in versions:
-        print(f"{label(version):<12} {_when(version.uploaded_ms):<16} {version.path}")
+        print(f"{f'serial {version.serial}':<12} {_when(version.uploaded_ms):<16} {version.path}")
 
 
 def _when(uploaded_ms: int) -> str:

@@ -14,6 +14,7 @@ import humanize
 
 from topdeck.core.errors import Cancelled
 from topdeck.core.events import Event, LogLine, Progress
+from topdeck.core.facade import Fleet
 from topdeck.core.inventory import Inventory
 
 
@@ -113,6 +114,11 @@ def load_inventory(root: Path) -> Inventory:
     inventory = load(root)
     ssh = dataclasses.replace(inventory.ssh, passphrase=AskOnce(terminal_passphrase))
     return dataclasses.replace(inventory, ssh=ssh)
+
+
+def open_fleet(root: Path) -> Fleet:
+    """The facade on the inventory at `root`, with SSH key passphrases asked on the terminal."""
+    return Fleet(load_inventory(root))
 
 
 def terminal_passphrase(path: Path) -> str:

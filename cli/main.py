@@ -20,7 +20,7 @@ class Parser(argparse.ArgumentParser):
     itself is in --help). Its subcommands' parsers are of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        from topdeck.tui.cli_output import one_line
+        from topdeck.cli.output import one_line
 
         command = self.prog.partition(" ")[2]  # "deploy" of "topdeck deploy"; "" for topdeck itself
         where = f"{command}: " if command else ""
@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.tui import cli_apply, cli_build, cli_deploy, cli_gc, cli_lab, cli_plan, cli_push, cli_trust
+    from topdeck.cli import apply, build, deploy, gc, lab, plan, push, trust
 
     parser = Parser(
         prog="topdeck",
@@ -40,28 +40,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inventory", type=Path, default=Path("hosts"), metavar="DIR",
                         help="inventory folder: topdeck.toml and one <host>/host.toml per host (default: ./hosts)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    cli_lab.add_commands(commands)
-    cli_build.add_commands(commands)
-    cli_push.add_commands(commands)
-    cli_plan.add_commands(commands)
-    cli_deploy.add_commands(commands)
-    cli_gc.add_commands(commands)
-    cli_apply.add_commands(commands)
-    cli_trust.add_commands(commands)
+    lab.add_commands(commands)
+    build.add_commands(commands)
+    push.add_commands(commands)
+    plan.add_commands(commands)
+    deploy.add_commands(commands)
+    gc.add_commands(commands)
+    apply.add_commands(commands)
+    trust.add_commands(commands)
     return parser
+
+
+def open_command(args: argparse.Namespace) -> int:
+    """The handler of `topdeck [--inventory DIR]`: the TUI on a terminal, the plain host listing elsewhere."""
+    if sys.stdout.isatty() and sys.stdin.isatty():
+        from topdeck.tui.app import run_app
+
+        return run_app(args.inventory)
+    return show_inventory(args)
+
+
+def show_inventory(args: argparse.Namespace) -> int:
+    """Each host of the inventory on one line: name, where it is reached, pointer and tags."""
+    from topdeck.core.inventory import load_inventory
+    from topdeck.core.sshroute import endpoint_label
+
+    inventory = load_inventory(args.inventory)
+    width = max(len(host.name) for host in inventory.hosts)
+    for host in inventory.hosts:
+        tags = ",".join(host.tags) or "-"
+        where = endpoint_label(host, inventory.ssh)
+        print(f"{host.name:<{width}}  {where}  pointer={host.pointer}  tags={tags}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        from topdeck.tui.app import open_command
-
         args.handler = open_command
     try:
         return int(args.handler(args) or 0)
     except TopdeckError as error:
-        from topdeck.tui.cli_output import one_line
+        from topdeck.cli.output import one_line
 
         print(f"topdeck: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_FAILED

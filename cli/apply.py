@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from topdeck.core.cache import open_cache
-from topdeck.core.deploy import MODES, Settings
-from topdeck.core.fleet import trusted_key
-from topdeck.core.inventory import load_inventory, select_hosts
-from topdeck.core.release import buildable, release
-from topdeck.tui.cli_deploy import plan_confirm_deploy
-from topdeck.tui.cli_output import EventPrinter, add_selector_option, to_json
-from topdeck.tui.cli_push import signing_key, summary
+from topdeck.cli.deploy import plan_confirm_deploy
+from topdeck.cli.output import EventPrinter, add_selector_option, to_json
+from topdeck.cli.push import summary
+from topdeck.core.facade import Fleet
+from topdeck.core.inventory import load_inventory
+from topdeck.core.vocabulary import SWITCH_MODES, Mode
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +23,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "or unless every host ended on its target.",
     )
     add_selector_option(apply)
-    apply.add_argument("--mode", choices=MODES, default="switch",
+    apply.add_argument("--mode", choices=[mode.value for mode in SWITCH_MODES], default=Mode.SWITCH.value,
                        help="switch (default): activate now and at boot; boot: at next boot only; test: now, not at "
                        "boot; dry-activate: show what would change")
     apply.add_argument("--yes", action="store_true", help="do not ask before deploying")
@@ -35,15 +33,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def apply_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    Settings(args.mode, "", trusted_key(inventory))  # a bad mode or key is refused before anything is built
-    hosts = select_hosts(inventory, args.on)
-    buildable(hosts)
-    key = signing_key(inventory)
+    fleet = Fleet(load_inventory(args.inventory))
+    fleet.check_deploy(args.mode)  # a bad mode or key is refused before anything is built
+    hosts = fleet.hosts(args.on)
+    fleet.check_buildable(hosts)
+    fleet.signing_key()
     printer = EventPrinter(json_lines=args.json)
     try:
-        result = release(hosts, lambda: open_cache(inventory.cache), key, emit=printer)
+        result = fleet.release(hosts, emit=printer)
     finally:
         printer.close()
     print(json.dumps(to_json(result)) if args.json else summary(result), flush=True)
-    return plan_confirm_deploy(inventory, list(args.on), args)
+    return plan_confirm_deploy(fleet, list(args.on), args)

@@ -8,10 +8,9 @@ import json
 import re
 import sys
 
+from topdeck.cli.output import one_line, open_fleet
 from topdeck.core.errors import Cancelled, TopdeckError
-from topdeck.core.inventory import select_hosts
-from topdeck.core.trust import Decide, HopKey, expect, trust
-from topdeck.tui.cli_output import load_inventory, one_line
+from topdeck.core.trust import Decide, HopKey, expect
 
 FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
@@ -44,14 +43,14 @@ def fingerprint_arg(value: str) -> str:
 
 
 def trust_command(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.inventory)
-    hosts = select_hosts(inventory, args.hosts, what="trust")
+    fleet = open_fleet(args.inventory)
+    hosts = fleet.hosts(args.hosts, what="trust")
     decide = _decider(args)
     results: list[HopKey] = []
     failed = 0
     for host in hosts:
         try:
-            found = trust(host, inventory.ssh, decide)
+            found = fleet.trust(host, decide)
         except TopdeckError as error:
             failed += 1
             print(f"topdeck: error: {one_line(str(error))}", file=sys.stderr)

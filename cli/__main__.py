@@ -1,0 +1,5 @@
+import sys
+
+from topdeck.cli.main import main
+
+sys.exit(main())

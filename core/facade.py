@@ -1,0 +1,245 @@
+"""The one door both front ends use into the engine: everything the CLI and the TUI do to a fleet.
+
+A `Fleet` holds one inventory and its side effects (how to open the cache, connect over SSH, read the clock and
+the run records); every method takes `emit` and `cancel` where the work is long, and returns core's own
+dataclasses. The rules the front ends share (which hosts a retry takes, which key signs and which key is trusted,
+how a pointer is published or rolled back) live here, once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from topdeck.core import fleet, gc, pointers, release, runs, trust
+from topdeck.core.cache import Cache, open_cache
+from topdeck.core.deploy import Settings, plan_waves
+from topdeck.core.diff import ClosureDiff
+from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, UnknownHostKey
+from topdeck.core.events import DeployResult, Emit, PushResult, ignore
+from topdeck.core.fleet import FleetPlan, Generation, HostStatus
+from topdeck.core.inventory import Host, Inventory, select_hosts
+from topdeck.core.manifest import manifest_name
+from topdeck.core.pointers import Pointer, PointerVersion
+from topdeck.core.push import push
+from topdeck.core.signing import PublicKey, SecretKey, load_secret_key, ssh_public_key
+from topdeck.core.ssh import Connect, connect
+from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.vocabulary import Mode
+
+Clock = Callable[[], float]
+FailedHosts = Callable[[Path], tuple[str, ...]]  # the hosts the last recorded run of an inventory failed
+
+
+def check_waves(canary: int, wave: str | None) -> None:
+    """Refuse a bad canary count or wave size before the inventory is read."""
+    plan_waves((), canary, wave)
+
+
+@dataclass(frozen=True)
+class PointerRollback:
+    """A pointer rollback, decided but not published yet: what the pointer names now and what it will name."""
+
+    name: str
+    target: StorePath
+    now: str
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What a host's pull agent needs: its pointer, where it fetches the cache, and the key it trusts."""
+
+    pointer: str
+    cache_url: str
+    public_key: str
+    signer: str
+
+
+class Fleet:
+    """One inventory, as the front ends drive it. Thread-safe: the TUI calls it from one worker thread per job."""
+
+    def __init__(self, inventory: Inventory, *, cache_of: Callable[[Inventory], Cache] | None = None,
+                 connect: Connect = connect, clock: Clock = time.time,
+                 failed_hosts: FailedHosts = runs.failed_hosts) -> None:
+        self.inventory = inventory
+        self._cache_of = cache_of or (lambda inventory: open_cache(inventory.cache))
+        self._connect = connect
+        self._clock = clock
+        self._failed_hosts = failed_hosts
+        self._cache: Cache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def cache(self) -> Cache:
+        """The inventory's cache, opened on first use and shared by every call after."""
+        with self._lock:
+            if self._cache is None:
+                self._cache = self._cache_of(self.inventory)
+            return self._cache
+
+    # --- the inventory and keys ---------------------------------------------------------------------
+
+    def hosts(self, selectors: Sequence[str] = (), what: str = "") -> tuple[Host, ...]:
+        """The hosts the selectors name (every host without any); an unknown name is an InventoryError."""
+        if what:
+            return select_hosts(self.inventory, list(selectors), what=what)
+        return select_hosts(self.inventory, list(selectors))
+
+    def signing_key(self) -> SecretKey:
+        """The key that signs pushes and pointers (cache.signing_key)."""
+        if self.inventory.cache.signing_key is None:
+            raise InventoryError(f"{self.inventory.root}/topdeck.toml: cache.signing_key is not set (needed to sign)")
+        return load_secret_key(self.inventory.cache.signing_key)
+
+    def trusted_key(self) -> PublicKey:
+        """The key hosts trust for the cache's signatures and the pointers."""
+        return fleet.trusted_key(self.inventory)
+
+    def agent_config(self, host_name: str) -> AgentConfig:
+        host = self.inventory.host(host_name)
+        key = self.trusted_key()
+        return AgentConfig(host.pointer, self.cache.substituter_url, key.to_text(), ssh_public_key(key))
+
+    # --- status, generations ------------------------------------------------------------------------
+
+    def status(self, selectors: Sequence[str] = (), emit: Emit = ignore,
+               cancel: threading.Event | None = None) -> tuple[HostStatus, ...]:
+        return fleet.status_fleet(self.inventory, selectors, cache=self.cache, connect=self._connect, emit=emit,
+                                  cancel=cancel)
+
+    def generations(self, host: str) -> tuple[Generation, ...]:
+        return fleet.generations(self.inventory, host, connect=self._connect)
+
+    def generation_diff(self, host: str, path: str) -> ClosureDiff:
+        return fleet.generation_diff(self.inventory, host, path, connect=self._connect)
+
+    # --- pointers and the cache -----------------------------------------------------------------------
+
+    def pointers(self) -> dict[str, PointerVersion]:
+        return pointers.current(self.cache.listing())
+
+    def history(self, name: str) -> list[PointerVersion]:
+        """Every version of the pointer, newest first (none for a pointer never published)."""
+        return pointers.history(self.cache, pointers.check_name(name))
+
+    def read_pointer(self, name: str) -> Pointer:
+        """The pointer as a host reads it, its signed sidecar checked with the trusted key."""
+        return pointers.read_verified(self.cache, pointers.check_name(name), [self.trusted_key()])
+
+    def in_cache(self, path: str) -> bool:
+        return manifest_name(parse_store_path(path)) in self.cache.listing()
+
+    def publish_pointer(self, name: str, path: str) -> Pointer:
+        """Point `name` at a store path the cache holds."""
+        store_path = parse_store_path(path)
+        if not self.in_cache(path):
+            raise CacheError(f"{path} is not in the cache: push it first")
+        return self._publish(name, store_path)
+
+    def pointer_rollback(self, name: str, to: str | None = None) -> PointerRollback:
+        """Which version a rollback of `name` would republish: the previous one, or the one with serial or path
+        `to`."""
+        versions = self.history(name)
+        return PointerRollback(name, pointers.rollback_target(versions, to), versions[0].path if versions else "")
+
+    def rollback_pointer(self, rollback: PointerRollback) -> Pointer:
+        """Republish the rollback's target as the pointer's newest version."""
+        return self._publish(rollback.name, rollback.target)
+
+    def _publish(self, name: str, path: StorePath) -> Pointer:
+        return pointers.publish(self.cache, name, path, self.signing_key(), self.cache.listing(), clock=self._clock)
+
+    # --- build, push, release -----------------------------------------------------------------------
+
+    def build(self, host: Host, emit: Emit = ignore, cancel: threading.Event | None = None) -> StorePath:
+        return release.build_hosts([host], emit=emit, cancel=cancel)[host.name]
+
+    def build_each(self, hosts: Sequence[Host], emit: Emit = ignore, nix_path_args: Sequence[str] = (),
+                   cancel: threading.Event | None = None) -> tuple[dict[str, StorePath], dict[str, NixError]]:
+        """Build every host; what built and, per host that did not, why."""
+        return release.build_each(hosts, emit=emit, cancel=cancel, nix_path_args=nix_path_args)
+
+    def push(self, toplevel: StorePath | str, pointer: str | None = None, emit: Emit = ignore,
+             cancel: threading.Event | None = None, jobs: int = 8) -> PushResult:
+        path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
+        key = self.signing_key()
+        return push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs))
+
+    def check_buildable(self, hosts: Sequence[Host]) -> None:
+        """Refuse hosts with nothing to build before anything is built."""
+        release.buildable(hosts)
+
+    def release(self, hosts: Sequence[Host], emit: Emit = ignore, cancel: threading.Event | None = None,
+                jobs: int = 8) -> PushResult:
+        """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
+        key = self.signing_key()
+        return release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs))
+
+    # --- plan, deploy, rollback, reboot ---------------------------------------------------------------
+
+    def check_deploy(self, mode: str, reboot: bool = False) -> None:
+        """Refuse a bad mode, reboot or trusted key before anything is built or any host is asked."""
+        Settings(mode, "", self.trusted_key(), reboot=reboot)
+
+    def retry_hosts(self, on: Sequence[str] = ()) -> list[str]:
+        """The hosts the last run failed, among those `on` selects (all of them when `on` is empty)."""
+        failed = list(self._failed_hosts(self.inventory.root))
+        if not failed:
+            raise DeployError("the last run had no failed hosts: nothing to retry")
+        known = {host.name for host in self.inventory.hosts}
+        stranger = next((name for name in failed if name not in known), None)
+        if stranger is not None:  # a name, not a selector: a record naming '*' or '@web' must not widen the retry
+            raise DeployError(f"the last run (in {runs.runs_dir(self.inventory.root)}) names host {stranger!r}, "
+                              "which is not in the inventory: nothing retried")
+        if on:
+            chosen = {host.name for host in self.hosts(on)}
+            failed = [name for name in failed if name in chosen]
+            if not failed:
+                raise DeployError(f"--on {','.join(on)}: none of these hosts failed in the last run: "
+                                  "nothing to retry")
+        return failed
+
+    def plan(self, selectors: Sequence[str], target: str | None = None, emit: Emit = ignore,
+             cancel: threading.Event | None = None) -> FleetPlan:
+        return fleet.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit, cancel=cancel)
+
+    def deploy(self, fleet_plan: FleetPlan, mode: str = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
+               wave: str | None = None, specialisation: str | None = None, emit: Emit = ignore,
+               cancel: threading.Event | None = None) -> DeployResult:
+        return fleet.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,
+                                  specialisation=specialisation, cache=self.cache, emit=emit, cancel=cancel,
+                                  clock=self._clock)
+
+    def rollback(self, hosts: Sequence[str], to: int | None = None, emit: Emit = ignore,
+                 cancel: threading.Event | None = None) -> DeployResult:
+        return fleet.rollback_fleet(self.inventory, list(hosts), to, emit=emit, cancel=cancel, clock=self._clock)
+
+    def reboot(self, hosts: Sequence[str], emit: Emit = ignore, cancel: threading.Event | None = None) -> DeployResult:
+        return fleet.reboot_fleet(self.inventory, list(hosts), emit=emit, cancel=cancel, clock=self._clock)
+
+    # --- gc, host keys --------------------------------------------------------------------------------
+
+    def gc(self, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,
+           min_age: float = gc.DEFAULT_MIN_AGE, confirm: Callable[[gc.GcPlan], bool] = lambda plan: True,
+           emit: Emit = ignore, cancel: threading.Event | None = None) -> gc.GcResult:
+        """Collect the cache (with the gc key, not the deploy key: its own cache, opened by core.gc)."""
+        return gc.gc_fleet(self.inventory, keep=keep, dry_run=dry_run, skip_unreachable=skip_unreachable,
+                           min_age=min_age, confirm=confirm, connect=self._connect, emit=emit, cancel=cancel,
+                           clock=self._clock)
+
+    def trust(self, host: Host, decide: trust.Decide) -> list[trust.HopKey]:
+        """Show the host's (and its jump hosts') keys to `decide`, and pin the accepted ones."""
+        return trust.trust(host, self.inventory.ssh, decide)
+
+    def check_host_key(self, host: str) -> None:
+        """Connect once: raises UnknownHostKey / ChangedHostKey (or another SSHError) if the key is not pinned."""
+        with self._connect(self.inventory.host(host), self.inventory.ssh):
+            pass
+
+    def accept_host_key(self, error: UnknownHostKey) -> str:
+        """Pin the key the operator accepted, as `topdeck trust` does; the known_hosts line written."""
+        pinned = trust.pin(trust.from_error(error))
+        return f"{pinned.key_name} {pinned.key_type} {pinned.key.get_base64()}\n"
