@@ -11,6 +11,7 @@ import humanize
 from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, size
 from topdeck.core.diff import render_diff_closures
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
+from topdeck.core.planview import GroupView, plan_view, reason
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,44 +42,37 @@ def plan_command(args: argparse.Namespace) -> int:
         print("\n".join(render_plan(result, fleet_plan.fetch_url)))
     for host in result.hosts:  # the plan is on stdout; what failed is also on stderr, one line per host
         if not host.planned:
-            print(f"topdeck: error: {_reason(host)}", file=sys.stderr)
+            print(f"topdeck: error: {reason(host)}", file=sys.stderr)
     return 0 if result.ok else 1
 
 
-def _reason(host: HostPlan) -> str:
-    return host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}"
-
-
 def render_plan(result: Plan, fetch_url: str = "") -> list[str]:
+    view = plan_view(result, fetch_url)
     lines: list[str] = []
-    for group in result.groups:
-        lines.extend(_render_group(group.hosts, group.plan))
+    for group in view.groups:
+        lines.extend(_render_group(group))
         lines.append("")
-    for host in result.hosts:
-        if not host.planned:
-            lines.append(_reason(host))
-    if fetch_url:
-        lines.append(f"hosts fetch from {fetch_url}")
-    lines.append(f"B2: about {result.class_b} class B transactions for the pulls "
-                 f"(free allowance {humanize.intcomma(B2_FREE_CLASS_B_PER_DAY)} a day)")
-    lines.extend(f"warning: {note}" for note in result.warnings)
+    lines.extend(host.reason for host in view.unplanned)
+    if view.fetch_url:
+        lines.append(f"hosts fetch from {view.fetch_url}")
+    lines.append(f"B2: about {view.class_b} class B transactions for the pulls "
+                 f"(free allowance {humanize.intcomma(view.free_class_b)} a day)")
+    lines.extend(f"warning: {note}" for note in view.warnings)
     return lines
 
 
-def _render_group(names: tuple[str, ...], host: HostPlan) -> list[str]:
-    assert host.state is not None and host.diff is not None and host.target is not None
-    current = host.state.current.name if host.state.current else "nothing"
-    lines = [f"{', '.join(names)}: {current} → {host.target.name}"]
-    if host.status == "up-to-date":
+def _render_group(group: GroupView) -> list[str]:
+    current = group.current.name if group.current else "nothing"
+    lines = [f"{', '.join(group.hosts)}: {current} → {group.target.name}"]
+    if group.up_to_date:
         return [*lines, "  already on the target: nothing to fetch"]
-    lines.extend(f"  {line}" for line in render_diff_closures(host.diff) or ["no package changes"])
-    diff = host.diff
-    before = len(host.state.closure)
-    after = before + len(diff.paths_added) - len(diff.paths_removed)
-    lines.append(f"  closure: {before} → {after} paths, {size(diff.size_before)} → {size(diff.size_after)}")
-    fits = "" if host.fits else "  DOES NOT FIT"
-    lines.append(f"  fetch: {host.fetch_paths} paths, {size(host.download_bytes)} download, "
-                 f"{size(host.unpacked_bytes)} unpacked; {size(host.state.free_bytes)} free on /nix{fits}")
+    lines.extend(f"  {line}" for line in render_diff_closures(group.diff) or ["no package changes"])
+    closure = group.closure
+    lines.append(f"  closure: {closure.paths_before} → {closure.paths_after} paths, {size(closure.bytes_before)} → "
+                 f"{size(closure.bytes_after)}")
+    fits = "" if group.fits else "  DOES NOT FIT"
+    lines.append(f"  fetch: {group.fetch_paths} paths, {size(group.download_bytes)} download, "
+                 f"{size(group.unpacked_bytes)} unpacked; {size(group.free_bytes)} free on /nix{fits}")
     return lines
 
 

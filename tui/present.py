@@ -10,28 +10,29 @@ import humanize
 from rich.text import Text
 
 from topdeck.core.diff import ClosureDiff, PackageChange, render_size_delta, show_versions
+from topdeck.core.planview import changes_by_kind
 from topdeck.core.store import split_name_version
+from topdeck.core.vocabulary import SWITCH_MODES, HostState, Phase
 
 Clock = Callable[[], float]
 
-STATUS_STYLES = {
-    "up-to-date": "green",
-    "behind": "yellow",
-    "drifted": "magenta",
-    "unreachable": "red",
-    "deploying": "cyan",
-    "rolled-back": "dark_orange",
-    "error": "red",
-    "unknown": "dim",
+STATUS_STYLES: dict[str, str] = {
+    HostState.UP_TO_DATE: "green",
+    HostState.BEHIND: "yellow",
+    HostState.DRIFTED: "magenta",
+    HostState.UNREACHABLE: "red",
+    HostState.DEPLOYING: "cyan",
+    HostState.ROLLED_BACK: "dark_orange",
+    HostState.ERROR: "red",
 }
 
-PHASE_STYLES = {
-    "done": "green",
-    "failed": "bold red",
-    "rolled-back": "dark_orange",
-    "skipped": "dim",
-    "cancelled": "yellow",
-    "queued": "dim",
+PHASE_STYLES: dict[str, str] = {
+    Phase.DONE: "green",
+    Phase.FAILED: "bold red",
+    Phase.ROLLED_BACK: "dark_orange",
+    Phase.SKIPPED: "dim",
+    Phase.CANCELLED: "yellow",
+    Phase.QUEUED: "dim",
 }
 
 KIND_STYLES = {
@@ -50,7 +51,7 @@ KIND_TITLES = {
     "changed": "rebuilt",
 }
 
-MODES = ("switch", "boot", "test", "dry-activate")
+MODES = tuple(mode.value for mode in SWITCH_MODES)
 
 
 def size(nbytes: int | float) -> str:
@@ -135,13 +136,10 @@ def change_line(change: PackageChange) -> Text:
 def diff_text(diff: ClosureDiff, *, show_rebuilds: bool = False) -> Text:
     """A closure diff grouped by kind (upgrades, downgrades, added, removed), as Nix names the changes."""
     out = Text()
-    shown = [c for c in diff.changes if c.shown or (show_rebuilds and c.kind == "changed")]
-    if not shown:
+    grouped = changes_by_kind(diff, rebuilds=show_rebuilds)
+    if not grouped:
         out.append("  no package changes\n", style="dim")
-    for kind in ("upgraded", "downgraded", "added", "removed", "changed"):
-        changes = [c for c in shown if c.kind == kind]
-        if not changes:
-            continue
+    for kind, changes in grouped:
         out.append(f" {KIND_TITLES[kind]} ({len(changes)})\n", style=f"bold {KIND_STYLES[kind]}")
         for change in changes:
             out.append_text(change_line(change))

@@ -16,12 +16,16 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event, Progress
+from topdeck.core.fleet import HostStatus
 from topdeck.core.inventory import Host
+from topdeck.core.pointers import PointerVersion
 from topdeck.core.sshroute import endpoint_label
+from topdeck.core.vocabulary import HostState
+from topdeck.tui.backend import EngineBackend
 from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, when
-from topdeck.tui.screens.base import TopdeckScreen
+from topdeck.tui.screens.base import Job, TopdeckScreen
 
-STATUSES = ("up-to-date", "behind", "drifted", "unreachable", "deploying", "rolled-back", "error")
+STATUSES = tuple(HostState)
 COLUMNS = (("mark", " "), ("host", "host"), ("status", "status"), ("current", "current"), ("desired", "desired"),
            ("gen", "gen"), ("pointer", "pointer"), ("tags", "tags"), ("last", "last deploy"))
 MARK = Text("●", style="bold yellow")
@@ -31,13 +35,13 @@ MARK = Text("●", style="bold yellow")
 class Refreshed:
     """What a background refresh read: the hosts' statuses and the pointers (each may have failed)."""
 
-    statuses: tuple[Any, ...]
-    pointers: dict[str, Any]
+    statuses: tuple[HostStatus, ...]
+    pointers: dict[str, PointerVersion]
     errors: tuple[str, ...]
     seconds: float
 
 
-def refresh_job(backend: Any) -> Any:
+def refresh_job(backend: EngineBackend) -> Job:
     def job(emit: Emit, cancel: threading.Event) -> Refreshed:
         started = time.monotonic()
         errors = []
@@ -113,17 +117,17 @@ class FleetScreen(TopdeckScreen):
     def hosts(self) -> tuple[Host, ...]:
         return tuple(self.topdeck.inventory.hosts)
 
-    def _status_cell(self, host: Host, status: object) -> Text:
+    def _status_cell(self, host: Host, status: HostStatus | None) -> Text:
         cell = status_text(self.status_of(host))
-        if getattr(status, "needs_reboot", ""):
+        if status is not None and status.needs_reboot:
             cell.append(", reboot", style="yellow")
         return cell
 
     def status_of(self, host: Host) -> str:
         if host.name in self.topdeck.deploying:
-            return "deploying"
+            return HostState.DEPLOYING
         status = self.topdeck.fleet.statuses.get(host.name)
-        return getattr(status, "status", "") if status is not None else ""
+        return status.status if status is not None else ""
 
     def shown_hosts(self) -> list[Host]:
         words = self.filter_text.split()
@@ -150,18 +154,18 @@ class FleetScreen(TopdeckScreen):
         fleet = self.topdeck.fleet
         status = fleet.statuses.get(host.name)
         pointer = fleet.pointers.get(host.pointer)
-        desired = getattr(status, "desired", "") or (pointer.path if pointer else "")
-        generation = getattr(status, "generation", 0) if status is not None else 0
+        desired = (status.desired if status is not None else "") or (pointer.path if pointer else "")
+        generation = status.generation if status is not None else 0
         return [
             MARK if host.name in fleet.selected else " ",
             Text(host.name, style="bold"),
             self._status_cell(host, status),
-            short_system(getattr(status, "current", "")) if status is not None else "…",
+            short_system(status.current) if status is not None else "…",
             short_system(desired) if desired else "-",
             str(generation) if generation else "-",
             host.pointer + (f" #{pointer.serial}" if pointer else ""),
             ",".join(host.tags),
-            getattr(status, "last_run", "") or "-",
+            (status.last_run if status is not None else "") or "-",
         ]
 
     def populate(self) -> None:
@@ -227,31 +231,30 @@ class FleetScreen(TopdeckScreen):
             text.append("  tags " + ", ".join(host.tags))
         text.append("  ")
         text.append_text(status_text(self.status_of(host)))
-        needs_reboot = getattr(status, "needs_reboot", "") if status is not None else ""
-        if needs_reboot:
-            text.append(f"  needs a reboot: its {needs_reboot} differs from the booted system's", style="bold yellow")
+        if status is not None and status.needs_reboot:
+            text.append(f"  needs a reboot: its {status.needs_reboot} differs from the booted system's",
+                        style="bold yellow")
         text.append("\n")
         if pointer:
             text.append(f"pointer  {host.pointer} → {store_name(pointer.path)} (serial {pointer.serial}, "
                         f"{when(pointer.uploaded_ms / 1000, self.topdeck.clock)})\n")
         else:
             text.append(f"pointer  {host.pointer} (not read yet)\n", style="dim")
-        current = getattr(status, "current", "") if status is not None else ""
-        booted = getattr(status, "booted", "") if status is not None else ""
-        desired = getattr(status, "desired", "") if status is not None else ""
+        if status is None:
+            text.append(f"current  {short_path('')}\ndesired  {short_path('')}\n")
+            pane.update(text)
+            return
+        current, booted, desired = status.current, status.booted, status.desired
         text.append(f"current  {short_path(current)}")
         text.append("  (booted)\n" if booted and booted == current else "\n")
         if booted and booted != current:
             text.append(f"booted   {short_path(booted)}\n")
-        specialisation = getattr(status, "specialisation", "") if status is not None else ""
-        if specialisation:
-            text.append(f"runs     specialisation {specialisation} of {short_path(getattr(status, 'system', ''))}\n")
+        if status.specialisation:
+            text.append(f"runs     specialisation {status.specialisation} of {short_path(status.system)}\n")
         text.append(f"desired  {short_path(desired)}\n")
-        if status is not None:
-            text.append(f"gen {getattr(status, 'generation', 0) or '-'}  last {getattr(status, 'last_run', '') or '-'}")
-            reason = getattr(status, "reason", "")
-            if reason:
-                text.append(f"  {reason}", style=STATUS_STYLES.get(getattr(status, "status", ""), "red"))
+        text.append(f"gen {status.generation or '-'}  last {status.last_run or '-'}")
+        if status.reason:
+            text.append(f"  {status.reason}", style=STATUS_STYLES.get(status.status, "red"))
         pane.update(text)
 
     def show_status(self) -> None:
@@ -288,7 +291,7 @@ class FleetScreen(TopdeckScreen):
 
     def done_refresh(self, job: str, result: Refreshed) -> None:
         fleet = self.topdeck.fleet
-        fleet.statuses = {getattr(status, "host", ""): status for status in result.statuses}
+        fleet.statuses = {status.host: status for status in result.statuses}
         fleet.pointers = dict(result.pointers)
         fleet.errors = result.errors
         fleet.refreshed = self.topdeck.clock()

@@ -14,6 +14,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
+from topdeck.core.diff import ClosureDiff
+from topdeck.core.events import DeployResult
+from topdeck.core.fleet import Generation
 from topdeck.tui.present import diff_text, short_system, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 
@@ -40,10 +43,10 @@ class GenerationsScreen(TopdeckScreen):
         Binding("escape", "back", "Back", id="generations.back"),
     ]
 
-    def __init__(self, hosts: Sequence[str], generations: dict[str, tuple[Any, ...]] | None = None) -> None:
+    def __init__(self, hosts: Sequence[str], generations: dict[str, tuple[Generation, ...]] | None = None) -> None:
         super().__init__()
         self.hosts = list(hosts)
-        self.generations: dict[str, tuple[Any, ...]] = dict(generations or {})
+        self.generations: dict[str, tuple[Generation, ...]] = dict(generations or {})
         self.host = self.hosts[0] if self.hosts else ""
         self.reading: set[str] = set()
         self.errors: dict[str, str] = {}
@@ -80,7 +83,7 @@ class GenerationsScreen(TopdeckScreen):
         self.start(f"generations:{host}", lambda emit, cancel: backend.generations(host))
         self.show_status()
 
-    def done_generations(self, job: str, result: tuple[Any, ...]) -> None:
+    def done_generations(self, job: str, result: tuple[Generation, ...]) -> None:
         host = job.split(":", 1)[1]
         self.reading.discard(host)
         self.generations[host] = tuple(result)
@@ -111,12 +114,12 @@ class GenerationsScreen(TopdeckScreen):
         table = self.query_one("#generations", DataTable)
         table.clear()
         for generation in sorted(self.generations.get(self.host, ()), key=lambda g: -g.number):
-            current = bool(getattr(generation, "current", False))
+            current = generation.current
             table.add_row(
                 Text("▶", style="bold green") if current else " ",
                 Text(str(generation.number), style="bold" if current else ""),
                 generation.date,
-                getattr(generation, "version", "") or "-",
+                generation.version or "-",
                 short_system(generation.path),
                 key=str(generation.number),
             )
@@ -139,17 +142,17 @@ class GenerationsScreen(TopdeckScreen):
             parts.append(f" · loading {loading} host(s)")
         self.query_one("#statusline", Static).update("".join(parts))
 
-    def current(self, host: str) -> Any:
-        return next((g for g in self.generations.get(host, ()) if getattr(g, "current", False)), None)
+    def current(self, host: str) -> Generation | None:
+        return next((g for g in self.generations.get(host, ()) if g.current), None)
 
-    def highlighted(self) -> Any:
+    def highlighted(self) -> Generation | None:
         table = self.query_one("#generations", DataTable)
         if not table.row_count:
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return next((g for g in self.generations.get(self.host, ()) if str(g.number) == key), None)
 
-    def previous(self, host: str) -> Any:
+    def previous(self, host: str) -> Generation | None:
         current = self.current(host)
         older = [g for g in self.generations.get(host, ()) if current is None or g.number < current.number]
         return max(older, key=lambda g: g.number) if older else None
@@ -172,7 +175,7 @@ class GenerationsScreen(TopdeckScreen):
         self.query_one("#diffbox").remove_class("empty")
         self.start(f"diff:{host}:{generation.number}", lambda emit, cancel: backend.generation_diff(host, path))
 
-    def done_diff(self, job: str, result: Any) -> None:
+    def done_diff(self, job: str, result: ClosureDiff) -> None:
         _, host, number = job.split(":")
         if host != self.host:
             return
@@ -201,7 +204,7 @@ class GenerationsScreen(TopdeckScreen):
         generation = self.highlighted()
         if generation is None:
             return
-        if getattr(generation, "current", False):
+        if generation.current:
             self.notify(f"{self.host} runs generation {generation.number} already", severity="warning")
             return
         self.confirm_rollback([self.host], generation.number,
@@ -236,7 +239,7 @@ class GenerationsScreen(TopdeckScreen):
         backend = self.topdeck.backend
         title = f"rollback to generation {to}" if to is not None else "rollback"
 
-        def done(result: Any) -> None:
+        def done(result: DeployResult | None) -> None:
             self.rolled_back = True
             for host in hosts:
                 self.load(host)

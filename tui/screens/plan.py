@@ -14,15 +14,18 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from topdeck.core.events import Event, Progress
-from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY
+from topdeck.core.events import Event, Progress, PushResult
+from topdeck.core.fleet import FleetPlan
+from topdeck.core.planview import plan_view
+from topdeck.core.vocabulary import PlanStatus
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 
 PLAN_COLUMNS = (("host", "host"), ("status", "status"), ("paths", "fetch"), ("download", "download"),
                 ("unpacked", "unpacked"), ("free", "free /nix"), ("b2", "B2 B"))
-PLAN_STATUS = {"change": "will change", "up-to-date": "up to date", "unreachable": "unreachable",
-               "host-key": "host key", "error": "error"}
+PLAN_STATUS: dict[str, str] = {PlanStatus.CHANGE: "will change", PlanStatus.UP_TO_DATE: "up to date",
+               PlanStatus.UNREACHABLE: "unreachable", PlanStatus.HOST_KEY: "host key", PlanStatus.ERROR: "error"}
+PLAN_STYLES: dict[str, str] = {PlanStatus.CHANGE: "yellow", PlanStatus.UP_TO_DATE: "green"}
 
 
 class PlanScreen(TopdeckScreen):
@@ -45,7 +48,7 @@ class PlanScreen(TopdeckScreen):
         Binding("escape", "back", "Back", id="plan.back"),
     ]
 
-    def __init__(self, hosts: Sequence[str], target: str | None = None, *, fleet_plan: Any = None,
+    def __init__(self, hosts: Sequence[str], target: str | None = None, *, fleet_plan: FleetPlan | None = None,
                  mode: str = "switch") -> None:
         super().__init__()
         self.hosts = list(hosts)
@@ -92,7 +95,7 @@ class PlanScreen(TopdeckScreen):
             self.progress = f"{event.paths_done}/{event.paths_total} hosts probed"
             self.show_summary()
 
-    def done_plan(self, job: str, result: Any) -> None:
+    def done_plan(self, job: str, result: FleetPlan) -> None:
         self.planning, self.fleet_plan = False, result
         self.show()
 
@@ -135,7 +138,7 @@ class PlanScreen(TopdeckScreen):
             return
         for host in self.fleet_plan.plan.hosts:
             status = Text(PLAN_STATUS.get(host.status, host.status),
-                          style={"change": "yellow", "up-to-date": "green"}.get(host.status, "red"))
+                          style=PLAN_STYLES.get(host.status, "red"))
             if host.state is None:
                 table.add_row(host.host, status, "-", "-", "-", "-", "-", key=host.host)
                 continue
@@ -155,34 +158,29 @@ class PlanScreen(TopdeckScreen):
                 return
             pane.update(Text("planning: one SSH round trip per host…" if self.planning else "", style="dim"))
             return
-        plan = self.fleet_plan.plan
+        view = plan_view(self.fleet_plan.plan)
         text = Text()
-        for group in plan.groups:
-            host = group.plan
-            assert host.state is not None and host.diff is not None and host.target is not None
+        for group in view.groups:
             text.append(", ".join(group.hosts), style="bold")
-            current = short_system(host.state.current) if host.state.current else "nothing"
-            text.append(f": {current} → {short_system(host.target)}\n")
-            if host.status == "up-to-date":
+            current = short_system(group.current) if group.current else "nothing"
+            text.append(f": {current} → {short_system(group.target)}\n")
+            if group.up_to_date:
                 text.append("  already on the target: nothing to fetch\n\n", style="green")
                 continue
-            text.append_text(diff_text(host.diff))
-            diff = host.diff
-            before = len(host.state.closure)
-            after = before + len(diff.paths_added) - len(diff.paths_removed)
-            text.append(f"  closure: {before} → {after} paths, {size(diff.size_before)} → {size(diff.size_after)} "
-                        f"({signed_size(diff.size_delta)})\n", style="dim")
-            text.append(f"  fetch: {host.fetch_paths} paths, {size(host.download_bytes)} download, "
-                        f"{size(host.unpacked_bytes)} unpacked; {size(host.state.free_bytes)} free on /nix")
-            if not host.fits:
+            text.append_text(diff_text(group.diff))
+            closure = group.closure
+            text.append(f"  closure: {closure.paths_before} → {closure.paths_after} paths, "
+                        f"{size(closure.bytes_before)} → {size(closure.bytes_after)} "
+                        f"({signed_size(closure.bytes_delta)})\n", style="dim")
+            text.append(f"  fetch: {group.fetch_paths} paths, {size(group.download_bytes)} download, "
+                        f"{size(group.unpacked_bytes)} unpacked; {size(group.free_bytes)} free on /nix")
+            if not group.fits:
                 text.append("  DOES NOT FIT", style="bold red")
             text.append("\n\n")
-        for host in plan.hosts:
-            if not host.planned:
-                reason = host.reason if host.reason.startswith(host.host) else f"{host.host}: {host.reason}"
-                text.append(f"{reason}\n", style="red")
-                if host.status == "host-key":
-                    text.append("  press k on this host to see its key and accept or refuse it\n", style="yellow")
+        for host in view.unplanned:
+            text.append(f"{host.reason}\n", style="red")
+            if host.host_key:
+                text.append("  press k on this host to see its key and accept or refuse it\n", style="yellow")
         pane.update(text)
 
     def show_status(self) -> None:
@@ -192,10 +190,10 @@ class PlanScreen(TopdeckScreen):
             if self.missing_target:
                 line.append("  press u to push it to the cache", style="bold yellow")
         elif self.fleet_plan is not None:
-            plan = self.fleet_plan.plan
-            line.append(f"B2: about {humanize.intcomma(plan.class_b)} class B transactions for the pulls "
-                        f"(free allowance {humanize.intcomma(B2_FREE_CLASS_B_PER_DAY)} a day)")
-            for note in plan.warnings:
+            view = plan_view(self.fleet_plan.plan)
+            line.append(f"B2: about {humanize.intcomma(view.class_b)} class B transactions for the pulls "
+                        f"(free allowance {humanize.intcomma(view.free_class_b)} a day)")
+            for note in view.warnings:
                 line.append(f"\nwarning: {note}", style="bold yellow")
             ready = self.deployable()
             if ready:
@@ -249,7 +247,7 @@ class PlanScreen(TopdeckScreen):
                         severity="warning")
             return
 
-        def pushed(result: Any) -> None:
+        def pushed(result: PushResult | None) -> None:
             if result is not None:
                 self.action_replan()
 
@@ -263,7 +261,7 @@ class PlanScreen(TopdeckScreen):
             return
         backend, hosts = self.topdeck.backend, list(self.hosts)
 
-        def released(result: Any) -> None:
+        def released(result: PushResult | None) -> None:
             if result is not None:
                 self.set_target(None)  # the hosts' pointers name what was just built
 
@@ -321,6 +319,7 @@ class PlanScreen(TopdeckScreen):
         from topdeck.tui.screens.deploy import DeployScreen
 
         backend, fleet_plan, mode = self.topdeck.backend, self.fleet_plan, self.mode
+        assert fleet_plan is not None  # deploy is offered only once a plan is shown
         screen = DeployScreen(f"deploy ({mode})", hosts,
                               lambda emit, cancel: backend.deploy(fleet_plan, mode, emit, cancel), mode=mode)
         self.app.push_screen(screen, lambda result: self.dismiss(result))

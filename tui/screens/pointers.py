@@ -3,6 +3,7 @@ a pointer, or roll a pointer back to an earlier target (each after confirming)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -10,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
+from topdeck.core.pointers import Pointer, PointerVersion
 from topdeck.tui.present import short_system, when
 from topdeck.tui.screens.base import TopdeckScreen
 
@@ -34,11 +36,11 @@ class PointersScreen(TopdeckScreen):
         Binding("escape", "back", "Back", id="pointers.back"),
     ]
 
-    def __init__(self, pointers: dict[str, Any] | None = None,
-                 histories: dict[str, list[Any]] | None = None) -> None:
+    def __init__(self, pointers: dict[str, PointerVersion] | None = None,
+                 histories: dict[str, list[PointerVersion]] | None = None) -> None:
         super().__init__()
-        self.pointers: dict[str, Any] | None = dict(pointers) if pointers is not None else None
-        self.histories: dict[str, list[Any]] = dict(histories or {})
+        self.pointers: dict[str, PointerVersion] | None = dict(pointers) if pointers is not None else None
+        self.histories: dict[str, list[PointerVersion]] = dict(histories or {})
         self.pointer_name = ""
         self.message = ""
 
@@ -72,7 +74,7 @@ class PointersScreen(TopdeckScreen):
         self.histories.clear()
         self.start("pointers", lambda emit, cancel: backend.pointers())
 
-    def done_pointers(self, job: str, result: dict[str, Any]) -> None:
+    def done_pointers(self, job: str, result: dict[str, PointerVersion]) -> None:
         self.pointers = dict(result)
         self.topdeck.fleet.pointers = dict(result)
         self.message = ""
@@ -88,7 +90,7 @@ class PointersScreen(TopdeckScreen):
         backend = self.topdeck.backend
         self.start(f"history:{name}", lambda emit, cancel: backend.history(name))
 
-    def done_history(self, job: str, result: list[Any]) -> None:
+    def done_history(self, job: str, result: list[PointerVersion]) -> None:
         name = job.split(":", 1)[1]
         self.histories[name] = list(result)
         if name == self.pointer_name:
@@ -145,7 +147,7 @@ class PointersScreen(TopdeckScreen):
 
     # --- actions -------------------------------------------------------------------------------------
 
-    def rollback_choice(self) -> tuple[str | None, Any]:
+    def rollback_choice(self) -> tuple[str | None, PointerVersion | None]:
         """(to, version): the history row highlighted (if the history table has focus), else the previous one."""
         versions = self.histories.get(self.pointer_name) or []
         history = self.query_one("#history", DataTable)
@@ -186,7 +188,7 @@ class PointersScreen(TopdeckScreen):
 
         name = self.pointer_name or ""
 
-        def confirmed(path: str, pointer: str) -> Any:
+        def confirmed(path: str, pointer: str) -> Callable[[bool | None], None]:
             def answered(yes: bool | None) -> None:
                 if yes:
                     backend = self.topdeck.backend
@@ -206,7 +208,7 @@ class PointersScreen(TopdeckScreen):
         self.app.push_screen(PromptScreen("Pointer name:", value=name, suggestions=sorted(self.pointers or {})),
                              got_name)
 
-    def done_publish(self, job: str, result: Any) -> None:
+    def done_publish(self, job: str, result: Pointer) -> None:
         self.notify(f"pointer {result.name} now names {short_system(result.path)} (serial {result.serial})")
         self.action_reload()
 
