@@ -326,3 +326,34 @@ async def test_500_hosts_refresh_keeps_the_cursor():
         assert app.screen.highlighted() == before == "node-040"
         assert app.screen.query_one("#hosts").row_count == 500
         await asyncio.sleep(0)
+
+
+class ProbingBackend(FakeBackend):
+    """A plan that probes until it is cancelled, and records that it was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probing = False
+        self.cancel_seen = False
+
+    def plan(self, hosts, target, emit, cancel=None):  # type: ignore[no-untyped-def]
+        self.probing = True
+        seen = cancel is not None and cancel.wait(30)
+        self.cancel_seen = bool(seen)
+        self.probing = False
+        raise CacheError("plan cancelled")
+
+
+async def test_leaving_the_plan_screen_mid_probe_cancels_the_probe():
+    backend = ProbingBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        fleet = app.screen
+        app.push_screen(PlanScreen(["web-1"]))
+        await until(pilot, lambda: backend.probing)
+        assert isinstance(app.screen, PlanScreen) and app.screen.planning
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is fleet)
+        await until(pilot, lambda: backend.cancel_seen, timeout=5)
+        assert not backend.probing

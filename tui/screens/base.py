@@ -28,7 +28,12 @@ def one_line(error: BaseException) -> str:
 
 class TopdeckScreen(Screen[Any]):
     """A screen that runs engine jobs: `start(name, job)` runs `job(emit, cancel)` in a thread worker; the
-    screen gets `EngineEvent`s while it runs and one `JobDone` or `JobFailed` at the end."""
+    screen gets `EngineEvent`s while it runs and one `JobDone` or `JobFailed` at the end. Leaving the screen
+    cancels the jobs it still runs: a thread worker cannot be stopped, so each job's cancel event is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.running_jobs: dict[str, threading.Event] = {}
 
     @property
     def topdeck(self) -> Shell:
@@ -36,8 +41,13 @@ class TopdeckScreen(Screen[Any]):
 
     def start(self, name: str, job: Job, cancel: threading.Event | None = None) -> threading.Event:
         cancel = cancel or threading.Event()
+        self.running_jobs[name] = cancel
         self._run_job(name, job, cancel)
         return cancel
+
+    def on_unmount(self) -> None:
+        for cancel in self.running_jobs.values():
+            cancel.set()
 
     @work(thread=True, exit_on_error=False)
     def _run_job(self, name: str, job: Job, cancel: threading.Event) -> None:
@@ -50,6 +60,9 @@ class TopdeckScreen(Screen[Any]):
             self.post_message(JobFailed(name, one_line(error), error))
         else:
             self.post_message(JobDone(name, result))
+        finally:
+            if self.running_jobs.get(name) is cancel:
+                del self.running_jobs[name]
 
     # --- what jobs report: handlers named after the job (`done_<job>`, `failed_<job>`, `engine_event`) ---
 
