@@ -8,6 +8,7 @@ how a pointer is published or rolled back) live here, once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from topdeck.core.push import push
 from topdeck.core.signing import PublicKey, SecretKey, load_secret_key, ssh_public_key
 from topdeck.core.ssh import Connect, connect
 from topdeck.core.store import StorePath, parse_store_path
-from topdeck.core.vocabulary import Mode
+from topdeck.core.vocabulary import HostState, Mode
 
 Clock = Callable[[], float]
 FailedHosts = Callable[[Path], tuple[str, ...]]  # the hosts the last recorded run of an inventory failed
@@ -56,6 +57,17 @@ class AgentConfig:
     cache_url: str
     public_key: str
     signer: str
+
+
+NEVER_DEPLOYED = ("no deploy by topdeck yet: it runs a system its pointer never named (in the lab, the lab's "
+                  "first system); a deploy moves it onto its pointer")
+
+
+def explained(status: HostStatus) -> HostStatus:
+    """The status with a reason where its word alone misleads: a host no deploy ever reached is `drifted`."""
+    if status.status == HostState.DRIFTED and not status.last_run and not status.reason:
+        return dataclasses.replace(status, reason=NEVER_DEPLOYED)
+    return status
 
 
 class Fleet:
@@ -107,8 +119,9 @@ class Fleet:
 
     def status(self, selectors: Sequence[str] = (), emit: Emit = ignore,
                cancel: threading.Event | None = None) -> tuple[HostStatus, ...]:
-        return fleet.status_fleet(self.inventory, selectors, cache=self.cache, connect=self._connect, emit=emit,
-                                  cancel=cancel)
+        found = fleet.status_fleet(self.inventory, selectors, cache=self.cache, connect=self._connect, emit=emit,
+                                   cancel=cancel)
+        return tuple(explained(status) for status in found)
 
     def generations(self, host: str) -> tuple[Generation, ...]:
         return fleet.generations(self.inventory, host, connect=self._connect)

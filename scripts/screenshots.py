@@ -146,8 +146,10 @@ async def shoot(inventory_dir: Path, out: Path) -> None:
         await pilot.press("y")
         await until(lambda: isinstance(app.screen, DeployScreen))
         deploy = app.screen
-        busy = ("fetch", "profile", "activate", "confirm")
-        await until(lambda: any(row.phase in busy for row in deploy.rows.values()) or not deploy.running)
+        # A running deploy with something to show: a host fetching with its counts, or past the fetch.
+        later = ("profile", "activate", "confirm")
+        await until(lambda: any(row.phase in later or (row.phase == "fetch" and row.paths_total)
+                                for row in deploy.rows.values()) or not deploy.running)
         await pilot.pause(0.2)
         save("deploy-running")
         await until(lambda: not deploy.running)

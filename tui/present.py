@@ -58,6 +58,17 @@ def size(nbytes: int | float) -> str:
     return humanize.naturalsize(int(nbytes), binary=True)
 
 
+BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def size_pair(done: int, total: int) -> str:
+    """`done/total` in the total's unit, the unit once: `1004.1/1007.1 KiB` (17 characters at most)."""
+    number, _, unit = size(total).partition(" ")
+    if unit not in BINARY_UNITS:  # "Bytes" or "Byte"
+        return f"{done}/{number} B"
+    return f"{done / 1024 ** (BINARY_UNITS.index(unit) + 1):.1f}/{number} {unit}"
+
+
 def signed_size(nbytes: int) -> str:
     sign = "+" if nbytes >= 0 else "-"
     return f"{sign}{size(abs(nbytes))}"

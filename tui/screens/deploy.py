@@ -28,7 +28,7 @@ from topdeck.core.events import (
     Progress,
     WaveStarted,
 )
-from topdeck.tui.present import bar, phase_text, short_system, size
+from topdeck.tui.present import bar, phase_text, short_system, size_pair
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.state import Run
 
@@ -164,7 +164,7 @@ class DeployScreen(TopdeckScreen):
 
     def cells(self, host: str, row: HostRow) -> list[Any]:
         paths = f"{row.paths_done}/{row.paths_total}" if row.paths_total else "-"
-        nbytes = f"{size(row.bytes_done)}/{size(row.bytes_total)}" if row.bytes_total else "-"
+        nbytes = size_pair(row.bytes_done, row.bytes_total) if row.bytes_total else "-"
         if row.phase == "done":
             progress = bar(1, 1, width=10)
         elif row.paths_total or row.bytes_total:
