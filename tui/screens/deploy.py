@@ -28,6 +28,7 @@ from topdeck.core.events import (
     Progress,
     WaveStarted,
 )
+from topdeck.core.vocabulary import Mode, Phase
 from topdeck.tui.present import bar, phase_text, short_system, size_pair
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.state import Run
@@ -42,7 +43,7 @@ Runner = Callable[[Emit, threading.Event], DeployResult]
 
 @dataclass
 class HostRow:
-    phase: str = "queued"
+    phase: str = Phase.QUEUED
     detail: str = ""
     paths_done: int = 0
     paths_total: int = 0
@@ -69,7 +70,7 @@ class DeployScreen(TopdeckScreen):
         Binding("escape", "back", "Back", id="deploy.back"),
     ]
 
-    def __init__(self, title: str, hosts: Sequence[str], runner: Runner | None = None, *, mode: str = "switch",
+    def __init__(self, title: str, hosts: Sequence[str], runner: Runner | None = None, *, mode: str = Mode.SWITCH,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.title_text, self.mode, self.runner, self.clock = title, mode, runner, clock
@@ -165,7 +166,7 @@ class DeployScreen(TopdeckScreen):
     def cells(self, host: str, row: HostRow) -> list[Any]:
         paths = f"{row.paths_done}/{row.paths_total}" if row.paths_total else "-"
         nbytes = size_pair(row.bytes_done, row.bytes_total) if row.bytes_total else "-"
-        if row.phase == "done":
+        if row.phase == Phase.DONE:
             progress = bar(1, 1, width=10)
         elif row.paths_total or row.bytes_total:
             progress = (bar(row.bytes_done, row.bytes_total, width=10) if row.bytes_total

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from topdeck.core.events import Event, Progress, PushResult
 from topdeck.core.fleet import FleetPlan
 from topdeck.core.planview import plan_view
-from topdeck.core.vocabulary import PlanStatus
+from topdeck.core.vocabulary import Mode, PlanStatus
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 
@@ -49,7 +49,7 @@ class PlanScreen(TopdeckScreen):
     ]
 
     def __init__(self, hosts: Sequence[str], target: str | None = None, *, fleet_plan: FleetPlan | None = None,
-                 mode: str = "switch") -> None:
+                 mode: str = Mode.SWITCH) -> None:
         super().__init__()
         self.hosts = list(hosts)
         self.target = target  # a store path, or None for each host's pointer
