@@ -59,8 +59,7 @@ class AgentConfig:
     signer: str
 
 
-NEVER_DEPLOYED = ("no deploy by topdeck yet: it runs a system its pointer never named (in the lab, the lab's "
-                  "first system); a deploy moves it onto its pointer")
+NEVER_DEPLOYED = "not deployed by topdeck yet: it runs a system its pointer never named (in the demo, the lab's first)"
 
 
 def explained(status: HostStatus) -> HostStatus:
