@@ -146,9 +146,9 @@ async def shoot(inventory_dir: Path, out: Path) -> None:
         await pilot.press("y")
         await until(lambda: isinstance(app.screen, DeployScreen))
         deploy = app.screen
-        # A running deploy with something to show: a host fetching with its counts, or past the fetch.
-        later = ("profile", "activate", "confirm")
-        await until(lambda: any(row.phase in later or (row.phase == "fetch" and row.paths_total)
+        # A running deploy with something to show: every host fetching with its counts, or past the fetch.
+        later = ("profile", "activate", "confirm", "check", "done")
+        await until(lambda: all(row.phase in later or (row.phase == "fetch" and row.paths_total)
                                 for row in deploy.rows.values()) or not deploy.running)
         await pilot.pause(0.2)
         save("deploy-running")
