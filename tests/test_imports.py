@@ -119,3 +119,32 @@ def test_only_the_lab_commands_reach_into_the_lab():
     assert edges(product, "topdeck", "topdeck.lab") == [e for e in edges(product, "topdeck", "topdeck.lab")
                                                         if e.startswith("topdeck.cli.lab ->")]
     assert edges(product, "topdeck.cli.lab", "topdeck.lab")
+
+
+# What the engine does to a fleet or its cache; the front ends call it through core/facade.py's Fleet only.
+ENGINE_ACTIONS = {"plan_fleet", "deploy_fleet", "status_fleet", "rollback_fleet", "reboot_fleet", "generations",
+                  "generation_diff", "trusted_key", "push", "push_all", "release", "build_hosts", "build_each",
+                  "gc_fleet", "trust", "pin", "open_cache", "open_deleting_cache", "publish", "connect", "deploy",
+                  "failed_hosts", "read_verified", "history", "current"}
+
+
+def engine_calls(tree: ast.AST) -> list[str]:
+    """What a module imports from core that acts on a fleet: an engine function, or a core module whole."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "topdeck.core":
+            found += [f"topdeck.core.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("topdeck.core."):
+            found += [f"{node.module}.{alias.name}" for alias in node.names if alias.name in ENGINE_ACTIONS]
+    return found
+
+
+def test_the_front_ends_act_on_a_fleet_through_the_facade_only():
+    reached = {name: engine_calls(ast.parse(path.read_text())) for name, path in modules().items()
+               if name.startswith(("topdeck.cli", "topdeck.tui"))}
+    assert {name: calls for name, calls in reached.items() if calls} == {}
+
+
+def test_the_facade_check_sees_a_direct_engine_call():
+    tree = ast.parse("from topdeck.core.fleet import HostStatus, deploy_fleet\nfrom topdeck.core import pointers\n")
+    assert engine_calls(tree) == ["topdeck.core.fleet.deploy_fleet", "topdeck.core.pointers"]
