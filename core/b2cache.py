@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import logging
 import math
 import os
 import re
@@ -309,6 +310,8 @@ def _account_info(path: Path | None) -> AbstractAccountInfo:
     if it was not), started afresh when the file is not a database b2sdk can read."""
     if path is None:
         return InMemoryAccountInfo()
+    # it logs a traceback at ERROR for each value a database without an account yet lacks (a first run)
+    logging.getLogger("b2sdk._internal.account_info.sqlite_account_info").setLevel(logging.CRITICAL)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists():
         os.chmod(path, 0o600)
