@@ -313,6 +313,7 @@ def _account_info(path: Path | None) -> AbstractAccountInfo:
     # it logs a traceback at ERROR for each value a database without an account yet lacks (a first run)
     logging.getLogger("b2sdk._internal.account_info.sqlite_account_info").setLevel(logging.CRITICAL)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
     if path.exists():
         os.chmod(path, 0o600)
     try:
@@ -359,6 +360,8 @@ def b2_errors(doing: str) -> Iterator[None]:
         text = str(error)
         if "download_cap_exceeded" in text:
             raise CacheError(f"{doing}: the B2 daily download cap is exceeded (raise it in the B2 account)") from None
+        if isinstance(error, Unauthorized):  # with an expired token b2sdk tried the stored key, and B2 refused it too
+            raise CacheError(f"{doing}: B2 refused the application key ({_first_line(text)})") from None
         if isinstance(error, TRANSIENT):
             raise TransientCacheError(f"{doing}: B2 did not answer ({_network_reason(text)})") from None
         raise CacheError(f"{doing}: B2 error: {_first_line(text)}") from None

@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from topdeck.core import localnix
 from topdeck.core.b2cache import B2Cache
 from topdeck.core.cache import open_cache
+from topdeck.core.errors import CacheError
 from topdeck.core.inventory import CacheConfig
 from topdeck.core.manifest import manifest_name, parse_manifest
 from topdeck.core.nixbase32 import ALPHABET
@@ -33,9 +35,10 @@ from topdeck.lab.b2emu import B2Emulator
 from topdeck.lab.nixenv import lab_env
 
 ADDRESS = "127.0.37.1"
-BUCKET = "cost"
+BUCKET = "cost-bucket"
 KEY_ID = "cost-key"
 SMALL, BIG = 1_000, 20_000
+TOPDECK = str(Path(sys.executable).with_name("topdeck"))
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +53,17 @@ KEY = secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
-def signing_key(tmp_path_factory) -> SecretKey:
+def signing_file(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("key")
-    subprocess.run(["nix-store", "--generate-binary-cache-key", "cost-1", str(folder / "sec"), str(folder / "pub")],
-                   check=True, env=lab_env())
-    return load_secret_key(folder / "sec")
+    subprocess.run(["nix-store", "--generate-binary-cache-key", "cost-1", str(folder / "sec"),
+                    str(folder / "sec.pub")], check=True, env=lab_env())
+    (folder / "sec").chmod(0o600)
+    return folder / "sec"
+
+
+@pytest.fixture(scope="module")
+def signing_key(signing_file) -> SecretKey:
+    return load_secret_key(signing_file)
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +295,73 @@ def test_lookup_answers_exactly_what_a_listing_says(emulator, tmp_path, wanted):
     assert all(found[name].size == everything[name].size for name in present)
     _, b, c = costs(emulator, before)
     assert b + 10 * c <= 10 * (5000 // 1000 + 2) + wanted, "never dearer than listing it all or asking each"
+
+
+def test_a_revoked_key_with_a_kept_authorization_fails_in_one_line_and_uploads_nothing(emulator, systems,
+                                                                                        signing_key, tmp_path):
+    key_id, key = "cost-revoked", secrets.token_hex(16)
+    emulator.add_bucket_key(key_id, key, BUCKET)
+    prefix, info = f"revoked-{secrets.token_hex(4)}", account(tmp_path)
+    push(systems[0], B2Cache(BUCKET, prefix, emulator.url, key_id, key, account_info=info), signing_key,
+         pointer="web")
+    sim = emulator.calls.sim
+    revoked = sim.key_id_to_key.pop(key_id)
+    for token in [t for t, k in sim.auth_token_to_key.items() if k is revoked]:
+        del sim.auth_token_to_key[token]
+    before = emulator.counters()
+    with pytest.raises(CacheError) as caught:
+        push(systems[1], B2Cache(BUCKET, prefix, emulator.url, key_id, key, account_info=info), signing_key,
+             pointer="web")
+    message = str(caught.value)
+    print(f"\n{message}")
+    assert "\n" not in message and key not in message and "B2 refused the application key" in message
+    assert calls(emulator, before, "b2_authorize_account") == 1  # the token refused, then the key
+    assert calls(emulator, before, "b2_upload_file") == 0
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def inventory(tmp_path: Path, emulator: B2Emulator, prefix: str, signing: Path) -> Path:
+    root = tmp_path / "inventory"
+    root.mkdir()
+    credentials = tmp_path / "b2.toml"
+    credentials.write_text(f'key_id = "{KEY_ID}"\napplication_key = "{KEY}"\n')
+    credentials.chmod(0o600)
+    (root / "topdeck.toml").write_text(
+        f'[cache]\nbucket = "{BUCKET}"\nprefix = "{prefix}"\nrealm = "{emulator.url}"\n'
+        f'credentials_file = "{credentials}"\nsigning_key = "{signing}"\npublic_key_file = "{signing}.pub"\n')
+    (root / "host-1").mkdir()
+    (root / "host-1" / "host.toml").write_text('address = "127.0.37.2"\npointer = "web"\n')
+    return root
+
+
+def test_topdeck_push_twice_authorizes_once_and_verify_repairs_a_deleted_narinfo(emulator, systems, signing_file,
+                                                                                 tmp_path):
+    prefix = f"cli-{secrets.token_hex(4)}"
+    root = inventory(tmp_path, emulator, prefix, signing_file)
+    env = lab_env({"XDG_STATE_HOME": str(tmp_path / "state")})
+    env.pop("B2_APPLICATION_KEY_ID", None)
+    env.pop("B2_APPLICATION_KEY", None)
+    run = [TOPDECK, "--inventory", str(root), "push", str(systems[0]), "--pointer", "web"]
+    before = emulator.counters()
+    first = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == "" and calls(emulator, before, "b2_authorize_account") == 1
+
+    before = emulator.counters()
+    second = subprocess.run([*run, "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0 and second.stderr == "", second.stderr
+    assert calls(emulator, before, "b2_authorize_account") == 0 and costs(emulator, before)[1:] == (1, 1)
+
+    victim = next(i for i in localnix.closure([systems[0]]) if not i.references)
+    admin = emulator.calls.sim.bucket_by_name(BUCKET)
+    name = f"{prefix}/{victim.path.hash_part}.narinfo"
+    admin.delete_file_version(emulator.calls.sim.admin_token, _file_id(admin, name), name)
+    before = emulator.counters()
+    repaired = subprocess.run([*run, "--verify"], capture_output=True, text=True, env=env, timeout=120)
+    assert repaired.returncode == 0, repaired.stderr
+    assert calls(emulator, before, "b2_upload_file") == 1
+    assert f"{victim.path.hash_part}.narinfo" in cache(emulator, prefix, None).listing()
+    for output in (first, second, repaired):
+        assert KEY not in output.stdout + output.stderr

@@ -24,7 +24,8 @@ from topdeck.tui.cli_output import EventPrinter, ask, selector, size, to_json
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     push_parser = commands.add_parser(
         "push", help="push a closure to the cache, then publish a pointer to it",
-        description="Uploads what the cache lacks of a toplevel's closure (one listing, then the missing NARs "
+        description="Uploads what the cache lacks of a toplevel's closure (what is there is read from the manifests "
+        "and looked up by name, never a listing of the whole cache; then the missing NARs "
         "zstd-compressed and in parallel, then their signed narinfos, then the closure manifest), and last "
         "publishes the pointer. TARGET is a store path, or a host of the inventory whose toplevel is built first; "
         "--on SELECTOR builds and pushes many hosts as one release (hosts sharing a pointer must build one "
@@ -39,6 +40,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                              "(default for a HOST: the pointer the host follows)")
     push_parser.add_argument("--jobs", type=int, default=8, metavar="N", help="parallel uploads (default 8)")
     push_parser.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
+    push_parser.add_argument("--verify", action="store_true", help="take no manifest's word: check every path "
+                             "against one listing of the cache and upload what is missing (a repair)")
     push_parser.set_defaults(handler=push_command)
 
     pointers_parser = commands.add_parser(
@@ -72,11 +75,12 @@ def push_command(args: argparse.Namespace) -> int:
     try:
         if args.on:
             hosts = select_hosts(inventory, args.on)
-            result = release(hosts, lambda: open_cache(inventory.cache), key, emit=printer, jobs=max(1, args.jobs))
+            result = release(hosts, lambda: open_cache(inventory.cache), key, emit=printer, jobs=max(1, args.jobs),
+                             verify=args.verify)
         else:
             toplevel, pointer = _target(inventory, args.target, args.pointer, printer)
             result = push(toplevel, open_cache(inventory.cache), key, pointer=pointer, emit=printer,
-                          jobs=max(1, args.jobs))
+                          jobs=max(1, args.jobs), verify=args.verify)
     finally:
         printer.close()
     if args.json:
