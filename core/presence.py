@@ -30,12 +30,11 @@ NAR_FOLDER = "nar/"
 @dataclass
 class Presence:
     """`names`: files known to be stored (pointers, manifests, narinfos, NARs, nix-cache-info), as a listing would
-    name them (the sizes of narinfos known only from a manifest are 0); `file_sizes`: FileSize by path, from the
-    manifests read; `downloads`: the manifests read."""
+    name them (the sizes of narinfos and manifests known only from a manifest are 0); `file_sizes`: FileSize by
+    path, from the manifests read."""
 
     names: dict[str, Entry] = field(default_factory=dict)
     file_sizes: dict[StorePath, int] = field(default_factory=dict)
-    downloads: int = 0
 
 
 def narinfo_name(path: StorePath) -> str:
@@ -58,31 +57,30 @@ def presence(cache: NameLookup, closure: list[PathInfo], toplevels: list[StorePa
     found = Presence()
     unknown = {info.path: info for info in closure}
     for toplevel in toplevels:
-        _vouch(found, unknown, manifest_name(toplevel), _manifest(cache, toplevel, found))
+        _vouch(found, unknown, manifest_name(toplevel), _manifest(cache, toplevel))
     if pointers or unknown:
         found.names.update(cache.listing_of(f"{pointers_module.DIRECTORY}/"))
     for target in _targets(found.names, pointers, toplevels):
         if not unknown:
             break
-        _vouch(found, unknown, manifest_name(target), _manifest(cache, target, found))
+        _vouch(found, unknown, manifest_name(target), _manifest(cache, target))
     if any(name.startswith("manifests/") for name in found.names):
         found.names[CACHE_INFO] = Entry(CACHE_INFO, 0)  # push stores it before any manifest; gc never deletes it
     _check(cache, found, unknown.values())
     return found
 
 
-def _manifest(cache: NameLookup, toplevel: StorePath, found: Presence) -> Manifest | None:
-    """The toplevel's manifest, or None when it is absent or not one this version reads."""
+def _manifest(cache: NameLookup, toplevel: StorePath) -> Manifest | None:
+    """The toplevel's manifest, or None when it is absent or not one this version reads (it answers for nothing)."""
     name = manifest_name(toplevel)
-    found.downloads += 1
     try:
-        return parse_manifest(cache.get_bytes(name), name)
+        data = cache.get_bytes(name)
     except CacheMissing:
         return None
-    except CacheError as error:
-        if "not a valid manifest" in str(error) or "unknown manifest format" in str(error):
-            return None
-        raise
+    try:
+        return parse_manifest(data, name)
+    except CacheError:
+        return None
 
 
 def _vouch(found: Presence, unknown: dict[StorePath, PathInfo], name: str, manifest: Manifest | None) -> None:

@@ -365,3 +365,16 @@ def test_topdeck_push_twice_authorizes_once_and_verify_repairs_a_deleted_narinfo
     assert f"{victim.path.hash_part}.narinfo" in cache(emulator, prefix, None).listing()
     for output in (first, second, repaired):
         assert KEY not in output.stdout + output.stderr
+
+
+def test_a_manifest_that_is_not_valid_answers_for_nothing_and_its_own_push_writes_it_again(emulator, systems,
+                                                                                           signing_key, tmp_path):
+    prefix, info = seeded(emulator, systems, signing_key, tmp_path, SMALL, "garbage")
+    b2 = cache(emulator, prefix, info)
+    b2.put_bytes(manifest_name(systems[0]), b'{"format": 1}', content_type="application/json")
+    changed = {i.path for i in localnix.closure([systems[1]])} - {i.path for i in localnix.closure([systems[0]])}
+    assert push(systems[1], cache(emulator, prefix, info), signing_key, pointer="web").paths_uploaded == len(changed)
+    again = push(systems[0], cache(emulator, prefix, info), signing_key, pointer="web")
+    assert again.paths_uploaded == 0 and again.pointer_changed
+    manifest = parse_manifest(cache(emulator, prefix, info).get_bytes(manifest_name(systems[0])), "manifest")
+    assert {p.path for p in manifest.paths} == {i.path for i in localnix.closure([systems[0]])}
