@@ -21,7 +21,8 @@ from topdeck.core.store import StorePath, parse_store_path
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     push_parser = commands.add_parser(
         "push", help="push a closure to the cache, then publish a pointer to it",
-        description="Uploads what the cache lacks of a toplevel's closure (one listing, then the missing NARs "
+        description="Uploads what the cache lacks of a toplevel's closure (what is there is read from the manifests "
+        "and looked up by name, never a listing of the whole cache; then the missing NARs "
         "zstd-compressed and in parallel, then their signed narinfos, then the closure manifest), and last "
         "publishes the pointer. TARGET is a store path, or a host of the inventory whose toplevel is built first; "
         "--on SELECTOR builds and pushes many hosts as one release (hosts sharing a pointer must build one "
@@ -36,6 +37,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                              "(default for a HOST: the pointer the host follows)")
     push_parser.add_argument("--jobs", type=int, default=8, metavar="N", help="parallel uploads (default 8)")
     push_parser.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
+    push_parser.add_argument("--verify", action="store_true", help="take no manifest's word: check every path "
+                             "against one listing of the cache and upload what is missing (a repair)")
     push_parser.set_defaults(handler=push_command)
 
     pointers_parser = commands.add_parser(
@@ -62,10 +65,10 @@ def push_command(args: argparse.Namespace) -> int:
     printer = EventPrinter(json_lines=args.json)
     try:
         if args.on:
-            result = fleet.release(fleet.hosts(args.on), emit=printer, jobs=args.jobs)
+            result = fleet.release(fleet.hosts(args.on), emit=printer, jobs=args.jobs, verify=args.verify)
         else:
             toplevel, pointer = _target(fleet, args.target, args.pointer, printer)
-            result = fleet.push(toplevel, pointer=pointer, emit=printer, jobs=args.jobs)
+            result = fleet.push(toplevel, pointer=pointer, emit=printer, jobs=args.jobs, verify=args.verify)
     finally:
         printer.close()
     if args.json:

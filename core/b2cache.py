@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import bisect
 import io
+import logging
 import math
+import os
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import requests
-from b2sdk.v2 import B2Api, Bucket, InMemoryAccountInfo
+from b2sdk.v2 import AbstractAccountInfo, AuthInfoCache, B2Api, Bucket, InMemoryAccountInfo, SqliteAccountInfo
 from b2sdk.v2.exception import (
     B2ConnectionError,
     B2Error,
     B2RequestTimeout,
     BrokenPipe,
     ConnectionReset,
+    CorruptAccountInfo,
     FileNotPresent,
     InvalidAuthToken,
     MaxRetriesExceeded,
+    MissingAccountData,
     NonExistentBucket,
     RequestTimeout,
     ServiceError,
@@ -42,6 +50,13 @@ CLASS_C = {"b2_authorize_account", "b2_list_buckets", "b2_list_file_names", "b2_
            "b2_list_parts", "b2_list_unfinished_large_files", "b2_list_keys", "b2_get_download_authorization"}
 BILLED_PER_THOUSAND = {"b2_list_file_names", "b2_list_file_versions"}
 STREAM_PART_SIZE = 32 * 1024 * 1024
+# `lookup`: up to HEAD_LIMIT names are checked one by one (class B each); more are read from listing pages of
+# PAGE names that start at the next name not yet known (class C each, ten times the price of a B), as long as a
+# page answers for at least PAGE_WORTH names.
+HEAD_LIMIT = 100
+PAGE = 1000
+PAGE_WORTH = 10
+LOOKUP_JOBS = 8
 _CALL = re.compile(r"/b2api/v\d+/(b2_\w+)")
 # b2sdk tries each request up to 5 times; when B2 is having a bad moment that is not always enough, so each
 # repeatable operation (everything but a streamed upload, which push retries from the start) gets a few more.
@@ -96,10 +111,16 @@ class B2Cache:
     behind a CDN or an own domain), else the bucket's own `<downloadUrl>/file/<bucket>/<prefix>`; topdeck's own
     reads always go through B2's API."""
 
-    def __init__(self, bucket: str, prefix: str, realm: str, key_id: str, key: str, download_url: str = ""):
+    def __init__(self, bucket: str, prefix: str, realm: str, key_id: str, key: str, download_url: str = "",
+                 account_info: Path | None = None):
+        """`account_info`: b2sdk's account-info database (it holds the key and the authorization token), reused
+        between runs so that a run needs no `authorize_account` (class C) while the token is valid; b2sdk
+        authorizes again with the stored key when B2 says the token expired. One file per realm and key."""
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.counter = CallCounter()
-        self.api = B2Api(InMemoryAccountInfo())
+        info = _account_info(account_info)
+        # the bucket's id is kept with the authorization, so a key that may see every bucket needs no list_buckets
+        self.api = B2Api(info, cache=AuthInfoCache(info) if account_info is not None else None)
         self.api.session.raw_api.b2_http.add_callback(self.counter)
 
         def authorize() -> None:
@@ -109,7 +130,8 @@ class B2Cache:
                 raise CacheError(f"B2 refused the application key (realm {realm})") from None
 
         # once: b2sdk already tries 5 times, and an authorization that fails that often is a wrong realm or no network
-        retrying("authorizing with B2", authorize, attempts=1)
+        if not _authorized(self.api.account_info, realm, key_id):
+            retrying("authorizing with B2", authorize, attempts=1)
         self.bucket = retrying(f"finding bucket {bucket!r}", lambda: self._bucket(bucket))
         self.bucket_url = f"{self.api.account_info.get_download_url()}/file/{bucket}/{self.prefix}".rstrip("/")
         self.substituter_url = download_url.rstrip("/") or self.bucket_url
@@ -183,6 +205,49 @@ class B2Cache:
                                       file.get("uploadTimestamp", 0))
         return response.get("nextFileName")
 
+    def lookup(self, names: Collection[str]) -> dict[str, Entry]:
+        """Those of `names` that are stored (their newest versions), at a cost that grows with len(names), not
+        with the cache: each name checked by name (class B), or listing pages from the names on (class C) when
+        there are many and a page answers for enough of them."""
+        pending = sorted(set(names))
+        found: dict[str, Entry] = {}
+        while len(pending) > HEAD_LIMIT:
+            answered = self._lookup_page(pending, found)
+            pending = pending[answered:]
+            if answered < PAGE_WORTH:
+                break
+        with ThreadPoolExecutor(max_workers=LOOKUP_JOBS, thread_name_prefix="topdeck-lookup") as pool:
+            for name, entry in zip(pending, pool.map(self._head, pending), strict=True):
+                if entry is not None:
+                    found[name] = entry
+        return found
+
+    def _lookup_page(self, pending: list[str], found: dict[str, Entry]) -> int:
+        """One listing page from pending[0] on; adds the pending names it holds to `found` and returns how many
+        pending names (from the first) it answered for, present or not (at least one)."""
+        entries: dict[str, Entry] = {}
+        next_name = self._list_page(entries, self.prefix + pending[0], self.prefix, PAGE)
+        answered = len(pending) if next_name is None else bisect.bisect_left(pending, next_name[len(self.prefix):])
+        for name in pending[:answered]:
+            if name in entries:
+                found[name] = entries[name]
+        return max(answered, 1)
+
+    def _head(self, name: str) -> Entry | None:
+        def head() -> Entry | None:
+            try:
+                version = self.bucket.get_file_info_by_name(self.prefix + name)
+            except FileNotPresent:
+                return None
+            except B2Error as error:
+                if "403" in str(error):  # a HEAD's answer has no body to say why
+                    raise CacheError(f"checking {name}: B2 refused it (403): the B2 daily download cap is exceeded, "
+                                     "or the key may not read files") from None
+                raise
+            return Entry(name, version.size, dict(version.file_info), version.upload_timestamp)
+
+        return retrying(f"checking {name}", head)
+
     def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
                   info: Mapping[str, str] | None = None) -> None:
         retrying(f"uploading {name}", lambda: self.bucket.upload_bytes(
@@ -240,6 +305,33 @@ class B2Cache:
         retrying(f"deleting {entry.name}", delete)
 
 
+def _account_info(path: Path | None) -> AbstractAccountInfo:
+    """b2sdk's account info: in memory, or its SQLite database at `path` (created 0600 by b2sdk; made 0600 here
+    if it was not), started afresh when the file is not a database b2sdk can read."""
+    if path is None:
+        return InMemoryAccountInfo()
+    # it logs a traceback at ERROR for each value a database without an account yet lacks (a first run)
+    logging.getLogger("b2sdk._internal.account_info.sqlite_account_info").setLevel(logging.CRITICAL)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    if path.exists():
+        os.chmod(path, 0o600)
+    try:
+        return SqliteAccountInfo(file_name=str(path))
+    except (CorruptAccountInfo, sqlite3.Error):
+        path.unlink(missing_ok=True)
+        return SqliteAccountInfo(file_name=str(path))
+
+
+def _authorized(info: AbstractAccountInfo, realm: str, key_id: str) -> bool:
+    """Whether `info` already holds an authorization of `key_id` in `realm` (a stored one, from an earlier run)."""
+    try:
+        return bool(info.get_account_auth_token()) and info.get_realm() == realm \
+            and info.get_application_key_id() == key_id
+    except MissingAccountData:
+        return False
+
+
 def retrying(doing: str, operation: Callable[[], T], attempts: int = ATTEMPTS,
              sleep: Callable[[float], None] = time.sleep) -> T:
     """`operation()`, tried again (with a growing pause) while it fails with a TransientCacheError."""
@@ -268,6 +360,8 @@ def b2_errors(doing: str) -> Iterator[None]:
         text = str(error)
         if "download_cap_exceeded" in text:
             raise CacheError(f"{doing}: the B2 daily download cap is exceeded (raise it in the B2 account)") from None
+        if isinstance(error, Unauthorized):  # with an expired token b2sdk tried the stored key, and B2 refused it too
+            raise CacheError(f"{doing}: B2 refused the application key ({_first_line(text)})") from None
         if isinstance(error, TRANSIENT):
             raise TransientCacheError(f"{doing}: B2 did not answer ({_network_reason(text)})") from None
         raise CacheError(f"{doing}: B2 error: {_first_line(text)}") from None

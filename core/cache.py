@@ -11,14 +11,15 @@ import json
 import os
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from topdeck.core.errors import CacheError, CacheMissing
 from topdeck.core.events import Transactions
 from topdeck.core.inventory import CacheConfig
+from topdeck.core.state import b2_account_file
 
 
 class TransientCacheError(CacheError):
@@ -61,6 +62,21 @@ class Cache(Protocol):
     def transactions(self) -> Transactions: ...
 
 
+@runtime_checkable
+class NameLookup(Protocol):
+    """A cache that answers for given names without listing everything (B2Cache, DirCache)."""
+
+    def lookup(self, names: Collection[str]) -> dict[str, Entry]:
+        """Those of `names` that are stored (newest versions), at a cost that grows with len(names)."""
+        ...
+
+    def listing_of(self, folder: str) -> dict[str, Entry]:
+        """The files under `folder` (a name ending in "/"), named from the cache's root as in `listing`."""
+        ...
+
+    def get_bytes(self, name: str) -> bytes: ...
+
+
 class DeletingCache(Cache, Protocol):
     """A cache opened with a key that may delete: only `topdeck gc` has one."""
 
@@ -84,7 +100,8 @@ def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> 
     from topdeck.core.b2cache import B2Cache
 
     key_id, key = b2_credentials(config, environ)
-    return B2Cache(config.bucket, config.prefix, config.realm, key_id, key, download_url=config.download_url)
+    return B2Cache(config.bucket, config.prefix, config.realm, key_id, key, download_url=config.download_url,
+                   account_info=b2_account_file(config.realm, key_id, key, environ))
 
 
 def open_deleting_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> DeletingCache:
@@ -95,7 +112,8 @@ def open_deleting_cache(config: CacheConfig, environ: Mapping[str, str] = os.env
     from topdeck.core.b2cache import B2Cache
 
     key_id, key = gc_credentials(config, environ)
-    cache = B2Cache(config.bucket, config.prefix, config.realm, key_id, key)
+    cache = B2Cache(config.bucket, config.prefix, config.realm, key_id, key,
+                    account_info=b2_account_file(config.realm, key_id, key, environ))
     if "deleteFiles" not in cache.capabilities():
         raise CacheError(f"the gc key {key_id} may not delete files (its capabilities: "
                          f"{', '.join(cache.capabilities()) or 'none'}); make one with deleteFiles for bucket "
@@ -162,6 +180,15 @@ class DirCache:
                 versions = self.versions(name)
                 entries[name] = versions[0] if versions else Entry(name, path.stat().st_size)
         return entries
+
+    def lookup(self, names: Collection[str]) -> dict[str, Entry]:
+        found = {}
+        for name in names:
+            path = self._path(name)
+            if path.is_file():
+                versions = self.versions(name)
+                found[name] = versions[0] if versions else Entry(name, path.stat().st_size)
+        return found
 
     def put_bytes(self, name: str, data: bytes, *, content_type: str, cache_control: str | None = None,
                   info: Mapping[str, str] | None = None) -> None:

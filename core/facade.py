@@ -175,20 +175,21 @@ class Fleet:
         return release.build_each(hosts, emit=emit, cancel=cancel, nix_path_args=nix_path_args)
 
     def push(self, toplevel: StorePath | str, pointer: str | None = None, emit: Emit = ignore,
-             cancel: threading.Event | None = None, jobs: int = 8) -> PushResult:
+             cancel: threading.Event | None = None, jobs: int = 8, verify: bool = False) -> PushResult:
         path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
         key = self.signing_key()
-        return push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs))
+        return push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs), verify=verify)
 
     def check_buildable(self, hosts: Sequence[Host]) -> None:
         """Refuse hosts with nothing to build before anything is built."""
         release.buildable(hosts)
 
     def release(self, hosts: Sequence[Host], emit: Emit = ignore, cancel: threading.Event | None = None,
-                jobs: int = 8) -> PushResult:
+                jobs: int = 8, verify: bool = False) -> PushResult:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         key = self.signing_key()
-        return release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs))
+        return release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
+                               verify=verify)
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------
 

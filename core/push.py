@@ -1,15 +1,16 @@
 """Push a closure to the binary cache, then publish a pointer to it.
 
 Order, so that a reader never sees a narinfo without its NAR or a pointer to an incomplete closure:
-1. one listing of the cache (without the NARs when nothing is missing);
+1. what the cache holds (core.presence: the manifests it needs, then by name only what no manifest answers for;
+   with `verify`, one listing of the whole cache instead);
 2. each missing path's NAR, streamed from `nix-store --dump` through zstd into the upload, in parallel (a small
    path's NAR is serialized in this process instead, and checked against its NarHash);
 3. each path's signed narinfo, once its NAR is stored and the narinfos of all its references exist
    (so every narinfo in the cache has its whole closure behind it);
 4. `nix-cache-info` if absent, the closure manifest (of each toplevel, when several are pushed as one);
 5. last, the pointers.
-NARs are named by their NarHash, so a NAR left without its narinfo by an interrupted push is found by the
-listing; its FileHash is recomputed locally (zstd is deterministic) instead of uploading it again.
+NARs are named by their NarHash, so a NAR left without its narinfo by an interrupted push is found by name;
+its FileHash is recomputed locally (zstd is deterministic) instead of uploading it again.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import zstandard
 
 from topdeck.core import localnix
 from topdeck.core import pointers as pointers_module
-from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, TransientCacheError
+from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, NameLookup, TransientCacheError
 from topdeck.core.errors import Cancelled, TopdeckError
 from topdeck.core.events import Emit, Progress, PublishedPointer, PushResult, ignore
 from topdeck.core.localnix import PathInfo
 from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
-from topdeck.core.narinfo import Narinfo, hash_to_nix32, parse_narinfo, render_narinfo
+from topdeck.core.narinfo import Narinfo, parse_narinfo, render_narinfo
+from topdeck.core.presence import NAR_FOLDER, Presence, nar_file, nar_name, narinfo_name, presence
 from topdeck.core.signing import SecretKey, sign_narinfo
 from topdeck.core.store import StorePath
 
@@ -49,20 +51,7 @@ CACHE_INFO = b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
 
 NarSource = Callable[[StorePath], AbstractContextManager[BinaryIO]]
 _NAR_PADDING = bytes(8)
-NAR_FOLDER = "nar/"
-
-
-def nar_name(info: PathInfo) -> str:
-    return nar_file(info.nar_hash)
-
-
-def nar_file(nar_hash: bytes) -> str:
-    """Where this push stores the NAR with that NarHash (another tool may have used another name)."""
-    return f"{NAR_FOLDER}{hash_to_nix32(nar_hash)}.nar.zst"
-
-
-def narinfo_name(path: StorePath) -> str:
-    return f"{path.hash_part}.narinfo"
+__all__ = ["NAR_FOLDER", "nar_file", "nar_name", "narinfo_name", "push", "push_all"]
 
 
 @dataclass(frozen=True)
@@ -253,13 +242,14 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
          closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
          nar_source: NarSource | None = None, emit: Emit = ignore,
          cancel: threading.Event | None = None, jobs: int = 8,
-         clock: Callable[[], float] = time.time) -> PushResult:
+         clock: Callable[[], float] = time.time, verify: bool = False) -> PushResult:
     """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it.
 
     NARs come from `nar_source`; by default small ones are serialized in this process (checked against their
-    NarHash) and the others come from `nix-store --dump`."""
+    NarHash) and the others come from `nix-store --dump`. `verify`: see push_all."""
     return push_all([toplevel], cache, key, pointers={pointer: toplevel} if pointer is not None else {},
-                    closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel, jobs=jobs, clock=clock)
+                    closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel, jobs=jobs, clock=clock,
+                    verify=verify)
 
 
 def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
@@ -267,9 +257,11 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
              closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
              nar_source: NarSource | None = None, emit: Emit = ignore,
              cancel: threading.Event | None = None, jobs: int = 8,
-             clock: Callable[[], float] = time.time) -> PushResult:
-    """Push several toplevels as one: one listing, the NARs and narinfos of the union of their closures, then
-    each toplevel's manifest, and last the pointers (name -> toplevel, each one of `toplevels`)."""
+             clock: Callable[[], float] = time.time, verify: bool = False) -> PushResult:
+    """Push several toplevels as one: what the cache holds (core.presence), the NARs and narinfos of the union of
+    their closures, then each toplevel's manifest, and last the pointers (name -> toplevel, each one of
+    `toplevels`). `verify` takes no manifest's word: every path is checked against one listing of the cache, and
+    what is missing is uploaded (the repair for a cache whose narinfos something other than topdeck deleted)."""
     toplevels = list(dict.fromkeys(toplevels))
     wanted = dict(pointers or {})
     for name, target in wanted.items():
@@ -279,7 +271,8 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
     started = time.monotonic()
     closure = closure_of(toplevels)
     emit(Progress(phase="list", paths_total=len(closure)))
-    listing = _listing(cache, closure, toplevels)
+    found = _presence(cache, closure, toplevels, list(wanted), verify)
+    listing = found.names
     job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
     job.run(listing)
     if "nix-cache-info" not in listing:
@@ -288,7 +281,7 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
         if manifest_name(toplevel) not in listing:
             own = closure_within(closure, toplevel)
             emit(Progress(phase="manifest", paths_done=len(own), paths_total=len(own)))
-            manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, listing, cache)))
+            manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, found, cache)))
             cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
     published = [_publish_pointer(cache, name, target, key, listing, clock) for name, target in wanted.items()]
     skipped = [info for info in closure if info.path not in job.uploaded]
@@ -333,9 +326,17 @@ class FolderListing(Protocol):
     def listing_of(self, folder: str) -> dict[str, Entry]: ...
 
 
+def _presence(cache: Cache, closure: list[PathInfo], toplevels: list[StorePath], pointers: list[str],
+              verify: bool) -> Presence:
+    """What the push needs to know of the cache: by manifests and names (core.presence), or from a listing when
+    asked to verify or when the cache cannot answer by name."""
+    if isinstance(cache, NameLookup) and not verify:
+        return presence(cache, closure, toplevels, pointers)
+    return Presence(names=_listing(cache, closure, toplevels))
+
+
 def _listing(cache: Cache, closure: list[PathInfo], toplevels: list[StorePath]) -> dict[str, Entry]:
-    """What the push needs to know of the cache. The NARs (half the names) are listed only when something is
-    missing: a push of a closure that is already there reads only the narinfos, pointers and manifests."""
+    """The cache's listing. The NARs (half the names) are listed only when something is missing."""
     if not isinstance(cache, FolderListing):
         return cache.listing()
     listing, complete = cache.listing_around(NAR_FOLDER)
@@ -423,18 +424,20 @@ def _publish_pointer(cache: Cache, name: str, toplevel: StorePath, key: SecretKe
     return PublishedPointer(name, str(toplevel), published.serial, True)
 
 
-def _manifest_paths(closure: list[PathInfo], stored: dict[StorePath, Stored], listing: dict[str, Entry],
+def _manifest_paths(closure: list[PathInfo], stored: dict[StorePath, Stored], found: Presence,
                     cache: Cache) -> Iterator[ManifestPath]:
     for info in closure:
-        yield ManifestPath(info.path, info.nar_size, _file_size(info, stored, listing, cache), info.references,
+        yield ManifestPath(info.path, info.nar_size, _file_size(info, stored, found, cache), info.references,
                            info.nar_hash)
 
 
-def _file_size(info: PathInfo, stored: dict[StorePath, Stored], listing: dict[str, Entry], cache: Cache) -> int:
+def _file_size(info: PathInfo, stored: dict[StorePath, Stored], found: Presence, cache: Cache) -> int:
     if info.path in stored:
         return stored[info.path].file_size
-    if nar_name(info) in listing:
-        return listing[nar_name(info)].size
+    if info.path in found.file_sizes:
+        return found.file_sizes[info.path]
+    if nar_name(info) in found.names:
+        return found.names[nar_name(info)].size
     # a path another tool pushed, under another NAR name: its narinfo says
     text = cache.get_bytes(narinfo_name(info.path)).decode()
     return parse_narinfo(text, narinfo_name(info.path)).file_size

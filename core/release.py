@@ -3,7 +3,7 @@ TUI's plan screen share.
 
 All flake hosts build in one `nix build` (core.flakes), all `nix` files in one nix-build, and each distinct `nixos`
 configuration once; a host's build runs once however many hosts share it. The pushed closures are the union of
-the hosts' toplevels, in one push (one listing), and then each host's pointer names its toplevel; hosts that
+the hosts' toplevels, in one push (one presence check), and then each host's pointer names its toplevel; hosts that
 follow one pointer must build one toplevel.
 """
 
@@ -93,13 +93,13 @@ def pointer_targets(hosts: Sequence[Host], toplevels: Mapping[str, StorePath]) -
 
 def release(hosts: Sequence[Host], cache_of: Callable[[], Cache], key: SecretKey, *, emit: Emit = ignore,
             cancel: threading.Event | None = None, jobs: int = 8, nix_path_args: Sequence[str] = (),
-            env: Mapping[str, str] | None = None) -> PushResult:
-    """Build the hosts, then push all their toplevels in one push and point each host's pointer at its toplevel.
-    A pointer conflict is refused after the build, before the cache is opened."""
+            env: Mapping[str, str] | None = None, verify: bool = False) -> PushResult:
+    """Build the hosts, then push all their toplevels in one push and point each host's pointer at its toplevel
+    (`verify`: see push_all). A pointer conflict is refused after the build, before the cache is opened."""
     toplevels = build_hosts(hosts, emit=emit, cancel=cancel, nix_path_args=nix_path_args, env=env)
     targets = pointer_targets(hosts, toplevels)
     unique = list(dict.fromkeys(toplevels[host.name] for host in hosts))
-    return push_all(unique, cache_of(), key, pointers=targets, emit=emit, cancel=cancel, jobs=jobs)
+    return push_all(unique, cache_of(), key, pointers=targets, emit=emit, cancel=cancel, jobs=jobs, verify=verify)
 
 
 def _logger(emit: Emit, label: str) -> Callable[[str], None]:

@@ -39,3 +39,10 @@ def ensure_inventory_state(inventory_root: Path, environ: Mapping[str, str] = os
     if not note.exists():
         note.write_text(f"{inventory_root.resolve()}\n")
     return folder
+
+
+def b2_account_file(realm: str, key_id: str, key: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """b2sdk's account-info database for one realm and application key: `b2/<24 hex>.sqlite`, named by a hash of
+    the three so that two keys (or two B2 endpoints) never share an authorization. It holds the key: 0600."""
+    digest = hashlib.sha256("\0".join((realm, key_id, key)).encode()).hexdigest()[:24]
+    return state_home(environ) / "b2" / f"{digest}.sqlite"
