@@ -16,10 +16,11 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, topdeck
 from topdeck.core import deploy as engine
 from topdeck.core import runs
 from topdeck.core.deploy import REBOOT, Settings, Target, _HostRunner, _Tracker
-from topdeck.core.errors import DeployError, LabError, SSHError
+from topdeck.core.errors import DeployError, SSHError
 from topdeck.core.events import HostPhase
 from topdeck.core.signing import generate_keypair
 from topdeck.lab import factory
+from topdeck.lab.errors import LabError
 from topdeck.lab.hosts import listener, processes_of
 from topdeck.lab.imagehost import CGROUP_ROOT
 from topdeck.lab.lab import Lab
