@@ -97,7 +97,7 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", mode_of(self.mode))
         if self.reboot and self.mode not in (Mode.BOOT, REBOOT):
-            raise DeployError(f"a reboot goes with mode boot (not {self.mode}): boot makes the new system the one "
+            raise DeployError(f"reboot goes with mode boot (not {self.mode}): boot makes the new system the one "
                               "the reboot starts", setting="reboot")
 
     @property
@@ -123,7 +123,7 @@ def plan_waves(hosts: Iterable[str], canary: int = 0, wave: str | None = None) -
     """Split hosts into waves: `canary` hosts first, then waves of `wave` hosts ("5") or of a share ("25%")."""
     names = list(hosts)
     if canary < 0:
-        raise DeployError(f"a canary of {canary} hosts: must be 0 or more", setting="canary")
+        raise DeployError(f"canary {canary}: must be 0 or more", setting="canary")
     size = len(names) if not wave else _wave_size(wave, len(names))
     waves = [names[:canary]] if canary else []
     rest = names[canary:]
@@ -134,7 +134,7 @@ def plan_waves(hosts: Iterable[str], canary: int = 0, wave: str | None = None) -
 def _wave_size(wave: str, count: int) -> int:
     match = re.fullmatch(r"(\d+)(%?)", wave.strip())
     if not match or int(match.group(1)) == 0 or (match.group(2) and int(match.group(1)) > 100):
-        raise DeployError(f"wave size {wave!r}: give a number of hosts (5) or a share of them (25%)", setting="wave")
+        raise DeployError(f"wave {wave!r}: give a number of hosts (5) or a share of them (25%)", setting="wave")
     number = int(match.group(1))
     return max(1, math.ceil(count * number / 100)) if match.group(2) else number
 

@@ -8,7 +8,8 @@ class TopdeckError(Exception):
     """Base of all user-facing errors: the CLI prints str(error) on one line and exits non-zero.
 
     `setting` names the setting or argument at fault ("canary", "wave", "keep", ...), so that a front end can name
-    its own flag for it; the message says what is wrong without naming any front end's flags."""
+    its own flag for it; the message says what is wrong without naming any front end's flags, and begins with the
+    setting's name where it can (`canary -1: must be 0 or more`, which the CLI can print as `--canary -1: ...`)."""
 
     def __init__(self, *args: object, setting: str = ""):
         super().__init__(*args)

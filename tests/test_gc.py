@@ -352,7 +352,7 @@ def test_an_unreachable_host_stops_gc_unless_skipped(lab, inventory) -> None:
         assert run.returncode != 0
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("topdeck: error: cannot ask 1 host(s)"), run.stderr
-        assert "host-2" in lines[0] and "--skip-unreachable" in lines[0]
+        assert "host-2" in lines[0] and "skip the unreachable hosts" in lines[0]
         assert snapshot(cache) == before
         skipped = topdeck(inventory, "gc", "--keep", "1", "--min-age", "0", "--yes", "--skip-unreachable")
         assert skipped.returncode == 0, skipped.stderr
