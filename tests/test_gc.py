@@ -317,7 +317,7 @@ BAD_ROWS = [
      ["no B2 key for gc", "gc_credentials_file"]),
     ("the deploy key", lambda text, lab: text.replace(str(lab.b2_gc_credentials), str(lab.b2_credentials)),
      ["--keep", "1"], ["may not delete files"]),
-    ("keep 0", lambda text, lab: text, ["--keep", "0"], ["--keep 0", "at least"]),
+    ("keep 0", lambda text, lab: text, ["--keep", "0"], ["keep 0", "at least"]),
 ]
 
 
