@@ -55,7 +55,7 @@ from topdeck.core.ssh import Connect, Session, connect
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.vocabulary import SWITCH_MODES, Mode, Outcome, Phase
 
-MODES = SWITCH_MODES
+MODES = tuple(mode.value for mode in SWITCH_MODES)  # plain words: argparse's choices error shows each one's repr
 REBOOT = Mode.REBOOT  # the mode of a run that only reboots its hosts into their boot default
 # Phases in which stopping the host's script leaves the host as it was.
 INTERRUPTIBLE = frozenset({Phase.QUEUED, Phase.CONNECT, Phase.LOCK, Phase.VERIFY, Phase.FETCH})

@@ -258,6 +258,6 @@ def _classify(report: StatusReport, host: Host, desired: str, history: set[str])
         return HostState.DEPLOYING
     if system and system == desired:
         return HostState.UP_TO_DATE if report.specialisation == host.specialisation else HostState.BEHIND
-    if report.last_run and report.last_run.outcome == "rolled-back" and report.last_run.target == desired:
+    if report.last_run and report.last_run.outcome == Outcome.ROLLED_BACK and report.last_run.target == desired:
         return HostState.ROLLED_BACK
     return HostState.BEHIND if system in history else HostState.DRIFTED
