@@ -694,3 +694,26 @@ def test_the_pool_keeps_the_hosts_order_its_bound_and_each_hosts_error():
     cancel.set()
     stopped = each_host([1, 2], work, parallel=2, cancel=cancel, cancelled="stopped")
     assert all(isinstance(r, Cancelled) and str(r) == "stopped" for r in stopped)
+
+
+def test_a_run_record_reads_back_in_the_vocabularys_words(tmp_path):
+    from topdeck.core import runs
+
+    lab = Fleet("web-1")
+    result, _ = lab.deploy(mode="test")
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    loaded = runs.load_run(runs.save_run(tmp_path / "hosts", result, environ=environ))
+    assert loaded.mode is Mode.TEST and loaded.outcomes[0].outcome is Outcome.DONE
+    assert loaded.outcomes == result.outcomes
+
+
+@pytest.mark.parametrize(("call", "setting", "message"), [
+    (lambda: plan_waves(["a"], -1), "canary", "canary -1: must be 0 or more"),
+    (lambda: plan_waves(["a"], 0, "0"), "wave", "wave '0': give a number of hosts (5) or a share of them (25%)"),
+    (lambda: gc.check_keep(0), "keep", "keep 0: must keep at least the current version of each pointer (1 or more)"),
+    (lambda: engine.mode_of("bogus"), "mode", "mode 'bogus': use one of switch, boot, test, dry-activate"),
+])
+def test_core_names_the_setting_at_fault_and_no_front_ends_flag(call, setting, message):
+    with pytest.raises(TopdeckError) as caught:
+        call()
+    assert (caught.value.setting, str(caught.value)) == (setting, message)
