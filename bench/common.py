@@ -109,7 +109,7 @@ def work_root() -> Path:
 
 def shared_lab(hosts: int = 0):  # type: ignore[no-untyped-def]
     """The benchmarks' lab with at least `hosts` hosts (host-1, host-2, ...) running."""
-    from topdeck.core.errors import LabError
+    from topdeck.lab.errors import LabError
     from topdeck.lab.lab import Lab
 
     use_lab_nix()

@@ -17,14 +17,10 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from topdeck.core.errors import CacheError, CacheMissing
+from topdeck.core.errors import TransientCacheError as TransientCacheError  # its home is core/errors.py
 from topdeck.core.events import Transactions
 from topdeck.core.inventory import CacheConfig
 from topdeck.core.state import b2_account_file
-
-
-class TransientCacheError(CacheError):
-    """A failure that may pass (a 503, a timeout, a dropped connection): worth trying the operation again."""
-
 
 NARINFO_TYPE = "text/x-nix-narinfo"
 NAR_TYPE = "application/x-nix-nar"

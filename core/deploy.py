@@ -12,16 +12,13 @@ returns the host to its previous system (its boot entry back, and another reboot
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 
 from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError
 from topdeck.core.events import (
@@ -36,18 +33,32 @@ from topdeck.core.events import (
     ignore,
     switch_meaning,
 )
+from topdeck.core.hostpool import each_host, values
+from topdeck.core.hostverbs import (
+    ConfirmLine,
+    CurrentLine,
+    LogText,
+    OtherLine,
+    PhaseLine,
+    ProgressLine,
+    ResultLine,
+    StateLine,
+    parse_line,
+    run_verb,
+    status,
+)
+from topdeck.core.hostverbs import host_command as host_command  # where callers found it before hostverbs
+from topdeck.core.hostverbs import host_script as host_script
 from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
-from topdeck.core.ssh import Connect, Session, connect, remote_command
+from topdeck.core.ssh import Connect, Session, connect
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.vocabulary import SWITCH_MODES, Mode, Outcome, Phase
 
-MODES = ("switch", "boot", "test", "dry-activate")
-REBOOT = "reboot"  # the mode of a run that only reboots its hosts into their boot default
+MODES = tuple(mode.value for mode in SWITCH_MODES)  # plain words: argparse's choices error shows each one's repr
+REBOOT = Mode.REBOOT  # the mode of a run that only reboots its hosts into their boot default
 # Phases in which stopping the host's script leaves the host as it was.
-INTERRUPTIBLE = frozenset({"queued", "connect", "lock", "verify", "fetch"})
-WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; '
-           'mkdir -p "$d" && f=$(mktemp "$d/topdeck-host.XXXXXX") || exit 1; '
-           'cat > "$f"; sh "$f" "$@"; status=$?; rm -f "$f"; exit $status')
+INTERRUPTIBLE = frozenset({Phase.QUEUED, Phase.CONNECT, Phase.LOCK, Phase.VERIFY, Phase.FETCH})
 RECONNECT_EVERY = 2.0
 LOST_FETCH_WINDOW = 10.0  # how long to look for a host lost before it changed anything
 CONFIRM_JOIN_TIMEOUT = 15.0  # how long a host's result waits for its confirming thread to finish
@@ -75,7 +86,7 @@ class Target:
 class Settings:
     """What every host of one run shares."""
 
-    mode: str
+    mode: Mode
     cache_url: str
     trusted_key: PublicKey
     confirm_timeout: float = 30.0
@@ -84,30 +95,25 @@ class Settings:
     reboot_timeout: float = 300.0  # how long a host may take to come back from its reboot, confirmation included
 
     def __post_init__(self) -> None:
-        if self.mode not in (*MODES, REBOOT):
-            raise DeployError(f"mode {self.mode!r}: use one of {', '.join(MODES)}")
-        if self.reboot and self.mode not in ("boot", REBOOT):
-            raise DeployError(f"--reboot goes with --mode boot (not {self.mode}): boot makes the new system the one "
-                              "the reboot starts")
+        object.__setattr__(self, "mode", mode_of(self.mode))
+        if self.reboot and self.mode not in (Mode.BOOT, REBOOT):
+            raise DeployError(f"reboot goes with mode boot (not {self.mode}): boot makes the new system the one "
+                              "the reboot starts", setting="reboot")
 
     @property
     def rebooting(self) -> bool:
         return self.reboot or self.mode == REBOOT
 
 
+def mode_of(text: str) -> Mode:
+    """The mode a front end names (REBOOT too: the mode of `topdeck reboot`)."""
+    if text not in (*MODES, REBOOT):
+        raise DeployError(f"mode {text!r}: use one of {', '.join(MODES)}", setting="mode")
+    return Mode(text)
+
+
 def new_run_id(clock: Callable[[], float] = time.time) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(clock())) + "-" + secrets.token_hex(3)
-
-
-@functools.cache
-def host_script() -> bytes:
-    return resources.files("topdeck.core").joinpath("host.sh").read_bytes()
-
-
-def host_command(host: Host, verb: str, *args: str | int) -> str:
-    """The remote command that runs host.sh (sent on stdin) with `verb` and `args`, through sudo if asked."""
-    sudo = ["sudo", "-n"] if host.sudo and host.user != "root" else []
-    return remote_command(*sudo, "sh", "-c", WRAPPER, "topdeck-host", verb, *args)
 
 
 # --- waves ----------------------------------------------------------------------------------------
@@ -117,7 +123,7 @@ def plan_waves(hosts: Iterable[str], canary: int = 0, wave: str | None = None) -
     """Split hosts into waves: `canary` hosts first, then waves of `wave` hosts ("5") or of a share ("25%")."""
     names = list(hosts)
     if canary < 0:
-        raise DeployError(f"--canary {canary}: must be 0 or more")
+        raise DeployError(f"canary {canary}: must be 0 or more", setting="canary")
     size = len(names) if not wave else _wave_size(wave, len(names))
     waves = [names[:canary]] if canary else []
     rest = names[canary:]
@@ -128,7 +134,7 @@ def plan_waves(hosts: Iterable[str], canary: int = 0, wave: str | None = None) -
 def _wave_size(wave: str, count: int) -> int:
     match = re.fullmatch(r"(\d+)(%?)", wave.strip())
     if not match or int(match.group(1)) == 0 or (match.group(2) and int(match.group(1)) > 100):
-        raise DeployError(f"--wave {wave!r}: give a number of hosts (5) or a share of them (25%)")
+        raise DeployError(f"wave {wave!r}: give a number of hosts (5) or a share of them (25%)", setting="wave")
     number = int(match.group(1))
     return max(1, math.ceil(count * number / 100)) if match.group(2) else number
 
@@ -154,17 +160,18 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
     stopped = ""
     runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock)
     for name in by_name:
-        emit(HostPhase(name, "queued"))
+        emit(HostPhase(name, Phase.QUEUED))
     for index, wave in enumerate(waves, 1):
         if stopped or cancel.is_set():
             why = stopped or "cancelled"
             for name in wave:
-                outcomes[name] = _not_run(name, targets[name], "skipped" if stopped else "cancelled", why, emit)
+                outcomes[name] = _not_run(name, targets[name], Outcome.SKIPPED if stopped else Outcome.CANCELLED, why,
+                                          emit)
             continue
         emit(WaveStarted(index, len(waves), wave))
-        with ThreadPoolExecutor(max(1, min(parallel, len(wave))), thread_name_prefix="topdeck-deploy") as pool:
-            results = pool.map(runner.run, [by_name[name] for name in wave], [targets[name] for name in wave])
-            outcomes.update((outcome.host, outcome) for outcome in results)
+        results = values(each_host(wave, lambda name: runner.run(by_name[name], targets[name]), parallel=parallel,
+                                   thread_name="topdeck-deploy"))
+        outcomes.update((outcome.host, outcome) for outcome in results)
         failed = [name for name in wave if not outcomes[name].ok]
         if failed and index < len(waves):
             stopped = f"wave {index} failed on {', '.join(failed)}"
@@ -185,8 +192,8 @@ def _one_at_a_time(emit: Emit) -> Emit:
     return serialized
 
 
-def _not_run(name: str, target: Target, outcome: str, why: str, emit: Emit) -> HostOutcome:
-    emit(HostPhase(name, outcome, why))
+def _not_run(name: str, target: Target, outcome: Outcome, why: str, emit: Emit) -> HostOutcome:
+    emit(HostPhase(name, Phase(outcome), why))
     result = HostOutcome(name, outcome, _target_text(target), reason=why)
     emit(result)
     return result
@@ -209,7 +216,7 @@ class _HostRunner:
     def run(self, host: Host, target: Target) -> HostOutcome:
         started = self.clock()
         if self.cancel.is_set():
-            return _not_run(host.name, target, "cancelled", "cancelled before it started", self.emit)
+            return _not_run(host.name, target, Outcome.CANCELLED, "cancelled before it started", self.emit)
         track = _Tracker(host.name, self.emit, lambda: self._confirm(host, track))
         try:
             self._deploy(host, target, track)
@@ -225,12 +232,12 @@ class _HostRunner:
                               track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
                               started, self.clock(), track.switch_code, switch_meaning(track.switch_code),
                               track.booted)
-        self.emit(HostPhase(host.name, outcome.outcome, outcome.reason))
+        self.emit(HostPhase(host.name, Phase(outcome.outcome), outcome.reason))
         self.emit(outcome)
         return outcome
 
     def _deploy(self, host: Host, target: Target, track: _Tracker) -> None:
-        track.phase("connect")
+        track.phase(Phase.CONNECT)
         args: list[str | int]
         if target.boot_default:
             verb, args = "reboot", [self.settings.run_id, "--confirm", math.ceil(self.settings.confirm_timeout)]
@@ -260,8 +267,8 @@ class _HostRunner:
 
     def _run(self, session: Session, host: Host, verb: str, args: list[str | int], track: _Tracker,
              cancel: object = None) -> None:
-        result = session.run(host_command(session.host, verb, *args), stdin=host_script(), on_stdout_line=track.line,
-                             on_stderr_line=track.stderr, cancel=cancel)  # type: ignore[arg-type]
+        result = run_verb(session, verb, *args, timeout=None, on_line=track.line, on_stderr_line=track.stderr,
+                          cancel=cancel)  # type: ignore[arg-type]  # _WhileInterruptible: is_set() is all it reads
         if track.result is None and not track.reboot_from:  # a host that reboots gives its result after the boot
             track.fail(f"the host script ended without a result (exit {result.exit_status})")
 
@@ -277,8 +284,8 @@ class _HostRunner:
             try:
                 with self.connect(host, self.ssh) as session:
                     self._run(session, host, "follow", [self.settings.run_id], track)
-                if isinstance(error, Cancelled) and track.outcome == "failed" and not changing:
-                    track.outcome, track.reason = "cancelled", "cancelled before anything changed on the host"
+                if isinstance(error, Cancelled) and track.outcome == Outcome.FAILED and not changing:
+                    track.outcome, track.reason = Outcome.CANCELLED, "cancelled before anything changed on the host"
                 return
             except (SSHError, Cancelled):
                 time.sleep(RECONNECT_EVERY)
@@ -287,7 +294,7 @@ class _HostRunner:
     def _where_it_ends(self, track: _Tracker) -> str:
         """What a host lost after it began to change does by itself, from what topdeck saw before it was lost."""
         target = track.target or "the new system"
-        guarded = self.settings.mode in ("switch", "test") and self.settings.confirm_timeout > 0
+        guarded = self.settings.mode in (Mode.SWITCH, Mode.TEST) and self.settings.confirm_timeout > 0
         if self.settings.rebooting:
             ends = f"it reboots into {target} by itself, and then {self._guard_does(track)}"
         elif not guarded or track.confirmed:
@@ -301,14 +308,14 @@ class _HostRunner:
     def _after_reboot(self, host: Host, track: _Tracker) -> None:
         """The host reboots: wait until it answers with a new boot id, then follow its reboot guard (which waits for
         the confirmation that _confirm gives, or returns the host to its previous system) until the result."""
-        track.phase("reboot", "waiting for the host to boot again")
+        track.phase(Phase.REBOOT, "waiting for the host to boot again")
         timeout = self.settings.reboot_timeout
         deadline = time.monotonic() + timeout
         why = "it did not answer"
         while time.monotonic() < deadline:
             try:
                 with self.connect(host, self.ssh) as session:
-                    boot_id = _boot_id(session, host)
+                    boot_id = status(session).boot_id
                     if boot_id and boot_id != track.reboot_from:
                         self._run(session, host, "follow", [self.settings.run_id, "--since-reboot"], track)
                     why = "it still had its old boot id" if boot_id == track.reboot_from else "it rebooted again"
@@ -340,16 +347,17 @@ class _HostRunner:
             except TopdeckError as error:
                 self.emit(LogLine(f"cannot confirm the boot ({error}): the host returns by itself", host.name))
                 return
-        self.emit(HostPhase(host.name, "check" if checks else "confirm", "through a new SSH login"))
+        self.emit(HostPhase(host.name, Phase.CHECK if checks else Phase.CONFIRM, "through a new SSH login"))
         deadline = time.monotonic() + self.settings.confirm_timeout
         while True:
             try:
                 with self.connect(host, self.ssh) as session:
-                    result = session.run(host_command(session.host, "confirm", self.settings.run_id, *checks),
-                                         stdin=host_script(), timeout=max(1.0, deadline - time.monotonic()) + 5)
-                text = result.stdout.decode(errors="replace").strip().replace("\t", " ")
-                self.emit(LogLine(text or f"confirm exited {result.exit_status}", host.name))
-                track.confirmed = result.exit_status == 0 and text.startswith("confirm ok")
+                    result = run_verb(session, "confirm", self.settings.run_id, *checks,
+                                      timeout=max(1.0, deadline - time.monotonic()) + 5)
+                text = result.stdout.decode(errors="replace").strip()
+                self.emit(LogLine(text.replace("\t", " ") or f"confirm exited {result.exit_status}", host.name))
+                answer = parse_line(text.partition("\n")[0])
+                track.confirmed = result.exit_status == 0 and isinstance(answer, ConfirmLine) and answer.answer == "ok"
                 return
             except TopdeckError as error:
                 if time.monotonic() + RECONNECT_EVERY >= deadline:
@@ -357,16 +365,6 @@ class _HostRunner:
                                       host.name))
                     return
                 time.sleep(RECONNECT_EVERY)
-
-
-def _boot_id(session: Session, host: Host) -> str:
-    """The host's boot id, which changes with every boot ("" when its status does not say)."""
-    result = session.run(host_command(session.host, "status"), stdin=host_script(), timeout=60)
-    for line in result.stdout.decode(errors="replace").splitlines():
-        key, _, value = line.partition("\t")
-        if key == "boot-id":
-            return value.strip()
-    return ""
 
 
 def _check_args(checks: Checks) -> list[str]:
@@ -385,14 +383,17 @@ class _WhileInterruptible:
         return self.cancel.is_set() and self.track.current_phase in INTERRUPTIBLE
 
 
+_PHASES = frozenset(Phase)
+
+
 class _Tracker:
     """Turns one host's script output into events, and remembers how far the host got."""
 
     def __init__(self, host: str, emit: Emit, on_confirm: Callable[[], None]):
         self.host, self.emit, self.on_confirm = host, emit, on_confirm
-        self.current_phase = "queued"
+        self.current_phase = Phase.QUEUED
         self.result: str | None = None
-        self.outcome, self.reason = "failed", ""
+        self.outcome, self.reason = Outcome.FAILED, ""
         self.confirmed = False
         self.target = self.before = self.current = self.booted = ""
         self.reboot_from = ""  # the boot id the host had when it began to reboot
@@ -401,7 +402,7 @@ class _Tracker:
         self._progress = Progress(phase="fetch", host=host)
         self._confirmer: threading.Thread | None = None
 
-    def phase(self, name: str, detail: str = "") -> None:
+    def phase(self, name: Phase, detail: str = "") -> None:
         self.current_phase = name
         self.emit(HostPhase(self.host, name, detail))
 
@@ -411,23 +412,38 @@ class _Tracker:
         return bool(self.reboot_from) and self.result is None
 
     def fail(self, reason: str) -> None:
-        self.result, self.outcome, self.reason = "failed", "failed", reason
+        self.result, self.outcome, self.reason = "failed", Outcome.FAILED, reason
 
     def stderr(self, text: str) -> None:
         if text.strip():
             self.emit(LogLine(text, self.host))
 
     def line(self, text: str) -> None:
-        kind, *fields = text.split("\t")
-        handler = getattr(self, f"_on_{kind.replace('-', '_')}", None)
-        if handler is None:
-            self.emit(LogLine(text, self.host))
-        else:
-            handler(*fields)
+        match parse_line(text):
+            case PhaseLine(name, detail):
+                self._on_phase(name, detail, text)
+            case ProgressLine(paths, total, done, expected):
+                self.paths_total, self.bytes_done = total, done
+                self._progress = Progress("fetch", paths, total, done, expected, self._progress.current,
+                                          host=self.host)
+                self.emit(self._progress)
+            case CurrentLine(path):
+                p = self._progress
+                self._progress = Progress("fetch", p.paths_done, p.paths_total, p.bytes_done, p.bytes_total,
+                                          path.rpartition("/")[2][33:], host=self.host)
+                self.emit(self._progress)
+            case LogText(words):
+                self.emit(LogLine(words, self.host))
+            case StateLine(key, value):
+                self._on_state(key, value)
+            case ResultLine(outcome, reason):
+                self._on_result(outcome, reason)
+            case ConfirmLine() | OtherLine():
+                self.emit(LogLine(text, self.host))
 
-    def _on_phase(self, name: str = "", detail: str = "", *_: str) -> None:
+    def _on_phase(self, name: str, detail: str, text: str) -> None:
         if name == "confirm" and self._confirmer is None:
-            self.phase(name, f"waiting up to {detail} s")
+            self.phase(Phase.CONFIRM, f"waiting up to {detail} s")
             self._confirmer = threading.Thread(target=self.on_confirm, name=f"topdeck-confirm-{self.host}",
                                                daemon=True)
             self._confirmer.start()
@@ -436,29 +452,13 @@ class _Tracker:
             self.emit(LogLine("confirmed", self.host))
         elif name == "reboot":
             self.reboot_from = detail
-            self.phase(name, f"from boot {detail}")
-        else:
-            self.phase(name, detail)
+            self.phase(Phase.REBOOT, f"from boot {detail}")
+        elif name in _PHASES:
+            self.phase(Phase(name), detail)
+        else:  # a phase this version does not know: shown, not tracked
+            self.emit(LogLine(text, self.host))
 
-    def _on_progress(self, *numbers: str) -> None:
-        try:
-            paths, total, done, expected = (int(n) for n in numbers[:4])
-        except ValueError:
-            return
-        self.paths_total, self.bytes_done = total, done
-        self._progress = Progress("fetch", paths, total, done, expected, self._progress.current, host=self.host)
-        self.emit(self._progress)
-
-    def _on_current(self, path: str = "", *_: str) -> None:
-        p = self._progress
-        self._progress = Progress("fetch", p.paths_done, p.paths_total, p.bytes_done, p.bytes_total,
-                                  path.rpartition("/")[2][33:], host=self.host)
-        self.emit(self._progress)
-
-    def _on_log(self, *text: str) -> None:
-        self.emit(LogLine(" ".join(text), self.host))
-
-    def _on_state(self, key: str = "", value: str = "", *_: str) -> None:
+    def _on_state(self, key: str, value: str) -> None:
         if key == "target":
             self.target = value
         elif key == "before":
@@ -472,9 +472,10 @@ class _Tracker:
         elif key == "switch-code" and value.isdigit():
             self.switch_code = int(value)
 
-    def _on_result(self, outcome: str = "failed", reason: str = "", *_: str) -> None:
+    def _on_result(self, outcome: str, reason: str) -> None:
         self.result = outcome
-        self.outcome = outcome if outcome in ("done", "failed", "rolled-back") else "failed"
+        self.outcome = Outcome(outcome) if outcome in (Outcome.DONE, Outcome.FAILED, Outcome.ROLLED_BACK) \
+            else Outcome.FAILED
         self.reason = reason
         if self._confirmer is not None:
             self._confirmer.join(timeout=CONFIRM_JOIN_TIMEOUT)

@@ -108,9 +108,6 @@ class ClosureDiff:
     def empty(self) -> bool:
         return not self.changes and not self.paths_added and not self.paths_removed
 
-    def of_kind(self, kind: Kind) -> tuple[PackageChange, ...]:
-        return tuple(change for change in self.changes if change.kind == kind)
-
 
 def diff_closures(before: Mapping[StorePath, int], after: Mapping[StorePath, int]) -> ClosureDiff:
     """The diff from closure `before` to closure `after`, each given as {store path: NarSize}.

@@ -5,7 +5,15 @@ from typing import Any
 
 
 class TopdeckError(Exception):
-    """Base of all user-facing errors: the CLI prints str(error) on one line and exits non-zero."""
+    """Base of all user-facing errors: the CLI prints str(error) on one line and exits non-zero.
+
+    `setting` names the setting or argument at fault ("canary", "wave", "keep", ...), so that a front end can name
+    its own flag for it; the message says what is wrong without naming any front end's flags, and begins with the
+    setting's name where it can (`canary -1: must be 0 or more`, which the CLI can print as `--canary -1: ...`)."""
+
+    def __init__(self, *args: object, setting: str = ""):
+        super().__init__(*args)
+        self.setting = setting
 
 
 class InventoryError(TopdeckError):
@@ -38,6 +46,10 @@ class CacheError(TopdeckError):
 
 class CacheMissing(CacheError):
     """The cache answered, and the file is not there (unlike a refusal, a cap or a network failure)."""
+
+
+class TransientCacheError(CacheError):
+    """A failure that may pass (a 503, a timeout, a dropped connection): worth trying the operation again."""
 
 
 class SSHError(TopdeckError):
@@ -73,10 +85,6 @@ class ChangedHostKey(HostKeyError):
         self.fingerprint, self.known_hosts = fingerprint, known_hosts
         self.key_name = key_name
         self.expected, self.expected_fingerprint = expected, expected_fingerprint
-
-
-class LabError(TopdeckError):
-    """The local lab could not be started, stopped or controlled."""
 
 
 class Cancelled(TopdeckError):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from topdeck.core.vocabulary import FINAL_PHASES as FINAL_PHASES  # where the front ends found it before
+from topdeck.core.vocabulary import Mode, Outcome, Phase
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -73,11 +76,8 @@ class HostPhase:
     failed, rolled-back, skipped (not started: an earlier wave failed) or cancelled."""
 
     host: str
-    phase: str
+    phase: Phase
     detail: str = ""
-
-
-FINAL_PHASES = ("done", "failed", "rolled-back", "skipped", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class HostOutcome:
     """How a host ended a deploy or rollback. `after` is what /run/current-system named at the end."""
 
     host: str
-    outcome: str  # one of FINAL_PHASES
+    outcome: Outcome
     target: str
     before: str = ""
     after: str = ""
@@ -108,13 +108,13 @@ class HostOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.outcome == "done"
+        return self.outcome == Outcome.DONE
 
 
 @dataclass(frozen=True)
 class DeployResult:
     run_id: str
-    mode: str
+    mode: Mode
     outcomes: tuple[HostOutcome, ...]
     waves: tuple[tuple[str, ...], ...] = ()
     started: float = 0.0

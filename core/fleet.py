@@ -6,15 +6,17 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from topdeck.core import pointers
+from topdeck.core import hostverbs, pointers
 from topdeck.core.cache import Cache, Entry, open_cache
-from topdeck.core.deploy import REBOOT, Settings, Target, deploy, host_command, host_script, new_run_id, plan_waves
+from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff, diff_closures
-from topdeck.core.errors import Cancelled, DeployError, InventoryError, TopdeckError
+from topdeck.core.errors import DeployError, InventoryError, TopdeckError
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
+from topdeck.core.hostpool import each_host, values
+from topdeck.core.hostverbs import Generation as Generation  # a host's generation, as the front ends know it
+from topdeck.core.hostverbs import StatusReport
 from topdeck.core.inventory import Host, Inventory, is_safe_name, select_hosts
 from topdeck.core.manifest import Manifest
 from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
@@ -22,6 +24,7 @@ from topdeck.core.runs import save_run
 from topdeck.core.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.ssh import Connect, connect
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.vocabulary import HostState, Mode, Outcome, Phase
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
     Each host activates its `specialisation` setting (or `specialisation`, when given, "" for none) in switch and
     test modes. Hosts the plan could not reach end as failed without being tried."""
     cache = cache or open_cache(inventory.cache)
-    settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
+    settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
@@ -109,8 +112,8 @@ def _host(fleet_plan: FleetPlan, name: str) -> Host:
 
 def _unplanned(plan: HostPlan, emit: Emit) -> HostOutcome:
     reason = f"{plan.space_note}: not started, nothing was changed" if plan.space_note else plan.reason
-    outcome = HostOutcome(plan.host, "failed", str(plan.target or ""), reason=reason or plan.status)
-    emit(HostPhase(plan.host, "failed", outcome.reason))
+    outcome = HostOutcome(plan.host, Outcome.FAILED, str(plan.target or ""), reason=reason or str(plan.status))
+    emit(HostPhase(plan.host, Phase.FAILED, outcome.reason))
     emit(outcome)
     return outcome
 
@@ -130,11 +133,10 @@ def rollback_fleet(inventory: Inventory, names: Iterable[str], to: int | None = 
     """Switch hosts to generation `to`, or to the one before their current one, with the same activation and
     confirmation as a deploy; record the run."""
     hosts = select_hosts(inventory, list(names), what="rollback")
-    with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
-        chosen = dict(zip((h.name for h in hosts), pool.map(lambda h: _rollback_generation(inventory, h, to), hosts),
-                          strict=True))
+    numbers = each_host(hosts, lambda h: _rollback_generation(inventory, h, to), parallel=inventory.deploy.parallel)
+    chosen = dict(zip((h.name for h in hosts), values(numbers), strict=True))
     cache = open_cache(inventory.cache)
-    settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
+    settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock))
     result = deploy(hosts, {name: Target(generation=number) for name, number in chosen.items()}, settings,
                     inventory.ssh, parallel=inventory.deploy.parallel,
@@ -173,61 +175,35 @@ def _rollback_generation(inventory: Inventory, host: Host, to: int | None) -> in
     return max(earlier)
 
 
-@dataclass(frozen=True)
-class Generation:
-    number: int
-    date: str
-    path: str
-    version: str
-    current: bool = False
-
-
 def generations(inventory: Inventory, host_name: str, *, connect: Connect = connect) -> tuple[Generation, ...]:
-    host = inventory.host(host_name)
-    with connect(host, inventory.ssh) as session:
-        result = session.run(host_command(session.host, "generations"), stdin=host_script(), timeout=60)
-    lines = result.stdout.decode(errors="replace").splitlines()
-    found = []
-    for line in lines:
-        kind, *fields = line.split("\t")
-        if kind == "result":
-            raise DeployError(f"{host.name}: {fields[-1] if fields else 'generations failed'}")
-        if kind == "generation" and len(fields) >= 5 and fields[0].isdigit():
-            found.append(Generation(int(fields[0]), fields[1], fields[2], fields[3], fields[4] == "current"))
-    return tuple(found)
+    with connect(inventory.host(host_name), inventory.ssh) as session:
+        return hostverbs.generations(session)
 
 
 def generation_diff(inventory: Inventory, host_name: str, path: str, *, connect: Connect = connect) -> ClosureDiff:
     """What switching the host from its current system to `path` (say, another generation) would change, from
     both closures as the host's own store has them: one SSH round trip; nothing changes."""
-    host = inventory.host(host_name)
-    with connect(host, inventory.ssh) as session:
-        result = session.run(host_command(session.host, "closures", str(parse_store_path(path))), stdin=host_script(),
-                             timeout=120)
-    closures: tuple[dict[StorePath, int], dict[StorePath, int]] = ({}, {})
-    for line in result.stdout.decode(errors="replace").splitlines():
-        kind, *fields = line.split("\t")
-        if kind == "result":
-            raise DeployError(f"{host.name}: {fields[-1] if fields else 'reading the closures failed'}")
-        if kind == "closure" and len(fields) == 3 and fields[0] in ("0", "1") and fields[2].isdigit():
-            closures[int(fields[0])][parse_store_path(fields[1])] = int(fields[2])
-    return diff_closures(*closures)
+    target = parse_store_path(path)
+    with connect(inventory.host(host_name), inventory.ssh) as session:
+        return diff_closures(*hostverbs.closures(session, target))
 
 
 def _specialisation(host: Host, mode: str, override: str | None) -> str:
     chosen = host.specialisation if override is None else override
     if chosen and not is_safe_name(chosen):
-        raise DeployError(f"specialisation {chosen!r}: must be letters, digits, '.', '_' or '-'")
-    if chosen and mode not in ("switch", "test"):
+        raise DeployError(f"specialisation {chosen!r}: must be letters, digits, '.', '_' or '-'",
+                          setting="specialisation")
+    if chosen and mode not in (Mode.SWITCH, Mode.TEST):
         raise DeployError(f"specialisation {chosen!r} of {host.name}: only switch and test activate one (as "
-                          "nixos-rebuild); deploy with --mode switch or test, or without a specialisation")
+                          "nixos-rebuild); deploy in mode switch or test, or without a specialisation",
+                          setting="specialisation")
     return chosen
 
 
 @dataclass(frozen=True)
 class HostStatus:
     host: str
-    status: str  # up-to-date, behind, drifted, unreachable, deploying, rolled-back, error
+    status: HostState
     current: str = ""
     booted: str = ""
     desired: str = ""
@@ -245,25 +221,17 @@ def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: 
     """Each host's current, booted and desired system (one SSH round trip each, one cache listing, one version
     listing per pointer). Progress: Progress("status", hosts done, hosts)."""
     hosts = select_hosts(inventory, list(selectors))
-    cancel = cancel or threading.Event()
     cache = cache or open_cache(inventory.cache)
     desired = pointers.current(cache.listing())
     histories = {name: {v.path for v in pointers.history(cache, name)}
                  for name in {h.pointer for h in hosts} if name in desired}
-    done = []
-    lock = threading.Lock()
 
-    def one(host: Host) -> HostStatus:
-        if cancel.is_set():
-            raise Cancelled("status cancelled")
-        result = _status(inventory, host, desired, histories, connect)
-        with lock:
-            done.append(host.name)
-            emit(Progress("status", len(done), len(hosts), host=host.name))
-        return result
+    def done(host: Host, count: int) -> None:
+        emit(Progress("status", count, len(hosts), host=host.name))
 
-    with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
-        return tuple(pool.map(one, hosts))
+    return values(each_host(hosts, lambda host: _status(inventory, host, desired, histories, connect),
+                            parallel=inventory.deploy.parallel, cancel=cancel, cancelled="status cancelled",
+                            on_done=done))
 
 
 def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.PointerVersion],
@@ -271,30 +239,25 @@ def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.Poi
     want = desired[host.pointer].path if host.pointer in desired else ""
     try:
         with connect(host, inventory.ssh) as session:
-            result = session.run(host_command(session.host, "status"), stdin=host_script(), timeout=60)
+            report = hostverbs.status(session)
     except TopdeckError as error:
-        return HostStatus(host.name, "unreachable", desired=want, reason=str(error))
-    fields = dict((line.split("\t", 1) + [""])[:2] for line in result.stdout.decode(errors="replace").splitlines())
-    last = fields.get("last-run", "").split("\t")
-    reboot = fields.get("needs-reboot", "").split("\t")
-    status = HostStatus(host.name, "", fields.get("current", ""), fields.get("booted", ""), want,
-                        int(fields["generation"]) if fields.get("generation", "").isdigit() else 0,
-                        " ".join(last[1:3]) if len(last) >= 3 else "", fields.get("deploying", ""),
-                        specialisation=fields.get("specialisation", ""),
-                        system=fields.get("system", "") or fields.get("current", ""),
-                        needs_reboot=reboot[1] if reboot[0] == "yes" and len(reboot) > 1 else "")
-    history = histories.get(host.pointer, set())
-    return dataclasses.replace(status, status=_classify(status, host, fields, last, history))
+        return HostStatus(host.name, HostState.UNREACHABLE, desired=want, reason=str(error))
+    last = report.last_run
+    return HostStatus(host.name, _classify(report, host, want, histories.get(host.pointer, set())), report.current,
+                      report.booted, want, report.generation, f"{last.time} {last.outcome}" if last else "",
+                      report.deploying or "", specialisation=report.specialisation,
+                      system=report.system or report.current, needs_reboot=report.needs_reboot)
 
 
-def _classify(status: HostStatus, host: Host, fields: Mapping[str, str], last: list[str], history: set[str]) -> str:
+def _classify(report: StatusReport, host: Host, desired: str, history: set[str]) -> HostState:
     """The host's status; a host runs its desired system when it runs the specialisation its settings name."""
-    if "result" in fields:
-        return "error"
-    if "deploying" in fields:
-        return "deploying"
-    if status.system and status.system == status.desired:
-        return "up-to-date" if status.specialisation == host.specialisation else "behind"
-    if len(last) >= 4 and last[2] == "rolled-back" and last[3] == status.desired:
-        return "rolled-back"
-    return "behind" if status.system in history else "drifted"
+    system = report.system or report.current
+    if report.failure:
+        return HostState.ERROR
+    if report.deploying is not None:
+        return HostState.DEPLOYING
+    if system and system == desired:
+        return HostState.UP_TO_DATE if report.specialisation == host.specialisation else HostState.BEHIND
+    if report.last_run and report.last_run.outcome == Outcome.ROLLED_BACK and report.last_run.target == desired:
+        return HostState.ROLLED_BACK
+    return HostState.BEHIND if system in history else HostState.DRIFTED

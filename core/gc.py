@@ -16,14 +16,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from topdeck.core import pointers
 from topdeck.core.cache import DeletingCache, Entry, open_deleting_cache
-from topdeck.core.deploy import host_command, host_script
 from topdeck.core.errors import Cancelled, GcError, TopdeckError
 from topdeck.core.events import Emit, LogLine, Progress, Transactions, ignore
+from topdeck.core.hostpool import each_host
+from topdeck.core.hostverbs import generations, status
 from topdeck.core.inventory import Host, Inventory
 from topdeck.core.manifest import manifest_name, parse_manifest
 from topdeck.core.narinfo import parse_narinfo
@@ -93,7 +93,8 @@ def pointer_systems(versions: Iterable[Entry], keep: int) -> dict[StorePath, lis
 
 def check_keep(keep: int) -> None:
     if keep < 1:
-        raise GcError(f"--keep {keep}: must keep at least the current version of each pointer (1 or more)")
+        raise GcError(f"keep {keep}: must keep at least the current version of each pointer (1 or more)",
+                      setting="keep")
 
 
 def host_systems(inventory: Inventory, *, skip_unreachable: bool = False, connect: Connect = connect,
@@ -101,23 +102,16 @@ def host_systems(inventory: Inventory, *, skip_unreachable: bool = False, connec
     """Every system a host runs, has booted or keeps as a generation (one SSH login per host). An unreachable
     host is refused (GcError naming every one): its systems are unknown, so gc cannot know what it would need."""
     hosts = inventory.hosts
-    cancel = cancel or threading.Event()
-
-    def ask(host: Host) -> tuple[Host, dict[StorePath, list[str]] | str]:
-        if cancel.is_set():
-            raise Cancelled("gc cancelled")
-        try:
-            return host, _systems_of(host, inventory, connect)
-        except TopdeckError as error:
-            return host, str(error)
-
-    with ThreadPoolExecutor(max(1, min(inventory.deploy.parallel, len(hosts)))) as pool:
-        answers = list(pool.map(ask, hosts))
+    answers = each_host(hosts, lambda host: _systems_of(host, inventory, connect), parallel=inventory.deploy.parallel,
+                        cancel=cancel, cancelled="gc cancelled")
+    cancelled = next((answer for answer in answers if isinstance(answer, Cancelled)), None)
+    if cancelled is not None:
+        raise cancelled
     systems: dict[StorePath, list[str]] = defaultdict(list)
     unreachable = []
-    for host, answer in answers:
-        if isinstance(answer, str):
-            unreachable.append(answer)
+    for host, answer in zip(hosts, answers, strict=True):
+        if isinstance(answer, TopdeckError):
+            unreachable.append(str(answer))
             if skip_unreachable:
                 emit(LogLine(f"skipped: {answer}", host.name))
             continue
@@ -125,24 +119,24 @@ def host_systems(inventory: Inventory, *, skip_unreachable: bool = False, connec
             systems[path].extend(reasons)
     if unreachable and not skip_unreachable:
         raise GcError(f"cannot ask {len(unreachable)} host(s) what they run, so nothing is deleted: "
-                      f"{'; '.join(unreachable)} (bring them back, or pass --skip-unreachable to keep only what "
-                      "the others and the pointers need)")
+                      f"{'; '.join(unreachable)} (bring them back, or skip the unreachable hosts to keep only what "
+                      "the others and the pointers need)", setting="skip_unreachable")
     return systems
 
 
 def _systems_of(host: Host, inventory: Inventory, connect: Connect) -> dict[StorePath, list[str]]:
     found: dict[StorePath, list[str]] = defaultdict(list)
     with connect(host, inventory.ssh) as session:
-        status = session.run(host_command(session.host, "status"), stdin=host_script(), timeout=60)
-        listed = session.run(host_command(session.host, "generations"), stdin=host_script(), timeout=60)
-    for line in (status.stdout + listed.stdout).decode(errors="replace").splitlines():
-        kind, *fields = line.split("\t")
-        if kind == "result":
-            raise GcError(f"{host.name}: {fields[-1] if fields else 'the host script failed'}")
-        if kind in ("current", "booted", "system") and fields and fields[0].startswith("/nix/store/"):
-            found[parse_store_path(fields[0])].append(f"{host.name} {kind}")
-        elif kind == "generation" and len(fields) >= 3 and fields[2].startswith("/nix/store/"):
-            found[parse_store_path(fields[2])].append(f"{host.name} generation {fields[0]}")
+        report = status(session)
+        if report.failure:
+            raise GcError(f"{host.name}: {report.failure}")
+        listed = generations(session)
+    for kind, path in (("current", report.current), ("booted", report.booted), ("system", report.system)):
+        if path.startswith("/nix/store/"):
+            found[parse_store_path(path)].append(f"{host.name} {kind}")
+    for generation in listed:
+        if generation.path.startswith("/nix/store/"):
+            found[parse_store_path(generation.path)].append(f"{host.name} generation {generation.number}")
     return found
 
 

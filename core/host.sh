@@ -71,7 +71,7 @@ event() {  # record an event for `follow`, and print it
 
 # --- arguments --------------------------------------------------------------------------------------
 
-agent= cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= expect= on_failed_units=rollback specialisation=
+cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= on_failed_units=rollback specialisation=
 status= with_reboot= rebooted=
 check_command= check_http= check_units= booted_check=
 parse_options() {
@@ -949,7 +949,6 @@ closures() {
 }
 
 agent() {  # unattended: deploy the pointer when it names something else than what runs
-    agent=1
     deploy "agent-$(date +%s)" switch - "$@" --confirm 0
 }
 

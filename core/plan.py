@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -21,22 +20,21 @@ from topdeck.core.diff import ClosureDiff, diff_closures, signature
 from topdeck.core.errors import (
     CacheError,
     CacheMissing,
-    Cancelled,
     HostKeyError,
     SSHError,
     StorePathError,
     TopdeckError,
 )
 from topdeck.core.events import Emit, Progress, ignore
+from topdeck.core.hostpool import each_host, values
 from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
-from topdeck.core.ssh import Session, connect, remote_command
+from topdeck.core.ssh import Connect, connect, remote_command
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.vocabulary import PlanStatus
 
 B2_FREE_CLASS_B_PER_DAY = 2500
 PROBE_TIMEOUT = 120.0
-
-Connect = Callable[[Host, SSHConfig], Session]
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class HostState:
 @dataclass(frozen=True)
 class HostPlan:
     host: str
-    status: str  # "change", "up-to-date", "unreachable", "host-key", "error"
+    status: PlanStatus
     reason: str = ""
     target: StorePath | None = None
     state: HostState | None = None
@@ -66,7 +64,7 @@ class HostPlan:
 
     @property
     def planned(self) -> bool:
-        return self.status in ("change", "up-to-date")
+        return self.status in (PlanStatus.CHANGE, PlanStatus.UP_TO_DATE)
 
     @property
     def class_b(self) -> int:
@@ -151,23 +149,18 @@ def plan(hosts: tuple[Host, ...], targets: Mapping[str, StorePath | str], manife
          ssh: SSHConfig, *, connect: Connect = connect, parallel: int = 8, emit: Emit = ignore,
          cancel: threading.Event | None = None) -> Plan:
     """Probe every host (in parallel, one round trip each) and work out its plan."""
-    cancel = cancel or threading.Event()
-    done = []
-    lock = threading.Lock()
 
     def one(host: Host) -> HostPlan:
-        if cancel.is_set():
-            raise Cancelled("plan cancelled")
         target = targets[host.name]
-        result = (HostPlan(host.name, "error", target) if isinstance(target, str)
-                  else plan_host(host, target, manifests[target], ssh, connect))
-        with lock:
-            done.append(host.name)
-            emit(Progress(phase="plan", paths_done=len(done), paths_total=len(hosts), host=host.name))
-        return result
+        if isinstance(target, str):
+            return HostPlan(host.name, PlanStatus.ERROR, target)
+        return plan_host(host, target, manifests[target], ssh, connect)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts))), thread_name_prefix="topdeck-plan") as pool:
-        host_plans = tuple(pool.map(one, hosts))
+    def done(host: Host, count: int) -> None:
+        emit(Progress(phase="plan", paths_done=count, paths_total=len(hosts), host=host.name))
+
+    host_plans = values(each_host(hosts, one, parallel=parallel, cancel=cancel, cancelled="plan cancelled",
+                                  on_done=done, thread_name="topdeck-plan"))
     return Plan(host_plans, group(host_plans))
 
 
@@ -175,11 +168,11 @@ def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig,
     try:
         state = probe(host, manifest, ssh, connect)
     except HostKeyError as error:
-        return HostPlan(host.name, "host-key", str(error), target)
+        return HostPlan(host.name, PlanStatus.HOST_KEY, str(error), target)
     except SSHError as error:
-        return HostPlan(host.name, "unreachable", str(error), target)
+        return HostPlan(host.name, PlanStatus.UNREACHABLE, str(error), target)
     except TopdeckError as error:
-        return HostPlan(host.name, "error", str(error), target)
+        return HostPlan(host.name, PlanStatus.ERROR, str(error), target)
     return host_plan(host.name, target, manifest, state)
 
 
@@ -190,7 +183,7 @@ def host_plan(name: str, target: StorePath, manifest: Manifest, state: HostState
     target_closure = {p.path: p.nar_size for p in manifest.paths}
     return HostPlan(
         host=name,
-        status="up-to-date" if state.current == target else "change",
+        status=PlanStatus.UP_TO_DATE if state.current == target else PlanStatus.CHANGE,
         target=target,
         state=state,
         diff=diff_closures(state.closure, target_closure),

@@ -16,6 +16,7 @@ from pathlib import Path
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.state import ensure_inventory_state, inventory_state
+from topdeck.core.vocabulary import Mode, Outcome
 
 LEGACY_RUNS_DIR = Path(".topdeck") / "runs"
 
@@ -48,8 +49,8 @@ def last_run(inventory_root: Path, environ: Mapping[str, str] = os.environ) -> D
 def load_run(path: Path) -> DeployResult:
     try:
         record = json.loads(path.read_text())
-        outcomes = tuple(HostOutcome(**host) for host in record["hosts"])
-        return DeployResult(record["run_id"], record["mode"], outcomes, started=record["started"],
+        outcomes = tuple(HostOutcome(**{**host, "outcome": Outcome(host["outcome"])}) for host in record["hosts"])
+        return DeployResult(record["run_id"], Mode(record["mode"]), outcomes, started=record["started"],
                             finished=record["finished"], stopped=record.get("stopped", ""))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DeployError(f"{path}: not a readable run record ({error})") from None

@@ -15,9 +15,9 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from topdeck.core.errors import LabError
 from topdeck.core.inventory import CONFIG_FILE, HOST_FILE, Inventory, is_safe_name
 from topdeck.lab import factory
+from topdeck.lab.errors import LabError
 
 FLAKE_NIX = """\
 # The lab's flake fleet: no inputs; each host's system comes from the lab's toplevel factory (a copy, so that

@@ -19,7 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-from topdeck.lab.hosts import LabError, spawn_detached, wait_for
+from topdeck.lab.errors import LabError
+from topdeck.lab.hosts import spawn_detached, wait_for
 
 CLONE_NEWNET = 0x40000000
 CHUNK = 65536

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from topdeck.core.errors import LabError
+from topdeck.lab.errors import LabError
 
 HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 HOST_NIX_CONF = "\n".join(

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from topdeck.core.errors import LabError
+from topdeck.lab.errors import LabError
 from topdeck.lab.hosts import (
     HOST_ENV,
     HostState,

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from topdeck.core.errors import LabError
+from topdeck.lab.errors import LabError
 
 NATIVE = "native"
 DEFAULT_IMAGE_DIR = Path("/var/cache/topdeck-lab/images")

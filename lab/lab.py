@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from topdeck.core.errors import LabError
 from topdeck.lab import factory, forward, images, netns
+from topdeck.lab.errors import LabError
 from topdeck.lab.hosts import (
     HostState,
     LabHost,

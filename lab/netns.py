@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from topdeck.core.errors import LabError
+from topdeck.lab.errors import LabError
 
 NETNS_DIR = Path("/run/netns")
 PREFIX = "topdeck-b"

@@ -24,7 +24,7 @@ import platform
 import shlex
 from pathlib import Path
 
-from topdeck.core.errors import LabError
+from topdeck.lab.errors import LabError
 from topdeck.lab.nixenv import LAB_NIX_CONFIG, lab_env
 
 NATIVE = "native"

@@ -35,7 +35,7 @@ def test_waves(canary, wave, expected):
 
 @pytest.mark.parametrize("wave", ["0", "abc", "150%", "-1", "5.5"])
 def test_bad_wave_sizes_are_refused(wave):
-    with pytest.raises(DeployError, match="--wave"):
+    with pytest.raises(DeployError, match="^wave "):
         plan_waves(["a", "b"], 0, wave)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core.errors import LabError
 from topdeck.lab import netns
+from topdeck.lab.errors import LabError
 
 LAYOUT = netns.Layout("b", ("i-1", "i-2"), 34, tag=uuid.uuid4().hex[:8])
 

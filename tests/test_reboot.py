@@ -16,10 +16,11 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, topdeck
 from topdeck.core import deploy as engine
 from topdeck.core import runs
 from topdeck.core.deploy import REBOOT, Settings, Target, _HostRunner, _Tracker
-from topdeck.core.errors import DeployError, LabError, SSHError
+from topdeck.core.errors import DeployError, SSHError
 from topdeck.core.events import HostPhase
 from topdeck.core.signing import generate_keypair
 from topdeck.lab import factory
+from topdeck.lab.errors import LabError
 from topdeck.lab.hosts import listener, processes_of
 from topdeck.lab.imagehost import CGROUP_ROOT
 from topdeck.lab.lab import Lab
@@ -170,7 +171,7 @@ def test_reboot_goes_with_mode_boot_only(inventory):
     result = topdeck(inventory, "deploy", "--reboot", "--yes")
 
     assert result.returncode == 1
-    assert result.stderr.strip() == ("topdeck: error: --reboot goes with --mode boot (not switch): boot makes the "
+    assert result.stderr.strip() == ("topdeck: error: reboot goes with mode boot (not switch): boot makes the "
                                      "new system the one the reboot starts")
 
 
@@ -181,7 +182,7 @@ OLD, NEW = "/nix/store/" + "o" * 32 + "-nixos-system-old", "/nix/store/" + "n" *
 
 def test_a_reboot_goes_with_boot_mode_and_a_reboot_target_is_the_boot_default_alone():
     key = generate_keypair("t")[1]
-    with pytest.raises(DeployError, match="--reboot goes with --mode boot"):
+    with pytest.raises(DeployError, match="^reboot goes with mode boot"):
         Settings("switch", "", key, reboot=True)
     assert Settings("boot", "", key, reboot=True).rebooting and Settings(REBOOT, "", key, reboot=True).rebooting
     assert not Settings("boot", "", key).rebooting

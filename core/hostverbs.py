@@ -1,0 +1,219 @@
+"""The host script's verbs (core/host.sh, sent over SSH on stdin): the remote command that runs one, and what it
+prints read into records.
+
+The wire protocol is host.sh's and does not change (hosts may run an older copy): tab-separated lines, the first
+field naming the line's kind; a verb that fails prints `result failed REASON`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from topdeck.core.errors import DeployError
+from topdeck.core.inventory import Host
+from topdeck.core.ssh import Result, Session, remote_command
+from topdeck.core.store import StorePath, parse_store_path
+
+WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; '
+           'mkdir -p "$d" && f=$(mktemp "$d/topdeck-host.XXXXXX") || exit 1; '
+           'cat > "$f"; sh "$f" "$@"; status=$?; rm -f "$f"; exit $status')
+VERB_TIMEOUT = 60.0
+
+
+@functools.cache
+def host_script() -> bytes:
+    return resources.files("topdeck.core").joinpath("host.sh").read_bytes()
+
+
+def host_command(host: Host, verb: str, *args: str | int) -> str:
+    """The remote command that runs host.sh (sent on stdin) with `verb` and `args`, through sudo if asked."""
+    sudo = ["sudo", "-n"] if host.sudo and host.user != "root" else []
+    return remote_command(*sudo, "sh", "-c", WRAPPER, "topdeck-host", verb, *args)
+
+
+def run_verb(session: Session, verb: str, *args: str | int, timeout: float | None = VERB_TIMEOUT,
+             on_line: Callable[[str], None] | None = None, on_stderr_line: Callable[[str], None] | None = None,
+             cancel: threading.Event | None = None) -> Result:
+    """Run one verb of the host script on the session's host; every argument is quoted for the remote shell."""
+    return session.run(host_command(session.host, verb, *args), stdin=host_script(), on_stdout_line=on_line,
+                       on_stderr_line=on_stderr_line, timeout=timeout, cancel=cancel)
+
+
+def _lines(result: Result) -> list[list[str]]:
+    return [line.split("\t") for line in result.stdout.decode(errors="replace").splitlines()]
+
+
+def _failed(host: Host, fields: list[str], verb: str) -> DeployError:
+    return DeployError(f"{host.name}: {fields[-1] if len(fields) > 1 and fields[-1] else f'{verb} failed'}")
+
+
+# --- status -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The last run the host recorded (its `last-run` line)."""
+
+    run: str
+    time: str
+    outcome: str
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What `status` prints: the host's systems, its generation and boot, its last run, its lock."""
+
+    current: str = ""
+    booted: str = ""
+    profile: str = ""
+    generation: int = 0
+    boot_id: str = ""
+    last_run: LastRun | None = None
+    specialisation: str = ""  # the specialisation of `system` that runs ("" for none)
+    system: str = ""  # the system whose specialisation runs ("" when none does)
+    needs_reboot: str = ""  # the link (kernel, initrd, ...) that differs from the booted system ("" for none)
+    deploying: str | None = None  # the lock's owner, while a run holds the host's lock
+    failure: str = ""  # why the script failed, when it did
+
+
+def status(session: Session) -> StatusReport:
+    return parse_status(run_verb(session, "status").stdout.decode(errors="replace"))
+
+
+def parse_status(output: str) -> StatusReport:
+    fields = dict((line.split("\t", 1) + [""])[:2] for line in output.splitlines())
+    last = fields.get("last-run", "").split("\t")
+    reboot = fields.get("needs-reboot", "").split("\t")
+    result = fields.get("result")
+    return StatusReport(
+        current=fields.get("current", ""),
+        booted=fields.get("booted", ""),
+        profile=fields.get("profile", ""),
+        generation=int(fields["generation"]) if fields.get("generation", "").isdigit() else 0,
+        boot_id=fields.get("boot-id", "").strip(),
+        last_run=LastRun(*last[:4]) if len(last) >= 3 else None,
+        specialisation=fields.get("specialisation", ""),
+        system=fields.get("system", ""),
+        needs_reboot=reboot[1] if reboot[0] == "yes" and len(reboot) > 1 else "",
+        deploying=fields.get("deploying"),
+        failure="" if result is None else result.split("\t")[-1] or "the host script failed",
+    )
+
+
+# --- generations and closures ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    date: str
+    path: str
+    version: str
+    current: bool = False
+
+
+def generations(session: Session) -> tuple[Generation, ...]:
+    """The host's system generations, oldest first."""
+    found = []
+    for kind, *fields in _lines(run_verb(session, "generations")):
+        if kind == "result":
+            raise _failed(session.host, fields, "generations")
+        if kind == "generation" and len(fields) >= 5 and fields[0].isdigit():
+            found.append(Generation(int(fields[0]), fields[1], fields[2], fields[3], fields[4] == "current"))
+    return tuple(found)
+
+
+Closure = dict[StorePath, int]  # a closure's paths with their NAR sizes
+
+
+def closures(session: Session, path: StorePath) -> tuple[Closure, Closure]:
+    """The closures of the host's current system and of `path`, as the host's own store has them."""
+    found: tuple[Closure, Closure] = ({}, {})
+    for kind, *fields in _lines(run_verb(session, "closures", str(path), timeout=120)):
+        if kind == "result":
+            raise _failed(session.host, fields, "reading the closures")
+        if kind == "closure" and len(fields) == 3 and fields[0] in ("0", "1") and fields[2].isdigit():
+            found[int(fields[0])][parse_store_path(fields[1])] = int(fields[2])
+    return found
+
+
+# --- the lines of a run (deploy, reboot, follow) and of confirm ----------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseLine:
+    name: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ProgressLine:
+    paths_done: int
+    paths_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class CurrentLine:
+    """The path the fetch is at."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class LogText:
+    text: str
+
+
+@dataclass(frozen=True)
+class StateLine:
+    key: str  # target, before, current, booted, generation, switch-code
+    value: str
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    outcome: str  # done, failed or rolled-back
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ConfirmLine:
+    answer: str  # ok, rejected or late
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class OtherLine:
+    """A line of no kind the protocol knows (a newer script's, or noise): shown as it is."""
+
+    text: str
+
+
+ScriptLine = PhaseLine | ProgressLine | CurrentLine | LogText | StateLine | ResultLine | ConfirmLine | OtherLine
+
+
+def parse_line(text: str) -> ScriptLine:
+    kind, *fields = text.split("\t")
+    padded = [*fields, "", ""]
+    if kind == "phase":
+        return PhaseLine(padded[0], padded[1])
+    if kind == "progress" and len(fields) >= 4 and all(f.isdigit() for f in fields[:4]):
+        return ProgressLine(*(int(f) for f in fields[:4]))
+    if kind == "current":
+        return CurrentLine(padded[0])
+    if kind == "log":
+        return LogText(" ".join(fields))
+    if kind == "state":
+        return StateLine(padded[0], padded[1])
+    if kind == "result":
+        return ResultLine(padded[0] or "failed", padded[1])
+    if kind == "confirm":
+        return ConfirmLine(padded[0], padded[1])
+    return OtherLine(text)
