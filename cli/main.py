@@ -74,6 +74,21 @@ def show_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
+# Settings that only a command-line flag gives: core's error starts with the setting's name, the CLI names the flag.
+FLAG_OF_SETTING = {"canary": "--canary", "wave": "--wave", "keep": "--keep", "reboot": "--reboot",
+                   "skip_unreachable": "--skip-unreachable"}
+
+
+def error_text(error: TopdeckError) -> str:
+    text = str(error)
+    flag = FLAG_OF_SETTING.get(error.setting)
+    if not flag:
+        return text
+    if text.startswith(f"{error.setting} "):
+        return flag + text[len(error.setting):]
+    return f"{text} ({flag})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -84,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TopdeckError as error:
         from topdeck.cli.output import one_line
 
-        print(f"topdeck: error: {one_line(str(error))}", file=sys.stderr)
+        print(f"topdeck: error: {one_line(error_text(error))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("topdeck: interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from topdeck.core import fleet, gc, pointers, release, runs, trust
 from topdeck.core.cache import Cache, open_cache
-from topdeck.core.deploy import Settings, plan_waves
+from topdeck.core.deploy import Settings, mode_of, plan_waves
 from topdeck.core.diff import ClosureDiff
 from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
@@ -195,7 +195,7 @@ class Fleet:
 
     def check_deploy(self, mode: str, reboot: bool = False) -> None:
         """Refuse a bad mode, reboot or trusted key before anything is built or any host is asked."""
-        Settings(mode, "", self.trusted_key(), reboot=reboot)
+        Settings(mode_of(mode), "", self.trusted_key(), reboot=reboot)
 
     def retry_hosts(self, on: Sequence[str] = ()) -> list[str]:
         """The hosts the last run failed, among those `on` selects (all of them when `on` is empty)."""

@@ -38,7 +38,7 @@ PROBE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
-class HostState:
+class ProbeState:
     """What the probe read on a host."""
 
     current: StorePath | None
@@ -55,7 +55,7 @@ class HostPlan:
     status: PlanStatus
     reason: str = ""
     target: StorePath | None = None
-    state: HostState | None = None
+    state: ProbeState | None = None
     diff: ClosureDiff | None = None
     fetch_paths: int = 0
     download_bytes: int = 0
@@ -176,7 +176,7 @@ def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig,
     return host_plan(host.name, target, manifest, state)
 
 
-def host_plan(name: str, target: StorePath, manifest: Manifest, state: HostState) -> HostPlan:
+def host_plan(name: str, target: StorePath, manifest: Manifest, state: ProbeState) -> HostPlan:
     """The plan for one host from what its probe read (pure: no I/O)."""
     fetch = [p for p in manifest.paths if p.path in state.missing]
     unpacked = sum(p.nar_size for p in fetch)
@@ -209,7 +209,7 @@ def probe_script() -> str:
     return resources.files("topdeck.core").joinpath("probe.sh").read_text()
 
 
-def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> HostState:
+def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> ProbeState:
     script = probe_script()
     paths = "".join(f"{p.path}\n" for p in manifest.paths).encode()
     with connect(host, ssh) as session:
@@ -221,7 +221,7 @@ def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> H
     return parse_probe(result.stdout.decode(errors="replace"), host.name)
 
 
-def parse_probe(output: str, host: str) -> HostState:
+def parse_probe(output: str, host: str) -> ProbeState:
     fields: dict[str, str] = {}
     missing: set[StorePath] = set()
     closure: dict[StorePath, int] = {}
@@ -239,7 +239,7 @@ def parse_probe(output: str, host: str) -> HostState:
         else:
             fields[kind] = rest
     try:
-        return HostState(
+        return ProbeState(
             current=parse_store_path(fields["current"]) if fields.get("current") else None,
             booted=parse_store_path(fields["booted"]) if fields.get("booted") else None,
             generation=int(fields.get("generation") or 0),

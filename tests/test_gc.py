@@ -317,7 +317,7 @@ BAD_ROWS = [
      ["no B2 key for gc", "gc_credentials_file"]),
     ("the deploy key", lambda text, lab: text.replace(str(lab.b2_gc_credentials), str(lab.b2_credentials)),
      ["--keep", "1"], ["may not delete files"]),
-    ("keep 0", lambda text, lab: text, ["--keep", "0"], ["keep 0", "at least"]),
+    ("keep 0", lambda text, lab: text, ["--keep", "0"], ["--keep 0", "at least"]),
 ]
 
 
@@ -352,7 +352,7 @@ def test_an_unreachable_host_stops_gc_unless_skipped(lab, inventory) -> None:
         assert run.returncode != 0
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("topdeck: error: cannot ask 1 host(s)"), run.stderr
-        assert "host-2" in lines[0] and "skip the unreachable hosts" in lines[0]
+        assert "host-2" in lines[0] and "--skip-unreachable" in lines[0]
         assert snapshot(cache) == before
         skipped = topdeck(inventory, "gc", "--keep", "1", "--min-age", "0", "--yes", "--skip-unreachable")
         assert skipped.returncode == 0, skipped.stderr

@@ -171,7 +171,7 @@ def test_reboot_goes_with_mode_boot_only(inventory):
     result = topdeck(inventory, "deploy", "--reboot", "--yes")
 
     assert result.returncode == 1
-    assert result.stderr.strip() == ("topdeck: error: reboot goes with mode boot (not switch): boot makes the "
+    assert result.stderr.strip() == ("topdeck: error: --reboot goes with mode boot (not switch): boot makes the "
                                      "new system the one the reboot starts")
 
 

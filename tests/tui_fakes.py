@@ -28,7 +28,7 @@ from topdeck.core.events import (
 from topdeck.core.fleet import FleetPlan, Generation, HostStatus
 from topdeck.core.inventory import CacheConfig, Host, Inventory
 from topdeck.core.manifest import Manifest, ManifestPath
-from topdeck.core.plan import HostState, Plan, group, host_plan
+from topdeck.core.plan import Plan, ProbeState, group, host_plan
 from topdeck.core.pointers import Pointer, PointerVersion
 from topdeck.core.store import StorePath
 
@@ -137,7 +137,7 @@ class FakeBackend:
             target = toplevel(after)
             manifest = Manifest(target, tuple(ManifestPath(p, s, s // 3, ()) for p, s in sorted(after.items())))
             missing = frozenset(p for p in after if p not in before)
-            state = HostState(toplevel(before), toplevel(before), 4, 12 * GiB, missing, before)
+            state = ProbeState(toplevel(before), toplevel(before), 4, 12 * GiB, missing, before)
             plans.append(host_plan(name, target, manifest, state))
             targets[name] = target
         host_plans = tuple(plans)
