@@ -4,7 +4,8 @@
     .venv/bin/python -m bench NAME...         some of them (the table is printed, RESULTS.md left alone)
     .venv/bin/python -m bench --quick         fewer repeats
 
-Needs root: the benchmarks start their own lab (hosts on 127.0.40.11 and up, under a temporary folder).
+Needs root: the benchmarks start their own labs under a temporary folder (the shared one on 127.0.51.11 and up,
+the 100-host one on 127.0.50.11 and up, the baselines' on 127.0.52.11 and up).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "diff": ("bench.diff", "closure diff vs `nix store diff-closures`"),
     "deploy": ("bench.deploy", "no-change deploy of 10 hosts, small-change deploy of 20 hosts"),
     "tui": ("bench.tui", "TUI start-up and refresh"),
+    "baselines": ("bench.baselines", "topdeck vs `nix copy --to ssh://` to 10 hosts; 20 hosts vs plain ssh"),
+    "scale": ("bench.scale", "100 native + 2 image hosts: plan, no-change deploy, SSH logins, CPU, B2 per host, TUI"),
 }
 
 
