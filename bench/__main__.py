@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     described = machine()
     started = time.monotonic()
     figures: list[Figure] = []
+    paper: list[str] = []
     failed: dict[str, str] = {}
     try:
         for name in names:
@@ -72,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 if not hasattr(module, "run"):
                     raise RuntimeError(f"{module.__name__} has no run(quick) yet")
                 figures += module.run(quick=args.quick)
+                paper += getattr(module, "PAPER", [])
             except Exception as error:  # one benchmark failing must not lose the others' figures
                 failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
                 traceback.print_exc()
     finally:
         close_shared_lab()
-    report = render(figures, described, names, failed, args.quick, time.monotonic() - started)
+    report = render(figures, described, names, failed, args.quick, time.monotonic() - started, paper)
     print(report)
     if output is not None:
         output.write_text(report)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(figures: list[Figure], described: dict[str, str], names: list[str], failed: dict[str, str], quick: bool,
-           seconds: float) -> str:
+           seconds: float, paper: list[str] | None = None) -> str:
     import os
 
     end_load = os.getloadavg()
@@ -112,6 +114,8 @@ def render(figures: list[Figure], described: dict[str, str], names: list[str], f
     lines += ["", "## Results", "", table(figures), ""]
     if notes(figures):
         lines += ["## Notes", "", notes(figures), ""]
+    if paper:
+        lines += ["## On paper, from the figures above", "", *paper, ""]
     if failed:
         lines += ["## Not measured", "", *[f"- {name}: {failed[name]}" for name in failed], ""]
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from bench.common import (
     work_root,
 )
 from bench.fleetlab import measure, own_lab, ssh_all, ssh_argv, write_inventory
+from topdeck.core.events import DeployResult, HostPhase
 from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.push import push
 from topdeck.core.store import parse_store_path
@@ -177,18 +178,26 @@ class PushModel:
             raise RuntimeError(f"{len(wrong)} hosts do not run {path} (first {wrong[0]})")
 
     def _reset(self) -> None:
-        """Every host back on the base closure alone: the changed paths deleted from its store."""
+        """Every host back on the base closure alone: the changed paths deleted from its store. Nix's GC keeps
+        what a running process names, and it sees every host's processes (one PID namespace): it is tried again
+        while the last hosts' detached activations end."""
         base = shlex.quote(self.built.base)
         script = (f"nix-env -p {SYSTEM_PROFILE} --set {base} && {base}/bin/switch-to-configuration switch >/dev/null"
                   f" && nix-env -p {SYSTEM_PROFILE} --delete-generations old >/dev/null 2>&1"
                   " && rm -rf /nix/var/nix/gcroots/topdeck /run/topdeck/runs && nix-store --gc >/dev/null 2>&1")
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda name: self.lab.host(name).sh(script), self.names))
-        still = [n for n in self.names
-                 if self.lab.host(n).run(["nix-store", "--check-validity", self.built.changed], check=False)
-                 .returncode == 0]
-        if still:
-            raise RuntimeError(f"the reset left {self.built.changed} on {still[0]}")
+            list(pool.map(lambda name: self.lab.host(name).sh(script, check=False), self.names))
+        deadline = time.monotonic() + 60
+        while still := [n for n in self.names if self._holds(n, self.built.changed)
+                        or self.lab.host(n).current_system() != self.built.base]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the reset left {self.built.changed} on {still[0]}")
+            time.sleep(1)
+            for name in still:
+                self.lab.host(name).sh(script, check=False)
+
+    def _holds(self, name: str, path: str) -> bool:
+        return self.lab.host(name).run(["nix-store", "--check-validity", path], check=False).returncode == 0
 
 
 # --- the 20-host small change against its floor -------------------------------------------------------------------
@@ -218,13 +227,14 @@ class Floor:
         log(f"baselines: a first system on {n} hosts")
         self.publish_change()
         self._topdeck()
-        ours, floors, fetches, cpu = [], [], [], []
+        ours, floors, fetches, cpu, splits = [], [], [], [], []
         for _ in range(repeats(self.quick, 3)):
             self.publish_change()
             log(f"baselines: a small change on {n} hosts, topdeck")
-            seconds, used = self._topdeck()
+            seconds, used, split = self._topdeck()
             ours.append(seconds)
             cpu.append(used)
+            splits.append(split)
             path = self.publish_change()
             log(f"baselines: the same change's floor, plain ssh and nix-store -r on {n} hosts")
             whole, fetch = self._floor(path)
@@ -236,19 +246,41 @@ class Floor:
                    "s", "≤ 1.2x", ours_s <= 1.2 * floor_s,
                    f"floor: `ssh root@host 'nix-store -r PATH --option substituters CACHE ... && nix-env --set && "
                    f"switch-to-configuration switch'` on every host at once; its fetch alone "
-                   f"{median(fetches):.2f} s; medians of {len(ours)}"),
+                   f"{median(fetches):.2f} s; topdeck's time: plan {median(s['plan'] for s in splits):.2f} s, "
+                   f"then per host (medians) {median(s['before fetch'] for s in splits):.2f} s to the fetch "
+                   f"(login, lock, pointer check), fetch {median(s['fetch'] for s in splits):.2f} s, "
+                   f"{median(s['after fetch'] for s in splits):.2f} s after it (profile, activation, the confirming "
+                   f"login); medians of {len(ours)}"),
             Figure(f"small-change deploy, {n} hosts: topdeck CPU per host", median(cpu) / n, None, "s", "measured",
                    True, "this process's user + system time during plan and deploy ÷ hosts (SSH, the host script's "
                    "events, the confirming login)"),
         ]
 
-    def _topdeck(self) -> tuple[float, float]:
-        done = measure(lambda: deploy_fleet(self.inventory, plan_fleet(self.inventory, [], cache=self.cache),
-                                            cache=self.cache))
+    def _topdeck(self) -> tuple[float, float, dict[str, float]]:
+        """Seconds and CPU seconds of plan + deploy, and where the time went (each host's phases, medians)."""
+        phases: dict[str, dict[str, float]] = {}
+        started = time.perf_counter()
+
+        def emit(event: object) -> None:
+            if isinstance(event, HostPhase) and event.phase in ("fetch", "profile", "done"):
+                phases.setdefault(event.host, {}).setdefault(event.phase, time.perf_counter() - started)
+
+        def run() -> DeployResult:
+            fleet_plan = plan_fleet(self.inventory, [], cache=self.cache)
+            phases["(plan)"] = {"planned": time.perf_counter() - started}
+            return deploy_fleet(self.inventory, fleet_plan, cache=self.cache, emit=emit)
+
+        done = measure(run)
         bad = [(o.host, o.reason) for o in done.result.outcomes if not o.ok]
         if bad:
             raise RuntimeError(f"topdeck's deploy failed on {len(bad)} hosts (first {bad[0]})")
-        return done.seconds, done.cpu
+        planned = phases.pop("(plan)")["planned"]
+        hosts = [h for h in phases.values() if {"fetch", "profile", "done"} <= set(h)]
+        split = {"plan": planned,
+                 "before fetch": median(h["fetch"] - planned for h in hosts) if hosts else 0.0,
+                 "fetch": median(h["profile"] - h["fetch"] for h in hosts) if hosts else 0.0,
+                 "after fetch": median(h["done"] - h["profile"] for h in hosts) if hosts else 0.0}
+        return done.seconds, done.cpu, split
 
     def _floor(self, path: str) -> tuple[float, float]:
         """(seconds until every host fetched and activated, seconds until every host had fetched)."""

@@ -14,6 +14,7 @@ systemd), on 127.0.50.11 and up.
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -31,6 +32,14 @@ NATIVE_HOSTS = 100
 IMAGES = ("sid", "trixie")
 DEFAULT_PARALLEL = 8  # the inventory's default `deploy.parallel` (core/inventory.py)
 POINTER = "scale"
+FREE_CLASS_B = 2500  # B2's free class B transactions per day (FACTS.md)
+CLASS_B_PRICE = 0.004 / 10_000  # dollars per class B transaction past the free ones (B2's price list)
+AGENT_INTERVAL = 300  # the pull agent's default timer (hosts/modules/topdeck-agent: 5min, plus up to 1min at random)
+AGENT_JITTER = 60
+FLEETS = (1_000, 10_000)
+# The paper figures of the last run (class B at 1,000 and 10,000 hosts, where the pull agent takes over), derived
+# from the measured ones; `python -m bench` prints them under "On paper".
+PAPER: list[str] = []
 
 TUI_SCRIPT = r"""
 import time, sys
@@ -86,9 +95,11 @@ class Scale:
         plans = {p: self._plan(p, rounds) for p in self.inventories}
         deploys = {p: self._no_change(p, rounds) for p in self.inventories}
         figures = self._fleet_figures(floor, plans, deploys)
-        if not self.quick:
-            figures.append(self._small_change())
+        small = self._small_change() if not self.quick else None
+        if small is not None:
+            figures.append(small[0])
         figures += self._tui()
+        PAPER[:] = paper(deploys[self.count], small[1] if small else None, self.count)
         return figures
 
     # --- plan and deploy ----------------------------------------------------------------------------
@@ -162,7 +173,7 @@ class Scale:
                    "per host per deploy (the operator's listing and pointer reads, shared by the hosts)"),
         ]
 
-    def _small_change(self) -> Figure:
+    def _small_change(self) -> tuple[Figure, dict[str, float]]:
         """One package upgraded, deployed to every host at once: class B per host from the emulator's counters."""
         spec = factory.upgrade(factory.initial_system([self.lab.client_public_key()]), "zlib", "1.3.999",
                                size=400_000)
@@ -178,11 +189,13 @@ class Scale:
             raise RuntimeError(f"small-change deploy: {len(bad)} hosts failed (first {bad[0]})")
         after = counters(self.lab)
         per_host = {c: (after[c] - before[c]) / self.count for c in ("A", "B", "C")}
+        measured = {"class_B": per_host["B"], "cpu": done.cpu / self.count, "seconds": done.seconds,
+                    "paths": fetched}
         return Figure(f"small-change deploy, {self.count} hosts: B2 class B per host", per_host["B"], None, "",
                       "measured", True,
                       f"{fetched} paths fetched per host (a narinfo and a NAR each, plus the pointer and its "
                       f"sidecar); class C {per_host['C']:.2f} per host; the deploy took {done.seconds:.1f} s, topdeck "
-                      f"CPU {done.cpu / self.count * 1000:.0f} ms per host")
+                      f"CPU {done.cpu / self.count * 1000:.0f} ms per host"), measured
 
     # --- the TUI ------------------------------------------------------------------------------------
 
@@ -221,3 +234,40 @@ if __name__ == "__main__":
         print(table(run(quick="--quick" in sys.argv)))
     finally:
         close_shared_lab()
+
+
+def paper(no_change: dict[str, float], small: dict[str, float] | None, hosts: int) -> list[str]:
+    """Class B per deploy at 1,000 and 10,000 hosts against B2's free allowance, and the fleet size from which the
+    pull agent should take over from SSH fan-out, from the measured per-host figures."""
+    lines = []
+    kinds = [("no-change deploy", no_change)] + ([("small-change deploy", small)] if small else [])
+    for what, measured in kinds:
+        per_host = measured["class_B"]
+        for fleet in FLEETS:
+            total = per_host * fleet
+            free = FREE_CLASS_B / total
+            lines.append(f"- {what} of {fleet:,} hosts: {per_host:.2f} class B per host (measured on {hosts}) = "
+                         f"{total:,.0f} class B, {total / FREE_CLASS_B:.1f}x the daily free {FREE_CLASS_B:,}: "
+                         f"{free:.2f} such deploys a day free, then ${total * CLASS_B_PRICE:.4f} a deploy")
+    polls = 86_400 / AGENT_INTERVAL
+    for fleet in FLEETS:
+        total = polls * fleet * no_change["class_B"]
+        lines.append(f"- pull agent on {fleet:,} hosts, polling every {AGENT_INTERVAL // 60} min: {polls:.0f} polls a "
+                     f"host a day x {no_change['class_B']:.2f} class B (the same pointer read as a no-change deploy) "
+                     f"= {total:,.0f} class B a day, ${max(0, total - FREE_CLASS_B) * CLASS_B_PRICE:.2f} a day past "
+                     "the free allowance; the agent is never cheaper in class B than fan-out, which reads only "
+                     "when it deploys")
+    cpu = (small or no_change)["cpu"]
+    latency = AGENT_INTERVAL / 2 + AGENT_JITTER / 2
+    cores = os.cpu_count() or 1
+    crossover = latency * cores / cpu
+    lines.append(f"- where the pull agent takes over: a fan-out costs the operator's machine {cpu * 1000:.0f} ms of "
+                 f"CPU per host ({'small change' if small else 'no change'}, measured on {hosts} hosts), so with "
+                 f"{cores} cores it cannot finish N hosts in less than N x {cpu * 1000:.0f} ms / {cores}; the agent "
+                 f"applies a new pointer {latency / 60:.0f} min after it is published on average (half its "
+                 f"{AGENT_INTERVAL // 60} min interval plus half its {AGENT_JITTER} s random delay), whatever the "
+                 f"fleet's size. Fan-out is slower than the agent from about {crossover:,.0f} hosts on (at 1,000 "
+                 f"hosts it takes at least {1000 * cpu / cores:.0f} s; at 10,000, {10_000 * cpu / cores / 60:.1f} "
+                 "min), and before that wherever hosts are often unreachable (a fan-out skips them, the agent "
+                 "catches up when they return). Below it, fan-out is faster and shows every host's progress")
+    return lines
