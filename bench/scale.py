@@ -95,9 +95,15 @@ class Scale:
         plans = {p: self._plan(p, rounds) for p in self.inventories}
         deploys = {p: self._no_change(p, rounds) for p in self.inventories}
         figures = self._fleet_figures(floor, plans, deploys)
-        small = self._small_change() if not self.quick else None
-        if small is not None:
-            figures.append(small[0])
+        small = None
+        if not self.quick:
+            try:
+                small = self._small_change()
+                figures.append(small[0])
+            except RuntimeError as error:  # the other figures stand; this one says why it is missing
+                log(f"scale: the small-change deploy failed: {error}")
+                figures.append(Figure(f"small-change deploy, {self.count} hosts: B2 class B per host", 0, None, "",
+                                      "measured", False, f"not measured: {str(error)[:300]}"))
         figures += self._tui()
         PAPER[:] = paper(deploys[self.count], small[1] if small else None, self.count)
         return figures
