@@ -289,7 +289,7 @@ class Floor:
         quoted = shlex.quote(path)
         command = (f"nix-store -r {quoted} --option substituters {shlex.quote(url)} --option trusted-public-keys "
                    f"{shlex.quote(key)} --option require-sigs true --option narinfo-cache-negative-ttl 0 "
-                   "--option narinfo-cache-positive-ttl 0 --option fallback false >/dev/null && "
+                   "--option narinfo-cache-positive-ttl 60 --option fallback false >/dev/null && "
                    "date +%s.%N > /run/floor-fetched && "
                    f"nix-env -p {SYSTEM_PROFILE} --set {quoted} && {quoted}/bin/switch-to-configuration switch")
         started = time.time()  # the hosts share this machine's clock
