@@ -207,7 +207,8 @@ _CONTROL_ROUTES: dict[tuple[str, str], Callable[[B2Emulator, Request], dict[str,
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128
+    # 100 hosts fetching at once open thousands of connections (Nix: up to 25 each); a short accept queue resets some
+    request_queue_size = 4096
 
     def __init__(self, address: tuple[str, int], emulator: B2Emulator) -> None:
         self.emulator = emulator
