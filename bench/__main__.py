@@ -4,7 +4,8 @@
     .venv/bin/python -m bench NAME...         some of them (the table is printed, RESULTS.md left alone)
     .venv/bin/python -m bench --quick         fewer repeats
 
-Needs root: the benchmarks start their own lab (hosts on 127.0.40.11 and up, under a temporary folder).
+Needs root: the benchmarks start their own labs under a temporary folder (the shared one on 127.0.51.11 and up,
+the 100-host one on 127.0.50.11 and up, the baselines' on 127.0.52.11 and up).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "diff": ("bench.diff", "closure diff vs `nix store diff-closures`"),
     "deploy": ("bench.deploy", "no-change deploy of 10 hosts, small-change deploy of 20 hosts"),
     "tui": ("bench.tui", "TUI start-up and refresh"),
+    "baselines": ("bench.baselines", "topdeck vs `nix copy --to ssh://` to 10 hosts; 20 hosts vs plain ssh"),
+    "scale": ("bench.scale", "100 native + 2 image hosts: plan, no-change deploy, SSH logins, CPU, B2 per host, TUI"),
 }
 
 
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     described = machine()
     started = time.monotonic()
     figures: list[Figure] = []
+    paper: list[str] = []
     failed: dict[str, str] = {}
     try:
         for name in names:
@@ -69,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 if not hasattr(module, "run"):
                     raise RuntimeError(f"{module.__name__} has no run(quick) yet")
                 figures += module.run(quick=args.quick)
+                paper += getattr(module, "PAPER", [])
             except Exception as error:  # one benchmark failing must not lose the others' figures
                 failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
                 traceback.print_exc()
     finally:
         close_shared_lab()
-    report = render(figures, described, names, failed, args.quick, time.monotonic() - started)
+    report = render(figures, described, names, failed, args.quick, time.monotonic() - started, paper)
     print(report)
     if output is not None:
         output.write_text(report)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(figures: list[Figure], described: dict[str, str], names: list[str], failed: dict[str, str], quick: bool,
-           seconds: float) -> str:
+           seconds: float, paper: list[str] | None = None) -> str:
     import os
 
     end_load = os.getloadavg()
@@ -109,6 +114,8 @@ def render(figures: list[Figure], described: dict[str, str], names: list[str], f
     lines += ["", "## Results", "", table(figures), ""]
     if notes(figures):
         lines += ["## Notes", "", notes(figures), ""]
+    if paper:
+        lines += ["## On paper, from the figures above", "", *paper, ""]
     if failed:
         lines += ["## Not measured", "", *[f"- {name}: {failed[name]}" for name in failed], ""]
     return "\n".join(lines)

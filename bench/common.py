@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the Figure every benchmark returns, medians, the lab, the closures, the machine.
 
 A benchmark module exposes `run(quick: bool = False) -> list[Figure]`. `shared_lab()` gives every benchmark of
-one process the same lab (its own root under a temporary folder, hosts on 127.0.40.11 and up, the emulator on a
+one process the same lab (its own root under a temporary folder, hosts on 127.0.51.11 and up, the emulator on a
 free port), started on first use and stopped by `close_shared_lab()` (and at exit).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from topdeck.lab.nixenv import LAB_NIX_CONFIG, lab_env
 
 BENCH_DIR = Path(__file__).resolve().parent
-BASE_ADDRESS = "127.0.40.11"  # the benchmarks' lab: 127.0.40.11 and up (never the demo's or the tests' addresses)
+BASE_ADDRESS = "127.0.51.11"  # the shared lab: 127.0.51.11 and up (never the demo's or the tests' addresses)
 PACKAGES = 1000  # packages in the benchmark closure (about 1100 store paths with their extra outputs)
 CLOSURE_SIZE = 200 * 1024 * 1024  # bytes of files in that closure, in all
 CHANGED_SHARE = 100  # one package in CHANGED_SHARE is upgraded in the "changed" variant (1 %)

@@ -160,6 +160,9 @@ class B2Emulator:
     def count_fault(self, kind: FaultKind) -> None:
         self._counters.count_fault(kind)
 
+    def count_bytes(self, received: int, sent: int) -> None:
+        self._counters.count_bytes(received, sent)
+
     def control(self, request: Request) -> Answer:
         action = _CONTROL_ROUTES.get((request.method, request.path.removeprefix(CONTROL_PREFIX)))
         if action is None:
@@ -204,7 +207,8 @@ _CONTROL_ROUTES: dict[tuple[str, str], Callable[[B2Emulator, Request], dict[str,
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128
+    # 100 hosts fetching at once open thousands of connections (Nix: up to 25 each); a short accept queue resets some
+    request_queue_size = 4096
 
     def __init__(self, address: tuple[str, int], emulator: B2Emulator) -> None:
         self.emulator = emulator
@@ -284,6 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         answer, transactions = emulator.calls.answer(route, request)
         emulator.count_call(call, route.transaction_class, transactions)
+        emulator.count_bytes(len(request.body), 0 if self.command == "HEAD" else len(answer.body))
         self._write(answer)
 
     def _read_request(self) -> Request:

@@ -24,13 +24,15 @@ class FaultKind(StrEnum):
 class Counters:
     """Thread-safe counts of answered B2 calls and of injected faults. A, B and C count billed
     transactions (a listing is billed per started thousand files it returns), `calls` counts
-    requests per call name."""
+    requests per call name, `bytes_received` the request bodies' bytes (what clients uploaded) and `bytes_sent`
+    the answers' bodies (what they downloaded)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._classes: Counter[str] = Counter()
         self._calls: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
 
     def count_call(self, call: str, transaction_class: str, transactions: int = 1) -> None:
         with self._lock:
@@ -41,6 +43,11 @@ class Counters:
         with self._lock:
             self._faults[kind.value] += 1
 
+    def count_bytes(self, received: int, sent: int) -> None:
+        with self._lock:
+            self._bytes["received"] += received
+            self._bytes["sent"] += sent
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -48,6 +55,8 @@ class Counters:
                 "calls": dict(self._calls),
                 "faults": sum(self._faults.values()),
                 "faults_by_kind": dict(self._faults),
+                "bytes_received": self._bytes["received"],
+                "bytes_sent": self._bytes["sent"],
             }
 
     def reset(self) -> None:
@@ -55,6 +64,7 @@ class Counters:
             self._classes.clear()
             self._calls.clear()
             self._faults.clear()
+            self._bytes.clear()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,9 @@ pass each connection on to another address of this machine's own namespace.
 
 The lab uses it to put a second address in front of the B2 emulator (a CDN or custom domain in front of a bucket)
 and to let a host in a network namespace of its own reach the emulator at the same URL as every other host.
-Every accepted connection is logged as `connection from HOST:PORT`, so a test can tell who came through.
+Every accepted connection is logged as `connection from HOST:PORT`, so a test can tell who came through, and
+when it ends as `closed HOST:PORT up N down M` (bytes the client sent through it, and received), so a benchmark can
+tell how much crossed.
 
     python -m topdeck.lab.forward --listen 127.0.0.1:8080 --to 127.0.0.1:17890 [--netns /run/netns/NAME]
 """
@@ -64,10 +66,10 @@ def serve(server: socket.socket, target: tuple[str, int], source: str | None = N
     while True:
         client, peer = server.accept()
         print(f"connection from {peer[0]}:{peer[1]}", flush=True)
-        threading.Thread(target=_relay, args=(client, target, source), daemon=True).start()
+        threading.Thread(target=_relay, args=(client, target, source, f"{peer[0]}:{peer[1]}"), daemon=True).start()
 
 
-def _relay(client: socket.socket, target: tuple[str, int], source: str | None) -> None:
+def _relay(client: socket.socket, target: tuple[str, int], source: str | None, peer: str = "") -> None:
     try:
         upstream = socket.create_connection(target, timeout=10, source_address=(source, 0) if source else None)
     except OSError as error:
@@ -75,14 +77,21 @@ def _relay(client: socket.socket, target: tuple[str, int], source: str | None) -
         client.close()
         return
     upstream.settimeout(None)
-    threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-    _pipe(client, upstream)
+    down: list[int] = []
+    back = threading.Thread(target=lambda: down.append(_pipe(upstream, client)), daemon=True)
+    back.start()
+    up = _pipe(client, upstream)
+    back.join()
+    print(f"closed {peer} up {up} down {sum(down)}", flush=True)
 
 
-def _pipe(reader: socket.socket, writer: socket.socket) -> None:
+def _pipe(reader: socket.socket, writer: socket.socket) -> int:
+    """Copy until the reader ends; the bytes copied."""
+    copied = 0
     try:
         while data := reader.recv(CHUNK):
             writer.sendall(data)
+            copied += len(data)
     except OSError:
         pass
     finally:
@@ -90,6 +99,7 @@ def _pipe(reader: socket.socket, writer: socket.socket) -> None:
             writer.shutdown(socket.SHUT_WR)
         with contextlib.suppress(OSError):
             reader.shutdown(socket.SHUT_RD)
+    return copied
 
 
 def start(listen_at: tuple[str, int], target: tuple[str, int], log: Path, *, netns: Path | None = None,
@@ -116,6 +126,16 @@ def peers(log: Path) -> list[str]:
     """The addresses (without port) of every connection the forwarder logged."""
     return [line.split()[2].rpartition(":")[0] for line in log.read_text().splitlines()
             if line.startswith("connection from ")]
+
+
+def traffic(log: Path) -> tuple[int, int]:
+    """Bytes (up, down) of every connection the forwarder logged as closed."""
+    up = down = 0
+    for line in log.read_text().splitlines():
+        words = line.split()
+        if len(words) == 6 and words[0] == "closed" and words[2] == "up" and words[4] == "down":
+            up, down = up + int(words[3]), down + int(words[5])
+    return up, down
 
 
 def main(argv: list[str] | None = None) -> int:
