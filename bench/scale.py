@@ -219,7 +219,7 @@ class Scale:
         status = []
         for _ in range(repeats(self.quick, 3)):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "topdeck.tui.cli", "--inventory", inventory, "status", "--json"],
+            subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", inventory, "status", "--json"],
                            capture_output=True, check=True, cwd=BENCH_DIR.parent, timeout=300)
             status.append(time.perf_counter() - started)
         first, full = median(r[0] for r in runs), median(r[1] for r in runs)
