@@ -40,8 +40,8 @@ from b2sdk.v2.exception import (
     Unauthorized,
 )
 
-from topdeck.core.cache import Entry, TransientCacheError
-from topdeck.core.errors import CacheError, CacheMissing
+from topdeck.core.cache import Entry
+from topdeck.core.errors import CacheError, CacheMissing, TransientCacheError
 from topdeck.core.events import Transactions
 
 # B2's classes (https://www.backblaze.com/cloud-storage/transaction-pricing); anything else is class A.

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from topdeck.core import fleet, gc, pointers, release, runs, trust
-from topdeck.core.cache import Cache, open_cache
+from topdeck.core.cache import Cache
+from topdeck.core.caches import open_cache
 from topdeck.core.deploy import Settings, mode_of, plan_waves
 from topdeck.core.diff import ClosureDiff
 from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, UnknownHostKey

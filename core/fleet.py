@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from topdeck.core import hostverbs, pointers
-from topdeck.core.cache import Cache, Entry, open_cache
+from topdeck.core.cache import Cache, Entry
+from topdeck.core.caches import open_cache
 from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff, diff_closures
 from topdeck.core.errors import DeployError, InventoryError, TopdeckError

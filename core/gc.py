@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from topdeck.core import pointers
-from topdeck.core.cache import DeletingCache, Entry, open_deleting_cache
+from topdeck.core.cache import DeletingCache, Entry
+from topdeck.core.caches import open_deleting_cache
 from topdeck.core.errors import Cancelled, GcError, TopdeckError
 from topdeck.core.events import Emit, LogLine, Progress, Transactions, ignore
 from topdeck.core.hostpool import each_host

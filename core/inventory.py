@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from topdeck.core.errors import InventoryError, TopdeckError
+from topdeck.core.sshconfigfile import read_config
 
 CONFIG_FILE = "topdeck.toml"
 HOST_FILE = "host.toml"
@@ -319,8 +320,6 @@ def _ssh_client_config(section: _Section, root: Path) -> Path | None:
         return None
     if not path.is_file():
         raise InventoryError(f"{section.where('config')}: {path} is not a file")
-    from topdeck.core.sshroute import read_config  # sshroute reads Host; a top-level import would be circular
-
     try:
         read_config(path)
     except TopdeckError as error:

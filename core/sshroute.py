@@ -20,7 +20,6 @@ Nothing here touches the network; resolving a name is left to the connection.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import re
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import paramiko
 
 from topdeck.core.errors import SSHConfigError, TopdeckError
 from topdeck.core.inventory import Host, SSHConfig, address_problem
+from topdeck.core.sshconfigfile import read_config
 
 DEFAULT_CONFIG = Path("~/.ssh/config")
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
@@ -102,29 +102,6 @@ def config_path(ssh: SSHConfig) -> Path | None:
         return ssh.config
     default = DEFAULT_CONFIG.expanduser()
     return default if default.is_file() else None
-
-
-def read_config(path: Path | None) -> paramiko.SSHConfig:
-    """The parsed file (an empty configuration for none); re-read when it changes."""
-    if path is None:
-        return paramiko.SSHConfig()
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError as error:
-        raise SSHConfigError(f"{path}: cannot read the SSH client configuration: {error.strerror}") from None
-    return _parsed(path, stamp)
-
-
-@functools.lru_cache(maxsize=8)
-def _parsed(path: Path, stamp: int) -> paramiko.SSHConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SSHConfigError(f"{path}: cannot read the SSH client configuration: {error}") from None
-    try:
-        return paramiko.SSHConfig.from_text(text)
-    except Exception as error:  # ConfigParseError and whatever a broken Include or Match gives
-        raise SSHConfigError(f"{path}: not a valid SSH client configuration: {error}") from None
 
 
 def route(host: Host, ssh: SSHConfig) -> Route:

@@ -13,7 +13,7 @@ import pytest
 from deploytools import deploy, deploy_inventory, last_activation, release, state, three_host_lab, topdeck
 
 from topdeck.core import pointers
-from topdeck.core.cache import open_cache
+from topdeck.core.caches import open_cache
 from topdeck.core.events import HostOutcome, HostPhase
 from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.inventory import load_inventory

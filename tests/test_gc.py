@@ -22,7 +22,8 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, three_ho
 from labtools import substitute
 
 from topdeck.core import nixbase32
-from topdeck.core.cache import Cache, DirCache, open_cache
+from topdeck.core.cache import Cache, DirCache
+from topdeck.core.caches import open_cache
 from topdeck.core.errors import GcError
 from topdeck.core.gc import collect, monthly_cost, plan_gc, pointer_systems
 from topdeck.core.inventory import load_inventory

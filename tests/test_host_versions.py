@@ -25,7 +25,7 @@ from labtools import connect as ssh_connect
 from labtools import ssh_run
 
 from topdeck.core import narinfo, nixbase32
-from topdeck.core.cache import open_cache
+from topdeck.core.caches import open_cache
 from topdeck.core.deploy import host_command, host_script
 from topdeck.core.fleet import trusted_key
 from topdeck.core.inventory import load_inventory

@@ -22,7 +22,7 @@ import pytest
 
 from topdeck.core import localnix
 from topdeck.core.b2cache import B2Cache
-from topdeck.core.cache import open_cache
+from topdeck.core.caches import open_cache
 from topdeck.core.errors import CacheError
 from topdeck.core.inventory import CacheConfig
 from topdeck.core.manifest import manifest_name, parse_manifest
