@@ -33,12 +33,12 @@ from bench.common import (
     signing_key,
     work_root,
 )
-from bench.fleetlab import measure, own_lab, ssh_all, ssh_argv, write_inventory
+from bench.fleetlab import ChangingSystem, measure, own_lab, ssh_all, ssh_argv, write_inventory
 from topdeck.core.events import DeployResult, HostPhase
 from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.push import push
 from topdeck.core.store import parse_store_path
-from topdeck.lab import factory, forward
+from topdeck.lab import forward
 from topdeck.lab.hosts import SYSTEM_PROFILE, wait_for
 from topdeck.lab.lab import BUCKET, Lab
 from topdeck.lab.nixenv import lab_env
@@ -210,17 +210,9 @@ class Floor:
         self.cache = b2_cache(lab, self.prefix)
         self.key = signing_key(lab)
         self.inventory = write_inventory(lab, work_root() / self.prefix, names, self.prefix, POINTER, len(names))
-        self.spec = factory.initial_system([lab.client_public_key()], host="floor", count=60)
-        self.workdir = work_root() / f"{self.prefix}-systems"
-        self.versions = 0
-
-    def publish_change(self) -> str:
-        """A new system with one package upgraded, pushed, and the pointer moved to it."""
-        self.versions += 1
-        self.spec = factory.upgrade(self.spec, "zlib", f"1.3.{self.versions + 100}", size=400_000)
-        path = factory.build(self.spec, self.workdir)
-        push(parse_store_path(path), self.cache, self.key, pointer=POINTER)
-        return path
+        self.system = ChangingSystem(lab, "floor", work_root() / f"{self.prefix}-systems", self.cache, self.key,
+                                     POINTER)
+        self.publish_change = self.system.publish_change
 
     def figures(self) -> list[Figure]:
         n = len(self.names)

@@ -10,54 +10,26 @@ confirming login. The inventory's `parallel` is 20, so all hosts of a run go at 
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 from bench.common import Figure, b2_cache, log, median, repeats, shared_lab, signing_key, timed, work_root
+from bench.fleetlab import ChangingSystem, write_inventory
 from topdeck.core import pointers
 from topdeck.core.fleet import deploy_fleet, plan_fleet
-from topdeck.core.inventory import Inventory, load_inventory
-from topdeck.core.push import push
-from topdeck.core.store import parse_store_path
-from topdeck.lab import factory
-from topdeck.lab.lab import BUCKET
 
 HOSTS = 20
 NO_CHANGE_HOSTS = 10
-
-
-def write_inventory(lab, root: Path, prefix: str) -> Inventory:  # type: ignore[no-untyped-def]
-    root.mkdir(parents=True)
-    (root / "topdeck.toml").write_text(
-        f'[cache]\nbucket = "{BUCKET}"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
-        f'credentials_file = "{lab.b2_credentials}"\nsigning_key = "{lab.cache_secret_key}"\n'
-        f'public_key_file = "{lab.cache_public_key}"\n\n'
-        f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\n\n'
-        f'[deploy]\nparallel = {HOSTS}\n')
-    for index in range(1, HOSTS + 1):
-        name = f"host-{index}"
-        (root / name).mkdir()
-        (root / name / "host.toml").write_text(f'address = "{lab.host(name).address}"\npointer = "bench"\n')
-    return load_inventory(root)
 
 
 class Fleet:
     def __init__(self, quick: bool):
         self.lab = shared_lab(hosts=HOSTS)
         self.prefix = f"deploy-{secrets.token_hex(4)}"
-        self.inventory = write_inventory(self.lab, work_root() / self.prefix, self.prefix)
+        names = [f"host-{index}" for index in range(1, HOSTS + 1)]
+        self.inventory = write_inventory(self.lab, work_root() / self.prefix, names, self.prefix, "bench", HOSTS)
         self.cache = b2_cache(self.lab, self.prefix)
-        self.key = signing_key(self.lab)
-        self.spec = factory.initial_system([self.lab.client_public_key()], host="bench", count=60)
-        self.workdir = work_root() / f"{self.prefix}-systems"
-        self.versions = 0
-
-    def publish_change(self) -> str:
-        """A new system with one package upgraded, pushed, and the pointer moved to it."""
-        self.versions += 1
-        self.spec = factory.upgrade(self.spec, "zlib", f"1.3.{self.versions + 100}", size=400_000)
-        path = factory.build(self.spec, self.workdir)
-        push(parse_store_path(path), self.cache, self.key, pointer="bench")
-        return path
+        self.system = ChangingSystem(self.lab, "bench", work_root() / f"{self.prefix}-systems", self.cache,
+                                     signing_key(self.lab), "bench")
+        self.publish_change = self.system.publish_change
 
     def deploy(self, hosts: list[str]) -> float:
         """Seconds to plan and deploy `hosts`; every host must end on the target."""

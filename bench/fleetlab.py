@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log, use_lab_nix, work_root
+from topdeck.core.cache import Cache
 from topdeck.core.inventory import Inventory, load_inventory
+from topdeck.core.push import push
+from topdeck.core.signing import SecretKey
+from topdeck.core.store import parse_store_path
+from topdeck.lab import factory
 from topdeck.lab.lab import BUCKET, Lab
 
 
@@ -61,6 +66,23 @@ def write_inventory(lab: Lab, root: Path, names: list[str], prefix: str, pointer
         address = (addresses or {}).get(name) or lab.host(name).address
         (root / name / "host.toml").write_text(f'address = "{address}"\npointer = "{pointer}"\n')
     return load_inventory(root)
+
+
+class ChangingSystem:
+    """A lab system that a benchmark changes by one package upgrade at a time, each pushed and published."""
+
+    def __init__(self, lab: Lab, host: str, workdir: Path, cache: Cache, key: SecretKey, pointer: str):
+        self.spec = factory.initial_system([lab.client_public_key()], host=host, count=60)
+        self.workdir, self.cache, self.key, self.pointer = workdir, cache, key, pointer
+        self.versions = 0
+
+    def publish_change(self) -> str:
+        """A new system with one package upgraded, pushed, and the pointer moved to it."""
+        self.versions += 1
+        self.spec = factory.upgrade(self.spec, "zlib", f"1.3.{self.versions + 100}", size=400_000)
+        path = factory.build(self.spec, self.workdir)
+        push(parse_store_path(path), self.cache, self.key, pointer=self.pointer)
+        return path
 
 
 class SshdCount:
