@@ -253,7 +253,7 @@ class Fleet:
         with self._connect(self.inventory.host(host), self.inventory.ssh):
             pass
 
-    def accept_host_key(self, error: UnknownHostKey) -> str:
+    def pin_host_key(self, error: UnknownHostKey) -> str:
         """Pin the key the operator accepted, as `topdeck trust` does; the known_hosts line written."""
         pinned = trust.pin(trust.from_error(error))
         return f"{pinned.key_name} {pinned.key_type} {pinned.key.get_base64()}\n"

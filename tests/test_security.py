@@ -281,14 +281,16 @@ def test_only_the_operator_facing_backend_writes_known_hosts():
     caller is core/trust.py's `pin`, which `topdeck trust` and the TUI's explicit accept action both use."""
     callers = []
     for path in [*REPO.joinpath("core").rglob("*.py"), *REPO.joinpath("tui").rglob("*.py"),
-                 *REPO.joinpath("lab").rglob("*.py")]:
+                 *REPO.joinpath("cli").rglob("*.py"), *REPO.joinpath("lab").rglob("*.py")]:
         text = path.read_text()
         assert not re.search(r"AutoAddPolicy|WarningPolicy|save_host_keys|StrictHostKeyChecking\W+(no|accept-new)",
                              text), path
         if re.search(r"\baccept_host_key\(", text.replace("def accept_host_key(", "")):
             callers.append(path.relative_to(REPO).as_posix())
-    # topdeck trust and the TUI's accept action (base.py calls the backend's) both pin through core/trust.py
-    assert set(callers) <= {"core/trust.py", "tui/screens/base.py"}, callers
+    # topdeck trust and the TUI's accept action (base.py, through the backend and the facade) pin through trust.py
+    assert callers == ["core/trust.py"], callers
+    assert "backend.pin_host_key(" in REPO.joinpath("tui/screens/base.py").read_text()
+    assert "trust.pin(" in REPO.joinpath("core/facade.py").read_text()
 
 
 # --- secrets ---------------------------------------------------------------------------------------

@@ -234,6 +234,6 @@ class FakeBackend:
     def check_host_key(self, host: str) -> None:
         raise TopdeckError(f"{host}: fake host")
 
-    def accept_host_key(self, error: Any) -> str:
+    def pin_host_key(self, error: Any) -> str:
         self.accepted.append(error.host)
         return f"{error.address} ssh-ed25519 AAAA\n"

@@ -40,7 +40,7 @@ class EngineBackend(Protocol):
     def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit, cancel: threading.Event) -> DeployResult: ...
     def generation_diff(self, host: str, path: str) -> ClosureDiff: ...
     def check_host_key(self, host: str) -> None: ...
-    def accept_host_key(self, error: UnknownHostKey) -> str: ...
+    def pin_host_key(self, error: UnknownHostKey) -> str: ...
 
 
 class Backend:
@@ -104,5 +104,5 @@ class Backend:
     def check_host_key(self, host: str) -> None:
         self.fleet.check_host_key(host)
 
-    def accept_host_key(self, error: UnknownHostKey) -> str:
-        return self.fleet.accept_host_key(error)
+    def pin_host_key(self, error: UnknownHostKey) -> str:
+        return self.fleet.pin_host_key(error)

@@ -110,7 +110,7 @@ class TopdeckScreen(Screen[Any]):
                 self.notify(f"{exception.host}: host key refused", severity="warning")
                 return
             try:
-                line = self.topdeck.backend.accept_host_key(exception)
+                line = self.topdeck.backend.pin_host_key(exception)
             except TopdeckError as failure:
                 self.notify(one_line(failure), title="host key", severity="error", timeout=10)
                 return
