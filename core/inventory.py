@@ -9,6 +9,7 @@ import dataclasses
 import fnmatch
 import ipaddress
 import re
+import subprocess
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -252,21 +253,42 @@ def _flake_ref(section: _Section, ref: str, base: Path) -> str:
 
 
 def _refuse_secrets_in_flakes(inventory: Inventory) -> None:
-    """Nix copies a local flake that is no git work tree into the world-readable store whole, so a key or
-    credentials file inside its folder would be published on this machine; in a git work tree only tracked
-    files are copied."""
-    flakes = {Path(host.build.flake) for host in inventory.hosts
-              if host.build is not None and host.build.kind == "flake" and host.build.flake.startswith("/")}
+    """Nix copies a local flake into the world-readable store: a `path:` flake and a folder that is no git work
+    tree whole, a git work tree (a plain path or `git+file:`) as its tracked files, from the repository's root.
+    A key or credentials file the inventory names must not be among what is copied."""
     secrets = {"cache.signing_key": inventory.cache.signing_key,
-               "cache.credentials_file": inventory.cache.credentials_file, "ssh.identity": inventory.ssh.identity}
-    for flake in sorted(flakes):
-        if any((folder / ".git").exists() for folder in (flake, *flake.parents)):
-            continue
+               "cache.credentials_file": inventory.cache.credentials_file,
+               "cache.gc_credentials_file": inventory.cache.gc_credentials_file,
+               "ssh.identity": inventory.ssh.identity}
+    flakes = {_local_flake(host.build.flake, inventory.root) for host in inventory.hosts
+              if host.build is not None and host.build.kind == "flake"}
+    for flake in sorted(flake for flake in flakes if flake is not None):
         for key, secret in secrets.items():
-            if secret is not None and flake in secret.parents:
-                raise InventoryError(f"{inventory.root / CONFIG_FILE}: {key}: {secret} is inside flake {flake}, "
-                                     "which is no git repository, so Nix would copy it into the world-readable "
-                                     "store: keep secrets outside the flake's folder")
+            if secret is not None and _copied_with(secret, *flake):
+                raise InventoryError(f"{inventory.root / CONFIG_FILE}: {key}: {secret} would be copied with flake "
+                                     f"{flake[0]} into the world-readable store: keep secrets outside the flake's "
+                                     "folder and out of its git repository")
+
+
+def _local_flake(ref: str, root: Path) -> tuple[Path, bool] | None:
+    """A flake reference that Nix reads from this machine: its folder, and whether Nix copies it whole."""
+    for scheme, whole in (("path:", True), ("git+file:", False)):
+        if ref.startswith(scheme):
+            location = ref[len(scheme):].split("?", 1)[0].split("#", 1)[0]
+            location = location[2:] if location.startswith("//") else location
+            return (root / location).resolve(), whole
+    return (Path(ref), False) if ref.startswith("/") else None
+
+
+def _copied_with(secret: Path, folder: Path, whole: bool) -> bool:
+    repository = None if whole else next((f for f in (folder, *folder.parents) if (f / ".git").exists()), None)
+    if repository is None:
+        return folder == secret or folder in secret.parents
+    if repository not in secret.parents:
+        return False
+    tracked = subprocess.run(["git", "-C", str(repository), "ls-files", "--error-unmatch", "--", str(secret)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return tracked.returncode == 0
 
 
 def _cache_config(section: _Section, root: Path) -> CacheConfig:
@@ -284,6 +306,9 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
     if "@" in str(section.data.get("download_url", "")):  # not echoed: it may hold a password
         raise InventoryError(f"{section.where('download_url')}: must not carry a user or password (every host "
                              "would be given it)")
+    if "@" in str(section.data.get("url", "")):  # not echoed: it may hold a password
+        raise InventoryError(f"{section.where('url')}: must not carry a user or password (every host would be "
+                             "given it)")
     if kind == "dir" and "download_url" in section.data:
         raise InventoryError(f"{section.where('download_url')}: only for type = \"b2\" (a dir cache names the URL "
                              "hosts fetch it from with 'url')")
@@ -294,7 +319,7 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         realm=section.get("realm", str, default="production"),
         credentials_file=section.path("credentials_file", root),
         path=section.path("path", root),
-        url=section.get("url", str, default=""),
+        url=section.get("url", str, default="", check=_valid_cache_url).rstrip("/"),
         signing_key=section.path("signing_key", root),
         public_key=section.get("public_key", str, default=""),
         public_key_file=section.path("public_key_file", root),
@@ -367,8 +392,17 @@ def _valid_url(value: str) -> str | None:
 
 # The cache's root as hosts fetch it: it goes into a remote command, a Nix string of the agent module and Nix's
 # substituters (a space would split it), and paths are appended to it (a query or fragment would swallow them).
-DOWNLOAD_URL_RE = re.compile(rf"https?://({_LABEL}(\.{_LABEL})*|\d{{1,3}}(\.\d{{1,3}}){{3}}|\[[0-9A-Fa-f:.]+\])"
-                             r"(:\d{1,5})?(/[A-Za-z0-9._~%+-]+)*/?")
+DOWNLOAD_URL_RE = re.compile(rf"https?://({_LABEL}(\.{_LABEL})*|[0-9]{{1,3}}(\.[0-9]{{1,3}}){{3}}|\[[0-9A-Fa-f:.]+\])"
+                             r"(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?")
+FILE_URL_RE = re.compile(r"file://(/[A-Za-z0-9._~%+-]+)+/?")
+
+
+def _valid_cache_url(value: str) -> str | None:
+    """A dir cache's `url`: what hosts fetch it from, so it travels as a download_url does."""
+    if FILE_URL_RE.fullmatch(value) or DOWNLOAD_URL_RE.fullmatch(value):
+        return None
+    return ("is neither the file:// URL of an absolute folder nor the http:// or https:// URL of the cache's root "
+            "(letters, digits and ._~%+- in the path; no user, query, quotes or spaces)")
 
 
 def _valid_download_url(value: str) -> str | None:

@@ -590,7 +590,7 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("flake: no nixosConfigurations.<host>", _flake_fleet({"other": "sys-other"}, ("push", "--on", "host-1")), ["topdeck.toml: build.flake: flake {inv} has no nixosConfigurations.host-1 (it has: other)"]),
     ("push --on: pointer shared, toplevels differ", _flake_fleet({"host-1": "sys-a", "host-2": "sys-b"}, ("push", "--on", "host-1,host-2"), prebuild=True), ["pointer web: its hosts build different toplevels (host-1 builds sys-a; host-2 builds sys-b)", "nothing was pushed"]),
     ("apply: pointer shared, toplevels differ", _flake_fleet({"host-1": "sys-a", "host-2": "sys-c"}, ("apply", "--on", "host-1,host-2", "--yes"), prebuild=True), ["pointer web: its hosts build different toplevels (host-1 builds sys-a; host-2 builds sys-c)"]),
-    ("flake: signing key inside the flake", _signing_key_in_flake, ["topdeck.toml: cache.signing_key: {inv}/cache-key.sec is inside flake {inv}, which is no git repository", "keep secrets outside the flake's folder"]),
+    ("flake: signing key inside the flake", _signing_key_in_flake, ["topdeck.toml: cache.signing_key: {inv}/cache-key.sec would be copied with flake {inv} into the world-readable store", "keep secrets outside the flake's folder"]),
     ("push: HOST and --on together", _argv("push", "host-1", "--on", "host-2"), ["push: give a PATH or HOST, or --on SELECTOR (not both)"]),
     ("apply: host without [build]", _argv("apply", "--on", "host-1", "--yes"), ["host-1/host.toml: host host-1 has no [build] section"]),
     ("apply --mode bogus", _argv("apply", "--mode", "bogus", "--yes"), ["apply: argument --mode: invalid choice: 'bogus'"]),

@@ -183,3 +183,75 @@ def test_download_url_is_only_for_a_b2_cache(tmp_path):
                            '[cache]\ntype = "dir"\npath = "c"\ndownload_url = "https://cache.example.org"\n')
     with pytest.raises(InventoryError, match=r"cache.download_url: only for type = \"b2\""):
         load_inventory(root)
+
+
+DIR_CONFIG = '[cache]\ntype = "dir"\npath = "c"\n'
+
+
+@pytest.mark.parametrize("url", ["file:///srv/nix-cache", "http://127.0.0.1:8080/cache/", "https://cache.example.org"])
+def test_a_dir_cache_url_is_a_file_or_http_url(tmp_path, url):
+    inventory = load_inventory(write_inventory(tmp_path / "inv", {"web-1": HOST}, DIR_CONFIG + f'url = "{url}"\n'))
+    assert inventory.cache.url == url.rstrip("/")
+
+
+@pytest.mark.parametrize("url,problem", [
+    ("https://cache.example.org/${builtins.readFile /etc/shadow}", "is neither the file:// URL"),
+    ("file:///srv/cache x", "is neither the file:// URL"),
+    ("file://relative", "is neither the file:// URL"),
+    ("https://cache.example.org/';touch /tmp/x", "is neither the file:// URL"),
+    ("https://bob:secret@cache.example.org", "must not carry a user or password"),
+    ("http://127.0.0.\u0663:80/c", "is neither the file:// URL"),  # an Arabic-Indic digit is no port or address
+])
+def test_a_dir_cache_url_is_validated_like_download_url(tmp_path, url, problem):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST}, DIR_CONFIG + f'url = "{url}"\n')
+    with pytest.raises(InventoryError) as error:
+        load_inventory(root)
+    assert str(error.value).startswith(f"{root}/topdeck.toml: cache.url: ") and problem in str(error.value)
+    assert "secret" not in str(error.value)
+
+
+def _flake_inventory(root: Path, secret_key: str, flake: str, secret_name: str = "secret.key") -> Path:
+    write_inventory(root, {"web-1": HOST}, CONFIG + f'{secret_key} = "{secret_name}"\n\n[build]\nflake = "{flake}"\n')
+    (root / secret_name).write_text("a secret\n")
+    return root
+
+
+@pytest.mark.parametrize("key", ["signing_key", "credentials_file", "gc_credentials_file"])
+@pytest.mark.parametrize("flake", [".", "path:.", "path:{root}", "path://{root}?dir=."])
+def test_a_secret_inside_a_flake_nix_copies_whole_is_refused(tmp_path, key, flake):
+    root = tmp_path / "inv"
+    _flake_inventory(root, key, flake.format(root=root))
+    with pytest.raises(InventoryError) as error:
+        load_inventory(root)
+    assert f"cache.{key}: {root}/secret.key would be copied with flake {root} into" in str(error.value)
+
+
+def _git(root: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+@pytest.mark.parametrize("flake", [".", "git+file:{root}", "git+file://{root}"])
+def test_a_secret_tracked_in_a_git_flake_is_refused_and_an_untracked_one_is_not(tmp_path, flake):
+    root = tmp_path / "inv"
+    _flake_inventory(root, "gc_credentials_file", flake.format(root=root))
+    _git(root, "init", "-q")
+    assert load_inventory(root).cache.gc_credentials_file == root / "secret.key"  # untracked: Nix leaves it out
+    _git(root, "add", "secret.key")
+    with pytest.raises(InventoryError, match="cache.gc_credentials_file: .* would be copied with flake"):
+        load_inventory(root)
+
+
+def test_a_secret_tracked_elsewhere_in_the_flakes_repository_is_refused(tmp_path):
+    """Nix copies a git flake's whole repository (its tracked files), not only the flake's folder."""
+    repository = tmp_path / "repo"
+    root = repository / "fleet"
+    write_inventory(root, {"web-1": HOST}, CONFIG + 'signing_key = "../keys/cache.sec"\n\n[build]\nflake = "."\n')
+    (repository / "keys").mkdir()
+    (repository / "keys" / "cache.sec").write_text("a secret\n")
+    _git(repository, "init", "-q")
+    _git(repository, "add", "keys/cache.sec")
+    with pytest.raises(InventoryError, match="cache.signing_key: .*/keys/cache.sec would be copied with flake"):
+        load_inventory(root)
