@@ -370,7 +370,7 @@ def _valid_url(value: str) -> str | None:
 # The cache's root as hosts fetch it: it goes into a remote command, a Nix string of the agent module and Nix's
 # substituters (a space would split it), and paths are appended to it (a query or fragment would swallow them).
 DOWNLOAD_URL_RE = re.compile(rf"https?://({_LABEL}(\.{_LABEL})*|\d{{1,3}}(\.\d{{1,3}}){{3}}|\[[0-9A-Fa-f:.]+\])"
-                             r"(:\d{1,5})?(/[A-Za-z0-9._~%+-]+)*/?")
+                             r"(:\d{1,5})?(/[A-Za-z0-9._~%+-]+)*/?", re.ASCII)
 
 
 def _valid_download_url(value: str) -> str | None:
