@@ -219,17 +219,9 @@ class _HostRunner:
             return _not_run(host.name, target, Outcome.CANCELLED, "cancelled before it started", self.emit)
         track = _Tracker(host.name, self.emit, lambda: self._confirm(host, track))
         try:
-            self._deploy(host, target, track)
-        except HostKeyError as error:
-            track.fail(str(error))
-        except (SSHError, Cancelled) as error:
-            self._recover(host, track, error)
-        except TopdeckError as error:
-            track.fail(str(error))
+            self._deploy_and_follow(host, target, track)
         except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host, and the run is recorded
             track.fail(str(internal_error(host.name, error)))
-        if track.rebooting:
-            self._after_reboot(host, track)
         outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
                               track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
                               started, self.clock(), track.switch_code, switch_meaning(track.switch_code),
@@ -237,6 +229,18 @@ class _HostRunner:
         self.emit(HostPhase(host.name, Phase(outcome.outcome), outcome.reason))
         self.emit(outcome)
         return outcome
+
+    def _deploy_and_follow(self, host: Host, target: Target, track: _Tracker) -> None:
+        try:
+            self._deploy(host, target, track)
+        except HostKeyError as error:
+            track.fail(str(error))
+        except (SSHError, Cancelled) as error:
+            self._recover(host, track, error)
+        except TopdeckError as error:
+            track.fail(str(error))
+        if track.rebooting:
+            self._after_reboot(host, track)
 
     def _deploy(self, host: Host, target: Target, track: _Tracker) -> None:
         track.phase(Phase.CONNECT)
