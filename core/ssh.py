@@ -476,6 +476,9 @@ class _Stream:
         self._seen = 0
 
     def add(self, chunk: bytes) -> None:
+        if self.on_line is None:
+            self._keep(chunk)
+            return
         start = 0
         while start < len(chunk):
             newline = chunk.find(b"\n", start)

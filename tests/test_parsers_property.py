@@ -318,9 +318,12 @@ def test_an_inventory_is_loaded_or_refused_as_an_inventory_error(host: dict[str,
 def test_a_stream_hands_every_line_within_its_bounds(chunks: list[bytes]) -> None:
     got: list[str] = []
     stream = _Stream(got.append, limit=2000, line_limit=100)
+    quiet = _Stream(None, limit=2000, line_limit=100)  # no callback: the bytes alone, kept the same way
     for chunk in chunks:
         stream.add(chunk)
+        quiet.add(chunk)
     stream.finish()
+    assert (bytes(quiet.data), quiet.truncated) == (bytes(stream.data), stream.truncated)
     whole = b"".join(chunks)
     assert len(stream.data) <= 2000 and all(len(line.encode()) <= 400 for line in got)  # 100 bytes, each maybe U+FFFD
     if len(whole) <= 2000 and all(len(line) <= 100 for line in whole.split(b"\n")):
