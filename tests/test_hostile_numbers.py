@@ -74,6 +74,23 @@ def test_a_tracker_ignores_switch_codes_and_generations_that_are_not_ascii_numbe
     assert [e.text for e in events if isinstance(e, LogLine)] == ["progress\t1\t²\t0\t0"]  # shown, as any other line
 
 
+class _SuperscriptGeneration(FakeHost):
+    def verb_status(self, out, cancel):  # type: ignore[no-untyped-def]
+        super().verb_status(out, cancel)
+        out("generation\t²")
+        return 0
+
+
+def test_fleet_status_with_one_host_answering_generation_superscript_two_shows_every_host(
+        inventory: Inventory) -> None:
+    lab = Fleet("web-1", "web-2", "web-3")
+    lab.fakes["web-2"] = _SuperscriptGeneration("web-2", lab.fakes["web-1"].systems)
+    (inventory.root / "cache").mkdir()
+    statuses = fleet.status_fleet(inventory, cache=open_cache(inventory.cache), connect=lab.connect)
+    assert [(s.host, s.current, s.generation) for s in statuses] == [(h, str(OLD), 1 if h != "web-2" else 0)
+                                                                     for h in ("web-1", "web-2", "web-3")]
+
+
 class _Answer:
     host = Host("web-1", "10.0.0.1", "web")
 
