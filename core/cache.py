@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from topdeck.core.errors import CacheMissing
+from topdeck.core import strict
+from topdeck.core.errors import CacheError, CacheMissing
 from topdeck.core.errors import TransientCacheError as TransientCacheError  # its home is core/errors.py
 from topdeck.core.events import Transactions
 
@@ -141,7 +142,10 @@ class DirCache:
             lines = self._history(name).read_text().splitlines()
         except FileNotFoundError:
             return []
-        return [Entry(name=name, **json.loads(line)) for line in reversed(lines)]
+        try:
+            return [Entry(name=name, **strict.loads(line)) for line in reversed(lines)]
+        except (ValueError, TypeError) as error:
+            raise CacheError(f"{self._history(name)}: not a readable version history ({error})") from None
 
     def transactions(self) -> Transactions:
         return Transactions()

@@ -13,14 +13,13 @@ returns the host to its previous system (its boot entry back, and another reboot
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError
+from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError, internal_error
 from topdeck.core.events import (
     DeployResult,
     Emit,
@@ -51,8 +50,9 @@ from topdeck.core.hostverbs import host_command as host_command  # where callers
 from topdeck.core.hostverbs import host_script as host_script
 from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
-from topdeck.core.ssh import Connect, Session, connect
+from topdeck.core.ssh import MAX_OUTPUT, Connect, Session, connect
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.strict import parse_uint
 from topdeck.core.vocabulary import SWITCH_MODES, Mode, Outcome, Phase
 
 MODES = tuple(mode.value for mode in SWITCH_MODES)  # plain words: argparse's choices error shows each one's repr
@@ -132,11 +132,11 @@ def plan_waves(hosts: Iterable[str], canary: int = 0, wave: str | None = None) -
 
 
 def _wave_size(wave: str, count: int) -> int:
-    match = re.fullmatch(r"(\d+)(%?)", wave.strip())
-    if not match or int(match.group(1)) == 0 or (match.group(2) and int(match.group(1)) > 100):
+    share = wave.strip().endswith("%")
+    number = parse_uint(wave.strip().removesuffix("%"), limit=100 if share else 2**32)
+    if not number:
         raise DeployError(f"wave {wave!r}: give a number of hosts (5) or a share of them (25%)", setting="wave")
-    number = int(match.group(1))
-    return max(1, math.ceil(count * number / 100)) if match.group(2) else number
+    return max(1, math.ceil(count * number / 100)) if share else number
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -219,6 +219,19 @@ class _HostRunner:
             return _not_run(host.name, target, Outcome.CANCELLED, "cancelled before it started", self.emit)
         track = _Tracker(host.name, self.emit, lambda: self._confirm(host, track))
         try:
+            self._deploy_and_follow(host, target, track)
+        except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host, and the run is recorded
+            track.fail(str(internal_error(host.name, error)))
+        outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
+                              track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
+                              started, self.clock(), track.switch_code, switch_meaning(track.switch_code),
+                              track.booted)
+        self.emit(HostPhase(host.name, Phase(outcome.outcome), outcome.reason))
+        self.emit(outcome)
+        return outcome
+
+    def _deploy_and_follow(self, host: Host, target: Target, track: _Tracker) -> None:
+        try:
             self._deploy(host, target, track)
         except HostKeyError as error:
             track.fail(str(error))
@@ -228,13 +241,6 @@ class _HostRunner:
             track.fail(str(error))
         if track.rebooting:
             self._after_reboot(host, track)
-        outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
-                              track.current, track.generation, track.reason, track.paths_total, track.bytes_done,
-                              started, self.clock(), track.switch_code, switch_meaning(track.switch_code),
-                              track.booted)
-        self.emit(HostPhase(host.name, Phase(outcome.outcome), outcome.reason))
-        self.emit(outcome)
-        return outcome
 
     def _deploy(self, host: Host, target: Target, track: _Tracker) -> None:
         track.phase(Phase.CONNECT)
@@ -270,7 +276,8 @@ class _HostRunner:
         result = run_verb(session, verb, *args, timeout=None, on_line=track.line, on_stderr_line=track.stderr,
                           cancel=cancel)  # type: ignore[arg-type]  # _WhileInterruptible: is_set() is all it reads
         if track.result is None and not track.reboot_from:  # a host that reboots gives its result after the boot
-            track.fail(f"the host script ended without a result (exit {result.exit_status})")
+            cut = f"; its output passed {MAX_OUTPUT // (1024 * 1024)} MiB and was cut" if result.truncated else ""
+            track.fail(f"the host script ended without a result (exit {result.exit_status}{cut})")
 
     def _recover(self, host: Host, track: _Tracker, error: TopdeckError) -> None:
         """The session ended early (lost, or stopped by a cancel): learn from the host how the run ended."""
@@ -467,10 +474,10 @@ class _Tracker:
             self.current = value
         elif key == "booted":
             self.booted = value
-        elif key == "generation" and value.isdigit():
-            self.generation = int(value)
-        elif key == "switch-code" and value.isdigit():
-            self.switch_code = int(value)
+        elif key == "generation" and (number := parse_uint(value)) is not None:
+            self.generation = number
+        elif key == "switch-code" and (code := parse_uint(value, limit=255)) is not None:
+            self.switch_code = code
 
     def _on_result(self, outcome: str, reason: str) -> None:
         self.result = outcome

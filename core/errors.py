@@ -1,5 +1,6 @@
 """Every error topdeck reports to a user. Each carries one line that says what is wrong and where."""
 
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,15 @@ class DeployError(TopdeckError):
 
 class GcError(TopdeckError):
     """A cache garbage collection that cannot run as asked; nothing was deleted."""
+
+
+class InternalError(TopdeckError):
+    """A bug in topdeck met while working on one host: that host fails with this reason, the others go on."""
+
+
+def internal_error(where: str, error: Exception) -> InternalError:
+    """The one line for an unexpected exception: what it was and the line of topdeck (or below) that raised it."""
+    frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    at = f" at {Path(frame[0].filename).name}:{frame[0].lineno}" if frame else ""
+    said = " ".join(str(error).split())[:200]
+    return InternalError(f"{where}: internal error in topdeck ({type(error).__name__}{at}: {said}); please report it")

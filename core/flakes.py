@@ -24,13 +24,12 @@ What Nix says, and what topdeck says instead (one line, naming the setting):
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from topdeck.core import localnix
+from topdeck.core import localnix, strict
 from topdeck.core.errors import NixError
 from topdeck.core.inventory import Build, is_safe_name
 from topdeck.core.store import StorePath, parse_store_path
@@ -90,7 +89,7 @@ def _evaluate(flake: str, group: list[Build], log: Callable[[str], None], cancel
     except NixError as error:
         raise NixError(_explain(flake, first.where, str(error))) from None
     try:
-        result = json.loads(stdout)
+        result = strict.loads(stdout)
         available, missing, drvs = result["available"], result["missing"], result["drvs"]
     except (ValueError, KeyError, TypeError):
         raise NixError(f"{first.where}: nix eval of {flake} printed something unexpected: {stdout[:80]!r}") from None
@@ -137,7 +136,7 @@ def _explain(flake: str, where: str, message: str) -> str:
 def _outputs(stdout: str, what: str) -> dict[str, StorePath]:
     """drvPath -> its `out` from `nix build --json`."""
     try:
-        return {entry["drvPath"]: parse_store_path(entry["outputs"]["out"]) for entry in json.loads(stdout)}
+        return {entry["drvPath"]: parse_store_path(entry["outputs"]["out"]) for entry in strict.loads(stdout)}
     except (ValueError, KeyError, TypeError):
         raise NixError(f"{what}: nix build --json printed something unexpected: {stdout[:80]!r}") from None
 

@@ -13,7 +13,7 @@ from topdeck.core.cache import Cache, Entry
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff, diff_closures
-from topdeck.core.errors import DeployError, InventoryError, TopdeckError
+from topdeck.core.errors import DeployError, InventoryError, TopdeckError, internal_error
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
 from topdeck.core.hostpool import each_host, values
 from topdeck.core.hostverbs import Generation as Generation  # a host's generation, as the front ends know it
@@ -243,6 +243,8 @@ def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.Poi
             report = hostverbs.status(session)
     except TopdeckError as error:
         return HostStatus(host.name, HostState.UNREACHABLE, desired=want, reason=str(error))
+    except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host's status, named as one
+        return HostStatus(host.name, HostState.ERROR, desired=want, reason=str(internal_error(host.name, error)))
     last = report.last_run
     return HostStatus(host.name, _classify(report, host, want, histories.get(host.pointer, set())), report.current,
                       report.booted, want, report.generation, f"{last.time} {last.outcome}" if last else "",

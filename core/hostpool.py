@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from topdeck.core.errors import Cancelled, TopdeckError
+from topdeck.core.errors import Cancelled, TopdeckError, internal_error
 
 H = TypeVar("H")
 R = TypeVar("R")
@@ -18,8 +18,9 @@ def each_host(hosts: Sequence[H], work: Callable[[H], R], *, parallel: int, canc
               thread_name: str = "topdeck-host") -> tuple[R | TopdeckError, ...]:
     """`work(host)` for every host, at most `parallel` at a time; the results in the hosts' order.
 
-    A host whose work raises a TopdeckError has that error as its result; one not begun when `cancel` is set has
-    Cancelled(`cancelled`). `on_done(host, hosts done so far)` is called after each host, one call at a time."""
+    A host whose work raises a TopdeckError has that error as its result, any other exception an InternalError
+    naming it; one not begun when `cancel` is set has Cancelled(`cancelled`). `on_done(host, hosts done so far)` is
+    called after each host, one call at a time."""
     lock = threading.Lock()
     done = 0
 
@@ -32,6 +33,8 @@ def each_host(hosts: Sequence[H], work: Callable[[H], R], *, parallel: int, canc
             result = work(host)
         except TopdeckError as error:
             result = error
+        except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host, named as one
+            result = internal_error(host if isinstance(host, str) else getattr(host, "name", "a host"), error)
         with lock:
             done += 1
             if on_done is not None:

@@ -17,6 +17,7 @@ from topdeck.core.errors import DeployError
 from topdeck.core.inventory import Host
 from topdeck.core.ssh import Result, Session, remote_command
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.strict import parse_uint
 
 WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; '
            'mkdir -p "$d" && f=$(mktemp "$d/topdeck-host.XXXXXX") || exit 1; '
@@ -43,8 +44,8 @@ def run_verb(session: Session, verb: str, *args: str | int, timeout: float | Non
                        on_stderr_line=on_stderr_line, timeout=timeout, cancel=cancel)
 
 
-def _lines(result: Result) -> list[list[str]]:
-    return [line.split("\t") for line in result.stdout.decode(errors="replace").splitlines()]
+def _lines(result: Result, host: Host, verb: str) -> list[list[str]]:
+    return [line.split("\t") for line in result.whole_stdout(f"{host.name}: {verb}").splitlines()]
 
 
 def _failed(host: Host, fields: list[str], verb: str) -> DeployError:
@@ -82,7 +83,7 @@ class StatusReport:
 
 
 def status(session: Session) -> StatusReport:
-    return parse_status(run_verb(session, "status").stdout.decode(errors="replace"))
+    return parse_status(run_verb(session, "status").whole_stdout(f"{session.host.name}: status"))
 
 
 def parse_status(output: str) -> StatusReport:
@@ -94,7 +95,7 @@ def parse_status(output: str) -> StatusReport:
         current=fields.get("current", ""),
         booted=fields.get("booted", ""),
         profile=fields.get("profile", ""),
-        generation=int(fields["generation"]) if fields.get("generation", "").isdigit() else 0,
+        generation=parse_uint(fields.get("generation", "")) or 0,
         boot_id=fields.get("boot-id", "").strip(),
         last_run=LastRun(*last[:4]) if len(last) >= 3 else None,
         specialisation=fields.get("specialisation", ""),
@@ -120,11 +121,12 @@ class Generation:
 def generations(session: Session) -> tuple[Generation, ...]:
     """The host's system generations, oldest first."""
     found = []
-    for kind, *fields in _lines(run_verb(session, "generations")):
+    for kind, *fields in _lines(run_verb(session, "generations"), session.host, "generations"):
         if kind == "result":
             raise _failed(session.host, fields, "generations")
-        if kind == "generation" and len(fields) >= 5 and fields[0].isdigit():
-            found.append(Generation(int(fields[0]), fields[1], fields[2], fields[3], fields[4] == "current"))
+        number = parse_uint(fields[0]) if kind == "generation" and len(fields) >= 5 else None
+        if number is not None:
+            found.append(Generation(number, fields[1], fields[2], fields[3], fields[4] == "current"))
     return tuple(found)
 
 
@@ -134,11 +136,12 @@ Closure = dict[StorePath, int]  # a closure's paths with their NAR sizes
 def closures(session: Session, path: StorePath) -> tuple[Closure, Closure]:
     """The closures of the host's current system and of `path`, as the host's own store has them."""
     found: tuple[Closure, Closure] = ({}, {})
-    for kind, *fields in _lines(run_verb(session, "closures", str(path), timeout=120)):
+    for kind, *fields in _lines(run_verb(session, "closures", str(path), timeout=120), session.host, "closures"):
         if kind == "result":
             raise _failed(session.host, fields, "reading the closures")
-        if kind == "closure" and len(fields) == 3 and fields[0] in ("0", "1") and fields[2].isdigit():
-            found[int(fields[0])][parse_store_path(fields[1])] = int(fields[2])
+        size = parse_uint(fields[2]) if kind == "closure" and len(fields) == 3 else None
+        if size is not None and fields[0] in ("0", "1"):
+            found[int(fields[0])][parse_store_path(fields[1])] = size
     return found
 
 
@@ -204,8 +207,9 @@ def parse_line(text: str) -> ScriptLine:
     padded = [*fields, "", ""]
     if kind == "phase":
         return PhaseLine(padded[0], padded[1])
-    if kind == "progress" and len(fields) >= 4 and all(f.isdigit() for f in fields[:4]):
-        return ProgressLine(*(int(f) for f in fields[:4]))
+    numbers = [n for n in map(parse_uint, fields[:4]) if n is not None] if kind == "progress" else []
+    if len(numbers) == 4:
+        return ProgressLine(*numbers)
     if kind == "current":
         return CurrentLine(padded[0])
     if kind == "log":

@@ -18,6 +18,7 @@ from typing import Any
 
 from topdeck.core.errors import InventoryError, TopdeckError
 from topdeck.core.sshconfigfile import read_config
+from topdeck.core.strict import is_decimal
 
 CONFIG_FILE = "topdeck.toml"
 HOST_FILE = "host.toml"
@@ -31,6 +32,7 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 BUCKET_RE = re.compile(r"[A-Za-z0-9-]{6,50}")
 PREFIX_RE = re.compile(r"([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?")
+LARGEST_SETTING = 10**9  # a timeout (s) or a count beyond this is a typo, and would overflow a float or a sleep
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InventoryError(f"{path}: cannot read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise InventoryError(f"{path}: not valid TOML: nested too deeply") from None
     except UnicodeDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: not UTF-8 (byte {error.start})") from None
 
@@ -506,7 +510,7 @@ def _valid_address(value: str) -> str | None:
         return None
     except ValueError:
         pass
-    if HOSTNAME_RE.fullmatch(value) and not value.replace(".", "").isdigit():
+    if HOSTNAME_RE.fullmatch(value) and not is_decimal(value.replace(".", "")):
         return None
     return "is not an IP address or host name"
 
@@ -551,7 +555,9 @@ def _valid_prefix(value: str) -> str | None:
 
 
 def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
+    if not value > 0:
+        return "must be greater than 0"
+    return None if value <= LARGEST_SETTING else f"must be at most {LARGEST_SETTING}"
 
 
 def _one_of(*choices: str) -> Callable[[str], str | None]:

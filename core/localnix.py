@@ -52,7 +52,6 @@ import base64
 import binascii
 import contextlib
 import io
-import json
 import os
 import queue
 import re
@@ -65,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from topdeck.core import nixbase32
+from topdeck.core import nixbase32, strict
 from topdeck.core.errors import Cancelled, NarinfoError, NixError, StorePathError
 from topdeck.core.inventory import Build
 from topdeck.core.narinfo import parse_hash
@@ -85,7 +84,8 @@ _NOT_VALID = re.compile(r"^error: path '(/nix/store/[^']*)' is not valid")
 MINIMUM_NIX = (2, 8, 0)
 JSON_FORMAT_SINCE = (2, 33, 0)
 # `nix (Nix) 2.34.8`, `nix (Nix) 2.19`, `nix (Determinate Nix 3.8.2) 2.30.1`, `nix (Lix, like Nix) 2.91.1`.
-_VERSION_LINE = re.compile(r"nix \((?P<implementation>[^()]*)\) (?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?")
+_VERSION_LINE = re.compile(r"nix \((?P<implementation>[^()]*)\) "
+                           r"(?P<major>\d{1,9})\.(?P<minor>\d{1,9})(?:\.(?P<patch>\d{1,9}))?", re.ASCII)
 # The "ca" methods of `--json-format 2` and the prefixes of their string form.
 _CA_PREFIXES = {"nar": "fixed:r:", "flat": "fixed:", "git": "fixed:git:", "text": "text:"}
 _DIGEST_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
@@ -269,7 +269,7 @@ def _path_info_failure(stderr: str) -> str:
 def _parse_path_infos(stdout: str) -> dict[StorePath, PathInfo]:
     """Every form of `nix path-info --json` output in the module doc, read into PathInfos by path."""
     try:
-        infos = [_path_info(entry, store_dir) for entry, store_dir in _entries(json.loads(stdout))]
+        infos = [_path_info(entry, store_dir) for entry, store_dir in _entries(strict.loads(stdout))]
     except (ValueError, KeyError, TypeError, NarinfoError, StorePathError) as error:
         raise NixError(f"nix path-info printed something unexpected: {error}") from None
     return {info.path: info for info in infos}
@@ -324,7 +324,7 @@ def _path_info(entry: dict[str, Any], store_dir: str | None) -> PathInfo:
     if entry.get("version", 1) not in (1, 2):
         raise ValueError(f"path-info version {entry['version']!r} (topdeck reads 1 and 2)")
     size = entry["narSize"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not strict.is_uint(size):
         raise ValueError(f"narSize {size!r}")
 
     def path(value: object) -> StorePath:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from topdeck.core import strict
 from topdeck.core.errors import CacheError, NarinfoError, StorePathError
 from topdeck.core.narinfo import hash_to_nix32, parse_hash
 from topdeck.core.store import StorePath, parse_store_path
@@ -50,7 +51,7 @@ def render_manifest(manifest: Manifest) -> bytes:
 
 def parse_manifest(data: bytes, source: str) -> Manifest:
     try:
-        document = json.loads(data)
+        document = strict.loads(data)
         if document.get("format") != FORMAT:
             raise CacheError(f"{source}: unknown manifest format {document.get('format')!r}")
         return Manifest(
@@ -63,7 +64,7 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
 
 def _manifest_path(entry: dict) -> ManifestPath:  # type: ignore[type-arg]
     nar_size, file_size = entry["narSize"], entry["fileSize"]
-    if not (isinstance(nar_size, int) and isinstance(file_size, int)) or nar_size <= 0 or file_size < 0:
+    if not (strict.is_uint(nar_size) and strict.is_uint(file_size)) or nar_size == 0:
         raise ValueError(f"bad sizes for {entry['path']!r}")
     return ManifestPath(
         path=parse_store_path(entry["path"]),

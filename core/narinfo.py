@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from topdeck.core import nixbase32
+from topdeck.core import nixbase32, strict
 from topdeck.core.errors import NarinfoError, StorePathError
 from topdeck.core.store import STORE_DIR, StorePath, parse_store_path
 
@@ -19,7 +19,6 @@ _FIELDS = frozenset(
 _NIX32_LENGTH = nixbase32.encoded_length(SHA256_SIZE)
 _BASE64_LENGTH = 44
 _BASE16 = re.compile(r"[0-9a-fA-F]{64}")
-_DECIMAL = re.compile(r"[0-9]+")
 _UNKNOWN_DERIVER = "unknown-deriver"
 
 _Value = TypeVar("_Value")
@@ -188,9 +187,10 @@ def _checked(digest: bytes) -> bytes:
 
 
 def _size(value: str) -> int:
-    if not _DECIMAL.fullmatch(value) or int(value) >= 2**64:
+    size = strict.parse_uint(value)
+    if size is None:
         raise NarinfoError(f"{value[:40]!r} is not a size in bytes")
-    return int(value)
+    return size
 
 
 def _references(value: str) -> tuple[StorePath, ...]:

@@ -24,6 +24,7 @@ from topdeck.core.errors import (
     SSHError,
     StorePathError,
     TopdeckError,
+    internal_error,
 )
 from topdeck.core.events import Emit, Progress, ignore
 from topdeck.core.hostpool import each_host, values
@@ -31,6 +32,7 @@ from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
 from topdeck.core.ssh import Connect, connect, remote_command
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.strict import parse_uint
 from topdeck.core.vocabulary import PlanStatus
 
 B2_FREE_CLASS_B_PER_DAY = 2500
@@ -166,14 +168,15 @@ def plan(hosts: tuple[Host, ...], targets: Mapping[str, StorePath | str], manife
 
 def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> HostPlan:
     try:
-        state = probe(host, manifest, ssh, connect)
+        return host_plan(host.name, target, manifest, probe(host, manifest, ssh, connect))
     except HostKeyError as error:
         return HostPlan(host.name, PlanStatus.HOST_KEY, str(error), target)
     except SSHError as error:
         return HostPlan(host.name, PlanStatus.UNREACHABLE, str(error), target)
     except TopdeckError as error:
         return HostPlan(host.name, PlanStatus.ERROR, str(error), target)
-    return host_plan(host.name, target, manifest, state)
+    except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host's plan, named as one
+        return HostPlan(host.name, PlanStatus.ERROR, str(internal_error(host.name, error)), target)
 
 
 def host_plan(name: str, target: StorePath, manifest: Manifest, state: ProbeState) -> HostPlan:
@@ -218,7 +221,7 @@ def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> P
     if result.exit_status != 0:
         raise TopdeckError(f"{host.name}: the probe failed (exit {result.exit_status}): "
                            f"{result.stderr.decode(errors='replace').strip()[-300:]}")
-    return parse_probe(result.stdout.decode(errors="replace"), host.name)
+    return parse_probe(result.whole_stdout(f"{host.name}: the probe"), host.name)
 
 
 def parse_probe(output: str, host: str) -> ProbeState:
@@ -232,20 +235,28 @@ def parse_probe(output: str, host: str) -> ProbeState:
         if kind == "missing":
             missing.add(parse_store_path(rest))
         elif kind == "have":
-            path, _, size = rest.partition("\t")
-            if not size.isdigit():
+            path, _, text = rest.partition("\t")
+            size = parse_uint(text)
+            if size is None:
                 raise TopdeckError(f"{host}: the probe could not read the size of {path} (is the host's Nix busy?)")
-            closure[parse_store_path(path)] = int(size)
+            closure[parse_store_path(path)] = size
         else:
             fields[kind] = rest
     try:
         return ProbeState(
             current=parse_store_path(fields["current"]) if fields.get("current") else None,
             booted=parse_store_path(fields["booted"]) if fields.get("booted") else None,
-            generation=int(fields.get("generation") or 0),
-            free_bytes=int(fields["free_kib"]) * 1024,
+            generation=_number(fields, "generation", default="0"),
+            free_bytes=_number(fields, "free_kib") * 1024,
             missing=frozenset(missing),
             closure=closure,
         )
     except (KeyError, ValueError, StorePathError) as error:
         raise TopdeckError(f"{host}: the probe's answer is malformed ({error})") from None
+
+
+def _number(fields: Mapping[str, str], key: str, default: str | None = None) -> int:
+    number = parse_uint(fields.get(key) or default or "", limit=2**53)
+    if number is None:
+        raise ValueError(f"{key} {fields.get(key, '')[:40]!r} is not a number")
+    return number

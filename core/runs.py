@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from topdeck.core import strict
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.state import ensure_inventory_state, inventory_state
@@ -48,7 +49,7 @@ def last_run(inventory_root: Path, environ: Mapping[str, str] = os.environ) -> D
 
 def load_run(path: Path) -> DeployResult:
     try:
-        record = json.loads(path.read_text())
+        record = strict.loads(path.read_text())
         outcomes = tuple(HostOutcome(**{**host, "outcome": Outcome(host["outcome"])}) for host in record["hosts"])
         return DeployResult(record["run_id"], Mode(record["mode"]), outcomes, started=record["started"],
                             finished=record["finished"], stopped=record.get("stopped", ""))

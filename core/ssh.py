@@ -36,6 +36,7 @@ import paramiko
 from topdeck.core.errors import Cancelled, ChangedHostKey, HostKeyError, SSHError, TopdeckError, UnknownHostKey
 from topdeck.core.inventory import Host, Passphrase, SSHConfig
 from topdeck.core.sshroute import Endpoint, Route, route
+from topdeck.core.strict import parse_uint
 
 # paramiko logs transport failures (with tracebacks) at ERROR; without a handler Python's last-resort
 # handler would print them on stderr, under the TUI. Our errors say what went wrong, in one line.
@@ -48,6 +49,10 @@ SEND_SIZE = 32768
 TICK = 0.1
 PID_MARKER = "topdeck-pid:"
 PID_WAIT = 2.0
+# What one command's output may cost the operator's memory, per stream (a compromised host can print without end):
+MAX_LINE = 64 * 1024  # a line handed to a callback is cut here, the rest of it dropped
+MAX_OUTPUT = 8 * 1024 * 1024  # kept per stream; past it the stream is dropped, but for its last line
+TRUNCATED = f"[topdeck: output truncated (over {MAX_OUTPUT // 1024**2} MiB, or a line over {MAX_LINE // 1024} KiB)]"
 
 LineCallback = Callable[[str], None]
 
@@ -248,10 +253,17 @@ class Result:
     exit_status: int  # -1 when the remote sent none (killed by a signal)
     stdout: bytes
     stderr: bytes
+    truncated: bool = False  # a stream passed MAX_OUTPUT: stdout and stderr hold only their first whole lines
 
     @property
     def ok(self) -> bool:
         return self.exit_status == 0
+
+    def whole_stdout(self, what: str) -> str:
+        """stdout as text, for a reader of the whole answer; SSHError when it was truncated (not read in part)."""
+        if self.truncated:
+            raise SSHError(f"{what}: the answer is over {MAX_OUTPUT // (1024 * 1024)} MiB: not read")
+        return self.stdout.decode(errors="replace")
 
 
 class Session:
@@ -375,7 +387,7 @@ class _Running:
         status = channel.recv_exit_status()
         if status == -1 and not self.session.active:
             raise SSHError(f"{self.session.where}: connection lost while running {_short(self.command)}")
-        return Result(status, bytes(self.out.data), bytes(self.err.data))
+        return Result(status, bytes(self.out.data), bytes(self.err.data), self.out.truncated or self.err.truncated)
 
     def _feed(self, pending: memoryview) -> memoryview:
         channel = self.channel
@@ -411,12 +423,13 @@ class _Running:
             return
         self._head += chunk
         line, newline, rest = bytes(self._head).partition(b"\n")
-        if not newline and not end:
+        if not newline and not end and len(self._head) <= MAX_LINE:
             return
         self._head = None
         marker = PID_MARKER.encode()
-        if newline and line.startswith(marker) and line[len(marker):].isdigit():
-            self.pid = int(line[len(marker):])
+        pid = parse_uint(line[len(marker):].decode("ascii", errors="replace")) if line.startswith(marker) else None
+        if newline and pid is not None:
+            self.pid = pid
             self.out.add(rest)
         else:  # not the line we sent (a noisy shell rc file?): pass it all on, no kill on stop
             self.out.add(line + newline + rest)
@@ -447,30 +460,78 @@ class _Running:
 
 
 class _Stream:
-    """One output stream: all its bytes, and its complete lines handed to a callback as they come."""
+    """One output stream: its bytes (at most MAX_OUTPUT, then cut back to a whole line) and its lines (each cut at
+    MAX_LINE) handed to a callback as they come. Past MAX_OUTPUT the callback gets TRUNCATED once, then only the
+    stream's last line, at its end: a host script's result line is still read, in bounded memory."""
 
-    def __init__(self, on_line: LineCallback | None):
+    def __init__(self, on_line: LineCallback | None, limit: int = MAX_OUTPUT, line_limit: int = MAX_LINE):
         self.data = bytearray()
         self.on_line = on_line
-        self._partial = bytearray()
+        self.limit, self.line_limit = limit, line_limit
+        self.truncated = False
+        self._line = bytearray()  # the line being read, at most line_limit bytes of it
+        self._cut = False  # the line being read passed line_limit
+        self._dropped = False  # TRUNCATED was handed on
+        self._last: bytes | None = None  # past the limit: the last whole line, kept for the end
+        self._seen = 0
 
     def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if self.on_line is None or not chunk:
+        if self.on_line is None:
+            self._keep(chunk)
             return
-        self._partial += chunk
-        if b"\n" not in chunk:  # a long line: keep collecting, without splitting it all again
-            return
-        *lines, rest = bytes(self._partial).split(b"\n")
-        self._partial = bytearray(rest)
-        for line in lines:
-            self.on_line(_decode_line(line))
+        start = 0
+        while start < len(chunk):
+            newline = chunk.find(b"\n", start)
+            end = len(chunk) if newline < 0 else newline
+            self._keep(chunk[start:end + 1])
+            room = self.line_limit - len(self._line)
+            self._line += chunk[start:start + max(0, room)] if end - start > room else chunk[start:end]
+            self._cut = self._cut or end - start > room
+            if newline < 0:
+                break
+            self._end_line()
+            start = newline + 1
+        if self._cut or self.truncated:
+            self._drop()
 
     def finish(self) -> None:
-        if self.on_line is not None and self._partial:
-            self.on_line(_decode_line(bytes(self._partial)))
-            self._partial.clear()
+        if self._line or self._cut:
+            self._end_line()
+        if self._last is not None:
+            self._hand(self._last)
+            self._last = None
 
+    def _keep(self, chunk: bytes) -> None:
+        self._seen += len(chunk)
+        if self.truncated:
+            return
+        if self._seen <= self.limit:
+            self.data += chunk
+            return
+        self.data += chunk[:self.limit - len(self.data)]
+        del self.data[self.data.rfind(b"\n") + 1:]
+        self.truncated = True
+
+    def _end_line(self) -> None:
+        line, cut = bytes(self._line), self._cut
+        self._line.clear()
+        self._cut = False
+        if self.truncated:
+            self._last = line
+        else:
+            self._hand(line)
+        if cut or self.truncated:
+            self._drop()
+
+    def _drop(self) -> None:
+        """Say once that this stream lost something."""
+        if not self._dropped:
+            self._dropped = True
+            self._hand(TRUNCATED.encode())
+
+    def _hand(self, line: bytes) -> None:
+        if self.on_line is not None:
+            self.on_line(_decode_line(line))
 
 
 def _decode_line(line: bytes) -> str:

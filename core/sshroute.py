@@ -30,6 +30,7 @@ import paramiko
 from topdeck.core.errors import SSHConfigError, TopdeckError
 from topdeck.core.inventory import Host, SSHConfig, address_problem
 from topdeck.core.sshconfigfile import read_config
+from topdeck.core.strict import parse_uint
 
 DEFAULT_CONFIG = Path("~/.ssh/config")
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
@@ -38,7 +39,7 @@ MAX_HOPS = 8
 USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")  # what OpenSSH users on a jump host may be called
 # ProxyJump hops: [user@]host[:port], host possibly an [IPv6] literal, or an ssh:// URI of the same.
 _HOP_RE = re.compile(r"(?:ssh://)?(?:(?P<user>[^@/\s]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@/\s\[\]]+))"
-                     r"(?::(?P<port>\d{1,5}))?/?")
+                     r"(?::(?P<port>[0-9]{1,5}))?/?")
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,11 @@ def _parse_hop(text: str, path: Path | None) -> tuple[str, str | None, int | Non
     match = _HOP_RE.fullmatch(text)
     if not match:
         raise SSHConfigError(f"{path}: ProxyJump hop {text!r} is not [user@]host[:port]")
-    port = int(match["port"]) if match["port"] else None
+    port = parse_port(match["port"]) if match["port"] else None
     if match["user"] and not USER_RE.fullmatch(match["user"]):
         raise SSHConfigError(f"{path}: ProxyJump hop {text!r}: {match['user']!r} is not a valid user name")
-    if port is not None and not 1 <= port <= 65535:
-        raise SSHConfigError(f"{path}: ProxyJump hop {text!r}: {port} is not a port (1-65535)")
+    if match["port"] and port is None:
+        raise SSHConfigError(f"{path}: ProxyJump hop {text!r}: {match['port']} is not a port (1-65535)")
     return match["v6"] or match["host"], match["user"], port
 
 
@@ -173,9 +174,15 @@ def _endpoint(config: paramiko.SSHConfig, path: Path | None, name: str, user: st
 
 def _port(found: paramiko.SSHConfigDict, where: str) -> int:
     text = found.get("port", "22")
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    port = parse_port(text)
+    if port is None:
         raise SSHConfigError(f"{where}: Port {text!r} is not a port (1-65535)")
-    return int(text)
+    return port
+
+
+def parse_port(text: str) -> int | None:
+    """A TCP port 1-65535 in ASCII digits, else None."""
+    return parse_uint(text, limit=65535) or None
 
 
 def _user(found: paramiko.SSHConfigDict, where: str) -> str:

@@ -32,6 +32,11 @@ def parse_uint(text: str, limit: int = 2**64 - 1) -> int | None:
     return value if value <= limit else None
 
 
+def is_uint(value: object, limit: int = 2**64 - 1) -> bool:
+    """A JSON number that is an integer 0 ≤ n ≤ limit (not true or false, not 1.0)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
@@ -42,5 +47,9 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads(data: bytes | str) -> Any:
-    """JSON that refuses a repeated key in any object (ValueError, as json.loads raises for bad JSON)."""
-    return json.loads(data, object_pairs_hook=_refuse_duplicates)
+    """JSON that refuses a repeated key in any object (ValueError, as json.loads raises for bad JSON; nesting
+    too deep for the parser is a ValueError too)."""
+    try:
+        return json.loads(data, object_pairs_hook=_refuse_duplicates)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import threading
 import time
+import tracemalloc
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,9 @@ import pytest
 from topdeck.core.errors import Cancelled, ChangedHostKey, HostKeyError, SSHError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.ssh import (
+    MAX_LINE,
+    MAX_OUTPUT,
+    TRUNCATED,
     HostKeys,
     Session,
     accept_host_key,
@@ -73,6 +77,25 @@ def test_a_megabyte_on_each_stream_does_not_hang(session: Session) -> None:
     result = session.run(command, timeout=20)
     assert result.ok
     assert result.stderr == b"e" * 1048576 and result.stdout == b"o" * 1048576
+
+
+def test_50_mb_without_a_newline_costs_bounded_memory_and_the_last_line_is_still_read(session: Session) -> None:
+    command = ("head -c 50000000 /dev/zero | tr '\\0' x; printf '\\nresult\\tdone\\tafter the flood\\n'; "
+               "head -c 30000000 /dev/zero | tr '\\0' e >&2")
+    out: list[str] = []
+    err: list[str] = []
+    tracemalloc.start()
+    try:
+        result = session.run(command, on_stdout_line=out.append, on_stderr_line=err.append, timeout=120)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.ok and result.truncated
+    assert out == [TRUNCATED, "result\tdone\tafter the flood"] and err[0] == TRUNCATED and err[1] == "e" * MAX_LINE
+    assert len(result.stdout) <= MAX_OUTPUT and len(result.stderr) <= MAX_OUTPUT
+    assert peak < 4 * MAX_OUTPUT  # 9 MiB here; before the bound, 231 MiB for the 80 MB the host sent
+    with pytest.raises(SSHError, match="over 8 MiB: not read"):
+        result.whole_stdout("host-1: status")
 
 
 def test_interleaved_output_on_both_streams(session: Session) -> None:
