@@ -140,7 +140,7 @@ class Ctx:
     def published(self, key=None) -> B2Cache:  # type: ignore[no-untyped-def]
         """A prefix of the row's own where pointer `web` is published (signed by `key`, else the cache key)."""
         cache = self.new_prefix()
-        pointers.publish(cache, "web", self.toplevel, key or load_secret_key(self.lab.cache_secret_key), {})
+        pointers.publish(cache, "web", self.toplevel, key or load_secret_key(self.lab.cache_secret_key))
         return cache
 
 
@@ -219,9 +219,8 @@ def _pointer_txt(content: bytes):  # type: ignore[no-untyped-def]
     """Pointer `web`'s .txt overwritten (by someone with write access) with `content`; the sidecar is genuine."""
     def prepare(ctx: Ctx) -> list[str]:
         cache = ctx.published()
-        serial = pointers.current(cache.listing())["web"].serial
-        cache.put_bytes("toplevels/web.txt", content, content_type="text/plain",
-                        info={"topdeck-serial": str(serial), "topdeck-path": str(ctx.toplevel)})
+        info = cache.listing()["toplevels/web.txt"].info  # the genuine signed info, kept
+        cache.put_bytes("toplevels/web.txt", content, content_type="text/plain", info=dict(info))
         return ["pointers", "web"]
     return prepare
 
