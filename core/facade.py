@@ -20,7 +20,7 @@ from topdeck.core.cache import Cache
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import Settings, mode_of, plan_waves
 from topdeck.core.diff import ClosureDiff
-from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, UnknownHostKey
+from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, PointerError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.fleet import FleetPlan, Generation, HostStatus
 from topdeck.core.inventory import Host, Inventory, select_hosts
@@ -141,8 +141,16 @@ class Fleet:
         return pointers.history(self.cache, pointers.check_name(name), [self.trusted_key()])
 
     def read_pointer(self, name: str) -> Pointer:
-        """The pointer as a host reads it, its signed sidecar checked with the trusted key."""
-        return pointers.read_verified(self.cache, pointers.check_name(name), [self.trusted_key()])
+        """The pointer as a host reads it, its signed sidecar checked with the trusted key; refused (one line) when
+        it expired or is older than the newest verified version of its history (a replayed sidecar)."""
+        pointer = pointers.read_verified(self.cache, pointers.check_name(name), [self.trusted_key()])
+        if pointers.is_expired(pointer.expires, self._clock()):
+            raise PointerError(pointers.expired_reason(name, pointer.time, pointer.expires or 0))
+        newest = pointers.newest(self.history(name))
+        if newest is not None and newest.serial > pointer.serial:
+            raise PointerError(f"pointer {name}: its sidecar is serial {pointer.serial}, older than serial "
+                               f"{newest.serial} of its history (a replayed sidecar): publish it again")
+        return pointer
 
     def in_cache(self, path: str) -> bool:
         return manifest_name(parse_store_path(path)) in self.cache.listing()
