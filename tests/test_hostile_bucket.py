@@ -221,7 +221,8 @@ def test_a_forged_sidecar_signed_by_another_key_is_refused(lab, inv):
     path = parse_store_path(lab.host("host-1").current_system())
     fake = pointers.signed(pointers.Pointer("web", path, 99, int(time.time())), forger)
     bucket(inv).put_bytes(pointers.sidecar_name("web"), pointers.render_sidecar(fake), content_type="application/json")
-    upload_txt(inv, "web", str(path), pointers.info_of(fake))
+    upload_txt(inv, "web", str(path), {"topdeck-path": str(path), "topdeck-serial": "99",
+                                       "topdeck-time": str(fake.time), "topdeck-expires": "0", "topdeck-sig": fake.sig})
     before = systems(lab)
     one_error_line(topdeck(inv, "pointers", "web"), "does not verify with the trusted key")
     assert "unverified" in topdeck(inv, "pointers").stdout
@@ -300,8 +301,9 @@ async def test_tui_target_pointer_deploys_through_the_pointer_so_a_replayed_txt_
         options.highlighted = next(i for i in range(options.option_count)
                                    if options.get_option_at_index(i).id == "pointer:web")
         await pilot.press("enter")
-        await until(pilot, lambda: app.screen is plan and not plan.planning and plan.fleet_plan is not None
-                    and plan.fleet_plan.pointer == "web", what="the plan through pointer web")
+        await until(pilot, lambda: app.screen is plan and plan.target is not None and not plan.planning
+                    and plan.fleet_plan is not None, what="the plan towards pointer web")
+        through = getattr(plan.fleet_plan, "pointer", "")
         await pilot.press("d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
@@ -312,6 +314,7 @@ async def test_tui_target_pointer_deploys_through_the_pointer_so_a_replayed_txt_
         outcome = plain(deploy_screen.query_one("#outcome").content)
         assert "failed" in outcome, outcome
     assert systems(lab) == before  # the host read the signed sidecar (serial 2) and refused to move
+    assert through == "web"
 
 
 async def test_tui_pointers_screen_shows_forged_info_as_unverified_and_refuses_a_rollback_to_it(lab, inv):
