@@ -411,8 +411,13 @@ def _deployable(ctx: Ctx, key=None) -> B2Cache:  # type: ignore[no-untyped-def]
 
 
 def _deploy_wrongly_signed(ctx: Ctx) -> list[str]:
-    other, _ = generate_keypair("topdeck-lab-1")  # the trusted key's name, another key
-    _deployable(ctx, key=other)
+    """The .txt and its signed file info are genuine (so the plan targets it); the sidecar, which the host reads,
+    is signed by another key of the trusted key's name."""
+    other, _ = generate_keypair("topdeck-lab-1")
+    cache = _deployable(ctx)
+    genuine = pointers.parse_sidecar(cache.get_bytes(pointers.sidecar_name("web")), "web.json")
+    cache.put_bytes(pointers.sidecar_name("web"), pointers.render_sidecar(pointers.signed(genuine, other)),
+                    content_type="application/json")
     return ["deploy", "--on", "host-1", "--yes"]
 
 
@@ -614,7 +619,7 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("pointer: wrongly signed sidecar", _wrongly_signed_pointer, ["pointer web: the sidecar's signature does not verify with the trusted key"]),
     ("pointer: sidecar is garbage", _garbage_sidecar, ["toplevels/web.json: not a valid pointer sidecar"]),
     ("pointer: hostile name", _argv("pointers", "web$(touch {marker})"), ["pointer name 'web$(touch", "no '/', no '..'"]),
-    ("pointer: written by hand", _hand_written_pointer, ["host-1: pointer web: toplevels/web.txt was not published by topdeck"]),
+    ("pointer: written by hand", _hand_written_pointer, ["host-1: pointer web: unverified: published without a signature in its file info (older topdeck); publish it again"]),
     ("pointer: does not exist", _no_pointer, ["host-1: pointer web not found"]),
     # --- B2 ---
     ("B2: wrong application key", _wrong_b2_key, ["B2 refused the application key"]),

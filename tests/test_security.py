@@ -211,7 +211,7 @@ def test_hostile_store_paths_in_a_tampered_manifest_never_reach_the_probe(lab, t
     (inventory / "host-1").mkdir(parents=True)
     (inventory / "topdeck.toml").write_text(
         f'[cache]\nbucket = "{BUCKET}"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
-        f'credentials_file = "{lab.b2_credentials}"\n'
+        f'credentials_file = "{lab.b2_credentials}"\npublic_key_file = "{lab.cache_public_key}"\n'
         f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\n')
     (inventory / "host-1" / "host.toml").write_text(f'address = "{lab.host("host-1").address}"\npointer = "web"\n')
     sessions = lab.host("host-1").sshd_log.read_text().count("Accepted publickey")
