@@ -218,8 +218,8 @@ def current(listing: Mapping[str, Entry], keys: Iterable[PublicKey]) -> dict[str
 def hinted_paths(listing: Mapping[str, Entry]) -> dict[str, str]:
     """What each .txt's file info names, unverified: only a hint of which manifests are worth reading (a push's
     presence check), never a target."""
-    return {name: entry.info.get(INFO_PATH, "") for file_name, entry in listing.items()
-            if (name := pointer_name(file_name)) is not None}
+    return {name: {key.lower(): value for key, value in entry.info.items()}.get(INFO_PATH, "")
+            for file_name, entry in listing.items() if (name := pointer_name(file_name)) is not None}
 
 
 def history(cache: Cache, name: str, keys: Iterable[PublicKey]) -> list[PointerVersion]:
