@@ -245,6 +245,10 @@ def test_an_expired_pointer_is_refused_by_the_host_and_the_agent(lab, inv):
     plan = topdeck(inv, "plan", "--json", "--on", "host-1")
     clean(plan)
     assert "pointer web: expired at" in plan.stdout
+    status = topdeck(inv, "status", "--on", "host-1")
+    clean(status)
+    assert "pointer signed 2 hours ago, expired an hour ago: hosts refuse it, publish it again" in status.stdout, \
+        status.stdout
     settings = Settings("switch", fleet.cache.substituter_url, fleet.trusted_key(), 8, new_run_id(time.time))
     result = deploy_hosts((inventory.host("host-1"),), {"host-1": Target(parse_store_path(path), pointer="web")},
                           settings, fleet_inventory.ssh)
