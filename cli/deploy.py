@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from typing import TextIO
+
+import humanize
 
 from topdeck.cli.output import (
     EventPrinter,
@@ -21,6 +24,7 @@ from topdeck.cli.output import (
 from topdeck.cli.plan import plan_json, render_plan
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
 from topdeck.core.facade import Fleet, check_waves
+from topdeck.core.fleet import HostStatus
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Mode, Outcome
 
 BAR_WIDTH = 20
@@ -36,7 +40,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "Refuses to start unless the cache holds every path. Exits 1 unless every host ended on its target.",
     )
     add_selector_option(deploy)
-    deploy.add_argument("--target", metavar="PATH", help="deploy this store path instead of the hosts' pointers")
+    deploy.add_argument("--target", metavar="PATH", help="deploy this store path, or "
+                        "pointer:NAME (every host deploys through pointer NAME), instead of the hosts' own pointers")
     deploy.add_argument("--mode", choices=[mode.value for mode in SWITCH_MODES], default=Mode.SWITCH.value,
                         help="switch (default): activate now and at boot; boot: at next boot only; test: now, not "
                         "at boot; dry-activate: show what would change")
@@ -180,8 +185,25 @@ def status_command(args: argparse.Namespace) -> int:
             print(f"{s.host:<{width}}  {s.status:<11} gen {s.generation:<3} current {running}"
                   f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
                   f"{f'; needs a reboot (its {s.needs_reboot} differs from the booted one)' if s.needs_reboot else ''}"
-                  f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}")
+                  f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}"
+                  f"{_pointer_age(s)}")
     return 0 if all(s.status == HostState.UP_TO_DATE for s in found) else 1
+
+
+def _pointer_age(status: HostStatus) -> str:
+    """How old the desired pointer version is, and when it expires (hosts refuse an expired one)."""
+    if status.pointer_problem:
+        return f"; {status.pointer_problem}"
+    if not status.pointer_signed:
+        return ""
+    now = datetime.now(tz=UTC)
+    age = f"; pointer signed {humanize.naturaltime(now - datetime.fromtimestamp(status.pointer_signed, tz=UTC))}"
+    if not status.pointer_expires:
+        return age
+    expires = datetime.fromtimestamp(status.pointer_expires, tz=UTC)
+    if expires <= now:
+        return f"{age}, expired {humanize.naturaltime(now - expires)}: hosts refuse it, publish it again"
+    return f"{age}, expires {humanize.naturaltime(expires, when=now)}"
 
 
 def generations_command(args: argparse.Namespace) -> int:

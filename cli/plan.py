@@ -23,7 +23,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "Exits 1 if a host could not be planned.",
     )
     add_selector_option(parser)
-    parser.add_argument("--target", metavar="PATH", help="plan towards this store path instead of the hosts' pointers")
+    parser.add_argument("--target", metavar="PATH", help="plan towards this store path, or "
+                        "pointer:NAME (every host deploys through pointer NAME), instead of the hosts' own pointers")
     parser.add_argument("--json", action="store_true", help="one JSON document")
     parser.set_defaults(handler=plan_command)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime
 
 import humanize
@@ -14,7 +15,7 @@ from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import PublishedPointer, PushResult
 from topdeck.core.facade import Fleet
 from topdeck.core.inventory import load_inventory
-from topdeck.core.pointers import PointerVersion, check_name
+from topdeck.core.pointers import PointerVersion, check_name, is_expired
 from topdeck.core.store import StorePath, parse_store_path
 
 
@@ -123,24 +124,35 @@ def pointers_command(args: argparse.Namespace) -> int:
     if args.name:
         if args.name not in listing:
             raise CacheError(f"pointer {args.name} does not exist (pointers: {', '.join(listing) or 'none'})")
-        listing = {args.name: listing[args.name]}
-        # one pointer: read it as a host does, and check its signed sidecar with the trusted key
-        signer = fleet.read_pointer(args.name).sig.partition(":")[0]
+        return _one(fleet, args.name, listing[args.name], args.json)
     if args.json:
-        document = {name: to_json(v) for name, v in listing.items()}
-        if args.name:
-            document[args.name] = {**document[args.name], "verified_by": signer}  # type: ignore[dict-item]
-        print(json.dumps(document, indent=1))
+        print(json.dumps({name: to_json(v) for name, v in listing.items()}, indent=1))
     else:
         for name, version in listing.items():
-            checked = f"  (signature verified: {signer})" if args.name else ""
-            print(f"{name:<16} serial {version.serial:<4} {_when(version.uploaded_ms):<16} {version.path}{checked}")
+            print(f"{name:<16} {_version(version)}")
+    return 0
+
+
+def _one(fleet: Fleet, name: str, info: PointerVersion, as_json: bool) -> int:
+    """One pointer read as a host reads it (the .txt and its signed sidecar): only that is shown as verified."""
+    pointer = fleet.read_pointer(name)
+    signer = pointer.sig.partition(":")[0]
+    if as_json:
+        print(json.dumps({name: {"path": str(pointer.path), "serial": pointer.serial, "time": pointer.time,
+                                 "expires": pointer.expires or 0, "verified_by": signer,
+                                 "file_info_problem": info.problem}}, indent=1))
+        return 0
+    print(f"{name:<16} serial {pointer.serial:<4} signed {_ago(pointer.time)}{_expiry(pointer.expires or 0)}  "
+          f"{pointer.path}  (signature verified: {signer})")
+    if not info.verified:
+        print(f"topdeck: warning: pointer {name}: the .txt's file info is {info.problem} (hosts read the signed "
+              "sidecar shown above)", file=sys.stderr)
     return 0
 
 
 def _rollback(fleet: Fleet, args: argparse.Namespace) -> int:
     rollback = fleet.pointer_rollback(args.name, args.rollback or None)
-    if not args.yes and not ask(f"point {args.name} back at {rollback.target} (now {rollback.now})?"):
+    if not args.yes and not ask(f"point {args.name} back at {rollback.target} (now {rollback.now or 'unverified'})?"):
         print("not rolled back", file=sys.stderr)
         return 1
     published = fleet.rollback_pointer(rollback)
@@ -153,7 +165,26 @@ def _show(versions: list[PointerVersion], as_json: bool) -> None:
         print(json.dumps([to_json(v) for v in versions], indent=1))
         return
     for version in versions:
-        print(f"{f'serial {version.serial}':<12} {_when(version.uploaded_ms):<16} {version.path}")
+        print(_version(version))
+
+
+def _version(version: PointerVersion) -> str:
+    if not version.verified:
+        return f"{'serial -':<12} {_when(version.uploaded_ms):<16} {version.problem}"
+    return (f"{f'serial {version.serial}':<12} {_when(version.uploaded_ms):<16} {version.path}"
+            f"{_expiry(version.expires)}")
+
+
+def _expiry(expires: int) -> str:
+    if not expires:
+        return ""
+    if is_expired(expires, time.time()):
+        return f" (expired {_ago(expires)})"
+    return f" (expires {humanize.naturaltime(datetime.fromtimestamp(expires, tz=UTC), when=datetime.now(tz=UTC))})"
+
+
+def _ago(seconds: int) -> str:
+    return humanize.naturaltime(datetime.now(tz=UTC) - datetime.fromtimestamp(seconds, tz=UTC))
 
 
 def _when(uploaded_ms: int) -> str:

@@ -20,7 +20,7 @@ from topdeck.core.cache import Cache
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import Settings, mode_of, plan_waves
 from topdeck.core.diff import ClosureDiff
-from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, UnknownHostKey
+from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, PointerError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.fleet import FleetPlan, Generation, HostStatus
 from topdeck.core.inventory import Host, Inventory, select_hosts
@@ -132,38 +132,61 @@ class Fleet:
     # --- pointers and the cache -----------------------------------------------------------------------
 
     def pointers(self) -> dict[str, PointerVersion]:
-        return pointers.current(self.cache.listing())
+        """Every pointer from one listing, each verified with the trusted key or carried with its problem."""
+        return pointers.current(self.cache.listing(), [self.trusted_key()])
 
     def history(self, name: str) -> list[PointerVersion]:
-        """Every version of the pointer, newest first (none for a pointer never published)."""
-        return pointers.history(self.cache, pointers.check_name(name))
+        """Every version of the pointer, newest first (none for a pointer never published), each verified or carried
+        with its problem."""
+        return pointers.history(self.cache, pointers.check_name(name), [self.trusted_key()])
 
     def read_pointer(self, name: str) -> Pointer:
-        """The pointer as a host reads it, its signed sidecar checked with the trusted key."""
-        return pointers.read_verified(self.cache, pointers.check_name(name), [self.trusted_key()])
+        """The pointer as a host reads it, its signed sidecar checked with the trusted key; refused (one line) when
+        it expired or is older than the newest verified version of its history (a replayed sidecar)."""
+        pointer = pointers.read_verified(self.cache, pointers.check_name(name), [self.trusted_key()])
+        if pointers.is_expired(pointer.expires, self._clock()):
+            raise PointerError(pointers.expired_reason(name, pointer.time, pointer.expires or 0))
+        newest = pointers.newest(self.history(name))
+        if newest is not None and newest.serial > pointer.serial:
+            raise PointerError(f"pointer {name}: its sidecar is serial {pointer.serial}, older than serial "
+                               f"{newest.serial} of its history (a replayed sidecar): publish it again")
+        return pointer
 
     def in_cache(self, path: str) -> bool:
         return manifest_name(parse_store_path(path)) in self.cache.listing()
 
     def publish_pointer(self, name: str, path: str) -> Pointer:
-        """Point `name` at a store path the cache holds."""
+        """Point `name` at a store path whose whole closure the cache holds."""
         store_path = parse_store_path(path)
-        if not self.in_cache(path):
-            raise CacheError(f"{path} is not in the cache: push it first")
+        self._require_closure(store_path)
         return self._publish(name, store_path)
 
     def pointer_rollback(self, name: str, to: str | None = None) -> PointerRollback:
-        """Which version a rollback of `name` would republish: the previous one, or the one with serial or path
-        `to`."""
+        """Which verified version a rollback of `name` would republish: the previous one, or the one with serial or
+        path `to`."""
         versions = self.history(name)
-        return PointerRollback(name, pointers.rollback_target(versions, to), versions[0].path if versions else "")
+        newest = pointers.newest(versions)
+        return PointerRollback(name, pointers.rollback_target(versions, to), newest.path if newest else "")
 
     def rollback_pointer(self, rollback: PointerRollback) -> Pointer:
-        """Republish the rollback's target as the pointer's newest version."""
+        """Republish the rollback's target as the pointer's newest version, once the cache holds its closure."""
+        self._require_closure(rollback.target)
         return self._publish(rollback.name, rollback.target)
 
+    def _require_closure(self, path: StorePath) -> None:
+        """Refuse a path whose manifest, or a narinfo of whose closure, the cache lacks (one line)."""
+        listing = self.cache.listing()
+        if manifest_name(path) not in listing:
+            raise CacheError(f"{path} is not in the cache (no manifest): push it first; nothing published")
+        try:
+            manifests = fleet.load_manifests({path}, self.cache)
+            fleet.require_complete(listing, manifests)
+        except (CacheError, DeployError) as error:
+            raise CacheError(f"{error}; nothing published") from None
+
     def _publish(self, name: str, path: StorePath) -> Pointer:
-        return pointers.publish(self.cache, name, path, self.signing_key(), self.cache.listing(), clock=self._clock)
+        return pointers.publish(self.cache, name, path, self.signing_key(), clock=self._clock,
+                                valid_for=self.inventory.deploy.pointer_valid_for)
 
     # --- build, push, release -----------------------------------------------------------------------
 
@@ -179,7 +202,8 @@ class Fleet:
              cancel: threading.Event | None = None, jobs: int = 8, verify: bool = False) -> PushResult:
         path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
         key = self.signing_key()
-        return push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs), verify=verify)
+        return push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs), verify=verify,
+                    pointer_valid_for=self.inventory.deploy.pointer_valid_for)
 
     def check_buildable(self, hosts: Sequence[Host]) -> None:
         """Refuse hosts with nothing to build before anything is built."""
@@ -190,7 +214,7 @@ class Fleet:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         key = self.signing_key()
         return release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                               verify=verify)
+                               verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------
 
@@ -218,7 +242,10 @@ class Fleet:
 
     def plan(self, selectors: Sequence[str], target: str | None = None, emit: Emit = ignore,
              cancel: threading.Event | None = None) -> FleetPlan:
-        return fleet.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit, cancel=cancel)
+        """`target`: a store path, `pointer:NAME` (every host deploys through that pointer), or None (each host's
+        own pointer)."""
+        return fleet.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit, cancel=cancel,
+                                clock=self._clock)
 
     def deploy(self, fleet_plan: FleetPlan, mode: str = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
                wave: str | None = None, specialisation: str | None = None, emit: Emit = ignore,

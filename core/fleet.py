@@ -39,26 +39,34 @@ class FleetPlan:
     from_pointers: bool
     listing: Mapping[str, Entry] | None = None  # the cache listing the targets came from, if one was made
     fetch_url: str = ""  # where the hosts fetch the cache from (its substituter URL)
+    pointer: str = ""  # the pointer every host deploys through, instead of its own ("" for its own)
+
+
+POINTER_TARGET = "pointer:"  # a plan target `pointer:NAME`: every host deploys through pointer NAME
 
 
 def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], target: str | None = None, *,
-               cache: Cache | None = None, emit: Emit = ignore, cancel: threading.Event | None = None) -> FleetPlan:
-    """Plan the selected hosts (every host if there are no selectors) towards `target` or their pointers."""
+               cache: Cache | None = None, emit: Emit = ignore, cancel: threading.Event | None = None,
+               clock: Callable[[], float] = time.time) -> FleetPlan:
+    """Plan the selected hosts (every host if there are no selectors) towards `target`: a store path, `pointer:NAME`
+    (through that pointer, as a deploy of hosts following it), or None for each host's own pointer."""
     hosts = select_hosts(inventory, selectors)
     cache = cache or open_cache(inventory.cache)
     listing: Mapping[str, Entry] | None = None
     targets: dict[str, StorePath | str]
-    if target:
+    through = pointers.check_name(target[len(POINTER_TARGET):]) if target and target.startswith(POINTER_TARGET) \
+        else ""
+    if target and not through:
         path = parse_store_path(target)
         targets = {host.name: path for host in hosts}
     else:
         listing = cache.listing()
-        targets = targets_from_pointers(hosts, listing)
+        targets = targets_from_pointers(hosts, listing, [trusted_key(inventory)], clock(), through or None)
     manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
                   cancel=cancel)
-    return FleetPlan(hosts, targets, manifests, result, from_pointers=not target, listing=listing,
-                     fetch_url=cache.substituter_url)
+    return FleetPlan(hosts, targets, manifests, result, from_pointers=not target or bool(through), listing=listing,
+                     fetch_url=cache.substituter_url, pointer=through)
 
 
 # --- deploy, rollback, status, generations ------------------------------------------------------------
@@ -91,7 +99,7 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
                         new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
-    targets = {name: Target(plan.target, pointer=_host(fleet_plan, name).pointer if fleet_plan.from_pointers else "",
+    targets = {name: Target(plan.target, pointer=_pointer_of(fleet_plan, name),
                             need_bytes=plan.unpacked_bytes,
                             specialisation=_specialisation(_host(fleet_plan, name), mode, specialisation))
                for name, plan in ready.items()}
@@ -105,6 +113,13 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
     result = dataclasses.replace(result, outcomes=result.outcomes + unplanned)
     save_run(inventory.root, result)
     return result
+
+
+def _pointer_of(fleet_plan: FleetPlan, name: str) -> str:
+    """The pointer the host deploys through (it verifies the signed sidecar itself), or "" for a plain path."""
+    if not fleet_plan.from_pointers:
+        return ""
+    return fleet_plan.pointer or _host(fleet_plan, name).pointer
 
 
 def _host(fleet_plan: FleetPlan, name: str) -> Host:
@@ -214,42 +229,50 @@ class HostStatus:
     specialisation: str = ""  # the specialisation of `system` the host runs ("" for none)
     system: str = ""  # the system whose specialisation runs, else `current`
     needs_reboot: str = ""  # the link (kernel, initrd, kernel-modules, systemd) that differs from the booted system
+    pointer_signed: int = 0  # when the desired pointer version was signed (seconds since the epoch)
+    pointer_expires: int = 0  # when it stops being valid (0: never)
+    pointer_problem: str = ""  # why the pointer has no verified version ("" when it has one, or does not exist)
 
 
 def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: Cache | None = None,
                  connect: Connect = connect, emit: Emit = ignore,
                  cancel: threading.Event | None = None) -> tuple[HostStatus, ...]:
-    """Each host's current, booted and desired system (one SSH round trip each, one cache listing, one version
-    listing per pointer). Progress: Progress("status", hosts done, hosts)."""
+    """Each host's current, booted and desired system (one SSH round trip each, one version listing per pointer):
+    the desired system is the pointer's verified version of the highest serial. Progress: Progress("status",
+    hosts done, hosts)."""
     hosts = select_hosts(inventory, list(selectors))
     cache = cache or open_cache(inventory.cache)
-    desired = pointers.current(cache.listing())
-    histories = {name: {v.path for v in pointers.history(cache, name)}
-                 for name in {h.pointer for h in hosts} if name in desired}
+    keys = [trusted_key(inventory)]
+    histories = {name: pointers.history(cache, name, keys) for name in sorted({h.pointer for h in hosts})}
 
     def done(host: Host, count: int) -> None:
         emit(Progress("status", count, len(hosts), host=host.name))
 
-    return values(each_host(hosts, lambda host: _status(inventory, host, desired, histories, connect),
+    return values(each_host(hosts, lambda host: _status(inventory, host, histories[host.pointer], connect),
                             parallel=inventory.deploy.parallel, cancel=cancel, cancelled="status cancelled",
                             on_done=done))
 
 
-def _status(inventory: Inventory, host: Host, desired: Mapping[str, pointers.PointerVersion],
-            histories: Mapping[str, set[str]], connect: Connect) -> HostStatus:
-    want = desired[host.pointer].path if host.pointer in desired else ""
+def _status(inventory: Inventory, host: Host, history: list[pointers.PointerVersion],
+            connect: Connect) -> HostStatus:
+    newest = pointers.newest(history)
+    want = newest.path if newest else ""
+    about = {"pointer_signed": newest.time, "pointer_expires": newest.expires} if newest else \
+        {"pointer_problem": f"pointer {host.pointer}: {history[0].problem}"} if history else {}
     try:
         with connect(host, inventory.ssh) as session:
             report = hostverbs.status(session)
     except TopdeckError as error:
-        return HostStatus(host.name, HostState.UNREACHABLE, desired=want, reason=str(error))
+        return HostStatus(host.name, HostState.UNREACHABLE, desired=want, reason=str(error), **about)
     except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host's status, named as one
-        return HostStatus(host.name, HostState.ERROR, desired=want, reason=str(internal_error(host.name, error)))
+        return HostStatus(host.name, HostState.ERROR, desired=want, reason=str(internal_error(host.name, error)),
+                          **about)
     last = report.last_run
-    return HostStatus(host.name, _classify(report, host, want, histories.get(host.pointer, set())), report.current,
+    known = {v.path for v in history if v.verified}
+    return HostStatus(host.name, _classify(report, host, want, known), report.current,
                       report.booted, want, report.generation, f"{last.time} {last.outcome}" if last else "",
                       report.deploying or "", specialisation=report.specialisation,
-                      system=report.system or report.current, needs_reboot=report.needs_reboot)
+                      system=report.system or report.current, needs_reboot=report.needs_reboot, **about)
 
 
 def _classify(report: StatusReport, host: Host, desired: str, history: set[str]) -> HostState:

@@ -23,12 +23,14 @@ from topdeck.core.cache import DeletingCache, Entry
 from topdeck.core.caches import open_deleting_cache
 from topdeck.core.errors import Cancelled, GcError, TopdeckError
 from topdeck.core.events import Emit, LogLine, Progress, Transactions, ignore
+from topdeck.core.fleet import trusted_key
 from topdeck.core.hostpool import each_host
 from topdeck.core.hostverbs import generations, status
 from topdeck.core.inventory import Host, Inventory
 from topdeck.core.manifest import manifest_name, parse_manifest
 from topdeck.core.narinfo import parse_narinfo
 from topdeck.core.push import NAR_FOLDER, nar_file, narinfo_name
+from topdeck.core.signing import PublicKey
 from topdeck.core.ssh import Connect, connect
 from topdeck.core.store import StorePath, parse_store_path
 
@@ -77,18 +79,21 @@ def monthly_cost(nbytes: int) -> float:
 # --- what to keep -----------------------------------------------------------------------------------
 
 
-def pointer_systems(versions: Iterable[Entry], keep: int) -> dict[StorePath, list[str]]:
-    """The toplevels of the last `keep` versions of every pointer, each with why it is kept."""
+def pointer_systems(versions: Iterable[Entry], keep: int, keys: Iterable[PublicKey]) -> dict[StorePath, list[str]]:
+    """The toplevels of the last `keep` verified versions of every pointer (by serial), each with why it is kept.
+    File info that does not verify names nothing: a bucket writer cannot make gc keep (or drop) a system."""
     check_keep(keep)
+    keys = list(keys)
     by_pointer: dict[str, list[pointers.PointerVersion]] = defaultdict(list)
     for entry in versions:
-        if entry.name.startswith(f"{pointers.DIRECTORY}/") and entry.name.endswith(".txt"):
-            by_pointer[entry.name[len(pointers.DIRECTORY) + 1:-4]].append(pointers.version_of(entry))
+        name = pointers.pointer_name(entry.name)
+        if name is not None:
+            by_pointer[name].append(pointers.version_of(entry, name, keys))
     systems: dict[StorePath, list[str]] = defaultdict(list)
     for name, found in sorted(by_pointer.items()):
-        for version in sorted(found, key=lambda v: (v.serial, v.uploaded_ms), reverse=True)[:keep]:
-            if version.path:
-                systems[parse_store_path(version.path)].append(f"pointer {name} (serial {version.serial})")
+        verified = [v for v in found if v.verified]
+        for version in sorted(verified, key=lambda v: (v.serial, v.uploaded_ms), reverse=True)[:keep]:
+            systems[parse_store_path(version.path)].append(f"pointer {name} (serial {version.serial})")
     return systems
 
 
@@ -327,19 +332,21 @@ def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unr
     emit(Progress("gc-hosts", 0, len(inventory.hosts)))
     systems = host_systems(inventory, skip_unreachable=skip_unreachable, connect=connect, emit=emit, cancel=cancel)
     versions = cache.all_versions()
-    for path, reasons in pointer_systems(versions, keep).items():
+    keys = [trusted_key(inventory)]
+    for path, reasons in pointer_systems(versions, keep, keys).items():
         systems.setdefault(path, []).extend(reasons)
     plan = plan_gc(cache, systems, versions, min_age=min_age, now=clock())
-    _check_current_pointers(plan, versions)
+    _check_current_pointers(plan, versions, keys)
     go = not dry_run and bool(plan.deletions) and confirm(plan)
     deleted, freed = collect(cache, plan, emit=emit, cancel=cancel) if go else (0, 0)
     return GcResult(plan, deleted, freed, clock() - started, cache.transactions(), dry_run)
 
 
-def _check_current_pointers(plan: GcPlan, versions: Sequence[Entry]) -> None:
+def _check_current_pointers(plan: GcPlan, versions: Sequence[Entry], keys: list[PublicKey]) -> None:
     """A pointer whose current target's closure is not in the cache means the cache is already broken (or this
     is not the cache the pointers were pushed to): delete nothing then."""
-    current = {parse_store_path(v.path): name for name, v in pointers.current(_latest(versions)).items() if v.path}
+    current = {parse_store_path(v.path): name for name, v in pointers.current(_latest(versions), keys).items()
+               if v.verified}
     broken = [f"{current[s.toplevel]} -> {s.toplevel.name}" for s in plan.kept
               if s.toplevel in current and not s.in_cache]
     if broken:

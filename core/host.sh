@@ -160,26 +160,53 @@ sidecar_field() {  # one field of the sidecar, which topdeck writes one field a 
     printf '%s\n' "$sidecar_text" | sed -n "s/^ *\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" | head -n 1
 }
 
+has_field() {
+    printf '%s\n' "$sidecar_text" | grep -q "^ *\"$1\":"
+}
+
+# A serial, time or expiry: at most 16 digits and at most 2^53 (as topdeck writes them), checked before any
+# arithmetic so that a huge value is one line here, never the shell's "Illegal number".
+MAX_SERIAL=9007199254740992
+check_number() {  # NAME VALUE
+    case $2 in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's $1 is not a number" ;; esac
+    [ ${#2} -le 16 ] && [ "$2" -le "$MAX_SERIAL" ] || fail "pointer $pointer: the sidecar's $1 is above 2^53"
+}
+
+utc() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || printf '%s' "$1"; }
+
 verify_pointer() {
     event phase verify "pointer $pointer"
     command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
     command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
     sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) \
         || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s' "$sidecar_text")"
+    twice=$(printf '%s\n' "$sidecar_text" | sed -n 's/^ *"\([^"]*\)" *:.*/\1/p' | sort | uniq -d | head -n 1)
+    [ -z "$twice" ] || fail "pointer $pointer: the sidecar names a field twice ($(one_line "$twice")): refused"
     p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
     p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
     [ "$p_name" = "$pointer" ] || fail "pointer $pointer: the sidecar names pointer '$p_name'"
     matches "$p_path" "$STORE_PATH_RE" || fail "pointer $pointer: the sidecar's path is not a store path"
-    case $p_serial in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's serial is not a number" ;; esac
-    case $p_time in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's time is not a number" ;; esac
+    check_number serial "$p_serial"
+    check_number time "$p_time"
     case $p_sig in '' | *[!A-Za-z0-9+/=]*) fail "pointer $pointer: the sidecar has no SSH signature" ;; esac
+    signed="topdeck-pointer-1;$p_name;$p_path;$p_serial;$p_time"
+    p_expires=0
+    if has_field expires; then  # a sidecar without it was signed before pointers could expire (v1)
+        p_expires=$(sidecar_field expires)
+        check_number expires "$p_expires"
+        signed="topdeck-pointer-2;$p_name;$p_path;$p_serial;$p_time;$p_expires"
+    fi
     printf 'topdeck %s\n' "$signer" > "$rundir/signers"
     printf -- '-----BEGIN SSH SIGNATURE-----\n%s\n-----END SSH SIGNATURE-----\n' "$p_sig" > "$rundir/pointer.sig"
-    printf 'topdeck-pointer-1;%s;%s;%s;%s' "$p_name" "$p_path" "$p_serial" "$p_time" |
+    printf '%s' "$signed" |
         ssh-keygen -Y verify -f "$rundir/signers" -I topdeck -n topdeck-pointer -s "$rundir/pointer.sig" \
             >/dev/null 2>&1 || fail "pointer $pointer: the sidecar's signature does not verify with the trusted key"
+    if [ "$p_expires" != 0 ] && [ "$(date +%s)" -ge "$p_expires" ]; then
+        fail "pointer $pointer: expired at $(utc "$p_expires") (signed $(utc "$p_time")); publish it again"
+    fi
     last=$(cat "$STATE/pointers/$pointer.serial" 2>/dev/null || echo 0)
     case $last in *[!0-9]* | '') last=0 ;; esac
+    [ ${#last} -le 16 ] || fail "pointer $pointer: $STATE/pointers/$pointer.serial holds no valid serial: remove it"
     [ "$p_serial" -ge "$last" ] || fail "pointer $pointer: serial $p_serial is older than serial $last, the last this host applied (a replayed or downgraded pointer)"
     if [ "$target" != - ] && [ "$target" != "$p_path" ]; then
         fail "pointer $pointer moved since the plan (now $p_path): plan again"

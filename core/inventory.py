@@ -115,6 +115,7 @@ class DeployConfig:
     confirm_timeout: float = 30.0
     on_failed_units: str = "rollback"
     reboot_timeout: float = 300.0  # how long a rebooted host may take to come back, confirmation included
+    pointer_valid_for: int = 0  # seconds a published pointer stays valid (hosts refuse it after); 0: no end
 
 
 @dataclass(frozen=True)
@@ -355,14 +356,34 @@ def _ssh_client_config(section: _Section, root: Path) -> Path | None:
 
 
 def _deploy_config(section: _Section) -> DeployConfig:
-    section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout")
+    section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout", "pointer_valid_for")
     return DeployConfig(
         parallel=section.get("parallel", int, default=8, check=_positive),
         confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
         on_failed_units=section.get("on_failed_units", str, default="rollback",
                                     check=_one_of(*FAILED_UNITS_CHOICES)),
         reboot_timeout=float(section.get("reboot_timeout", (int, float), default=300.0, check=_positive)),
+        pointer_valid_for=_valid_for(section),
     )
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"([0-9]{1,9})([smhdw])", re.ASCII)
+_MAX_VALID_FOR = 10 * 365 * 86400
+
+
+def _valid_for(section: _Section) -> int:
+    """`pointer_valid_for`: seconds (an integer) or a duration such as "12h", "7d", "2w"; off (0) when unset."""
+    value = section.get("pointer_valid_for", (int, str), default=0)
+    if isinstance(value, str):
+        found = _DURATION_RE.fullmatch(value.strip())
+        seconds = int(found[1]) * _DURATION_UNITS[found[2]] if found else -1
+    else:
+        seconds = -1 if isinstance(value, bool) else value
+    if not 0 < seconds <= _MAX_VALID_FOR and value != 0:
+        raise InventoryError(f"{section.where('pointer_valid_for')}: {value!r} should be a duration such as \"12h\", "
+                             "\"7d\" or \"2w\", or a number of seconds (1 to ten years; 0 or unset: no end)")
+    return seconds
 
 
 def _checks_by_tag(section: _Section) -> dict[str, Checks]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -30,6 +30,7 @@ from topdeck.core.events import Emit, Progress, ignore
 from topdeck.core.hostpool import each_host, values
 from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
+from topdeck.core.signing import PublicKey
 from topdeck.core.ssh import Connect, connect, remote_command
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.strict import parse_uint
@@ -116,22 +117,23 @@ class Plan:
         return tuple(notes)
 
 
-def targets_from_pointers(hosts: tuple[Host, ...], listing: Mapping[str, Entry]) -> dict[str, StorePath | str]:
-    """Each host's target from the pointer it follows (in a cache listing); a reason string where there is none."""
-    current = pointers.current(listing)
+def targets_from_pointers(hosts: tuple[Host, ...], listing: Mapping[str, Entry], keys: Iterable[PublicKey],
+                          now: float, pointer: str | None = None) -> dict[str, StorePath | str]:
+    """Each host's target from the pointer it follows (or `pointer`, for all of them), as a cache listing's verified
+    file info names it; a reason string where there is none. The host checks the signed sidecar itself."""
+    current = pointers.current(listing, keys)
     targets: dict[str, StorePath | str] = {}
     for host in hosts:
-        version = current.get(host.pointer)
+        name = pointer or host.pointer
+        version = current.get(name)
         if version is None:
-            targets[host.name] = f"pointer {host.pointer} not found"
-        elif not version.path or not version.serial:  # written by hand or by another tool: hosts refuse it
-            targets[host.name] = (f"pointer {host.pointer}: {pointers.text_name(host.pointer)} was not published "
-                                  "by topdeck (no serial, no signed sidecar); publish it with `topdeck push`")
+            targets[host.name] = f"pointer {name} not found"
+        elif not version.verified:
+            targets[host.name] = f"pointer {name}: {version.problem}; publish it again with `topdeck push`"
+        elif pointers.is_expired(version.expires, now):
+            targets[host.name] = pointers.expired_reason(name, version.time, version.expires)
         else:
-            try:
-                targets[host.name] = parse_store_path(version.path)
-            except StorePathError as error:
-                targets[host.name] = f"pointer {host.pointer}: {error}"
+            targets[host.name] = parse_store_path(version.path)
     return targets
 
 

@@ -1,19 +1,24 @@
 """Pointers: `toplevels/<name>.txt` names the system a group of hosts should run.
 
 The .txt holds the store path and a newline, so `curl` + `nix-store -r` read it as it is. Beside it a signed
-sidecar `toplevels/<name>.json` carries the path, a serial that only grows, and the time, so hosts can
-refuse a forged or older pointer. The serial and path are also in the .txt's B2 file info, so one listing
-shows every pointer without downloads. History is the .txt's file versions; a rollback publishes an older
-path as a new version.
+sidecar `toplevels/<name>.json` carries the path, a serial that only grows, when it was signed and until when it is
+valid, so hosts can refuse a forged, older or stale pointer. The same signed fields and the Nix-format signature are
+also in the .txt's B2 file info, so one listing shows every pointer without downloads: file info is anyone's to
+write, so it becomes a `PointerVersion` with a path only once its signature verifies with the trusted key. History is
+the .txt's file versions; a rollback publishes an older verified path as a new version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from topdeck.core import strict
 from topdeck.core.cache import NO_CACHING, Cache, Entry
 from topdeck.core.errors import CacheMissing, PointerError, StorePathError
 from topdeck.core.inventory import is_safe_name
@@ -21,8 +26,14 @@ from topdeck.core.signing import PublicKey, SecretKey, sign, ssh_signature, veri
 from topdeck.core.store import StorePath, parse_store_path
 
 DIRECTORY = "toplevels"
-FINGERPRINT_PREFIX = "topdeck-pointer-1"
+FINGERPRINT_V1 = "topdeck-pointer-1"  # name;path;serial;time: sidecars signed before pointers could expire
+FINGERPRINT_V2 = "topdeck-pointer-2"  # name;path;serial;time;expires
 SSH_NAMESPACE = "topdeck-pointer"
+INFO_PATH, INFO_SERIAL, INFO_TIME, INFO_EXPIRES, INFO_SIG = (
+    "topdeck-path", "topdeck-serial", "topdeck-time", "topdeck-expires", "topdeck-sig")
+OLDER_TOPDECK = "unverified: published without a signature in its file info (older topdeck)"
+FORGED_INFO = ("unverified: its file info's signature does not verify with the trusted key (written by someone "
+               "without the signing key, or copied from another pointer)")
 
 
 @dataclass(frozen=True)
@@ -33,13 +44,37 @@ class Pointer:
     time: int
     sig: str = ""
     sshsig: str = ""  # the same fingerprint as an SSH signature, which hosts check with `ssh-keygen -Y verify`
+    expires: int | None = 0  # when it stops being valid, 0 never; None: a v1 sidecar, signed before expiry existed
 
 
 @dataclass(frozen=True)
 class PointerVersion:
+    """One published version, from the .txt's file info: its path, serial and times only when the info's signature
+    verifies with the trusted key; else `problem` says why (one line) and path, serial and times are empty."""
+
     path: str
     serial: int
     uploaded_ms: int
+    time: int = 0  # when it was signed (seconds since the epoch)
+    expires: int = 0  # when it stops being valid, 0 never
+    problem: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return not self.problem
+
+
+def is_expired(expires: int | None, now: float) -> bool:
+    return expires is not None and expires > 0 and now >= expires
+
+
+def utc(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expired_reason(name: str, signed_at: int, expires: int) -> str:
+    """The line hosts print for an expired pointer (core/host.sh says the same)."""
+    return f"pointer {name}: expired at {utc(expires)} (signed {utc(signed_at)}); publish it again"
 
 
 def check_name(name: str) -> str:
@@ -57,31 +92,45 @@ def sidecar_name(name: str) -> str:
 
 
 def fingerprint(pointer: Pointer) -> str:
-    return f"{FINGERPRINT_PREFIX};{pointer.name};{pointer.path};{pointer.serial};{pointer.time}"
+    signed_fields = f"{pointer.name};{pointer.path};{pointer.serial};{pointer.time}"
+    if pointer.expires is None:
+        return f"{FINGERPRINT_V1};{signed_fields}"
+    return f"{FINGERPRINT_V2};{signed_fields};{pointer.expires}"
 
 
 def signed(pointer: Pointer, key: SecretKey) -> Pointer:
     text = fingerprint(pointer)
-    return Pointer(pointer.name, pointer.path, pointer.serial, pointer.time, sign(key, text),
-                   ssh_signature(key, text, SSH_NAMESPACE))
+    return dataclasses.replace(pointer, sig=sign(key, text), sshsig=ssh_signature(key, text, SSH_NAMESPACE))
 
 
 def render_sidecar(pointer: Pointer) -> bytes:
     """One field a line, always in this order: the host-side script reads it with sed."""
-    fields = {"name": pointer.name, "path": str(pointer.path), "serial": pointer.serial, "time": pointer.time,
-              "sig": pointer.sig, "sshsig": pointer.sshsig}
+    fields: dict[str, Any] = {"name": pointer.name, "path": str(pointer.path), "serial": pointer.serial,
+                              "time": pointer.time}
+    if pointer.expires is not None:
+        fields["expires"] = pointer.expires
+    fields.update(sig=pointer.sig, sshsig=pointer.sshsig)
     return (json.dumps(fields, indent=1) + "\n").encode()
+
+
+def _bounded(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= strict.MAX_SERIAL:
+        raise TypeError(f"{what} must be an integer from 0 to 2^53")
+    return value
 
 
 def parse_sidecar(data: bytes, source: str) -> Pointer:
     try:
-        fields = json.loads(data)
-        serial, stamp, sig, sshsig = fields["serial"], fields["time"], fields["sig"], fields.get("sshsig", "")
-        if not (isinstance(serial, int) and isinstance(stamp, int) and isinstance(sig, str)
-                and isinstance(sshsig, str)):
-            raise TypeError("serial and time must be integers, sig and sshsig strings")
-        return Pointer(check_name(fields["name"]), parse_store_path(fields["path"]), serial, stamp, sig, sshsig)
-    except (ValueError, KeyError, TypeError, StorePathError) as error:
+        fields = strict.loads(data)
+        if not isinstance(fields, dict):
+            raise TypeError("not a JSON object")
+        sig, sshsig = fields["sig"], fields.get("sshsig", "")
+        if not (isinstance(sig, str) and isinstance(sshsig, str)):
+            raise TypeError("sig and sshsig must be strings")
+        expires = _bounded(fields["expires"], "expires") if "expires" in fields else None
+        return Pointer(check_name(fields["name"]), parse_store_path(fields["path"]),
+                       _bounded(fields["serial"], "serial"), _bounded(fields["time"], "time"), sig, sshsig, expires)
+    except (ValueError, KeyError, TypeError, StorePathError, PointerError) as error:
         raise PointerError(f"{source}: not a valid pointer sidecar ({error})") from None
 
 
@@ -108,52 +157,122 @@ def verify_pointer(pointer: Pointer, keys: Iterable[PublicKey], newer_than: int 
     return pointer
 
 
-def current(listing: Mapping[str, Entry]) -> dict[str, PointerVersion]:
-    """Every pointer in a cache listing, from the .txt files' info."""
+# --- file info: signed fields beside the .txt, verified before anything reads them ------------------------------
+
+
+def info_of(pointer: Pointer) -> dict[str, str]:
+    """The .txt's file info: the signed fields and the Nix-format signature (B2 allows 10 keys of small values;
+    the longer SSH signature stays in the sidecar)."""
+    return {INFO_PATH: str(pointer.path), INFO_SERIAL: str(pointer.serial), INFO_TIME: str(pointer.time),
+            INFO_EXPIRES: str(pointer.expires or 0), INFO_SIG: pointer.sig}
+
+
+def _from_info(name: str, info: Mapping[str, str]) -> Pointer:
+    if INFO_SIG not in info:
+        raise PointerError(OLDER_TOPDECK)
+    numbers = {}
+    for key in (INFO_SERIAL, INFO_TIME) + ((INFO_EXPIRES,) if INFO_EXPIRES in info else ()):
+        numbers[key] = strict.parse_uint(info.get(key, ""), strict.MAX_SERIAL)
+        if numbers[key] is None:
+            raise PointerError(f"unverified: its file info's {key} is not a number from 0 to 2^53")
+    try:
+        path = parse_store_path(info.get(INFO_PATH, ""))
+    except StorePathError:
+        raise PointerError("unverified: its file info's path is not a store path") from None
+    return Pointer(name, path, numbers[INFO_SERIAL] or 0, numbers[INFO_TIME] or 0, info[INFO_SIG],
+                   expires=numbers.get(INFO_EXPIRES))
+
+
+def version_of(entry: Entry, name: str, keys: Iterable[PublicKey]) -> PointerVersion:
+    """One version of pointer `name`: verified, or carried with its problem (never with an unverified path)."""
+    info = {key.lower(): value for key, value in entry.info.items()}
+    try:
+        pointer = _from_info(name, info)
+    except PointerError as error:
+        return PointerVersion("", 0, entry.uploaded_ms, problem=str(error))
+    if not verify(keys, fingerprint(pointer), pointer.sig):
+        return PointerVersion("", 0, entry.uploaded_ms, problem=FORGED_INFO)
+    return PointerVersion(str(pointer.path), pointer.serial, entry.uploaded_ms, pointer.time, pointer.expires or 0)
+
+
+def pointer_name(file_name: str) -> str | None:
+    """`web` for `toplevels/web.txt`; None for any other file."""
+    prefix = f"{DIRECTORY}/"
+    if file_name.startswith(prefix) and file_name.endswith(".txt"):
+        return file_name[len(prefix):-4]
+    return None
+
+
+def current(listing: Mapping[str, Entry], keys: Iterable[PublicKey]) -> dict[str, PointerVersion]:
+    """Every pointer in a cache listing, from the .txt files' info, each verified with `keys` or carried with its
+    problem."""
+    keys = list(keys)
     pointers = {}
-    for name, entry in listing.items():
-        if name.startswith(f"{DIRECTORY}/") and name.endswith(".txt"):
-            pointers[name[len(DIRECTORY) + 1:-4]] = version_of(entry)
+    for file_name, entry in listing.items():
+        name = pointer_name(file_name)
+        if name is not None:
+            pointers[name] = version_of(entry, name, keys)
     return dict(sorted(pointers.items()))
 
 
-def history(cache: Cache, name: str) -> list[PointerVersion]:
-    """Every published version of a pointer, newest first."""
-    return [version_of(entry) for entry in cache.versions(text_name(name))]
+def hinted_paths(listing: Mapping[str, Entry]) -> dict[str, str]:
+    """What each .txt's file info names, unverified: only a hint of which manifests are worth reading (a push's
+    presence check), never a target."""
+    return {name: {key.lower(): value for key, value in entry.info.items()}.get(INFO_PATH, "")
+            for file_name, entry in listing.items() if (name := pointer_name(file_name)) is not None}
 
 
-def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, listing: Mapping[str, Entry],
-            clock: Callable[[], float] = time.time) -> Pointer:
-    """Publish `path` under `name` as a new version: the signed sidecar first, then the .txt."""
-    before = current(listing).get(check_name(name))
-    pointer = signed(Pointer(name, path, (before.serial if before else 0) + 1, int(clock())), key)
+def history(cache: Cache, name: str, keys: Iterable[PublicKey]) -> list[PointerVersion]:
+    """Every published version of a pointer, newest first, each verified or carried with its problem."""
+    keys = list(keys)
+    return [version_of(entry, name, keys) for entry in cache.versions(text_name(name))]
+
+
+def newest(versions: Iterable[PointerVersion]) -> PointerVersion | None:
+    """The verified version with the highest serial: what the signer published last."""
+    return max((v for v in versions if v.verified), key=lambda v: (v.serial, v.uploaded_ms), default=None)
+
+
+def next_serial(versions: Iterable[PointerVersion]) -> int:
+    """1 + the highest verified serial (unverified info cannot raise or lower it)."""
+    last = newest(versions)
+    serial = (last.serial if last else 0) + 1
+    if serial > strict.MAX_SERIAL:
+        raise PointerError(f"serial {serial} is above 2^53: hosts would refuse it")
+    return serial
+
+
+def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: Callable[[], float] = time.time,
+            valid_for: int = 0) -> Pointer:
+    """Publish `path` under `name` as a new version, its serial one above the highest verified one in the
+    pointer's history, valid for `valid_for` seconds (0: no end): the signed sidecar first, then the .txt."""
+    serial = next_serial(history(cache, check_name(name), [key.public_key()]))
+    now = int(clock())
+    pointer = signed(Pointer(name, path, serial, now, expires=now + valid_for if valid_for else 0), key)
     cache.put_bytes(sidecar_name(name), render_sidecar(pointer), content_type="application/json",
                     cache_control=NO_CACHING)
     cache.put_bytes(text_name(name), f"{path}\n".encode(), content_type="text/plain", cache_control=NO_CACHING,
-                    info={"topdeck-serial": str(pointer.serial), "topdeck-path": str(path)})
+                    info=info_of(pointer))
     return pointer
 
 
 def rollback_target(versions: list[PointerVersion], to: str | None) -> StorePath:
-    """The path to roll back to: the newest earlier path, or the version with serial `to`, or the path `to`."""
-    if not versions:
-        raise PointerError("the pointer has no versions to roll back to")
+    """The path to roll back to, among verified versions only: the newest earlier path than the newest verified
+    one, or the version with serial `to`, or the path `to`."""
+    trusted = [v for v in versions if v.verified]
+    if not trusted:
+        reason = versions[0].problem if versions else "it has no versions"
+        raise PointerError(f"the pointer has no verified version to roll back to ({reason})")
     if to is None:
-        for version in versions[1:]:
-            if version.path != versions[0].path:
+        now = newest(trusted)
+        for version in trusted:
+            if now is not None and version.path != now.path and version.serial < now.serial:
                 return parse_store_path(version.path)
-        raise PointerError("the pointer has no earlier, different target")
-    for version in versions:
+        raise PointerError("the pointer has no earlier, different verified target")
+    for version in trusted:
         if to in (str(version.serial), version.path):
             return parse_store_path(version.path)
-    raise PointerError(f"the pointer never had serial or path {to!r}")
-
-
-def version_of(entry: Entry) -> PointerVersion:
-    info = {key.lower(): value for key, value in entry.info.items()}
-    serial = info.get("topdeck-serial", "0")
-    return PointerVersion(path=info.get("topdeck-path", ""), serial=int(serial) if serial.isdigit() else 0,
-                          uploaded_ms=entry.uploaded_ms)
+    raise PointerError(f"the pointer never had a verified version with serial or path {to!r}")
 
 
 def read_verified(cache: Cache, name: str, keys: Iterable[PublicKey]) -> Pointer:

@@ -105,14 +105,14 @@ def _targets(names: Mapping[str, Entry], pointers: Collection[str], toplevels: I
              ) -> list[StorePath]:
     """The pointers' current targets worth reading the manifest of: those of `pointers` first, then the others,
     most recently published first (at most EXTRA_MANIFESTS of them); never one of `toplevels` (read already)."""
-    current = pointers_module.current(names)
-    by_recency = sorted(current, key=lambda name: -current[name].uploaded_ms)
-    moved = [name for name in pointers if name in current]
+    hinted = pointers_module.hinted_paths(names)  # unverified: only which manifests to read, whose word is the cache's
+    by_recency = sorted(hinted, key=lambda name: -names[pointers_module.text_name(name)].uploaded_ms)
+    moved = [name for name in pointers if name in hinted]
     others = [name for name in by_recency if name not in moved][:EXTRA_MANIFESTS]
     targets: list[StorePath] = []
     for name in moved + others:
         try:
-            target = parse_store_path(current[name].path)
+            target = parse_store_path(hinted[name])
         except StorePathError:
             continue  # a pointer without topdeck's file info (written by hand): nothing to learn from it
         if target not in toplevels and target not in targets:

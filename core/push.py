@@ -242,14 +242,14 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
          closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
          nar_source: NarSource | None = None, emit: Emit = ignore,
          cancel: threading.Event | None = None, jobs: int = 8,
-         clock: Callable[[], float] = time.time, verify: bool = False) -> PushResult:
+         clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0) -> PushResult:
     """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it.
 
     NARs come from `nar_source`; by default small ones are serialized in this process (checked against their
     NarHash) and the others come from `nix-store --dump`. `verify`: see push_all."""
     return push_all([toplevel], cache, key, pointers={pointer: toplevel} if pointer is not None else {},
                     closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel, jobs=jobs, clock=clock,
-                    verify=verify)
+                    verify=verify, pointer_valid_for=pointer_valid_for)
 
 
 def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
@@ -257,11 +257,12 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
              closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
              nar_source: NarSource | None = None, emit: Emit = ignore,
              cancel: threading.Event | None = None, jobs: int = 8,
-             clock: Callable[[], float] = time.time, verify: bool = False) -> PushResult:
+             clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0) -> PushResult:
     """Push several toplevels as one: what the cache holds (core.presence), the NARs and narinfos of the union of
     their closures, then each toplevel's manifest, and last the pointers (name -> toplevel, each one of
     `toplevels`). `verify` takes no manifest's word: every path is checked against one listing of the cache, and
-    what is missing is uploaded (the repair for a cache whose narinfos something other than topdeck deleted)."""
+    what is missing is uploaded (the repair for a cache whose narinfos something other than topdeck deleted).
+    Pointers are published valid for `pointer_valid_for` seconds (0: no end)."""
     toplevels = list(dict.fromkeys(toplevels))
     wanted = dict(pointers or {})
     for name, target in wanted.items():
@@ -283,7 +284,8 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
             emit(Progress(phase="manifest", paths_done=len(own), paths_total=len(own)))
             manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, found, cache)))
             cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
-    published = [_publish_pointer(cache, name, target, key, listing, clock) for name, target in wanted.items()]
+    published = [_publish_pointer(cache, name, target, key, listing, clock, pointer_valid_for)
+                 for name, target in wanted.items()]
     skipped = [info for info in closure if info.path not in job.uploaded]
     uploaded = [info for info in closure if info.path in job.uploaded]
     first = published[0] if published else None
@@ -415,12 +417,15 @@ def _nar_node(chunks: _Chunks, path: bytes, limit: int) -> None:
 
 
 def _publish_pointer(cache: Cache, name: str, toplevel: StorePath, key: SecretKey,
-                     listing: dict[str, Entry], clock: Callable[[], float]) -> PublishedPointer:
-    """The pointer after the push, and whether this push published it (not when it already named `toplevel`)."""
-    before = pointers_module.current(listing).get(name)
-    if before is not None and before.path == str(toplevel):
+                     listing: dict[str, Entry], clock: Callable[[], float], valid_for: int) -> PublishedPointer:
+    """The pointer after the push, and whether this push published it: not when its verified, unexpired file info
+    already names `toplevel` (a replayed genuine .txt could claim that, but the same writer could as well replay
+    the sidecar after any publish: hosts' serials and the validity window answer that, not a publish)."""
+    before = pointers_module.current(listing, [key.public_key()]).get(name)
+    if before is not None and before.path == str(toplevel) and not pointers_module.is_expired(before.expires,
+                                                                                             clock()):
         return PublishedPointer(name, str(toplevel), before.serial, False)
-    published = pointers_module.publish(cache, name, toplevel, key, listing, clock)
+    published = pointers_module.publish(cache, name, toplevel, key, clock=clock, valid_for=valid_for)
     return PublishedPointer(name, str(toplevel), published.serial, True)
 
 

@@ -93,13 +93,15 @@ def pointer_targets(hosts: Sequence[Host], toplevels: Mapping[str, StorePath]) -
 
 def release(hosts: Sequence[Host], cache_of: Callable[[], Cache], key: SecretKey, *, emit: Emit = ignore,
             cancel: threading.Event | None = None, jobs: int = 8, nix_path_args: Sequence[str] = (),
-            env: Mapping[str, str] | None = None, verify: bool = False) -> PushResult:
+            env: Mapping[str, str] | None = None, verify: bool = False, pointer_valid_for: int = 0) -> PushResult:
     """Build the hosts, then push all their toplevels in one push and point each host's pointer at its toplevel
-    (`verify`: see push_all). A pointer conflict is refused after the build, before the cache is opened."""
+    (`verify`, `pointer_valid_for`: see push_all). A pointer conflict is refused after the build, before the cache is
+    opened."""
     toplevels = build_hosts(hosts, emit=emit, cancel=cancel, nix_path_args=nix_path_args, env=env)
     targets = pointer_targets(hosts, toplevels)
     unique = list(dict.fromkeys(toplevels[host.name] for host in hosts))
-    return push_all(unique, cache_of(), key, pointers=targets, emit=emit, cancel=cancel, jobs=jobs, verify=verify)
+    return push_all(unique, cache_of(), key, pointers=targets, emit=emit, cancel=cancel, jobs=jobs, verify=verify,
+                    pointer_valid_for=pointer_valid_for)
 
 
 def _logger(emit: Emit, label: str) -> Callable[[str], None]:

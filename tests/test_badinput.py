@@ -140,7 +140,7 @@ class Ctx:
     def published(self, key=None) -> B2Cache:  # type: ignore[no-untyped-def]
         """A prefix of the row's own where pointer `web` is published (signed by `key`, else the cache key)."""
         cache = self.new_prefix()
-        pointers.publish(cache, "web", self.toplevel, key or load_secret_key(self.lab.cache_secret_key), {})
+        pointers.publish(cache, "web", self.toplevel, key or load_secret_key(self.lab.cache_secret_key))
         return cache
 
 
@@ -219,9 +219,8 @@ def _pointer_txt(content: bytes):  # type: ignore[no-untyped-def]
     """Pointer `web`'s .txt overwritten (by someone with write access) with `content`; the sidecar is genuine."""
     def prepare(ctx: Ctx) -> list[str]:
         cache = ctx.published()
-        serial = pointers.current(cache.listing())["web"].serial
-        cache.put_bytes("toplevels/web.txt", content, content_type="text/plain",
-                        info={"topdeck-serial": str(serial), "topdeck-path": str(ctx.toplevel)})
+        info = cache.listing()["toplevels/web.txt"].info  # the genuine signed info, kept
+        cache.put_bytes("toplevels/web.txt", content, content_type="text/plain", info=dict(info))
         return ["pointers", "web"]
     return prepare
 
@@ -412,8 +411,13 @@ def _deployable(ctx: Ctx, key=None) -> B2Cache:  # type: ignore[no-untyped-def]
 
 
 def _deploy_wrongly_signed(ctx: Ctx) -> list[str]:
-    other, _ = generate_keypair("topdeck-lab-1")  # the trusted key's name, another key
-    _deployable(ctx, key=other)
+    """The .txt and its signed file info are genuine (so the plan targets it); the sidecar, which the host reads,
+    is signed by another key of the trusted key's name."""
+    other, _ = generate_keypair("topdeck-lab-1")
+    cache = _deployable(ctx)
+    genuine = pointers.parse_sidecar(cache.get_bytes(pointers.sidecar_name("web")), "web.json")
+    cache.put_bytes(pointers.sidecar_name("web"), pointers.render_sidecar(pointers.signed(genuine, other)),
+                    content_type="application/json")
     return ["deploy", "--on", "host-1", "--yes"]
 
 
@@ -615,7 +619,7 @@ ROWS: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ("pointer: wrongly signed sidecar", _wrongly_signed_pointer, ["pointer web: the sidecar's signature does not verify with the trusted key"]),
     ("pointer: sidecar is garbage", _garbage_sidecar, ["toplevels/web.json: not a valid pointer sidecar"]),
     ("pointer: hostile name", _argv("pointers", "web$(touch {marker})"), ["pointer name 'web$(touch", "no '/', no '..'"]),
-    ("pointer: written by hand", _hand_written_pointer, ["host-1: pointer web: toplevels/web.txt was not published by topdeck"]),
+    ("pointer: written by hand", _hand_written_pointer, ["host-1: pointer web: unverified: published without a signature in its file info (older topdeck); publish it again"]),
     ("pointer: does not exist", _no_pointer, ["host-1: pointer web not found"]),
     # --- B2 ---
     ("B2: wrong application key", _wrong_b2_key, ["B2 refused the application key"]),

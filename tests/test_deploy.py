@@ -219,7 +219,7 @@ def test_the_host_refuses_a_forged_or_replayed_pointer(lab, inventory):
     deploy(inventory, "--on", "host-3")  # the host now remembers db's serial
     inv = load_inventory(inventory)
     cache = open_cache(inv.cache)
-    now = pointers.current(cache.listing())["db"]
+    now = pointers.current(cache.listing(), [load_secret_key(inv.cache.signing_key).public_key()])["db"]
     path = parse_store_path(now.path)
     before = state(lab, "host-3")
 

@@ -601,17 +601,16 @@ def test_status_classifies_each_host_against_its_pointer(inventory):
     lab = Fleet("web-1", "web-2", "web-3")
     lab.fakes["web-1"].current = str(NEW)
     lab.fakes["web-3"].reachable = False
-    desired = {"web": PointerVersion(str(NEW), 2, 0)}
-    history = {"web": {str(OLD), str(NEW)}}
-    found = {h.name: fleet._status(inventory, inventory.host(h.name), desired, history, lab.connect)
+    history = [PointerVersion(str(NEW), 2, 0), PointerVersion(str(OLD), 1, 0)]
+    found = {h.name: fleet._status(inventory, inventory.host(h.name), history, lab.connect)
              for h in lab.hosts}
     assert found["web-1"].status == HostState.UP_TO_DATE
     assert found["web-2"].status == HostState.BEHIND and found["web-2"].current == str(OLD)
     assert found["web-3"].status == HostState.UNREACHABLE and "connection refused" in found["web-3"].reason
-    assert fleet._status(inventory, inventory.host("web-2"), desired, {"web": set()}, lab.connect).status == \
+    assert fleet._status(inventory, inventory.host("web-2"), history[:1], lab.connect).status == \
         HostState.DRIFTED
     lab.fakes["web-2"].last_run = f"run-0\t2026-12-01T10:00:00Z\trolled-back\t{NEW}"
-    rolled = fleet._status(inventory, inventory.host("web-2"), desired, history, lab.connect)
+    rolled = fleet._status(inventory, inventory.host("web-2"), history, lab.connect)
     assert rolled.status == HostState.ROLLED_BACK and rolled.last_run == "2026-12-01T10:00:00Z rolled-back"
 
 

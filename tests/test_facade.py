@@ -12,8 +12,9 @@ from topdeck.core.errors import CacheError, DeployError, InventoryError
 from topdeck.core.facade import NEVER_DEPLOYED, Fleet, explained
 from topdeck.core.fleet import HostStatus
 from topdeck.core.inventory import CacheConfig, Inventory
-from topdeck.core.manifest import manifest_name
+from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
 from topdeck.core.planview import changes_by_kind, plan_view
+from topdeck.core.presence import narinfo_name
 from topdeck.core.signing import generate_keypair, write_secret_key
 from topdeck.core.vocabulary import HostState
 
@@ -27,6 +28,13 @@ def fleet_with(tmp_path, failed: tuple[str, ...] = (), signing: bool = True) -> 
     (tmp_path / "cache").mkdir(exist_ok=True)
     inventory: Inventory = dataclasses.replace(fake_inventory(root=tmp_path), cache=cache)
     return Fleet(inventory, failed_hosts=lambda root: failed, clock=lambda: 1_795_000_000.0)
+
+
+def store_closure(cache, path) -> None:  # type: ignore[no-untyped-def]
+    """The cache holds `path` as a push leaves it: its manifest and the narinfo of every path of it."""
+    cache.put_bytes(manifest_name(path), render_manifest(Manifest(path, (ManifestPath(path, 1, 1, ()),))),
+                    content_type="application/json")
+    cache.put_bytes(narinfo_name(path), b"StorePath: x\n", content_type="text/x-nix-narinfo")
 
 
 def test_a_retry_takes_the_failed_hosts_among_those_selected(tmp_path):
@@ -57,10 +65,10 @@ def test_one_key_rule_for_signing_and_trust(tmp_path):
 def test_publish_needs_the_path_in_the_cache_and_a_rollback_republishes_the_previous_target(tmp_path):
     fleet = fleet_with(tmp_path)
     old, new = toplevel(WEB_OLD), toplevel(WEB_NEW)
-    with pytest.raises(CacheError, match="not in the cache: push it first"):
+    with pytest.raises(CacheError, match="not in the cache .no manifest.: push it first; nothing published"):
         fleet.publish_pointer("web", str(old))
     for path in (old, new):
-        fleet.cache.put_bytes(manifest_name(path), b"{}", content_type="application/json")
+        store_closure(fleet.cache, path)
     fleet.publish_pointer("web", str(old))
     fleet.publish_pointer("web", str(new))
     rollback = fleet.pointer_rollback("web")

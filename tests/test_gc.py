@@ -21,7 +21,7 @@ import pytest
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, three_host_lab
 from labtools import substitute
 
-from topdeck.core import nixbase32
+from topdeck.core import nixbase32, pointers
 from topdeck.core.cache import Cache, DirCache
 from topdeck.core.caches import open_cache
 from topdeck.core.errors import GcError
@@ -30,6 +30,7 @@ from topdeck.core.inventory import load_inventory
 from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, parse_manifest, render_manifest
 from topdeck.core.narinfo import Narinfo, parse_narinfo, render_narinfo
 from topdeck.core.push import nar_file, narinfo_name
+from topdeck.core.signing import generate_keypair
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.lab.nixenv import lab_env
 
@@ -42,6 +43,9 @@ TOPDECK = str(Path(sys.executable).with_name("topdeck"))
 def store_path(name: str) -> StorePath:
     digest = nixbase32.encode(hashlib.sha256(name.encode()).digest())[:32]
     return parse_store_path(f"/nix/store/{digest}-{name}")
+
+
+KEY, PUBLIC = generate_keypair("gc-test-1")
 
 
 class FakeFleet:
@@ -74,8 +78,9 @@ class FakeFleet:
         return top
 
     def pointer(self, name: str, top: StorePath, serial: int) -> None:
+        signed = pointers.signed(pointers.Pointer(name, top, serial, 0), KEY)
         self.cache.put_bytes(f"toplevels/{name}.txt", f"{top}\n".encode(), content_type="text/plain",
-                             info={"topdeck-serial": str(serial), "topdeck-path": str(top)})
+                             info=pointers.info_of(signed))
 
 
 def _refs(fleet: FakeFleet, name: str) -> list[str]:
@@ -138,7 +143,7 @@ def _names(plan) -> set[str]:  # type: ignore[no-untyped-def]
 
 def test_gc_keeps_the_last_versions_and_deletes_the_rest_manifest_first(fleet: FakeFleet) -> None:
     versions = fleet.cache.all_versions()
-    systems = pointer_systems(versions, keep=2)
+    systems = pointer_systems(versions, keep=2, keys=[PUBLIC])
     assert sorted(p.name for p in systems) == ["system-web-2", "system-web-3"]
 
     plan = plan_gc(fleet.cache, systems, versions, min_age=0)
@@ -163,7 +168,7 @@ def test_a_gc_stopped_after_any_deletion_leaves_a_valid_cache(fleet: FakeFleet, 
     import shutil
 
     versions = fleet.cache.all_versions()
-    plan = plan_gc(fleet.cache, pointer_systems(versions, keep=1), versions, min_age=0)
+    plan = plan_gc(fleet.cache, pointer_systems(versions, keep=1, keys=[PUBLIC]), versions, min_age=0)
     assert len(plan.deletions) > 6
     for stop_after in range(len(plan.deletions) + 1):
         copy = tmp_path / f"copy-{stop_after}"
@@ -180,7 +185,7 @@ def test_a_gc_stopped_after_any_deletion_leaves_a_valid_cache(fleet: FakeFleet, 
 
 def test_a_push_that_finished_while_gc_ran_stops_it_before_any_narinfo_goes(fleet: FakeFleet) -> None:
     versions = fleet.cache.all_versions()
-    plan = plan_gc(fleet.cache, pointer_systems(versions, keep=1), versions, min_age=0)
+    plan = plan_gc(fleet.cache, pointer_systems(versions, keep=1, keys=[PUBLIC]), versions, min_age=0)
     # a push, listed before the gc deletes: it saw nginx-1.26 present and named it in its new manifest
     fleet.system("system-web-4", ("nginx-1.26",))
 
@@ -197,19 +202,20 @@ def test_recent_uploads_and_systems_without_a_manifest_are_followed_and_kept(fle
     versions = fleet.cache.all_versions()
     p = fleet.paths
     # a host runs the orphan system: its closure has no manifest, so gc follows its narinfos
-    systems = {**pointer_systems(versions, keep=1), p["system-orphan"]: ["host-1 current"]}
+    systems = {**pointer_systems(versions, keep=1, keys=[PUBLIC]), p["system-orphan"]: ["host-1 current"]}
     plan = plan_gc(fleet.cache, systems, versions, min_age=0)
     assert narinfo_name(p["nginx-1.28-copy"]) not in _names(plan)
     assert narinfo_name(p["system-orphan"]) not in _names(plan)
     assert plan.downloads >= 2  # the orphan's narinfos were read
 
     # everything just uploaded stays while a push could still be writing its manifest
-    assert plan_gc(fleet.cache, pointer_systems(versions, keep=1), versions, min_age=3600).deletions == ()
+    kept = pointer_systems(versions, keep=1, keys=[PUBLIC])
+    assert plan_gc(fleet.cache, kept, versions, min_age=3600).deletions == ()
 
 
 def test_a_keep_below_one_is_refused() -> None:
     with pytest.raises(GcError, match="at least the current version"):
-        pointer_systems([], keep=0)
+        pointer_systems([], keep=0, keys=[PUBLIC])
 
 
 def test_the_monthly_cost_is_b2s_price_per_gb() -> None:

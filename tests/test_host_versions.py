@@ -24,7 +24,7 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, three_ho
 from labtools import connect as ssh_connect
 from labtools import ssh_run
 
-from topdeck.core import narinfo, nixbase32
+from topdeck.core import narinfo, nixbase32, pointers
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import host_command, host_script
 from topdeck.core.fleet import trusted_key
@@ -537,3 +537,39 @@ def test_rollback_and_a_failed_activation_go_back_on_each_nix(lab, inventory, de
     # The same system, profile and generation, and the generation the deploy made is gone again.
     assert host_state(lab, name) == rolled
     assert lab.host(name).sh("tail -n 1 /run/lab/activation.log").strip().endswith(f"{previous['path']}\tok")
+
+
+# --- the validity window: an expired pointer, refused by the host's own clock on each kind -----------------------
+
+
+@pytest.fixture
+def expired_pointers(inventory, cache_access):
+    """web and db republished (their current systems) signed two hours ago, valid for one; published again,
+    valid for good, afterwards."""
+    cache = cache_access[0]
+    key = load_secret_key(load_inventory(inventory).cache.signing_key)
+    current = {role: pointers.read_verified(cache, role, [key.public_key()]).path for role in ("web", "db")}
+    for role, path in current.items():
+        pointers.publish(cache, role, path, key, clock=lambda: time.time() - 7200, valid_for=3600)
+    yield current
+    for role, path in current.items():
+        pointers.publish(cache, role, path, key)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_an_expired_pointer_is_refused_by_the_agent_on_each_kind(lab, inventory, cache_access, expired_pointers, name):
+    _, url, key = cache_access
+    role = ROLES[name]
+    signer = ssh_public_key(trusted_key(load_inventory(inventory)))
+    before = host_state(lab, name)
+    code, _, err = ssh_with_input(lab, name, "mkdir -p /root/agent && cat > /root/agent/topdeck-host.sh",
+                                  host_script())
+    assert code == 0, err
+    agent = shlex.join(["sh", "/root/agent/topdeck-host.sh", "agent", "--pointer", role,
+                        "--sidecar", f"{url}/toplevels/{role}.json", "--cache", url, "--key", key, "--signer", signer])
+    code, out, err = ssh_run(lab, name, agent)
+    assert code == 1, out + err
+    result = [line.split("\t") for line in out.splitlines() if line.startswith("result\t")]
+    assert len(result) == 1 and re.fullmatch(rf"pointer {role}: expired at \S+Z \(signed \S+Z\); publish it again",
+                                             result[0][2]), out
+    assert host_state(lab, name) == before

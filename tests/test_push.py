@@ -216,15 +216,15 @@ def test_pointer_history_rollback_and_signed_sidecar(lab, systems, prefix, tmp_p
     cache = open_cache(lab, prefix)
     for toplevel in (base, upgraded, base):
         push(toplevel, cache, key(lab), pointer="web")
-    versions = pointers.history(cache, "web")
+    trusted = [key(lab).public_key()]
+    versions = pointers.history(cache, "web", trusted)
     assert [(v.serial, v.path) for v in versions] == [(3, str(base)), (2, str(upgraded)), (1, str(base))]
 
-    listing = cache.listing()
     target = pointers.rollback_target(versions, None)
     assert target == upgraded
-    pointers.publish(cache, "web", target, key(lab), listing)
+    pointers.publish(cache, "web", target, key(lab))
 
-    versions = pointers.history(cache, "web")
+    versions = pointers.history(cache, "web", trusted)
     assert [(v.serial, v.path) for v in versions][0] == (4, str(upgraded))
     assert len(versions) == 4
     sidecar = pointers.parse_sidecar(public_file(lab, prefix, "toplevels/web.json"), "web.json")
@@ -282,7 +282,7 @@ def test_local_directory_cache_serves_nix_too(lab, systems, tmp_path):
                     cache.substituter_url, "--option", "trusted-public-keys", lab.cache_public_key.read_text().strip(),
                     "--option", "require-sigs", "true"], check=True, capture_output=True, env=lab_env())
     assert (store / Path(str(toplevel)).relative_to("/")).exists()
-    assert [v.serial for v in pointers.history(cache, "web")] == [1]
+    assert [v.serial for v in pointers.history(cache, "web", [key(lab).public_key()])] == [1]
 
 
 def test_large_nar_is_streamed_not_held_in_memory(lab, prefix, tmp_path):

@@ -211,7 +211,7 @@ def test_hostile_store_paths_in_a_tampered_manifest_never_reach_the_probe(lab, t
     (inventory / "host-1").mkdir(parents=True)
     (inventory / "topdeck.toml").write_text(
         f'[cache]\nbucket = "{BUCKET}"\nprefix = "{prefix}"\nrealm = "{lab.emulator.url}"\n'
-        f'credentials_file = "{lab.b2_credentials}"\n'
+        f'credentials_file = "{lab.b2_credentials}"\npublic_key_file = "{lab.cache_public_key}"\n'
         f'[ssh]\nknown_hosts = "{lab.known_hosts}"\nidentity = "{lab.client_key}"\n')
     (inventory / "host-1" / "host.toml").write_text(f'address = "{lab.host("host-1").address}"\npointer = "web"\n')
     sessions = lab.host("host-1").sshd_log.read_text().count("Accepted publickey")
@@ -319,7 +319,7 @@ def test_secrets_never_appear_in_output_or_in_debug_logs(lab, tmp_path):
         prefix = f"secrets-{uuid.uuid4().hex[:8]}"
         cache = B2Cache(BUCKET, prefix, lab.emulator.url, *lab.b2_key())
         push(toplevel, cache, load_secret_key(lab.cache_secret_key), pointer="web")
-        pointers.history(cache, "web")
+        pointers.history(cache, "web", [load_secret_key(lab.cache_secret_key).public_key()])
         token = cache.api.account_info.get_account_auth_token()  # a bearer credential for a day
         with connect(lab_host(lab, "host-1"), lab_ssh(lab)) as session:
             session.run("true")
@@ -372,9 +372,10 @@ def test_the_minimal_b2_key_is_enough_and_topdeck_never_deletes(lab, tmp_path):
         cache = B2Cache("minimal-key-bucket", "cache", emulator.url, "minimal-key-id", secret)
         push(first, cache, key, pointer="web")
         push(second, cache, key, pointer="web")
-        versions = pointers.history(cache, "web")
-        pointers.publish(cache, "web", pointers.rollback_target(versions, None), key, cache.listing())
-        assert [v.path for v in pointers.history(cache, "web")] == [str(first), str(second), str(first)]
+        versions = pointers.history(cache, "web", [key.public_key()])
+        pointers.publish(cache, "web", pointers.rollback_target(versions, None), key)
+        assert [v.path for v in pointers.history(cache, "web", [key.public_key()])] == [str(first), str(second),
+                                                                                         str(first)]
         calls = emulator.counters()["calls"]
         assert not {"b2_delete_file_version", "b2_hide_file", "b2_list_buckets"} & set(calls), calls
         # anyone can read the cache without a key: that is how hosts fetch

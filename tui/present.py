@@ -115,6 +115,11 @@ def when(stamp: float, clock: Clock = time.time) -> str:
     return humanize.naturaltime(datetime.fromtimestamp(clock(), tz=UTC) - datetime.fromtimestamp(stamp, tz=UTC))
 
 
+def until(stamp: float, clock: Clock = time.time) -> str:
+    """A future moment (seconds since the epoch) as `in 3 days`."""
+    return humanize.naturaltime(datetime.fromtimestamp(stamp, tz=UTC), when=datetime.fromtimestamp(clock(), tz=UTC))
+
+
 def duration(seconds: float) -> str:
     return humanize.naturaldelta(max(0.0, seconds)) if seconds >= 1 else f"{seconds:.1f} s"
 

@@ -18,11 +18,11 @@ from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event, Progress
 from topdeck.core.fleet import HostStatus
 from topdeck.core.inventory import Host
-from topdeck.core.pointers import PointerVersion
+from topdeck.core.pointers import PointerVersion, is_expired
 from topdeck.core.sshroute import endpoint_label
 from topdeck.core.vocabulary import HostState
 from topdeck.tui.backend import EngineBackend
-from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, when
+from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, until, when
 from topdeck.tui.screens.base import Job, TopdeckScreen
 
 STATUSES = tuple(HostState)
@@ -154,7 +154,8 @@ class FleetScreen(TopdeckScreen):
         fleet = self.topdeck.fleet
         status = fleet.statuses.get(host.name)
         pointer = fleet.pointers.get(host.pointer)
-        desired = (status.desired if status is not None else "") or (pointer.path if pointer else "")
+        desired = (status.desired if status is not None else "") or (pointer.path if pointer and pointer.verified
+                                                                     else "")
         generation = status.generation if status is not None else 0
         return [
             MARK if host.name in fleet.selected else " ",
@@ -163,7 +164,8 @@ class FleetScreen(TopdeckScreen):
             short_system(status.current) if status is not None else "…",
             short_system(desired) if desired else "-",
             str(generation) if generation else "-",
-            host.pointer + (f" #{pointer.serial}" if pointer else ""),
+            host.pointer + (f" #{pointer.serial}" if pointer and pointer.verified else
+                            " (unverified)" if pointer else ""),
             ",".join(host.tags),
             (status.last_run if status is not None else "") or "-",
         ]
@@ -235,9 +237,17 @@ class FleetScreen(TopdeckScreen):
             text.append(f"  needs a reboot: its {status.needs_reboot} differs from the booted system's",
                         style="bold yellow")
         text.append("\n")
-        if pointer:
+        if pointer and not pointer.verified:
+            text.append(f"pointer  {host.pointer}: {pointer.problem}\n", style="bold red")
+        elif pointer:
             text.append(f"pointer  {host.pointer} → {store_name(pointer.path)} (serial {pointer.serial}, "
-                        f"{when(pointer.uploaded_ms / 1000, self.topdeck.clock)})\n")
+                        f"signed {when(pointer.time or pointer.uploaded_ms / 1000, self.topdeck.clock)}")
+            if pointer.expires and is_expired(pointer.expires, self.topdeck.clock()):
+                text.append(f", expired {when(pointer.expires, self.topdeck.clock)}: hosts refuse it",
+                            style="bold red")
+            elif pointer.expires:
+                text.append(f", expires {until(pointer.expires, self.topdeck.clock)}")
+            text.append(")\n")
         else:
             text.append(f"pointer  {host.pointer} (not read yet)\n", style="dim")
         if status is None:

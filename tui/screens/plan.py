@@ -15,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
 from topdeck.core.events import Event, Progress, PushResult
-from topdeck.core.fleet import FleetPlan
+from topdeck.core.fleet import POINTER_TARGET, FleetPlan
 from topdeck.core.planview import plan_view
 from topdeck.core.vocabulary import Mode, PlanStatus
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
@@ -52,7 +52,7 @@ class PlanScreen(TopdeckScreen):
                  mode: str = Mode.SWITCH) -> None:
         super().__init__()
         self.hosts = list(hosts)
-        self.target = target  # a store path, or None for each host's pointer
+        self.target = target  # a store path, `pointer:NAME` (through that pointer), or None for each host's own
         self.fleet_plan = fleet_plan
         self.mode = mode
         self.planning = False
@@ -101,12 +101,15 @@ class PlanScreen(TopdeckScreen):
 
     def failed_plan(self, job: str, error: str, exception: BaseException) -> None:
         self.planning, self.error = False, error
-        self.missing_target = bool(self.target) and "not in the cache" in error
+        self.missing_target = bool(self.target) and not str(self.target).startswith(POINTER_TARGET) \
+            and "not in the cache" in error
         self.show()
 
     # --- showing -----------------------------------------------------------------------------------
 
     def target_label(self) -> str:
+        if self.target and self.target.startswith(POINTER_TARGET):
+            return f"through pointer {self.target[len(POINTER_TARGET):]} (each host checks its signature and serial)"
         if self.target:
             return f"{short_system(self.target)} ({self.target})"
         pointers = sorted({self.topdeck.inventory.host(name).pointer for name in self.hosts
@@ -213,8 +216,9 @@ class PlanScreen(TopdeckScreen):
 
         choices: list[tuple[str, str | Text]] = [("", "each host's own pointer")]
         for name, version in self.topdeck.fleet.pointers.items():
-            label = f"pointer {name} → {store_name(version.path)} (serial {version.serial})"
-            choices.append((f"pointer:{name}", label))
+            label = Text(f"pointer {name} → {store_name(version.path)} (serial {version.serial})" if version.verified
+                         else f"pointer {name}: {version.problem}")
+            choices.append((f"{POINTER_TARGET}{name}", label))
         choices.append(("path", "a toplevel store path…"))
 
         def typed(path: str | None) -> None:
@@ -228,8 +232,8 @@ class PlanScreen(TopdeckScreen):
                 self.app.push_screen(PromptScreen("Plan towards which toplevel (a /nix/store path)?",
                                                   placeholder="/nix/store/…-nixos-system-…",
                                                   value=self.target or ""), typed)
-            elif choice.startswith("pointer:"):
-                self.set_target(self.topdeck.fleet.pointers[choice[8:]].path)
+            elif choice.startswith(POINTER_TARGET):
+                self.set_target(choice)  # planned and deployed through the pointer: the host verifies it
             else:
                 self.set_target(None)
 
@@ -242,8 +246,8 @@ class PlanScreen(TopdeckScreen):
     def action_push(self) -> None:
         from topdeck.tui.screens.push import PushScreen
 
-        if not self.target:
-            self.notify("the hosts' pointers are in the cache already; choose a store path with t to push one",
+        if not self.target or self.target.startswith(POINTER_TARGET):
+            self.notify("the pointers' systems are in the cache already; choose a store path with t to push one",
                         severity="warning")
             return
 

@@ -11,8 +11,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from topdeck.core.pointers import Pointer, PointerVersion
-from topdeck.tui.present import short_system, when
+from topdeck.core.pointers import Pointer, PointerVersion, is_expired
+from topdeck.tui.present import short_system, until, when
 from topdeck.tui.screens.base import TopdeckScreen
 
 POINTER_COLUMNS = (("name", "pointer"), ("serial", "serial"), ("time", "published"), ("hosts", "hosts"),
@@ -106,9 +106,9 @@ class PointersScreen(TopdeckScreen):
         for host in self.topdeck.inventory.hosts:
             followers[host.pointer] = followers.get(host.pointer, 0) + 1
         for name, version in (self.pointers or {}).items():
-            table.add_row(Text(name, style="bold"), str(version.serial),
+            table.add_row(Text(name, style="bold"), self.serial_cell(version),
                           when(version.uploaded_ms / 1000, self.topdeck.clock), str(followers.get(name, 0)),
-                          short_system(version.path), key=name)
+                          self.target_cell(version), key=name)
         if keep in table.rows:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
         elif table.row_count:
@@ -134,9 +134,25 @@ class PointersScreen(TopdeckScreen):
             self.load_history(self.pointer_name)
             return
         for index, version in enumerate(versions):
-            table.add_row(Text("▶", style="bold green") if index == 0 else " ", str(version.serial),
-                          when(version.uploaded_ms / 1000, self.topdeck.clock), short_system(version.path),
-                          version.path, key=str(version.serial))
+            table.add_row(Text("▶", style="bold green") if index == 0 else " ", self.serial_cell(version),
+                          when(version.uploaded_ms / 1000, self.topdeck.clock), self.target_cell(version),
+                          Text(version.path), key=f"{index}")
+
+    def serial_cell(self, version: PointerVersion) -> Text:
+        return Text(str(version.serial)) if version.verified else Text("—", style="red")
+
+    def target_cell(self, version: PointerVersion) -> Text:
+        """The target with its age (signed, expiry); an unverified version says why, never a path."""
+        if not version.verified:
+            return Text(version.problem, style="bold red")
+        cell = Text(short_system(version.path))
+        if version.expires and is_expired(version.expires, self.topdeck.clock()):
+            cell.append(f" · expired {when(version.expires, self.topdeck.clock)}: hosts refuse it", style="bold red")
+        elif version.time:
+            cell.append(f" · signed {when(version.time, self.topdeck.clock)}", style="dim")
+            if version.expires:
+                cell.append(f", expires {until(version.expires, self.topdeck.clock)}", style="dim")
+        return cell
 
     def show_status(self, line: Text | None = None) -> None:
         if line is None:
@@ -148,16 +164,18 @@ class PointersScreen(TopdeckScreen):
     # --- actions -------------------------------------------------------------------------------------
 
     def rollback_choice(self) -> tuple[str | None, PointerVersion | None]:
-        """(to, version): the history row highlighted (if the history table has focus), else the previous one."""
+        """(to, version): the history row highlighted (if the history table has focus), else the previous verified
+        one."""
         versions = self.histories.get(self.pointer_name) or []
         history = self.query_one("#history", DataTable)
         if history.has_focus and history.row_count:
             key = history.coordinate_to_cell_key(history.cursor_coordinate).row_key.value
-            version = next((v for v in versions if str(v.serial) == key), None)
+            version = versions[int(key)] if key is not None and key.isdigit() and int(key) < len(versions) else None
             if version is not None:
                 return str(version.serial), version
-        current = versions[0].path if versions else ""
-        earlier = next((v for v in versions[1:] if v.path != current), None)
+        trusted = [v for v in versions if v.verified]
+        current = trusted[0].path if trusted else ""
+        earlier = next((v for v in trusted[1:] if v.path != current), None)
         return None, earlier
 
     def action_rollback(self) -> None:
@@ -166,9 +184,14 @@ class PointersScreen(TopdeckScreen):
         if not self.pointer_name:
             return
         to, version = self.rollback_choice()
-        versions = self.histories.get(self.pointer_name) or []
+        versions = [v for v in self.histories.get(self.pointer_name) or [] if v.verified]
+        if version is not None and not version.verified:
+            self.notify(f"{self.pointer_name}: cannot roll back to this version: {version.problem}",
+                        severity="error")
+            return
         if version is None or (versions and version.path == versions[0].path):
-            self.notify(f"{self.pointer_name}: no earlier, different target to roll back to", severity="warning")
+            self.notify(f"{self.pointer_name}: no earlier, different verified target to roll back to",
+                        severity="warning")
             return
         backend, name = self.topdeck.backend, self.pointer_name
         question = Text(f"Point {name} back at {short_system(version.path)} (serial {version.serial})?\n",
