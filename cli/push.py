@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 
 import humanize
 
-from topdeck.cli.output import EventPrinter, ask, selector, size, to_json
+from topdeck.cli.output import EventPrinter, ask, say, say_json, say_lines, selector, size, to_json
 from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import PublishedPointer, PushResult
 from topdeck.core.facade import Fleet
@@ -72,9 +71,9 @@ def push_command(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     if args.json:
-        print(json.dumps(to_json(result)))
+        say_json(to_json(result))
     else:
-        print(summary(result))
+        say_lines(summary(result).splitlines())
     return 0
 
 
@@ -130,30 +129,30 @@ def pointers_command(args: argparse.Namespace) -> int:
         document = {name: to_json(v) for name, v in listing.items()}
         if args.name:
             document[args.name] = {**document[args.name], "verified_by": signer}  # type: ignore[dict-item]
-        print(json.dumps(document, indent=1))
+        say_json(document, indent=1)
     else:
         for name, version in listing.items():
             checked = f"  (signature verified: {signer})" if args.name else ""
-            print(f"{name:<16} serial {version.serial:<4} {_when(version.uploaded_ms):<16} {version.path}{checked}")
+            say(f"{name:<16} serial {version.serial:<4} {_when(version.uploaded_ms):<16} {version.path}{checked}")
     return 0
 
 
 def _rollback(fleet: Fleet, args: argparse.Namespace) -> int:
     rollback = fleet.pointer_rollback(args.name, args.rollback or None)
     if not args.yes and not ask(f"point {args.name} back at {rollback.target} (now {rollback.now})?"):
-        print("not rolled back", file=sys.stderr)
+        say("not rolled back", sys.stderr)
         return 1
     published = fleet.rollback_pointer(rollback)
-    print(f"pointer {args.name} now names {published.path} (serial {published.serial})")
+    say(f"pointer {args.name} now names {published.path} (serial {published.serial})")
     return 0
 
 
 def _show(versions: list[PointerVersion], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([to_json(v) for v in versions], indent=1))
+        say_json([to_json(v) for v in versions], indent=1)
         return
     for version in versions:
-        print(f"{f'serial {version.serial}':<12} {_when(version.uploaded_ms):<16} {version.path}")
+        say(f"{f'serial {version.serial}':<12} {_when(version.uploaded_ms):<16} {version.path}")
 
 
 def _when(uploaded_ms: int) -> str:
