@@ -14,7 +14,7 @@ from hostile import ALL, FORGED, TEXT_ATTACKS, forged_lines, raw_controls
 from shownlint import cli_violations, tui_violations
 
 from topdeck.cli import deploy as cli_deploy
-from topdeck.cli.output import DeployBoard, EventPrinter
+from topdeck.cli.output import EventPrinter
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
 from topdeck.core.fleet import Generation, HostStatus
 from topdeck.core.shown import shown
@@ -109,7 +109,7 @@ def hostile_events() -> list[object]:
 
 def test_the_live_deploy_board_draws_no_host_controls_and_no_forged_line() -> None:
     terminal = Terminal()
-    board = DeployBoard(stream=terminal, min_interval=0)
+    board = cli_deploy.DeployBoard(stream=terminal, min_interval=0)
     for event in hostile_events():
         board(event)  # type: ignore[arg-type]
     board.close()
@@ -120,7 +120,7 @@ def test_the_live_deploy_board_draws_no_host_controls_and_no_forged_line() -> No
 
 def test_the_deploy_log_off_a_terminal_draws_no_host_controls() -> None:
     log = io.StringIO()
-    board = DeployBoard(stream=io.StringIO(), log_stream=log)
+    board = cli_deploy.DeployBoard(stream=io.StringIO(), log_stream=log)
     for event in hostile_events():
         board(event)  # type: ignore[arg-type]
     assert raw_controls(log.getvalue()) == [] and forged_lines(log.getvalue()) == []
