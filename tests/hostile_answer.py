@@ -4,7 +4,7 @@ core/host.sh's verbs) the way a compromised host could, as the row named in `<fo
 - text: markup, escape sequences, bidi overrides and a forged error line in every text field;
 - huge: 2^64 and 10^400 where numbers go;
 - superscript-digit / arabic-digit: '²' (isdigit, not int) and '٣' (int('٣') == 3) where numbers go;
-- endless: megabytes without a line end;
+- endless: megabytes without a line end (but for `generations`, so that a rollback runs);
 - probe-error, probe-huge, probe-superscript-digit, probe-arabic-digit: the same in the probe's answer (a plan);
   in every other row the probe answers honestly (nothing installed, every path missing), so the host is planned
   and its deploy runs.
@@ -20,9 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hostile import ALL, FORGED  # noqa: E402
+from hostile import FORGED, TEXT_ATTACKS  # noqa: E402
 
-WIRE = ALL.replace("\n", " ")  # a field's text: a line end would only start another line of the protocol
+# A field's text: every attack but those that end a line (a line end, and U+2028, where Python's splitlines ends
+# one), which would only start another line of the protocol; `run` sends those on lines of their own.
+WIRE = " ".join(text for name, text in TEXT_ATTACKS.items() if name not in ("forged_error_line", "line_separator"))
 HUGE, HUGER = str(2**64), "1" + "0" * 400
 DIGITS = {"superscript-digit": "²", "arabic-digit": "٣"}
 ENDLESS_BYTES = 8 * 1024 * 1024
@@ -81,6 +83,7 @@ def run(row: str) -> None:
     out("phase", "lock", WIRE)
     out("phase", "fetch", WIRE)
     out("log", WIRE)
+    out("log", TEXT_ATTACKS["line_separator"])
     out("current", "/nix/store/" + "2" * 32 + f"-{WIRE}")
     out("progress", number(row), number(row), HUGER if row == "huge" else "10", HUGER if row == "huge" else "30")
     out("state", "generation", number(row))
@@ -94,15 +97,15 @@ def main() -> int:
     row = (folder / "row").read_text().strip()
     words = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
     with (folder / "commands.log").open("a") as log:
-        log.write(" ".join(words[:1] + words[-12:]) + "\n")
+        log.write(" ".join(words[words.index("topdeck-host"):] if "topdeck-host" in words else words[-1:]) + "\n")
     if "topdeck-probe" in words:
         probe(row)
         return 0
     sys.stdin.read()  # the host script, sent on stdin
-    if row == "endless":
+    verb = words[words.index("topdeck-host") + 1] if "topdeck-host" in words else ""
+    if row == "endless" and verb != "generations":  # its generations are read, so that a rollback runs
         endless()
         return 0
-    verb = words[words.index("topdeck-host") + 1] if "topdeck-host" in words else ""
     answers = {"status": status, "generations": generations, "deploy": run, "reboot": run, "follow": run,
                "confirm": run}
     answers.get(verb, lambda row: out("result", "failed", WIRE))(row)

@@ -93,6 +93,8 @@ def test_generations_of_a_hostile_host_are_data_or_one_line(fleet, row) -> None:
     result = topdeck(root, "generations", NAME)
     assert_safe(result)
     assert result.returncode == 0 or len(error_lines(result, "")) == 1, result.stderr
+    if row == TEXT:
+        assert len(result.stdout.splitlines()) == 2 and "[/]" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("row", PROBE_ROWS)
@@ -130,6 +132,7 @@ def test_rollback_of_a_hostile_host_is_one_line(fleet, row) -> None:
     result = topdeck(root, "rollback", "--yes", NAME)
     assert_safe(result)
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "--generation" in evil.commands()[-1], evil.commands()[-3:]
 
 
 # --- the TUI -------------------------------------------------------------------------------------------
