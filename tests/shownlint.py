@@ -115,7 +115,7 @@ def _sink_args(node: ast.Call) -> list[ast.AST]:
     return [*node.args, *(k.value for k in node.keywords if k.arg in SINK_KEYWORDS)]
 
 
-def _tui_call_violations(node: ast.Call) -> Iterator[str]:
+def _tui_call_violations(node: ast.Call, built_names: set[str]) -> Iterator[str]:
     called = _called(node)
     if any(k.arg == "markup" and getattr(k.value, "value", None) is True for k in node.keywords):
         yield "markup=True"
@@ -133,7 +133,7 @@ def _tui_call_violations(node: ast.Call) -> Iterator[str]:
     if not sink:
         return
     for arg in _sink_args(node):
-        if _built(arg):
+        if _built(arg) or (isinstance(arg, ast.Name) and arg.id in built_names):
             yield f"{called}() of a string built from values (wrap it in plain() or shown())"
     if called in MARKUP_SINKS and any(_is_call_to(arg, {"shown"}) for arg in _sink_args(node)):
         yield f"{called}() parses a str as markup: give it plain(), not shown()"
@@ -150,6 +150,27 @@ def _tui_call_violations(node: ast.Call) -> Iterator[str]:
         yield "Text() of a value (use plain())"
 
 
+def _built_names(function: ast.AST) -> set[str]:
+    """The names a function binds to a string built from values (`line = f"..."`)."""
+    return {target.id for node in ast.walk(function) if isinstance(node, ast.Assign | ast.AnnAssign)
+            and node.value is not None and _built(node.value)
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(target, ast.Name)}
+
+
+def _scopes(tree: ast.AST) -> Iterator[tuple[ast.Call, set[str]]]:
+    """Each call with the built names of the function it is in (its innermost one)."""
+    def visit(node: ast.AST, names: set[str]) -> Iterator[tuple[ast.Call, set[str]]]:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names = _built_names(node)
+        if isinstance(node, ast.Call):
+            yield node, names
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child, names)
+
+    yield from visit(tree, set())
+
+
 def tui_violations(root: Path) -> list[str]:
     found = []
     for name, tree in _python_files(root, "tui"):
@@ -157,6 +178,7 @@ def tui_violations(root: Path) -> list[str]:
             if (isinstance(node, ast.ImportFrom) and name != "tui/widgets/table.py"
                     and any(alias.name == "DataTable" for alias in node.names)):
                 found.append(f"{name}:{node.lineno}: imports DataTable (use tui.widgets.table.SafeTable)")
-            if isinstance(node, ast.Call) and name not in WRAPPER_MODULES:
-                found.extend(f"{name}:{node.lineno}: {why}" for why in _tui_call_violations(node))
+        if name not in WRAPPER_MODULES:
+            found.extend(f"{name}:{call.lineno}: {why}" for call, names in _scopes(tree)
+                         for why in _tui_call_violations(call, names))
     return found

@@ -71,6 +71,7 @@ def test_the_cli_lint_finds_a_raw_print(tmp_path: Path) -> None:
     ("def f(table, s):\n    table.add_row(s.host, f'{s.current}')", "add_row() of a string built"),
     ("def f(self, s):\n    self.query_one('#x').update(f'current {s.current}')", "update() of a string built"),
     ("def f(self, s):\n    self.query_one('#x').update(shown(s.current))", "parses a str as markup"),
+    ("def f(self, s):\n    line = f'now {s.current}'\n    self.query_one('#x').update(line)", "update() of a str"),
     ("def f(self, e):\n    self.notify(shown(e.reason))", "notify() without markup=False"),
     ("def f(text, s):\n    text.append(s.reason, style='red')", "Text.append() of a value"),
     ("def f(s):\n    return Text(s.reason)", "Text() of a value"),
