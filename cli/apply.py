@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from topdeck.cli.deploy import plan_confirm_deploy
-from topdeck.cli.output import EventPrinter, add_selector_option, to_json
+from topdeck.cli.output import EventPrinter, add_selector_option, say_json, say_lines, to_json
 from topdeck.cli.push import summary
 from topdeck.core.facade import Fleet
 from topdeck.core.inventory import load_inventory
@@ -43,5 +42,5 @@ def apply_command(args: argparse.Namespace) -> int:
         result = fleet.release(hosts, emit=printer)
     finally:
         printer.close()
-    print(json.dumps(to_json(result)) if args.json else summary(result), flush=True)
+    say_json(to_json(result)) if args.json else say_lines(summary(result).splitlines())
     return plan_confirm_deploy(fleet, list(args.on), args)

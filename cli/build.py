@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from topdeck.cli.output import say, say_json
 from topdeck.core.events import Event, LogLine
 from topdeck.core.facade import Fleet
 from topdeck.core.inventory import load_inventory
@@ -36,18 +36,18 @@ def build_command(args: argparse.Namespace) -> int:
     nix_path_args = [part for path in args.include for part in ("-I", path)]
     built, failures = fleet.build_each(hosts, emit=_log_printer(sys.stderr), nix_path_args=nix_path_args)
     if args.json:
-        print(json.dumps({name: str(path) for name, path in built.items()}, indent=1))
+        say_json({name: str(path) for name, path in built.items()}, indent=1)
     else:
         for name, path in built.items():
-            print(f"{name} {path}")
+            say(f"{name} {path}")
     for name, failure in failures.items():
-        print(f"topdeck: error: {name}: {failure}", file=sys.stderr)
+        say(f"topdeck: error: {name}: {failure}", sys.stderr)
     return 1 if failures else 0
 
 
 def _log_printer(stream: TextIO) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         if isinstance(event, LogLine):
-            print(f"{event.host} | {event.text}", file=stream, flush=True)
+            say(f"{event.host} | {event.text}", stream)
 
     return emit

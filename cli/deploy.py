@@ -5,29 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from datetime import UTC, datetime
-from typing import TextIO
 
 import humanize
 
 from topdeck.cli.output import (
+    DeployBoard,
     EventPrinter,
     add_selector_option,
     ask,
-    one_line,
     open_fleet,
+    say,
+    say_json,
+    say_lines,
     selector,
     size,
     to_json,
 )
 from topdeck.cli.plan import plan_json, render_plan
-from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
+from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.facade import Fleet, check_waves
 from topdeck.core.fleet import HostStatus
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Mode, Outcome
-
-BAR_WIDTH = 20
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -129,12 +128,12 @@ def plan_confirm_deploy(fleet: Fleet, selectors: list[str], args: argparse.Names
     finally:
         progress.close()
     if args.json:
-        print(json.dumps({"event": "Plan", **plan_json(fleet_plan.plan, fleet_plan.fetch_url)}), flush=True)
+        say_json({"event": "Plan", **plan_json(fleet_plan.plan, fleet_plan.fetch_url)})
     else:
-        print("\n".join(render_plan(fleet_plan.plan, fleet_plan.fetch_url)))
+        say_lines(render_plan(fleet_plan.plan, fleet_plan.fetch_url))
     count = sum(1 for h in fleet_plan.plan.hosts if h.planned)
     if not args.yes and not ask(f"{args.mode}{' and reboot' if args.reboot else ''} {count} host(s) now?"):
-        print("nothing deployed", file=sys.stderr)
+        say("nothing deployed", sys.stderr)
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
@@ -150,7 +149,7 @@ def rollback_command(args: argparse.Namespace) -> int:
     fleet.hosts(args.hosts, what="rollback")  # hosts that do not exist are refused before asking
     what = f"generation {args.to}" if args.to is not None else "the previous generation"
     if not args.yes and not ask(f"switch {', '.join(args.hosts)} to {what}?"):
-        print("nothing rolled back", file=sys.stderr)
+        say("nothing rolled back", sys.stderr)
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
@@ -164,7 +163,7 @@ def reboot_command(args: argparse.Namespace) -> int:
     fleet = open_fleet(args.inventory)
     fleet.hosts(args.hosts, what="reboot")  # hosts that do not exist are refused before asking
     if not args.yes and not ask(f"reboot {', '.join(args.hosts)}?"):
-        print("nothing rebooted", file=sys.stderr)
+        say("nothing rebooted", sys.stderr)
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
@@ -177,12 +176,12 @@ def reboot_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     found = open_fleet(args.inventory).status(args.on)
     if args.json:
-        print(json.dumps([to_json(s) for s in found], indent=1))
+        say_json([to_json(s) for s in found], indent=1)
     else:
         width = max(len(s.host) for s in found)
         for s in found:
             running = f"{_name(s.system)}, specialisation {s.specialisation}" if s.specialisation else _name(s.current)
-            print(f"{s.host:<{width}}  {s.status:<11} gen {s.generation:<3} current {running}"
+            say(f"{s.host:<{width}}  {s.status:<11} gen {s.generation:<3} current {running}"
                   f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
                   f"{f'; needs a reboot (its {s.needs_reboot} differs from the booted one)' if s.needs_reboot else ''}"
                   f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}"
@@ -209,38 +208,38 @@ def _pointer_age(status: HostStatus) -> str:
 def generations_command(args: argparse.Namespace) -> int:
     found = open_fleet(args.inventory).generations(args.host)
     if args.json:
-        print(json.dumps([to_json(g) for g in found], indent=1))
+        say_json([to_json(g) for g in found], indent=1)
         return 0
     for g in found:
-        print(f"{g.number:>4}  {g.date}  {g.version:<28} {g.path}{'  (current)' if g.current else ''}")
+        say(f"{g.number:>4}  {g.date}  {g.version:<28} {g.path}{'  (current)' if g.current else ''}")
     return 0
 
 
 def agent_config_command(args: argparse.Namespace) -> int:
     agent = open_fleet(args.inventory).agent_config(args.host)
-    print("imports = [ ./topdeck-agent ];  # the folder hosts/modules/topdeck-agent of topdeck, copied here\n"
-          "services.topdeck-agent = {\n  enable = true;\n"
-          f"  pointer = {json.dumps(agent.pointer)};\n  cache = {json.dumps(agent.cache_url)};\n"
-          f"  publicKey = {json.dumps(agent.public_key)};\n  signer = {json.dumps(agent.signer)};\n}};")
+    say_lines(["imports = [ ./topdeck-agent ];  # the folder hosts/modules/topdeck-agent of topdeck, copied here",
+               "services.topdeck-agent = {", "  enable = true;",
+               f"  pointer = {json.dumps(agent.pointer)};", f"  cache = {json.dumps(agent.cache_url)};",
+               f"  publicKey = {json.dumps(agent.public_key)};", f"  signer = {json.dumps(agent.signer)};", "};"])
     return 0
 
 
 def _report(result: DeployResult, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(to_json(result)), flush=True)
+        say_json(to_json(result))
     else:
-        print(f"run {result.run_id} ({result.mode}):")
+        say(f"run {result.run_id} ({result.mode}):")
         width = max((len(o.host) for o in result.outcomes), default=4)
         for outcome in result.outcomes:
-            print(f"  {outcome.host:<{width}}  {outcome.outcome:<11} {_outcome_detail(outcome)}")
+            say(f"  {outcome.host:<{width}}  {outcome.outcome:<11} {_outcome_detail(outcome)}")
         if result.stopped:
-            print(f"  stopped: {result.stopped}")
+            say(f"  stopped: {result.stopped}")
         if result.failed:
-            print(f"{len(result.failed)} host(s) did not end on the target: {', '.join(result.failed)} "
+            say(f"{len(result.failed)} host(s) did not end on the target: {', '.join(result.failed)} "
                   "(`topdeck deploy --retry-failed` retries them)")
     for outcome in result.outcomes:
         if not outcome.ok:
-            print(f"topdeck: error: {outcome.host}: {outcome.outcome}: {one_line(outcome.reason)}", file=sys.stderr)
+            say(f"topdeck: error: {outcome.host}: {outcome.outcome}: {outcome.reason}", sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -255,76 +254,3 @@ def _outcome_detail(outcome: HostOutcome) -> str:
 
 def _name(path: str) -> str:
     return path.rpartition("/")[2][33:] or path or "nothing"
-
-
-class DeployBoard:
-    """An `emit` for deploys: on a terminal, one live row per host (phase, bar, paths, bytes) with log lines
-    above; elsewhere, one line per phase change, on `log_stream` (stdout: a log of the run, beside the plan and
-    the report, so that stderr holds only the errors); with json_lines, every event as a JSON line."""
-
-    def __init__(self, stream: TextIO = sys.stderr, json_lines: bool = False, min_interval: float = 0.1,
-                 log_stream: TextIO | None = None):
-        self.min_interval = min_interval
-        self.json = EventPrinter(json_lines=True) if json_lines else None
-        self.live = stream.isatty() and not json_lines
-        self.stream = stream if self.live else (log_stream or sys.stdout)
-        self.rows: dict[str, str] = {}
-        self._drawn = 0
-        self._last = 0.0
-
-    def __call__(self, event: Event) -> None:
-        if self.json is not None:
-            if not isinstance(event, Progress) or self._due():
-                self.json(event)
-            return
-        if isinstance(event, LogLine):
-            self._print(f"{event.host} | {event.text}" if event.host else event.text)
-        elif isinstance(event, WaveStarted) and event.count > 1:
-            self._print(f"wave {event.index} of {event.count}: {', '.join(event.hosts)}")
-        elif isinstance(event, HostPhase):
-            self.rows[event.host] = f"{event.phase}{f' ({event.detail})' if event.detail else ''}"
-            if not self.live:
-                self._print(f"{event.host}: {self.rows[event.host]}")
-            self._redraw(force=True)
-        elif isinstance(event, Progress) and event.host:
-            self.rows[event.host] = _bar(event)
-            self._redraw()
-
-    def close(self) -> None:
-        self._redraw(force=True)
-
-    def _due(self) -> bool:
-        now = time.monotonic()
-        if now - self._last < self.min_interval:
-            return False
-        self._last = now
-        return True
-
-    def _print(self, text: str) -> None:
-        self._clear()
-        print(text, file=self.stream, flush=True)
-        self._redraw(force=True)
-
-    def _clear(self) -> None:
-        if self.live and self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
-            self._drawn = 0
-
-    def _redraw(self, force: bool = False) -> None:
-        if not self.live or not (force or self._due()):
-            return
-        self._clear()
-        width = max(len(name) for name in self.rows)
-        for name, row in self.rows.items():
-            self.stream.write(f"{name:<{width}}  {row}"[:200] + "\n")
-        self._drawn = len(self.rows)
-        self.stream.flush()
-
-
-def _bar(event: Progress) -> str:
-    share = event.bytes_done / event.bytes_total if event.bytes_total else (
-        event.paths_done / event.paths_total if event.paths_total else 0.0)
-    filled = min(BAR_WIDTH, int(share * BAR_WIDTH))
-    return (f"fetch [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {event.paths_done}/{event.paths_total} paths, "
-            f"{size(event.bytes_done)} of {size(event.bytes_total)}{f' {event.current}' if event.current else ''}")
-

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import humanize
 
-from topdeck.cli.output import EventPrinter, ask, size, to_json
+from topdeck.cli.output import EventPrinter, ask, say, say_json, say_lines, size, to_json
 from topdeck.core.facade import Fleet
 from topdeck.core.gc import DEFAULT_MIN_AGE, GcPlan, GcResult, monthly_cost
 from topdeck.core.inventory import load_inventory
@@ -56,7 +55,7 @@ def gc_command(args: argparse.Namespace) -> int:
     def confirm(plan: GcPlan) -> bool:
         printer.close()
         if not args.json:
-            print(describe_plan(plan))
+            say_lines(describe_plan(plan).splitlines())
         if args.yes or ask(f"delete {len(plan.deletions)} files ({size(plan.freed_bytes)}) from the cache?"):
             return True
         declined.append(True)
@@ -68,14 +67,14 @@ def gc_command(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     if declined:
-        print("nothing deleted", file=sys.stderr)
+        say("nothing deleted", sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(result_json(result)))
+        say_json(result_json(result))
     else:
         if args.dry_run or not result.plan.deletions:
-            print(describe_plan(result.plan))
-        print(summary(result))
+            say_lines(describe_plan(result.plan).splitlines())
+        say_lines(summary(result).splitlines())
     return 0
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 
+from topdeck.cli.output import say, say_json
 from topdeck.core.inventory import Inventory, load_inventory
 
 
@@ -121,18 +121,18 @@ def lab_images(args: argparse.Namespace) -> int:
 
     if args.build is not None:
         for name in args.build or [kind for kind in images.known_kinds() if kind != images.NATIVE]:
-            images.ensure_image(images.check_kind(name), log=lambda line: print(line, flush=True))
+            images.ensure_image(images.check_kind(name), log=say)
     listings = images.list_images()
     if args.json:
-        print(json.dumps([{**asdict(listing.info), "state": listing.state} for listing in listings], indent=2))
+        say_json([{**asdict(listing.info), "state": listing.state} for listing in listings], indent=2)
         return 0
-    print(f"{'image':<8} {'state':<9} {'Nix':<18} {'OpenSSH':<20} {'systemd':<18} what")
+    say(f"{'image':<8} {'state':<9} {'Nix':<18} {'OpenSSH':<20} {'systemd':<18} what")
     for listing in listings:
         info = listing.info
-        print(f"{info.name:<8} {listing.state:<9} {info.nix or '-':<18} {info.openssh or '-':<20} "
+        say(f"{info.name:<8} {listing.state:<9} {info.nix or '-':<18} {info.openssh or '-':<20} "
               f"{info.systemd or 'none (no init)':<18} {info.description}")
     if any(listing.state != "ready" for listing in listings):
-        print("images that are not ready are built by `topdeck lab up --image NAME` (about a minute each), "
+        say("images that are not ready are built by `topdeck lab up --image NAME` (about a minute each), "
               "or by `topdeck lab images --build`")
     return 0
 
@@ -145,7 +145,7 @@ def lab_down(args: argparse.Namespace) -> int:
 def lab_status(args: argparse.Namespace) -> int:
     status = _lab(args).status()
     if args.json:
-        print(json.dumps(asdict(status), default=str, indent=2))
+        say_json(asdict(status), indent=2)
     else:
         _print_status(status)
     return 0 if status.up else 1
@@ -172,7 +172,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
         keys = [line for line in lab.client_public_key().splitlines() if line.strip()]
         args.inventory = demo_flake_fleet(inventory, lab.root / "flake-fleet", keys)
-        print(f"flake fleet: {args.inventory} (its flake.nix has nixosConfigurations.<host>)")
+        say(f"flake fleet: {args.inventory} (its flake.nix has nixosConfigurations.<host>)")
         inventory = load_inventory(args.inventory)
     _publish_first_toplevels(inventory)
     _print_status(lab.status())
@@ -201,24 +201,24 @@ def _publish_first_toplevels(inventory: Inventory) -> None:
 
     printer = EventPrinter()
     hosts = [host for host in inventory.hosts if host.build is not None]
-    print(f"building {', '.join(host.name for host in hosts)}")
+    say(f"building {', '.join(host.name for host in hosts)}")
     try:
         result = Fleet(inventory).release(hosts, emit=printer)
     finally:
         printer.close()
-    print(summary(result))
+    say(summary(result))
 
 
 def _print_status(status) -> None:  # type: ignore[no-untyped-def]
-    print(f"lab folder: {status.root}")
+    say(f"lab folder: {status.root}")
     emulator = status.emulator_url if status.emulator_running else "not running"
-    print(f"B2 emulator: {emulator}")
+    say(f"B2 emulator: {emulator}")
     if status.counters:
         c = status.counters
-        print(f"  transactions: class A {c.get('A', 0)}, class B {c.get('B', 0)}, class C {c.get('C', 0)}")
+        say(f"  transactions: class A {c.get('A', 0)}, class B {c.get('B', 0)}, class C {c.get('C', 0)}")
     if not status.hosts:
-        print("hosts: none (run `topdeck lab up`)")
+        say("hosts: none (run `topdeck lab up`)")
     for host in status.hosts:
         state = "up" if host.sshd else "sshd stopped"
         system = host.current_system or "-"
-        print(f"  {host.name:<10} {host.address:<15} {host.image:<7} {state:<12} gen {host.generation:<3} {system}")
+        say(f"  {host.name:<10} {host.address:<15} {host.image:<7} {state:<12} gen {host.generation:<3} {system}")

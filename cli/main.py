@@ -20,11 +20,12 @@ class Parser(argparse.ArgumentParser):
     itself is in --help). Its subcommands' parsers are of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        from topdeck.cli.output import one_line
+        from topdeck.cli.output import say
 
         command = self.prog.partition(" ")[2]  # "deploy" of "topdeck deploy"; "" for topdeck itself
         where = f"{command}: " if command else ""
-        self.exit(EXIT_USAGE, f"topdeck: error: {where}{one_line(message)} (see `{self.prog} --help`)\n")
+        say(f"topdeck: error: {where}{message} (see `{self.prog} --help`)", sys.stderr)
+        self.exit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,7 @@ def open_command(args: argparse.Namespace) -> int:
 
 def show_inventory(args: argparse.Namespace) -> int:
     """Each host of the inventory on one line: name, where it is reached, pointer and tags."""
+    from topdeck.cli.output import say
     from topdeck.core.inventory import load_inventory
     from topdeck.core.sshroute import endpoint_label
 
@@ -70,7 +72,7 @@ def show_inventory(args: argparse.Namespace) -> int:
     for host in inventory.hosts:
         tags = ",".join(host.tags) or "-"
         where = endpoint_label(host, inventory.ssh)
-        print(f"{host.name:<{width}}  {where}  pointer={host.pointer}  tags={tags}")
+        say(f"{host.name:<{width}}  {where}  pointer={host.pointer}  tags={tags}")
     return 0
 
 
@@ -97,12 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except TopdeckError as error:
-        from topdeck.cli.output import one_line
+        from topdeck.cli.output import say
 
-        print(f"topdeck: error: {one_line(error_text(error))}", file=sys.stderr)
+        say(f"topdeck: error: {error_text(error)}", sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("topdeck: interrupted", file=sys.stderr)
+        from topdeck.cli.output import say
+
+        say("topdeck: interrupted", sys.stderr)
         return EXIT_INTERRUPTED
 
 

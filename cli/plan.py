@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import humanize
 
-from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, size
+from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, say, say_json, say_lines, size
 from topdeck.core.diff import render_diff_closures
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
 from topdeck.core.planview import GroupView, plan_view, reason
@@ -38,12 +37,12 @@ def plan_command(args: argparse.Namespace) -> int:
         printer.close()
     result = fleet_plan.plan
     if args.json:
-        print(json.dumps(plan_json(result, fleet_plan.fetch_url), indent=1))
+        say_json(plan_json(result, fleet_plan.fetch_url), indent=1)
     else:
-        print("\n".join(render_plan(result, fleet_plan.fetch_url)))
+        say_lines(render_plan(result, fleet_plan.fetch_url))
     for host in result.hosts:  # the plan is on stdout; what failed is also on stderr, one line per host
         if not host.planned:
-            print(f"topdeck: error: {reason(host)}", file=sys.stderr)
+            say(f"topdeck: error: {reason(host)}", sys.stderr)
     return 0 if result.ok else 1
 
 

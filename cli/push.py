@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
 
 import humanize
 
-from topdeck.cli.output import EventPrinter, ask, selector, size, to_json
+from topdeck.cli.output import EventPrinter, ask, say, say_json, say_lines, selector, size, to_json
 from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import PublishedPointer, PushResult
 from topdeck.core.facade import Fleet
@@ -73,9 +72,9 @@ def push_command(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     if args.json:
-        print(json.dumps(to_json(result)))
+        say_json(to_json(result))
     else:
-        print(summary(result))
+        say_lines(summary(result).splitlines())
     return 0
 
 
@@ -126,10 +125,10 @@ def pointers_command(args: argparse.Namespace) -> int:
             raise CacheError(f"pointer {args.name} does not exist (pointers: {', '.join(listing) or 'none'})")
         return _one(fleet, args.name, listing[args.name], args.json)
     if args.json:
-        print(json.dumps({name: to_json(v) for name, v in listing.items()}, indent=1))
+        say_json({name: to_json(v) for name, v in listing.items()}, indent=1)
     else:
         for name, version in listing.items():
-            print(f"{name:<16} {_version(version)}")
+            say(f"{name:<16} {_version(version)}")
     return 0
 
 
@@ -138,34 +137,34 @@ def _one(fleet: Fleet, name: str, info: PointerVersion, as_json: bool) -> int:
     pointer = fleet.read_pointer(name)
     signer = pointer.sig.partition(":")[0]
     if as_json:
-        print(json.dumps({name: {"path": str(pointer.path), "serial": pointer.serial, "time": pointer.time,
-                                 "expires": pointer.expires or 0, "verified_by": signer,
-                                 "file_info_problem": info.problem}}, indent=1))
+        say_json({name: {"path": str(pointer.path), "serial": pointer.serial, "time": pointer.time,
+                        "expires": pointer.expires or 0, "verified_by": signer, "file_info_problem": info.problem}},
+                 indent=1)
         return 0
-    print(f"{name:<16} serial {pointer.serial:<4} signed {_ago(pointer.time)}{_expiry(pointer.expires or 0)}  "
-          f"{pointer.path}  (signature verified: {signer})")
+    say(f"{name:<16} serial {pointer.serial:<4} signed {_ago(pointer.time)}{_expiry(pointer.expires or 0)}  "
+        f"{pointer.path}  (signature verified: {signer})")
     if not info.verified:
-        print(f"topdeck: warning: pointer {name}: the .txt's file info is {info.problem} (hosts read the signed "
-              "sidecar shown above)", file=sys.stderr)
+        say(f"topdeck: warning: pointer {name}: the .txt's file info is {info.problem} (hosts read the signed "
+            "sidecar shown above)", sys.stderr)
     return 0
 
 
 def _rollback(fleet: Fleet, args: argparse.Namespace) -> int:
     rollback = fleet.pointer_rollback(args.name, args.rollback or None)
     if not args.yes and not ask(f"point {args.name} back at {rollback.target} (now {rollback.now or 'unverified'})?"):
-        print("not rolled back", file=sys.stderr)
+        say("not rolled back", sys.stderr)
         return 1
     published = fleet.rollback_pointer(rollback)
-    print(f"pointer {args.name} now names {published.path} (serial {published.serial})")
+    say(f"pointer {args.name} now names {published.path} (serial {published.serial})")
     return 0
 
 
 def _show(versions: list[PointerVersion], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([to_json(v) for v in versions], indent=1))
+        say_json([to_json(v) for v in versions], indent=1)
         return
     for version in versions:
-        print(_version(version))
+        say(_version(version))
 
 
 def _version(version: PointerVersion) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 
-from topdeck.cli.output import one_line, open_fleet
-from topdeck.core.errors import Cancelled, TopdeckError
+from topdeck.cli.output import ask, open_fleet, say, say_json, say_lines
+from topdeck.core.errors import TopdeckError
 from topdeck.core.trust import Decide, HopKey, expect
 
 FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
@@ -53,15 +52,15 @@ def trust_command(args: argparse.Namespace) -> int:
             found = fleet.trust(host, decide)
         except TopdeckError as error:
             failed += 1
-            print(f"topdeck: error: {one_line(str(error))}", file=sys.stderr)
+            say(f"topdeck: error: {error}", sys.stderr)
             continue
         results.extend(found)
         if not args.json:
             for item in found:
-                print(_describe(item))
+                say_lines(_describe(item).splitlines())
     if args.json:
-        print(json.dumps([{k: str(v) if k == "known_hosts" else v for k, v in dataclasses.asdict(item).items()
-                           if k != "key"} for item in results], indent=2))
+        say_json([{k: str(v) if k == "known_hosts" else v for k, v in dataclasses.asdict(item).items()
+                   if k != "key"} for item in results], indent=2)
     return 1 if failed else 0
 
 
@@ -77,9 +76,7 @@ def _ask(item: HopKey) -> bool:
     where = f"jump host {item.hop} (for {item.host})" if item.jump else item.host
     question = f"{where}: new host key {item.key_type} {item.fingerprint} for {item.key_name}. Pin it into " \
                f"{item.known_hosts}?"
-    if not sys.stdin.isatty():
-        raise Cancelled(f"{question} Not asked: stdin is not a terminal; pass --fingerprint or --yes")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    return ask(question, unasked="pass --fingerprint or --yes")
 
 
 def _describe(item: HopKey) -> str:

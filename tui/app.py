@@ -71,11 +71,12 @@ class TopdeckApp(App[None]):
         if not self.runs:
             self.exit()
             return
+        from topdeck.tui.text import plain
         from topdeck.tui.widgets.dialogs import ConfirmScreen
 
         hosts = sorted(self.deploying)
-        question = (f"A {self.runs[0].title} is running on {len(hosts)} host(s) ({', '.join(hosts[:6])}). "
-                    "Cancel it and quit? Hosts already switched stay switched.")
+        question = plain(f"A {self.runs[0].title} is running on {len(hosts)} host(s) ({', '.join(hosts[:6])}). "
+                         "Cancel it and quit? Hosts already switched stay switched.")
 
         def answered(yes: bool | None) -> None:
             if yes:

@@ -13,6 +13,7 @@ from topdeck.core.diff import ClosureDiff, PackageChange, render_size_delta, sho
 from topdeck.core.planview import changes_by_kind
 from topdeck.core.store import split_name_version
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Phase
+from topdeck.tui.text import plain, shown
 
 Clock = Callable[[], float]
 
@@ -101,11 +102,11 @@ def short_system(path: object) -> str:
 
 
 def status_text(status: str) -> Text:
-    return Text(status.replace("-", " ") if status else "…", style=STATUS_STYLES.get(status, "dim"))
+    return plain(status.replace("-", " ") if status else "…", style=STATUS_STYLES.get(status, "dim"))
 
 
 def phase_text(phase: str) -> Text:
-    return Text(phase, style=PHASE_STYLES.get(phase, "cyan"))
+    return plain(phase, style=PHASE_STYLES.get(phase, "cyan"))
 
 
 def when(stamp: float, clock: Clock = time.time) -> str:
@@ -128,9 +129,9 @@ def bar(done: int, total: int, width: int = 16) -> Text:
     """A text progress bar with its percentage."""
     fraction = min(1.0, done / total) if total else 0.0
     filled = int(round(fraction * width))
-    text = Text("━" * filled, style="green")
-    text.append("━" * (width - filled), style="grey30")
-    text.append(f" {fraction * 100:3.0f}%")
+    text = plain("━" * filled, style="green")
+    text.append(shown("━" * (width - filled)), style="grey30")
+    text.append(shown(f" {fraction * 100:3.0f}%"))
     return text
 
 
@@ -138,14 +139,15 @@ def change_line(change: PackageChange) -> Text:
     """One diff line, colour-coded by kind: `openssl: 3.0.13 → 3.0.14, +12.5 KiB`."""
     style = KIND_STYLES.get(change.kind, "")
     text = Text("  ")
-    text.append(change.name, style=f"bold {style}")
+    text.append(shown(change.name), style=f"bold {style}")
     text.append(": ")
     if change.versions_changed:
-        text.append(f"{show_versions(change.removed_versions)} → {show_versions(change.added_versions)}", style=style)
+        versions = f"{show_versions(change.removed_versions)} → {show_versions(change.added_versions)}"
+        text.append(shown(versions), style=style)
     if change.size_shown:
         if change.versions_changed:
             text.append(", ")
-        text.append(render_size_delta(change.size_delta), style="red" if change.size_delta > 0 else "green")
+        text.append(shown(render_size_delta(change.size_delta)), style="red" if change.size_delta > 0 else "green")
     return text
 
 
@@ -156,7 +158,7 @@ def diff_text(diff: ClosureDiff, *, show_rebuilds: bool = False) -> Text:
     if not grouped:
         out.append("  no package changes\n", style="dim")
     for kind, changes in grouped:
-        out.append(f" {KIND_TITLES[kind]} ({len(changes)})\n", style=f"bold {KIND_STYLES[kind]}")
+        out.append(shown(f" {KIND_TITLES[kind]} ({len(changes)})") + "\n", style=f"bold {KIND_STYLES[kind]}")
         for change in changes:
             out.append_text(change_line(change))
             out.append("\n")

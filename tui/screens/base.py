@@ -13,6 +13,7 @@ from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event
 from topdeck.tui.messages import EngineEvent, JobDone, JobFailed
 from topdeck.tui.state import Shell
+from topdeck.tui.text import shown
 
 Job = Callable[[Emit, threading.Event], Any]
 
@@ -23,7 +24,7 @@ def one_line(error: BaseException) -> str:
         text = str(error)
     else:
         text = f"{type(error).__name__}: {error}"
-    return " ".join(text.split()) or type(error).__name__
+    return shown(" ".join(text.split())) or type(error).__name__
 
 
 class TopdeckScreen(Screen[Any]):
@@ -85,37 +86,37 @@ class TopdeckScreen(Screen[Any]):
         if handler is not None:
             handler(message.job, message.error, message.exception)
         else:
-            self.notify(message.error, title=message.job.split(":")[0], severity="error", timeout=10)
+            self.notify(message.error, title=message.job.split(":")[0], severity="error", timeout=10, markup=False)
 
     # --- host keys: check one host's key; an unknown one can be accepted, a changed one is refused ---------
 
     def check_host_key(self, host: str) -> None:
         backend = self.topdeck.backend
-        self.notify(f"connecting to {host} to read its host key…")
+        self.notify(shown(f"connecting to {host} to read its host key…"), markup=False)
         self.start(f"hostkey:{host}", lambda emit, cancel: backend.check_host_key(host))
 
     def done_hostkey(self, job: str, result: object) -> None:
-        self.notify(f"{job.split(':', 1)[1]}: the host key is pinned and the login works")
+        self.notify(shown(f"{job.split(':', 1)[1]}: the host key is pinned and the login works"), markup=False)
 
     def failed_hostkey(self, job: str, error: str, exception: BaseException) -> None:
         from topdeck.core.errors import ChangedHostKey, UnknownHostKey
         from topdeck.tui.screens.hostkey import HostKeyScreen
 
         if not isinstance(exception, UnknownHostKey | ChangedHostKey):
-            self.notify(error, title="host key", severity="error", timeout=10)
+            self.notify(error, title="host key", severity="error", timeout=10, markup=False)
             return
 
         def answered(accept: bool | None) -> None:
             if not accept or not isinstance(exception, UnknownHostKey):
-                self.notify(f"{exception.host}: host key refused", severity="warning")
+                self.notify(shown(f"{exception.host}: host key refused"), severity="warning", markup=False)
                 return
             try:
                 line = self.topdeck.backend.pin_host_key(exception)
             except TopdeckError as failure:
-                self.notify(one_line(failure), title="host key", severity="error", timeout=10)
+                self.notify(one_line(failure), title="host key", severity="error", timeout=10, markup=False)
                 return
-            self.notify(f"{exception.host}: key pinned in {exception.known_hosts}: {line.split()[0]} "
-                        f"{line.split()[1]}")
+            self.notify(shown(f"{exception.host}: key pinned in {exception.known_hosts}: {line.split()[0]} "
+                        f"{line.split()[1]}"), markup=False)
             self.host_key_accepted(exception.host)
 
         self.app.push_screen(HostKeyScreen(exception), answered)

@@ -15,7 +15,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Label, Log, Static
+from textual.widgets import Footer, Header, Label, Log, Static
 
 from topdeck.core.events import (
     FINAL_PHASES,
@@ -32,6 +32,8 @@ from topdeck.core.vocabulary import Mode, Phase
 from topdeck.tui.present import bar, phase_text, short_system, size_pair
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.state import Run
+from topdeck.tui.text import plain, shown
+from topdeck.tui.widgets.table import SafeTable
 
 DEPLOY_COLUMNS = (("host", "host", None), ("phase", "phase", 11), ("paths", "paths", 7), ("bytes", "bytes", 17),
                   ("bar", "progress", 15), ("detail", "detail", 60))
@@ -90,7 +92,7 @@ class DeployScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="summary")
-        table: DataTable[Any] = DataTable(id="rows", cursor_type="row")
+        table: SafeTable = SafeTable(id="rows", cursor_type="row")
         for key, label, width in DEPLOY_COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
@@ -100,7 +102,7 @@ class DeployScreen(TopdeckScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#rows", DataTable)
+        table = self.query_one("#rows", SafeTable)
         for host, row in self.rows.items():
             table.add_row(*self.cells(host, row), key=host)
         table.focus()
@@ -134,11 +136,11 @@ class DeployScreen(TopdeckScreen):
         elif isinstance(event, LogLine):
             host = event.host or self.log_host
             row = self.row(host)
-            row.log.append(event.text)
+            row.log.append(shown(event.text))
             if len(row.log) > LOG_LINES_KEPT:
                 del row.log[: len(row.log) - LOG_LINES_KEPT]
             if host == self.log_host and self.is_mounted:
-                self.query_one("#log", Log).write_line(event.text)
+                self.query_one("#log", Log).write_line(shown(event.text))
         elif isinstance(event, WaveStarted):
             self.waves.append(event)
             self.summary_dirty = True
@@ -159,7 +161,7 @@ class DeployScreen(TopdeckScreen):
         if host not in self.rows:
             self.rows[host] = HostRow()
             if self.is_mounted:
-                table = self.query_one("#rows", DataTable)
+                table = self.query_one("#rows", SafeTable)
                 table.add_row(*self.cells(host, self.rows[host]), key=host)
         return self.rows[host]
 
@@ -173,13 +175,13 @@ class DeployScreen(TopdeckScreen):
                         else bar(row.paths_done, row.paths_total, width=10))
         else:
             progress = Text("")
-        return [Text(host, style="bold"), phase_text(row.phase), paths, nbytes, progress, row.detail]
+        return [plain(host, style="bold"), phase_text(row.phase), paths, nbytes, progress, row.detail]
 
     # --- the view: redrawn on a timer ----------------------------------------------------------------------
 
     def redraw(self) -> None:
         if self.dirty:
-            table = self.query_one("#rows", DataTable)
+            table = self.query_one("#rows", SafeTable)
             for host in sorted(self.dirty):
                 for (key, _, width), value in zip(DEPLOY_COLUMNS, self.cells(host, self.rows[host]), strict=True):
                     table.update_cell(host, key, value, update_width=width is None)
@@ -192,15 +194,15 @@ class DeployScreen(TopdeckScreen):
 
     def show_summary(self) -> None:
         text = Text()
-        text.append(self.title_text.capitalize(), style="bold")
-        text.append(f": {len(self.rows)} host(s)")
+        text.append(shown(self.title_text.capitalize()), style="bold")
+        text.append(shown(f": {len(self.rows)} host(s)"))
         counts: dict[str, int] = {}
         for row in self.rows.values():
             counts[row.phase] = counts.get(row.phase, 0) + 1
-        text.append("   " + ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items())), style="dim")
+        text.append(shown("   " + ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))), style="dim")
         if self.waves:
             wave = self.waves[-1]
-            text.append(f"\nwave {wave.index} of {wave.count}: {', '.join(wave.hosts)}")
+            text.append("\n" + shown(f"wave {wave.index} of {wave.count}: {', '.join(wave.hosts)}"))
         self.query_one("#summary", Static).update(text)
 
     def show_outcome(self) -> None:
@@ -209,39 +211,39 @@ class DeployScreen(TopdeckScreen):
             text.append("cancelling… (waiting for the engine to stop; hosts mid-switch finish or roll back)",
                         style="bold yellow")
         elif self.running:
-            text.append(f"running… c cancels   elapsed {self.clock() - self.started:.0f} s", style="cyan")
+            text.append(shown(f"running… c cancels   elapsed {self.clock() - self.started:.0f} s"), style="cyan")
         elif self.error:
-            text.append(f"failed: {self.error}", style="bold red")
+            text.append(shown(f"failed: {self.error}"), style="bold red")
         elif self.result is not None:
             result = self.result
             ok = sum(1 for outcome in result.outcomes if outcome.ok)
             seconds = max(0.0, result.finished - result.started)
             style = "bold green" if result.ok else "bold red"
-            text.append(f"{'done' if result.ok else 'finished'}: {ok} of {len(result.outcomes)} host(s) ok",
+            text.append(shown(f"{'done' if result.ok else 'finished'}: {ok} of {len(result.outcomes)} host(s) ok"),
                         style=style)
             if seconds:
-                text.append(f" in {seconds:.1f} s")
+                text.append(shown(f" in {seconds:.1f} s"))
             for outcome in result.outcomes:
                 if not outcome.ok:
-                    text.append(f"\n{outcome.host}: {outcome.outcome}" + (f": {outcome.reason}" if outcome.reason
-                                                                           else ""), style="red")
+                    reason = f": {outcome.reason}" if outcome.reason else ""
+                    text.append("\n" + shown(f"{outcome.host}: {outcome.outcome}{reason}"), style="red")
             if result.stopped:
-                text.append(f"\nstopped: {result.stopped}", style="yellow")
+                text.append("\n" + shown(f"stopped: {result.stopped}"), style="yellow")
             text.append("   escape: back", style="dim")
         self.query_one("#outcome", Static).update(text)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_data_table_row_highlighted(self, event: SafeTable.RowHighlighted) -> None:
         if event.row_key.value and event.row_key.value != self.log_host:
             self.log_host = str(event.row_key.value)
             self.show_log()
 
     def show_log(self) -> None:
-        self.query_one("#logtitle", Label).update(Text(f"log: {self.log_host}", style="bold"))
+        self.query_one("#logtitle", Label).update(plain(f"log: {self.log_host}", style="bold"))
         log = self.query_one("#log", Log)
         log.clear()
         row = self.rows.get(self.log_host)
         if row and row.log:
-            log.write_lines(row.log)
+            log.write_lines(shown(line) for line in row.log)
 
     # --- the end -------------------------------------------------------------------------------------------
 
@@ -251,7 +253,7 @@ class DeployScreen(TopdeckScreen):
 
     def failed_deploy(self, job: str, error: str, exception: BaseException) -> None:
         self.error = error
-        self.notify(error, title=self.title_text, severity="error", timeout=10)
+        self.notify(error, title=self.title_text, severity="error", timeout=10, markup=False)
         self.finish()
 
     def finish(self) -> None:
@@ -263,7 +265,7 @@ class DeployScreen(TopdeckScreen):
 
     def action_cancel(self) -> None:
         if not self.running:
-            self.notify("nothing is running", severity="warning")
+            self.notify("nothing is running", severity="warning", markup=False)
             return
         self.cancel.set()
         self.cancelling = True
@@ -271,6 +273,6 @@ class DeployScreen(TopdeckScreen):
 
     def action_back(self) -> None:
         if self.running:
-            self.notify("a run is in progress: c cancels it", severity="warning")
+            self.notify("a run is in progress: c cancels it", severity="warning", markup=False)
             return
         self.dismiss(self.result)

@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input, Static
 
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event, Progress
@@ -24,6 +24,8 @@ from topdeck.core.vocabulary import HostState
 from topdeck.tui.backend import EngineBackend
 from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, until, when
 from topdeck.tui.screens.base import Job, TopdeckScreen
+from topdeck.tui.text import plain, shown
+from topdeck.tui.widgets.table import SafeTable
 
 STATUSES = tuple(HostState)
 COLUMNS = (("mark", " "), ("host", "host"), ("status", "status"), ("current", "current"), ("desired", "desired"),
@@ -94,7 +96,7 @@ class FleetScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Input(placeholder="filter: text, @tag or status:behind (enter keeps it, escape clears)", id="filter")
-        table: DataTable[Any] = DataTable(id="hosts", cursor_type="row", zebra_stripes=True)
+        table: SafeTable = SafeTable(id="hosts", cursor_type="row", zebra_stripes=True)
         for key, label in COLUMNS:
             table.add_column(label, key=key)
         yield table
@@ -104,7 +106,7 @@ class FleetScreen(TopdeckScreen):
 
     def on_mount(self) -> None:
         self.populate()
-        self.query_one("#hosts", DataTable).focus()
+        self.query_one("#hosts", SafeTable).focus()
         if self.topdeck.refresh_on_start:
             self.action_refresh()
 
@@ -131,14 +133,14 @@ class FleetScreen(TopdeckScreen):
 
     def shown_hosts(self) -> list[Host]:
         words = self.filter_text.split()
-        shown = []
+        found = []
         for host in self.hosts:
             status = self.status_of(host)
             if self.status_filter and status != self.status_filter:
                 continue
             if all(self._matches(host, status, word) for word in words):
-                shown.append(host)
-        return shown
+                found.append(host)
+        return found
 
     @staticmethod
     def _matches(host: Host, status: str, word: str) -> bool:
@@ -159,7 +161,7 @@ class FleetScreen(TopdeckScreen):
         generation = status.generation if status is not None else 0
         return [
             MARK if host.name in fleet.selected else " ",
-            Text(host.name, style="bold"),
+            plain(host.name, style="bold"),
             self._status_cell(host, status),
             short_system(status.current) if status is not None else "…",
             short_system(desired) if desired else "-",
@@ -173,9 +175,9 @@ class FleetScreen(TopdeckScreen):
     def populate(self) -> None:
         """Fill the table from the inventory and the last refresh; the cursor stays on its host."""
         started = time.perf_counter()
-        table = self.query_one("#hosts", DataTable)
-        shown = self.shown_hosts()
-        rows = {host.name: self.row(host) for host in shown}
+        table = self.query_one("#hosts", SafeTable)
+        visible = self.shown_hosts()
+        rows = {host.name: self.row(host) for host in visible}
         if [key.value for key in table.rows] == list(rows):
             # The same hosts in the same order (a refresh): change only the cells that changed.
             for name, cells in rows.items():
@@ -196,7 +198,7 @@ class FleetScreen(TopdeckScreen):
         self.show_status()
 
     def highlighted(self) -> str | None:
-        table = self.query_one("#hosts", DataTable)
+        table = self.query_one("#hosts", SafeTable)
         if not table.row_count:
             return None
         try:
@@ -214,7 +216,7 @@ class FleetScreen(TopdeckScreen):
 
     # --- panes --------------------------------------------------------------------------------------
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_data_table_row_highlighted(self, event: SafeTable.RowHighlighted) -> None:
         self.show_detail()
 
     def show_detail(self) -> None:
@@ -227,62 +229,62 @@ class FleetScreen(TopdeckScreen):
         status = self.topdeck.fleet.statuses.get(name)
         pointer = self.topdeck.fleet.pointers.get(host.pointer)
         text = Text()
-        text.append(host.name, style="bold")
-        text.append(f"  {endpoint_label(host, self.topdeck.inventory.ssh)}", style="dim")
+        text.append(shown(host.name), style="bold")
+        text.append(shown(f"  {endpoint_label(host, self.topdeck.inventory.ssh)}"), style="dim")
         if host.tags:
-            text.append("  tags " + ", ".join(host.tags))
+            text.append(shown("  tags " + ", ".join(host.tags)))
         text.append("  ")
         text.append_text(status_text(self.status_of(host)))
         if status is not None and status.needs_reboot:
-            text.append(f"  needs a reboot: its {status.needs_reboot} differs from the booted system's",
+            text.append(shown(f"  needs a reboot: its {status.needs_reboot} differs from the booted system's"),
                         style="bold yellow")
         text.append("\n")
         if pointer and not pointer.verified:
-            text.append(f"pointer  {host.pointer}: {pointer.problem}\n", style="bold red")
+            text.append(shown(f"pointer  {host.pointer}: {pointer.problem}") + "\n", style="bold red")
         elif pointer:
-            text.append(f"pointer  {host.pointer} → {store_name(pointer.path)} (serial {pointer.serial}, "
-                        f"signed {when(pointer.time or pointer.uploaded_ms / 1000, self.topdeck.clock)}")
+            text.append(shown(f"pointer  {host.pointer} → {store_name(pointer.path)} (serial {pointer.serial}, "
+                              f"signed {when(pointer.time or pointer.uploaded_ms / 1000, self.topdeck.clock)}"))
             if pointer.expires and is_expired(pointer.expires, self.topdeck.clock()):
-                text.append(f", expired {when(pointer.expires, self.topdeck.clock)}: hosts refuse it",
+                text.append(shown(f", expired {when(pointer.expires, self.topdeck.clock)}: hosts refuse it"),
                             style="bold red")
             elif pointer.expires:
-                text.append(f", expires {until(pointer.expires, self.topdeck.clock)}")
+                text.append(shown(f", expires {until(pointer.expires, self.topdeck.clock)}"))
             text.append(")\n")
         else:
-            text.append(f"pointer  {host.pointer} (not read yet)\n", style="dim")
+            text.append(shown(f"pointer  {host.pointer} (not read yet)") + "\n", style="dim")
         if status is None:
-            text.append(f"current  {short_path('')}\ndesired  {short_path('')}\n")
+            text.append(shown(f"current  {short_path('')}") + "\n" + shown(f"desired  {short_path('')}") + "\n")
             pane.update(text)
             return
         current, booted, desired = status.current, status.booted, status.desired
-        text.append(f"current  {short_path(current)}")
+        text.append(shown(f"current  {short_path(current)}"))
         text.append("  (booted)\n" if booted and booted == current else "\n")
         if booted and booted != current:
-            text.append(f"booted   {short_path(booted)}\n")
+            text.append(shown(f"booted   {short_path(booted)}") + "\n")
         if status.specialisation:
-            text.append(f"runs     specialisation {status.specialisation} of {short_path(status.system)}\n")
-        text.append(f"desired  {short_path(desired)}\n")
-        text.append(f"gen {status.generation or '-'}  last {status.last_run or '-'}")
+            text.append(shown(f"runs     specialisation {status.specialisation} of {short_path(status.system)}") + "\n")
+        text.append(shown(f"desired  {short_path(desired)}") + "\n")
+        text.append(shown(f"gen {status.generation or '-'}  last {status.last_run or '-'}"))
         if status.reason:
-            text.append(f"  {status.reason}", style=STATUS_STYLES.get(status.status, "red"))
+            text.append(shown(f"  {status.reason}"), style=STATUS_STYLES.get(status.status, "red"))
         pane.update(text)
 
     def show_status(self) -> None:
         fleet = self.topdeck.fleet
         parts = [f"{len(self.hosts)} hosts", f"{len(fleet.selected)} selected"]
-        shown = self.query_one("#hosts", DataTable).row_count
+        count = self.query_one("#hosts", SafeTable).row_count
         if self.filter_text or self.status_filter:
             what = " ".join(filter(None, [self.filter_text, f"status:{self.status_filter}" if self.status_filter
                                           else ""]))
-            parts.append(f"{shown} shown (filter {what})")
+            parts.append(shown(f"{count} shown (filter {what})"))
         if self.refreshing:
             parts.append(f"refreshing… {self.progress}".strip())
         elif fleet.refreshed:
             stamp = datetime.fromtimestamp(fleet.refreshed, tz=UTC).strftime("%H:%M:%S UTC")
-            parts.append(f"refreshed {stamp} in {self.last_refresh_seconds:.1f} s")
-        line = Text(" · ".join(parts))
+            parts.append(shown(f"refreshed {stamp} in {self.last_refresh_seconds:.1f} s"))
+        line = plain(" · ".join(parts))
         for error in fleet.errors:
-            line.append(f" · {error}", style="red")
+            line.append(shown(f" · {error}"), style="red")
         self.query_one("#statusline", Static).update(line)
 
     # --- refresh --------------------------------------------------------------------------------------
@@ -321,7 +323,7 @@ class FleetScreen(TopdeckScreen):
             return
         selected = self.topdeck.fleet.selected
         selected.symmetric_difference_update({name})
-        table = self.query_one("#hosts", DataTable)
+        table = self.query_one("#hosts", SafeTable)
         table.update_cell(name, "mark", MARK if name in selected else " ")
         if table.cursor_row < table.row_count - 1:
             table.move_cursor(row=table.cursor_row + 1, animate=False)
@@ -329,12 +331,12 @@ class FleetScreen(TopdeckScreen):
 
     def action_select_all(self) -> None:
         """Select every shown host; if all of them are selected already, select none."""
-        shown = {host.name for host in self.shown_hosts()}
+        names = {host.name for host in self.shown_hosts()}
         selected = self.topdeck.fleet.selected
-        if shown <= selected:
-            selected.difference_update(shown)
+        if names <= selected:
+            selected.difference_update(names)
         else:
-            selected.update(shown)
+            selected.update(names)
         self.populate()
 
     def action_select_tag(self) -> None:
@@ -348,10 +350,10 @@ class FleetScreen(TopdeckScreen):
             tag = tag.removeprefix("@")
             matching = {host.name for host in self.hosts if tag in host.tags}
             if not matching:
-                self.notify(f"no host has the tag {tag}", severity="warning")
+                self.notify(shown(f"no host has the tag {tag}"), severity="warning", markup=False)
                 return
             self.topdeck.fleet.selected.update(matching)
-            self.notify(f"selected {len(matching)} host(s) tagged {tag}")
+            self.notify(shown(f"selected {len(matching)} host(s) tagged {tag}"), markup=False)
             self.populate()
 
         self.app.push_screen(PromptScreen("Select the hosts with the tag:", placeholder="tag", suggestions=tags),
@@ -370,14 +372,14 @@ class FleetScreen(TopdeckScreen):
         box = self.query_one("#filter", Input)
         if not box.value.strip():
             box.remove_class("shown")
-        self.query_one("#hosts", DataTable).focus()
+        self.query_one("#hosts", SafeTable).focus()
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.value = ""
         box.remove_class("shown")
         self.filter_text, self.status_filter = "", ""
-        self.query_one("#hosts", DataTable).focus()
+        self.query_one("#hosts", SafeTable).focus()
         self.populate()
 
     def action_status_filter(self) -> None:
@@ -393,7 +395,7 @@ class FleetScreen(TopdeckScreen):
 
         hosts = self.targets()
         if not hosts:
-            self.notify("no host to plan: select hosts first", severity="warning")
+            self.notify("no host to plan: select hosts first", severity="warning", markup=False)
             return
         self.app.push_screen(PlanScreen(hosts), lambda _: self.after_run())
 

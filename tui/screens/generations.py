@@ -5,13 +5,12 @@ generation and the current one on demand."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, OptionList, Static
+from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from topdeck.core.diff import ClosureDiff
@@ -19,6 +18,8 @@ from topdeck.core.events import DeployResult
 from topdeck.core.fleet import Generation
 from topdeck.tui.present import diff_text, short_system, store_name
 from topdeck.tui.screens.base import TopdeckScreen
+from topdeck.tui.text import plain, shown
+from topdeck.tui.widgets.table import SafeTable
 
 GEN_COLUMNS = (("mark", " "), ("number", "gen"), ("date", "date"), ("version", "version"), ("system", "system"))
 
@@ -55,9 +56,9 @@ class GenerationsScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="body"):
-            yield OptionList(*(Option(name, id=name) for name in self.hosts), id="hostlist")
+            yield OptionList(*(Option(plain(name), id=name) for name in self.hosts), id="hostlist")
             with Vertical():
-                table: DataTable[Any] = DataTable(id="generations", cursor_type="row")
+                table: SafeTable = SafeTable(id="generations", cursor_type="row")
                 for key, label in GEN_COLUMNS:
                     table.add_column(label, key=key)
                 yield table
@@ -68,7 +69,7 @@ class GenerationsScreen(TopdeckScreen):
 
     def on_mount(self) -> None:
         self.query_one("#hostlist", OptionList).highlighted = 0 if self.hosts else None
-        self.query_one("#generations", DataTable).focus()
+        self.query_one("#generations", SafeTable).focus()
         self.show()
         for host in self.hosts:
             if host not in self.generations:
@@ -111,13 +112,13 @@ class GenerationsScreen(TopdeckScreen):
             self.show()
 
     def show(self) -> None:
-        table = self.query_one("#generations", DataTable)
+        table = self.query_one("#generations", SafeTable)
         table.clear()
         for generation in sorted(self.generations.get(self.host, ()), key=lambda g: -g.number):
             current = generation.current
             table.add_row(
                 Text("▶", style="bold green") if current else " ",
-                Text(str(generation.number), style="bold" if current else ""),
+                plain(str(generation.number), style="bold" if current else ""),
                 generation.date,
                 generation.version or "-",
                 short_system(generation.path),
@@ -129,24 +130,24 @@ class GenerationsScreen(TopdeckScreen):
         parts = [f"{self.host}: "]
         gens = self.generations.get(self.host)
         if self.host in self.errors:
-            line = Text(f"{self.host}: {self.errors[self.host]}", style="red")
+            line = plain(f"{self.host}: {self.errors[self.host]}", style="red")
             self.query_one("#statusline", Static).update(line)
             return
         if self.host in self.reading:
             parts.append("reading generations over SSH…")
         elif gens is not None:
             current = self.current(self.host)
-            parts.append(f"{len(gens)} generations, current {current.number if current else '-'}")
+            parts.append(shown(f"{len(gens)} generations, current {current.number if current else '-'}"))
         loading = len(self.reading)
         if loading:
-            parts.append(f" · loading {loading} host(s)")
-        self.query_one("#statusline", Static).update("".join(parts))
+            parts.append(shown(f" · loading {loading} host(s)"))
+        self.query_one("#statusline", Static).update(plain("".join(parts)))
 
     def current(self, host: str) -> Generation | None:
         return next((g for g in self.generations.get(host, ()) if g.current), None)
 
     def highlighted(self) -> Generation | None:
-        table = self.query_one("#generations", DataTable)
+        table = self.query_one("#generations", SafeTable)
         if not table.row_count:
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
@@ -167,10 +168,11 @@ class GenerationsScreen(TopdeckScreen):
         if generation is None or current is None:
             return
         if generation.number == current.number:
-            self.notify("this is the current generation; highlight another to compare", severity="warning")
+            self.notify("this is the current generation; highlight another to compare", severity="warning",
+                        markup=False)
             return
         backend, host, path = self.topdeck.backend, self.host, generation.path
-        self.query_one("#diff", Static).update(Text(f"comparing generation {generation.number} with the current "
+        self.query_one("#diff", Static).update(plain(f"comparing generation {generation.number} with the current "
                                                     f"one ({current.number})…", style="dim"))
         self.query_one("#diffbox").remove_class("empty")
         self.start(f"diff:{host}:{generation.number}", lambda emit, cancel: backend.generation_diff(host, path))
@@ -181,21 +183,22 @@ class GenerationsScreen(TopdeckScreen):
             return
         current = self.current(host)
         text = Text()
-        text.append(f"{host}: current generation {current.number if current else '?'} → generation {number}\n",
+        before = current.number if current else "?"
+        text.append(shown(f"{host}: current generation {before} → generation {number}") + "\n",
                     style="bold")
         text.append_text(diff_text(result))
         self.query_one("#diff", Static).update(text)
         self.query_one("#diffbox").remove_class("empty")
 
     def failed_diff(self, job: str, error: str, exception: BaseException) -> None:
-        self.query_one("#diff", Static).update(Text(error, style="red"))
+        self.query_one("#diff", Static).update(plain(error, style="red"))
 
     # --- rollbacks -----------------------------------------------------------------------------------
 
     def action_rollback_previous(self) -> None:
         previous = self.previous(self.host)
         if previous is None:
-            self.notify(f"{self.host}: no older generation to roll back to", severity="warning")
+            self.notify(shown(f"{self.host}: no older generation to roll back to"), severity="warning", markup=False)
             return
         self.confirm_rollback([self.host], None, f"Roll {self.host} back to its previous generation "
                               f"({previous.number}, {short_system(previous.path)})?")
@@ -205,13 +208,14 @@ class GenerationsScreen(TopdeckScreen):
         if generation is None:
             return
         if generation.current:
-            self.notify(f"{self.host} runs generation {generation.number} already", severity="warning")
+            self.notify(shown(f"{self.host} runs generation {generation.number} already"), severity="warning",
+                        markup=False)
             return
         self.confirm_rollback([self.host], generation.number,
                               f"Switch {self.host} to generation {generation.number} "
                               f"({store_name(generation.path)})?")
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_data_table_row_selected(self, event: SafeTable.RowSelected) -> None:
         self.action_switch_to()
 
     def action_rollback_all(self) -> None:
@@ -224,8 +228,8 @@ class GenerationsScreen(TopdeckScreen):
     def confirm_rollback(self, hosts: list[str], to: int | None, question: str) -> None:
         from topdeck.tui.widgets.dialogs import ConfirmScreen
 
-        text = Text(question + "\n", style="bold")
-        text.append("Each host activates that generation now (switch); its /run/current-system changes.")
+        text = plain(question, style="bold")
+        text.append("\nEach host activates that generation now (switch); its /run/current-system changes.")
 
         def answered(yes: bool | None) -> None:
             if yes:

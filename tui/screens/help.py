@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Label, Static
+
+from topdeck.tui.text import plain
 
 INTRO = (
     "topdeck pushes a NixOS system's closure to a B2 binary cache, points a pointer at it, and has hosts pull "
@@ -49,9 +50,9 @@ class HelpScreen(ModalScreen[None]):
                           binding.id or "")
         table.add_row("^p", "Command palette (every key here is a command)", "")
         with VerticalScroll():
-            yield Label(f"Keys: {getattr(self.under, 'help_title', type(self.under).__name__)}", classes="title")
+            yield Label(plain(f"Keys: {getattr(self.under, 'help_title', type(self.under).__name__)}"), classes="title")
             yield Static(table)
-            yield Static(Text(INTRO, style="dim"))
+            yield Static(plain(INTRO, style="dim"))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from topdeck.core.errors import ChangedHostKey
+from topdeck.tui.text import plain, shown
 
 
 class HostKeyScreen(ModalScreen[bool]):
@@ -46,24 +47,24 @@ class HostKeyScreen(ModalScreen[bool]):
         where = f"{error.host} ({error.address}:{error.port})"
         with Vertical():
             if self.changed:
-                yield Label(Text(f"HOST KEY CHANGED: {where}", style="bold red"), classes="title")
+                yield Label(plain(f"HOST KEY CHANGED: {where}", style="bold red"), classes="title")
                 text = Text()
                 text.append("The host presented a different key from the one pinned for it. This can be a "
                             "man-in-the-middle attack, or the host was reinstalled. topdeck refuses to connect.\n\n",
                             style="red")
-                text.append(f"pinned     {error.expected_fingerprint}\n")
-                text.append(f"presented  {key_type} {error.fingerprint}\n\n", style="bold")
+                text.append(shown(f"pinned     {error.expected_fingerprint}") + "\n")
+                text.append(shown(f"presented  {key_type} {error.fingerprint}") + "\n\n", style="bold")
                 text.append("If the change is expected, remove the old line by hand:\n")
                 name = getattr(error, "key_name", "") or (
                     error.address if error.port == 22 else f"[{error.address}]:{error.port}")
-                text.append(f"  ssh-keygen -R {name} -f {error.known_hosts}", style="bold")
+                text.append(shown(f"  ssh-keygen -R {name} -f {error.known_hosts}"), style="bold")
                 yield Static(text, id="keytext")
                 yield Static("[b]escape[/b] close (refused)", classes="keys")
             else:
-                yield Label(Text(f"Unknown host key: {where}", style="bold yellow"), classes="title")
+                yield Label(plain(f"Unknown host key: {where}", style="bold yellow"), classes="title")
                 text = Text()
-                text.append(f"{error.known_hosts} does not pin a key for this host yet. It presented:\n\n")
-                text.append(f"  {key_type} {error.fingerprint}\n\n", style="bold")
+                text.append(shown(f"{error.known_hosts} does not pin a key for this host yet. It presented:") + "\n\n")
+                text.append(shown(f"  {key_type} {error.fingerprint}") + "\n\n", style="bold")
                 text.append("Compare it with the host's own fingerprint (on the host: ssh-keygen -lf "
                             "/etc/ssh/ssh_host_ed25519_key.pub) before accepting it.")
                 yield Static(text, id="keytext")

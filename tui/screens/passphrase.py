@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from topdeck.core.errors import Cancelled
+from topdeck.tui.text import plain
 
 
 class PassphraseScreen(ModalScreen[str | None]):
@@ -34,7 +35,7 @@ class PassphraseScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"Passphrase for {self.key_file}", classes="title")
+            yield Label(plain(f"Passphrase for {self.key_file}"), classes="title")
             yield Input(password=True, id="passphrase")
             yield Static("[b]enter[/b] unlock    [b]escape[/b] cancel (or load the key into ssh-agent)",
                          classes="keys")

@@ -5,14 +5,13 @@ until the operator confirms here; the question names the host count and the mode
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import humanize
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Footer, Header, Static
 
 from topdeck.core.events import Event, Progress, PushResult
 from topdeck.core.fleet import POINTER_TARGET, FleetPlan
@@ -20,6 +19,8 @@ from topdeck.core.planview import plan_view
 from topdeck.core.vocabulary import Mode, PlanStatus
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
+from topdeck.tui.text import plain, shown
+from topdeck.tui.widgets.table import SafeTable
 
 PLAN_COLUMNS = (("host", "host"), ("status", "status"), ("paths", "fetch"), ("download", "download"),
                 ("unpacked", "unpacked"), ("free", "free /nix"), ("b2", "B2 B"))
@@ -63,7 +64,7 @@ class PlanScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="summary")
-        table: DataTable[Any] = DataTable(id="hosts", cursor_type="row")
+        table: SafeTable = SafeTable(id="hosts", cursor_type="row")
         for key, label in PLAN_COLUMNS:
             table.add_column(label, key=key)
         yield table
@@ -77,7 +78,7 @@ class PlanScreen(TopdeckScreen):
             self.action_replan()
         else:
             self.show()
-        self.query_one("#hosts", DataTable).focus()
+        self.query_one("#hosts", SafeTable).focus()
 
     # --- planning ----------------------------------------------------------------------------------
 
@@ -124,64 +125,65 @@ class PlanScreen(TopdeckScreen):
 
     def show_summary(self) -> None:
         text = Text()
-        text.append(f"Plan for {len(self.hosts)} host(s)", style="bold")
-        text.append(f": {', '.join(self.hosts[:8])}{' …' if len(self.hosts) > 8 else ''}\n")
+        text.append(shown(f"Plan for {len(self.hosts)} host(s)"), style="bold")
+        text.append(shown(f": {', '.join(self.hosts[:8])}{(' …' if len(self.hosts) > 8 else '')}") + "\n")
         text.append("target ")
-        text.append(self.target_label(), style="bold")
+        text.append(shown(self.target_label()), style="bold")
         text.append("   mode ")
-        text.append(self.mode, style="bold magenta")
+        text.append(shown(self.mode), style="bold magenta")
         if self.planning:
-            text.append(f"   planning… {self.progress}", style="yellow")
+            text.append(shown(f"   planning… {self.progress}"), style="yellow")
         self.query_one("#summary", Static).update(text)
 
     def show_hosts(self) -> None:
-        table = self.query_one("#hosts", DataTable)
+        table = self.query_one("#hosts", SafeTable)
         table.clear()
         if self.fleet_plan is None:
             return
         for host in self.fleet_plan.plan.hosts:
-            status = Text(PLAN_STATUS.get(host.status, host.status),
+            status = plain(PLAN_STATUS.get(host.status, host.status),
                           style=PLAN_STYLES.get(host.status, "red"))
             if host.state is None:
                 table.add_row(host.host, status, "-", "-", "-", "-", "-", key=host.host)
                 continue
-            free = Text(size(host.state.free_bytes), style="" if host.fits else "bold red")
-            table.add_row(host.host, status, str(host.fetch_paths), size(host.download_bytes),
-                          size(host.unpacked_bytes), free, str(host.class_b), key=host.host)
+            free = plain(size(host.state.free_bytes), style="" if host.fits else "bold red")
+            table.add_row(host.host, status, shown(str(host.fetch_paths)), size(host.download_bytes),
+                          size(host.unpacked_bytes), free, shown(str(host.class_b)), key=host.host)
 
     def show_diff(self) -> None:
         pane = self.query_one("#diff", Static)
         if self.fleet_plan is None:
             if self.error:
-                text = Text(f"No plan: {self.error}\n\n", style="red")
+                text = plain(f"No plan: {self.error}", style="red")
+                text.append("\n\n")
                 if self.missing_target:
                     text.append("This system is not in the cache yet. Press u to push it (only what the cache "
                                 "lacks is uploaded); the plan is made again afterwards.", style="bold yellow")
                 pane.update(text)
                 return
-            pane.update(Text("planning: one SSH round trip per host…" if self.planning else "", style="dim"))
+            pane.update(plain("planning: one SSH round trip per host…" if self.planning else "", style="dim"))
             return
         view = plan_view(self.fleet_plan.plan)
         text = Text()
         for group in view.groups:
-            text.append(", ".join(group.hosts), style="bold")
+            text.append(shown(", ".join(group.hosts)), style="bold")
             current = short_system(group.current) if group.current else "nothing"
-            text.append(f": {current} → {short_system(group.target)}\n")
+            text.append(shown(f": {current} → {short_system(group.target)}") + "\n")
             if group.up_to_date:
                 text.append("  already on the target: nothing to fetch\n\n", style="green")
                 continue
             text.append_text(diff_text(group.diff))
             closure = group.closure
-            text.append(f"  closure: {closure.paths_before} → {closure.paths_after} paths, "
-                        f"{size(closure.bytes_before)} → {size(closure.bytes_after)} "
-                        f"({signed_size(closure.bytes_delta)})\n", style="dim")
-            text.append(f"  fetch: {group.fetch_paths} paths, {size(group.download_bytes)} download, "
-                        f"{size(group.unpacked_bytes)} unpacked; {size(group.free_bytes)} free on /nix")
+            text.append(shown(f"  closure: {closure.paths_before} → {closure.paths_after} paths, "
+                              f"{size(closure.bytes_before)} → {size(closure.bytes_after)} "
+                              f"({signed_size(closure.bytes_delta)})") + "\n", style="dim")
+            text.append(shown(f"  fetch: {group.fetch_paths} paths, {size(group.download_bytes)} download, "
+                        f"{size(group.unpacked_bytes)} unpacked; {size(group.free_bytes)} free on /nix"))
             if not group.fits:
                 text.append("  DOES NOT FIT", style="bold red")
             text.append("\n\n")
         for host in view.unplanned:
-            text.append(f"{host.reason}\n", style="red")
+            text.append(shown(host.reason) + "\n", style="red")
             if host.host_key:
                 text.append("  press k on this host to see its key and accept or refuse it\n", style="yellow")
         pane.update(text)
@@ -189,18 +191,18 @@ class PlanScreen(TopdeckScreen):
     def show_status(self) -> None:
         line = Text()
         if self.error:
-            line.append(self.error, style="red")
+            line.append(shown(self.error), style="red")
             if self.missing_target:
                 line.append("  press u to push it to the cache", style="bold yellow")
         elif self.fleet_plan is not None:
             view = plan_view(self.fleet_plan.plan)
-            line.append(f"B2: about {humanize.intcomma(view.class_b)} class B transactions for the pulls "
-                        f"(free allowance {humanize.intcomma(view.free_class_b)} a day)")
+            line.append(shown(f"B2: about {humanize.intcomma(view.class_b)} class B transactions for the pulls "
+                        f"(free allowance {humanize.intcomma(view.free_class_b)} a day)"))
             for note in view.warnings:
-                line.append(f"\nwarning: {note}", style="bold yellow")
+                line.append("\n" + shown(f"warning: {note}"), style="bold yellow")
             ready = self.deployable()
             if ready:
-                line.append(f"\nd deploys {len(ready)} host(s) in {self.mode} mode, after you confirm",
+                line.append("\n" + shown(f"d deploys {len(ready)} host(s) in {self.mode} mode, after you confirm"),
                             style="dim")
         self.query_one("#statusline", Static).update(line)
 
@@ -216,8 +218,8 @@ class PlanScreen(TopdeckScreen):
 
         choices: list[tuple[str, str | Text]] = [("", "each host's own pointer")]
         for name, version in self.topdeck.fleet.pointers.items():
-            label = Text(f"pointer {name} → {store_name(version.path)} (serial {version.serial})" if version.verified
-                         else f"pointer {name}: {version.problem}")
+            label = plain(f"pointer {name} → {store_name(version.path)} (serial {version.serial})" if version.verified
+                          else f"pointer {name}: {version.problem}")
             choices.append((f"{POINTER_TARGET}{name}", label))
         choices.append(("path", "a toplevel store path…"))
 
@@ -248,7 +250,7 @@ class PlanScreen(TopdeckScreen):
 
         if not self.target or self.target.startswith(POINTER_TARGET):
             self.notify("the pointers' systems are in the cache already; choose a store path with t to push one",
-                        severity="warning")
+                        severity="warning", markup=False)
             return
 
         def pushed(result: PushResult | None) -> None:
@@ -274,7 +276,7 @@ class PlanScreen(TopdeckScreen):
                                         what=what), released)
 
     def action_host_key(self) -> None:
-        table = self.query_one("#hosts", DataTable)
+        table = self.query_one("#hosts", SafeTable)
         if table.row_count:
             row = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
             if row:
@@ -294,30 +296,31 @@ class PlanScreen(TopdeckScreen):
         from topdeck.tui.widgets.dialogs import ConfirmScreen
 
         if self.planning or self.fleet_plan is None:
-            self.notify("no plan yet" if not self.error else self.error, severity="warning")
+            self.notify("no plan yet" if not self.error else self.error, severity="warning", markup=False)
             return
         hosts = self.deployable()
         if not hosts:
-            self.notify("no host could be planned: nothing to deploy", severity="error")
+            self.notify("no host could be planned: nothing to deploy", severity="error", markup=False)
             return
         plan = self.fleet_plan.plan
         download = sum(h.download_bytes for h in plan.hosts if h.planned)
         question = Text()
-        question.append(f"Deploy to {len(hosts)} host{'s' if len(hosts) != 1 else ''} in {self.mode} mode?\n",
+        plural = "s" if len(hosts) != 1 else ""
+        question.append(shown(f"Deploy to {len(hosts)} host{plural} in {self.mode} mode?") + "\n",
                         style="bold")
-        question.append(f"{', '.join(hosts)}\n")
-        question.append(f"{size(download)} to download in all, about {plan.class_b} B2 class B transactions.")
+        question.append(shown(f"{', '.join(hosts)}") + "\n")
+        question.append(shown(f"{size(download)} to download in all, about {plan.class_b} B2 class B transactions."))
         skipped = [h.host for h in plan.hosts if not h.planned]
         if skipped:
-            question.append(f"\nNot planned, left alone: {', '.join(skipped)}", style="yellow")
+            question.append("\n" + shown(f"Not planned, left alone: {', '.join(skipped)}"), style="yellow")
         if plan.warnings:
-            question.append(f"\n{len(plan.warnings)} warning(s): see the plan", style="bold yellow")
+            question.append("\n" + shown(f"{len(plan.warnings)} warning(s): see the plan"), style="bold yellow")
 
         def answered(yes: bool | None) -> None:
             if yes:
                 self.start_deploy(hosts)
 
-        self.app.push_screen(ConfirmScreen(question, title=f"Deploy ({self.mode})"), answered)
+        self.app.push_screen(ConfirmScreen(question, title=shown(f"Deploy ({self.mode})")), answered)
 
     def start_deploy(self, hosts: list[str]) -> None:
         from topdeck.tui.screens.deploy import DeployScreen

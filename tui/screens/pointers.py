@@ -4,16 +4,17 @@ a pointer, or roll a pointer back to an earlier target (each after confirming)."
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import Footer, Header, Label, Static
 
 from topdeck.core.pointers import Pointer, PointerVersion, is_expired
 from topdeck.tui.present import short_system, until, when
 from topdeck.tui.screens.base import TopdeckScreen
+from topdeck.tui.text import plain, shown
+from topdeck.tui.widgets.table import SafeTable
 
 POINTER_COLUMNS = (("name", "pointer"), ("serial", "serial"), ("time", "published"), ("hosts", "hosts"),
                    ("target", "target"))
@@ -46,12 +47,12 @@ class PointersScreen(TopdeckScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        table: DataTable[Any] = DataTable(id="pointers", cursor_type="row")
+        table: SafeTable = SafeTable(id="pointers", cursor_type="row")
         for key, label in POINTER_COLUMNS:
             table.add_column(label, key=key)
         yield table
         yield Label(id="historytitle")
-        history: DataTable[Any] = DataTable(id="history", cursor_type="row")
+        history: SafeTable = SafeTable(id="history", cursor_type="row")
         for key, label in HISTORY_COLUMNS:
             history.add_column(label, key=key)
         yield history
@@ -59,7 +60,7 @@ class PointersScreen(TopdeckScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#pointers", DataTable).focus()
+        self.query_one("#pointers", SafeTable).focus()
         if self.pointers is None:
             self.action_reload()
         else:
@@ -83,8 +84,8 @@ class PointersScreen(TopdeckScreen):
     def failed_pointers(self, job: str, error: str, exception: BaseException) -> None:
         self.message = ""
         self.pointers = self.pointers or {}
-        self.notify(error, title="pointers", severity="error", timeout=10)
-        self.show_status(Text(error, style="red"))
+        self.notify(error, title="pointers", severity="error", timeout=10, markup=False)
+        self.show_status(plain(error, style="red"))
 
     def load_history(self, name: str) -> None:
         backend = self.topdeck.backend
@@ -99,15 +100,15 @@ class PointersScreen(TopdeckScreen):
     # --- showing -------------------------------------------------------------------------------------
 
     def show(self) -> None:
-        table = self.query_one("#pointers", DataTable)
+        table = self.query_one("#pointers", SafeTable)
         keep = self.pointer_name
         table.clear()
         followers: dict[str, int] = {}
         for host in self.topdeck.inventory.hosts:
             followers[host.pointer] = followers.get(host.pointer, 0) + 1
         for name, version in (self.pointers or {}).items():
-            table.add_row(Text(name, style="bold"), self.serial_cell(version),
-                          when(version.uploaded_ms / 1000, self.topdeck.clock), str(followers.get(name, 0)),
+            table.add_row(plain(name, style="bold"), self.serial_cell(version),
+                          when(version.uploaded_ms / 1000, self.topdeck.clock), shown(str(followers.get(name, 0))),
                           self.target_cell(version), key=name)
         if keep in table.rows:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
@@ -116,19 +117,19 @@ class PointersScreen(TopdeckScreen):
         self.show_history()
         self.show_status()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_data_table_row_highlighted(self, event: SafeTable.RowHighlighted) -> None:
         if event.data_table.id == "pointers" and event.row_key.value and event.row_key.value != self.pointer_name:
             self.pointer_name = str(event.row_key.value)
             self.show_history()
 
     def show_history(self) -> None:
         title = self.query_one("#historytitle", Label)
-        table = self.query_one("#history", DataTable)
+        table = self.query_one("#history", SafeTable)
         table.clear()
         if not self.pointer_name:
             title.update(Text("no pointers in the cache yet: push a toplevel with a pointer", style="dim"))
             return
-        title.update(Text(f"history of {self.pointer_name} (newest first)", style="bold"))
+        title.update(plain(f"history of {self.pointer_name} (newest first)", style="bold"))
         versions = self.histories.get(self.pointer_name)
         if versions is None:
             self.load_history(self.pointer_name)
@@ -136,28 +137,29 @@ class PointersScreen(TopdeckScreen):
         for index, version in enumerate(versions):
             table.add_row(Text("▶", style="bold green") if index == 0 else " ", self.serial_cell(version),
                           when(version.uploaded_ms / 1000, self.topdeck.clock), self.target_cell(version),
-                          Text(version.path), key=f"{index}")
+                          plain(version.path), key=f"{index}")
 
     def serial_cell(self, version: PointerVersion) -> Text:
-        return Text(str(version.serial)) if version.verified else Text("—", style="red")
+        return plain(version.serial) if version.verified else plain("—", style="red")
 
     def target_cell(self, version: PointerVersion) -> Text:
         """The target with its age (signed, expiry); an unverified version says why, never a path."""
         if not version.verified:
-            return Text(version.problem, style="bold red")
-        cell = Text(short_system(version.path))
+            return plain(version.problem, style="bold red")
+        cell = plain(short_system(version.path))
         if version.expires and is_expired(version.expires, self.topdeck.clock()):
-            cell.append(f" · expired {when(version.expires, self.topdeck.clock)}: hosts refuse it", style="bold red")
+            cell.append(shown(f" · expired {when(version.expires, self.topdeck.clock)}: hosts refuse it"),
+                        style="bold red")
         elif version.time:
-            cell.append(f" · signed {when(version.time, self.topdeck.clock)}", style="dim")
+            cell.append(shown(f" · signed {when(version.time, self.topdeck.clock)}"), style="dim")
             if version.expires:
-                cell.append(f", expires {until(version.expires, self.topdeck.clock)}", style="dim")
+                cell.append(shown(f", expires {until(version.expires, self.topdeck.clock)}"), style="dim")
         return cell
 
     def show_status(self, line: Text | None = None) -> None:
         if line is None:
             count = len(self.pointers or {})
-            line = Text(self.message or f"{count} pointer(s) · b rolls the highlighted pointer back (in the history "
+            line = plain(self.message or f"{count} pointer(s) · b rolls the highlighted pointer back (in the history "
                                         "table: to the highlighted version) · n publishes a path")
         self.query_one("#statusline", Static).update(line)
 
@@ -167,7 +169,7 @@ class PointersScreen(TopdeckScreen):
         """(to, version): the history row highlighted (if the history table has focus), else the previous verified
         one."""
         versions = self.histories.get(self.pointer_name) or []
-        history = self.query_one("#history", DataTable)
+        history = self.query_one("#history", SafeTable)
         if history.has_focus and history.row_count:
             key = history.coordinate_to_cell_key(history.cursor_coordinate).row_key.value
             version = versions[int(key)] if key is not None and key.isdigit() and int(key) < len(versions) else None
@@ -186,18 +188,19 @@ class PointersScreen(TopdeckScreen):
         to, version = self.rollback_choice()
         versions = [v for v in self.histories.get(self.pointer_name) or [] if v.verified]
         if version is not None and not version.verified:
-            self.notify(f"{self.pointer_name}: cannot roll back to this version: {version.problem}",
-                        severity="error")
+            self.notify(shown(f"{self.pointer_name}: cannot roll back to this version: {version.problem}"),
+                        severity="error", markup=False)
             return
         if version is None or (versions and version.path == versions[0].path):
-            self.notify(f"{self.pointer_name}: no earlier, different verified target to roll back to",
-                        severity="warning")
+            self.notify(shown(f"{self.pointer_name}: no earlier, different verified target to roll back to"),
+                        severity="warning", markup=False)
             return
         backend, name = self.topdeck.backend, self.pointer_name
-        question = Text(f"Point {name} back at {short_system(version.path)} (serial {version.serial})?\n",
-                        style="bold")
-        question.append(f"{version.path}\nThis publishes it as a new version; hosts that follow {name} get it "
-                        "on their next deploy.")
+        question = plain(f"Point {name} back at {short_system(version.path)} (serial {version.serial})?",
+                         style="bold")
+        question.append("\n" + shown(version.path) + "\n")
+        question.append(shown(f"This publishes it as a new version; hosts that follow {name} get it on their next "
+                              "deploy."))
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -220,19 +223,20 @@ class PointersScreen(TopdeckScreen):
 
         def got_path(pointer: str, path: str | None) -> None:
             if path:
-                self.app.push_screen(ConfirmScreen(Text(f"Point {pointer} at {path}?", style="bold"),
+                self.app.push_screen(ConfirmScreen(plain(f"Point {pointer} at {path}?", style="bold"),
                                                    title="Publish a pointer"), confirmed(path, pointer))
 
         def got_name(pointer: str | None) -> None:
             if pointer:
-                self.app.push_screen(PromptScreen(f"Store path to publish under {pointer}:",
+                self.app.push_screen(PromptScreen(shown(f"Store path to publish under {pointer}:"),
                                                   placeholder="/nix/store/…"), lambda p: got_path(pointer, p))
 
         self.app.push_screen(PromptScreen("Pointer name:", value=name, suggestions=sorted(self.pointers or {})),
                              got_name)
 
     def done_publish(self, job: str, result: Pointer) -> None:
-        self.notify(f"pointer {result.name} now names {short_system(result.path)} (serial {result.serial})")
+        self.notify(shown(f"pointer {result.name} now names {short_system(result.path)} (serial {result.serial})"),
+                    markup=False)
         self.action_reload()
 
     def action_back(self) -> None:

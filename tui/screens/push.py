@@ -16,6 +16,7 @@ from textual.widgets import Footer, Header, Log, ProgressBar, Static
 from topdeck.core.events import Emit, Event, LogLine, Progress, PushResult
 from topdeck.tui.present import duration, short_system, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
+from topdeck.tui.text import plain, shown
 
 Runner = Callable[[Emit, threading.Event], PushResult]
 
@@ -63,13 +64,13 @@ class PushScreen(TopdeckScreen):
     def on_mount(self) -> None:
         text = Text()
         if self.what:
-            text.append(self.what, style="bold")
+            text.append(shown(self.what), style="bold")
         else:
             text.append("Pushing ", style="bold")
-            text.append(short_system(self.path), style="bold cyan")
-            text.append(f" to the cache\n{self.path}")
+            text.append(shown(short_system(self.path)), style="bold cyan")
+            text.append(" to the cache\n" + shown(self.path))
         if self.pointer:
-            text.append(f"\nthen pointing {self.pointer} at it")
+            text.append("\n" + shown(f"then pointing {self.pointer} at it"))
         self.query_one("#what", Static).update(text)
         self.show()
         if self.start_job:
@@ -92,44 +93,45 @@ class PushScreen(TopdeckScreen):
         elif isinstance(event, LogLine):
             log = self.query_one("#log", Log)
             log.display = True
-            log.write_line(f"{event.host} | {event.text}" if event.host else event.text)
+            log.write_line(shown(f"{event.host} | {event.text}" if event.host else event.text))
 
     def show(self) -> None:
         event = self.progress
         bar = self.query_one("#bar", ProgressBar)
         numbers = Text()
-        numbers.append(f"{self.phase:<9}", style="bold")
+        numbers.append(shown(f"{self.phase:<9}"), style="bold")
         if event is not None:
             if event.bytes_total:
                 bar.update(total=event.bytes_total, progress=event.bytes_done)
             elif event.paths_total:
                 bar.update(total=event.paths_total, progress=event.paths_done)
             if event.paths_total:
-                numbers.append(f" paths {event.paths_done} of {event.paths_total}")
+                numbers.append(shown(f" paths {event.paths_done} of {event.paths_total}"))
             if event.bytes_total:
-                numbers.append(f" · {size(event.bytes_done)} of {size(event.bytes_total)}")
+                numbers.append(shown(f" · {size(event.bytes_done)} of {size(event.bytes_total)}"))
             if event.rate:
-                numbers.append(f" · {size(event.rate)}/s")
+                numbers.append(shown(f" · {size(event.rate)}/s"))
                 if event.bytes_total > event.bytes_done:
-                    numbers.append(f" · ETA {duration((event.bytes_total - event.bytes_done) / event.rate)}")
-            self.query_one("#current", Static).update(f"current: {store_name(event.current)}" if event.current
-                                                      else "")
+                    numbers.append(shown(f" · ETA {duration((event.bytes_total - event.bytes_done) / event.rate)}"))
+            self.query_one("#current", Static).update(plain(f"current: {store_name(event.current)}" if event.current
+                                                      else ""))
         self.query_one("#numbers", Static).update(numbers)
         result = Text()
         if self.result is not None:
             r, t = self.result, self.result.transactions
             bar.update(total=1, progress=1)
             result.append("pushed ", style="bold green")
-            result.append(f"{r.paths_uploaded} of {r.paths_total} paths ({size(r.nar_bytes_uploaded)}, "
-                          f"{size(r.file_bytes_uploaded)} compressed), {r.paths_skipped} already there, "
-                          f"in {r.seconds:.1f} s\nB2 transactions: class A {t.a}, class B {t.b}, class C {t.c}")
+            result.append(shown(f"{r.paths_uploaded} of {r.paths_total} paths ({size(r.nar_bytes_uploaded)}, "
+                                f"{size(r.file_bytes_uploaded)} compressed), {r.paths_skipped} already there, "
+                                f"in {r.seconds:.1f} s") + "\n"
+                          + shown(f"B2 transactions: class A {t.a}, class B {t.b}, class C {t.c}"))
             for pointer in r.pointers or ():
-                result.append(f"\npointer {pointer.name}: serial {pointer.serial}")
+                result.append("\n" + shown(f"pointer {pointer.name}: serial {pointer.serial}"))
             if r.pointer and not r.pointers:
-                result.append(f"\npointer {r.pointer}: serial {r.pointer_serial}")
+                result.append("\n" + shown(f"pointer {r.pointer}: serial {r.pointer_serial}"))
             result.append("\nescape: back to the plan", style="dim")
         elif self.error:
-            result.append(f"failed: {self.error}", style="bold red")
+            result.append(shown(f"failed: {self.error}"), style="bold red")
         elif self.cancel.is_set() and self.running:
             result.append("cancelling… (what is uploaded stays; a re-run finishes the job)", style="yellow")
         self.query_one("#result", Static).update(result)
@@ -149,7 +151,7 @@ class PushScreen(TopdeckScreen):
 
     def action_back(self) -> None:
         if self.running:
-            self.notify("the push is running: c cancels it", severity="warning")
+            self.notify("the push is running: c cancels it", severity="warning", markup=False)
             return
         self.dismiss(self.result)
 

@@ -12,6 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from topdeck.tui.text import as_text, plain
+
 DIALOG_CSS = """
 {name} {{
     align: center middle;
@@ -51,8 +53,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(Text(self.title_text, style="bold red" if self.danger else "bold"), classes="title")
-            yield Static(self.question, id="question")
+            yield Label(plain(self.title_text, style="bold red" if self.danger else "bold"), classes="title")
+            yield Static(as_text(self.question), id="question")
             yield Static("[b]y[/b] yes    [b]n[/b] no", classes="keys")
 
     def action_answer(self, answer: bool) -> None:
@@ -74,11 +76,11 @@ class PromptScreen(ModalScreen[str | None]):
         from textual.suggester import SuggestFromList
 
         with Vertical():
-            yield Label(self.question, classes="title")
+            yield Label(as_text(self.question), classes="title")
             yield Input(self.value, placeholder=self.placeholder, id="answer",
                         suggester=SuggestFromList(self.suggestions) if self.suggestions else None)
             if self.suggestions:
-                yield Static("one of: " + ", ".join(self.suggestions), classes="keys")
+                yield Static(plain("one of: " + ", ".join(self.suggestions)), classes="keys")
             yield Static("[b]enter[/b] ok    [b]escape[/b] cancel", classes="keys")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -103,8 +105,8 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, classes="title")
-            yield OptionList(*(Option(label, id=key) for key, label in self.choices), id="choices")
+            yield Label(as_text(self.title_text), classes="title")
+            yield OptionList(*(Option(as_text(label), id=key) for key, label in self.choices), id="choices")
             yield Static("[b]↑↓[/b] move    [b]enter[/b] choose    [b]escape[/b] cancel", classes="keys")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
