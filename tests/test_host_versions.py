@@ -146,6 +146,16 @@ def ssh_with_input(lab, name: str, command: str, data: bytes) -> tuple[int, str,
         client.close()
 
 
+def run_agent(lab, name: str, role: str, url: str, key: str, signer: str) -> tuple[int, str, str]:
+    """Install the host script on the host as its pull agent, and run it once for the pointer `role`."""
+    code, _, err = ssh_with_input(lab, name, "mkdir -p /root/agent && cat > /root/agent/topdeck-host.sh",
+                                  host_script())
+    assert code == 0, err
+    return ssh_run(lab, name, shlex.join(["sh", "/root/agent/topdeck-host.sh", "agent", "--pointer", role,
+                                          "--sidecar", f"{url}/toplevels/{role}.json", "--cache", url, "--key", key,
+                                          "--signer", signer]))
+
+
 def host_state(lab, name: str) -> dict[str, object]:
     host = lab.host(name)
     return {"current": host.sh("readlink -f /run/current-system").strip(),
@@ -475,13 +485,7 @@ def test_the_pull_agent_applies_its_pointer(lab, inventory, cache_access, small_
     nix = dry_run(lab, name, target, url, key)
     signer = ssh_public_key(trusted_key(load_inventory(inventory)))
     before = host_state(lab, name)
-    code, _, err = ssh_with_input(lab, name, "mkdir -p /root/agent && cat > /root/agent/topdeck-host.sh",
-                                  host_script())
-    assert code == 0, err
-    agent = shlex.join(["sh", "/root/agent/topdeck-host.sh", "agent", "--pointer", role,
-                        "--sidecar", f"{url}/toplevels/{role}.json", "--cache", url, "--key", key, "--signer", signer])
-
-    code, out, err = ssh_run(lab, name, agent)
+    code, out, err = run_agent(lab, name, role, url, key, signer)
 
     assert code == 0, out[-2000:] + err
     after = host_state(lab, name)
@@ -494,7 +498,7 @@ def test_the_pull_agent_applies_its_pointer(lab, inventory, cache_access, small_
     progress = [line.split("\t") for line in out.splitlines() if line.startswith("progress\t")][-1]
     assert progress[1:4] == [str(planned["fetch_paths"]), str(planned["fetch_paths"]), str(planned["download_bytes"])]
 
-    code, out, _ = ssh_run(lab, name, agent)
+    code, out, _ = run_agent(lab, name, role, url, key, signer)
     assert code == 0 and "already running" in out
     assert host_state(lab, name) == after
 
@@ -562,12 +566,7 @@ def test_an_expired_pointer_is_refused_by_the_agent_on_each_kind(lab, inventory,
     role = ROLES[name]
     signer = ssh_public_key(trusted_key(load_inventory(inventory)))
     before = host_state(lab, name)
-    code, _, err = ssh_with_input(lab, name, "mkdir -p /root/agent && cat > /root/agent/topdeck-host.sh",
-                                  host_script())
-    assert code == 0, err
-    agent = shlex.join(["sh", "/root/agent/topdeck-host.sh", "agent", "--pointer", role,
-                        "--sidecar", f"{url}/toplevels/{role}.json", "--cache", url, "--key", key, "--signer", signer])
-    code, out, err = ssh_run(lab, name, agent)
+    code, out, err = run_agent(lab, name, role, url, key, signer)
     assert code == 1, out + err
     result = [line.split("\t") for line in out.splitlines() if line.startswith("result\t")]
     assert len(result) == 1 and re.fullmatch(rf"pointer {role}: expired at \S+Z \(signed \S+Z\); publish it again",
