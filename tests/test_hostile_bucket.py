@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from deploytools import deploy, deploy_inventory, release, topdeck
+from deploytools import deploy, deploy_inventory, release, three_host_lab, topdeck
 
 from topdeck.core import pointers
 from topdeck.core.caches import open_cache
@@ -26,6 +26,13 @@ from topdeck.lab import factory
 pytestmark = pytest.mark.lab
 HOSTS = ("host-1", "host-2", "host-3")
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A lab of this module's own: its deploys move hosts that the session's lab keeps on generation 1."""
+    with three_host_lab(tmp_path_factory.mktemp("hostilebucketlab"), "127.0.40.11") as lab:
+        yield lab
 
 
 @pytest.fixture
