@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up what is missing first.
 # `make check` is the fast one for a change (about a minute, no root): lint, types, shellcheck and the unit tier.
-.PHONY: setup demo test check check-setup lint shellcheck unit bench lab-down
+.PHONY: setup demo test check check-setup lint shellcheck unit unit-tui unit-rest bench lab-down
 
 # VENV=/path/to/.venv runs the checks with another venv (as it is: nothing is installed into it).
 VENV ?= .venv
@@ -21,7 +21,10 @@ test: setup
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # What needs neither root, Nix nor the lab; CI runs it before `make test`, so a type or unit error fails in a minute.
-check: check-setup lint shellcheck unit
+# Its parts run side by side (the TUI's unit tests, about two thirds of the tier's time, in a pytest of their own),
+# each part's output printed whole when it ends.
+check: check-setup
+	@$(MAKE) --no-print-directory -j4 --output-sync=target lint shellcheck unit-tui unit-rest
 
 check-setup:
 ifeq ($(VENV),.venv)
@@ -37,8 +40,16 @@ shellcheck: check-setup
 	shellcheck -s sh $(SH_SCRIPTS)
 	shellcheck $(BASH_SCRIPTS)
 
+# The unit tier in one pytest run; `make check` runs the same tests as the two halves below, at once.
+UNIT_PYTEST = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 unit: check-setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+	$(UNIT_PYTEST) tests/unit $(PYTEST_ARGS)
+
+unit-tui: check-setup
+	$(UNIT_PYTEST) $(wildcard tests/unit/test_tui_*.py) $(PYTEST_ARGS)
+
+unit-rest: check-setup
+	$(UNIT_PYTEST) --ignore-glob='tests/unit/test_tui_*' tests/unit $(PYTEST_ARGS)
 
 # Every benchmark against its baseline (needs root: it starts its own lab); writes bench/RESULTS.md.
 # `.venv/bin/python -m bench --help` lists them; `.venv/bin/python -m bench NAME --quick` runs one, with fewer repeats.
