@@ -1,5 +1,12 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up what is missing first.
-.PHONY: setup demo test lint bench lab-down
+# `make check` is the fast one for a change (about a minute, no root): lint, types, shellcheck and the unit tier.
+.PHONY: setup demo test check check-setup lint shellcheck unit unit-tui unit-rest bench lab-down
+
+# VENV=/path/to/.venv runs the checks with another venv (as it is: nothing is installed into it).
+VENV ?= .venv
+# POSIX sh run on the hosts and in the lab's image roots (no #! line: checked as sh), and the bash scripts here.
+SH_SCRIPTS = core/host.sh core/probe.sh lab/image/configure.sh
+BASH_SCRIPTS = scripts/setup.sh scripts/test-on-debian13.sh .ci/run
 
 setup:
 	@scripts/setup.sh
@@ -8,13 +15,41 @@ demo: setup
 	.venv/bin/topdeck demo
 
 # The lab's image hosts (Debian 13 and sid roots) are built once, cached in /var/cache/topdeck-lab/images.
+# Both tiers: tests/unit/ and tests/lab/ (the lab needs root).
 test: setup
 	.venv/bin/topdeck lab images --build
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
-lint: setup
-	.venv/bin/ruff check core cli tui lab tests bench
-	.venv/bin/mypy
+# What needs neither root, Nix nor the lab; CI runs it before `make test`, so a type or unit error fails in a minute.
+# Its parts run side by side (the TUI's unit tests, about two thirds of the tier's time, in a pytest of their own),
+# each part's output printed whole when it ends.
+check: check-setup
+	@$(MAKE) --no-print-directory -j4 --output-sync=target lint shellcheck unit-tui unit-rest
+
+check-setup:
+ifeq ($(VENV),.venv)
+	@scripts/setup.sh --check
+endif
+
+lint: check-setup
+	$(VENV)/bin/ruff check --no-cache core cli tui lab tests bench
+	$(VENV)/bin/mypy --cache-dir "$${TMPDIR:-/tmp}/topdeck-mypy-$$(id -u)"
+
+# Clean, with no exclusion list: each deliberate exception is a `# shellcheck disable=` beside its line, with why.
+shellcheck: check-setup
+	shellcheck -s sh $(SH_SCRIPTS)
+	shellcheck $(BASH_SCRIPTS)
+
+# The unit tier in one pytest run; `make check` runs the same tests as the two halves below, at once.
+UNIT_PYTEST = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+unit: check-setup
+	$(UNIT_PYTEST) tests/unit $(PYTEST_ARGS)
+
+unit-tui: check-setup
+	$(UNIT_PYTEST) $(wildcard tests/unit/test_tui_*.py) $(PYTEST_ARGS)
+
+unit-rest: check-setup
+	$(UNIT_PYTEST) --ignore-glob='tests/unit/test_tui_*' tests/unit $(PYTEST_ARGS)
 
 # Every benchmark against its baseline (needs root: it starts its own lab); writes bench/RESULTS.md.
 # `.venv/bin/python -m bench --help` lists them; `.venv/bin/python -m bench NAME --quick` runs one, with fewer repeats.

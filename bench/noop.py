@@ -3,7 +3,7 @@ existence check, as `nix copy` does it.
 
 topdeck's runs keep b2sdk's account info between them, as `topdeck push` does in the state folder: every run after
 the first needs no authorize. The closure's manifest answers for every path, so the bucket's size does not count
-(tests/test_push_cost.py shows the same cost at 1,000 and 20,000 names).
+(tests/lab/test_push_cost.py shows the same cost at 1,000 and 20,000 names).
 
 The baseline is the real `nix copy --to http://<emulator>/file/<bucket>/<prefix>` of the same closure: with every
 path present it uploads nothing, and only asks for each path's narinfo (one class B download per path). Both sides

@@ -25,7 +25,7 @@ BAR_WIDTH = 20
 def say(text: str = "", file: TextIO | None = None) -> None:
     """Print one line on stdout (or `file`). Every line the CLI prints goes through here or `say_json`: the text
     passes through `shown`, so a value from a host, the bucket, Nix or the inventory inside it can neither start
-    another line nor drive the terminal (tests/test_shown.py checks that cli/ prints nothing any other way)."""
+    another line nor drive the terminal (tests/unit/test_shown.py checks that cli/ prints nothing any other way)."""
     print(shown(text), file=file or sys.stdout, flush=True)
 
 

@@ -71,9 +71,9 @@ event() {  # record an event for `follow`, and print it
 
 # --- arguments --------------------------------------------------------------------------------------
 
-cache= key= confirm=0 need_kib= pointer= sidecar= signer= generation= on_failed_units=rollback specialisation=
-status= with_reboot= rebooted=
-check_command= check_http= check_units= booted_check=
+cache='' key='' confirm=0 need_kib='' pointer='' sidecar='' signer='' generation='' on_failed_units=rollback specialisation=''
+status='' with_reboot='' rebooted=''
+check_command='' check_http='' check_units='' booted_check=''
 parse_options() {
     while [ $# -gt 0 ]; do
         [ $# -ge 2 ] || [ "$1" = --check-units ] || [ "$1" = --reboot ] || usage "option $1 needs a value"
@@ -153,6 +153,7 @@ make_rundir() {  # the folder of a run that reboots the host is kept under /nix,
         fail "a reboot of an earlier run is still pending here ($REBOOT/pending: $(one_line "$(cat "$REBOOT/pending")")): reboot the host to let its guard end it: nothing was changed"
     fi
     rm -rf "$REBOOT/run"
+    # shellcheck disable=SC2015  # either step failing is the same failure
     mkdir -p "$REBOOT/run" && ln -s "$REBOOT/run" "$rundir" || fail "cannot create $REBOOT/run"
 }
 
@@ -169,6 +170,7 @@ has_field() {
 MAX_SERIAL=9007199254740992
 check_number() {  # NAME VALUE
     case $2 in '' | *[!0-9]*) fail "pointer $pointer: the sidecar's $1 is not a number" ;; esac
+    # shellcheck disable=SC2015  # either test failing is the same failure
     [ ${#2} -le 16 ] && [ "$2" -le "$MAX_SERIAL" ] || fail "pointer $pointer: the sidecar's $1 is above 2^53"
 }
 
@@ -241,6 +243,7 @@ cache_refusal() {  # why the cache does not serve $1: no answer, or a refusal (B
 # print "%.2f MiB" whatever the size ("0.00 MiB" for 700 bytes, "5120.00 MiB"); 2.34 the unit that fits, one
 # decimal, and KiB also below 1 KiB ("0.7 KiB", "293.0 KiB", "50.0 MiB", "3.0 GiB", "5.0 TiB"). Plain bytes ("512 B",
 # "512 bytes") are read too; "?" for anything else. printf "%.0f": Debian 12's mawk clamps "%d" at 2^31 - 1.
+# shellcheck disable=SC2016  # an awk program: its $ are awk's
 SIZE_AWK='
 {
     power = -1
@@ -288,6 +291,7 @@ check_space() {
 # more keys after it); so do lines that are not JSON (Nix 2.8 prints the warnings of reading its configuration,
 # "warning: unknown setting 'x'", before its JSON logger starts). Numbers are printed with "%.0f": Debian 12's
 # mawk clamps "%d" at 2^31 - 1.
+# shellcheck disable=SC2016  # an awk program: its $ are awk's
 PROGRESS_AWK='
 function number(key,   at) { at = index($0, "\"" key "\":"); return at ? substr($0, at + length(key) + 3) + 0 : -1 }
 function word(key,   text) {  # a number as text: activity ids are too large for some awks as array keys
@@ -413,8 +417,8 @@ deploy() {
     event state target "$target"
     if [ -z "$generation" ] && already_there; then
         record_pointer_serial
-        record_last_run done
-        event result done "already running $target: nothing to do"
+        record_last_run "done"
+        event result "done" "already running $target: nothing to do"
         exit 0
     fi
     if [ -z "$generation" ]; then fetch; fi
@@ -533,6 +537,7 @@ unit_alive() {  # whether the unit that runs (or takes the lock over for) run $1
 activate() {
     check_run_id "$1"
     run=$1
+    # shellcheck source=/dev/null  # the run's env file, written by `start` at run time
     . "$rundir/env"
     take_over activate
     [ -d /run/systemd/system ] || exec > /dev/null  # under systemd, the unit's output goes to the journal
@@ -546,7 +551,7 @@ activate() {
         detach watch
         exit 0
     fi
-    finish done "$note"
+    finish "done" "$note"
 }
 
 run_switch() {  # the switch's output into the run's log and the journal; its status in $status
@@ -564,7 +569,7 @@ outcome_of_switch() {
         0) ;;
         100)
             case $mode in
-                switch | boot) finish done "installed $target as the boot default; it takes effect after a reboot (its init is incompatible with the running one, so nothing was activated)" ;;
+                switch | boot) finish "done" "installed $target as the boot default; it takes effect after a reboot (its init is incompatible with the running one, so nothing was activated)" ;;
                 *) revert "$target cannot be activated without a reboot (its init is incompatible with the running one): deploy it with --mode boot and reboot" ;;
             esac ;;
         4)
@@ -583,11 +588,12 @@ outcome_of_switch() {
 watch() {  # the magic-rollback watcher, detached like the activation: confirm in time, or return
     check_run_id "$1"
     run=$1
+    # shellcheck source=/dev/null  # the run's env file, written by `start` at run time
     . "$rundir/env"
     take_over watch
     [ -d /run/systemd/system ] || exec > /dev/null
     await_confirmation
-    finish done "$(cat "$rundir/note" 2>/dev/null || printf '%s of %s' "$mode" "$target")"
+    finish "done" "$(cat "$rundir/note" 2>/dev/null || printf '%s of %s' "$mode" "$target")"
 }
 
 await_confirmation() {
@@ -661,7 +667,7 @@ record_pointer_serial() {
 }
 
 finish() {
-    if [ "$1" = done ]; then record_pointer_serial; fi
+    if [ "$1" = "done" ]; then record_pointer_serial; fi
     rm -f "$GCROOTS/$run" "$rundir/unit"
     record_last_run "$1"
     if [ -n "$with_reboot" ]; then
@@ -702,12 +708,13 @@ reboot_verb() {  # reboot RUN [options]: boot the boot default again, guarded; t
     parse_options "$@"
     check_can_reboot
     take_lock
+    # shellcheck disable=SC2015  # either step failing is the same failure
     target=$(readlink -f "$PROFILE" 2>/dev/null) && [ -e "$target" ] || fail "this host has no system profile to boot: nothing was changed"
     event state target "$target"
     prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
     event state before "$prev_current"
     event state generation "$(generation_of "$PROFILE")"
-    prev_gen= prev_profile= new_gen= created=
+    prev_gen='' prev_profile='' new_gen='' created=''
     if [ "$target" != "$prev_current" ]; then  # the boot default is another system: return to the running one
         prev_gen=$(generation_naming "$prev_current")
         [ -z "$prev_gen" ] || prev_profile=$prev_current
@@ -733,6 +740,7 @@ generation_naming() {  # the newest system generation whose system is $1, if the
 reboot_now() {  # the detached part of `reboot`
     check_run_id "$1"
     run=$1
+    # shellcheck source=/dev/null  # the run's env file, written by `start` at run time
     . "$rundir/env"
     take_over reboot-now
     reboot_into "the host did not reboot"
@@ -771,6 +779,7 @@ boot_guard() {  # at boot, before sshd: take over the run that rebooted the host
     read -r phase run < "$REBOOT/pending" || exit 0
     check_run_id "$run"
     mkdir -p "$RUNTIME/runs" && ln -sfn "$REBOOT/run" "$rundir" || exit 1
+    # shellcheck source=/dev/null  # the run's env file, written by `start` at run time
     . "$rundir/env"
     exec 9>>"$RUNTIME/lock"
     flock -n 9 || { echo "topdeck-host: the host's lock is held at boot" >&2; exit 1; }
@@ -785,7 +794,7 @@ boot_guard() {  # at boot, before sshd: take over the run that rebooted the host
             set_pending waiting
             [ "$booted" = "$target" ] || revert "it booted ${booted:-no system}, not $target"
             printf 'booted %s\n' "$target" > "$rundir/note"
-            [ "$confirm" -gt 0 ] || finish done "booted $target"
+            [ "$confirm" -gt 0 ] || finish "done" "booted $target"
             detach watch ;;
         waiting) revert "it booted again before it was confirmed" ;;
         returning) returned ;;
@@ -965,12 +974,14 @@ generations() {
 }
 
 closures() {
+    # shellcheck disable=SC2015  # either test failing is the same failure
     [ $# = 1 ] && matches "$1" "$STORE_PATH_RE" || usage "closures PATH"
     list=$(mktemp) || exit 1
     index=0
     for top in "$(readlink -f /run/current-system)" "$1"; do
         nix-store --query --requisites "$top" > "$list" 2>/dev/null \
             || { rm -f "$list"; line result failed "$top is not in this host's store"; exit 1; }
+        # shellcheck disable=SC2094  # $list is only read, twice (paths beside their sizes)
         xargs nix-store --query --size < "$list" | paste "$list" - | sed "s/^/closure$TAB$index$TAB/"
         index=$((index + 1))
     done

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what topdeck's lab, tests and demo need, idempotently: Debian packages, then a .venv.
 # The lab needs root on Linux (mount namespaces, sshd on 127.0.0.x); using topdeck on a real fleet does not.
+# `setup.sh --check` sets up only what `make check` needs (shellcheck and the .venv), so it runs as any user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # debootstrap and systemd-container build and boot the lab's image hosts (Debian roots with systemd as PID 1);
 # git is what Nix reads a flake in a git repository with (and the flake tests make one).
+# `make check` needs shellcheck.
 DEBIAN_PACKAGES=(nix-bin openssh-server openssh-client iproute2 util-linux curl sudo passwd tmux librsvg2-bin git
-                 python3-venv debootstrap systemd-container)
+                 python3-venv debootstrap systemd-container shellcheck)
+if [ "${1:-}" = --check ]; then
+    DEBIAN_PACKAGES=(python3-venv shellcheck)
+fi
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -1,10 +1,16 @@
-"""Fixtures shared by the end-to-end tests: one lab for the whole session, on its own addresses."""
+"""What both tiers share: the folder marks (tests/unit/ is `unit`, tests/lab/ is `lab`), the session's state folder,
+and the end-to-end tests' lab: one for the whole session, on its own addresses.
+
+The helpers beside this file (labtools.py, deploytools.py, nixtools.py, tui_fakes.py, hostile*.py, shownlint.py,
+agentmodule.py) are imported by plain name from both tiers: pytest puts this folder on `sys.path` when it loads this
+conftest (the default `prepend` import mode, no `__init__.py`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +29,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # topdeck's own state (run records) goes to a folder of this session, never to the user's ~/.local/state
     _STATE.append(tempfile.mkdtemp(prefix="topdeck-test-state-"))
     os.environ["XDG_STATE_HOME"] = _STATE[0]
+
+
+TIERS = {"unit": Path(__file__).parent / "unit", "lab": Path(__file__).parent / "lab"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test by its folder, so `-m unit` and `-m lab` select a tier from any list of paths."""
+    for item in items:
+        for marker, folder in TIERS.items():
+            if folder in item.path.parents:
+                item.add_marker(marker)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

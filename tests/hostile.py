@@ -1,5 +1,5 @@
 """What a hostile host (or bucket writer) puts in the text the operator sees: Rich markup, terminal escape
-sequences, bidi overrides and a forged error line. Shared by tests/test_shown.py (units) and the hostile host
+sequences, bidi overrides and a forged error line. Shared by tests/unit/test_shown.py (units) and the hostile host
 (tests/hostile_host.py, over real SSH)."""
 
 from __future__ import annotations

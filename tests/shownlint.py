@@ -1,4 +1,4 @@
-"""The lint behind tests/test_shown.py: read from the source, where the front ends draw text.
+"""The lint behind tests/unit/test_shown.py: read from the source, where the front ends draw text.
 
 cli/: every `print`, `input`, `getpass` and stream `write` lives in cli/output.py, and there each one writes a
 literal, `shown(...)`, `json.dumps(...)` or an f-string of integers (`{n:d}`); everything else prints through

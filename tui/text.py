@@ -1,6 +1,6 @@
 """Foreign text in the TUI: drawn as `Text`, never parsed as markup, built from `core.shown` (no Textual here).
 
-tests/test_shown.py checks that tui/ draws no other way: no `DataTable` but tui/widgets/table.py's `SafeTable`,
+tests/unit/test_shown.py checks that tui/ draws no other way: no `DataTable` but tui/widgets/table.py's `SafeTable`,
 no string built at run time handed to a widget, a notification or a `Text` without going through `plain` (for
 what parses markup) or `shown`."""
 

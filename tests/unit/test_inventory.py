@@ -1,4 +1,5 @@
-"""The inventory loader: the demo fleet loads; every kind of bad inventory is refused with file, key and reason."""
+"""The inventory loader: the demo fleet loads; every kind of bad inventory is refused with file, key and reason
+(git flakes and the CLI as a process: tests/lab/test_inventory_git.py)."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 from topdeck.core.errors import InventoryError
 from topdeck.core.inventory import load_inventory, select_hosts
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = '[cache]\nbucket = "topdeck-test"\nprefix = "cache"\n'
 HOST = 'address = "127.0.0.11"\npointer = "web"\ntags = ["web"]\n'
 
@@ -135,19 +136,6 @@ def test_unreadable_host_file(tmp_path):
         load_inventory(root)
 
 
-def test_cli_reports_bad_inventory_in_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    root = write_inventory(tmp_path / "inv", {"web-1": HOST + "port = 0\n"})
-    result = subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(root)],
-                            capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "port: 0 is not a port" in result.stderr
-
-
 @pytest.mark.parametrize("url,kept", [
     ("https://nix-cache.example.org", "https://nix-cache.example.org"),
     ("https://nix-cache.example.org/file/my-nix-cache/cache/", "https://nix-cache.example.org/file/my-nix-cache/cache"),
@@ -226,32 +214,3 @@ def test_a_secret_inside_a_flake_nix_copies_whole_is_refused(tmp_path, key, flak
     assert f"cache.{key}: {root}/secret.key would be copied with flake {root} into" in str(error.value)
 
 
-def _git(root: Path, *args: str) -> None:
-    import subprocess
-
-    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                   capture_output=True)
-
-
-@pytest.mark.parametrize("flake", [".", "git+file:{root}", "git+file://{root}"])
-def test_a_secret_tracked_in_a_git_flake_is_refused_and_an_untracked_one_is_not(tmp_path, flake):
-    root = tmp_path / "inv"
-    _flake_inventory(root, "gc_credentials_file", flake.format(root=root))
-    _git(root, "init", "-q")
-    assert load_inventory(root).cache.gc_credentials_file == root / "secret.key"  # untracked: Nix leaves it out
-    _git(root, "add", "secret.key")
-    with pytest.raises(InventoryError, match="cache.gc_credentials_file: .* would be copied with flake"):
-        load_inventory(root)
-
-
-def test_a_secret_tracked_elsewhere_in_the_flakes_repository_is_refused(tmp_path):
-    """Nix copies a git flake's whole repository (its tracked files), not only the flake's folder."""
-    repository = tmp_path / "repo"
-    root = repository / "fleet"
-    write_inventory(root, {"web-1": HOST}, CONFIG + 'signing_key = "../keys/cache.sec"\n\n[build]\nflake = "."\n')
-    (repository / "keys").mkdir()
-    (repository / "keys" / "cache.sec").write_text("a secret\n")
-    _git(repository, "init", "-q")
-    _git(repository, "add", "keys/cache.sec")
-    with pytest.raises(InventoryError, match="cache.signing_key: .*/keys/cache.sec would be copied with flake"):
-        load_inventory(root)

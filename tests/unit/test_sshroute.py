@@ -1,7 +1,7 @@
 """core/sshroute.py: how an inventory host reads through a real ssh_config (parsed by paramiko's SSHConfig).
 
 Pure logic, no network: which address, port, user, keys, jumps and known_hosts name each host gets. The lab tests
-(tests/test_bastion.py) connect through the same routes."""
+(tests/lab/test_bastion.py) connect through the same routes."""
 
 from __future__ import annotations
 

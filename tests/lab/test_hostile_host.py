@@ -82,7 +82,7 @@ def test_the_cli_under_test_is_this_tree() -> None:
                            capture_output=True, text=True, check=True).stdout
     from pathlib import Path
 
-    assert found.startswith(str(Path(__file__).resolve().parent.parent)), found
+    assert found.startswith(str(Path(__file__).resolve().parents[2])), found
 
 
 @pytest.mark.parametrize("row", ROWS)

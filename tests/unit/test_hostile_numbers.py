@@ -2,11 +2,12 @@
 lies in a number or a repeated JSON key, or prints without end, fails (or is ignored) alone, in one line.
 
 No lab, no root: the fake hosts of test_engine_units.py speak the host script's protocol; the attack is what they
-print. tests/test_ssh.py has the bounded output over a real SSH session.
+print. tests/lab/test_ssh.py has the bounded output over a real SSH session.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -258,11 +259,11 @@ def test_json_nesting_past_the_parsers_depth_is_a_value_error() -> None:
 
 
 def test_a_nix_version_in_other_digits_is_not_a_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    fake = tmp_path / "nix"
-    fake.write_text("#!/bin/sh\necho 'nix (Nix) ٢.٨.٠'\n")
-    fake.chmod(0o755)
+    # `nix --version` answering in Arabic-Indic digits (no process: the unit tier starts none)
+    answer = subprocess.CompletedProcess(["nix", "--version"], 0, stdout="nix (Nix) ٢.٨.٠\n", stderr="")
+    monkeypatch.setattr(localnix.subprocess, "run", lambda *args, **kwargs: answer)
     with pytest.raises(NixError, match="is not Nix"):
-        localnix._ask_version(str(fake), None)
+        localnix._ask_version("nix", None)
 
 
 @pytest.mark.parametrize("value", ["1" + "0" * 400, "inf", "nan", "1e400"], ids=["10^400", "inf", "nan", "1e400"])

@@ -4,7 +4,7 @@ inside functions too), with no circle inside a package and no import against the
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "cli", "tui", "lab")
 
 

@@ -40,7 +40,7 @@ from topdeck.lab.nixenv import lab_env
 BASE_ADDRESS = "127.0.21.11"
 CONFIRM_TIMEOUT = 6
 ROLES = {"host-1": "web", "host-2": "web", "host-3": "db"}
-HOST_SCRIPT = Path(__file__).parent.parent / "core" / "host.sh"
+HOST_SCRIPT = Path(__file__).resolve().parents[2] / "core" / "host.sh"
 
 # "these 45 paths will be fetched (3.32 MiB download, 8.24 MiB unpacked):" or "this path will be fetched (...)".
 FETCHED = re.compile(r"^(?:these (\d+) paths|this path) will be fetched \((\S+ \S+) download, (\S+ \S+) unpacked\):$",

@@ -2,7 +2,7 @@
 inventory's credentials_file) but not the signing key uploads forged file info, bodies, sidecars and histories.
 Each test asserts: no traceback, nothing shown as verified that is not, one clear line where it is refused, no host
 changed (`/run/current-system`) and no pointer version published from forged info. The folder-cache half (no lab)
-is tests/test_pointers.py."""
+is tests/unit/test_pointers.py."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from topdeck.lab import factory
 
 pytestmark = pytest.mark.lab
 HOSTS = ("host-1", "host-2", "host-3")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

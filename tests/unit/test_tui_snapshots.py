@@ -1,7 +1,7 @@
 """Snapshot tests of every screen, fed fixed fake data (tests/tui_fakes.py), at 80x24 and larger.
 
-Update the pictures after a deliberate change with `pytest tests/test_tui_snapshots.py --snapshot-update` and
-look at them (tests/__snapshots__/test_tui_snapshots/*.svg) before keeping them."""
+Update the pictures after a deliberate change with `pytest tests/unit/test_tui_snapshots.py --snapshot-update` and
+look at them (tests/unit/__snapshots__/test_tui_snapshots/*.svg) before keeping them."""
 
 from __future__ import annotations
 

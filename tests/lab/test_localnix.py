@@ -192,7 +192,7 @@ def test_build_streams_its_log_live(tmp_path: Path) -> None:
     assert all("\n" not in line for _, line in seen)
 
 
-# Cancelling a running build: tests/test_nix_versions.py, on every Nix the lab has.
+# Cancelling a running build: tests/lab/test_nix_versions.py, on every Nix the lab has.
 
 
 def test_a_cancel_set_before_the_build_stops_it_at_once(tmp_path: Path) -> None:

@@ -338,7 +338,7 @@ def test_hosts_built_from_nix_files_share_one_nix_build(lab, counted, tmp_path):
 
 
 def test_the_demo_fleets_flake_variant_builds_offline_the_same_systems_as_the_demo_fleet(tmp_path):
-    demo = Path(__file__).parent.parent / "hosts"
+    demo = Path(__file__).resolve().parents[2] / "hosts"
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFlakeFleetTestKeyOnlyForThisTest0000 operator@lab"
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "id_ed25519.pub").write_text(key + "\n")
@@ -362,7 +362,7 @@ def test_demo_flake_sets_the_lab_up_and_publishes_the_flake_fleets_systems(tmp_p
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     lab_dir, demo = tmp_path / "lab", tmp_path / "hosts"
-    shutil.copytree(Path(__file__).parent.parent / "hosts", demo)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "hosts", demo)
     config = (demo / "topdeck.toml").read_text().replace("/var/lib/topdeck-lab", str(lab_dir))
     (demo / "topdeck.toml").write_text(config.replace("127.0.0.1:17890", f"127.0.0.1:{port}"))
     for name, address in (("web-1", "127.0.34.21"), ("web-2", "127.0.34.22"), ("db-1", "127.0.34.23")):

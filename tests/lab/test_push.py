@@ -95,7 +95,7 @@ def factory_key(lab: Lab) -> str:
 
 def test_second_push_uploads_nothing_and_costs_one_class_b_and_one_class_c_after_authorizing(lab, systems, prefix):
     """The manifest answers for the closure (one download), one listing of the pointers; this cache object keeps
-    no authorization between runs, so it authorizes (one more C): tests/test_push_cost.py covers the reuse."""
+    no authorization between runs, so it authorizes (one more C): tests/lab/test_push_cost.py covers the reuse."""
     toplevel = parse_store_path(systems["base"])
     push(toplevel, open_cache(lab, prefix), key(lab), pointer="web")
     before = lab.emulator_control("GET", "counters")
@@ -294,7 +294,7 @@ def test_large_nar_is_streamed_not_held_in_memory(lab, prefix, tmp_path):
                               authorized_keys=())
     toplevel = factory.build(spec, tmp_path)
     key_id, b2_key = lab.b2_key()
-    probe = Path(__file__).resolve().parent.parent / "bench" / "memory_probe.py"
+    probe = Path(__file__).resolve().parents[2] / "bench" / "memory_probe.py"
     parts_before = lab.emulator_control("GET", "counters")["calls"].get("b2_upload_part", 0)
     run = subprocess.run([sys.executable, str(probe), lab.emulator.url, BUCKET, prefix, key_id,
                           str(lab.cache_secret_key), toplevel], input=b2_key + "\n", capture_output=True, text=True,

@@ -20,7 +20,7 @@ from topdeck.lab.nixenv import LAB_NIX_CONFIG
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ADDRESSES = {"127.0.0.11": "127.0.22.11", "127.0.0.12": "127.0.22.12", "127.0.0.13": "127.0.22.13"}
 
 

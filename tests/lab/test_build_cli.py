@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.skipif(shutil.which("nix-build") is None or shutil.which("ssh-keygen") is None,
                                 reason="needs Nix and ssh-keygen")
 
-DEMO = Path(__file__).resolve().parent.parent / "hosts"
+DEMO = Path(__file__).resolve().parents[2] / "hosts"
 
 # cli/main.py with the build command registered, whether or not main.py registers it already.
 RUNNER = """

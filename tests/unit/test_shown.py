@@ -19,7 +19,7 @@ from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, P
 from topdeck.core.fleet import Generation, HostStatus
 from topdeck.core.shown import shown
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))

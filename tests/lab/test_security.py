@@ -44,7 +44,7 @@ from topdeck.lab import factory
 from topdeck.lab.b2emu import B2Emulator
 from topdeck.lab.lab import BUCKET, Lab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOPDECK = str(Path(sys.executable).with_name("topdeck"))
 MARKER = Path(f"/tmp/topdeck-security-pwned-{uuid.uuid4().hex[:8]}")  # /tmp is shared with the lab hosts
 EMULATOR_ADDRESS = str(ipaddress.ip_address(TEST_BASE_ADDRESS) + 42)

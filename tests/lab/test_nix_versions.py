@@ -27,7 +27,7 @@ from topdeck.core.narinfo import hash_to_sri
 from topdeck.core.store import StorePath
 from topdeck.lab import opnix
 
-DATA = Path(__file__).parent / "data" / "path-info"
+DATA = Path(__file__).resolve().parents[1] / "data" / "path-info"
 RECORDINGS = sorted(DATA.glob("*.json"))
 RECORDED_TOP = "/nix/store/g11ini5llddcw1j6avc0gjxj04qq00h0-topdeck-fixture-c-3.0"
 ABSENT = "/nix/store/00000000000000000000000000000000-topdeck-absent-1.0"

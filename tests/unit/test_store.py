@@ -1,9 +1,7 @@
-"""Store paths, nix-base32 and package names, checked against the real Nix where Nix has an opinion."""
+"""Store paths, nix-base32 and package names, in process (against the real Nix where Nix has an opinion:
+tests/lab/test_store_nix.py)."""
 
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,8 @@ from topdeck.core.store import (
     split_name_version,
     split_output,
 )
-from topdeck.lab.nixenv import lab_env
-
-requires_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="needs Nix")
 
 HASH = "l8r1i0a3ak0fi2m5gb0shz8v88b85kyp"
-
-
-def nix(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=lab_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_parse_gives_hash_name_basename() -> None:
@@ -107,22 +98,6 @@ def test_constructing_directly_is_validated_too() -> None:
         StorePath("short", "a")
 
 
-@requires_nix
-@pytest.mark.parametrize(
-    ("name", "valid"),
-    [("a+b-c.d_e?f=g", True), ("x" * 211, True), ("x" * 212, False), ("a b", False), ("a@b", False)],
-)
-def test_name_rules_match_nix(name: str, valid: bool) -> None:
-    result = nix("nix", "eval", "--raw", "--expr", f'builtins.toFile "{name}" ""')
-
-    assert (result.returncode == 0) == valid, result.stderr
-    if valid:
-        assert parse_store_path(result.stdout).name == name
-    else:
-        with pytest.raises(StorePathError):
-            parse_store_path(f"/nix/store/{HASH}-{name}")
-
-
 def test_nixbase32_round_trips_every_length() -> None:
     for size in range(70):
         data = os.urandom(size)
@@ -140,24 +115,6 @@ def test_nixbase32_round_trips_every_length() -> None:
 def test_nixbase32_rejects_what_nix_rejects(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         nixbase32.decode(text)
-
-
-@requires_nix
-@pytest.mark.parametrize(("algorithm", "size"), [("md5", 16), ("sha1", 20), ("sha256", 32), ("sha512", 64)])
-def test_nixbase32_matches_nix_hash_to_base32(algorithm: str, size: int) -> None:
-    digests = [bytes(size), bytes([255] * size), *(os.urandom(size) for _ in range(8))]
-
-    result = nix("nix", "hash", "to-base32", "--type", algorithm, *(digest.hex() for digest in digests))
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [nixbase32.encode(digest) for digest in digests]
-
-
-@requires_nix
-def test_nix_also_rejects_nixbase32_overflow() -> None:
-    result = nix("nix", "hash", "to-base16", "--type", "sha256", "z" * 52)
-
-    assert result.returncode != 0
 
 
 NAME_VERSION = [
@@ -220,39 +177,3 @@ def test_diff_closures_key(full: str, name: str, version: str) -> None:
     assert diff_closures_key(full) == (name, version)
 
 
-CLOSURES_NIX = """
-{ names }:
-let
-  mk = name: refs: builtins.derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "echo ${builtins.concatStringsSep " " refs} > $out" ];
-  };
-in {
-  before = mk "closure-before" (map (name: "${mk name [ ]}") names);
-  after = mk "closure-after" [ ];
-}
-"""
-
-
-@requires_nix
-def test_diff_closures_groups_like_nix(tmp_path: Path) -> None:
-    expression = tmp_path / "closures.nix"
-    expression.write_text(CLOSURES_NIX)
-    names = "[ " + " ".join(f'"{full}"' for full, _, _ in DIFF_CLOSURES) + " ]"
-    before, after = (
-        nix("nix-build", str(expression), "-A", attribute, "--no-out-link", "--arg", "names", names)
-        for attribute in ("before", "after")
-    )
-    assert before.returncode == 0 and after.returncode == 0, before.stderr + after.stderr
-
-    diff = nix("nix", "store", "diff-closures", before.stdout.strip(), after.stdout.strip())
-
-    groups: dict[str, set[str]] = {}
-    for full, _, _ in DIFF_CLOSURES:
-        name, version = diff_closures_key(full)
-        groups.setdefault(name, set()).add(version or "\u03b5")
-    expected = {f"{name}: {', '.join(sorted(versions))} \u2192 \u2205" for name, versions in groups.items()}
-    assert diff.returncode == 0, diff.stderr
-    assert set(diff.stdout.splitlines()) == expected

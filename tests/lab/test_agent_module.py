@@ -3,7 +3,7 @@ evaluate, and the agent's unit runs core/host.sh, which the module carries (a li
 as the file it names).
 
 What this does not cover: the evaluation runs against a stand-in for nixpkgs (tests/data/module_stand_in.nix), not a
-real NixOS; option merging, systemd unit generation and the packages are the stand-in's. tests/test_download_url.py
+real NixOS; option merging, systemd unit generation and the packages are the stand-in's. tests/lab/test_download_url.py
 runs the resulting ExecStart's arguments on lab hosts of every kind."""
 
 from __future__ import annotations

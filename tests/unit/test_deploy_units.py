@@ -1,9 +1,9 @@
-"""Unit tests of the deploy engine's logic: waves, the host script's output protocol, run records, checks."""
+"""Unit tests of the deploy engine's logic: waves, the host script's output protocol, run records, checks
+(what needs `ssh-keygen` or `nix-instantiate` is in tests/lab/test_deploy_units_tools.py)."""
 
 from __future__ import annotations
 
 import shlex
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, host_co
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
 from topdeck.core.inventory import Checks, Host, load_inventory
-from topdeck.core.signing import generate_keypair, ssh_public_key, ssh_signature
+from topdeck.core.signing import generate_keypair
 from topdeck.core.store import parse_store_path
 
 PATH = "/nix/store/" + "a" * 32 + "-nixos-system-web-1"
@@ -175,29 +175,3 @@ def test_bad_checks_are_refused_with_file_and_key(tmp_path, table, message):
     assert "topdeck.toml" in str(error.value)
 
 
-def test_ssh_signatures_verify_with_ssh_keygen(tmp_path):
-    secret, public = generate_keypair("cache-1")
-    message = f"topdeck-pointer-1;web;{PATH};3;1700000000"
-    (tmp_path / "signers").write_text(f"topdeck {ssh_public_key(public)}\n")
-    blob = ssh_signature(secret, message, "topdeck-pointer")
-    (tmp_path / "sig").write_text(f"-----BEGIN SSH SIGNATURE-----\n{blob}\n-----END SSH SIGNATURE-----\n")
-
-    def verify(text: str, namespace: str = "topdeck-pointer") -> int:
-        return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", tmp_path / "signers", "-I", "topdeck", "-n",
-                               namespace, "-s", tmp_path / "sig"], input=text.encode(), capture_output=True).returncode
-
-    assert verify(message) == 0
-    assert verify(message.replace(";3;", ";4;")) != 0
-    assert verify(message, "other-namespace") != 0
-
-
-def test_the_reboot_guard_module_parses_and_runs_the_pending_reboots_script():
-    from pathlib import Path
-
-    from topdeck.lab.nixenv import lab_env
-
-    module = Path(__file__).parent.parent / "hosts" / "modules" / "topdeck-reboot-guard.nix"
-    parsed = subprocess.run(["nix-instantiate", "--parse", module], capture_output=True, text=True, env=lab_env())
-    assert parsed.returncode == 0, parsed.stderr
-    assert "/nix/var/nix/topdeck/reboot/host.sh boot-guard" in parsed.stdout
-    assert "/nix/var/nix/topdeck/reboot/pending" in parsed.stdout

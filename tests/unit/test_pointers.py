@@ -1,7 +1,7 @@
 """Pointers against a hostile bucket writer, with a folder cache (no lab, no Nix, no SSH): someone who can write the
 bucket but holds no signing key uploads forged file info, bodies, sidecars and histories. Nothing the operator's side
 reads from them may be shown or used as verified, move a serial, or get re-signed. The same attacks against real
-hosts, the CLI and the TUI are in tests/test_hostile_bucket.py."""
+hosts, the CLI and the TUI are in tests/lab/test_hostile_bucket.py."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 REQUIREMENT = re.compile(r"([A-Za-z0-9._-]+)\s*((?:[<>=!~]=?\s*[0-9][0-9.]*\s*,?\s*)*)$")
 
@@ -53,7 +53,7 @@ def test_help_runs_without_lab_or_inventory(tmp_path):
     assert "lab" in result.stdout and "demo" in result.stdout
 
 
-def test_lint_is_clean():  # types: tests/test_types.py
+def test_lint_is_clean():  # types: tests/lab/test_types.py
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "core", "cli", "lab", "tui", "tests", "bench"],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

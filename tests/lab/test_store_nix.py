@@ -1,0 +1,121 @@
+"""Store paths, nix-base32 and package names, checked against the real Nix where Nix has an opinion."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from topdeck.core import nixbase32
+from topdeck.core.errors import StorePathError
+from topdeck.core.store import (
+    diff_closures_key,
+    parse_store_path,
+)
+from topdeck.lab.nixenv import lab_env
+
+requires_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="needs Nix")
+
+HASH = "l8r1i0a3ak0fi2m5gb0shz8v88b85kyp"
+
+
+def nix(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=lab_env(), capture_output=True, text=True, timeout=120)
+
+
+@requires_nix
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("a+b-c.d_e?f=g", True), ("x" * 211, True), ("x" * 212, False), ("a b", False), ("a@b", False)],
+)
+def test_name_rules_match_nix(name: str, valid: bool) -> None:
+    result = nix("nix", "eval", "--raw", "--expr", f'builtins.toFile "{name}" ""')
+
+    assert (result.returncode == 0) == valid, result.stderr
+    if valid:
+        assert parse_store_path(result.stdout).name == name
+    else:
+        with pytest.raises(StorePathError):
+            parse_store_path(f"/nix/store/{HASH}-{name}")
+
+
+@requires_nix
+@pytest.mark.parametrize(("algorithm", "size"), [("md5", 16), ("sha1", 20), ("sha256", 32), ("sha512", 64)])
+def test_nixbase32_matches_nix_hash_to_base32(algorithm: str, size: int) -> None:
+    digests = [bytes(size), bytes([255] * size), *(os.urandom(size) for _ in range(8))]
+
+    result = nix("nix", "hash", "to-base32", "--type", algorithm, *(digest.hex() for digest in digests))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [nixbase32.encode(digest) for digest in digests]
+
+
+@requires_nix
+def test_nix_also_rejects_nixbase32_overflow() -> None:
+    result = nix("nix", "hash", "to-base16", "--type", "sha256", "z" * 52)
+
+    assert result.returncode != 0
+
+
+# Real store path names, and the (name, version) `nix store diff-closures` files them under.
+DIFF_CLOSURES = [
+    ("glibc-2.39-52", "glibc", "2.39-52"),
+    ("glibc-2.39-52-bin", "glibc", "2.39-52"),
+    ("bash-5.2p26-man", "bash", "5.2p26"),
+    ("gcc-13.2.0-lib", "gcc", "13.2.0"),
+    ("gcc-13.2.0-libgcc", "gcc", "13.2.0"),
+    ("wine-9.0-lib32", "wine", "9.0"),
+    ("util-linux-minimal-2.39.4-lib", "util-linux-minimal", "2.39.4"),
+    ("linux-6.6.32-modules", "linux", "6.6.32"),
+    ("linux-6.6.32-modules-shrunk", "linux", "6.6.32-modules"),
+    ("libGL-1.7.0-dev", "libGL", "1.7.0"),
+    ("perl5.38.2-Foo-Bar-1.23-devdoc", "perl5.38.2-Foo-Bar", "1.23"),
+    ("python3.11-requests-2.31.0-dist", "python3.11-requests", "2.31.0"),
+    ("nixos-system-web-1-24.05.20240601.abcdef0", "nixos-system-web", "1-24.05.20240601.abcdef0"),
+    ("nss-cacert-3.101", "nss-cacert", "3.101"),
+    ("xz-5.4.6-bin", "xz", "5.4.6"),
+    ("hello", "hello", ""),
+    ("unit-dbus.service", "unit-dbus.service", ""),
+    ("foo-unstable", "foo", ""),
+    ("system-units", "system", ""),
+    ("etc-os-release", "etc-os", ""),
+]
+
+
+CLOSURES_NIX = """
+{ names }:
+let
+  mk = name: refs: builtins.derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo ${builtins.concatStringsSep " " refs} > $out" ];
+  };
+in {
+  before = mk "closure-before" (map (name: "${mk name [ ]}") names);
+  after = mk "closure-after" [ ];
+}
+"""
+
+
+@requires_nix
+def test_diff_closures_groups_like_nix(tmp_path: Path) -> None:
+    expression = tmp_path / "closures.nix"
+    expression.write_text(CLOSURES_NIX)
+    names = "[ " + " ".join(f'"{full}"' for full, _, _ in DIFF_CLOSURES) + " ]"
+    before, after = (
+        nix("nix-build", str(expression), "-A", attribute, "--no-out-link", "--arg", "names", names)
+        for attribute in ("before", "after")
+    )
+    assert before.returncode == 0 and after.returncode == 0, before.stderr + after.stderr
+
+    diff = nix("nix", "store", "diff-closures", before.stdout.strip(), after.stdout.strip())
+
+    groups: dict[str, set[str]] = {}
+    for full, _, _ in DIFF_CLOSURES:
+        name, version = diff_closures_key(full)
+        groups.setdefault(name, set()).add(version or "\u03b5")
+    expected = {f"{name}: {', '.join(sorted(versions))} \u2192 \u2205" for name, versions in groups.items()}
+    assert diff.returncode == 0, diff.stderr
+    assert set(diff.stdout.splitlines()) == expected
