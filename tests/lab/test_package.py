@@ -62,7 +62,8 @@ def test_lint_is_clean():  # types: tests/lab/test_types.py
 def third_party_imports(*folders: str) -> dict[str, set[str]]:
     """Top-level names imported in `folders` that are neither the standard library, topdeck, nor a module of the
     repository's own (the tests' helpers): name -> the files importing it."""
-    local = {p.stem for p in REPO.glob("*/*.py")} | {p.name for p in REPO.iterdir() if p.is_dir()}
+    local = ({p.stem for p in REPO.glob("*/*.py")} | {p.stem for p in (REPO / "tests").rglob("*.py")}
+             | {p.name for p in REPO.iterdir() if p.is_dir()})
     found: dict[str, set[str]] = {}
     for folder in folders:
         for path in (REPO / folder).rglob("*.py"):
