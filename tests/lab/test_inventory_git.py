@@ -4,21 +4,10 @@ untracked one is not) and the CLI as a process reporting a bad inventory in one 
 from pathlib import Path
 
 import pytest
+from test_inventory import CONFIG, HOST, write_inventory
 
 from topdeck.core.errors import InventoryError
 from topdeck.core.inventory import load_inventory
-
-CONFIG = '[cache]\nbucket = "topdeck-test"\nprefix = "cache"\n'
-HOST = 'address = "127.0.0.11"\npointer = "web"\ntags = ["web"]\n'
-
-
-def write_inventory(root: Path, hosts: dict[str, str], config: str = CONFIG) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "topdeck.toml").write_text(config)
-    for name, text in hosts.items():
-        (root / name).mkdir()
-        (root / name / "host.toml").write_text(text)
-    return root
 
 
 def test_cli_reports_bad_inventory_in_one_line(tmp_path):

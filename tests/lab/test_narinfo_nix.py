@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from nixtools import build_closure, nix, path_info_command, path_info_entries, path_info_json
+from test_narinfo import REFUSED_BY_NIX  # the unit tier's table, checked here against Nix itself
 
 from topdeck.core.narinfo import (
     Narinfo,
@@ -129,24 +130,6 @@ def test_hash_forms_match_nix_hash() -> None:
     ]
 
 
-def without(key: str) -> str:
-    return "".join(line for line in minimal_narinfo().splitlines(keepends=True) if not line.startswith(key))
-
-
-# Malformed narinfos Nix 2.8 also refuses ("NAR info file ... is corrupt").
-REFUSED_BY_NIX = {
-    "no StorePath": without("StorePath"),
-    "no NarHash": without("NarHash"),
-    "no URL": without("URL"),
-    "empty URL": minimal_narinfo(URL=""),
-    "no NarSize": without("NarSize"),
-    "zero NarSize": minimal_narinfo(NarSize="0"),
-    "NarSize not a number": minimal_narinfo(NarSize="12x"),
-    "bad NarHash": minimal_narinfo(NarHash="sha256:xyz"),
-    "bad FileHash": minimal_narinfo(FileHash="sha256:" + "!" * 52),
-    "a line without colon": minimal_narinfo() + "garbage\n",
-    "no newline at the end": minimal_narinfo().removesuffix("\n"),
-}
 def nix_path_info(closure: str, text: str, cache: Path) -> subprocess.CompletedProcess[str]:
     """What `nix path-info` says of `closure` in a cache holding `text` as its narinfo."""
     (cache / "nix-cache-info").write_text("StoreDir: /nix/store\n")

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_store import DIFF_CLOSURES  # the unit tier's table, checked here against Nix itself
 
 from topdeck.core import nixbase32
 from topdeck.core.errors import StorePathError
@@ -58,29 +59,6 @@ def test_nix_also_rejects_nixbase32_overflow() -> None:
     assert result.returncode != 0
 
 
-# Real store path names, and the (name, version) `nix store diff-closures` files them under.
-DIFF_CLOSURES = [
-    ("glibc-2.39-52", "glibc", "2.39-52"),
-    ("glibc-2.39-52-bin", "glibc", "2.39-52"),
-    ("bash-5.2p26-man", "bash", "5.2p26"),
-    ("gcc-13.2.0-lib", "gcc", "13.2.0"),
-    ("gcc-13.2.0-libgcc", "gcc", "13.2.0"),
-    ("wine-9.0-lib32", "wine", "9.0"),
-    ("util-linux-minimal-2.39.4-lib", "util-linux-minimal", "2.39.4"),
-    ("linux-6.6.32-modules", "linux", "6.6.32"),
-    ("linux-6.6.32-modules-shrunk", "linux", "6.6.32-modules"),
-    ("libGL-1.7.0-dev", "libGL", "1.7.0"),
-    ("perl5.38.2-Foo-Bar-1.23-devdoc", "perl5.38.2-Foo-Bar", "1.23"),
-    ("python3.11-requests-2.31.0-dist", "python3.11-requests", "2.31.0"),
-    ("nixos-system-web-1-24.05.20240601.abcdef0", "nixos-system-web", "1-24.05.20240601.abcdef0"),
-    ("nss-cacert-3.101", "nss-cacert", "3.101"),
-    ("xz-5.4.6-bin", "xz", "5.4.6"),
-    ("hello", "hello", ""),
-    ("unit-dbus.service", "unit-dbus.service", ""),
-    ("foo-unstable", "foo", ""),
-    ("system-units", "system", ""),
-    ("etc-os-release", "etc-os", ""),
-]
 
 
 CLOSURES_NIX = """
