@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from topdeck.core import nixbase32
-from topdeck.core.errors import TopdeckError
+from topdeck.core.errors import PointerError, TopdeckError
 from topdeck.core.events import (
     DeployResult,
     Emit,
@@ -30,7 +30,7 @@ from topdeck.core.inventory import CacheConfig, Host, Inventory
 from topdeck.core.manifest import Manifest, ManifestPath
 from topdeck.core.plan import Plan, ProbeState, group, host_plan
 from topdeck.core.pointers import Pointer, PointerVersion
-from topdeck.core.store import StorePath
+from topdeck.core.store import StorePath, parse_store_path
 
 NOW = 1_795_000_000.0  # a fixed "now" for the clock of every fake app (November 2026)
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -84,6 +84,7 @@ class FakeBackend:
         self.delay, self.fetch_steps, self.status_delay = delay, fetch_steps, status_delay
         self.calls: list[tuple[Any, ...]] = []
         self.accepted: list[str] = []
+        self.refused: dict[str, str] = {}  # pointer name -> why hosts refuse its sidecar (read_pointer raises)
 
     # --- fleet ---
     def statuses(self) -> tuple[HostStatus, ...]:
@@ -113,6 +114,13 @@ class FakeBackend:
                     PointerVersion(str(toplevel(WEB_OLD)), 2, int((NOW - 86400 * 4) * 1000)),
                     PointerVersion(str(toplevel(WEB_OLD)), 1, int((NOW - 86400 * 9) * 1000))]
         return [PointerVersion(str(toplevel(DB)), 1, int((NOW - 86400 * 3) * 1000))]
+
+    def read_pointer(self, name: str) -> Pointer:
+        """The pointer as hosts read it; a `refused` pointer fails as a forged sidecar does."""
+        if name in self.refused:
+            raise PointerError(self.refused[name])
+        version = self.pointers()[name]
+        return Pointer(name, parse_store_path(version.path), version.serial, version.uploaded_ms // 1000)
 
     def rollback_pointer(self, name: str, to: str | None = None) -> Pointer:
         self.calls.append(("rollback_pointer", name, to))

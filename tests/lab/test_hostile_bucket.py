@@ -340,6 +340,9 @@ async def test_tui_pointers_screen_shows_forged_info_as_unverified_and_refuses_a
         row = [plain(cell) for cell in table.get_row("web")]
         assert "unverified: its file info's signature does not verify" in row[-1], row
         assert lab.host("host-2").current_system() not in " ".join(row)
+        title = screen.query_one("#historytitle")
+        await until(pilot, lambda: "not verified" in plain(title.content), what="web's sidecar checked")
+        assert "but its signed sidecar names" in plain(title.content)  # the forged .txt body, caught
         history = screen.query_one("#history")
         history.focus()
         history.move_cursor(row=0)

@@ -222,6 +222,23 @@ async def test_pointer_rollback_asks_then_publishes():
         assert ("rollback_pointer", "web", "2") in backend.calls
 
 
+async def test_the_pointers_screen_checks_each_sidecar_and_shows_one_that_fails_with_its_reason():
+    backend = FakeBackend()
+    backend.refused["web"] = "pointer web: the sidecar's signature does not verify with the trusted key"
+    app = app_for(backend)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, PointersScreen)
+                    and "sidecar: serial 1, signature verified" in text_of(app.screen, "#historytitle"))
+        await pilot.press("down")
+        await until(pilot, lambda: "not verified" in text_of(app.screen, "#historytitle"))
+        title = text_of(app.screen, "#historytitle")
+        assert "not verified: pointer web: the sidecar's signature does not verify" in title
+        row = app.screen.query_one("#pointers").get_row("web")
+        assert str(row[-1]).startswith("not verified: pointer web: the sidecar's signature")
+
+
 async def test_generations_rollback_to_the_highlighted_one():
     backend = FakeBackend(delay=0.01)
     app = app_for(backend)

@@ -42,6 +42,7 @@ class PointersScreen(TopdeckScreen):
         super().__init__()
         self.pointers: dict[str, PointerVersion] | None = dict(pointers) if pointers is not None else None
         self.histories: dict[str, list[PointerVersion]] = dict(histories or {})
+        self.sidecars: dict[str, Text] = {}  # each pointer's signed sidecar (what hosts read) checked, or why not
         self.pointer_name = ""
         self.message = ""
 
@@ -73,6 +74,7 @@ class PointersScreen(TopdeckScreen):
         self.message = "reading the cache…"
         self.show_status()
         self.histories.clear()
+        self.sidecars.clear()
         self.start("pointers", lambda emit, cancel: backend.pointers())
 
     def done_pointers(self, job: str, result: dict[str, PointerVersion]) -> None:
@@ -90,6 +92,25 @@ class PointersScreen(TopdeckScreen):
     def load_history(self, name: str) -> None:
         backend = self.topdeck.backend
         self.start(f"history:{name}", lambda emit, cancel: backend.history(name))
+
+    def load_sidecar(self, name: str) -> None:
+        backend = self.topdeck.backend
+        self.sidecars[name] = plain("reading its sidecar…", style="dim")
+        self.start(f"sidecar:{name}", lambda emit, cancel: backend.read_pointer(name))
+
+    def done_sidecar(self, job: str, result: Pointer) -> None:
+        name = job.split(":", 1)[1]
+        self.sidecars[name] = plain(f"sidecar: serial {result.serial}, signature verified", style="green")
+        self.show_sidecar(name)
+
+    def failed_sidecar(self, job: str, error: str, exception: BaseException) -> None:
+        name = job.split(":", 1)[1]
+        self.sidecars[name] = plain(f"not verified: {error}", style="bold red")
+        table = self.query_one("#pointers", SafeTable)
+        listed = (self.pointers or {}).get(name)
+        if name in table.rows and listed is not None and listed.verified:  # else the row says why already
+            table.update_cell(name, "target", plain(f"not verified: {error}", style="bold red"))
+        self.show_sidecar(name)
 
     def done_history(self, job: str, result: list[PointerVersion]) -> None:
         name = job.split(":", 1)[1]
@@ -129,7 +150,7 @@ class PointersScreen(TopdeckScreen):
         if not self.pointer_name:
             title.update(Text("no pointers in the cache yet: push a toplevel with a pointer", style="dim"))
             return
-        title.update(plain(f"history of {self.pointer_name} (newest first)", style="bold"))
+        self.show_sidecar(self.pointer_name)
         versions = self.histories.get(self.pointer_name)
         if versions is None:
             self.load_history(self.pointer_name)
@@ -138,6 +159,16 @@ class PointersScreen(TopdeckScreen):
             table.add_row(Text("▶", style="bold green") if index == 0 else " ", self.serial_cell(version),
                           when(version.uploaded_ms / 1000, self.topdeck.clock), self.target_cell(version),
                           plain(version.path), key=f"{index}")
+
+    def show_sidecar(self, name: str) -> None:
+        """The history's title: the pointer's name and its sidecar (what hosts read), checked with its .txt."""
+        if name != self.pointer_name:
+            return
+        if name not in self.sidecars:
+            self.load_sidecar(name)
+        title = plain(f"history of {name} (newest first) · ", style="bold")
+        title.append_text(self.sidecars[name])
+        self.query_one("#historytitle", Label).update(title)
 
     def serial_cell(self, version: PointerVersion) -> Text:
         return plain(version.serial) if version.verified else plain("—", style="red")
