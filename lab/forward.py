@@ -60,12 +60,22 @@ def listen(address: tuple[str, int], netns: Path | None = None) -> socket.socket
         os.close(other)
 
 
+_SAY = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One log line in one write: print() writes the line and its end apart, so two relays' lines could merge."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def serve(server: socket.socket, target: tuple[str, int], source: str | None = None) -> None:
     host, port = server.getsockname()[:2]
-    print(f"listening on {host}:{port}", flush=True)
+    _say(f"listening on {host}:{port}")
     while True:
         client, peer = server.accept()
-        print(f"connection from {peer[0]}:{peer[1]}", flush=True)
+        _say(f"connection from {peer[0]}:{peer[1]}")
         threading.Thread(target=_relay, args=(client, target, source, f"{peer[0]}:{peer[1]}"), daemon=True).start()
 
 
@@ -73,7 +83,7 @@ def _relay(client: socket.socket, target: tuple[str, int], source: str | None, p
     try:
         upstream = socket.create_connection(target, timeout=10, source_address=(source, 0) if source else None)
     except OSError as error:
-        print(f"cannot reach {target[0]}:{target[1]}: {error}", flush=True)
+        _say(f"cannot reach {target[0]}:{target[1]}: {error}")
         client.close()
         return
     upstream.settimeout(None)
@@ -82,7 +92,7 @@ def _relay(client: socket.socket, target: tuple[str, int], source: str | None, p
     back.start()
     up = _pipe(client, upstream)
     back.join()
-    print(f"closed {peer} up {up} down {sum(down)}", flush=True)
+    _say(f"closed {peer} up {up} down {sum(down)}")
 
 
 def _pipe(reader: socket.socket, writer: socket.socket) -> int:
