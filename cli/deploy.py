@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
-
-import humanize
+import time
 
 from topdeck.cli.output import (
     DeployBoard,
     EventPrinter,
     add_selector_option,
+    ago,
     ask,
     open_fleet,
     say,
@@ -21,11 +20,13 @@ from topdeck.cli.output import (
     selector,
     size,
     to_json,
+    until,
 )
 from topdeck.cli.plan import plan_json, render_plan
 from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.facade import Fleet, check_waves
 from topdeck.core.fleet import HostStatus
+from topdeck.core.pointers import is_expired
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Mode, Outcome
 
 
@@ -195,14 +196,12 @@ def _pointer_age(status: HostStatus) -> str:
         return f"; {status.pointer_problem}"
     if not status.pointer_signed:
         return ""
-    now = datetime.now(tz=UTC)
-    age = f"; pointer signed {humanize.naturaltime(now - datetime.fromtimestamp(status.pointer_signed, tz=UTC))}"
+    age = f"; pointer signed {ago(status.pointer_signed)}"
     if not status.pointer_expires:
         return age
-    expires = datetime.fromtimestamp(status.pointer_expires, tz=UTC)
-    if expires <= now:
-        return f"{age}, expired {humanize.naturaltime(now - expires)}: hosts refuse it, publish it again"
-    return f"{age}, expires {humanize.naturaltime(expires, when=now)}"
+    if is_expired(status.pointer_expires, time.time()):
+        return f"{age}, expired {ago(status.pointer_expires)}: hosts refuse it, publish it again"
+    return f"{age}, expires {until(status.pointer_expires)}"
 
 
 def generations_command(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -215,3 +216,13 @@ def _bar(event: Progress) -> str:
     filled = min(BAR_WIDTH, int(share * BAR_WIDTH))
     return (f"fetch [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {event.paths_done}/{event.paths_total} paths, "
             f"{size(event.bytes_done)} of {size(event.bytes_total)}{f' {event.current}' if event.current else ''}")
+
+
+def ago(seconds: float) -> str:
+    """A past moment (seconds since the epoch) as people say it: "3 days ago"."""
+    return humanize.naturaltime(datetime.now(tz=UTC) - datetime.fromtimestamp(seconds, tz=UTC))
+
+
+def until(seconds: float) -> str:
+    """A future moment as people say it: "in 6 hours"."""
+    return humanize.naturaltime(datetime.fromtimestamp(seconds, tz=UTC), when=datetime.now(tz=UTC))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 
 import humanize
 
-from topdeck.cli.output import EventPrinter, ask, say, say_json, say_lines, selector, size, to_json
+from topdeck.cli.output import EventPrinter, ago, ask, say, say_json, say_lines, selector, size, to_json, until
 from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import PublishedPointer, PushResult
 from topdeck.core.facade import Fleet
@@ -141,7 +140,7 @@ def _one(fleet: Fleet, name: str, info: PointerVersion, as_json: bool) -> int:
                         "expires": pointer.expires or 0, "verified_by": signer, "file_info_problem": info.problem}},
                  indent=1)
         return 0
-    say(f"{name:<16} serial {pointer.serial:<4} signed {_ago(pointer.time)}{_expiry(pointer.expires or 0)}  "
+    say(f"{name:<16} serial {pointer.serial:<4} signed {ago(pointer.time)}{_expiry(pointer.expires or 0)}  "
         f"{pointer.path}  (signature verified: {signer})")
     if not info.verified:
         say(f"topdeck: warning: pointer {name}: the .txt's file info is {info.problem} (hosts read the signed "
@@ -169,8 +168,8 @@ def _show(versions: list[PointerVersion], as_json: bool) -> None:
 
 def _version(version: PointerVersion) -> str:
     if not version.verified:
-        return f"{'serial -':<12} {_when(version.uploaded_ms):<16} {version.problem}"
-    return (f"{f'serial {version.serial}':<12} {_when(version.uploaded_ms):<16} {version.path}"
+        return f"{'serial -':<12} {ago(version.uploaded_ms / 1000):<16} {version.problem}"
+    return (f"{f'serial {version.serial}':<12} {ago(version.uploaded_ms / 1000):<16} {version.path}"
             f"{_expiry(version.expires)}")
 
 
@@ -178,14 +177,5 @@ def _expiry(expires: int) -> str:
     if not expires:
         return ""
     if is_expired(expires, time.time()):
-        return f" (expired {_ago(expires)})"
-    return f" (expires {humanize.naturaltime(datetime.fromtimestamp(expires, tz=UTC), when=datetime.now(tz=UTC))})"
-
-
-def _ago(seconds: int) -> str:
-    return humanize.naturaltime(datetime.now(tz=UTC) - datetime.fromtimestamp(seconds, tz=UTC))
-
-
-def _when(uploaded_ms: int) -> str:
-    moment = datetime.fromtimestamp(uploaded_ms / 1000, tz=UTC)
-    return humanize.naturaltime(datetime.now(tz=UTC) - moment)
+        return f" (expired {ago(expires)})"
+    return f" (expires {until(expires)})"

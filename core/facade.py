@@ -175,12 +175,8 @@ class Fleet:
 
     def _require_closure(self, path: StorePath) -> None:
         """Refuse a path whose manifest, or a narinfo of whose closure, the cache lacks (one line)."""
-        listing = self.cache.listing()
-        if manifest_name(path) not in listing:
-            raise CacheError(f"{path} is not in the cache (no manifest): push it first; nothing published")
         try:
-            manifests = fleet.load_manifests({path}, self.cache)
-            fleet.require_complete(listing, manifests)
+            fleet.require_complete(self.cache.listing(), fleet.load_manifests({path}, self.cache))
         except (CacheError, DeployError) as error:
             raise CacheError(f"{error}; nothing published") from None
 

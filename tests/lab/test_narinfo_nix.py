@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from nixtools import build_closure, nix, path_info_command, path_info_entries, path_info_json
-from test_narinfo import REFUSED_BY_NIX  # the unit tier's table, checked here against Nix itself
+from test_narinfo import REFUSED_BY_NIX, minimal_narinfo  # the unit tier's, checked here against Nix itself
 
 from topdeck.core.narinfo import (
     Narinfo,
@@ -52,16 +52,6 @@ def nix_narinfos(cache: Path) -> list[tuple[str, str]]:
     return [(path.name, path.read_text()) for path in sorted(cache.glob("*.narinfo"))]
 
 
-def minimal_narinfo(**changes: str) -> str:
-    fields = {
-        "StorePath": f"/nix/store/{HASH}-hello-2.12",
-        "URL": "nar/x.nar",
-        "NarHash": hash_to_nix32(DIGEST),
-        "NarSize": "120",
-        "References": "",
-    }
-    fields.update(changes)
-    return "".join(f"{key}: {value}\n" for key, value in fields.items())
 
 
 def test_render_gives_back_what_nix_wrote(cache: Path) -> None:
