@@ -217,8 +217,10 @@ def test_topdeck_killed_mid_deploy_the_hosts_end_by_themselves_and_status_shows_
     before = {name: assert_consistent(lab, name) for name in WEB}
     web = release(inventory, "web", lambda s: factory.add_package(
         factory.upgrade(s, "web-app", f"10.{time.time_ns()}"), factory.Package(f"bulk-{phase}", "1.0", size=24 << 20)))
-    for name in WEB:
-        lab.set_slow(name, 10)  # so that the fetch lasts long enough to be cut
+    # so that the fetch lasts long enough to be cut; host-2 slower still, so that it never reaches (and passes) the
+    # confirmation before host-1 does, which would let topdeck confirm it before the kill
+    for name, cpu_percent in zip(WEB, (10, 4), strict=True):
+        lab.set_slow(name, cpu_percent)
     try:
         killed = kill_topdeck_at(inventory, phase, "host-1")
     finally:
