@@ -89,7 +89,7 @@ async def refresh_500(inventory: Path, repeat: int) -> tuple[list[float], list[f
         await pilot.press(*["down"] * 30)
         for _ in range(repeat):
             started = time.perf_counter()
-            screen.done_refresh("refresh", _refreshed(app))
+            screen.refresh_done(_refreshed(app))
             fill.append(screen.populate_seconds)
             await pilot.pause()  # until the app is idle again: layout and paint of the screen included
             framed.append(time.perf_counter() - started)
@@ -119,14 +119,14 @@ async def responsiveness(inventory: Path, deploying: bool) -> dict[str, float]:
         screen = DeployScreen("deploy (switch)", hosts,
                               (lambda emit, cancel: backend._run(tuple(hosts), "switch", emit, cancel))
                               if deploying else None)
-        original = screen.engine_event
+        original = screen.apply
 
-        def counting(job, event):  # type: ignore[no-untyped-def]
+        def counting(event):  # type: ignore[no-untyped-def]
             nonlocal events
             events += 1
-            original(job, event)
+            original(event)
 
-        screen.engine_event = counting  # type: ignore[method-assign]
+        screen.apply = counting  # type: ignore[method-assign]
         await app.push_screen(screen)
         stalls: list[float] = []
         last = time.perf_counter()

@@ -81,7 +81,7 @@ class TopdeckApp(App[None]):
         def answered(yes: bool | None) -> None:
             if yes:
                 for run in self.runs:
-                    run.cancel.set()
+                    run.cancel()
                 self.exit()
 
         self.push_screen(ConfirmScreen(question, title="Quit during a run?", danger=True), answered)

@@ -3,7 +3,7 @@ towards its screens (`Shell`), so that screens never import the app itself."""
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +20,7 @@ class Run:
 
     title: str
     hosts: tuple[str, ...]
-    cancel: threading.Event
+    cancel: Callable[[], None]
 
 
 @dataclass

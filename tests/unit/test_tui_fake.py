@@ -152,7 +152,7 @@ async def test_quit_asks_while_a_deploy_runs():
         assert app.screen is deploy and app.is_running
         await pilot.press("q", "y")
         await pilot.pause(0.1)
-        assert deploy.cancel.is_set()
+        assert deploy.worker is not None and deploy.worker.is_cancelled
 
 
 async def test_quit_without_a_run_quits():

@@ -1,21 +1,19 @@
-"""What every topdeck screen shares: its jobs run in one thread worker each and report with post_message."""
+"""What every topdeck screen shares: each job runs in a thread worker of its own and reports to the callbacks it
+was started with (typed, so a handler that does not fit its job's result is a type error, not a silent skip)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any, cast
 
 from textual import work
 from textual.screen import Screen
+from textual.worker import Worker, get_current_worker
 
 from topdeck.core.errors import TopdeckError
-from topdeck.core.events import Emit, Event
-from topdeck.tui.messages import EngineEvent, JobDone, JobFailed
+from topdeck.core.events import Event
+from topdeck.tui.jobs import EngineEvent, Job, JobDone, JobFailed
 from topdeck.tui.state import Shell
 from topdeck.tui.text import shown
-
-Job = Callable[[Emit, threading.Event], Any]
 
 
 def one_line(error: BaseException) -> str:
@@ -28,77 +26,58 @@ def one_line(error: BaseException) -> str:
 
 
 class TopdeckScreen(Screen[Any]):
-    """A screen that runs engine jobs: `start(name, job)` runs `job(emit, cancel)` in a thread worker; the
-    screen gets `EngineEvent`s while it runs and one `JobDone` or `JobFailed` at the end. Leaving the screen
-    cancels the jobs it still runs: a thread worker cannot be stopped, so each job's cancel event is set."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.running_jobs: dict[str, threading.Event] = {}
+    """A screen that runs engine jobs with `start(Job(...))`. Leaving the screen cancels the jobs it still runs
+    (Textual cancels a screen's workers when it is removed, which sets each job's cancel event)."""
 
     @property
     def topdeck(self) -> Shell:
         return cast(Shell, self.app)
 
-    def start(self, name: str, job: Job, cancel: threading.Event | None = None) -> threading.Event:
-        cancel = cancel or threading.Event()
-        self.running_jobs[name] = cancel
-        self._run_job(name, job, cancel)
-        return cancel
-
-    def on_unmount(self) -> None:
-        for cancel in self.running_jobs.values():
-            cancel.set()
+    def start(self, job: Job[Any]) -> Worker[None]:
+        """Run `job`; `.cancel()` on the returned worker asks the engine to stop (the job still reports)."""
+        return self._run_job(job)
 
     @work(thread=True, exit_on_error=False)
-    def _run_job(self, name: str, job: Job, cancel: threading.Event) -> None:
+    def _run_job(self, job: Job[Any]) -> None:
+        cancel = get_current_worker().cancelled_event
+
         def emit(event: Event) -> None:
-            self.post_message(EngineEvent(name, event))
+            self.post_message(EngineEvent(job, event))
 
         try:
-            result = job(emit, cancel)
+            result = job.work(emit, cancel)
         except Exception as error:  # every failure reaches the screen as one line
-            self.post_message(JobFailed(name, one_line(error), error))
+            self.post_message(JobFailed(job, one_line(error), error))
         else:
-            self.post_message(JobDone(name, result))
-        finally:
-            if self.running_jobs.get(name) is cancel:
-                del self.running_jobs[name]
-
-    # --- what jobs report: handlers named after the job (`done_<job>`, `failed_<job>`, `engine_event`) ---
+            self.post_message(JobDone(job, result))
 
     def on_engine_event(self, message: EngineEvent) -> None:
         message.stop()
-        self.engine_event(message.job, message.event)
-
-    def engine_event(self, job: str, event: Event) -> None:
-        """One engine event of a running job; screens that show progress override this."""
+        if message.job.progress is not None:
+            message.job.progress(message.event)
 
     def on_job_done(self, message: JobDone) -> None:
         message.stop()
-        handler = getattr(self, f"done_{message.job.split(':')[0]}", None)
-        if handler is not None:
-            handler(message.job, message.result)
+        message.job.done(message.result)
 
     def on_job_failed(self, message: JobFailed) -> None:
         message.stop()
-        handler = getattr(self, f"failed_{message.job.split(':')[0]}", None)
-        if handler is not None:
-            handler(message.job, message.error, message.exception)
+        if message.job.failed is not None:
+            message.job.failed(message.error, message.exception)
         else:
-            self.notify(message.error, title=message.job.split(":")[0], severity="error", timeout=10, markup=False)
+            self.notify(message.error, title=message.job.name, severity="error", timeout=10, markup=False)
 
     # --- host keys: check one host's key; an unknown one can be accepted, a changed one is refused ---------
 
     def check_host_key(self, host: str) -> None:
         backend = self.topdeck.backend
         self.notify(shown(f"connecting to {host} to read its host key…"), markup=False)
-        self.start(f"hostkey:{host}", lambda emit, cancel: backend.check_host_key(host))
+        self.start(Job(f"hostkey:{host}", lambda emit, cancel: backend.check_host_key(host),
+                       lambda result: self.notify(shown(f"{host}: the host key is pinned and the login works"),
+                                                  markup=False),
+                       self.host_key_failed))
 
-    def done_hostkey(self, job: str, result: object) -> None:
-        self.notify(shown(f"{job.split(':', 1)[1]}: the host key is pinned and the login works"), markup=False)
-
-    def failed_hostkey(self, job: str, error: str, exception: BaseException) -> None:
+    def host_key_failed(self, error: str, exception: BaseException) -> None:
         from topdeck.core.errors import ChangedHostKey, UnknownHostKey
         from topdeck.tui.screens.hostkey import HostKeyScreen
 

@@ -16,6 +16,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Label, Log, Static
+from textual.worker import Worker
 
 from topdeck.core.events import (
     FINAL_PHASES,
@@ -29,6 +30,7 @@ from topdeck.core.events import (
     WaveStarted,
 )
 from topdeck.core.vocabulary import Mode, Phase
+from topdeck.tui.jobs import Job
 from topdeck.tui.present import bar, phase_text, short_system, size_pair
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.state import Run
@@ -80,7 +82,7 @@ class DeployScreen(TopdeckScreen):
         self.waves: list[WaveStarted] = []
         self.result: DeployResult | None = None
         self.error = ""
-        self.cancel = threading.Event()
+        self.worker: Worker[None] | None = None
         self.cancelling = False
         self.running = runner is not None
         self.started = clock()
@@ -111,14 +113,11 @@ class DeployScreen(TopdeckScreen):
         self.show_outcome()
         self.set_interval(REDRAW_INTERVAL, self.redraw)
         if self.runner is not None:
-            self.run = Run(self.title_text, tuple(self.rows), self.cancel)
+            self.worker = self.start(Job("deploy", self.runner, self.deploy_done, self.deploy_failed, self.apply))
+            self.run = Run(self.title_text, tuple(self.rows), self.worker.cancel)
             self.topdeck.run_started(self.run)
-            self.start("deploy", self.runner, self.cancel)
 
     # --- the model: events only change it ----------------------------------------------------------------
-
-    def engine_event(self, job: str, event: Event) -> None:
-        self.apply(event)
 
     def apply(self, event: Event) -> None:
         """Take one engine event into the model (also used by tests to show a fixed state)."""
@@ -247,11 +246,11 @@ class DeployScreen(TopdeckScreen):
 
     # --- the end -------------------------------------------------------------------------------------------
 
-    def done_deploy(self, job: str, result: DeployResult) -> None:
+    def deploy_done(self, result: DeployResult) -> None:
         self.apply(result)
         self.finish()
 
-    def failed_deploy(self, job: str, error: str, exception: BaseException) -> None:
+    def deploy_failed(self, error: str, exception: BaseException) -> None:
         self.error = error
         self.notify(error, title=self.title_text, severity="error", timeout=10, markup=False)
         self.finish()
@@ -267,7 +266,8 @@ class DeployScreen(TopdeckScreen):
         if not self.running:
             self.notify("nothing is running", severity="warning", markup=False)
             return
-        self.cancel.set()
+        if self.worker is not None:
+            self.worker.cancel()
         self.cancelling = True
         self.show_outcome()
 

@@ -22,8 +22,9 @@ from topdeck.core.pointers import PointerVersion, is_expired
 from topdeck.core.sshroute import endpoint_label
 from topdeck.core.vocabulary import HostState
 from topdeck.tui.backend import EngineBackend
+from topdeck.tui.jobs import Job, Work
 from topdeck.tui.present import STATUS_STYLES, short_path, short_system, status_text, store_name, until, when
-from topdeck.tui.screens.base import Job, TopdeckScreen
+from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.text import plain, shown
 from topdeck.tui.widgets.table import SafeTable
 
@@ -43,7 +44,7 @@ class Refreshed:
     seconds: float
 
 
-def refresh_job(backend: EngineBackend) -> Job:
+def refresh_job(backend: EngineBackend) -> Work[Refreshed]:
     def job(emit: Emit, cancel: threading.Event) -> Refreshed:
         started = time.monotonic()
         errors = []
@@ -294,14 +295,15 @@ class FleetScreen(TopdeckScreen):
             return
         self.refreshing, self.progress = True, ""
         self.show_status()
-        self.start("refresh", refresh_job(self.topdeck.backend))
+        self.start(Job("refresh", refresh_job(self.topdeck.backend), self.refresh_done, self.refresh_failed,
+                       self.refresh_progress))
 
-    def engine_event(self, job: str, event: Event) -> None:
-        if job == "refresh" and isinstance(event, Progress) and event.paths_total:
+    def refresh_progress(self, event: Event) -> None:
+        if isinstance(event, Progress) and event.paths_total:
             self.progress = f"{event.paths_done}/{event.paths_total}"
             self.show_status()
 
-    def done_refresh(self, job: str, result: Refreshed) -> None:
+    def refresh_done(self, result: Refreshed) -> None:
         fleet = self.topdeck.fleet
         fleet.statuses = {status.host: status for status in result.statuses}
         fleet.pointers = dict(result.pointers)
@@ -310,7 +312,7 @@ class FleetScreen(TopdeckScreen):
         self.refreshing, self.last_refresh_seconds = False, result.seconds
         self.populate()
 
-    def failed_refresh(self, job: str, error: str, exception: BaseException) -> None:
+    def refresh_failed(self, error: str, exception: BaseException) -> None:
         self.refreshing = False
         self.topdeck.fleet.errors = (error,)
         self.show_status()

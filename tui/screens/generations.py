@@ -5,6 +5,7 @@ generation and the current one on demand."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,6 +17,7 @@ from textual.widgets.option_list import Option
 from topdeck.core.diff import ClosureDiff
 from topdeck.core.events import DeployResult
 from topdeck.core.fleet import Generation
+from topdeck.tui.jobs import Job
 from topdeck.tui.present import diff_text, short_system, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.text import plain, shown
@@ -81,11 +83,11 @@ class GenerationsScreen(TopdeckScreen):
         backend = self.topdeck.backend
         self.reading.add(host)
         self.errors.pop(host, None)
-        self.start(f"generations:{host}", lambda emit, cancel: backend.generations(host))
+        self.start(Job(f"generations:{host}", lambda emit, cancel: backend.generations(host),
+                       partial(self.generations_done, host), partial(self.generations_failed, host)))
         self.show_status()
 
-    def done_generations(self, job: str, result: tuple[Generation, ...]) -> None:
-        host = job.split(":", 1)[1]
+    def generations_done(self, host: str, result: tuple[Generation, ...]) -> None:
         self.reading.discard(host)
         self.generations[host] = tuple(result)
         if host == self.host:
@@ -93,8 +95,7 @@ class GenerationsScreen(TopdeckScreen):
         else:
             self.show_status()
 
-    def failed_generations(self, job: str, error: str, exception: BaseException) -> None:
-        host = job.split(":", 1)[1]
+    def generations_failed(self, host: str, error: str, exception: BaseException) -> None:
         self.reading.discard(host)
         self.errors[host] = error
         self.show()
@@ -175,10 +176,10 @@ class GenerationsScreen(TopdeckScreen):
         self.query_one("#diff", Static).update(plain(f"comparing generation {generation.number} with the current "
                                                     f"one ({current.number})…", style="dim"))
         self.query_one("#diffbox").remove_class("empty")
-        self.start(f"diff:{host}:{generation.number}", lambda emit, cancel: backend.generation_diff(host, path))
+        self.start(Job(f"diff:{host}:{generation.number}", lambda emit, cancel: backend.generation_diff(host, path),
+                       partial(self.diff_done, host, generation.number), self.diff_failed))
 
-    def done_diff(self, job: str, result: ClosureDiff) -> None:
-        _, host, number = job.split(":")
+    def diff_done(self, host: str, number: int, result: ClosureDiff) -> None:
         if host != self.host:
             return
         current = self.current(host)
@@ -190,7 +191,7 @@ class GenerationsScreen(TopdeckScreen):
         self.query_one("#diff", Static).update(text)
         self.query_one("#diffbox").remove_class("empty")
 
-    def failed_diff(self, job: str, error: str, exception: BaseException) -> None:
+    def diff_failed(self, error: str, exception: BaseException) -> None:
         self.query_one("#diff", Static).update(plain(error, style="red"))
 
     # --- rollbacks -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from topdeck.core.events import Event, Progress, PushResult
 from topdeck.core.fleet import POINTER_TARGET, FleetPlan
 from topdeck.core.planview import plan_view
 from topdeck.core.vocabulary import Mode, PlanStatus
+from topdeck.tui.jobs import Job
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.text import plain, shown
@@ -89,18 +90,19 @@ class PlanScreen(TopdeckScreen):
         self.planning, self.progress, self.error, self.missing_target = True, "", "", False
         self.fleet_plan = None
         self.show()
-        self.start("plan", lambda emit, cancel: backend.plan(hosts, target, emit, cancel))
+        self.start(Job("plan", lambda emit, cancel: backend.plan(hosts, target, emit, cancel), self.plan_done,
+                       self.plan_failed, self.plan_progress))
 
-    def engine_event(self, job: str, event: Event) -> None:
-        if job == "plan" and isinstance(event, Progress) and event.paths_total:
+    def plan_progress(self, event: Event) -> None:
+        if isinstance(event, Progress) and event.paths_total:
             self.progress = f"{event.paths_done}/{event.paths_total} hosts probed"
             self.show_summary()
 
-    def done_plan(self, job: str, result: FleetPlan) -> None:
+    def plan_done(self, result: FleetPlan) -> None:
         self.planning, self.fleet_plan = False, result
         self.show()
 
-    def failed_plan(self, job: str, error: str, exception: BaseException) -> None:
+    def plan_failed(self, error: str, exception: BaseException) -> None:
         self.planning, self.error = False, error
         self.missing_target = bool(self.target) and not str(self.target).startswith(POINTER_TARGET) \
             and "not in the cache" in error

@@ -4,6 +4,7 @@ a pointer, or roll a pointer back to an earlier target (each after confirming)."
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,6 +12,7 @@ from textual.binding import Binding
 from textual.widgets import Footer, Header, Label, Static
 
 from topdeck.core.pointers import Pointer, PointerVersion, is_expired
+from topdeck.tui.jobs import Job
 from topdeck.tui.present import short_system, until, when
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.text import plain, shown
@@ -75,15 +77,15 @@ class PointersScreen(TopdeckScreen):
         self.show_status()
         self.histories.clear()
         self.sidecars.clear()
-        self.start("pointers", lambda emit, cancel: backend.pointers())
+        self.start(Job("pointers", lambda emit, cancel: backend.pointers(), self.pointers_done, self.pointers_failed))
 
-    def done_pointers(self, job: str, result: dict[str, PointerVersion]) -> None:
+    def pointers_done(self, result: dict[str, PointerVersion]) -> None:
         self.pointers = dict(result)
         self.topdeck.fleet.pointers = dict(result)
         self.message = ""
         self.show()
 
-    def failed_pointers(self, job: str, error: str, exception: BaseException) -> None:
+    def pointers_failed(self, error: str, exception: BaseException) -> None:
         self.message = ""
         self.pointers = self.pointers or {}
         self.notify(error, title="pointers", severity="error", timeout=10, markup=False)
@@ -91,20 +93,19 @@ class PointersScreen(TopdeckScreen):
 
     def load_history(self, name: str) -> None:
         backend = self.topdeck.backend
-        self.start(f"history:{name}", lambda emit, cancel: backend.history(name))
+        self.start(Job(f"history:{name}", lambda emit, cancel: backend.history(name), partial(self.history_done, name)))
 
     def load_sidecar(self, name: str) -> None:
         backend = self.topdeck.backend
         self.sidecars[name] = plain("reading its sidecar…", style="dim")
-        self.start(f"sidecar:{name}", lambda emit, cancel: backend.read_pointer(name))
+        self.start(Job(f"sidecar:{name}", lambda emit, cancel: backend.read_pointer(name),
+                       partial(self.sidecar_done, name), partial(self.sidecar_failed, name)))
 
-    def done_sidecar(self, job: str, result: Pointer) -> None:
-        name = job.split(":", 1)[1]
+    def sidecar_done(self, name: str, result: Pointer) -> None:
         self.sidecars[name] = plain(f"sidecar: serial {result.serial}, signature verified", style="green")
         self.show_sidecar(name)
 
-    def failed_sidecar(self, job: str, error: str, exception: BaseException) -> None:
-        name = job.split(":", 1)[1]
+    def sidecar_failed(self, name: str, error: str, exception: BaseException) -> None:
         self.sidecars[name] = plain(f"not verified: {error}", style="bold red")
         table = self.query_one("#pointers", SafeTable)
         listed = (self.pointers or {}).get(name)
@@ -112,8 +113,7 @@ class PointersScreen(TopdeckScreen):
             table.update_cell(name, "target", plain(f"not verified: {error}", style="bold red"))
         self.show_sidecar(name)
 
-    def done_history(self, job: str, result: list[PointerVersion]) -> None:
-        name = job.split(":", 1)[1]
+    def history_done(self, name: str, result: list[PointerVersion]) -> None:
         self.histories[name] = list(result)
         if name == self.pointer_name:
             self.show_history()
@@ -235,8 +235,9 @@ class PointersScreen(TopdeckScreen):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.start(f"publish:{name}", lambda emit, cancel: backend.rollback_pointer(name, to or
-                                                                                           str(version.serial)))
+                self.start(Job(f"publish:{name}",
+                               lambda emit, cancel: backend.rollback_pointer(name, to or str(version.serial)),
+                               self.published))
 
         self.app.push_screen(ConfirmScreen(question, title="Roll back a pointer", danger=True), answered)
 
@@ -249,7 +250,8 @@ class PointersScreen(TopdeckScreen):
             def answered(yes: bool | None) -> None:
                 if yes:
                     backend = self.topdeck.backend
-                    self.start(f"publish:{pointer}", lambda emit, cancel: backend.publish_pointer(pointer, path))
+                    self.start(Job(f"publish:{pointer}", lambda emit, cancel: backend.publish_pointer(pointer, path),
+                                   self.published))
             return answered
 
         def got_path(pointer: str, path: str | None) -> None:
@@ -265,7 +267,7 @@ class PointersScreen(TopdeckScreen):
         self.app.push_screen(PromptScreen("Pointer name:", value=name, suggestions=sorted(self.pointers or {})),
                              got_name)
 
-    def done_publish(self, job: str, result: Pointer) -> None:
+    def published(self, result: Pointer) -> None:
         self.notify(shown(f"pointer {result.name} now names {short_system(result.path)} (serial {result.serial})"),
                     markup=False)
         self.action_reload()

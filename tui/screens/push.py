@@ -12,8 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer, Header, Log, ProgressBar, Static
+from textual.worker import Worker
 
 from topdeck.core.events import Emit, Event, LogLine, Progress, PushResult
+from topdeck.tui.jobs import Job
 from topdeck.tui.present import duration, short_system, size, store_name
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.text import plain, shown
@@ -47,7 +49,7 @@ class PushScreen(TopdeckScreen):
         self.phase = "starting"
         self.result: PushResult | None = None
         self.error = ""
-        self.cancel = threading.Event()
+        self.worker: Worker[None] | None = None
         self.running = False
 
     def compose(self) -> ComposeResult:
@@ -77,10 +79,7 @@ class PushScreen(TopdeckScreen):
             backend, path, pointer = self.topdeck.backend, self.path, self.pointer
             runner = self.runner or (lambda emit, cancel: backend.push(path, pointer, emit, cancel))
             self.running = True
-            self.start("push", runner, self.cancel)
-
-    def engine_event(self, job: str, event: Event) -> None:
-        self.apply(event)
+            self.worker = self.start(Job("push", runner, self.push_done, self.push_failed, self.apply))
 
     def apply(self, event: Event) -> None:
         if isinstance(event, Progress):
@@ -132,21 +131,21 @@ class PushScreen(TopdeckScreen):
             result.append("\nescape: back to the plan", style="dim")
         elif self.error:
             result.append(shown(f"failed: {self.error}"), style="bold red")
-        elif self.cancel.is_set() and self.running:
+        elif self.worker is not None and self.worker.is_cancelled and self.running:
             result.append("cancelling… (what is uploaded stays; a re-run finishes the job)", style="yellow")
         self.query_one("#result", Static).update(result)
 
-    def done_push(self, job: str, result: PushResult) -> None:
+    def push_done(self, result: PushResult) -> None:
         self.running = False
         self.apply(result)
 
-    def failed_push(self, job: str, error: str, exception: BaseException) -> None:
+    def push_failed(self, error: str, exception: BaseException) -> None:
         self.running, self.error = False, error
         self.show()
 
     def action_cancel(self) -> None:
-        if self.running:
-            self.cancel.set()
+        if self.running and self.worker is not None:
+            self.worker.cancel()
             self.show()
 
     def action_back(self) -> None:
