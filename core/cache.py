@@ -17,7 +17,6 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from topdeck.core import strict
 from topdeck.core.errors import CacheError, CacheMissing
-from topdeck.core.errors import TransientCacheError as TransientCacheError  # its home is core/errors.py
 from topdeck.core.events import Transactions
 
 NARINFO_TYPE = "text/x-nix-narinfo"

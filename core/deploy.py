@@ -46,14 +46,13 @@ from topdeck.core.hostverbs import (
     run_verb,
     status,
 )
-from topdeck.core.hostverbs import host_command as host_command  # where callers found it before hostverbs
 from topdeck.core.hostverbs import host_script as host_script
 from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
 from topdeck.core.ssh import MAX_OUTPUT, Connect, Session, connect
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.strict import parse_uint
-from topdeck.core.vocabulary import SWITCH_MODES, Mode, Outcome, Phase
+from topdeck.core.vocabulary import SWITCH_MODES, Mode, Outcome, Phase, Step
 
 MODES = tuple(mode.value for mode in SWITCH_MODES)  # plain words: argparse's choices error shows each one's repr
 REBOOT = Mode.REBOOT  # the mode of a run that only reboots its hosts into their boot default
@@ -406,7 +405,7 @@ class _Tracker:
         self.reboot_from = ""  # the boot id the host had when it began to reboot
         self.generation = self.paths_total = self.bytes_done = 0
         self.switch_code: int | None = None
-        self._progress = Progress(phase="fetch", host=host)
+        self._progress = Progress(phase=Step.FETCH, host=host)
         self._confirmer: threading.Thread | None = None
 
     def phase(self, name: Phase, detail: str = "") -> None:
@@ -431,12 +430,12 @@ class _Tracker:
                 self._on_phase(name, detail, text)
             case ProgressLine(paths, total, done, expected):
                 self.paths_total, self.bytes_done = total, done
-                self._progress = Progress("fetch", paths, total, done, expected, self._progress.current,
+                self._progress = Progress(Step.FETCH, paths, total, done, expected, self._progress.current,
                                           host=self.host)
                 self.emit(self._progress)
             case CurrentLine(path):
                 p = self._progress
-                self._progress = Progress("fetch", p.paths_done, p.paths_total, p.bytes_done, p.bytes_total,
+                self._progress = Progress(Step.FETCH, p.paths_done, p.paths_total, p.bytes_done, p.bytes_total,
                                           path.rpartition("/")[2][33:], host=self.host)
                 self.emit(self._progress)
             case LogText(words):

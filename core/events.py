@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from topdeck.core.vocabulary import FINAL_PHASES as FINAL_PHASES  # where the front ends found it before
-from topdeck.core.vocabulary import Mode, Outcome, Phase
+from topdeck.core.vocabulary import Mode, Outcome, Phase, Step
 
 
 @dataclass(frozen=True)
 class Progress:
-    """How far a phase of a job is: paths and bytes done of their totals."""
+    """How far a step of a job is: paths and bytes done of their totals."""
 
-    phase: str
+    phase: Step
     paths_done: int = 0
     paths_total: int = 0
     bytes_done: int = 0

@@ -22,7 +22,8 @@ from topdeck.core.deploy import Settings, mode_of, plan_waves
 from topdeck.core.diff import ClosureDiff
 from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, PointerError, UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
-from topdeck.core.fleet import FleetPlan, Generation, HostStatus
+from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import Host, Inventory, select_hosts
 from topdeck.core.manifest import manifest_name
 from topdeck.core.pointers import Pointer, PointerVersion

@@ -16,7 +16,6 @@ from topdeck.core.diff import ClosureDiff, diff_closures
 from topdeck.core.errors import DeployError, InventoryError, TopdeckError, internal_error
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
 from topdeck.core.hostpool import each_host, values
-from topdeck.core.hostverbs import Generation as Generation  # a host's generation, as the front ends know it
 from topdeck.core.hostverbs import StatusReport
 from topdeck.core.inventory import Host, Inventory, is_safe_name, select_hosts
 from topdeck.core.manifest import Manifest
@@ -25,7 +24,7 @@ from topdeck.core.runs import save_run
 from topdeck.core.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.ssh import Connect, connect
 from topdeck.core.store import StorePath, parse_store_path
-from topdeck.core.vocabulary import HostState, Mode, Outcome, Phase
+from topdeck.core.vocabulary import HostState, Mode, Outcome, Phase, Step
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,8 @@ def _rollback_generation(inventory: Inventory, host: Host, to: int | None) -> in
     return max(earlier)
 
 
-def generations(inventory: Inventory, host_name: str, *, connect: Connect = connect) -> tuple[Generation, ...]:
+def generations(inventory: Inventory, host_name: str, *,
+                connect: Connect = connect) -> tuple[hostverbs.Generation, ...]:
     with connect(inventory.host(host_name), inventory.ssh) as session:
         return hostverbs.generations(session)
 
@@ -246,7 +246,7 @@ def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: 
     histories = {name: pointers.history(cache, name, keys) for name in sorted({h.pointer for h in hosts})}
 
     def done(host: Host, count: int) -> None:
-        emit(Progress("status", count, len(hosts), host=host.name))
+        emit(Progress(Step.STATUS, count, len(hosts), host=host.name))
 
     return values(each_host(hosts, lambda host: _status(inventory, host, histories[host.pointer], connect),
                             parallel=inventory.deploy.parallel, cancel=cancel, cancelled="status cancelled",

@@ -33,6 +33,7 @@ from topdeck.core.push import NAR_FOLDER, nar_file, narinfo_name
 from topdeck.core.signing import PublicKey
 from topdeck.core.ssh import Connect, connect
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.vocabulary import Step
 
 PRICE_PER_GB_MONTH = 0.006  # USD: Backblaze B2's list price for storage, per decimal GB and month
 DEFAULT_MIN_AGE = 24 * 3600.0
@@ -308,7 +309,7 @@ def collect(cache: DeletingCache, plan: GcPlan, *, emit: Emit = ignore, cancel: 
             checked = True
         cache.delete_version(entry)
         deleted, freed = deleted + 1, freed + entry.size
-        emit(Progress("gc", deleted, total, freed, plan.freed_bytes, current=entry.name,
+        emit(Progress(Step.GC, deleted, total, freed, plan.freed_bytes, current=entry.name,
                       rate=freed / max(clock() - started, 1e-6)))
     return deleted, freed
 
@@ -329,7 +330,7 @@ def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unr
     check_keep(keep)  # before any host or bucket is asked
     started = clock()
     cache = cache or open_deleting_cache(inventory.cache)
-    emit(Progress("gc-hosts", 0, len(inventory.hosts)))
+    emit(Progress(Step.GC_HOSTS, 0, len(inventory.hosts)))
     systems = host_systems(inventory, skip_unreachable=skip_unreachable, connect=connect, emit=emit, cancel=cancel)
     versions = cache.all_versions()
     keys = [trusted_key(inventory)]

@@ -34,7 +34,7 @@ from topdeck.core.signing import PublicKey
 from topdeck.core.ssh import Connect, connect, remote_command
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.strict import parse_uint
-from topdeck.core.vocabulary import PlanStatus
+from topdeck.core.vocabulary import PlanStatus, Step
 
 B2_FREE_CLASS_B_PER_DAY = 2500
 PROBE_TIMEOUT = 120.0
@@ -161,7 +161,7 @@ def plan(hosts: tuple[Host, ...], targets: Mapping[str, StorePath | str], manife
         return plan_host(host, target, manifests[target], ssh, connect)
 
     def done(host: Host, count: int) -> None:
-        emit(Progress(phase="plan", paths_done=count, paths_total=len(hosts), host=host.name))
+        emit(Progress(phase=Step.PLAN, paths_done=count, paths_total=len(hosts), host=host.name))
 
     host_plans = values(each_host(hosts, one, parallel=parallel, cancel=cancel, cancelled="plan cancelled",
                                   on_done=done, thread_name="topdeck-plan"))

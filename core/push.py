@@ -31,8 +31,8 @@ import zstandard
 
 from topdeck.core import localnix
 from topdeck.core import pointers as pointers_module
-from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, NameLookup, TransientCacheError
-from topdeck.core.errors import Cancelled, TopdeckError
+from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, NameLookup
+from topdeck.core.errors import Cancelled, TopdeckError, TransientCacheError
 from topdeck.core.events import Emit, Progress, PublishedPointer, PushResult, ignore
 from topdeck.core.localnix import PathInfo
 from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
@@ -40,6 +40,7 @@ from topdeck.core.narinfo import Narinfo, parse_narinfo, render_narinfo
 from topdeck.core.presence import NAR_FOLDER, Presence, nar_file, nar_name, narinfo_name, presence
 from topdeck.core.signing import SecretKey, sign_narinfo
 from topdeck.core.store import StorePath
+from topdeck.core.vocabulary import Step
 
 ZSTD_LEVEL = 3
 SMALL_NAR = 8 * 1024 * 1024
@@ -222,7 +223,7 @@ class _Push:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         done = len(self.published) - self.published_before
         self.emit(Progress(
-            phase="upload", paths_done=done, paths_total=len(self.missing),
+            phase=Step.UPLOAD, paths_done=done, paths_total=len(self.missing),
             bytes_done=min(self.nar_bytes_read, self.bytes_total), bytes_total=self.bytes_total,
             current=self.last_stored, rate=self.nar_bytes_read / elapsed,
         ))
@@ -271,7 +272,7 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
             raise TopdeckError(f"pointer {name}: {target} is not one of the toplevels pushed")
     started = time.monotonic()
     closure = closure_of(toplevels)
-    emit(Progress(phase="list", paths_total=len(closure)))
+    emit(Progress(phase=Step.LIST, paths_total=len(closure)))
     found = _presence(cache, closure, toplevels, list(wanted), verify)
     listing = found.names
     job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
@@ -281,7 +282,7 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
     for toplevel in toplevels:
         if manifest_name(toplevel) not in listing:
             own = closure_within(closure, toplevel)
-            emit(Progress(phase="manifest", paths_done=len(own), paths_total=len(own)))
+            emit(Progress(phase=Step.MANIFEST, paths_done=len(own), paths_total=len(own)))
             manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, found, cache)))
             cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
     published = [_publish_pointer(cache, name, target, key, listing, clock, pointer_valid_for)

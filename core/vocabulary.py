@@ -32,6 +32,19 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Step(StrEnum):
+    """What a long job is doing, as its `Progress` events name it."""
+
+    LIST = "list"  # push: listing what the cache holds
+    UPLOAD = "upload"
+    MANIFEST = "manifest"
+    PLAN = "plan"  # hosts probed
+    STATUS = "status"  # hosts asked
+    FETCH = "fetch"  # a host fetching its closure
+    GC = "gc"
+    GC_HOSTS = "gc-hosts"
+
+
 class Phase(StrEnum):
     """A step of a host's deploy, in order; a run ends in the phase named by its `Outcome`."""
 

@@ -25,12 +25,14 @@ from topdeck.core.events import (
     WaveStarted,
     ignore,
 )
-from topdeck.core.fleet import FleetPlan, Generation, HostStatus
+from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import CacheConfig, Host, Inventory
 from topdeck.core.manifest import Manifest, ManifestPath
 from topdeck.core.plan import Plan, ProbeState, group, host_plan
 from topdeck.core.pointers import Pointer, PointerVersion
 from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.vocabulary import Step
 
 NOW = 1_795_000_000.0  # a fixed "now" for the clock of every fake app (November 2026)
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -168,7 +170,7 @@ class FakeBackend:
              cancel: threading.Event | None = None) -> PushResult:
         total = 12
         for i in range(total + 1):
-            emit(Progress("upload", i, total, i * 3 * MiB, total * 3 * MiB, f"{path}", 6 * MiB))
+            emit(Progress(Step.UPLOAD, i, total, i * 3 * MiB, total * 3 * MiB, f"{path}", 6 * MiB))
             time.sleep(self.delay / 4)
         return PushResult(path, 40, total, 28, total * 3 * MiB, total * MiB, 50 * MiB, 2.5,
                           Transactions(a=2 * total + 1, b=0, c=2), pointer or "", 0, False)
@@ -209,7 +211,7 @@ class FakeBackend:
                 emit(LogLine(f"{phase}: ok", name))
                 if phase == "fetch" and fetch:
                     for step in range(1, self.fetch_steps + 1):
-                        emit(Progress("fetch", step * 3, self.fetch_steps * 3, step * 2 * MiB,
+                        emit(Progress(Step.FETCH, step * 3, self.fetch_steps * 3, step * 2 * MiB,
                                       self.fetch_steps * 2 * MiB, host=name))
                         if self.delay:
                             time.sleep(self.delay / self.fetch_steps / max(1, len(hosts)))

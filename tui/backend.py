@@ -16,7 +16,8 @@ from topdeck.core.diff import ClosureDiff
 from topdeck.core.errors import UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.facade import Fleet
-from topdeck.core.fleet import FleetPlan, Generation, HostStatus
+from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import Inventory
 from topdeck.core.pointers import Pointer, PointerVersion
 

@@ -182,8 +182,7 @@ def test_retrying_tries_transient_failures_again_and_everything_else_once():
     from b2sdk.v2.exception import B2ConnectionError, ServiceError, TransactionCapExceeded, Unauthorized
 
     from topdeck.core.b2cache import retrying
-    from topdeck.core.cache import TransientCacheError
-    from topdeck.core.errors import CacheError
+    from topdeck.core.errors import CacheError, TransientCacheError
 
     for transient in (ServiceError("503 service_unavailable"), B2ConnectionError("Connection refused"),
                       ConnectionResetError("Connection reset by peer")):

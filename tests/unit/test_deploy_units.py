@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from topdeck.core import runs, state
-from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, host_command, plan_waves
+from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
+from topdeck.core.hostverbs import host_command
 from topdeck.core.inventory import Checks, Host, load_inventory
 from topdeck.core.signing import generate_keypair
 from topdeck.core.store import parse_store_path

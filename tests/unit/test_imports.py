@@ -139,3 +139,14 @@ def test_the_front_ends_act_on_a_fleet_through_the_facade_only():
 def test_the_facade_check_sees_a_direct_engine_call():
     tree = ast.parse("from topdeck.core.fleet import HostStatus, deploy_fleet\nfrom topdeck.core import pointers\n")
     assert engine_calls(tree) == ["topdeck.core.fleet.deploy_fleet", "topdeck.core.pointers"]
+
+
+def test_no_re_exports():
+    """Every name is imported from the module that defines it: no `import name as name` kept for old callers."""
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                found += [f"{name}: {alias.name}" for alias in node.names
+                          if alias.asname and alias.asname == alias.name.rsplit(".", 1)[-1]]
+    assert found == []

@@ -16,8 +16,10 @@ from shownlint import cli_violations, tui_violations
 from topdeck.cli import deploy as cli_deploy
 from topdeck.cli.output import EventPrinter
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
-from topdeck.core.fleet import Generation, HostStatus
+from topdeck.core.fleet import HostStatus
+from topdeck.core.hostverbs import Generation
 from topdeck.core.shown import shown
+from topdeck.core.vocabulary import Step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +107,7 @@ def without_own_sequences(text: str) -> str:
 
 def hostile_events() -> list[object]:
     return [WaveStarted(1, 2, ("web-1", ALL)), HostPhase("web-1", "fetch", ALL), HostPhase(ALL, "connect"),
-            Progress("fetch", 1, 3, 10, 30, ALL, host="web-1"), LogLine(ALL, "web-1"), LogLine(ALL, ALL)]
+            Progress(Step.FETCH, 1, 3, 10, 30, ALL, host="web-1"), LogLine(ALL, "web-1"), LogLine(ALL, ALL)]
 
 
 def test_the_live_deploy_board_draws_no_host_controls_and_no_forged_line() -> None:

@@ -13,7 +13,8 @@ from rich.text import Text
 from tui_fakes import NOW, WEB_NEW, FakeBackend, toplevel
 
 from topdeck.core.events import Emit, HostOutcome, HostPhase, LogLine, ignore
-from topdeck.core.fleet import FleetPlan, Generation, HostStatus
+from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.hostverbs import Generation
 from topdeck.core.plan import HostPlan, Plan, group
 from topdeck.core.pointers import PointerVersion
 from topdeck.tui.app import TopdeckApp

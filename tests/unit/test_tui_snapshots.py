@@ -12,6 +12,7 @@ from tui_fakes import NOW, WEB_NEW, FakeBackend, fake_inventory, toplevel
 
 from topdeck.core.errors import ChangedHostKey, UnknownHostKey
 from topdeck.core.events import HostOutcome, HostPhase, LogLine, Progress, WaveStarted
+from topdeck.core.vocabulary import Step
 from topdeck.tui.app import TopdeckApp
 from topdeck.tui.screens.deploy import DeployScreen
 from topdeck.tui.screens.generations import GenerationsScreen
@@ -87,7 +88,7 @@ def test_push(snap_compare):
         return PushScreen(str(toplevel(WEB_NEW)), start=False)
 
     def progress(pilot) -> None:
-        pilot.app.screen.apply(Progress("upload", 17, 40, 37 * MiB, 90 * MiB,
+        pilot.app.screen.apply(Progress(Step.UPLOAD, 17, 40, 37 * MiB, 90 * MiB,
                                         "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-openssl-3.0.14", 6.5 * MiB))
 
     assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=opening(screen, progress))
@@ -97,13 +98,13 @@ def deploy_events(screen: DeployScreen) -> None:
     screen.running = True
     for event in (
         WaveStarted(1, 2, ("db-1", "web-1")),
-        HostPhase("db-1", "fetch"), Progress("fetch", 9, 24, 13 * MiB, 31 * MiB, host="db-1"),
+        HostPhase("db-1", "fetch"), Progress(Step.FETCH, 9, 24, 13 * MiB, 31 * MiB, host="db-1"),
         LogLine("copying path '/nix/store/…-openssl-3.0.14' from 'http://127.0.0.1:17890/file/topdeck-lab/cache'",
                 "db-1"),
         LogLine("copying path '/nix/store/…-nginx-1.26.1' from 'http://127.0.0.1:17890/file/topdeck-lab/cache'",
                 "db-1"),
         HostPhase("web-1", "activate", "switch-to-configuration switch"),
-        Progress("fetch", 24, 24, 31 * MiB, 31 * MiB, host="web-1"),
+        Progress(Step.FETCH, 24, 24, 31 * MiB, 31 * MiB, host="web-1"),
         HostPhase("web-2", "queued"),
         HostOutcome("web-3", "failed", str(toplevel(WEB_NEW)), reason="activation failed (exit 1); rolled back"),
     ):

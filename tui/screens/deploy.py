@@ -19,7 +19,6 @@ from textual.widgets import Footer, Header, Label, Log, Static
 from textual.worker import Worker
 
 from topdeck.core.events import (
-    FINAL_PHASES,
     DeployResult,
     Emit,
     Event,
@@ -29,7 +28,7 @@ from topdeck.core.events import (
     Progress,
     WaveStarted,
 )
-from topdeck.core.vocabulary import Mode, Phase
+from topdeck.core.vocabulary import FINAL_PHASES, Mode, Phase
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import bar, phase_text, short_system, size_pair
 from topdeck.tui.screens.base import TopdeckScreen

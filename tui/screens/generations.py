@@ -16,7 +16,7 @@ from textual.widgets.option_list import Option
 
 from topdeck.core.diff import ClosureDiff
 from topdeck.core.events import DeployResult
-from topdeck.core.fleet import Generation
+from topdeck.core.hostverbs import Generation
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import diff_text, short_system, store_name
 from topdeck.tui.screens.base import TopdeckScreen
