@@ -46,7 +46,6 @@ from topdeck.core.hostverbs import (
     run_verb,
     status,
 )
-from topdeck.core.hostverbs import host_script as host_script
 from topdeck.core.inventory import Checks, Host, SSHConfig
 from topdeck.core.signing import PublicKey, ssh_public_key
 from topdeck.core.ssh import MAX_OUTPUT, Connect, Session, connect

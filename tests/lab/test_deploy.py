@@ -250,8 +250,8 @@ def test_outcome_events_are_emitted_once_per_host(lab, inventory):
 
 def test_the_installed_script_is_an_unattended_pull_agent(lab, inventory):
     """The same host script, installed on the host and run by a timer, applies its pointer when it moves."""
-    from topdeck.core.deploy import host_script
     from topdeck.core.fleet import trusted_key
+    from topdeck.core.hostverbs import host_script
 
     inv = load_inventory(inventory)
     key = trusted_key(inv)

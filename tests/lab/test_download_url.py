@@ -21,7 +21,7 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, state, t
 from labtools import ssh_run
 
 from topdeck.core import runs
-from topdeck.core.deploy import host_script
+from topdeck.core.hostverbs import host_script
 from topdeck.core.inventory import load_inventory
 from topdeck.lab import factory, forward
 from topdeck.lab.lab import BUCKET

@@ -26,9 +26,8 @@ from labtools import ssh_run
 
 from topdeck.core import narinfo, nixbase32, pointers
 from topdeck.core.caches import open_cache
-from topdeck.core.deploy import host_script
 from topdeck.core.fleet import trusted_key
-from topdeck.core.hostverbs import host_command
+from topdeck.core.hostverbs import host_command, host_script
 from topdeck.core.inventory import load_inventory
 from topdeck.core.manifest import manifest_name, parse_manifest
 from topdeck.core.plan import parse_probe, probe_script
