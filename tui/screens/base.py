@@ -96,6 +96,11 @@ class TopdeckScreen(Screen[Any]):
         self.start(f"hostkey:{host}", lambda emit, cancel: backend.check_host_key(host))
 
     def done_hostkey(self, job: str, result: object) -> None:
+        how = str(result or "pinned")
+        if how.startswith("certified"):
+            self.notify(shown(f"{job.split(':', 1)[1]}: the host key is {how}, which known_hosts trusts; nothing to "
+                              "pin, and the login works"), markup=False)
+            return
         self.notify(shown(f"{job.split(':', 1)[1]}: the host key is pinned and the login works"), markup=False)
 
     def failed_hostkey(self, job: str, error: str, exception: BaseException) -> None:
