@@ -696,12 +696,15 @@ def open_transport(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Ch
     transport = Transport(sock, order)
     transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = timeout
     transport.channel_timeout = timeout
+    start = time.monotonic()
     try:
         transport.start_client(timeout=timeout)
         if transport.host_key is None:  # start_client gives up silently at its timeout
             raise _handshake_failure(transport)
     except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the hop
         transport.close()
+        if time.monotonic() - start >= timeout * 0.95 and "banner" in str(error):
+            error = TimeoutError("no SSH banner")  # paramiko says the same for a closed connection and a silent one
         raise SSHError(f"{where}: {_connect_failure(error, timeout, transport, sock)}") from None
     return transport
 
@@ -912,7 +915,7 @@ def _offer(transport: paramiko.Transport, hop: Endpoint, key: paramiko.PKey, whe
     except paramiko.AuthenticationException:
         return False
     except Exception as error:  # noqa: BLE001
-        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0)}") from None
+        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0, transport)}") from None
     return transport.is_authenticated()
 
 
@@ -921,17 +924,19 @@ def _close_all(transports: Sequence[paramiko.Transport]) -> None:
         transport.close()
 
 
-def _connect_failure(error: BaseException, timeout: float, transport: Transport | None = None,
+def _connect_failure(error: BaseException, timeout: float, transport: paramiko.Transport | None = None,
                      sock: object = None) -> str:
     proxy = _proxy_failure(sock)
     if proxy:
         return proxy
-    if transport is not None and transport.disconnect_reason:
-        return _disconnected(transport.disconnect_reason)
+    if getattr(transport, "disconnect_reason", ""):
+        return _disconnected(str(getattr(transport, "disconnect_reason", "")))
     if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
         reasons = {_socket_reason(e) for e in error.errors.values()}
         return "unreachable: " + ", ".join(sorted(reasons))
     if isinstance(error, (socket.timeout, TimeoutError)):
+        if "banner" in str(error):
+            return f"no SSH server answered (no SSH banner within {timeout:g} s)"
         return f"unreachable: no answer within {timeout:g} s"
     if isinstance(error, socket.gaierror):
         return f"unreachable: cannot resolve the address ({error.strerror})"
