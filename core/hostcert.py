@@ -92,6 +92,8 @@ def check(blob: bytes, key_type: str, authorities: Sequence[Authority], revoked:
     authority = next((ca for ca in authorities if ca.key.asbytes() == ca_blob), None)
     if authority is None:
         return None, "it is signed by a CA that no @cert-authority line trusts for this host"
+    if revoked(ca_blob):
+        return None, f"its CA ({authority.where}) is marked @revoked"
     problem = _problem(certificate, revoked, principal(name), time.time() if now is None else now)
     return (None, problem) if problem else (authority, "")
 

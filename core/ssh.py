@@ -125,7 +125,8 @@ def known_hosts_name(address: str, port: int = 22) -> str:
 def check_certificate(blob: bytes, keys: HostKeys, name: str) -> tuple[Authority | None, str]:
     """The CA line that vouches for the host certificate `blob` under the known_hosts `name`, or None and why not."""
     key_type = paramiko.Message(blob).get_text()
-    return hostcert.check(blob, key_type, keys.authorities_for(name), keys.revoked_blob, name)
+    matching = [ca for ca in keys.authorities if ca.matches(name)]
+    return hostcert.check(blob, key_type, matching, keys.revoked_blob, name)
 
 
 class HostKeys:
@@ -214,7 +215,7 @@ class HostKeys:
         when a CA vouches for the name, then the algorithms of the keys pinned for it, then the rest."""
         pinned = {key.get_name() for key in self.lookup_name(name)}
         wanted = {algorithm for key_type in pinned for algorithm in _ALGORITHMS.get(key_type, (key_type,))}
-        certified = bool(self.authorities_for(name))
+        certified = any(ca.matches(name) for ca in self.authorities)  # a revoked CA too: its refusal is named
         first = [a for a in offered if certified and a.endswith(_CERT)]
         second = [a for a in offered if a in wanted]
         return tuple(dict.fromkeys([*first, *second, *offered]))

@@ -5,12 +5,15 @@ No Nix and no topdeck lab; run in a network namespace of its own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from opensshlab import SSHLab, sid_root
+from opensshlab import SSHLab, run, sid_root
 
 from topdeck.core import trust
 from topdeck.core.errors import TopdeckError
@@ -156,7 +159,8 @@ def test_a_revoked_ca_is_not_trusted(lab: SSHLab) -> None:
     pin(lab, "*.fleet", lab.ca, "@cert-authority")
     pin(lab, "*", lab.ca, "@revoked")
     (status, _, err, _), (ok, said, _) = both(lab, config, "web1.fleet")
-    assert status != 0 and not ok, said
+    assert status != 0 and not ok
+    assert "host certificate not accepted: its CA" in said and "is marked @revoked" in said, said
 
 
 def test_trust_on_a_certified_host_pins_nothing(lab: SSHLab) -> None:
@@ -292,3 +296,47 @@ def test_match_exec_is_refused_in_one_line(lab: SSHLab) -> None:
     assert status == 0, err  # ssh runs the command; topdeck will not, and says so
     assert not ok and said == f"{config}:1: Match exec is not supported by topdeck (it cannot evaluate it as ssh " \
                               "would); give this host its options without it"
+
+
+def _cli(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), *args],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def test_topdeck_trust_says_certified_and_pins_nothing_or_shows_the_fingerprint(lab: SSHLab) -> None:
+    config, address = _fleet_with_ca(lab, "web1.fleet")
+    plain = lab.sshd("plain")
+    pin(lab, "*.fleet", lab.ca, "@cert-authority")
+    with (lab.dot_ssh / "config").open("a") as handle:
+        handle.write(f"Host plain\n  HostName {plain.address}\n  IdentityFile {lab.operator}\n")
+    inventory = lab.root / "inventory"
+    write(inventory / "topdeck.toml", f'[cache]\ntype = "dir"\npath = "cache"\n[ssh]\nconfig = "{config}"\n')
+    write(inventory / "web1" / "host.toml", 'address = "web1.fleet"\npointer = "web"\n')
+    write(inventory / "plain" / "host.toml", 'address = "plain"\npointer = "web"\n')
+    before = (lab.dot_ssh / "known_hosts").read_text()
+    certified = _cli(inventory, "trust", "web1", "--yes")
+    assert certified.returncode == 0, certified.stderr
+    assert "has a host certificate signed by a trusted CA: ssh-ed25519 CA SHA256:" in certified.stdout
+    assert "nothing to pin" in certified.stdout
+    assert (lab.dot_ssh / "known_hosts").read_text() == before
+    fingerprint = run(["ssh-keygen", "-lf", str(plain.keys["ed25519"])]).split()[1]
+    pinned = _cli(inventory, "trust", "plain", "--fingerprint", fingerprint)
+    assert pinned.returncode == 0, pinned.stderr
+    assert f"ssh-ed25519 {fingerprint} ({plain.address}) pinned into" in pinned.stdout
+    status, _, err, _ = lab.ssh(config, "plain")  # what topdeck pinned, ssh accepts
+    assert status == 0, err
+
+
+@pytest.mark.skipif(sid_root() is None, reason="the sid image root is not cached here")
+def test_a_source_penalised_by_openssh_10_is_named(lab: SSHLab) -> None:
+    options = "PerSourcePenalties authfail:60s min:1s\nPerSourceNetBlockSize 32:128\nMaxAuthTries 1"
+    web = lab.sshd("web10", sid=True, options=options)
+    pin(lab, web.address, web.keys["ed25519"])
+    wrong = lab.keygen(lab.root / "keys" / "wrong")
+    lab.ssh(write(lab.root / "wrong.conf", f"Host w\n  HostName {web.address}\n  IdentityFile {wrong}\n"
+                  "  IdentitiesOnly yes\n"), "w")  # one failed login: the source is penalised
+    config = write(lab.dot_ssh / "config", f"Host w\n  HostName {web.address}\n  IdentityFile {lab.operator}\n")
+    (status, _, err, _), (ok, said, took) = both(lab, config, "w")
+    assert status != 0 and "closed" in err.lower(), err
+    assert not ok and "PerSourcePenalties" in said and took < 5, said
