@@ -210,7 +210,8 @@ class SSHLab:
     def ssh(self, config: Path, name: str, command: str = "echo $SSH_CONNECTION", *, env: dict[str, str] | None = None,
             timeout: float = 30) -> tuple[int, str, str, float]:
         """`ssh -F config name command` as the operator (~ is the lab's home): exit status, stdout, stderr, seconds."""
-        ssh_argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", name, command]
+        ssh_argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                    "-o", "UpdateHostKeys=no", name, command]  # ssh would add the host's other keys to known_hosts
         script = f"mount --bind {shlex.quote(str(self.home))} /root && exec {shlex.join(ssh_argv)}"
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", **(env or {})}
         if "SSH_AUTH_SOCK" not in (env or {}):
