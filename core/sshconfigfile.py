@@ -88,8 +88,8 @@ class OpenSSHConfig(paramiko.SSHConfig):
             if key == "host":
                 return ("host", self._get_hosts(value), where)
             return ("match", self._get_matches(value), where)
-        except paramiko.ssh_exception.ConfigParseError as error:
-            raise SSHConfigError(f"{where}: {error}") from None
+        except (paramiko.ssh_exception.ConfigParseError, ValueError) as error:  # shlex's "No closing quotation"...
+            raise SSHConfigError(f"{where}: {key.capitalize()} {value[:80]!r}: {error}") from None
 
     def _include(self, value: str, where: str) -> list[Path]:
         try:
@@ -173,7 +173,12 @@ def read_config(path: Path | None) -> paramiko.SSHConfig:
     except OSError as error:
         raise SSHConfigError(f"{path}: cannot read the SSH client configuration: {error.strerror}") from None
     config = OpenSSHConfig()
-    config.read(path)
+    try:
+        config.read(path)
+    except SSHConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever else paramiko's parts raise on a broken file, in one line
+        raise SSHConfigError(f"{path}: not a valid SSH client configuration: {error}") from None
     with _lock:
         _cache[path] = _Cached(config, _stamps(config))
     return config

@@ -156,8 +156,13 @@ def _endpoint(config: paramiko.SSHConfig, path: Path | None, name: str, user: st
               ssh: SSHConfig, *, default_user: str) -> tuple[Endpoint, str]:
     """The endpoint `name` means (explicit user and port winning over the file's), and its ProxyJump (none when a
     ProxyCommand came first, as OpenSSH lets whichever of the two is obtained first win)."""
-    found = config.lookup(name)
     where = f"{path}: Host {name}"
+    try:
+        found = config.lookup(name)
+    except SSHConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - paramiko's canonicalization, a bad CanonicalizeMaxDots...: one line
+        raise SSHConfigError(f"{where}: {' '.join(str(error).split()) or type(error).__name__}") from None
     if refused(found):
         raise SSHConfigError(f"{where}: {refused(found)}")
     hostname = found.get("hostname", name)

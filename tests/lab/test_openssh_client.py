@@ -16,7 +16,7 @@ import pytest
 from opensshlab import SSHLab, run, sid_root
 
 from topdeck.core import trust
-from topdeck.core.errors import TopdeckError
+from topdeck.core.errors import ChangedHostKey, TopdeckError
 from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.ssh import connect
 
@@ -198,7 +198,10 @@ def test_an_rsa_pin_is_honoured_when_the_server_also_has_ed25519(lab: SSHLab) ->
     (lab.dot_ssh / "known_hosts").write_text(f"{web.address} {lab.pub(other)}\n")
     (status, _, err, _), (ok, said, _) = both(lab, config, "w")
     assert status != 0 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in err
-    assert not ok and "HOST KEY CHANGED" in said
+    assert not ok and said.startswith(f"h ({web.address}): HOST KEY CHANGED")
+    with pytest.raises(ChangedHostKey) as caught:  # `topdeck trust` names it the same way, the host once
+        trust.trust(Host(name="h", address="w", pointer="p"), SSHConfig(config=config), lambda item: True)
+    assert str(caught.value).startswith(f"h ({web.address}): HOST KEY CHANGED")
 
 
 def test_agent_keys_first_under_maxauthtries(lab: SSHLab) -> None:
