@@ -683,6 +683,11 @@ def hop_name(path: Route, hop: Endpoint) -> str:
     return f"{path.host}: jump host {hop.name} ({hop.user}@{hop.hostname}{'' if hop.port == 22 else f':{hop.port}'})"
 
 
+def hop_label(path: Route, hop: Endpoint) -> str:
+    """How a host key message names a hop (it adds the address itself): the host, or `HOST: jump host NAME`."""
+    return path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
+
+
 def open_transport(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | None,
                    timeout: float, keys: HostKeys | None = None) -> Transport:
     """An SSH transport to `hop` whose key exchange is done (not yet checked, not logged in): reached through its
@@ -723,8 +728,7 @@ def _login(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | 
     keys = host_keys if host_keys is not None else host_keys_for(hop)
     transport = open_transport(path, hop, sock, ssh.connect_timeout, keys)
     try:
-        label = path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
-        transport.trusted = keys.check(label, hop.hostname, hop.port, transport.get_remote_server_key(),
+        transport.trusted = keys.check(hop_label(path, hop), hop.hostname, hop.port, transport.get_remote_server_key(),
                                        hop.key_name, trust=path.host, certificate=transport.certificate())
         authenticate(path, hop, transport, ssh)
         transport.set_keepalive(max(1, int(keepalive)))

@@ -25,6 +25,7 @@ from topdeck.core.ssh import (
     accept_host_key,
     authenticate,
     fingerprint,
+    hop_label,
     host_keys_for,
     open_transport,
     tunnel,
@@ -65,9 +66,7 @@ def trust(host: Host, ssh: SSHConfig, decide: Decide) -> list[HopKey]:
         for index, hop in enumerate(path.hops):
             transport = open_transport(path, hop, sock, ssh.connect_timeout)
             transports.append(transport)
-            # named as connect names it: the host (or HOST: jump host NAME), the address once, by the key's message
-            label = path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
-            found.append(_decide(host.name, hop, hop != path.target, transport, decide, label))
+            found.append(_decide(host.name, hop, hop != path.target, transport, decide, hop_label(path, hop)))
             if index + 1 < len(path.hops):
                 authenticate(path, hop, transport, ssh)
                 sock = tunnel(path, transport, hop, path.hops[index + 1], ssh.connect_timeout)

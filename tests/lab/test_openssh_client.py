@@ -341,5 +341,5 @@ def test_a_source_penalised_by_openssh_10_is_named(lab: SSHLab) -> None:
                   "  IdentitiesOnly yes\n"), "w")  # one failed login: the source is penalised
     config = write(lab.dot_ssh / "config", f"Host w\n  HostName {web.address}\n  IdentityFile {lab.operator}\n")
     (status, _, err, _), (ok, said, took) = both(lab, config, "w")
-    assert status != 0 and "closed" in err.lower(), err
+    assert status != 0 and ("closed" in err.lower() or "reset" in err.lower()), err  # sshd may close or reset
     assert not ok and "PerSourcePenalties" in said and took < 5, said
