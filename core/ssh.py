@@ -649,9 +649,9 @@ def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
 
     `host_keys` (loaded once, shared read-only) saves reading the known_hosts files per host; without it they
     are those of `[ssh] known_hosts` (or ssh_config's UserKnownHostsFile, or ~/.ssh/known_hosts) and
-    GlobalKnownHostsFile (/etc/ssh/ssh_known_hosts). Keys offered: key files without a passphrase, then
-    ssh-agent's keys (with IdentitiesOnly, only its copies of the key files), then key files with one, their
-    passphrase asked through `ssh.passphrase`.
+    GlobalKnownHostsFile (/etc/ssh/ssh_known_hosts). Keys offered as OpenSSH offers them (`authenticate`):
+    ssh-agent's first, then key files (with their user certificates), those with a passphrase last, asked through
+    `ssh.passphrase`.
     """
     path = route(host, ssh)
     transports: list[paramiko.Transport] = []
