@@ -81,5 +81,8 @@ def _ask(item: HopKey) -> bool:
 
 def _describe(item: HopKey) -> str:
     where = f"{item.host} via jump host {item.hop}" if item.jump else item.host
+    if item.status == "certified":
+        return (f"{where}: {item.key_type} {item.fingerprint} ({item.key_name}) has a host certificate signed by a "
+                f"trusted CA: {item.vouched}; nothing to pin")
     state = f"pinned into {item.known_hosts}" if item.pinned else "already trusted"
     return f"{where}: {item.key_type} {item.fingerprint} ({item.key_name}) {state}"

@@ -69,11 +69,12 @@ class UnknownHostKey(HostKeyError):
     """The host presented a key that known_hosts does not pin for its address (`key` is a paramiko PKey)."""
 
     def __init__(self, message: str, *, host: str, address: str, port: int, key: Any, fingerprint: str,
-                 known_hosts: Path, key_name: str = ""):
+                 known_hosts: Path, key_name: str = "", certificate: str = ""):
         super().__init__(message)
         self.host, self.address, self.port, self.key = host, address, port, key
         self.fingerprint, self.known_hosts = fingerprint, known_hosts
         self.key_name = key_name  # the known_hosts name the key goes under ("" for the address's own)
+        self.certificate = certificate  # why the host certificate it came in was not accepted ("" for none)
 
 
 class ChangedHostKey(HostKeyError):

@@ -272,10 +272,11 @@ class Fleet:
         """Show the host's (and its jump hosts') keys to `decide`, and pin the accepted ones."""
         return trust.trust(host, self.inventory.ssh, decide)
 
-    def check_host_key(self, host: str) -> None:
-        """Connect once: raises UnknownHostKey / ChangedHostKey (or another SSHError) if the key is not pinned."""
-        with self._connect(self.inventory.host(host), self.inventory.ssh):
-            pass
+    def check_host_key(self, host: str) -> str:
+        """Connect once: raises UnknownHostKey / ChangedHostKey (or another SSHError) if the key is not trusted;
+        else how it is: "pinned", or "certified by <CA> (<known_hosts line>)" (nothing to pin)."""
+        with self._connect(self.inventory.host(host), self.inventory.ssh) as session:
+            return session.host_key_trust
 
     def pin_host_key(self, error: UnknownHostKey) -> str:
         """Pin the key the operator accepted, as `topdeck trust` does; the known_hosts line written."""

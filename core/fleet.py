@@ -13,7 +13,7 @@ from topdeck.core.cache import Cache, Entry
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff, diff_closures
-from topdeck.core.errors import DeployError, InventoryError, TopdeckError, internal_error
+from topdeck.core.errors import DeployError, HostKeyError, InventoryError, TopdeckError, internal_error
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
 from topdeck.core.hostpool import each_host, values
 from topdeck.core.hostverbs import StatusReport
@@ -262,6 +262,8 @@ def _status(inventory: Inventory, host: Host, history: list[pointers.PointerVers
     try:
         with connect(host, inventory.ssh) as session:
             report = hostverbs.status(session)
+    except HostKeyError as error:
+        return HostStatus(host.name, HostState.HOST_KEY, desired=want, reason=str(error), **about)
     except TopdeckError as error:
         return HostStatus(host.name, HostState.UNREACHABLE, desired=want, reason=str(error), **about)
     except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host's status, named as one

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import dataclasses
 import errno
 import hashlib
 import logging
 import os
+import re
 import select
 import shlex
 import socket
@@ -32,8 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
+from paramiko.kex_curve25519 import KexCurve25519
 
+from topdeck.core import hostcert
 from topdeck.core.errors import Cancelled, ChangedHostKey, HostKeyError, SSHError, TopdeckError, UnknownHostKey
+from topdeck.core.hostcert import Authority
 from topdeck.core.inventory import Host, Passphrase, SSHConfig
 from topdeck.core.sshroute import Endpoint, Route, route
 from topdeck.core.strict import parse_uint
@@ -55,6 +60,52 @@ MAX_OUTPUT = 8 * 1024 * 1024  # kept per stream; past it the stream is dropped, 
 TRUNCATED = f"[topdeck: output truncated (over {MAX_OUTPUT // 1024**2} MiB, or a line over {MAX_LINE // 1024} KiB)]"
 
 LineCallback = Callable[[str], None]
+_CERT = hostcert.CERT_SUFFIX
+# The host key algorithms that can present a key of each type (an RSA key signs with either SHA-2 algorithm).
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "rsa-sha2-512" + _CERT, "rsa-sha2-256" + _CERT)}
+
+
+# --- the transport ---
+
+HOST_KEY_ALGORITHMS = (*paramiko.Transport._preferred_keys,
+                       *(name + _CERT for name in paramiko.Transport._preferred_keys))
+
+
+class Transport(paramiko.Transport):
+    """paramiko's client transport with what OpenSSH clients do besides: the RFC 8731 kex name
+    `curve25519-sha256` (paramiko knows only the libssh alias), host key algorithms in the order given per host
+    (`host_key_order`), the host key blob kept (a certificate is checked by hostcert), and the reason a server gave
+    for disconnecting kept."""
+
+    _kex_info = {**paramiko.Transport._kex_info, "curve25519-sha256": KexCurve25519}
+    _preferred_kex = tuple(
+        name for kex in paramiko.Transport._preferred_kex
+        for name in (("curve25519-sha256", kex) if kex == "curve25519-sha256@libssh.org" else (kex,)))
+
+    def __init__(self, sock: object, host_key_order: Sequence[str] = ()) -> None:
+        super().__init__(sock)
+        self.host_key_order = tuple(host_key_order)
+        self.host_key_blob = b""
+        self.disconnect_reason = ""
+        self.trusted = ""  # how its host key was trusted: "pinned", or "certified by ..."
+
+    @property
+    def preferred_keys(self) -> tuple[str, ...]:
+        offered = super().preferred_keys
+        return tuple(a for a in self.host_key_order if a in offered) if self.host_key_order else offered
+
+    def _verify_key(self, host_key: bytes, sig: bytes) -> None:
+        self.host_key_blob = bytes(host_key)
+        super()._verify_key(host_key, sig)
+
+    def _parse_disconnect(self, m: paramiko.Message) -> None:
+        code = m.get_int()
+        self.disconnect_reason = " ".join(m.get_text().split())[:200]
+        self._log(logging.INFO, f"Disconnect (code {code:d}): {self.disconnect_reason}")
+
+    def certificate(self) -> bytes:
+        """The host certificate the server presented (empty when it presented a plain key)."""
+        return self.host_key_blob if str(self.host_key_type).endswith(_CERT) else b""
 
 
 # --- host keys ------------------------------------------------------------------------------------
@@ -71,16 +122,24 @@ def known_hosts_name(address: str, port: int = 22) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
+def check_certificate(blob: bytes, keys: HostKeys, name: str) -> tuple[Authority | None, str]:
+    """The CA line that vouches for the host certificate `blob` under the known_hosts `name`, or None and why not."""
+    key_type = paramiko.Message(blob).get_text()
+    matching = [ca for ca in keys.authorities if ca.matches(name)]
+    return hostcert.check(blob, key_type, matching, keys.revoked_blob, name)
+
+
 class HostKeys:
     """known_hosts files, read once and then only looked up (safe to share between threads).
 
     `path` is the operator's own file (the one keys are pinned into); `also` are read-only files such as
     /etc/ssh/ssh_known_hosts, where NixOS's programs.ssh.knownHosts puts a fleet's keys. A key is trusted when
-    any of them pins it for the name. Plain and hashed (`|1|...`) host names are understood, as paramiko's
-    `load_system_host_keys` does; wildcard patterns do not match. Unlike paramiko, one line it cannot use (a
-    `@cert-authority` line, an unknown key type, bad base64) does not make the whole file fail: that line is
-    skipped and noted in `problems`. Keys on `@revoked` lines (in any file) are never trusted. A missing file
-    holds no keys.
+    any of them pins it for the name, or when it is a host certificate that a `@cert-authority` line for the name
+    vouches for (core/hostcert.py checks it as OpenSSH does). Plain and hashed (`|1|...`) host names are
+    understood, as paramiko's `load_system_host_keys` does; wildcard patterns match only on @cert-authority lines,
+    as in OpenSSH. Unlike paramiko, one line it cannot use (an unknown key type, bad base64) does not make the whole
+    file fail: that line is skipped and noted in `problems`. Keys on `@revoked` lines (in any file) are never
+    trusted, nor certificates they or their CA are. A missing file holds no keys.
     """
 
     def __init__(self, path: Path | None = None, *, also: Sequence[Path] = ()):
@@ -90,6 +149,7 @@ class HostKeys:
         self.problems: list[str] = []
         self._keys = paramiko.HostKeys()
         self._revoked: set[bytes] = set()
+        self.authorities: list[Authority] = []
         for file in (self.path, *self.also):
             if file.exists():
                 self._load(file)
@@ -107,13 +167,13 @@ class HostKeys:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            revoked = False
+            marker = ""
             if line.startswith("@"):
                 marker, _, line = line.partition(" ")
-                if marker != "@revoked":
-                    self.problems.append(f"{path}:{number}: {marker} lines are not supported; skipped")
+                line = line.strip()
+                if marker not in ("@revoked", "@cert-authority"):
+                    self.problems.append(f"{path}:{number}: {marker} is not a known_hosts marker; line skipped")
                     continue
-                revoked, line = True, line.strip()
             try:
                 entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
             except Exception:  # InvalidHostKey is not an SSHException; anything here means a bad line
@@ -121,11 +181,13 @@ class HostKeys:
             if entry is None or entry.key is None:
                 self.problems.append(f"{path}:{number}: not a usable known_hosts line; skipped")
                 continue
-            if revoked:
+            if marker == "@revoked":
                 self._revoked.add(entry.key.asbytes())
-                continue
-            for name in entry.hostnames:
-                self._keys.add(name, entry.key.get_name(), entry.key)
+            elif marker == "@cert-authority":
+                self.authorities.append(Authority(tuple(entry.hostnames), entry.key, f"{path}:{number}"))
+            else:
+                for name in entry.hostnames:
+                    self._keys.add(name, entry.key.get_name(), entry.key)
 
     def lookup(self, address: str, port: int = 22) -> list[paramiko.PKey]:
         """The keys pinned for this address and port (revoked ones left out)."""
@@ -138,39 +200,70 @@ class HostKeys:
             return []
         return [key for key in found.values() if not self.revoked(key)]
 
+    def authorities_for(self, name: str) -> list[Authority]:
+        """The CAs whose @cert-authority patterns match a known_hosts name (revoked CAs left out)."""
+        return [ca for ca in self.authorities if ca.matches(name) and not self.revoked(ca.key)]
+
     def revoked(self, key: paramiko.PKey) -> bool:
         return key.asbytes() in self._revoked
 
+    def revoked_blob(self, blob: bytes) -> bool:
+        return blob in self._revoked
+
+    def host_key_order(self, name: str, offered: Sequence[str]) -> tuple[str, ...]:
+        """`offered` host key algorithms reordered as OpenSSH orders them for a host: certificate algorithms first
+        when a CA vouches for the name, then the algorithms of the keys pinned for it, then the rest."""
+        pinned = {key.get_name() for key in self.lookup_name(name)}
+        wanted = {algorithm for key_type in pinned for algorithm in _ALGORITHMS.get(key_type, (key_type,))}
+        certified = any(ca.matches(name) for ca in self.authorities)  # a revoked CA too: its refusal is named
+        first = [a for a in offered if certified and a.endswith(_CERT)]
+        second = [a for a in offered if a in wanted]
+        return tuple(dict.fromkeys([*first, *second, *offered]))
+
     def check(self, host: str, address: str, port: int, key: paramiko.PKey, name: str = "", *,
-              trust: str = "") -> None:
+              trust: str = "", certificate: bytes = b"") -> str:
         """Raise UnknownHostKey or ChangedHostKey unless `key` is pinned for this address (or under `name`, the
-        known_hosts name when it is not the address's own, as with HostKeyAlias)."""
+        known_hosts name when it is not the address's own, as with HostKeyAlias), or `certificate` (the host
+        certificate the key came in) is valid for it. Returns how it is trusted: "pinned", or "certified by CA
+        <fingerprint> (<file:line>)"."""
         name = name or known_hosts_name(address, port)
+        why = ""
+        if certificate:
+            authority, why = check_certificate(certificate, self, name)
+            if authority is not None:
+                return f"certified by {authority.key.get_name()} CA {fingerprint(authority.key)} ({authority.where})"
         pinned = self.lookup_name(name)
         if any(known.asbytes() == key.asbytes() for known in pinned):
-            return
-        if pinned:
-            same_type = [known for known in pinned if known.get_name() == key.get_name()]
-            raise self.changed(host, address, port, key, (same_type or pinned)[0], name)
-        raise self.unknown(host, address, port, key, name, trust=trust)
+            return "pinned"
+        same_type = [known for known in pinned if known.get_name() == key.get_name()]
+        if same_type:
+            raise self.changed(host, address, port, key, same_type[0], name)
+        raise self.unknown(host, address, port, key, name, trust=trust, others=pinned, certificate=why)
 
     def unknown(self, host: str, address: str, port: int, key: paramiko.PKey, name: str = "", *,
-                trust: str = "") -> UnknownHostKey:
+                trust: str = "", others: Sequence[paramiko.PKey] = (), certificate: str = "") -> UnknownHostKey:
         name = name or known_hosts_name(address, port)
         where = _where_host(host, address, port)
-        if self.revoked(key):
+        if certificate:
+            message = (f"{where}: host certificate not accepted: {certificate}; and its key {key.get_name()} "
+                       f"{fingerprint(key)} is not pinned in {self._names()}; refusing to connect")
+        elif self.revoked(key):
             message = (f"{where}: host key {key.get_name()} {fingerprint(key)} is marked @revoked in "
                        f"{self._names()}; refusing to connect")
         else:
             missing = "" if self.exists else " (the file does not exist yet)"
             alias = "" if name == known_hosts_name(address, port) else f" under {name}"
+            kinds = sorted({known.get_name() for known in others})
+            other = f" (it pins only {', '.join(kinds)} keys for it, none the host offered)" if kinds else ""
             message = (
                 f"{where}: unknown host key {key.get_name()} {fingerprint(key)}, not in {self._names()}{alias}"
+                f"{other}"
                 f"{missing}; check it on the host (ssh-keygen -lf /etc/ssh/ssh_host_{_short_type(key)}_key.pub) "
                 f"and, if it matches, accept it into {self.path}" + (f" (topdeck trust {trust})" if trust else "")
             )
         return UnknownHostKey(message, host=host, address=address, port=port, key=key,
-                              fingerprint=fingerprint(key), known_hosts=self.path, key_name=name)
+                              fingerprint=fingerprint(key), known_hosts=self.path, key_name=name,
+                              certificate=certificate)
 
     def changed(self, host: str, address: str, port: int, key: paramiko.PKey,
                 expected: paramiko.PKey, name: str = "") -> ChangedHostKey:
@@ -287,6 +380,11 @@ class Session:
 
     def close(self) -> None:
         _close_all(self._transports)
+
+    @property
+    def host_key_trust(self) -> str:
+        """How the target's host key was trusted: "pinned", or "certified by <CA> (<known_hosts line>)"."""
+        return str(getattr(self._transports[-1], "trusted", ""))
 
     @property
     def active(self) -> bool:
@@ -551,9 +649,9 @@ def connect(host: Host, ssh: SSHConfig, *, host_keys: HostKeys | None = None,
 
     `host_keys` (loaded once, shared read-only) saves reading the known_hosts files per host; without it they
     are those of `[ssh] known_hosts` (or ssh_config's UserKnownHostsFile, or ~/.ssh/known_hosts) and
-    GlobalKnownHostsFile (/etc/ssh/ssh_known_hosts). Keys offered: key files without a passphrase, then
-    ssh-agent's keys (with IdentitiesOnly, only its copies of the key files), then key files with one, their
-    passphrase asked through `ssh.passphrase`.
+    GlobalKnownHostsFile (/etc/ssh/ssh_known_hosts). Keys offered as OpenSSH offers them (`authenticate`):
+    ssh-agent's first, then key files (with their user certificates), those with a passphrase last, asked through
+    `ssh.passphrase`.
     """
     path = route(host, ssh)
     transports: list[paramiko.Transport] = []
@@ -585,22 +683,35 @@ def hop_name(path: Route, hop: Endpoint) -> str:
     return f"{path.host}: jump host {hop.name} ({hop.user}@{hop.hostname}{'' if hop.port == 22 else f':{hop.port}'})"
 
 
+def hop_label(path: Route, hop: Endpoint) -> str:
+    """How a host key message names a hop (it adds the address itself): the host, or `HOST: jump host NAME`."""
+    return path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
+
+
 def open_transport(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | None,
-                   timeout: float) -> paramiko.Transport:
-    """An SSH transport to `hop` whose key exchange is done (not yet checked, not logged in)."""
+                   timeout: float, keys: HostKeys | None = None) -> Transport:
+    """An SSH transport to `hop` whose key exchange is done (not yet checked, not logged in): reached through its
+    ProxyCommand, or `sock` (a jump host's channel), or a TCP connection; its ConnectTimeout wins over `timeout`;
+    host key algorithms ordered by what `keys` pins or certifies for it, as OpenSSH orders them."""
     where = hop_name(path, hop)
+    timeout = hop.connect_timeout or timeout
+    keys = keys if keys is not None else host_keys_for(hop)
     if sock is None:
         sock = _dial(path, hop, timeout)
-    transport = paramiko.Transport(sock)
+    order = keys.host_key_order(hop.key_name, HOST_KEY_ALGORITHMS)
+    transport = Transport(sock, order)
     transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = timeout
     transport.channel_timeout = timeout
+    start = time.monotonic()
     try:
         transport.start_client(timeout=timeout)
         if transport.host_key is None:  # start_client gives up silently at its timeout
             raise _handshake_failure(transport)
     except Exception as error:  # noqa: BLE001 - every failure becomes one line naming the hop
         transport.close()
-        raise SSHError(f"{where}: {_connect_failure(error, timeout)}") from None
+        if time.monotonic() - start >= timeout * 0.95 and "banner" in str(error):
+            error = TimeoutError("no SSH banner")  # paramiko says the same for a closed connection and a silent one
+        raise SSHError(f"{where}: {_connect_failure(error, timeout, transport, sock)}") from None
     return transport
 
 
@@ -615,11 +726,10 @@ def _handshake_failure(transport: paramiko.Transport) -> BaseException:
 def _login(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | None, ssh: SSHConfig,
            host_keys: HostKeys | None, keepalive: float) -> paramiko.Transport:
     keys = host_keys if host_keys is not None else host_keys_for(hop)
-    transport = open_transport(path, hop, sock, ssh.connect_timeout)
+    transport = open_transport(path, hop, sock, ssh.connect_timeout, keys)
     try:
-        label = path.host if hop == path.target else f"{path.host}: jump host {hop.name}"
-        keys.check(label, hop.hostname, hop.port, transport.get_remote_server_key(), hop.key_name,
-                   trust=path.host)
+        transport.trusted = keys.check(hop_label(path, hop), hop.hostname, hop.port, transport.get_remote_server_key(),
+                                       hop.key_name, trust=path.host, certificate=transport.certificate())
         authenticate(path, hop, transport, ssh)
         transport.set_keepalive(max(1, int(keepalive)))
     except BaseException:
@@ -628,8 +738,16 @@ def _login(path: Route, hop: Endpoint, sock: socket.socket | paramiko.Channel | 
     return transport
 
 
-def _dial(path: Route, hop: Endpoint, timeout: float) -> socket.socket:
+def _dial(path: Route, hop: Endpoint, timeout: float) -> socket.socket | paramiko.ProxyCommand:
     where = hop_name(path, hop)
+    if hop.proxy_command:
+        # as OpenSSH runs it: `sh -c "exec COMMAND"`, its stdin and stdout the connection
+        try:
+            proxy = paramiko.ProxyCommand(remote_command("/bin/sh", "-c", f"exec {hop.proxy_command}"))
+        except Exception as error:  # noqa: BLE001
+            raise SSHError(f"{where}: ProxyCommand {hop.proxy_command!r} could not start: {_one_line(error)}") from None
+        proxy.settimeout(timeout)
+        return proxy
     try:
         return socket.create_connection((hop.hostname, hop.port), timeout=timeout)
     except socket.gaierror as error:
@@ -685,24 +803,30 @@ class AskOnce:
 
 
 def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh: SSHConfig) -> None:
+    """Offer keys as OpenSSH does: ssh-agent's first (with IdentitiesOnly, only those an IdentityFile names, by its
+    private key's `.pub` or a `.pub` IdentityFile), then the key files not in the agent, those with a passphrase
+    last; a key file with a user certificate (CertificateFile, or `KEY-cert.pub` beside it) is offered with it
+    first."""
     where = hop_name(path, hop)
     files = _identity_files(hop, where)
+    blobs = _public_blobs(files)
     tried: list[str] = []
-    locked: list[Path] = []
-    for file in files:
-        key = _load_key(file, None, where)
-        if key is None:
-            locked.append(file)
-        elif _offer(transport, hop, key, where, tried, str(file)):
-            return
     with contextlib.closing(paramiko.Agent()) as agent:
-        # IdentitiesOnly: only the agent's copies of the configured keys (known by their .pub files), as OpenSSH
-        allowed = _public_blobs(files) if hop.identities_only else None
+        held = {key.asbytes() for key in agent.get_keys()}
         for key in agent.get_keys():
-            if allowed is not None and key.asbytes() not in allowed:
+            if hop.identities_only and key.asbytes() not in blobs.values():
                 continue
             if _offer(transport, hop, key, where, tried, f"agent key {fingerprint(key)}"):
                 return
+    locked: list[Path] = []
+    for file in files:
+        if _is_public(file) or blobs.get(file) in held:  # a .pub names an agent's key; the agent offered it
+            continue
+        key = _load_key(file, None, where)
+        if key is None:
+            locked.append(file)
+        elif _offer_file(transport, hop, key, file, where, tried):
+            return
     for file in locked:
         if ssh.passphrase is None:
             raise SSHError(f"{where}: the key {file} is protected by a passphrase and there is no terminal to ask "
@@ -712,12 +836,38 @@ def authenticate(path: Route, hop: Endpoint, transport: paramiko.Transport, ssh:
         except Cancelled as refused:  # this host fails; the others go on
             raise SSHError(f"{where}: {refused}") from None
         key = _load_key(file, given, where)
-        if key is not None and _offer(transport, hop, key, where, tried, str(file)):
+        if key is not None and _offer_file(transport, hop, key, file, where, tried):
             return
     if not tried:
-        raise SSHError(f"{where}: no key to log in with (set ssh.identity or IdentityFile, or load a key into "
-                       "ssh-agent)")
+        missing = [str(file) for file in files if _is_public(file)]
+        raise SSHError(f"{where}: no key to log in with (" + (
+            f"ssh-agent does not hold {', '.join(missing)}" if missing else
+            "set ssh.identity or IdentityFile, or load a key into ssh-agent") + ")")
     raise SSHError(f"{where}: the server refused our keys ({', '.join(tried)})")
+
+
+def _offer_file(transport: paramiko.Transport, hop: Endpoint, key: paramiko.PKey, file: Path, where: str,
+                tried: list[str]) -> bool:
+    """A key file's key: with each user certificate made for it first, then plain."""
+    for certificate in dict.fromkeys((*hop.certificates, file.with_name(file.name + "-cert.pub"))):
+        certified = copy.copy(key)
+        try:
+            certified.load_certificate(str(certificate))
+        except (ValueError, OSError, paramiko.SSHException):
+            continue  # missing, unreadable, or a certificate for another key
+        if _offer(transport, hop, certified, where, tried, f"{file} with certificate {certificate}"):
+            return True
+    return _offer(transport, hop, key, where, tried, str(file))
+
+
+def _is_public(file: Path) -> bool:
+    """An IdentityFile that holds only a public key (its private half is in an agent or a token)."""
+    try:
+        with file.open("rb") as handle:
+            start = handle.read(64)
+    except OSError:
+        return False
+    return bool(re.match(rb"(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ ", start))
 
 
 def _identity_files(hop: Endpoint, where: str) -> list[Path]:
@@ -729,13 +879,14 @@ def _identity_files(hop: Endpoint, where: str) -> list[Path]:
     return [file for file in (Path(name).expanduser() for name in DEFAULT_IDENTITIES) if file.is_file()]
 
 
-def _public_blobs(files: Sequence[Path]) -> set[bytes]:
-    """The public keys next to key files (`KEY.pub`), where they exist and can be read."""
-    blobs = set()
+def _public_blobs(files: Sequence[Path]) -> dict[Path, bytes]:
+    """Each key file's public key: the file itself when it is a `.pub`, else `KEY.pub` beside it (where readable)."""
+    blobs = {}
     for file in files:
+        public = file if _is_public(file) else file.with_name(file.name + ".pub")
         try:
-            key_type, data = file.with_name(file.name + ".pub").read_text().split()[:2]
-            blobs.add(paramiko.PKey.from_type_string(key_type, base64.b64decode(data)).asbytes())
+            key_type, data = public.read_text().split()[:2]
+            blobs[file] = paramiko.PKey.from_type_string(key_type, base64.b64decode(data)).asbytes()
         except (OSError, ValueError, paramiko.SSHException):
             continue
     return blobs
@@ -769,7 +920,7 @@ def _offer(transport: paramiko.Transport, hop: Endpoint, key: paramiko.PKey, whe
     except paramiko.AuthenticationException:
         return False
     except Exception as error:  # noqa: BLE001
-        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0)}") from None
+        raise SSHError(f"{where}: {_connect_failure(error, transport.auth_timeout or 10.0, transport)}") from None
     return transport.is_authenticated()
 
 
@@ -778,11 +929,19 @@ def _close_all(transports: Sequence[paramiko.Transport]) -> None:
         transport.close()
 
 
-def _connect_failure(error: BaseException, timeout: float) -> str:
+def _connect_failure(error: BaseException, timeout: float, transport: paramiko.Transport | None = None,
+                     sock: object = None) -> str:
+    proxy = _proxy_failure(sock)
+    if proxy:
+        return proxy
+    if getattr(transport, "disconnect_reason", ""):
+        return _disconnected(str(getattr(transport, "disconnect_reason", "")))
     if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
         reasons = {_socket_reason(e) for e in error.errors.values()}
         return "unreachable: " + ", ".join(sorted(reasons))
     if isinstance(error, (socket.timeout, TimeoutError)):
+        if "banner" in str(error):
+            return f"no SSH server answered (no SSH banner within {timeout:g} s)"
         return f"unreachable: no answer within {timeout:g} s"
     if isinstance(error, socket.gaierror):
         return f"unreachable: cannot resolve the address ({error.strerror})"
@@ -794,12 +953,42 @@ def _connect_failure(error: BaseException, timeout: float) -> str:
     if "No existing session" in text:
         return f"the SSH handshake did not finish within {timeout:g} s"
     if "protocol banner" in text:
-        return f"no SSH server answered (no SSH banner within {timeout:g} s)"
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            return f"no SSH server answered (no SSH banner within {timeout:g} s)"
+        return ("the server closed the connection before its SSH banner (an OpenSSH server does this to a source "
+                "it penalises, PerSourcePenalties, or when over MaxStartups)")
     if "Authentication timeout" in text:
         return f"login did not finish within {timeout:g} s"
     if "Negotiation timed out" in text or "timed out" in text.lower():
         return f"the SSH handshake did not finish within {timeout:g} s"
+    if "Incompatible ssh" in text or "no acceptable" in text.lower():
+        return f"no SSH algorithm in common with the server ({text})"
     return f"SSH failed: {text}"
+
+
+def _disconnected(reason: str) -> str:
+    if "too many authentication failures" in reason.lower():
+        return ("the server refused further keys: too many authentication failures (its MaxAuthTries; each also "
+                "counts toward OpenSSH's PerSourcePenalties)")
+    if "penalty" in reason.lower():
+        return f"the server refuses this source for now (OpenSSH PerSourcePenalties: {reason!r})"
+    return f"the server closed the connection: {reason!r}"
+
+
+def _proxy_failure(sock: object) -> str:
+    """Why a ProxyCommand connection ended: its exit status and the last line it wrote on stderr."""
+    if not isinstance(sock, paramiko.ProxyCommand):
+        return ""
+    process = sock.process
+    try:
+        status = process.wait(0.5)
+    except Exception:  # noqa: BLE001 - still running: the failure was the server's
+        return ""
+    last = ""
+    with contextlib.suppress(Exception):
+        lines = process.stderr.read(65536).decode(errors="replace").strip().splitlines()
+        last = " ".join(lines[-1].split())[:200] if lines else ""
+    return f"ProxyCommand exited with status {status}" + (f": {last!r}" if last else " before the SSH banner")
 
 
 def _socket_reason(error: OSError) -> str:

@@ -20,6 +20,7 @@ Nothing here touches the network; resolving a name is left to the connection.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import re
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import paramiko
 
 from topdeck.core.errors import SSHConfigError, TopdeckError
 from topdeck.core.inventory import Host, SSHConfig, address_problem
-from topdeck.core.sshconfigfile import read_config
+from topdeck.core.sshconfigfile import read_config, refused
 from topdeck.core.strict import parse_uint
 
 DEFAULT_CONFIG = Path("~/.ssh/config")
@@ -56,6 +57,9 @@ class Endpoint:
     user_known_hosts: tuple[Path, ...] = ()
     global_known_hosts: tuple[Path, ...] = ()
     aliased: bool = False  # a Host block gave it its HostName
+    certificates: tuple[Path, ...] = ()  # CertificateFile entries
+    connect_timeout: float | None = None  # ConnectTimeout; None: topdeck's [ssh] connect_timeout
+    proxy_command: str = ""  # ProxyCommand, its % tokens expanded; reached through it instead of a TCP connection
 
     @property
     def key_name(self) -> str:
@@ -120,14 +124,16 @@ def _jumps(config: paramiko.SSHConfig, path: Path | None, proxy_jump: str, ssh: 
            depth: int) -> tuple[Endpoint, ...]:
     if not proxy_jump or proxy_jump.lower() == "none":
         return ()
+    if depth >= MAX_HOPS:
+        raise SSHConfigError(f"{path}: ProxyJump goes through more than {MAX_HOPS} hosts (a loop?)")
     hops = [_parse_hop(text.strip(), path) for text in proxy_jump.split(",")]
     result: list[Endpoint] = []
     for index, (name, user, port) in enumerate(hops):
         endpoint, own_jump = _endpoint(config, path, name, user, port, ssh, default_user=getpass.getuser())
         if index == 0:  # the first hop is reached its own way; the later ones through the hops before them
-            if depth >= MAX_HOPS:
-                raise SSHConfigError(f"{path}: ProxyJump goes through more than {MAX_HOPS} hosts (a loop?) at {name}")
             result.extend(_jumps(config, path, own_jump, ssh, depth + 1))
+        else:  # as `ssh -J a,b` does: b is reached through a, whatever b's own ProxyCommand says
+            endpoint = dataclasses.replace(endpoint, proxy_command="")
         result.append(endpoint)
     if len(result) > MAX_HOPS:
         raise SSHConfigError(f"{path}: ProxyJump goes through more than {MAX_HOPS} hosts")
@@ -148,9 +154,17 @@ def _parse_hop(text: str, path: Path | None) -> tuple[str, str | None, int | Non
 
 def _endpoint(config: paramiko.SSHConfig, path: Path | None, name: str, user: str | None, port: int | None,
               ssh: SSHConfig, *, default_user: str) -> tuple[Endpoint, str]:
-    """The endpoint `name` means (explicit user and port winning over the file's), and its ProxyJump."""
-    found = config.lookup(name)
+    """The endpoint `name` means (explicit user and port winning over the file's), and its ProxyJump (none when a
+    ProxyCommand came first, as OpenSSH lets whichever of the two is obtained first win)."""
     where = f"{path}: Host {name}"
+    try:
+        found = config.lookup(name)
+    except SSHConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - paramiko's canonicalization, a bad CanonicalizeMaxDots...: one line
+        raise SSHConfigError(f"{where}: {' '.join(str(error).split()) or type(error).__name__}") from None
+    if refused(found):
+        raise SSHConfigError(f"{where}: {refused(found)}")
     hostname = found.get("hostname", name)
     problem = address_problem(hostname)
     if problem:
@@ -168,8 +182,46 @@ def _endpoint(config: paramiko.SSHConfig, path: Path | None, name: str, user: st
         user_known_hosts=_files(found, "userknownhostsfile", ssh.known_hosts, DEFAULT_USER_KNOWN_HOSTS),
         global_known_hosts=_files(found, "globalknownhostsfile", None, DEFAULT_GLOBAL_KNOWN_HOSTS),
         aliased=hostname != name,
+        certificates=tuple(dict.fromkeys(Path(item).expanduser() for item in found.get("certificatefile", []))),
+        connect_timeout=_timeout(found, where),
     )
-    return endpoint, found.get("proxyjump", "")
+    keys = list(found)
+    command_first = "proxycommand" in found and ("proxyjump" not in found
+                                                 or keys.index("proxycommand") < keys.index("proxyjump"))
+    if not command_first:
+        return endpoint, found.get("proxyjump", "")
+    command = found["proxycommand"]
+    if command is None or command.strip().lower() == "none":
+        return endpoint, ""
+    return dataclasses.replace(endpoint, proxy_command=expand_proxy_command(command, endpoint, where)), ""
+
+
+_TOKEN_RE = re.compile(r"%(.?)")
+
+
+def expand_proxy_command(command: str, endpoint: Endpoint, where: str) -> str:
+    """ProxyCommand's tokens as OpenSSH expands them: %h HostName, %p port, %r remote user, %n the name as given,
+    %% a percent sign; any other token is refused in one line."""
+    values = {"h": endpoint.hostname, "p": str(endpoint.port), "r": endpoint.user, "n": endpoint.name, "%": "%"}
+
+    def one(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token not in values:
+            raise SSHConfigError(f"{where}: ProxyCommand {command!r}: %{token} is not a token topdeck expands "
+                                 "(it knows %h %p %r %n %%)")
+        return values[token]
+
+    return _TOKEN_RE.sub(one, command)
+
+
+def _timeout(found: paramiko.SSHConfigDict, where: str) -> float | None:
+    if "connecttimeout" not in found:
+        return None
+    text = str(found["connecttimeout"])
+    seconds = parse_uint(text, limit=3600)
+    if not seconds:
+        raise SSHConfigError(f"{where}: ConnectTimeout {text!r} is not a number of seconds (1-3600)")
+    return float(seconds)
 
 
 def _port(found: paramiko.SSHConfigDict, where: str) -> int:

@@ -21,17 +21,18 @@ import paramiko
 from topdeck.core.errors import ChangedHostKey, HostKeyError, SSHError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig
 from topdeck.core.ssh import (
+    Transport,
     accept_host_key,
     authenticate,
     fingerprint,
-    hop_name,
+    hop_label,
     host_keys_for,
     open_transport,
     tunnel,
 )
 from topdeck.core.sshroute import Endpoint, route
 
-TRUSTED, NEW = "trusted", "new"
+TRUSTED, NEW, CERTIFIED = "trusted", "new", "certified"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class HopKey:
     status: str
     known_hosts: Path
     pinned: bool = False
+    vouched: str = ""  # for "certified": the CA that signed its host certificate, and the line trusting it
     key: Any = field(default=None, compare=False, repr=False)
 
 
@@ -64,8 +66,7 @@ def trust(host: Host, ssh: SSHConfig, decide: Decide) -> list[HopKey]:
         for index, hop in enumerate(path.hops):
             transport = open_transport(path, hop, sock, ssh.connect_timeout)
             transports.append(transport)
-            found.append(_decide(host.name, hop, hop != path.target, transport.get_remote_server_key(), decide,
-                                 hop_name(path, hop)))
+            found.append(_decide(host.name, hop, hop != path.target, transport, decide, hop_label(path, hop)))
             if index + 1 < len(path.hops):
                 authenticate(path, hop, transport, ssh)
                 sock = tunnel(path, transport, hop, path.hops[index + 1], ssh.connect_timeout)
@@ -101,12 +102,17 @@ def expect(fingerprints: Sequence[str]) -> Decide:
     return decide
 
 
-def _decide(host: str, hop: Endpoint, jump: bool, key: paramiko.PKey, decide: Decide, where: str) -> HopKey:
+def _decide(host: str, hop: Endpoint, jump: bool, transport: Transport, decide: Decide, where: str) -> HopKey:
+    """A hop's key: trusted (pinned), certified (a trusted CA signed its host certificate: nothing to pin), or new
+    (asked)."""
     keys = host_keys_for(hop)
+    key = transport.get_remote_server_key()
     item = HopKey(host=host, hop=hop.name, jump=jump, key_name=hop.key_name, key_type=key.get_name(),
                   fingerprint=fingerprint(key), status=TRUSTED, known_hosts=keys.path, key=key)
     try:
-        keys.check(where, hop.hostname, hop.port, key, hop.key_name)
+        how = keys.check(where, hop.hostname, hop.port, key, hop.key_name, certificate=transport.certificate())
+        if how.startswith("certified"):
+            return dataclasses.replace(item, status=CERTIFIED, vouched=how.removeprefix("certified by "))
         return item
     except ChangedHostKey:
         raise

@@ -78,6 +78,7 @@ class HostState(StrEnum):
     BEHIND = "behind"  # runs an older target of its pointer
     DRIFTED = "drifted"  # runs something its pointer never named
     UNREACHABLE = "unreachable"
+    HOST_KEY = "host-key"  # its host key is unknown or changed: reachable, but refused
     DEPLOYING = "deploying"
     ROLLED_BACK = "rolled-back"
     ERROR = "error"

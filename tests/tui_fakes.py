@@ -241,7 +241,7 @@ class FakeBackend:
 
         return diff_closures(WEB_NEW, WEB_OLD)
 
-    def check_host_key(self, host: str) -> None:
+    def check_host_key(self, host: str) -> str:
         raise TopdeckError(f"{host}: fake host")
 
     def pin_host_key(self, error: Any) -> str:

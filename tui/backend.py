@@ -41,7 +41,7 @@ class EngineBackend(Protocol):
     def generations(self, host: str) -> tuple[Generation, ...]: ...
     def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit, cancel: threading.Event) -> DeployResult: ...
     def generation_diff(self, host: str, path: str) -> ClosureDiff: ...
-    def check_host_key(self, host: str) -> None: ...
+    def check_host_key(self, host: str) -> str: ...
     def pin_host_key(self, error: UnknownHostKey) -> str: ...
 
 
@@ -106,8 +106,8 @@ class Backend:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         return self.fleet.release(self.fleet.hosts(hosts), emit, cancel)
 
-    def check_host_key(self, host: str) -> None:
-        self.fleet.check_host_key(host)
+    def check_host_key(self, host: str) -> str:
+        return self.fleet.check_host_key(host)
 
     def pin_host_key(self, error: UnknownHostKey) -> str:
         return self.fleet.pin_host_key(error)

@@ -22,6 +22,7 @@ STATUS_STYLES: dict[str, str] = {
     HostState.BEHIND: "yellow",
     HostState.DRIFTED: "magenta",
     HostState.UNREACHABLE: "red",
+    HostState.HOST_KEY: "bold red",
     HostState.DEPLOYING: "cyan",
     HostState.ROLLED_BACK: "dark_orange",
     HostState.ERROR: "red",

@@ -20,7 +20,7 @@ import pytest
 from topdeck.core import deploy as engine
 from topdeck.core import fleet, gc, hostverbs, nixbase32
 from topdeck.core.deploy import Settings, Target, deploy, plan_waves
-from topdeck.core.errors import Cancelled, GcError, SSHError, TopdeckError, UnknownHostKey
+from topdeck.core.errors import Cancelled, ChangedHostKey, GcError, SSHError, TopdeckError, UnknownHostKey
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
 from topdeck.core.hostpool import each_host, values
 from topdeck.core.inventory import Host, Inventory, SSHConfig, load_inventory
@@ -612,6 +612,18 @@ def test_status_classifies_each_host_against_its_pointer(inventory):
     lab.fakes["web-2"].last_run = f"run-0\t2026-12-01T10:00:00Z\trolled-back\t{NEW}"
     rolled = fleet._status(inventory, inventory.host("web-2"), history, lab.connect)
     assert rolled.status == HostState.ROLLED_BACK and rolled.last_run == "2026-12-01T10:00:00Z rolled-back"
+
+
+def test_a_changed_host_key_is_a_key_problem_in_status_not_unreachable(inventory):
+    changed = ChangedHostKey("web-1 (10.0.0.1): HOST KEY CHANGED ...", host="web-1", address="10.0.0.1", port=22,
+                             key=None, fingerprint="SHA256:new", expected=None, expected_fingerprint="SHA256:old",
+                             known_hosts=Path("kh"))
+
+    def connect(host, ssh):
+        raise changed
+
+    found = fleet._status(inventory, inventory.host("web-1"), [PointerVersion(str(NEW), 2, 0)], connect)
+    assert found.status == HostState.HOST_KEY and "HOST KEY CHANGED" in found.reason
 
 
 def test_generations_and_a_generation_diff_come_from_the_host(inventory):

@@ -206,6 +206,36 @@ async def test_changed_host_key_cannot_be_accepted():
         assert backend.accepted == [] and isinstance(app.screen, FleetScreen)
 
 
+class CertifiedBackend(FakeBackend):
+    def check_host_key(self, host):
+        return "certified by ssh-ed25519 CA SHA256:ca (/home/op/.ssh/known_hosts:1)"
+
+
+async def test_a_host_key_certified_by_a_trusted_ca_is_said_so_and_nothing_is_pinned():
+    backend = CertifiedBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("k")
+        await until(pilot, lambda: any("certified" in str(n.message) for n in app._notifications))
+        said = [str(n.message) for n in app._notifications if "certified" in str(n.message)][0]
+        assert "certified by ssh-ed25519 CA SHA256:ca" in said and "nothing to pin" in said
+        assert not isinstance(app.screen, HostKeyScreen) and backend.accepted == []
+
+
+async def test_a_refused_host_certificate_is_shown_with_why_and_the_fingerprint():
+    error = UnknownHostKey("db-1: host certificate not accepted", host="db-1", address="127.0.0.13", port=22,
+                           key=KEY, fingerprint="SHA256:abc", known_hosts="/tmp/known_hosts",
+                           certificate="it expired at 2026-01-01 00:00:00 UTC")
+    app = app_for(KeyBackend(error))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, HostKeyScreen))
+        text = text_of(app.screen, "#keytext")
+        assert "no @cert-authority line accepts: it expired at 2026-01-01" in text and "SHA256:abc" in text
+
+
 async def test_pointer_rollback_asks_then_publishes():
     backend = FakeBackend()
     app = app_for(backend)

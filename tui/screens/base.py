@@ -3,6 +3,7 @@ was started with (typed, so a handler that does not fit its job's result is a ty
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, cast
 
 from textual import work
@@ -73,9 +74,14 @@ class TopdeckScreen(Screen[Any]):
         backend = self.topdeck.backend
         self.notify(shown(f"connecting to {host} to read its host key…"), markup=False)
         self.start(Job(f"hostkey:{host}", lambda emit, cancel: backend.check_host_key(host),
-                       lambda result: self.notify(shown(f"{host}: the host key is pinned and the login works"),
-                                                  markup=False),
-                       self.host_key_failed))
+                       partial(self.host_key_checked, host), self.host_key_failed))
+
+    def host_key_checked(self, host: str, how: str) -> None:
+        if how.startswith("certified"):
+            self.notify(shown(f"{host}: the host key is {how}, which known_hosts trusts; nothing to pin, and the "
+                              "login works"), markup=False)
+            return
+        self.notify(shown(f"{host}: the host key is pinned and the login works"), markup=False)
 
     def host_key_failed(self, error: str, exception: BaseException) -> None:
         from topdeck.core.errors import ChangedHostKey, UnknownHostKey

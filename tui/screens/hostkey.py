@@ -63,6 +63,10 @@ class HostKeyScreen(ModalScreen[bool]):
             else:
                 yield Label(plain(f"Unknown host key: {where}", style="bold yellow"), classes="title")
                 text = Text()
+                if getattr(error, "certificate", ""):
+                    text.append(shown(f"It presented a host certificate that no @cert-authority line accepts: "
+                                      f"{error.certificate}.") + "\n", style="yellow")
+                    text.append("Fix the certificate (or the CA line) rather than pinning the key, or pin it: ")
                 text.append(shown(f"{error.known_hosts} does not pin a key for this host yet. It presented:") + "\n\n")
                 text.append(shown(f"  {key_type} {error.fingerprint}") + "\n\n", style="bold")
                 text.append("Compare it with the host's own fingerprint (on the host: ssh-keygen -lf "
