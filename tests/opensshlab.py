@@ -50,6 +50,7 @@ def sid_root() -> Path | None:
 
 
 @dataclass
+
 class Server:
     name: str
     address: str
@@ -57,6 +58,18 @@ class Server:
     process: subprocess.Popen[bytes]
     keys: dict[str, Path]  # key type (ed25519, rsa, ecdsa) -> the private host key
     log: Path
+
+
+def wait_for_agent(sock: Path, seconds: float = 10.0) -> None:
+    """Until the ssh-agent at `sock` answers (its socket file exists a moment before it listens)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = subprocess.run(["ssh-add", "-l"], env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
+                                capture_output=True, stdin=subprocess.DEVNULL)
+        if answer.returncode != 2:  # 2: could not reach the agent
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"ssh-agent at {sock} did not answer within {seconds:.0f} s")
 
 
 @dataclass
@@ -197,10 +210,7 @@ class SSHLab:
             process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
                                        start_new_session=True)
             self.others.append(process)
-            for _ in range(100):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
+            wait_for_agent(sock)
             self.agent_env = {"SSH_AUTH_SOCK": str(sock)}
         run(["ssh-add", "-D"], env=self.agent_env, check=False)
         for key in keys:

@@ -17,6 +17,7 @@ import uuid
 import pytest
 from conftest import write_lab_inventory
 from deploytools import deploy, release, state, topdeck
+from opensshlab import wait_for_agent
 
 from topdeck.core.errors import SSHError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig, load_inventory
@@ -242,10 +243,7 @@ def test_a_passphrase_key_in_ssh_agent_is_used(lab, locked_key, tmp_path, monkey
         askpass = tmp_path / "askpass"
         askpass.write_text("#!/bin/sh\necho sesame-42\n")
         askpass.chmod(0o700)
-        for _ in range(50):
-            if socket_path.exists():
-                break
-            subprocess.run(["sleep", "0.1"])
+        wait_for_agent(socket_path)
         env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path), "SSH_ASKPASS": str(askpass),
                "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
         subprocess.run(["ssh-add", str(locked_key)], env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL)
