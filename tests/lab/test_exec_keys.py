@@ -174,7 +174,8 @@ group = "daemon"
         lab.host(host).sh("rm -rf /run/keys /run/topdeck-secrets")
     # The health check runs between the activation and the confirmation: the pre-activation keys must be there,
     # the post-activation one not yet.
-    check = "test -s /run/keys/app-password && test -s /run/topdeck-secrets/app/from-command && ! test -e /run/keys/after"
+    check = ("test -s /run/keys/app-password && test -s /run/topdeck-secrets/app/from-command && "
+             "! test -e /run/keys/after")
     host_toml = inventory / "host-2" / "host.toml"
     original = host_toml.read_text()
     host_toml.write_text(original.replace("\n# keys\n", f'\n[check]\ncommand = "{check}"\n\n# keys\n', 1))
