@@ -8,6 +8,7 @@ so `exec -- sh -c 'a | b'` is how a pipeline is asked for. Where host.toml says 
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +94,16 @@ def check_command(argv: Sequence[str]) -> tuple[str, ...]:
     if bad is not None:
         raise DeployError(f"exec: word {bad + 1} of the command holds a NUL byte, which no remote shell can pass")
     return tuple(argv)
+
+
+def split_command_line(line: str) -> tuple[str, ...]:
+    """A command typed as one line (the TUI's prompt) split once, as a POSIX shell splits it, into the argv that
+    is then quoted once for the host: `systemctl status 'my unit'` is three words."""
+    try:
+        words = shlex.split(line)
+    except ValueError as error:
+        raise DeployError(f"exec: cannot read the command ({error}): close its quotes") from None
+    return check_command(words)
 
 
 def check_timeout(timeout: float | None) -> float | None:

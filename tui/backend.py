@@ -17,6 +17,7 @@ from topdeck.core.errors import UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.facade import Fleet
 from topdeck.core.fleet import FleetPlan, Generation, HostStatus
+from topdeck.core.hostexec import ExecResult
 from topdeck.core.inventory import Inventory
 from topdeck.core.pointers import Pointer, PointerVersion
 
@@ -41,6 +42,8 @@ class EngineBackend(Protocol):
     def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit, cancel: threading.Event) -> DeployResult: ...
     def generation_diff(self, host: str, path: str) -> ClosureDiff: ...
     def check_host_key(self, host: str) -> None: ...
+    def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit,
+                    cancel: threading.Event) -> ExecResult: ...
     def pin_host_key(self, error: UnknownHostKey) -> str: ...
 
 
@@ -107,6 +110,10 @@ class Backend:
 
     def check_host_key(self, host: str) -> None:
         self.fleet.check_host_key(host)
+
+    def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit = ignore,
+                    cancel: threading.Event | None = None) -> ExecResult:
+        return self.fleet.run_command(hosts, argv, emit=emit, cancel=cancel)
 
     def pin_host_key(self, error: UnknownHostKey) -> str:
         return self.fleet.pin_host_key(error)
