@@ -11,7 +11,7 @@ import humanize
 
 from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, say, say_json, say_lines, size
 from topdeck.core.diff import render_diff_closures
-from topdeck.core.keys import KeyPlan
+from topdeck.core.keys import KeyPlan, grouped
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
 from topdeck.core.planview import GroupView, plan_view, reason
 
@@ -67,12 +67,8 @@ def render_plan(result: Plan, fetch_url: str = "", keys: Mapping[str, Sequence[K
 
 def render_keys(keys: Mapping[str, Sequence[KeyPlan]]) -> list[str]:
     """The keys each host would receive (hosts with the same keys together) and whether each changed."""
-    grouped: dict[tuple[KeyPlan, ...], list[str]] = {}
-    for host, plans in keys.items():
-        if plans:
-            grouped.setdefault(tuple(plans), []).append(host)
     lines = []
-    for plans, hosts in grouped.items():
+    for hosts, plans in grouped(keys):
         lines.append(f"{', '.join(hosts)}: keys over SSH")
         lines.extend(f"  {plan.name} → {plan.dest} ({plan.upload}, {plan.change})" for plan in plans)
     return [*lines, ""] if lines else []

@@ -171,6 +171,16 @@ def remember(root: Path, host: str, contents: Sequence[KeyContent]) -> None:
     os.replace(temporary, path)
 
 
+def grouped(plans: Mapping[str, Sequence[KeyPlan]]) -> tuple[tuple[tuple[str, ...], tuple[KeyPlan, ...]], ...]:
+    """Hosts that would receive the same keys with the same changes, together (as the plan groups diffs); hosts
+    without keys are left out."""
+    groups: dict[tuple[KeyPlan, ...], list[str]] = {}
+    for host, items in plans.items():
+        if items:
+            groups.setdefault(tuple(items), []).append(host)
+    return tuple((tuple(hosts), items) for items, hosts in groups.items())
+
+
 def plan_keys(root: Path, contents: Mapping[str, Sequence[KeyContent]]) -> dict[str, tuple[KeyPlan, ...]]:
     """Per host, each key it would receive and whether it changed since topdeck last uploaded it there."""
     secret = _secret(root) if any(contents.values()) else b""

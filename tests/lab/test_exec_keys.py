@@ -261,3 +261,83 @@ def test_key_for_a_user_the_host_lacks(lab, inventory, state_home):
                       "host" for host in HOSTS]
     for host in HOSTS:
         assert lab.host(host).sh("ls -A /run/keys | grep -c -e ghost -e topdeck-key || true").strip() == "0"
+
+
+# --- through sudo, as a non-root deploy user ----------------------------------------------------------
+
+
+@pytest.fixture
+def as_deployer(inventory):
+    """Every host logs in as the lab's deploy user (passwordless sudo) for the test."""
+    originals = {host: (inventory / host / "host.toml").read_text() for host in HOSTS}
+    for host, text in originals.items():
+        (inventory / host / "host.toml").write_text('user = "topdeck-deployer"\nsudo = true\n' + text)
+    yield
+    for host, text in originals.items():
+        (inventory / host / "host.toml").write_text(text)
+
+
+def test_exec_and_keys_through_sudo(lab, inventory, state_home, as_deployer):
+    result = run(inventory, state_home, "exec", "--json", "--", "id", "-un")
+    assert result.returncode == 0, result.stdout + result.stderr
+    hosts = json.loads(result.stdout.splitlines()[-1])["hosts"]
+    # sshd may add "Could not chdir to home directory /nonexistent" on stderr: the deploy user has no home.
+    assert {h["host"]: (h["exit_code"], h["output"][-1]) for h in hosts} == {host: (0, "root") for host in HOSTS}
+    plain = run(inventory, state_home, "exec", "--", "id", "-un")
+    assert plain.returncode == 0 and plain.stdout.splitlines()[-1] == "3 of 3 host(s) exited 0"
+    secret = _secret()
+    (inventory / "sudo.txt").write_text(secret)
+    _write_keys(inventory, '[[keys]]\nname = "via-sudo"\nfile = "sudo.txt"\ngroup = "daemon"\npermissions = "640"\n')
+    uploaded = run(inventory, state_home, "upload-keys")
+    assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr
+    for host in HOSTS:
+        assert _stat(lab, host, "/run/keys/via-sudo") == "root daemon 640"
+        assert lab.host(host).sh("cat /run/keys/via-sudo") == secret
+    assert "Accepted publickey for topdeck-deployer" in lab.host("host-1").sshd_log.read_text(errors="replace")
+
+
+def test_the_upload_snippet_is_posix_sh_and_shellcheck_clean(tmp_path):
+    from topdeck.core.keys import UPLOAD_SNIPPET
+
+    script = tmp_path / "upload.sh"
+    script.write_text("#!/bin/sh\n" + UPLOAD_SNIPPET)
+    checked = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+
+
+# --- the real TUI: x on the selected hosts ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_tui_x_runs_a_command_on_the_selected_hosts(lab, inventory):
+    from topdeck.core.inventory import load_inventory
+    from topdeck.tui.app import TopdeckApp
+    from topdeck.tui.backend import Backend
+    from topdeck.tui.screens.hostexec import ExecScreen
+    from topdeck.tui.widgets.dialogs import PromptScreen
+
+    lab.host("host-3").sh("echo broken > /run/topdeck-exec-fail")
+    app = TopdeckApp(Backend(load_inventory(inventory)), refresh=False)
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.press("a", "x")
+            for _ in range(100):
+                if isinstance(app.screen, PromptScreen):
+                    break
+                await pilot.pause(0.05)
+            await pilot.press(*"sh -c 'echo [b]hello; test -e /run/topdeck-exec-fail && exit 4; exit 0'", "enter")
+            for _ in range(600):
+                if isinstance(app.screen, ExecScreen) and not app.screen.running:
+                    break
+                await pilot.pause(0.05)
+            screen = app.screen
+            assert isinstance(screen, ExecScreen) and not screen.running
+            table = screen.query_one("#rows")
+            rows = {key.value: [getattr(c, "plain", str(c)) for c in table.get_row(key)] for key in table.rows}
+            assert rows == {"host-1": ["host-1", "exit 0", "1", "[b]hello"],
+                            "host-2": ["host-2", "exit 0", "1", "[b]hello"],
+                            "host-3": ["host-3", "exit 4", "1", "[b]hello"]}
+            assert list(screen.query_one("#output").lines) == ["[b]hello"]
+            assert screen.result is not None and screen.result.failed == ("host-3",)
+    finally:
+        lab.host("host-3").sh("rm -f /run/topdeck-exec-fail")

@@ -122,3 +122,24 @@ def test_exec_snapshot(snap_compare, size):
 
     app = TopdeckApp(FakeBackend(), clock=lambda: NOW, refresh=False)
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.asyncio
+async def test_the_plan_screen_lists_each_hosts_keys_and_whether_they_changed():
+    import dataclasses
+
+    from topdeck.core.keys import KeyPlan
+    from topdeck.tui.screens.plan import PlanScreen
+
+    backend = FakeBackend()
+    keys = (KeyPlan("db-password", "/run/keys/db-password", "pre-activation", "changed"),
+            KeyPlan("tls", "/var/lib/tls/tls", "post-activation", "unchanged"))
+    fleet_plan = dataclasses.replace(backend.fleet_plan(["web-1", "web-2"]), keys={"web-1": keys, "web-2": keys})
+    app = TopdeckApp(backend, clock=lambda: NOW, refresh=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = PlanScreen(["web-1", "web-2"], fleet_plan=fleet_plan)
+        await app.push_screen(screen)
+        await pilot.pause(0.2)
+        diff = text_of(screen, "#diff")
+        assert ("web-1, web-2: keys over SSH\n  db-password → /run/keys/db-password (pre-activation, changed)\n"
+                "  tls → /var/lib/tls/tls (post-activation, unchanged)\n") in diff
