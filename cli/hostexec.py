@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from topdeck.cli.output import add_selector_option, open_fleet, say, say_json, to_json
 from topdeck.core.events import Event, LogLine
@@ -34,13 +37,26 @@ def exec_command(args: argparse.Namespace) -> int:
     check_command(argv)
     check_timeout(args.timeout)
     fleet = open_fleet(args.inventory)
-    result = fleet.run_command(args.on, argv, parallel=args.parallel, timeout=args.timeout,
-                               emit=_json_line if args.json else _live_line)
+    cancel = threading.Event()
+    emit = _json_line if args.json else _live_line
+    interrupted = False
+    with ThreadPoolExecutor(1, thread_name_prefix="topdeck-exec-main") as pool:
+        running = pool.submit(fleet.run_command, args.on, argv, parallel=args.parallel, timeout=args.timeout,
+                              emit=emit, cancel=cancel)
+        try:
+            result = running.result()
+        except KeyboardInterrupt:  # stop the command on every host (its process group), then report
+            interrupted = True
+            cancel.set()
+            say("stopping the command on every host…", sys.stderr)
+            result = running.result()
     if args.json:
         say_json(result_json(result))
     else:
         for line in render_summary(result):
             say(line)
+    if interrupted:
+        raise KeyboardInterrupt  # main says so, and exits 130
     return 0 if result.ok else 1
 
 

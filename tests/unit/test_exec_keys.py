@@ -226,3 +226,33 @@ def test_a_failed_pre_activation_key_fails_the_host_before_its_run():
     assert outcome.reason == ("web-1: key tls (/run/keys/tls): group www does not exist on the host; the host's "
                               "system was not changed")
     assert "deploy" not in lab.fakes["web-1"].verbs
+
+
+# --- the command line: bad input is one line, before the inventory is read -----------------------------------
+
+CLI_ROWS = [
+    (["exec"], 1, "topdeck: error: exec needs a command after `--` (as: topdeck exec --on web-1 -- uptime)"),
+    (["exec", "--"], 1, "topdeck: error: exec needs a command after `--`"),
+    (["exec", "--", ""], 1, "topdeck: error: exec: the program (the first word after `--`) is empty"),
+    (["exec", "--timeout", "0", "--", "uptime"], 1, "topdeck: error: --timeout 0: must be more than 0 seconds"),
+    (["exec", "--timeout", "nan", "--", "uptime"], 1, "topdeck: error: --timeout nan: must be more than 0"),
+    (["exec", "--parallel", "0", "--", "uptime"], 2, "exec: argument --parallel: '0': give a number of hosts"),
+    (["exec", "--parallel", "²", "--", "uptime"], 2, "exec: argument --parallel: '²': give a number of hosts"),
+    (["exec", "--on", ",", "--", "uptime"], 2, "exec: argument --on: ',' names no host"),
+    (["upload-keys", "--on", ""], 2, "upload-keys: argument --on: '' names no host"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "expected"), CLI_ROWS, ids=[" ".join(argv) for argv, _, _ in CLI_ROWS])
+def test_bad_exec_and_upload_keys_arguments_are_one_line(argv, code, expected, tmp_path, capsys):
+    from topdeck.cli.main import main
+
+    missing = tmp_path / "no-inventory-here"
+    try:
+        result = main(["--inventory", str(missing), *argv])
+    except SystemExit as exit_:
+        result = exit_.code
+    assert result == code
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert str(missing) not in err
