@@ -143,13 +143,19 @@ def _secret(root: Path) -> bytes:
     folder = ensure_inventory_state(root) / "keys"
     folder.mkdir(exist_ok=True, mode=0o700)
     path = folder / "hmac-secret"
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # created once, whole (a second process at the same moment reads the first one's)
+        fd = os.open(path.with_suffix(f".{os.getpid()}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32) + "\n")
+        os.link(path.with_suffix(f".{os.getpid()}"), path)
+    except FileExistsError:
+        pass
+    finally:
+        path.with_suffix(f".{os.getpid()}").unlink(missing_ok=True)
+    try:
         return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as error:
+        raise DeployError(f"{path}: not a key digest secret ({error}); delete it to make a new one") from None
 
 
 def _digests(root: Path, host: str) -> dict[str, str]:
