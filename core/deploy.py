@@ -162,8 +162,8 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
     started = clock()
     outcomes: dict[str, HostOutcome] = {}
     stopped = ""
-    runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock)
-    runner.keys = keys or {}
+    runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock,
+                         keys=keys or {})
     for name in by_name:
         emit(HostPhase(name, Phase.QUEUED))
     for index, wave in enumerate(waves, 1):
@@ -213,11 +213,11 @@ def _target_text(target: Target) -> str:
 class _HostRunner:
     def __init__(self, settings: Settings, ssh: SSHConfig, connect: Connect, checks: Mapping[str, Checks],
                  on_failed_units: Mapping[str, str], emit: Emit, cancel: threading.Event,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], *, keys: Mapping[str, Sequence[KeyContent]] | None = None):
         self.settings, self.ssh, self.connect, self.checks = settings, ssh, connect, checks
         self.on_failed_units = on_failed_units
         self.emit, self.cancel, self.clock = emit, cancel, clock
-        self.keys: Mapping[str, Sequence[KeyContent]] = {}
+        self.keys: Mapping[str, Sequence[KeyContent]] = keys or {}
 
     def _keys(self, host: Host, upload: str) -> list[KeyContent]:
         return [item for item in self.keys.get(host.name, ()) if item.key.upload == upload]
@@ -278,7 +278,7 @@ class _HostRunner:
         with self.connect(host, self.ssh) as session:
             try:
                 self._upload_keys(session, host, "pre-activation")
-            except DeployError as error:
+            except (DeployError, SSHError) as error:  # before the host script: nothing to ask the host about
                 raise DeployError(f"{error}; the host's system was not changed") from None
             self._run(session, host, verb, args, track, _WhileInterruptible(self.cancel, track))
 
