@@ -235,7 +235,12 @@ group = "daemon"
               "state folder": _all_text(state_home),
               "sshd logs": "".join(lab.host(h).sshd_log.read_text(errors="replace") for h in HOSTS),
               "journals": "".join(lab.host(h).sh("journalctl --no-pager -o cat 2>/dev/null || true", check=False)
-                                  for h in ("host-2", "host-3"))}
+                                  for h in ("host-2", "host-3")),
+              # host.sh's own records on the host: each run's folder and log, and its state
+              "host run records": "".join(lab.host(h).sh("find /run/topdeck /nix/var/nix/topdeck -type f "
+                                                         "-exec cat {} + 2>/dev/null || true", check=False)
+                                          for h in HOSTS)}
+    assert "switch" in places["host run records"], "the hosts' run records were not read"
     assert list((state_home / "topdeck").rglob("runs/*.json")), "no run record was written"
     for secret in (file_secret, command_secret, post_secret):
         for where, text in places.items():
