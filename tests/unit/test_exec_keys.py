@@ -256,3 +256,25 @@ def test_bad_exec_and_upload_keys_arguments_are_one_line(argv, code, expected, t
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and expected in err, err
     assert str(missing) not in err
+
+
+def test_a_failed_post_activation_key_fails_the_host_that_was_activated():
+    lab = _key_fleet()
+    fake = lab.fakes["web-1"]
+
+    def run(command, stdin, out, cancel):
+        if "topdeck-key" in command and " late " in f" {command} ":
+            fake.verbs.append("key late refused")
+            out("group www does not exist on the host")
+            return 1
+        return KeyHost.run(fake, command, stdin, out, cancel)
+
+    fake.run = run  # type: ignore[method-assign]
+    settings = Settings("switch", "http://cache.invalid", KEY, 2, "run-1")
+    result = deploy(lab.hosts[:1], {"web-1": Target(NEW)}, settings, SSHConfig(), connect=lab.connect,
+                    keys={"web-1": [_content("early"), _content("late", group="www", upload="post-activation")]})
+    outcome, = result.outcomes
+    assert fake.current == str(NEW) and fake.verbs[-1] == "key late refused"
+    assert outcome.outcome == Outcome.FAILED and outcome.after == str(NEW)
+    assert outcome.reason == ("activated, but the post-activation keys were not all uploaded: web-1: key late "
+                              "(/run/keys/late): group www does not exist on the host")
