@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from topdeck.core import fleet, gc, hostexec, pointers, release, runs, trust
+from topdeck.core import fleet, gc, hostexec, keys, pointers, release, runs, trust
 from topdeck.core.cache import Cache
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import Settings, mode_of, plan_waves
@@ -271,9 +271,9 @@ class Fleet:
                                    cancel=cancel)
 
     def upload_keys(self, selectors: Sequence[str], emit: Emit = ignore,
-                    cancel: threading.Event | None = None) -> tuple[fleet.KeysUploaded, ...]:
+                    cancel: threading.Event | None = None) -> tuple[keys.KeysUploaded, ...]:
         """`topdeck upload-keys`: the inventory's [[keys]] to the selected hosts, over SSH."""
-        return fleet.upload_keys_fleet(self.inventory, selectors, connect=self._connect, emit=emit, cancel=cancel)
+        return keys.upload_keys(self.inventory, selectors, connect=self._connect, emit=emit, cancel=cancel)
 
     # --- gc, host keys --------------------------------------------------------------------------------
 

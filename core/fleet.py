@@ -14,7 +14,7 @@ from topdeck.core.caches import open_cache
 from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff, diff_closures
 from topdeck.core.errors import DeployError, InventoryError, TopdeckError, internal_error
-from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, LogLine, Progress, ignore
+from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
 from topdeck.core.hostpool import each_host, values
 from topdeck.core.hostverbs import Generation as Generation  # a host's generation, as the front ends know it
 from topdeck.core.hostverbs import StatusReport
@@ -181,38 +181,6 @@ def reboot_fleet(inventory: Inventory, names: Iterable[str], *, emit: Emit = ign
                     emit=emit, cancel=cancel, clock=clock)
     save_run(inventory.root, result, kind="reboot")
     return result
-
-
-@dataclass(frozen=True)
-class KeysUploaded:
-    """How `upload-keys` went on one host: the keys it was given, or why not."""
-
-    host: str
-    keys: tuple[str, ...] = ()
-    error: str = ""
-
-
-def upload_keys_fleet(inventory: Inventory, selectors: Iterable[str], *, connect: Connect = connect,
-                      emit: Emit = ignore, cancel: threading.Event | None = None) -> tuple[KeysUploaded, ...]:
-    """Every key (pre- and post-activation alike) to the selected hosts, read before any host is touched."""
-    hosts = select_hosts(inventory, list(selectors))
-    contents = keys.read_keys(inventory, hosts)
-    if not any(contents.values()):
-        raise InventoryError(f"{inventory.root}: no [[keys]] for {', '.join(h.name for h in hosts)}")
-
-    def one(host: Host) -> KeysUploaded:
-        chosen = contents[host.name]
-        if chosen:
-            with connect(host, inventory.ssh) as session:
-                keys.upload(session, chosen)
-            keys.remember(inventory.root, host.name, chosen)
-        names = tuple(item.key.name for item in chosen)
-        emit(LogLine(f"uploaded {', '.join(names)}" if names else "no keys", host.name))
-        return KeysUploaded(host.name, names)
-
-    results = each_host(hosts, one, parallel=inventory.deploy.parallel, cancel=cancel)
-    return tuple(result if isinstance(result, KeysUploaded) else KeysUploaded(host.name, error=str(result))
-                 for host, result in zip(hosts, results, strict=True))
 
 
 def _rollback_generation(inventory: Inventory, host: Host, to: int | None) -> int:

@@ -15,14 +15,17 @@ import json
 import os
 import secrets
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topdeck.core.errors import DeployError
+from topdeck.core.errors import DeployError, InventoryError
+from topdeck.core.events import Emit, LogLine, ignore
+from topdeck.core.hostpool import each_host
 from topdeck.core.hostverbs import sudo_argv
-from topdeck.core.inventory import Host, Inventory, Key
-from topdeck.core.ssh import Session, remote_command
+from topdeck.core.inventory import Host, Inventory, Key, select_hosts
+from topdeck.core.ssh import Connect, Session, connect, remote_command
 from topdeck.core.state import ensure_inventory_state, inventory_state
 
 COMMAND_TIMEOUT = 60.0
@@ -199,3 +202,38 @@ def plan_keys(root: Path, contents: Mapping[str, Sequence[KeyContent]]) -> dict[
                                     else "changed")
                             for item in items)
     return plans
+
+
+# --- `topdeck upload-keys` ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeysUploaded:
+    """How `upload-keys` went on one host: the keys it was given, or why not."""
+
+    host: str
+    keys: tuple[str, ...] = ()
+    error: str = ""
+
+
+def upload_keys(inventory: Inventory, selectors: Iterable[str], *, connect: Connect = connect,
+                emit: Emit = ignore, cancel: threading.Event | None = None) -> tuple[KeysUploaded, ...]:
+    """Every key (pre- and post-activation alike) to the selected hosts, read before any host is touched."""
+    hosts = select_hosts(inventory, list(selectors))
+    contents = read_keys(inventory, hosts)
+    if not any(contents.values()):
+        raise InventoryError(f"{inventory.root}: no [[keys]] for {', '.join(h.name for h in hosts)}")
+
+    def one(host: Host) -> KeysUploaded:
+        chosen = contents[host.name]
+        if chosen:
+            with connect(host, inventory.ssh) as session:
+                upload(session, chosen)
+            remember(inventory.root, host.name, chosen)
+        names = tuple(item.key.name for item in chosen)
+        emit(LogLine(f"uploaded {', '.join(names)}" if names else "no keys", host.name))
+        return KeysUploaded(host.name, names)
+
+    results = each_host(hosts, one, parallel=inventory.deploy.parallel, cancel=cancel)
+    return tuple(result if isinstance(result, KeysUploaded) else KeysUploaded(host.name, error=str(result))
+                 for host, result in zip(hosts, results, strict=True))

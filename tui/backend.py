@@ -42,9 +42,10 @@ class EngineBackend(Protocol):
     def rollback(self, hosts: Sequence[str], to: int | None, emit: Emit, cancel: threading.Event) -> DeployResult: ...
     def generation_diff(self, host: str, path: str) -> ClosureDiff: ...
     def check_host_key(self, host: str) -> None: ...
+    def pin_host_key(self, error: UnknownHostKey) -> str: ...
+
     def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit,
                     cancel: threading.Event) -> ExecResult: ...
-    def pin_host_key(self, error: UnknownHostKey) -> str: ...
 
 
 class Backend:
@@ -111,9 +112,9 @@ class Backend:
     def check_host_key(self, host: str) -> None:
         self.fleet.check_host_key(host)
 
+    def pin_host_key(self, error: UnknownHostKey) -> str:
+        return self.fleet.pin_host_key(error)
+
     def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit = ignore,
                     cancel: threading.Event | None = None) -> ExecResult:
         return self.fleet.run_command(hosts, argv, emit=emit, cancel=cancel)
-
-    def pin_host_key(self, error: UnknownHostKey) -> str:
-        return self.fleet.pin_host_key(error)
