@@ -129,9 +129,9 @@ def plan_confirm_deploy(fleet: Fleet, selectors: list[str], args: argparse.Names
     finally:
         progress.close()
     if args.json:
-        say_json({"event": "Plan", **plan_json(fleet_plan.plan, fleet_plan.fetch_url)})
+        say_json({"event": "Plan", **plan_json(fleet_plan.plan, fleet_plan.fetch_url, fleet_plan.keys)})
     else:
-        say_lines(render_plan(fleet_plan.plan, fleet_plan.fetch_url))
+        say_lines(render_plan(fleet_plan.plan, fleet_plan.fetch_url, fleet_plan.keys))
     count = sum(1 for h in fleet_plan.plan.hosts if h.planned)
     if not args.yes and not ask(f"{args.mode}{' and reboot' if args.reboot else ''} {count} host(s) now?"):
         say("nothing deployed", sys.stderr)

@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.cli import apply, build, deploy, gc, lab, plan, push, trust
+    from topdeck.cli import apply, build, deploy, gc, hostexec, keys, lab, plan, push, trust
 
     parser = Parser(
         prog="topdeck",
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_commands(commands)
     apply.add_commands(commands)
     trust.add_commands(commands)
+    hostexec.add_commands(commands)
+    keys.add_commands(commands)
     return parser
 
 
@@ -78,7 +80,7 @@ def show_inventory(args: argparse.Namespace) -> int:
 
 # Settings that only a command-line flag gives: core's error starts with the setting's name, the CLI names the flag.
 FLAG_OF_SETTING = {"canary": "--canary", "wave": "--wave", "keep": "--keep", "reboot": "--reboot",
-                   "skip_unreachable": "--skip-unreachable"}
+                   "skip_unreachable": "--skip-unreachable", "timeout": "--timeout"}
 
 
 def error_text(error: TopdeckError) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from collections.abc import Mapping, Sequence
 
 import humanize
 
 from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, say, say_json, say_lines, size
 from topdeck.core.diff import render_diff_closures
+from topdeck.core.keys import KeyPlan, grouped
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
 from topdeck.core.planview import GroupView, plan_view, reason
 
@@ -37,21 +40,22 @@ def plan_command(args: argparse.Namespace) -> int:
         printer.close()
     result = fleet_plan.plan
     if args.json:
-        say_json(plan_json(result, fleet_plan.fetch_url), indent=1)
+        say_json(plan_json(result, fleet_plan.fetch_url, fleet_plan.keys), indent=1)
     else:
-        say_lines(render_plan(result, fleet_plan.fetch_url))
+        say_lines(render_plan(result, fleet_plan.fetch_url, fleet_plan.keys))
     for host in result.hosts:  # the plan is on stdout; what failed is also on stderr, one line per host
         if not host.planned:
             say(f"topdeck: error: {reason(host)}", sys.stderr)
     return 0 if result.ok else 1
 
 
-def render_plan(result: Plan, fetch_url: str = "") -> list[str]:
+def render_plan(result: Plan, fetch_url: str = "", keys: Mapping[str, Sequence[KeyPlan]] | None = None) -> list[str]:
     view = plan_view(result, fetch_url)
     lines: list[str] = []
     for group in view.groups:
         lines.extend(_render_group(group))
         lines.append("")
+    lines.extend(render_keys(keys or {}))
     lines.extend(host.reason for host in view.unplanned)
     if view.fetch_url:
         lines.append(f"hosts fetch from {view.fetch_url}")
@@ -59,6 +63,15 @@ def render_plan(result: Plan, fetch_url: str = "") -> list[str]:
                  f"(free allowance {humanize.intcomma(view.free_class_b)} a day)")
     lines.extend(f"warning: {note}" for note in view.warnings)
     return lines
+
+
+def render_keys(keys: Mapping[str, Sequence[KeyPlan]]) -> list[str]:
+    """The keys each host would receive (hosts with the same keys together) and whether each changed."""
+    lines = []
+    for hosts, plans in grouped(keys):
+        lines.append(f"{', '.join(hosts)}: keys over SSH")
+        lines.extend(f"  {plan.name} → {plan.dest} ({plan.upload}, {plan.change})" for plan in plans)
+    return [*lines, ""] if lines else []
 
 
 def _render_group(group: GroupView) -> list[str]:
@@ -76,8 +89,10 @@ def _render_group(group: GroupView) -> list[str]:
     return lines
 
 
-def plan_json(result: Plan, fetch_url: str = "") -> dict[str, object]:
+def plan_json(result: Plan, fetch_url: str = "", keys: Mapping[str, Sequence[KeyPlan]] | None = None
+              ) -> dict[str, object]:
     return {
+        "keys": {host: [dataclasses.asdict(plan) for plan in plans] for host, plans in (keys or {}).items()},
         "ok": result.ok,
         "fetch_url": fetch_url,
         "hosts": [_host_json(host) for host in result.hosts],

@@ -16,7 +16,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError, internal_error
@@ -47,6 +47,8 @@ from topdeck.core.hostverbs import (
     status,
 )
 from topdeck.core.inventory import Checks, Host, SSHConfig
+from topdeck.core.keys import KeyContent
+from topdeck.core.keys import upload as upload_keys
 from topdeck.core.signing import PublicKey, ssh_public_key
 from topdeck.core.ssh import MAX_OUTPUT, Connect, Session, connect
 from topdeck.core.store import StorePath, parse_store_path
@@ -144,11 +146,13 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
            waves: tuple[tuple[str, ...], ...] | None = None, checks: Mapping[str, Checks] | None = None,
            on_failed_units: Mapping[str, str] | None = None, connect: Connect = connect, parallel: int = 8,
            emit: Emit = ignore, cancel: threading.Event | None = None,
-           clock: Callable[[], float] = time.time) -> DeployResult:
+           clock: Callable[[], float] = time.time,
+           keys: Mapping[str, Sequence[KeyContent]] | None = None) -> DeployResult:
     """Run the hosts wave by wave (all at once without waves), `parallel` at a time; stop after a wave in
     which a host failed. Cancel starts no new host and stops running ones only where that changes nothing.
     `on_failed_units` says per host whether units that fail to start after the switch roll it back ("rollback",
-    the default) or are kept ("keep")."""
+    the default) or are kept ("keep"). `keys` (read beforehand, core/keys.py) are uploaded to each host before
+    its activation or after it succeeded, as each key's `upload` says."""
     cancel = cancel or threading.Event()
     emit = _one_at_a_time(emit)
     by_name = {host.name: host for host in hosts}
@@ -156,7 +160,8 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
     started = clock()
     outcomes: dict[str, HostOutcome] = {}
     stopped = ""
-    runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock)
+    runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock,
+                         keys=keys or {})
     for name in by_name:
         emit(HostPhase(name, Phase.QUEUED))
     for index, wave in enumerate(waves, 1):
@@ -206,10 +211,30 @@ def _target_text(target: Target) -> str:
 class _HostRunner:
     def __init__(self, settings: Settings, ssh: SSHConfig, connect: Connect, checks: Mapping[str, Checks],
                  on_failed_units: Mapping[str, str], emit: Emit, cancel: threading.Event,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], *, keys: Mapping[str, Sequence[KeyContent]] | None = None):
         self.settings, self.ssh, self.connect, self.checks = settings, ssh, connect, checks
         self.on_failed_units = on_failed_units
         self.emit, self.cancel, self.clock = emit, cancel, clock
+        self.keys: Mapping[str, Sequence[KeyContent]] = keys or {}
+
+    def _keys(self, host: Host, upload: str) -> list[KeyContent]:
+        return [item for item in self.keys.get(host.name, ()) if item.key.upload == upload]
+
+    def _upload_keys(self, session: Session, host: Host, upload: str) -> None:
+        chosen = self._keys(host, upload)
+        if chosen:
+            self.emit(LogLine(f"uploading {upload} keys: {', '.join(item.key.name for item in chosen)}", host.name))
+            upload_keys(session, chosen)
+
+    def _keys_after(self, host: Host, track: _Tracker) -> None:
+        """The post-activation keys, through a new login, once the host ended on its target."""
+        if track.outcome != Outcome.DONE or not self._keys(host, "post-activation"):
+            return
+        try:
+            with self.connect(host, self.ssh) as session:
+                self._upload_keys(session, host, "post-activation")
+        except TopdeckError as error:
+            track.fail(f"activated, but the post-activation keys were not all uploaded: {error}")
 
     def run(self, host: Host, target: Target) -> HostOutcome:
         started = self.clock()
@@ -218,6 +243,7 @@ class _HostRunner:
         track = _Tracker(host.name, self.emit, lambda: self._confirm(host, track))
         try:
             self._deploy_and_follow(host, target, track)
+            self._keys_after(host, track)
         except Exception as error:  # noqa: BLE001 - a bug met on one host fails that host, and the run is recorded
             track.fail(str(internal_error(host.name, error)))
         outcome = HostOutcome(host.name, track.outcome, track.target or _target_text(target), track.before,
@@ -248,6 +274,10 @@ class _HostRunner:
         else:
             verb, args = "deploy", self._deploy_args(host, target)
         with self.connect(host, self.ssh) as session:
+            try:
+                self._upload_keys(session, host, "pre-activation")
+            except (DeployError, SSHError) as error:  # before the host script: nothing to ask the host about
+                raise DeployError(f"{error}; the host's system was not changed") from None
             self._run(session, host, verb, args, track, _WhileInterruptible(self.cancel, track))
 
     def _deploy_args(self, host: Host, target: Target) -> list[str | int]:

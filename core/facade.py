@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from topdeck.core import fleet, gc, pointers, release, runs, trust
+from topdeck.core import fleet, gc, hostexec, keys, pointers, release, runs, trust
 from topdeck.core.cache import Cache
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import Settings, mode_of, plan_waves
@@ -257,6 +257,24 @@ class Fleet:
 
     def reboot(self, hosts: Sequence[str], emit: Emit = ignore, cancel: threading.Event | None = None) -> DeployResult:
         return fleet.reboot_fleet(self.inventory, list(hosts), emit=emit, cancel=cancel, clock=self._clock)
+
+    # --- commands on hosts -----------------------------------------------------------------------------
+
+    def run_command(self, selectors: Sequence[str], argv: Sequence[str], *, parallel: int | None = None,
+                    timeout: float | None = None, emit: Emit = ignore,
+                    cancel: threading.Event | None = None) -> hostexec.ExecResult:
+        """`topdeck exec`: the command (an argv, quoted once) on the selected hosts, `parallel` at a time (default
+        deploy.parallel); each output line emitted as a LogLine naming its host."""
+        hostexec.check_command(argv)
+        hosts = self.hosts(selectors)
+        return hostexec.exec_hosts(hosts, argv, self.inventory.ssh, connect=self._connect,
+                                   parallel=parallel or self.inventory.deploy.parallel, timeout=timeout, emit=emit,
+                                   cancel=cancel)
+
+    def upload_keys(self, selectors: Sequence[str], emit: Emit = ignore,
+                    cancel: threading.Event | None = None) -> tuple[keys.KeysUploaded, ...]:
+        """`topdeck upload-keys`: the inventory's [[keys]] to the selected hosts, over SSH."""
+        return keys.upload_keys(self.inventory, selectors, connect=self._connect, emit=emit, cancel=cancel)
 
     # --- gc, host keys --------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from topdeck.core import hostverbs, pointers
+from topdeck.core import hostverbs, keys, pointers
 from topdeck.core.cache import Cache, Entry
 from topdeck.core.caches import open_cache
 from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
@@ -39,6 +39,7 @@ class FleetPlan:
     listing: Mapping[str, Entry] | None = None  # the cache listing the targets came from, if one was made
     fetch_url: str = ""  # where the hosts fetch the cache from (its substituter URL)
     pointer: str = ""  # the pointer every host deploys through, instead of its own ("" for its own)
+    keys: dict[str, tuple[keys.KeyPlan, ...]] = dataclasses.field(default_factory=dict)  # per host: its keys
 
 
 POINTER_TARGET = "pointer:"  # a plan target `pointer:NAME`: every host deploys through pointer NAME
@@ -50,6 +51,7 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     """Plan the selected hosts (every host if there are no selectors) towards `target`: a store path, `pointer:NAME`
     (through that pointer, as a deploy of hosts following it), or None for each host's own pointer."""
     hosts = select_hosts(inventory, selectors)
+    key_plans = keys.plan_keys(inventory.root, keys.read_keys(inventory, hosts))
     cache = cache or open_cache(inventory.cache)
     listing: Mapping[str, Entry] | None = None
     targets: dict[str, StorePath | str]
@@ -65,7 +67,7 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
                   cancel=cancel)
     return FleetPlan(hosts, targets, manifests, result, from_pointers=not target or bool(through), listing=listing,
-                     fetch_url=cache.substituter_url, pointer=through)
+                     fetch_url=cache.substituter_url, pointer=through, keys=key_plans)
 
 
 # --- deploy, rollback, status, generations ------------------------------------------------------------
@@ -97,6 +99,7 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
     settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
+    contents = keys.read_keys(inventory, fleet_plan.hosts) if settings.mode != Mode.DRY_ACTIVATE else {}
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
     targets = {name: Target(plan.target, pointer=_pointer_of(fleet_plan, name),
                             need_bytes=plan.unpacked_bytes,
@@ -107,7 +110,10 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "sw
     result = deploy(hosts, targets, settings, inventory.ssh, waves=waves, parallel=inventory.deploy.parallel,
                     checks={h.name: inventory.checks_for(h) for h in hosts},
                     on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
-                    emit=emit, cancel=cancel, clock=clock)
+                    emit=emit, cancel=cancel, clock=clock, keys=contents)
+    for outcome in result.outcomes:
+        if outcome.ok and contents.get(outcome.host):
+            keys.remember(inventory.root, outcome.host, contents[outcome.host])
     unplanned = tuple(_unplanned(h, emit) for h in fleet_plan.plan.hosts if h.host not in ready)
     result = dataclasses.replace(result, outcomes=result.outcomes + unplanned)
     save_run(inventory.root, result)

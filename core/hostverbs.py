@@ -30,10 +30,14 @@ def host_script() -> bytes:
     return resources.files("topdeck.core").joinpath("host.sh").read_bytes()
 
 
+def sudo_argv(host: Host) -> list[str]:
+    """What goes before a privileged command on the host: `sudo -n` where host.toml asks for sudo, else nothing."""
+    return ["sudo", "-n"] if host.sudo and host.user != "root" else []
+
+
 def host_command(host: Host, verb: str, *args: str | int) -> str:
     """The remote command that runs host.sh (sent on stdin) with `verb` and `args`, through sudo if asked."""
-    sudo = ["sudo", "-n"] if host.sudo and host.user != "root" else []
-    return remote_command(*sudo, "sh", "-c", WRAPPER, "topdeck-host", verb, *args)
+    return remote_command(*sudo_argv(host), "sh", "-c", WRAPPER, "topdeck-host", verb, *args)
 
 
 def run_verb(session: Session, verb: str, *args: str | int, timeout: float | None = VERB_TIMEOUT,

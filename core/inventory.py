@@ -59,6 +59,31 @@ class Checks:
         return Checks(over.command or self.command, over.http or self.http, over.failed_units or self.failed_units)
 
 
+KEY_UPLOADS = ("pre-activation", "post-activation")
+KEY_MODE_RE = re.compile(r"0?[0-7]{3}", re.ASCII)
+KEY_DIR_RE = re.compile(r"(/[A-Za-z0-9._+-]+)+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One `[[keys]]` entry: a secret uploaded over SSH (never through the cache) to `dest_dir`/`name`, its content
+    read from `file` or the stdout of `command` (an argv) on the operator's machine."""
+
+    name: str
+    file: Path | None = None
+    command: tuple[str, ...] = ()
+    dest_dir: str = "/run/keys"
+    user: str = "root"
+    group: str = "root"
+    permissions: str = "0600"
+    upload: str = "pre-activation"
+    where: str = ""  # the file and entry that declared it, for messages
+
+    @property
+    def dest(self) -> str:
+        return f"{self.dest_dir}/{self.name}"
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -74,6 +99,7 @@ class Host:
     on_failed_units: str = ""  # "rollback" or "keep"; "" takes the fleet's deploy.on_failed_units
     specialisation: str = ""  # the specialisation of its system the host runs (switch and test activate it)
     explicit: frozenset[str] = frozenset()  # the SSH settings host.toml gives itself (they win over ~/.ssh/config)
+    keys: tuple[Key, ...] = ()  # its own [[keys]]
 
 
 @dataclass(frozen=True)
@@ -126,6 +152,12 @@ class Inventory:
     ssh: SSHConfig = field(default_factory=SSHConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     checks: dict[str, Checks] = field(default_factory=dict)  # by tag; "all" for every host
+    keys: tuple[Key, ...] = ()  # the fleet's [[keys]], for every host
+
+    def keys_for(self, host: Host) -> tuple[Key, ...]:
+        """The fleet's keys, then the host's own; a host key of the same name replaces the fleet's."""
+        own = {key.name for key in host.keys}
+        return (*(key for key in self.keys if key.name not in own), *host.keys)
 
     def on_failed_units_for(self, host: Host) -> str:
         return host.on_failed_units or self.deploy.on_failed_units
@@ -153,7 +185,7 @@ def load_inventory(root: Path | str) -> Inventory:
         raise InventoryError(f"{root}: inventory folder not found")
     config = _read_toml(root / CONFIG_FILE)
     section = _Section(config, root / CONFIG_FILE, "")
-    section.allow_only("cache", "ssh", "deploy", "checks", "build")
+    section.allow_only("cache", "ssh", "deploy", "checks", "build", "keys")
     inventory = Inventory(
         root=root,
         hosts=_with_fleet_build(_load_hosts(root), _fleet_build(section.table("build"), root)),
@@ -161,6 +193,7 @@ def load_inventory(root: Path | str) -> Inventory:
         ssh=_ssh_config(section.table("ssh"), root),
         deploy=_deploy_config(section.table("deploy")),
         checks=_checks_by_tag(section.table("checks")),
+        keys=_keys(section, root),
     )
     _refuse_secrets_in_flakes(inventory)
     return inventory
@@ -185,7 +218,7 @@ def _load_host(folder: Path) -> Host:
         )
     section = _Section(_read_toml(path), path, "")
     section.allow_only("address", "pointer", "user", "port", "tags", "sudo", "build", "check", "on_failed_units",
-                        "specialisation")
+                        "specialisation", "keys")
     build_table = section.table("build")
     return Host(
         name=folder.name,
@@ -201,6 +234,7 @@ def _load_host(folder: Path) -> Host:
         on_failed_units=section.get("on_failed_units", str, default="", check=_one_of(*FAILED_UNITS_CHOICES)),
         specialisation=section.get("specialisation", str, default="", check=_valid_name),
         explicit=frozenset(key for key in ("user", "port") if key in section.data),
+        keys=_keys(section, folder),
     )
 
 
@@ -262,7 +296,8 @@ def _refuse_secrets_in_flakes(inventory: Inventory) -> None:
     secrets = {"cache.signing_key": inventory.cache.signing_key,
                "cache.credentials_file": inventory.cache.credentials_file,
                "cache.gc_credentials_file": inventory.cache.gc_credentials_file,
-               "ssh.identity": inventory.ssh.identity}
+               "ssh.identity": inventory.ssh.identity,
+               **{f"keys {key.name}": key.file for host in inventory.hosts for key in inventory.keys_for(host)}}
     flakes = {_local_flake(host.build.flake, inventory.root) for host in inventory.hosts
               if host.build is not None and host.build.kind == "flake"}
     for flake in sorted(flake for flake in flakes if flake is not None):
@@ -384,6 +419,65 @@ def _valid_for(section: _Section) -> int:
         raise InventoryError(f"{section.where('pointer_valid_for')}: {value!r} should be a duration such as \"12h\", "
                              "\"7d\" or \"2w\", or a number of seconds (1 to ten years; 0 or unset: no end)")
     return seconds
+
+
+def _keys(section: _Section, folder: Path) -> tuple[Key, ...]:
+    """`[[keys]]`: each entry checked; a name given twice in one file is refused."""
+    entries = section.get("keys", list, default=[])
+    keys: list[Key] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InventoryError(f"{section.where(f'keys[{index}]')}: {entry!r} should be a table ([[keys]])")
+        key = _key(_Section(entry, section.file, f"keys[{index}]"), folder)
+        if any(other.name == key.name for other in keys):
+            raise InventoryError(f"{key.where}: name {key.name!r} is given twice in this file")
+        keys.append(key)
+    return tuple(keys)
+
+
+def _key(section: _Section, folder: Path) -> Key:
+    section.allow_only("name", "file", "command", "dest_dir", "user", "group", "permissions", "upload")
+    name = section.get("name", str, required=True, check=_valid_name)
+    where = f"{section.where()} (key {name})"
+    if ("file" in section.data) == ("command" in section.data):
+        raise InventoryError(f"{where}: give exactly one of 'file' or 'command'")
+    return Key(
+        name=name,
+        file=section.path("file", folder),
+        command=_key_command(section),
+        dest_dir=section.get("dest_dir", str, default="/run/keys", check=_valid_key_dir).rstrip("/"),
+        user=section.get("user", str, default="root", check=_valid_user),
+        group=section.get("group", str, default="root", check=_valid_user),
+        permissions=section.get("permissions", str, default="0600", check=_valid_key_mode),
+        upload=section.get("upload", str, default="pre-activation", check=_one_of(*KEY_UPLOADS)),
+        where=where,
+    )
+
+
+def _key_command(section: _Section) -> tuple[str, ...]:
+    """A key's `command`: an argv (a list of strings), or a string run by /bin/sh -c, on the operator's machine."""
+    value = section.get("command", (str, list), default=[])
+    if isinstance(value, str):
+        if _valid_command(value):
+            raise InventoryError(f"{section.where('command')}: {_valid_command(value)}")
+        return ("/bin/sh", "-c", value)
+    if "command" in section.data and (not value or not all(isinstance(word, str) and word and "\0" not in word
+                                                           for word in value)):
+        raise InventoryError(f"{section.where('command')}: should be a non-empty list of non-empty strings (an "
+                             "argv) or a shell command string")
+    return tuple(value)
+
+
+def _valid_key_dir(value: str) -> str | None:
+    if not value.startswith("/"):
+        return "must be an absolute path (as /run/keys)"
+    if not KEY_DIR_RE.fullmatch(value.rstrip("/")) or "/../" in f"{value}/" or "/./" in f"{value}/":
+        return "must be a plain absolute path (letters, digits and ._+- in each part; no '..')"
+    return None
+
+
+def _valid_key_mode(value: str) -> str | None:
+    return None if KEY_MODE_RE.fullmatch(value) else "is not an octal file mode (as \"0600\" or \"0440\")"
 
 
 def _checks_by_tag(section: _Section) -> dict[str, Checks]:

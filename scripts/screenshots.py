@@ -6,7 +6,8 @@
 It copies the demo fleet's inventory (hosts/) to a scratch folder, sets the lab up for it with
 `topdeck demo --no-tui`, publishes a newer web system so that there is something to plan, then drives the
 real app headless with Textual's Pilot: fleet, plan, the deploy confirmation, a deploy running and done,
-generations with a diff, pointers, a push of a system the cache lacks, an unknown host key, and the help.
+generations with a diff, pointers, a command on every host (x), a push of a system the cache lacks, an unknown
+host key, and the help.
 Needs root (the lab)."""
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ async def shoot(inventory_dir: Path, out: Path) -> None:
     from topdeck.tui.backend import Backend
     from topdeck.tui.screens.deploy import DeployScreen
     from topdeck.tui.screens.generations import GenerationsScreen
+    from topdeck.tui.screens.hostexec import ExecScreen
     from topdeck.tui.screens.hostkey import HostKeyScreen
     from topdeck.tui.screens.plan import PlanScreen
     from topdeck.tui.screens.pointers import PointersScreen
@@ -175,6 +177,17 @@ async def shoot(inventory_dir: Path, out: Path) -> None:
         await until(lambda: app.screen.query_one("#history").row_count >= 2)
         await pilot.pause(0.3)
         save("pointers")
+        await pilot.press("escape")
+
+        # x: a command on every host; hosts with the same output are grouped at the end.
+        every = ["db-1", "web-1", "web-2"]
+        command = ["sh", "-c", 'echo "$(cat /run/current-system/nixos-version)"; uname -s']
+        app.push_screen(ExecScreen(every, command,
+                                   lambda emit, cancel: backend.run_command(every, command, emit, cancel)))
+        await until(lambda: isinstance(app.screen, ExecScreen) and not app.screen.running)
+        await pilot.press("down")
+        await pilot.pause(0.3)
+        save("exec")
         await pilot.press("escape")
 
         # A system the cache lacks: the plan says so, u pushes it.

@@ -247,3 +247,25 @@ class FakeBackend:
     def pin_host_key(self, error: Any) -> str:
         self.accepted.append(error.host)
         return f"{error.address} ssh-ed25519 AAAA\n"
+
+    # --- exec ---
+    exec_outputs: dict[str, tuple[int | None, tuple[str, ...], str]] = {
+        "db-1": (3, ("inactive", "Unit nginx.service could not be found."), ""),
+        "web-2": (None, (), "web-2 (127.0.0.12:22): connection refused"),
+    }
+
+    def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit = ignore,
+                    cancel: threading.Event | None = None) -> Any:
+        """Every host answers `active` and exits 0, but for those exec_outputs names."""
+        from topdeck.core.hostexec import ExecResult, HostRun, check_command
+
+        self.calls.append(("exec", tuple(hosts), tuple(check_command(argv))))
+        runs = []
+        for name in hosts:
+            code, lines, error = self.exec_outputs.get(name, (0, ("active",), ""))
+            for line in lines:
+                emit(LogLine(line, name))
+            if self.delay:
+                time.sleep(self.delay)
+            runs.append(HostRun(name, code, lines, error, 0.2))
+        return ExecResult(tuple(argv), tuple(runs))

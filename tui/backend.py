@@ -17,6 +17,7 @@ from topdeck.core.errors import UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.facade import Fleet
 from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.hostexec import ExecResult
 from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import Inventory
 from topdeck.core.pointers import Pointer, PointerVersion
@@ -43,6 +44,9 @@ class EngineBackend(Protocol):
     def generation_diff(self, host: str, path: str) -> ClosureDiff: ...
     def check_host_key(self, host: str) -> str: ...
     def pin_host_key(self, error: UnknownHostKey) -> str: ...
+
+    def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit,
+                    cancel: threading.Event) -> ExecResult: ...
 
 
 class Backend:
@@ -111,3 +115,7 @@ class Backend:
 
     def pin_host_key(self, error: UnknownHostKey) -> str:
         return self.fleet.pin_host_key(error)
+
+    def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit = ignore,
+                    cancel: threading.Event | None = None) -> ExecResult:
+        return self.fleet.run_command(hosts, argv, emit=emit, cancel=cancel)

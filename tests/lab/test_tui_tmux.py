@@ -76,7 +76,7 @@ def test_demo_opens_the_tui_in_a_real_terminal(tmp_path):
     env = {**os.environ, "TOPDECK_LAB_DIR": str(lab_dir), "NIX_CONFIG": LAB_NIX_CONFIG, "TERM": "xterm-256color"}
     session = Tmux(f"topdeck-test-{uuid.uuid4().hex[:8]}")
     command = (f"{REPO}/.venv/bin/topdeck --inventory {hosts} demo; echo TOPDECK-EXITED-$?; sleep 600")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session.name, "-x", "100", "-y", "30", command],
+    subprocess.run(["tmux", "new-session", "-d", "-s", session.name, "-x", "120", "-y", "30", command],
                    check=True, env=env, cwd=tmp_path)
     try:
         # The fleet screen, refreshed from the hosts: the demo published both pointers; the hosts still run the

@@ -214,3 +214,69 @@ def test_a_secret_inside_a_flake_nix_copies_whole_is_refused(tmp_path, key, flak
     assert f"cache.{key}: {root}/secret.key would be copied with flake {root} into" in str(error.value)
 
 
+
+
+# --- [[keys]] -----------------------------------------------------------------------------------------
+
+KEY = '[[keys]]\nname = "db-password"\nfile = "db.txt"\n'
+BAD_KEYS = [
+    ("both file and command", KEY + 'command = ["pass", "db"]\n', "keys[0] (key db-password): give exactly one of "
+     "'file' or 'command'"),
+    ("neither file nor command", '[[keys]]\nname = "db-password"\n', "give exactly one of 'file' or 'command'"),
+    ("relative dest_dir", KEY + 'dest_dir = "run/keys"\n', "keys[0].dest_dir: 'run/keys' must be an absolute path"),
+    ("dest_dir with dotdot", KEY + 'dest_dir = "/run/../etc"\n', "must be a plain absolute path"),
+    ("dest_dir with a quote", KEY + "dest_dir = \"/run/k'eys\"\n", "must be a plain absolute path"),
+    ("bad mode", KEY + 'permissions = "0800"\n', "keys[0].permissions: '0800' is not an octal file mode"),
+    ("setuid mode", KEY + 'permissions = "4755"\n', "keys[0].permissions: '4755' is not an octal file mode"),
+    ("mode as a number", KEY + "permissions = 600\n", "keys[0].permissions: 600 should be a string"),
+    ("unknown upload", KEY + 'upload = "at-boot"\n', "keys[0].upload: 'at-boot' must be one of: pre-activation, "
+     "post-activation"),
+    ("name with a slash", '[[keys]]\nname = "a/b"\nfile = "x"\n', "keys[0].name: 'a/b' must be"),
+    ("missing name", '[[keys]]\nfile = "x"\n', "keys[0].name: missing"),
+    ("user with shell", KEY + 'user = "root;id"\n', "keys[0].user: 'root;id' is not a valid user name"),
+    ("group with space", KEY + 'group = "a b"\n', "keys[0].group: 'a b' is not a valid user name"),
+    ("empty argv", '[[keys]]\nname = "k"\ncommand = []\n', "keys[0].command: should be a non-empty list"),
+    ("argv with a number", '[[keys]]\nname = "k"\ncommand = ["pass", 3]\n', "keys[0].command: should be"),
+    ("multi-line command", '[[keys]]\nname = "k"\ncommand = "a\\nb"\n', "keys[0].command: must be a non-empty"),
+    ("unknown key setting", KEY + 'text = "secret"\n', "keys[0].text: unknown key"),
+    ("name twice", KEY + KEY, "keys[1] (key db-password): name 'db-password' is given twice"),
+    ("keys not tables", 'keys = ["a"]\n', "keys[0]: 'a' should be a table"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [(t, e) for _, t, e in BAD_KEYS], ids=[i for i, _, _ in BAD_KEYS])
+def test_bad_key_is_refused_in_host_and_fleet_files(tmp_path, text, expected):
+    host_root = write_inventory(tmp_path / "host", {"web-1": HOST + text})
+    fleet_root = write_inventory(tmp_path / "fleet", {"web-1": HOST}, config=text + CONFIG)
+    for root, file in ((host_root, host_root / "web-1" / "host.toml"), (fleet_root, fleet_root / "topdeck.toml")):
+        with pytest.raises(InventoryError) as error:
+            load_inventory(root)
+        assert str(error.value).startswith(f"{file}: ") and expected in str(error.value)
+        assert "\n" not in str(error.value)
+
+
+def test_keys_defaults_and_a_hosts_own_key_replaces_the_fleets(tmp_path):
+    fleet = KEY + '\n[[keys]]\nname = "tls"\ncommand = "pass show tls"\nupload = "post-activation"\n'
+    own = HOST + '[[keys]]\nname = "db-password"\ncommand = ["cat", "own.txt"]\ndest_dir = "/var/lib/app/"\n' \
+        'user = "app"\ngroup = "app"\npermissions = "0440"\n'
+    root = write_inventory(tmp_path / "inv", {"web-1": own, "web-2": HOST.replace(".11", ".12")},
+                           config=fleet + CONFIG)
+    inventory = load_inventory(root)
+    plain = inventory.keys_for(inventory.host("web-2"))
+    assert [(k.name, k.dest, k.user, k.group, k.permissions, k.upload) for k in plain] == [
+        ("db-password", "/run/keys/db-password", "root", "root", "0600", "pre-activation"),
+        ("tls", "/run/keys/tls", "root", "root", "0600", "post-activation")]
+    assert plain[0].file == root / "db.txt" and plain[1].command == ("/bin/sh", "-c", "pass show tls")
+    mine = inventory.keys_for(inventory.host("web-1"))
+    assert [(k.name, k.dest, k.user, k.group, k.permissions) for k in mine] == [
+        ("tls", "/run/keys/tls", "root", "root", "0600"),
+        ("db-password", "/var/lib/app/db-password", "app", "app", "0440")]
+    assert mine[1].command == ("cat", "own.txt") and mine[1].file is None
+
+
+def test_a_key_file_inside_a_flake_nix_copies_whole_is_refused(tmp_path):
+    root = write_inventory(tmp_path / "inv", {"web-1": HOST}, KEY + CONFIG + '\n[build]\nflake = "path:."\n')
+    (root / "db.txt").write_text("a secret\n")
+    with pytest.raises(InventoryError) as error:
+        load_inventory(root)
+    assert f"keys db-password: {root}/db.txt would be copied with flake {root} into" in str(error.value)

@@ -78,6 +78,7 @@ class FleetScreen(TopdeckScreen):
         Binding("s", "status_filter", "Status filter", show=False, id="fleet.status-filter"),
         Binding("p", "plan", "Plan", id="fleet.plan"),
         Binding("g", "generations", "Gens", id="fleet.generations"),
+        Binding("x", "exec", "Exec", id="fleet.exec"),
         Binding("o", "pointers", "Pointers", id="fleet.pointers"),
         Binding("r", "refresh", "Refresh", id="fleet.refresh"),
         Binding("k", "host_key", "Host key", show=False, id="fleet.host-key"),
@@ -407,6 +408,33 @@ class FleetScreen(TopdeckScreen):
         hosts = self.targets()
         if hosts:
             self.app.push_screen(GenerationsScreen(hosts), lambda _: self.after_run())
+
+    def action_exec(self) -> None:
+        """Ask for a command (one line, split once as a shell would) and run it on the selected hosts."""
+        from topdeck.core.hostexec import split_command_line
+        from topdeck.tui.screens.hostexec import ExecScreen
+        from topdeck.tui.widgets.dialogs import PromptScreen
+
+        hosts = self.targets()
+        if not hosts:
+            self.notify("no host to run a command on: select hosts first", severity="warning", markup=False)
+            return
+        backend = self.topdeck.backend
+
+        def answered(line: str | None) -> None:
+            if not line:
+                return
+            try:
+                argv = split_command_line(line)
+            except TopdeckError as error:
+                self.notify(shown(str(error)), title="exec", severity="error", timeout=10, markup=False)
+                return
+            runner = lambda emit, cancel: backend.run_command(hosts, argv, emit, cancel)  # noqa: E731
+            self.app.push_screen(ExecScreen(hosts, argv, runner))
+
+        self.app.push_screen(PromptScreen(shown(f"Run a command on {len(hosts)} host(s): {', '.join(hosts[:6])}"),
+                                          placeholder="systemctl status nginx   (words split once, as a shell does)"),
+                             answered)
 
     def action_pointers(self) -> None:
         from topdeck.tui.screens.pointers import PointersScreen

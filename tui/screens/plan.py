@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header, Static
 
 from topdeck.core.events import Event, Progress, PushResult
 from topdeck.core.fleet import POINTER_TARGET, FleetPlan
+from topdeck.core.keys import grouped
 from topdeck.core.planview import plan_view
 from topdeck.core.vocabulary import Mode, PlanStatus
 from topdeck.tui.jobs import Job
@@ -184,6 +185,13 @@ class PlanScreen(TopdeckScreen):
             if not group.fits:
                 text.append("  DOES NOT FIT", style="bold red")
             text.append("\n\n")
+        for hosts, keys in grouped(self.fleet_plan.keys):
+            text.append(shown(", ".join(hosts)), style="bold")
+            text.append(": keys over SSH\n")
+            for key in keys:
+                text.append(shown(f"  {key.name} → {key.dest} ({key.upload}, {key.change})") + "\n",
+                            style="yellow" if key.change != "unchanged" else "dim")
+            text.append("\n")
         for host in view.unplanned:
             text.append(shown(host.reason) + "\n", style="red")
             if host.host_key:
