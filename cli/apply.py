@@ -33,7 +33,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def apply_command(args: argparse.Namespace) -> int:
     fleet = Fleet(load_inventory(args.inventory))
-    fleet.check_deploy(args.mode)  # a bad mode or key is refused before anything is built
+    args.mode = fleet.check_deploy(args.mode)  # a bad mode or key is refused before anything is built
     hosts = fleet.hosts(args.on)
     fleet.check_buildable(hosts)
     fleet.signing_key()

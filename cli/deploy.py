@@ -115,7 +115,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def deploy_command(args: argparse.Namespace) -> int:
     check_waves(args.canary, args.wave)  # a bad --canary or --wave is refused before the inventory is read
     fleet = open_fleet(args.inventory)
-    fleet.check_deploy(args.mode, reboot=args.reboot)
+    args.mode = fleet.check_deploy(args.mode, reboot=args.reboot)
     selectors = fleet.retry_hosts(args.on) if args.retry_failed else list(args.on)
     return plan_confirm_deploy(fleet, selectors, args)
 

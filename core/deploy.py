@@ -427,7 +427,7 @@ class _Tracker:
     def __init__(self, host: str, emit: Emit, on_confirm: Callable[[], None]):
         self.host, self.emit, self.on_confirm = host, emit, on_confirm
         self.current_phase = Phase.QUEUED
-        self.result: str | None = None
+        self.result: Outcome | None = None
         self.outcome, self.reason = Outcome.FAILED, ""
         self.confirmed = False
         self.target = self.before = self.current = self.booted = ""
@@ -447,7 +447,7 @@ class _Tracker:
         return bool(self.reboot_from) and self.result is None
 
     def fail(self, reason: str) -> None:
-        self.result, self.outcome, self.reason = "failed", Outcome.FAILED, reason
+        self.result, self.outcome, self.reason = Outcome.FAILED, Outcome.FAILED, reason
 
     def stderr(self, text: str) -> None:
         if text.strip():
@@ -507,10 +507,8 @@ class _Tracker:
         elif key == "switch-code" and (code := parse_uint(value, limit=255)) is not None:
             self.switch_code = code
 
-    def _on_result(self, outcome: str, reason: str) -> None:
-        self.result = outcome
-        self.outcome = Outcome(outcome) if outcome in (Outcome.DONE, Outcome.FAILED, Outcome.ROLLED_BACK) \
-            else Outcome.FAILED
+    def _on_result(self, outcome: Outcome, reason: str) -> None:
+        self.result = self.outcome = outcome
         self.reason = reason
         if self._confirmer is not None:
             self._confirmer.join(timeout=CONFIRM_JOIN_TIMEOUT)

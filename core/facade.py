@@ -215,9 +215,9 @@ class Fleet:
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------
 
-    def check_deploy(self, mode: str, reboot: bool = False) -> None:
-        """Refuse a bad mode, reboot or trusted key before anything is built or any host is asked."""
-        Settings(mode_of(mode), "", self.trusted_key(), reboot=reboot)
+    def check_deploy(self, mode: str, reboot: bool = False) -> Mode:
+        """Refuse a bad mode, reboot or trusted key before anything is built or any host is asked; the mode."""
+        return Settings(mode_of(mode), "", self.trusted_key(), reboot=reboot).mode
 
     def retry_hosts(self, on: Sequence[str] = ()) -> list[str]:
         """The hosts the last run failed, among those `on` selects (all of them when `on` is empty)."""
@@ -244,7 +244,7 @@ class Fleet:
         return fleet.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit, cancel=cancel,
                                 clock=self._clock)
 
-    def deploy(self, fleet_plan: FleetPlan, mode: str = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
+    def deploy(self, fleet_plan: FleetPlan, mode: Mode = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
                wave: str | None = None, specialisation: str | None = None, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
         return fleet.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,

@@ -86,7 +86,7 @@ def trusted_key(inventory: Inventory) -> PublicKey:
                          "(the key hosts trust)")
 
 
-def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: str = "switch", reboot: bool = False,
+def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: Mode = Mode.SWITCH, reboot: bool = False,
                  canary: int = 0, wave: str | None = None, specialisation: str | None = None,
                  cache: Cache | None = None, emit: Emit = ignore, cancel: threading.Event | None = None,
                  clock: Callable[[], float] = time.time) -> DeployResult:

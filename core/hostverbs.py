@@ -18,6 +18,7 @@ from topdeck.core.inventory import Host
 from topdeck.core.ssh import Result, Session, remote_command
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.strict import parse_uint
+from topdeck.core.vocabulary import Outcome
 
 WRAPPER = ('umask 077; d=/run/topdeck; [ "$(id -u)" = 0 ] || d=${TMPDIR:-/tmp}; '
            'mkdir -p "$d" && f=$(mktemp "$d/topdeck-host.XXXXXX") || exit 1; '
@@ -186,7 +187,7 @@ class StateLine:
 
 @dataclass(frozen=True)
 class ResultLine:
-    outcome: str  # done, failed or rolled-back
+    outcome: Outcome  # done, failed or rolled-back; any other word the host printed is failed
     reason: str = ""
 
 
@@ -206,6 +207,10 @@ class OtherLine:
 ScriptLine = PhaseLine | ProgressLine | CurrentLine | LogText | StateLine | ResultLine | ConfirmLine | OtherLine
 
 
+def _script_outcome(word: str) -> Outcome:
+    return Outcome(word) if word in (Outcome.DONE, Outcome.ROLLED_BACK) else Outcome.FAILED
+
+
 def parse_line(text: str) -> ScriptLine:
     kind, *fields = text.split("\t")
     padded = [*fields, "", ""]
@@ -221,7 +226,7 @@ def parse_line(text: str) -> ScriptLine:
     if kind == "state":
         return StateLine(padded[0], padded[1])
     if kind == "result":
-        return ResultLine(padded[0] or "failed", padded[1])
+        return ResultLine(_script_outcome(padded[0]), padded[1])
     if kind == "confirm":
         return ConfirmLine(padded[0], padded[1])
     return OtherLine(text)

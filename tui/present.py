@@ -53,7 +53,7 @@ KIND_TITLES = {
     "changed": "rebuilt",
 }
 
-MODES = tuple(mode.value for mode in SWITCH_MODES)
+MODES = SWITCH_MODES
 
 
 def size(nbytes: int | float) -> str:

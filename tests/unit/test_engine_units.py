@@ -671,7 +671,7 @@ def test_an_older_hosts_status_without_the_newer_lines_reads_as_empty_fields():
     ("progress\t1\tx", hostverbs.OtherLine("progress\t1\tx")),
     ("log\thello\tworld", hostverbs.LogText("hello world")),
     ("state\tswitch-code\t4", hostverbs.StateLine("switch-code", "4")),
-    ("result", hostverbs.ResultLine("failed", "")),
+    ("result", hostverbs.ResultLine(Outcome.FAILED, "")),
     ("confirm\trejected\twhy", hostverbs.ConfirmLine("rejected", "why")),
     ("something new\tx", hostverbs.OtherLine("something new\tx")),
 ])

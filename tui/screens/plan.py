@@ -52,7 +52,7 @@ class PlanScreen(TopdeckScreen):
     ]
 
     def __init__(self, hosts: Sequence[str], target: str | None = None, *, fleet_plan: FleetPlan | None = None,
-                 mode: str = Mode.SWITCH) -> None:
+                 mode: Mode = Mode.SWITCH) -> None:
         super().__init__()
         self.hosts = list(hosts)
         self.target = target  # a store path, `pointer:NAME` (through that pointer), or None for each host's own
