@@ -210,6 +210,7 @@ verify_pointer() {
     case $last in *[!0-9]* | '') last=0 ;; esac
     [ ${#last} -le 16 ] || fail "pointer $pointer: $STATE/pointers/$pointer.serial holds no valid serial: remove it"
     [ "$p_serial" -ge "$last" ] || fail "pointer $pointer: serial $p_serial is older than serial $last, the last this host applied (a replayed or downgraded pointer)"
+    check_serial_path "$last"
     if [ "$target" != - ] && [ "$target" != "$p_path" ]; then
         fail "pointer $pointer moved since the plan (now $p_path): plan again"
     fi
@@ -660,9 +661,18 @@ already_there() {  # whether the mode would change nothing: the system runs (and
     esac
 }
 
+check_serial_path() {  # $1, the last serial applied: that serial must name the system it named then
+    [ "$p_serial" = "$1" ] || return 0
+    applied=$(cat "$STATE/pointers/$pointer.path" 2>/dev/null || true)
+    if [ -n "$applied" ] && [ "$applied" != "$p_path" ]; then
+        fail "pointer $pointer: serial $p_serial names $p_path, but this host applied serial $p_serial as $(one_line "$applied") (two publishes took one serial): publish again"
+    fi
+}
+
 record_pointer_serial() {
     if [ -n "$pointer" ] && [ -n "${p_serial:-}" ]; then
         mkdir -p "$STATE/pointers" && printf '%s\n' "$p_serial" > "$STATE/pointers/$pointer.serial"
+        printf '%s\n' "$target" > "$STATE/pointers/$pointer.path"
     fi
 }
 
