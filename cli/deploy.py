@@ -186,6 +186,7 @@ def status_command(args: argparse.Namespace) -> int:
                   f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
                   f"{f'; needs a reboot (its {s.needs_reboot} differs from the booted one)' if s.needs_reboot else ''}"
                   f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}"
+                  f"{f'; last deploy {s.last_deploy}' if s.last_deploy else ''}"
                   f"{_pointer_age(s)}")
     return 0 if all(s.status == HostState.UP_TO_DATE for s in found) else 1
 

@@ -232,6 +232,7 @@ class HostStatus:
     pointer_signed: int = 0  # when the desired pointer version was signed (seconds since the epoch)
     pointer_expires: int = 0  # when it stops being valid (0: never)
     pointer_problem: str = ""  # why the pointer has no verified version ("" when it has one, or does not exist)
+    last_deploy: str = ""  # the newest run on the host in the shared history, by any operator ("" for none)
 
 
 def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: Cache | None = None,

@@ -258,7 +258,7 @@ def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: 
     Two publishes that both wrote the .txt would each have listed before the other's claim was stored, which cannot
     happen in a consistent listing: so no serial in the history names two systems (docs/DEPLOY.md)."""
     keys = [key.public_key()]
-    floor = 0
+    floor, rival = 0, None
     for attempt in range(1, RACE_TRIES + 1):
         serial = max(floor, next_serial(history(cache, check_name(name), keys) + sidecar_history(cache, name, keys)))
         now = int(clock())
@@ -273,8 +273,9 @@ def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: 
         floor = rival.serial + 1
         if attempt < RACE_TRIES:
             pause(RACE_PAUSE * attempt * random.random())
-    raise PointerRace(f"pointer {name}: another publish took serial {rival.serial} for {rival.path} while this one "
-                      f"tried to publish {path} ({RACE_TRIES} tries): nothing published; publish again")
+    taken = f"serial {rival.serial} for {rival.path}" if rival else "its serial"
+    raise PointerRace(f"pointer {name}: another publish took {taken} while this one tried to publish {path} "
+                      f"({RACE_TRIES} tries): nothing published; publish again")
 
 
 def sidecar_history(cache: Cache, name: str, keys: Iterable[PublicKey]) -> list[PointerVersion]:
