@@ -15,6 +15,7 @@ from topdeck.tui.app import TopdeckApp
 from topdeck.tui.screens.deploy import DeployScreen
 from topdeck.tui.screens.fleet import FleetScreen
 from topdeck.tui.screens.generations import GenerationsScreen
+from topdeck.tui.screens.history import HistoryScreen
 from topdeck.tui.screens.hostkey import HostKeyScreen
 from topdeck.tui.screens.plan import PlanScreen
 from topdeck.tui.screens.pointers import PointersScreen
@@ -374,3 +375,31 @@ async def test_leaving_the_plan_screen_mid_probe_cancels_the_probe():
         await until(pilot, lambda: app.screen is fleet)
         await until(pilot, lambda: backend.cancel_seen, timeout=5)
         assert not backend.probing
+
+
+async def test_the_history_screen_lists_every_operators_runs_filters_by_host_and_opens_a_run():
+    backend = FakeBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.entries is not None)
+        screen = app.screen
+        runs = screen.query_one("#runs")
+        assert runs.row_count == 4
+        assert cells(runs, "runs/20261124-100000-b0b0b0.json")[1:3] == ["bob", "deploy switch"]
+        assert cells(runs, "runs/20261124-100000-b0b0b0.json")[4] == "1 done, 1 rolled-back"
+        forged = cells(runs, "runs/20261124-090000-f0f0f0.json")
+        assert forged[2] == "unverified" and forged[3].startswith("unverified: its signature does not verify")
+        hosts = screen.query_one("#runhosts")
+        assert hosts.row_count == 2 and cells(hosts, "web-2")[1:2] == ["rolled-back"]
+        assert cells(hosts, "web-2")[3] == "check failed: curl exit 7"
+        await pilot.press("slash")
+        await pilot.press(*"db-1", "enter")
+        await until(pilot, lambda: runs.row_count == 2)
+        assert set(runs.rows) == {"runs/20261124-090000-f0f0f0.json", "runs/20261123-080000-a2a2a2.json"}
+        assert "2 of 4 run(s) on db-1 · 1 unverified" in text_of(screen, "#statusline")
+        await pilot.press("down", "enter")
+        assert screen.query_one("#runhosts").has_focus and cells(hosts, "db-1")[1] == "done"
+        await pilot.press("escape", "escape")
+        await until(pilot, lambda: isinstance(app.screen, FleetScreen))
