@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 from test_pointers import NEW, OLD, fleet_with, store_closure
 
 from topdeck.core import history
 from topdeck.core.events import DeployResult, HostOutcome, LogLine
 from topdeck.core.facade import Fleet, _last_deploy
+from topdeck.core.gc import plan_gc
 from topdeck.core.signing import generate_keypair
 from topdeck.core.vocabulary import Mode, Outcome
 
@@ -119,3 +121,18 @@ def test_without_a_signing_key_a_run_is_not_recorded_and_says_so(tmp_path):
     assert said == [LogLine("history: not recorded in the bucket (cache.signing_key is not set: records are "
                             "signed)")]
     assert alice.run_history() == []
+
+
+def test_gc_keeps_the_history_or_only_the_days_asked_for(tmp_path):
+    alice, _ = operators(tmp_path)
+    alice._record(history.from_result(a_deploy(), "deploy", "alice"), lambda event: None)
+    versions = alice.cache.all_versions()
+    later = time.time() + 10 * 86400
+    record = next(v.name for v in versions if v.name.startswith("runs/"))
+
+    def deleted(days: float | None) -> set[str]:
+        return {e.name for e in plan_gc(alice.cache, {}, versions, min_age=0, now=later,
+                                        history_days=days).deletions}
+
+    assert record not in deleted(None) and record not in deleted(11)
+    assert record in deleted(9)
