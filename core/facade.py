@@ -32,7 +32,7 @@ from topdeck.core.errors import (
 )
 from topdeck.core.events import DeployResult, Emit, LogLine, PushResult, ignore
 from topdeck.core.fleet import FleetPlan, Generation, HostStatus
-from topdeck.core.inventory import Host, Inventory, select_hosts
+from topdeck.core.inventory import Checks, Host, Inventory, select_hosts
 from topdeck.core.manifest import manifest_name
 from topdeck.core.pointers import Pointer, PointerVersion
 from topdeck.core.push import push
@@ -68,6 +68,8 @@ class AgentConfig:
     cache_url: str
     public_key: str
     signer: str
+    checks: Checks = Checks()  # the deploy's health checks for the host, which the agent runs after its switch
+    on_failed_units: str = "rollback"
 
 
 NEVER_DEPLOYED = "not deployed by topdeck yet: it runs a system its pointer never named (in the demo, the lab's first)"
@@ -134,7 +136,8 @@ class Fleet:
     def agent_config(self, host_name: str) -> AgentConfig:
         host = self.inventory.host(host_name)
         key = self.trusted_key()
-        return AgentConfig(host.pointer, self.cache.substituter_url, key.to_text(), ssh_public_key(key))
+        return AgentConfig(host.pointer, self.cache.substituter_url, key.to_text(), ssh_public_key(key),
+                           self.inventory.checks_for(host), self.inventory.on_failed_units_for(host))
 
     # --- status, generations ------------------------------------------------------------------------
 

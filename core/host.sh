@@ -942,6 +942,7 @@ status() {
     line generation "$(generation_of "$PROFILE")"
     line boot-id "$(boot_id)"
     line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
+    line agent "$(cat "$STATE/agent" 2>/dev/null || true)"
     running_specialisation "$current"
     if [ -e /run/booted-system ]; then line needs-reboot "$(needs_reboot)"; fi
     if [ -e "$RUNTIME/lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$RUNTIME/lock" true; then
@@ -999,7 +1000,46 @@ closures() {
 }
 
 agent() {  # unattended: deploy the pointer when it names something else than what runs
-    deploy "agent-$(date +%s)" switch - "$@" --confirm 0
+    run="agent-$(date +%s)"
+    check_run_id "$run"
+    trap 'record_agent $?' EXIT
+    agent_confirm "$@" &
+    deploy "$run" switch - "$@" --confirm "$AGENT_CONFIRM"
+}
+
+# The agent confirms its own switch as topdeck does a deploy's, with the same health checks (the check options it
+# was given) and the cache still reachable; else the switch is rolled back when this window ends.
+AGENT_CONFIRM=120
+agent_confirm() {  # in the background of `agent`: once the switch waits for confirmation, check, then confirm
+    trap - EXIT
+    parse_options "$@"
+    while [ ! -e "$rundir/canary" ]; do
+        kill -0 "$$" 2>/dev/null || exit 0
+        if grep -q "^result$TAB" "$rundir/events" 2>/dev/null; then exit 0; fi
+        sleep 0.2
+    done
+    if ! curl -fsS -o /dev/null --max-time 15 "$cache/nix-cache-info" > "$rundir/cache-check.log" 2>&1; then
+        printf 'the cache is unreachable after the switch: %s\n' "$(one_line "$(cat "$rundir/cache-check.log")")" \
+            > "$rundir/reject"
+        exit 0
+    fi
+    confirm_run "$run" "$@" > /dev/null
+}
+
+record_agent() {  # the agent's outcome, for `status`: $1 the agent's exit status; nothing when nothing was to do
+    result=$(grep "^result$TAB" "$rundir/events" 2>/dev/null | tail -n 1)
+    [ -n "$result" ] || return 0
+    if [ "$1" = 0 ] && ! grep -q "^phase${TAB}activate" "$rundir/events"; then return 0; fi
+    reason=$(printf '%s\n' "$result" | cut -f 3-)
+    what="${pointer:-its pointer} #${p_serial:-?}"
+    [ "${target:--}" = - ] || what="$what ($target)"
+    at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    case $1 in
+        0) text="agent: switched to $what at $at" ;;
+        2) text="agent: rolled back from $what at $at: $reason" ;;
+        *) text="agent: failed to apply $what at $at: $reason" ;;
+    esac
+    mkdir -p "$STATE" && one_line "$text" > "$STATE/agent.tmp" && mv "$STATE/agent.tmp" "$STATE/agent"
 }
 
 command -v nix-store >/dev/null 2>&1 || { line result failed "nix-store is not installed on this host"; exit 1; }

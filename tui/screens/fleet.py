@@ -266,6 +266,8 @@ class FleetScreen(TopdeckScreen):
             text.append(shown(f"runs     specialisation {status.specialisation} of {short_path(status.system)}") + "\n")
         text.append(shown(f"desired  {short_path(desired)}") + "\n")
         text.append(shown(f"gen {status.generation or '-'}  last {status.last_deploy or status.last_run or '-'}"))
+        if status.agent:
+            text.append(shown(f"  {status.agent}"), style="red" if "agent: switched" not in status.agent else "")
         if status.reason:
             text.append(shown(f"  {status.reason}"), style=STATUS_STYLES.get(status.status, "red"))
         pane.update(text)
