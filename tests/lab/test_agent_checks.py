@@ -83,9 +83,8 @@ def test_the_agent_confirms_a_good_switch_and_rolls_back_one_that_fails_its_heal
     found = statuses(inventory)
     text = topdeck(inventory, "status").stdout
     for name in HOSTS:
-        agent = found[name]["agent"]
-        assert agent.startswith(f"agent: rolled back from {'db' if name == 'host-3' else 'web'} #3 ({bad[name]}) at "), \
-            agent
+        agent, pointer = found[name]["agent"], "db" if name == "host-3" else "web"
+        assert agent.startswith(f"agent: rolled back from {pointer} #3 ({bad[name]}) at "), agent
         assert "a health check failed: command" in agent and "exited 1" in agent
         assert found[name]["status"] == "rolled-back", found[name]
         assert f"{name}" in text and "agent: rolled back from" in text
