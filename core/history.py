@@ -176,11 +176,15 @@ class LocalCopies:
             return None
 
     def put(self, entry: Entry, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Keep a copy; one that cannot be written is read from the bucket again next time."""
         target = self._file(entry)
         temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
+        except OSError:
+            pass
 
 
 def read(cache: Cache, keys: Iterable[PublicKey], listing_of: Callable[[str], Mapping[str, Entry]],

@@ -249,18 +249,20 @@ RACE_PAUSE = 0.25  # seconds, times a random factor and the try's number, before
 
 def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: Callable[[], float] = time.time,
             valid_for: int = 0, pause: Callable[[float], None] = time.sleep) -> Pointer:
-    """Publish `path` under `name` as a new version, its serial one above the highest verified one the pointer's
-    .txt or sidecar ever had, valid for `valid_for` seconds (0: no end): the signed sidecar first, then the .txt.
+    """Publish `path` under `name` as a new version, its serial one above the highest verified one in the pointer's
+    history, valid for `valid_for` seconds (0: no end): the signed sidecar first, then the .txt.
 
     B2 has no conditional write, so the sidecar's versions are the claim of a serial: after uploading its sidecar a
     publish reads the sidecar's versions back, and writes the .txt (the history) only when no other system claimed
     this serial or a higher one meanwhile; else it steps back and claims the next free serial after a random pause.
     Two publishes that both wrote the .txt would each have listed before the other's claim was stored, which cannot
-    happen in a consistent listing: so no serial in the history names two systems (docs/DEPLOY.md)."""
+    happen in a consistent listing: so no serial in the history names two systems (docs/DEPLOY.md). A claim given up
+    (its .txt never written) stays in the sidecar's versions, where the next publish that meets it steps above it.
+    Two listings (class C): the history's, and the claims' after the upload."""
     keys = [key.public_key()]
     floor, rival = 0, None
     for attempt in range(1, RACE_TRIES + 1):
-        serial = max(floor, next_serial(history(cache, check_name(name), keys) + sidecar_history(cache, name, keys)))
+        serial = max(floor, next_serial(history(cache, check_name(name), keys)))
         now = int(clock())
         pointer = signed(Pointer(name, path, serial, now, expires=now + valid_for if valid_for else 0), key)
         cache.put_bytes(sidecar_name(name), render_sidecar(pointer), content_type="application/json",

@@ -74,6 +74,9 @@ def test_two_pushes_at_the_same_moment_twenty_times_never_give_one_serial_two_sy
     print(f"{ROUNDS} rounds: {len(history)} versions, {claims - len(history)} claims stepped back from a race")
     sidecar = pointers.read_verified(cache, "race", [load_secret_key(lab.cache_secret_key).public_key()])
     assert str(sidecar.path) == newest["path"] and sidecar.serial == newest["serial"]
+    recorded = [e["record"] for e in json.loads(topdeck(inventory, "history", "--json").stdout) if e["verified"]]
+    publishes = sorted((r["serial"], r["path"]) for r in recorded if r["kind"] == "publish" and r["pointer"] == "race")
+    assert publishes == sorted((serial, paths.pop()) for serial, paths in named.items())  # both, in the history
 
 
 def test_hosts_of_every_kind_refuse_a_serial_they_applied_with_another_path(lab, inventory):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -22,6 +23,10 @@ from topdeck.core.signing import generate_keypair
 from topdeck.core.vocabulary import Mode, Outcome
 from topdeck.lab import factory
 from topdeck.lab.nixenv import lab_env
+from topdeck.tui.app import TopdeckApp
+from topdeck.tui.backend import Backend
+from topdeck.tui.screens.fleet import FleetScreen
+from topdeck.tui.screens.history import HistoryScreen
 
 pytestmark = pytest.mark.lab
 HOSTS = tuple(MIXED_KINDS)
@@ -130,3 +135,45 @@ def test_a_second_reading_costs_one_listing_and_no_download(lab, inventory, oper
     print(f"history of {count} records, read again: {calls}")
     assert not any("download" in call for call in calls), calls
     assert calls.get("b2_list_file_names", 0) == 1, calls
+
+
+def plain_cells(table, key: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [getattr(cell, "plain", str(cell)) for cell in table.get_row(key)]
+
+
+async def until(pilot, condition, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the screen"
+        await pilot.pause(0.1)
+
+
+@pytest.mark.asyncio
+async def test_alices_tui_shows_bobs_deploy_in_the_last_deploy_column_and_the_history_screen(lab, inventory, operators,
+                                                                                           monkeypatch):
+    for name, value in operators["alice"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NIX_CONFIG", lab_env()["NIX_CONFIG"])
+    app = TopdeckApp(Backend(load_inventory(inventory)))
+    async with app.run_test(size=(200, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        await until(pilot, lambda: not screen.refreshing and plain_cells(screen.query_one("#hosts"), "host-2")[-1]
+                    != "-")
+        hosts = screen.query_one("#hosts")
+        assert plain_cells(hosts, "host-2")[-1].endswith("deploy done by bob")
+        assert plain_cells(hosts, "host-1")[-1].endswith("deploy done by alice")
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.entries is not None)
+        runs = app.screen.query_one("#runs")
+        rows = [plain_cells(runs, key) for key in runs.rows]
+        assert ["bob", "deploy switch"] in [row[1:3] for row in rows]
+        forged = plain_cells(runs, "runs/29991231-235959-f0f0f0.json")
+        assert forged[2] == "unverified" and "mallory" not in " ".join(forged)
+        await pilot.press("slash", *"host-3", "enter")
+        await until(pilot, lambda: all("alice" not in plain_cells(runs, key)[1] or
+                                       "publish" in plain_cells(runs, key)[2] for key in runs.rows))
+        bob = next(key for key in runs.rows if plain_cells(runs, key)[1:3] == ["bob", "deploy switch"])
+        runs.move_cursor(row=runs.get_row_index(bob))
+        await until(pilot, lambda: app.screen.query_one("#runhosts").row_count == 2)
+        assert sorted(key.value for key in app.screen.query_one("#runhosts").rows) == ["host-2", "host-3"]

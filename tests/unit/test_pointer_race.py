@@ -71,7 +71,7 @@ def test_an_abandoned_claim_burns_its_serial(tmp_path):
     abandoned = pointers.signed(pointers.Pointer("web", THEIRS, 7, 1), KEY)
     cache.put_bytes(pointers.sidecar_name("web"), pointers.render_sidecar(abandoned), content_type="application/json",
                     info=pointers.info_of(abandoned))
-    assert pointers.publish(cache, "web", MINE, KEY).serial == 8
+    assert pointers.publish(cache, "web", MINE, KEY, pause=lambda seconds: None).serial == 8
     assert paths_by_serial(cache) == {1: {str(THEIRS)}, 8: {str(MINE)}}
 
 
