@@ -906,7 +906,7 @@ confirm_run() {
     [ -e "$rundir/canary" ] || { line confirm late "the run is no longer waiting for confirmation"; exit 1; }
     reason=$(run_checks)
     if [ -n "$reason" ]; then
-        one_line "$reason" > "$rundir/reject"
+        one_line "$reason" > "$rundir/reject.tmp" && mv "$rundir/reject.tmp" "$rundir/reject"  # whole, once seen
         line confirm rejected "$(one_line "$reason")"
         exit 1
     fi
@@ -1020,7 +1020,7 @@ agent_confirm() {  # in the background of `agent`: once the switch waits for con
     done
     if ! curl -fsS -o /dev/null --max-time 15 "$cache/nix-cache-info" > "$rundir/cache-check.log" 2>&1; then
         printf 'the cache is unreachable after the switch: %s\n' "$(one_line "$(cat "$rundir/cache-check.log")")" \
-            > "$rundir/reject"
+            > "$rundir/reject.tmp" && mv "$rundir/reject.tmp" "$rundir/reject"
         exit 0
     fi
     confirm_run "$run" "$@" > /dev/null
