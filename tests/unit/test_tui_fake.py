@@ -4,6 +4,7 @@ background work, cancellation and errors, without the lab."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -403,3 +404,26 @@ async def test_the_history_screen_lists_every_operators_runs_filters_by_host_and
         assert screen.query_one("#runhosts").has_focus and cells(hosts, "db-1")[1] == "done"
         await pilot.press("escape", "escape")
         await until(pilot, lambda: isinstance(app.screen, FleetScreen))
+
+
+class SharedHistoryBackend(FakeBackend):
+    """web-1 last deployed by Bob (the shared history) and rolled back by its pull agent since."""
+
+    def statuses(self):  # type: ignore[no-untyped-def]
+        found = list(super().statuses())
+        found[1] = dataclasses.replace(found[1], last_deploy="2026-11-24 09:59:00Z deploy done by bob",
+                                       agent="agent: rolled back from web #4 at 2026-11-24T10:05:00Z: a health check "
+                                             "failed: command 'systemctl is-active nginx' exited 3")
+        return tuple(found)
+
+
+async def test_the_fleet_shows_the_last_deploy_of_any_operator_and_the_agents_outcome():
+    app = app_for(SharedHistoryBackend())
+    async with app.run_test(size=(200, 40)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        table = app.screen.query_one("#hosts")
+        assert cells(table, "web-1")[-1] == "2026-11-24 09:59:00Z deploy done by bob"
+        assert cells(table, "db-1")[-1] == "2026-11-24 10:00 done"  # no shared record: the host's own last run
+        await pilot.press("down")
+        await until(pilot, lambda: "agent: rolled back from web #4" in text_of(app.screen, "#detail"))
+        assert "last 2026-11-24 09:59:00Z deploy done by bob" in text_of(app.screen, "#detail")
