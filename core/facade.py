@@ -283,8 +283,16 @@ class Fleet:
                                     clock=self._clock)
         through = {h.name: fleet_plan.pointer or h.pointer for h in fleet_plan.hosts} if fleet_plan.from_pointers \
             else {}
-        self._record(shared.from_result(result, "deploy", self.operator, through), emit)
+        record = shared.from_result(result, "deploy", self.operator, through)
+        self._record(dataclasses.replace(record, serial=self._serial_of(fleet_plan, record)), emit)
         return result
+
+    def _serial_of(self, fleet_plan: FleetPlan, record: shared.RunRecord) -> int:
+        """The serial of the pointer version the deploy went to, from the plan's listing (0 when not one version)."""
+        if not record.pointer or not record.path or not fleet_plan.listing:
+            return 0
+        version = pointers.current(fleet_plan.listing, [self.trusted_key()]).get(record.pointer)
+        return version.serial if version is not None and version.verified and version.path == record.path else 0
 
     def rollback(self, hosts: Sequence[str], to: int | None = None, emit: Emit = ignore,
                  cancel: threading.Event | None = None) -> DeployResult:

@@ -83,7 +83,7 @@ def test_two_operators_each_see_the_others_deploy_in_history_and_the_last_deploy
         assert sorted((h["host"], h["outcome"]) for h in deploys["bob"]["hosts"]) == [("host-2", "done"),
                                                                                      ("host-3", "done")]
         assert deploys["alice"]["mode"] == "switch" and deploys["alice"]["path"] == web
-        assert deploys["alice"]["pointer"] == "web"
+        assert deploys["alice"]["pointer"] == "web" and deploys["alice"]["serial"] == 2
         publishes = [r for r in runs if r["kind"] == "publish" and r["pointer"] == "web"]
         assert publishes and publishes[0]["path"] == web and publishes[0]["serial"] == 2
         column = last_deploy(inventory, reader)
