@@ -186,6 +186,8 @@ def status_command(args: argparse.Namespace) -> int:
                   f"{'' if s.booted == s.current else f', booted {_name(s.booted)}'}; desired {_name(s.desired)}"
                   f"{f'; needs a reboot (its {s.needs_reboot} differs from the booted one)' if s.needs_reboot else ''}"
                   f"{f'; last run {s.last_run}' if s.last_run else ''}{f' ({s.reason})' if s.reason else ''}"
+                  f"{f'; last deploy {s.last_deploy}' if s.last_deploy else ''}"
+                  f"{f'; {s.agent}' if s.agent else ''}"
                   f"{_pointer_age(s)}")
     return 0 if all(s.status == HostState.UP_TO_DATE for s in found) else 1
 
@@ -219,8 +221,21 @@ def agent_config_command(args: argparse.Namespace) -> int:
     say_lines(["imports = [ ./topdeck-agent ];  # the folder hosts/modules/topdeck-agent of topdeck, copied here",
                "services.topdeck-agent = {", "  enable = true;",
                f"  pointer = {json.dumps(agent.pointer)};", f"  cache = {json.dumps(agent.cache_url)};",
-               f"  publicKey = {json.dumps(agent.public_key)};", f"  signer = {json.dumps(agent.signer)};", "};"])
+               f"  publicKey = {json.dumps(agent.public_key)};", f"  signer = {json.dumps(agent.signer)};",
+               *([f"  checkCommand = {nix_string(agent.checks.command)};"] if agent.checks.command else []),
+               *([f"  checkHttp = {nix_string(agent.checks.http)};"] if agent.checks.http else []),
+               *(["  checkUnits = true;"] if agent.checks.failed_units else []),
+               *([f"  onFailedUnits = {json.dumps(agent.on_failed_units)};"]
+                 if agent.on_failed_units != "rollback" else []), "};"])
     return 0
+
+
+NIX_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "$": "\\$"}
+
+
+def nix_string(value: str) -> str:
+    """A Nix string literal of `value`: its backslashes, quotes, line ends, tabs and `$` escaped (no interpolation)."""
+    return '"' + "".join(NIX_ESCAPES.get(c, c) for c in value) + '"'
 
 
 def _report(result: DeployResult, as_json: bool) -> int:

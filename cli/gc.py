@@ -32,6 +32,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                     help="go on when a host cannot be asked what it runs (its systems are then not kept)")
     gc.add_argument("--min-age", type=_hours, default=DEFAULT_MIN_AGE, metavar="HOURS",
                     help=f"keep everything uploaded within this many hours (default {DEFAULT_MIN_AGE / 3600:g})")
+    gc.add_argument("--history-days", type=_days, default=None, metavar="DAYS",
+                    help="also delete the run history's records (runs/) older than this many days (default: keep "
+                    "every record)")
     gc.add_argument("--yes", action="store_true", help="do not ask before deleting")
     gc.add_argument("--json", action="store_true", help="JSON lines: progress events, then the result")
     gc.set_defaults(handler=gc_command)
@@ -45,6 +48,16 @@ def _hours(text: str) -> float:
     if not hours >= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the minimum age cannot be negative")
     return hours * 3600
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not days >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of days cannot be negative")
+    return days
 
 
 def gc_command(args: argparse.Namespace) -> int:
@@ -63,7 +76,7 @@ def gc_command(args: argparse.Namespace) -> int:
 
     try:
         result = fleet.gc(keep=args.keep, dry_run=args.dry_run, skip_unreachable=args.skip_unreachable,
-                          min_age=args.min_age, confirm=confirm, emit=printer)
+                          min_age=args.min_age, confirm=confirm, emit=printer, history_days=args.history_days)
     finally:
         printer.close()
     if declined:

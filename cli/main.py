@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from topdeck.cli import apply, build, deploy, gc, hostexec, keys, lab, plan, push, trust
+    from topdeck.cli import apply, build, deploy, gc, history, hostexec, keys, lab, plan, push, trust
 
     parser = Parser(
         prog="topdeck",
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_commands(commands)
     deploy.add_commands(commands)
     gc.add_commands(commands)
+    history.add_commands(commands)
     apply.add_commands(commands)
     trust.add_commands(commands)
     hostexec.add_commands(commands)

@@ -97,6 +97,10 @@ class PointerError(TopdeckError):
     """A pointer is malformed, unsigned, wrongly signed, or older than one already seen."""
 
 
+class PointerRace(PointerError):
+    """Another operator's publishes kept taking the serial this publish claimed."""
+
+
 class DeployError(TopdeckError):
     """A deploy, rollback or status request that cannot start as asked."""
 

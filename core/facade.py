@@ -16,20 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from topdeck.core import fleet, gc, hostexec, keys, pointers, release, runs, trust
-from topdeck.core.cache import Cache
+from topdeck.core import history as shared
+from topdeck.core.cache import Cache, Entry
 from topdeck.core.caches import open_cache
-from topdeck.core.deploy import Settings, mode_of, plan_waves
+from topdeck.core.deploy import Settings, mode_of, new_run_id, plan_waves
 from topdeck.core.diff import ClosureDiff
-from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, PointerError, UnknownHostKey
-from topdeck.core.events import DeployResult, Emit, PushResult, ignore
+from topdeck.core.errors import (
+    CacheError,
+    DeployError,
+    InventoryError,
+    NixError,
+    PointerError,
+    TopdeckError,
+    UnknownHostKey,
+)
+from topdeck.core.events import DeployResult, Emit, LogLine, PushResult, ignore
 from topdeck.core.fleet import FleetPlan, HostStatus
 from topdeck.core.hostverbs import Generation
-from topdeck.core.inventory import Host, Inventory, select_hosts
+from topdeck.core.inventory import Checks, Host, Inventory, select_hosts
 from topdeck.core.manifest import manifest_name
 from topdeck.core.pointers import Pointer, PointerVersion
 from topdeck.core.push import push
 from topdeck.core.signing import PublicKey, SecretKey, load_secret_key, ssh_public_key
 from topdeck.core.ssh import Connect, connect
+from topdeck.core.state import inventory_state
 from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.vocabulary import HostState, Mode
 
@@ -59,6 +69,8 @@ class AgentConfig:
     cache_url: str
     public_key: str
     signer: str
+    checks: Checks = Checks()  # the deploy's health checks for the host, which the agent runs after its switch
+    on_failed_units: str = "rollback"
 
 
 NEVER_DEPLOYED = "not deployed by topdeck yet: it runs a system its pointer never named (in the demo, the lab's first)"
@@ -71,13 +83,24 @@ def explained(status: HostStatus) -> HostStatus:
     return status
 
 
+def _last_deploy(last: tuple[shared.RunRecord, shared.HostRun] | None) -> str:
+    """The fleet's "last deploy": when, what and by whom, from the newest record of any operator."""
+    if last is None:
+        return ""
+    record, host = last
+    return f"{shared.utc(host.finished or record.started)} {record.kind} {host.outcome} by {record.who}"
+
+
 class Fleet:
     """One inventory, as the front ends drive it. Thread-safe: the TUI calls it from one worker thread per job."""
 
     def __init__(self, inventory: Inventory, *, cache_of: Callable[[Inventory], Cache] | None = None,
                  connect: Connect = connect, clock: Clock = time.time,
-                 failed_hosts: FailedHosts = runs.failed_hosts) -> None:
+                 failed_hosts: FailedHosts = runs.failed_hosts, operator: str | None = None,
+                 history_copies: Path | None = None) -> None:
         self.inventory = inventory
+        self.operator = operator or shared.operator_name()
+        self._history_copies = history_copies
         self._cache_of = cache_of or (lambda inventory: open_cache(inventory.cache))
         self._connect = connect
         self._clock = clock
@@ -114,7 +137,8 @@ class Fleet:
     def agent_config(self, host_name: str) -> AgentConfig:
         host = self.inventory.host(host_name)
         key = self.trusted_key()
-        return AgentConfig(host.pointer, self.cache.substituter_url, key.to_text(), ssh_public_key(key))
+        return AgentConfig(host.pointer, self.cache.substituter_url, key.to_text(), ssh_public_key(key),
+                           self.inventory.checks_for(host), self.inventory.on_failed_units_for(host))
 
     # --- status, generations ------------------------------------------------------------------------
 
@@ -122,7 +146,13 @@ class Fleet:
                cancel: threading.Event | None = None) -> tuple[HostStatus, ...]:
         found = fleet.status_fleet(self.inventory, selectors, cache=self.cache, connect=self._connect, emit=emit,
                                    cancel=cancel)
-        return tuple(explained(status) for status in found)
+        try:
+            last = shared.last_deploys(self.run_history())
+        except TopdeckError as error:
+            emit(LogLine(f"history: cannot read the shared run history ({error})"))
+            last = {}
+        return tuple(explained(dataclasses.replace(status, last_deploy=_last_deploy(last.get(status.host))))
+                     for status in found)
 
     def generations(self, host: str) -> tuple[Generation, ...]:
         return fleet.generations(self.inventory, host, connect=self._connect)
@@ -156,11 +186,11 @@ class Fleet:
     def in_cache(self, path: str) -> bool:
         return manifest_name(parse_store_path(path)) in self.cache.listing()
 
-    def publish_pointer(self, name: str, path: str) -> Pointer:
+    def publish_pointer(self, name: str, path: str, emit: Emit = ignore) -> Pointer:
         """Point `name` at a store path whose whole closure the cache holds."""
         store_path = parse_store_path(path)
         self._require_closure(store_path)
-        return self._publish(name, store_path)
+        return self._recorded(self._publish(name, store_path), "publish", emit)
 
     def pointer_rollback(self, name: str, to: str | None = None) -> PointerRollback:
         """Which verified version a rollback of `name` would republish: the previous one, or the one with serial or
@@ -169,10 +199,10 @@ class Fleet:
         newest = pointers.newest(versions)
         return PointerRollback(name, pointers.rollback_target(versions, to), newest.path if newest else "")
 
-    def rollback_pointer(self, rollback: PointerRollback) -> Pointer:
+    def rollback_pointer(self, rollback: PointerRollback, emit: Emit = ignore) -> Pointer:
         """Republish the rollback's target as the pointer's newest version, once the cache holds its closure."""
         self._require_closure(rollback.target)
-        return self._publish(rollback.name, rollback.target)
+        return self._recorded(self._publish(rollback.name, rollback.target), "pointer-rollback", emit)
 
     def _require_closure(self, path: StorePath) -> None:
         """Refuse a path whose manifest, or a narinfo of whose closure, the cache lacks (one line)."""
@@ -199,8 +229,9 @@ class Fleet:
              cancel: threading.Event | None = None, jobs: int = 8, verify: bool = False) -> PushResult:
         path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
         key = self.signing_key()
-        return push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs), verify=verify,
-                    pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+        result = push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs),
+                      verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+        return self._recorded_push(result, emit)
 
     def check_buildable(self, hosts: Sequence[Host]) -> None:
         """Refuse hosts with nothing to build before anything is built."""
@@ -210,8 +241,9 @@ class Fleet:
                 jobs: int = 8, verify: bool = False) -> PushResult:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         key = self.signing_key()
-        return release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                               verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+        result = release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
+                                 verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+        return self._recorded_push(result, emit)
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------
 
@@ -247,16 +279,72 @@ class Fleet:
     def deploy(self, fleet_plan: FleetPlan, mode: Mode = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
                wave: str | None = None, specialisation: str | None = None, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
-        return fleet.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,
-                                  specialisation=specialisation, cache=self.cache, emit=emit, cancel=cancel,
-                                  clock=self._clock)
+        result = fleet.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,
+                                    specialisation=specialisation, cache=self.cache, emit=emit, cancel=cancel,
+                                    clock=self._clock)
+        through = {h.name: fleet_plan.pointer or h.pointer for h in fleet_plan.hosts} if fleet_plan.from_pointers \
+            else {}
+        record = shared.from_result(result, "deploy", self.operator, through)
+        self._record(dataclasses.replace(record, serial=self._serial_of(fleet_plan, record)), emit)
+        return result
+
+    def _serial_of(self, fleet_plan: FleetPlan, record: shared.RunRecord) -> int:
+        """The serial of the pointer version the deploy went to, from the plan's listing (0 when not one version)."""
+        if not record.pointer or not record.path or not fleet_plan.listing:
+            return 0
+        version = pointers.current(fleet_plan.listing, [self.trusted_key()]).get(record.pointer)
+        return version.serial if version is not None and version.verified and version.path == record.path else 0
 
     def rollback(self, hosts: Sequence[str], to: int | None = None, emit: Emit = ignore,
                  cancel: threading.Event | None = None) -> DeployResult:
-        return fleet.rollback_fleet(self.inventory, list(hosts), to, emit=emit, cancel=cancel, clock=self._clock)
+        result = fleet.rollback_fleet(self.inventory, list(hosts), to, emit=emit, cancel=cancel, clock=self._clock)
+        self._record(shared.from_result(result, "rollback", self.operator), emit)
+        return result
 
     def reboot(self, hosts: Sequence[str], emit: Emit = ignore, cancel: threading.Event | None = None) -> DeployResult:
-        return fleet.reboot_fleet(self.inventory, list(hosts), emit=emit, cancel=cancel, clock=self._clock)
+        result = fleet.reboot_fleet(self.inventory, list(hosts), emit=emit, cancel=cancel, clock=self._clock)
+        self._record(shared.from_result(result, "reboot", self.operator), emit)
+        return result
+
+    # --- the shared history ---------------------------------------------------------------------------
+
+    def run_history(self, selectors: Sequence[str] = ()) -> list[shared.HistoryEntry]:
+        """Every operator's runs from the bucket, newest first (one listing; records read before come from this
+        machine's copies); with selectors, those on the chosen hosts or publishing their pointers. Unverified
+        records are carried with their problem."""
+        listing_of = getattr(self.cache, "listing_of", None)
+        if listing_of is None:
+            def listing_of(folder: str) -> dict[str, Entry]:
+                return {name: e for name, e in self.cache.listing().items() if name.startswith(folder)}
+        copies = shared.LocalCopies(self._history_copies or inventory_state(self.inventory.root) / "history")
+        entries = shared.read(self.cache, [self.trusted_key()], listing_of, copies)
+        if not selectors:
+            return entries
+        chosen = self.hosts(selectors, what="history")
+        return shared.touching(entries, [h.name for h in chosen], {h.pointer for h in chosen})
+
+    def _record(self, record: shared.RunRecord, emit: Emit) -> None:
+        """Write the run's signed record to the bucket; a run that cannot be recorded says so and goes on."""
+        if self.inventory.cache.signing_key is None:
+            emit(LogLine("history: not recorded in the bucket (cache.signing_key is not set: records are signed)"))
+            return
+        try:
+            shared.write(self.cache, record, self.signing_key())
+        except TopdeckError as error:
+            emit(LogLine(f"history: the run was not recorded in the bucket ({error})"))
+
+    def _recorded(self, pointer: Pointer, kind: str, emit: Emit) -> Pointer:
+        self._record(shared.publish_record(new_run_id(self._clock), kind, self.operator, self._clock(),
+                                            pointer.name, pointer.serial, str(pointer.path)), emit)
+        return pointer
+
+    def _recorded_push(self, result: PushResult, emit: Emit) -> PushResult:
+        for published in result.pointers:
+            if published.changed:
+                self._record(shared.publish_record(new_run_id(self._clock), "publish", self.operator,
+                                                    self._clock(), published.name, published.serial,
+                                                    published.path), emit)
+        return result
 
     # --- commands on hosts -----------------------------------------------------------------------------
 
@@ -280,11 +368,12 @@ class Fleet:
 
     def gc(self, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,
            min_age: float = gc.DEFAULT_MIN_AGE, confirm: Callable[[gc.GcPlan], bool] = lambda plan: True,
-           emit: Emit = ignore, cancel: threading.Event | None = None) -> gc.GcResult:
+           emit: Emit = ignore, cancel: threading.Event | None = None,
+           history_days: float | None = None) -> gc.GcResult:
         """Collect the cache (with the gc key, not the deploy key: its own cache, opened by core.gc)."""
         return gc.gc_fleet(self.inventory, keep=keep, dry_run=dry_run, skip_unreachable=skip_unreachable,
                            min_age=min_age, confirm=confirm, connect=self._connect, emit=emit, cancel=cancel,
-                           clock=self._clock)
+                           clock=self._clock, history_days=history_days)
 
     def trust(self, host: Host, decide: trust.Decide) -> list[trust.HopKey]:
         """Show the host's (and its jump hosts') keys to `decide`, and pin the accepted ones."""

@@ -238,6 +238,8 @@ class HostStatus:
     pointer_signed: int = 0  # when the desired pointer version was signed (seconds since the epoch)
     pointer_expires: int = 0  # when it stops being valid (0: never)
     pointer_problem: str = ""  # why the pointer has no verified version ("" when it has one, or does not exist)
+    last_deploy: str = ""  # the newest run on the host in the shared history, by any operator ("" for none)
+    agent: str = ""  # the pull agent's last outcome, as the host wrote it ("" when no agent switched it)
 
 
 def status_fleet(inventory: Inventory, selectors: Iterable[str] = (), *, cache: Cache | None = None,
@@ -280,7 +282,8 @@ def _status(inventory: Inventory, host: Host, history: list[pointers.PointerVers
     return HostStatus(host.name, _classify(report, host, want, known), report.current,
                       report.booted, want, report.generation, f"{last.time} {last.outcome}" if last else "",
                       report.deploying or "", specialisation=report.specialisation,
-                      system=report.system or report.current, needs_reboot=report.needs_reboot, **about)
+                      system=report.system or report.current, needs_reboot=report.needs_reboot, agent=report.agent,
+                      **about)
 
 
 def _classify(report: StatusReport, host: Host, desired: str, history: set[str]) -> HostState:

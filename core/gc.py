@@ -4,7 +4,8 @@ leaves a reader with a manifest or a narinfo whose files are gone.
 Kept: the closures of the last `keep` versions of every pointer, of every system a host of the inventory runs, has
 booted or has as a generation, and of everything uploaded within `min_age` (a push may be under way: its narinfos
 come before its manifest). A closure is read from its manifest; a kept toplevel or a recent narinfo without one is
-followed narinfo by narinfo. Files gc does not know (nix-cache-info, the pointers, anything else) are never touched.
+followed narinfo by narinfo. Files gc does not know (nix-cache-info, the pointers, anything else) are never touched;
+the run history (`runs/`) is kept, or with `history_days` its records older than that are deleted last.
 
 Deleted, in this order: manifests, narinfos (a path's referrers before the path), NARs. So a kill at any moment
 leaves every remaining manifest with its narinfos, and every narinfo with its NAR and its references.
@@ -18,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from topdeck.core import pointers
+from topdeck.core import history, pointers
 from topdeck.core.cache import DeletingCache, Entry
 from topdeck.core.caches import open_deleting_cache
 from topdeck.core.errors import Cancelled, GcError, TopdeckError
@@ -211,8 +212,9 @@ class _Marker:
 
 
 def plan_gc(cache: DeletingCache, systems: Mapping[StorePath, Sequence[str]], versions: Sequence[Entry], *,
-            min_age: float = DEFAULT_MIN_AGE, now: float | None = None) -> GcPlan:
-    """What a gc would delete from `versions` (the cache's `all_versions`), keeping `systems`' closures."""
+            min_age: float = DEFAULT_MIN_AGE, now: float | None = None, history_days: float | None = None) -> GcPlan:
+    """What a gc would delete from `versions` (the cache's `all_versions`), keeping `systems`' closures and the run
+    history (only its records older than `history_days`, when given, go, after everything else)."""
     now_ms = int((time.time() if now is None else now) * 1000)
     latest = _latest(versions)
     marker = _Marker(cache, latest)
@@ -228,13 +230,21 @@ def plan_gc(cache: DeletingCache, systems: Mapping[StorePath, Sequence[str]], ve
     for name in sorted(doomed):
         if _is_manifest(name):
             marker.manifest(name, keep=False)  # only for the references: referrers go before what they refer to
-    order = _deletion_order(doomed, marker.references)
+    order = _deletion_order(doomed, marker.references) + _old_records(latest, history_days, now_ms)
     by_name: dict[str, list[Entry]] = defaultdict(list)
     for entry in versions:
         by_name[entry.name].append(entry)
     return GcPlan(kept=kept, deletions=tuple(entry for name in order for entry in by_name[name]),
                   files=len(versions), bytes=sum(entry.size for entry in versions), kept_paths=len(marker.paths),
                   downloads=marker.downloads, manifests=frozenset(name for name in latest if _is_manifest(name)))
+
+
+def _old_records(latest: Mapping[str, Entry], history_days: float | None, now_ms: int) -> list[str]:
+    if history_days is None:
+        return []
+    cutoff = now_ms - history_days * 86400 * 1000
+    return sorted(name for name, entry in latest.items()
+                  if name.startswith(history.FOLDER) and entry.uploaded_ms < cutoff)
 
 
 def _latest(versions: Iterable[Entry]) -> dict[str, Entry]:
@@ -324,9 +334,10 @@ def _refuse_new_manifests(cache: DeletingCache, plan: GcPlan, deleted: int) -> N
 def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,
              min_age: float = DEFAULT_MIN_AGE, confirm: Callable[[GcPlan], bool] = lambda plan: True,
              cache: DeletingCache | None = None, connect: Connect = connect, emit: Emit = ignore,
-             cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> GcResult:
+             cancel: threading.Event | None = None, clock: Callable[[], float] = time.time,
+             history_days: float | None = None) -> GcResult:
     """Plan a gc of the inventory's cache (asking every host what it runs); then, unless `dry_run` or `confirm`
-    (shown the plan) says no, delete."""
+    (shown the plan) says no, delete. Run records stay, or those older than `history_days` go."""
     check_keep(keep)  # before any host or bucket is asked
     started = clock()
     cache = cache or open_deleting_cache(inventory.cache)
@@ -336,7 +347,7 @@ def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unr
     keys = [trusted_key(inventory)]
     for path, reasons in pointer_systems(versions, keep, keys).items():
         systems.setdefault(path, []).extend(reasons)
-    plan = plan_gc(cache, systems, versions, min_age=min_age, now=clock())
+    plan = plan_gc(cache, systems, versions, min_age=min_age, now=clock(), history_days=history_days)
     _check_current_pointers(plan, versions, keys)
     go = not dry_run and bool(plan.deletions) and confirm(plan)
     deleted, freed = collect(cache, plan, emit=emit, cancel=cancel) if go else (0, 0)

@@ -210,6 +210,7 @@ verify_pointer() {
     case $last in *[!0-9]* | '') last=0 ;; esac
     [ ${#last} -le 16 ] || fail "pointer $pointer: $STATE/pointers/$pointer.serial holds no valid serial: remove it"
     [ "$p_serial" -ge "$last" ] || fail "pointer $pointer: serial $p_serial is older than serial $last, the last this host applied (a replayed or downgraded pointer)"
+    check_serial_path "$last"
     if [ "$target" != - ] && [ "$target" != "$p_path" ]; then
         fail "pointer $pointer moved since the plan (now $p_path): plan again"
     fi
@@ -660,9 +661,18 @@ already_there() {  # whether the mode would change nothing: the system runs (and
     esac
 }
 
+check_serial_path() {  # $1, the last serial applied: that serial must name the system it named then
+    [ "$p_serial" = "$1" ] || return 0
+    applied=$(cat "$STATE/pointers/$pointer.path" 2>/dev/null || true)
+    if [ -n "$applied" ] && [ "$applied" != "$p_path" ]; then
+        fail "pointer $pointer: serial $p_serial names $p_path, but this host applied serial $p_serial as $(one_line "$applied") (two publishes took one serial): publish again"
+    fi
+}
+
 record_pointer_serial() {
     if [ -n "$pointer" ] && [ -n "${p_serial:-}" ]; then
         mkdir -p "$STATE/pointers" && printf '%s\n' "$p_serial" > "$STATE/pointers/$pointer.serial"
+        printf '%s\n' "$target" > "$STATE/pointers/$pointer.path"
     fi
 }
 
@@ -896,7 +906,7 @@ confirm_run() {
     [ -e "$rundir/canary" ] || { line confirm late "the run is no longer waiting for confirmation"; exit 1; }
     reason=$(run_checks)
     if [ -n "$reason" ]; then
-        one_line "$reason" > "$rundir/reject"
+        one_line "$reason" > "$rundir/reject.tmp" && mv "$rundir/reject.tmp" "$rundir/reject"  # whole, once seen
         line confirm rejected "$(one_line "$reason")"
         exit 1
     fi
@@ -932,6 +942,7 @@ status() {
     line generation "$(generation_of "$PROFILE")"
     line boot-id "$(boot_id)"
     line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
+    line agent "$(cat "$STATE/agent" 2>/dev/null || true)"
     running_specialisation "$current"
     if [ -e /run/booted-system ]; then line needs-reboot "$(needs_reboot)"; fi
     if [ -e "$RUNTIME/lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$RUNTIME/lock" true; then
@@ -989,7 +1000,46 @@ closures() {
 }
 
 agent() {  # unattended: deploy the pointer when it names something else than what runs
-    deploy "agent-$(date +%s)" switch - "$@" --confirm 0
+    run="agent-$(date +%s)"
+    check_run_id "$run"
+    trap 'record_agent $?' EXIT
+    agent_confirm "$@" &
+    deploy "$run" switch - "$@" --confirm "$AGENT_CONFIRM"
+}
+
+# The agent confirms its own switch as topdeck does a deploy's, with the same health checks (the check options it
+# was given) and the cache still reachable; else the switch is rolled back when this window ends.
+AGENT_CONFIRM=120
+agent_confirm() {  # in the background of `agent`: once the switch waits for confirmation, check, then confirm
+    trap - EXIT
+    parse_options "$@"
+    while [ ! -e "$rundir/canary" ]; do
+        kill -0 "$$" 2>/dev/null || exit 0
+        if grep -q "^result$TAB" "$rundir/events" 2>/dev/null; then exit 0; fi
+        sleep 0.2
+    done
+    if ! curl -fsS -o /dev/null --max-time 15 "$cache/nix-cache-info" > "$rundir/cache-check.log" 2>&1; then
+        printf 'the cache is unreachable after the switch: %s\n' "$(one_line "$(cat "$rundir/cache-check.log")")" \
+            > "$rundir/reject.tmp" && mv "$rundir/reject.tmp" "$rundir/reject"
+        exit 0
+    fi
+    confirm_run "$run" "$@" > /dev/null
+}
+
+record_agent() {  # the agent's outcome, for `status`: $1 the agent's exit status; nothing when nothing was to do
+    result=$(grep "^result$TAB" "$rundir/events" 2>/dev/null | tail -n 1)
+    [ -n "$result" ] || return 0
+    if [ "$1" = 0 ] && ! grep -q "^phase${TAB}activate" "$rundir/events"; then return 0; fi
+    reason=$(printf '%s\n' "$result" | cut -f 3-)
+    what="${pointer:-its pointer} #${p_serial:-?}"
+    [ "${target:--}" = - ] || what="$what ($target)"
+    at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    case $1 in
+        0) text="agent: switched to $what at $at" ;;
+        2) text="agent: rolled back from $what at $at: $reason" ;;
+        *) text="agent: failed to apply $what at $at: $reason" ;;
+    esac
+    mkdir -p "$STATE" && one_line "$text" > "$STATE/agent.tmp" && mv "$STATE/agent.tmp" "$STATE/agent"
 }
 
 command -v nix-store >/dev/null 2>&1 || { line result failed "nix-store is not installed on this host"; exit 1; }

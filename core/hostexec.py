@@ -26,7 +26,7 @@ CUT = "[topdeck: output cut for the summary]"
 
 
 @dataclass(frozen=True)
-class HostRun:
+class HostExit:
     """How the command ended on one host. `exit_code` is None when it did not run to its end (`error` says why:
     unreachable, timed out, cancelled); -1 when the host sent no exit status (killed by a signal)."""
 
@@ -65,7 +65,7 @@ class ExecGroup:
 @dataclass(frozen=True)
 class ExecResult:
     command: tuple[str, ...]
-    runs: tuple[HostRun, ...]
+    runs: tuple[HostExit, ...]
 
     @property
     def ok(self) -> bool:
@@ -127,7 +127,7 @@ def exec_hosts(hosts: Sequence[Host], argv: Sequence[str], ssh: SSHConfig, *, co
     check_timeout(timeout)
     lock = threading.Lock()
 
-    def one(host: Host) -> HostRun:
+    def one(host: Host) -> HostExit:
         started = clock()
         kept = _Kept()
 
@@ -141,12 +141,12 @@ def exec_hosts(hosts: Sequence[Host], argv: Sequence[str], ssh: SSHConfig, *, co
                 result = session.run(exec_command(session.host, command), on_stdout_line=line,
                                      on_stderr_line=line, timeout=timeout, cancel=cancel)
         except TopdeckError as error:
-            return HostRun(host.name, None, kept.lines(), str(error), clock() - started)
-        return HostRun(host.name, result.exit_status, kept.lines(), "", clock() - started)
+            return HostExit(host.name, None, kept.lines(), str(error), clock() - started)
+        return HostExit(host.name, result.exit_status, kept.lines(), "", clock() - started)
 
     results = each_host(hosts, one, parallel=parallel, cancel=cancel, cancelled="cancelled before it started",
                         thread_name="topdeck-exec")
-    runs = tuple(result if isinstance(result, HostRun) else HostRun(host.name, None, (), str(result))
+    runs = tuple(result if isinstance(result, HostExit) else HostExit(host.name, None, (), str(result))
                  for host, result in zip(hosts, results, strict=True))
     return ExecResult(command, runs)
 

@@ -85,6 +85,7 @@ class StatusReport:
     needs_reboot: str = ""  # the link (kernel, initrd, ...) that differs from the booted system ("" for none)
     deploying: str | None = None  # the lock's owner, while a run holds the host's lock
     failure: str = ""  # why the script failed, when it did
+    agent: str = ""  # the pull agent's last outcome on the host ("agent: switched to web #7 at …"), "" for none
 
 
 def status(session: Session) -> StatusReport:
@@ -108,6 +109,7 @@ def parse_status(output: str) -> StatusReport:
         needs_reboot=reboot[1] if reboot[0] == "yes" and len(reboot) > 1 else "",
         deploying=fields.get("deploying"),
         failure="" if result is None else result.split("\t")[-1] or "the host script failed",
+        agent=fields.get("agent", ""),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 from topdeck.core import strict
 from topdeck.core.cache import NO_CACHING, Cache, Entry
-from topdeck.core.errors import CacheMissing, PointerError, StorePathError
+from topdeck.core.errors import CacheMissing, PointerError, PointerRace, StorePathError
 from topdeck.core.inventory import is_safe_name
 from topdeck.core.signing import PublicKey, SecretKey, sign, ssh_signature, verify
 from topdeck.core.store import StorePath, parse_store_path
@@ -242,18 +243,54 @@ def next_serial(versions: Iterable[PointerVersion]) -> int:
     return serial
 
 
+RACE_TRIES = 12  # publishes that meet another operator's at the same serial step back this often, then stop
+RACE_PAUSE = 0.25  # seconds, times a random factor and the try's number, before the next serial is tried
+
+
 def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: Callable[[], float] = time.time,
-            valid_for: int = 0) -> Pointer:
-    """Publish `path` under `name` as a new version, its serial one above the highest verified one in the
-    pointer's history, valid for `valid_for` seconds (0: no end): the signed sidecar first, then the .txt."""
-    serial = next_serial(history(cache, check_name(name), [key.public_key()]))
-    now = int(clock())
-    pointer = signed(Pointer(name, path, serial, now, expires=now + valid_for if valid_for else 0), key)
-    cache.put_bytes(sidecar_name(name), render_sidecar(pointer), content_type="application/json",
-                    cache_control=NO_CACHING)
-    cache.put_bytes(text_name(name), f"{path}\n".encode(), content_type="text/plain", cache_control=NO_CACHING,
-                    info=info_of(pointer))
-    return pointer
+            valid_for: int = 0, pause: Callable[[float], None] = time.sleep) -> Pointer:
+    """Publish `path` under `name` as a new version, its serial one above the highest verified one in the pointer's
+    history, valid for `valid_for` seconds (0: no end): the signed sidecar first, then the .txt.
+
+    B2 has no conditional write, so the sidecar's versions are the claim of a serial: after uploading its sidecar a
+    publish reads the sidecar's versions back, and writes the .txt (the history) only when no other system claimed
+    this serial or a higher one meanwhile; else it steps back and claims the next free serial after a random pause.
+    Two publishes that both wrote the .txt would each have listed before the other's claim was stored, which cannot
+    happen in a consistent listing: so no serial in the history names two systems (docs/DEPLOY.md). A claim given up
+    (its .txt never written) stays in the sidecar's versions, where the next publish that meets it steps above it.
+    Two listings (class C): the history's, and the claims' after the upload."""
+    keys = [key.public_key()]
+    floor, rival = 0, None
+    for attempt in range(1, RACE_TRIES + 1):
+        serial = max(floor, next_serial(history(cache, check_name(name), keys)))
+        now = int(clock())
+        pointer = signed(Pointer(name, path, serial, now, expires=now + valid_for if valid_for else 0), key)
+        cache.put_bytes(sidecar_name(name), render_sidecar(pointer), content_type="application/json",
+                        cache_control=NO_CACHING, info=info_of(pointer))
+        rival = claimed_meanwhile(sidecar_history(cache, name, keys), pointer)
+        if rival is None:
+            cache.put_bytes(text_name(name), f"{path}\n".encode(), content_type="text/plain",
+                            cache_control=NO_CACHING, info=info_of(pointer))
+            return pointer
+        floor = rival.serial + 1
+        if attempt < RACE_TRIES:
+            pause(RACE_PAUSE * attempt * random.random())
+    taken = f"serial {rival.serial} for {rival.path}" if rival else "its serial"
+    raise PointerRace(f"pointer {name}: another publish took {taken} while this one tried to publish {path} "
+                      f"({RACE_TRIES} tries): nothing published; publish again")
+
+
+def sidecar_history(cache: Cache, name: str, keys: Iterable[PublicKey]) -> list[PointerVersion]:
+    """The sidecar's versions, verified as the .txt's are: each a claim of a serial, published or abandoned."""
+    keys = list(keys)
+    return [version_of(entry, name, keys) for entry in cache.versions(sidecar_name(name))]
+
+
+def claimed_meanwhile(claims: Iterable[PointerVersion], mine: Pointer) -> PointerVersion | None:
+    """A verified claim of `mine`'s serial or a higher one for another system (the highest), if any."""
+    others = [claim for claim in claims if claim.verified and claim.serial >= mine.serial
+              and claim.path != str(mine.path)]
+    return max(others, key=lambda claim: claim.serial, default=None)
 
 
 def rollback_target(versions: list[PointerVersion], to: str | None) -> StorePath:

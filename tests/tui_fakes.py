@@ -26,6 +26,7 @@ from topdeck.core.events import (
     ignore,
 )
 from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.history import UNVERIFIED, HistoryEntry, HostRun, RunRecord
 from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import CacheConfig, Host, Inventory
 from topdeck.core.manifest import Manifest, ManifestPath
@@ -131,6 +132,22 @@ class FakeBackend:
     def publish_pointer(self, name: str, path: str) -> Pointer:
         self.calls.append(("publish_pointer", name, path))
         return Pointer(name, toplevel(WEB_OLD), 4, int(NOW))
+
+    def run_history(self) -> list[HistoryEntry]:
+        """Bob's deploy of web (web-2 rolled back), Alice's publish of web, a forged record, Alice's reboot of db-1."""
+        self.calls.append(("run_history",))
+        web_new, db = str(toplevel(WEB_NEW)), str(toplevel(DB))
+        deploy = RunRecord("20261124-100000-b0b0b0", "deploy", "bob", NOW - 300, NOW - 240, "switch", "web", 0,
+                           web_new, (HostRun("web-1", "done", web_new, NOW - 250),
+                                     HostRun("web-2", "rolled-back", web_new, NOW - 240, "check failed: curl exit 7")))
+        publish = RunRecord("20261124-095000-a1a1a1", "publish", "alice", NOW - 600, NOW - 600, pointer="web",
+                            serial=3, path=web_new)
+        reboot = RunRecord("20261123-080000-a2a2a2", "reboot", "alice", NOW - 86400, NOW - 86300, "reboot",
+                           hosts=(HostRun("db-1", "done", db, NOW - 86300),))
+        return [HistoryEntry("runs/20261124-100000-b0b0b0.json", int((NOW - 240) * 1000), deploy),
+                HistoryEntry("runs/20261124-095000-a1a1a1.json", int((NOW - 600) * 1000), publish),
+                HistoryEntry("runs/20261124-090000-f0f0f0.json", int((NOW - 900) * 1000), problem=UNVERIFIED),
+                HistoryEntry("runs/20261123-080000-a2a2a2.json", int((NOW - 86300) * 1000), reboot)]
 
     def fleet_plan(self, hosts: Sequence[str]) -> FleetPlan:
         plans = []
@@ -257,7 +274,7 @@ class FakeBackend:
     def run_command(self, hosts: Sequence[str], argv: Sequence[str], emit: Emit = ignore,
                     cancel: threading.Event | None = None) -> Any:
         """Every host answers `active` and exits 0, but for those exec_outputs names."""
-        from topdeck.core.hostexec import ExecResult, HostRun, check_command
+        from topdeck.core.hostexec import ExecResult, HostExit, check_command
 
         self.calls.append(("exec", tuple(hosts), tuple(check_command(argv))))
         runs = []
@@ -267,5 +284,5 @@ class FakeBackend:
                 emit(LogLine(line, name))
             if self.delay:
                 time.sleep(self.delay)
-            runs.append(HostRun(name, code, lines, error, 0.2))
+            runs.append(HostExit(name, code, lines, error, 0.2))
         return ExecResult(tuple(argv), tuple(runs))

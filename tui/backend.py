@@ -17,6 +17,7 @@ from topdeck.core.errors import UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.facade import Fleet
 from topdeck.core.fleet import FleetPlan, HostStatus
+from topdeck.core.history import HistoryEntry
 from topdeck.core.hostexec import ExecResult
 from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import Inventory
@@ -35,6 +36,7 @@ class EngineBackend(Protocol):
     def read_pointer(self, name: str) -> Pointer: ...
     def rollback_pointer(self, name: str, to: str | None = None) -> Pointer: ...
     def publish_pointer(self, name: str, path: str) -> Pointer: ...
+    def run_history(self) -> list[HistoryEntry]: ...
     def plan(self, hosts: Sequence[str], target: str | None, emit: Emit, cancel: threading.Event) -> FleetPlan: ...
     def in_cache(self, path: str) -> bool: ...
     def push(self, path: str, pointer: str | None, emit: Emit, cancel: threading.Event) -> PushResult: ...
@@ -99,6 +101,9 @@ class Backend:
 
     def publish_pointer(self, name: str, path: str) -> Pointer:
         return self.fleet.publish_pointer(name, path)
+
+    def run_history(self) -> list[HistoryEntry]:
+        return self.fleet.run_history()
 
     def in_cache(self, path: str) -> bool:
         return self.fleet.in_cache(path)

@@ -9,6 +9,8 @@ runs the resulting ExecStart's arguments on lab hosts of every kind."""
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from agentmodule import MODULES, REPO, configuration, evaluate, systemd_units
@@ -45,12 +47,35 @@ def test_the_agent_module_copied_out_runs_the_script_it_carries(tmp_path: Path):
         "--pointer": "web", "--sidecar": "https://cache.example.com/file/fleet-bucket/nix/toplevels/web.json",
         "--cache": "https://cache.example.com/file/fleet-bucket/nix",
         "--key": "cache-1:mNLF1nBkYBu3yS5tF1xFx+1+dpQz8b0TzPQKX2Q4r8k=",
-        "--signer": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJjLBJT2qLY8cLZsP3i0yoSQZ0f2Mt2cSqLFqZIsmF1x"}
+        "--signer": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJjLBJT2qLY8cLZsP3i0yoSQZ0f2Mt2cSqLFqZIsmF1x",
+        "--on-failed-units": "rollback"}
     assert service["serviceConfig"]["Type"] == "oneshot"
     assert service["restartIfChanged"] is False and service["stopIfChanged"] is False
     assert {"/stand-in/nix", "/stand-in/curl", "/stand-in/openssh", "/stand-in/util-linux"} <= set(service["path"])
     timer = units["timers"]["topdeck-agent"]
     assert timer["wantedBy"] == ["timers.target"] and timer["timerConfig"]["OnUnitActiveSec"] == "90s"
+
+
+def test_agent_config_carries_the_hosts_health_checks_into_the_agents_command_line(tmp_path: Path):
+    """`topdeck agent-config` of a host with checks, pasted into configuration.nix: the agent runs the same checks
+    as a deploy (the command exactly as topdeck.toml has it, quotes, backslash and `${` included)."""
+    inventory = tmp_path / "hosts"
+    (inventory / "web-1").mkdir(parents=True)
+    (inventory / "web-1" / "host.toml").write_text('address = "127.0.0.11"\npointer = "web"\ntags = ["web"]\n'
+                                                   'on_failed_units = "keep"\n')
+    command = """test "$(systemctl is-active nginx)" = active && echo '${HOME}' \\ done"""
+    (inventory / "topdeck.toml").write_text(
+        '[cache]\ntype = "dir"\npath = "cache"\nurl = "https://cache.example.com/nix"\n'
+        'public_key = "cache-1:mNLF1nBkYBu3yS5tF1xFx+1+dpQz8b0TzPQKX2Q4r8k="\n'
+        f"[checks.web]\ncommand = '''{command}'''\nhttp = \"http://127.0.0.1/health\"\nfailed_units = true\n")
+    printed = subprocess.run([sys.executable, "-m", "topdeck.cli", "--inventory", str(inventory), "agent-config",
+                              "web-1"], capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    units = systemd_units(configuration(tmp_path / "etc-nixos", printed.stdout))
+    argv = shlex.split(units["services"]["topdeck-agent"]["serviceConfig"]["ExecStart"])
+    assert argv[argv.index("--check-command") + 1] == command
+    assert argv[argv.index("--check-http") + 1] == "http://127.0.0.1/health"
+    assert "--check-units" in argv and argv[argv.index("--on-failed-units") + 1] == "keep"
 
 
 def test_a_disabled_agent_has_no_units(tmp_path: Path):

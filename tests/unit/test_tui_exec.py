@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.binding import Binding
 from tui_fakes import NOW, FakeBackend
 
-from topdeck.core.hostexec import ExecResult, HostRun
+from topdeck.core.hostexec import ExecResult, HostExit
 from topdeck.tui.app import TopdeckApp
 from topdeck.tui.screens.fleet import FleetScreen
 from topdeck.tui.screens.hostexec import ExecScreen
@@ -104,9 +104,9 @@ async def test_hostile_host_output_is_drawn_as_data():
 
 def exec_screen() -> ExecScreen:
     screen = ExecScreen(["db-1", "web-1", "web-2"], ["systemctl", "is-active", "nginx"])
-    runs = (HostRun("db-1", 3, ("inactive", "Unit nginx.service could not be found."), "", 0.2),
-            HostRun("web-1", 0, ("active",), "", 0.1),
-            HostRun("web-2", None, (), "web-2 (127.0.0.12:22): connection refused", 5.0))
+    runs = (HostExit("db-1", 3, ("inactive", "Unit nginx.service could not be found."), "", 0.2),
+            HostExit("web-1", 0, ("active",), "", 0.1),
+            HostExit("web-2", None, (), "web-2 (127.0.0.12:22): connection refused", 5.0))
     screen.result_to_show = ExecResult(("systemctl", "is-active", "nginx"), runs)  # type: ignore[attr-defined]
     return screen
 

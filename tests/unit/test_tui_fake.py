@@ -4,6 +4,7 @@ background work, cancellation and errors, without the lab."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from topdeck.tui.app import TopdeckApp
 from topdeck.tui.screens.deploy import DeployScreen
 from topdeck.tui.screens.fleet import FleetScreen
 from topdeck.tui.screens.generations import GenerationsScreen
+from topdeck.tui.screens.history import HistoryScreen
 from topdeck.tui.screens.hostkey import HostKeyScreen
 from topdeck.tui.screens.plan import PlanScreen
 from topdeck.tui.screens.pointers import PointersScreen
@@ -404,3 +406,54 @@ async def test_leaving_the_plan_screen_mid_probe_cancels_the_probe():
         await until(pilot, lambda: app.screen is fleet)
         await until(pilot, lambda: backend.cancel_seen, timeout=5)
         assert not backend.probing
+
+
+async def test_the_history_screen_lists_every_operators_runs_filters_by_host_and_opens_a_run():
+    backend = FakeBackend()
+    app = app_for(backend)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.entries is not None)
+        screen = app.screen
+        runs = screen.query_one("#runs")
+        assert runs.row_count == 4
+        assert cells(runs, "runs/20261124-100000-b0b0b0.json")[1:3] == ["bob", "deploy switch"]
+        assert cells(runs, "runs/20261124-100000-b0b0b0.json")[4] == "1 done, 1 rolled-back"
+        forged = cells(runs, "runs/20261124-090000-f0f0f0.json")
+        assert forged[2] == "unverified" and forged[3].startswith("unverified: its signature does not verify")
+        hosts = screen.query_one("#runhosts")
+        assert hosts.row_count == 2 and cells(hosts, "web-2")[1:2] == ["rolled-back"]
+        assert cells(hosts, "web-2")[3] == "check failed: curl exit 7"
+        await pilot.press("slash")
+        await pilot.press(*"db-1", "enter")
+        await until(pilot, lambda: runs.row_count == 2)
+        assert set(runs.rows) == {"runs/20261124-090000-f0f0f0.json", "runs/20261123-080000-a2a2a2.json"}
+        assert "2 of 4 run(s) on db-1 · 1 unverified" in text_of(screen, "#statusline")
+        await pilot.press("down", "enter")
+        assert screen.query_one("#runhosts").has_focus and cells(hosts, "db-1")[1] == "done"
+        await pilot.press("escape", "escape")
+        await until(pilot, lambda: isinstance(app.screen, FleetScreen))
+
+
+class SharedHistoryBackend(FakeBackend):
+    """web-1 last deployed by Bob (the shared history) and rolled back by its pull agent since."""
+
+    def statuses(self):  # type: ignore[no-untyped-def]
+        found = list(super().statuses())
+        found[1] = dataclasses.replace(found[1], last_deploy="2026-11-24 09:59:00Z deploy done by bob",
+                                       agent="agent: rolled back from web #4 at 2026-11-24T10:05:00Z: a health check "
+                                             "failed: command 'systemctl is-active nginx' exited 3")
+        return tuple(found)
+
+
+async def test_the_fleet_shows_the_last_deploy_of_any_operator_and_the_agents_outcome():
+    app = app_for(SharedHistoryBackend())
+    async with app.run_test(size=(200, 40)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        table = app.screen.query_one("#hosts")
+        assert cells(table, "web-1")[-1] == "2026-11-24 09:59:00Z deploy done by bob"
+        assert cells(table, "db-1")[-1] == "2026-11-24 10:00 done"  # no shared record: the host's own last run
+        await pilot.press("down")
+        await until(pilot, lambda: "agent: rolled back from web #4" in text_of(app.screen, "#detail"))
+        assert "last 2026-11-24 09:59:00Z deploy done by bob" in text_of(app.screen, "#detail")

@@ -80,6 +80,7 @@ class FleetScreen(TopdeckScreen):
         Binding("g", "generations", "Gens", id="fleet.generations"),
         Binding("x", "exec", "Exec", id="fleet.exec"),
         Binding("o", "pointers", "Pointers", id="fleet.pointers"),
+        Binding("h", "history", "History", show=False, id="fleet.history"),
         Binding("r", "refresh", "Refresh", id="fleet.refresh"),
         Binding("k", "host_key", "Host key", show=False, id="fleet.host-key"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet.clear-filter"),
@@ -171,7 +172,7 @@ class FleetScreen(TopdeckScreen):
             host.pointer + (f" #{pointer.serial}" if pointer and pointer.verified else
                             " (unverified)" if pointer else ""),
             ",".join(host.tags),
-            (status.last_run if status is not None else "") or "-",
+            ((status.last_deploy or status.last_run) if status is not None else "") or "-",
         ]
 
     def populate(self) -> None:
@@ -266,7 +267,9 @@ class FleetScreen(TopdeckScreen):
         if status.specialisation:
             text.append(shown(f"runs     specialisation {status.specialisation} of {short_path(status.system)}") + "\n")
         text.append(shown(f"desired  {short_path(desired)}") + "\n")
-        text.append(shown(f"gen {status.generation or '-'}  last {status.last_run or '-'}"))
+        text.append(shown(f"gen {status.generation or '-'}  last {status.last_deploy or status.last_run or '-'}"))
+        if status.agent:
+            text.append(shown(f"  {status.agent}"), style="red" if "agent: switched" not in status.agent else "")
         if status.reason:
             text.append(shown(f"  {status.reason}"), style=STATUS_STYLES.get(status.status, "red"))
         pane.update(text)
@@ -440,6 +443,11 @@ class FleetScreen(TopdeckScreen):
         from topdeck.tui.screens.pointers import PointersScreen
 
         self.app.push_screen(PointersScreen(), lambda _: self.action_refresh())
+
+    def action_history(self) -> None:
+        from topdeck.tui.screens.history import HistoryScreen
+
+        self.app.push_screen(HistoryScreen())
 
     def action_host_key(self) -> None:
         name = self.highlighted()

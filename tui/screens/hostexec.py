@@ -16,7 +16,7 @@ from textual.widgets import Footer, Header, Label, Log, Static
 from textual.worker import Worker
 
 from topdeck.core.events import Emit, Event, LogLine
-from topdeck.core.hostexec import ExecResult, HostRun
+from topdeck.core.hostexec import ExecResult, HostExit
 from topdeck.tui.jobs import Job
 from topdeck.tui.screens.base import TopdeckScreen
 from topdeck.tui.state import Run
@@ -32,7 +32,7 @@ Runner = Callable[[Emit, threading.Event], ExecResult]
 @dataclass
 class ExecRow:
     lines: list[str] = field(default_factory=list)
-    run: HostRun | None = None
+    run: HostExit | None = None
 
     def result(self, running: bool) -> Text:
         if self.run is None:

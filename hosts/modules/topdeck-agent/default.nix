@@ -1,6 +1,8 @@
 # The topdeck pull agent: the host-side script that `topdeck deploy` sends over SSH (core/host.sh), run by a
 # systemd timer, so a host applies its pointer by itself: it reads the signed pointer from the cache, refuses
-# a forged or older one, fetches the closure with signatures required, sets the profile and switches.
+# a forged or older one, fetches the closure with signatures required, sets the profile and switches; then it runs
+# the deploy's health checks (and that the cache is still reachable) and rolls the switch back when one fails. Its
+# outcome is kept on the host, where `topdeck status` reads it.
 #
 # The module is this folder: default.nix and host.sh, a copy of topdeck's core/host.sh (a test keeps them equal).
 # Copy the whole folder beside configuration.nix (`cp -r hosts/modules/topdeck-agent /etc/nixos/`), then in
@@ -39,6 +41,28 @@ in
       type = types.strMatching "ssh-ed25519 [A-Za-z0-9+/=]+";
       description = "The same key as an OpenSSH public key, to verify the pointer with ssh-keygen -Y verify.";
     };
+    checkCommand = mkOption {
+      type = types.str;
+      default = "";
+      description = "A health check after each switch: a shell command that must exit 0 (the [checks] command of "
+        + "topdeck.toml); a failing check rolls the switch back, as a deploy does.";
+    };
+    checkHttp = mkOption {
+      type = types.str;
+      default = "";
+      description = "A health check after each switch: a URL the host must fetch (the [checks] http).";
+    };
+    checkUnits = mkOption {
+      type = types.bool;
+      default = false;
+      description = "A health check after each switch: no systemd unit may have failed since (the [checks] "
+        + "failed_units).";
+    };
+    onFailedUnits = mkOption {
+      type = types.strMatching "rollback|keep";
+      default = "rollback";
+      description = "What a switch whose units fail to start does (deploy.on_failed_units).";
+    };
     interval = mkOption {
       type = types.str;
       default = "5min";
@@ -56,11 +80,13 @@ in
       stopIfChanged = false;
       serviceConfig = {
         Type = "oneshot";
-        ExecStart = lib.escapeShellArgs [
+        ExecStart = lib.escapeShellArgs ([
           "${pkgs.bash}/bin/sh" "${script}" "agent"
           "--pointer" cfg.pointer "--sidecar" "${cfg.cache}/toplevels/${cfg.pointer}.json"
-          "--cache" cfg.cache "--key" cfg.publicKey "--signer" cfg.signer
-        ];
+          "--cache" cfg.cache "--key" cfg.publicKey "--signer" cfg.signer "--on-failed-units" cfg.onFailedUnits
+        ] ++ (if cfg.checkCommand != "" then [ "--check-command" cfg.checkCommand ] else [ ])
+          ++ (if cfg.checkHttp != "" then [ "--check-http" cfg.checkHttp ] else [ ])
+          ++ (if cfg.checkUnits then [ "--check-units" ] else [ ]));
       };
     };
     systemd.timers.topdeck-agent = {
