@@ -140,7 +140,6 @@ def _lab(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def lab_up(args: argparse.Namespace) -> int:
     from topdeck.lab.lab import Lab
-
     from topdeck.lab.wan import make_wan
 
     lab = Lab(args.root, base_address=args.base_address, emulator_port=args.emulator_port)

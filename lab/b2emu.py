@@ -8,7 +8,8 @@ As a process: python -m topdeck.lab.b2emu --port 17890 --key-id ID --key-env VAR
 Control over HTTP (never counted, never faulted): GET /_emulator/counters,
 POST /_emulator/counters/reset, GET|POST|DELETE /_emulator/faults (POST takes FaultPlan's
 fields as a JSON object), GET|POST /_emulator/delay ({"api_ms": N}: every B2 API call, not /file/ downloads, is
-answered N ms late, the round trip of the operator's leg to B2 in the WAN lab), GET /_emulator/downloads (each request to /file/...: the peer's address,
+answered N ms late, the round trip of the operator's leg to B2 in the WAN lab), GET /_emulator/downloads (each
+request to /file/...: the peer's address,
 the path, the User-Agent and whether it carried B2 authorization, oldest first).
 
 The pieces: b2emu_account (the simulator and its errors), b2emu_calls (one handler per B2 call),
@@ -297,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             self._write(Answer.error(not_found(f"no such B2 call: {request.path}")))
             return
-        fault = emulator.fault_picker.pick(call, route.transaction_class, request.on_file_path)
+        fault = emulator.fault_picker.pick(call, route.transaction_class, request.on_file_path, request.path)
         if fault is not None:
             emulator.count_fault(fault)
             self._inject(fault, route, request)
