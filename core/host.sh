@@ -391,25 +391,28 @@ ahead_fetch() {  # the missing paths' narinfos and NARs into $AHEAD, the free sp
     sed 's|^/nix/store/\([0-9a-z]*\)-.*|\1|' "$AHEAD/missing" | while read -r hash; do
         printf 'url = "%s/%s.narinfo"\noutput = "%s/%s.narinfo"\n' "$cache" "$hash" "$AHEAD" "$hash"
     done > "$AHEAD/narinfos.curl"
-    ahead_curl "$AHEAD/narinfos.curl" > /dev/null || { ahead_why="narinfos: $(ahead_error)"; return 1; }
+    ahead_curl "$AHEAD/narinfos.curl" | ahead_all_fetched "$(wc -l < "$AHEAD/missing")" \
+        || { ahead_why="narinfos: $(ahead_error)"; return 1; }
     ahead_nars || return 1
     ahead_space || return 1
     total=$(wc -l < "$AHEAD/nars")
     awk -v cache="$cache" -v dir="$AHEAD" '{ printf "url = \"%s/%s\"\noutput = \"%s/%s\"\n", cache, $1, dir, $1 }' \
         "$AHEAD/nars" > "$AHEAD/nars.curl"
-    { ahead_curl "$AHEAD/nars.curl"; echo $? > "$AHEAD/curl.status"; } |
-        awk -v total="$total" -v expected="$ahead_bytes" '
-            { done++; bytes += $1 }
+    ahead_curl "$AHEAD/nars.curl" |
+        awk -v total="$total" -v expected="$ahead_bytes" -v status="$AHEAD/curl.status" '
+            $1 == "end" { if ($2 != 0) bad++; next }
+            { done++; bytes += $2; if ($1 != 0) bad++ }
             done == total || bytes - shown >= expected / 50 || done - count >= total / 50 {
                 printf "progress\t%.0f\t%.0f\t%.0f\t%.0f\n", done, total, bytes, expected; fflush(); shown = bytes; count = done
-            }' | tee -a "$rundir/events"
-    [ "$(cat "$AHEAD/curl.status")" = 0 ] || { ahead_why="NARs: $(ahead_error)"; return 1; }
+            }
+            END { failed = bad || done != total; print failed > status }' | tee -a "$rundir/events"
+    [ "$(cat "$AHEAD/curl.status" 2>/dev/null)" = 0 ] || { ahead_why="NARs: $(ahead_error)"; return 1; }
 }
 
 ahead_closure() {  # the manifest's paths that this host lacks, into $AHEAD/missing
     hash=$(basename "$target" | cut -c 1-32)
     printf 'url = "%s/manifests/%s.json"\noutput = "%s/manifest.json"\n' "$cache" "$hash" "$AHEAD" > "$AHEAD/manifest.curl"
-    ahead_curl "$AHEAD/manifest.curl" > /dev/null || { ahead_why="the manifest: $(ahead_error)"; return 1; }
+    ahead_curl "$AHEAD/manifest.curl" | ahead_all_fetched 1 || { ahead_why="the manifest: $(ahead_error)"; return 1; }
     grep -o '"path":"[^"]*"' "$AHEAD/manifest.json" | sed 's/^"path":"//; s/"$//' > "$AHEAD/closure"
     if grep -v "$STORE_PATH_RE" "$AHEAD/closure" | grep -q .; then
         ahead_why="the manifest names something that is no store path"
@@ -448,9 +451,16 @@ ahead_space() {  # the folder and what Nix unpacks from it must both fit on /nix
     [ "$need" -le "$free_kib" ] || { ahead_why="/nix has too little room for the folder besides the unpacked paths"; return 1; }
 }
 
-ahead_curl() {  # every transfer of curl config $1 at once (up to $fetch_parallel), each one's bytes a line
+# Every transfer of curl config $1 at once (up to $fetch_parallel): a line for each (its exit code and bytes), then
+# `end` and curl's status. Each transfer's own code counts: in parallel mode, curl's status may be another one's.
+ahead_curl() {
     curl --parallel --parallel-max "$fetch_parallel" --fail --silent --no-progress-meter --show-error --connect-timeout 15 \
-        --speed-limit 1 --speed-time 60 --write-out '%{size_download}\n' --config "$1" 2>>"$AHEAD/curl.err"
+        --speed-limit 1 --speed-time 60 --write-out '%{exitcode} %{size_download}\n' --config "$1" 2>>"$AHEAD/curl.err"
+    echo "end $?"
+}
+
+ahead_all_fetched() {  # whether the lines of `ahead_curl` on stdin say that all $1 transfers worked
+    awk -v count="$1" '$1 == "end" { status = $2; next } { n++; if ($1 != 0) bad++ } END { exit !(status == 0 && n == count && !bad) }'
 }
 
 ahead_error() { one_line "$(tail -n 3 "$AHEAD/curl.err" 2>/dev/null)"; }
