@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import TEST_BASE_ADDRESS
@@ -43,6 +44,14 @@ def _seconds(action) -> float:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
 
 
 def _ssh(lab: Lab, address: str, command: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -108,10 +117,10 @@ def test_lab_up_replaces_the_values_and_down_removes_them(tmp_path):
         assert "distance: ssh 20 ms" in second.stdout
         lab = Lab(root)
         assert "cache" not in lab.relays and "host-1" in lab.relays
-        assert not os.path.exists(f"/proc/{relay_pid}")
+        assert not _running(relay_pid)
         assert "100Mbit" not in shaping()
     finally:
         down = topdeck_lab(root, "down")
     assert down.returncode == 0, down.stderr
     assert "htb" not in shaping()
-    assert not any(os.path.exists(f"/proc/{pid}") for pid, _ in lab.relays.values())
+    assert not any(_running(pid) for pid, _ in lab.relays.values())
