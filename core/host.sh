@@ -223,7 +223,7 @@ verify_pointer() {
 # nix-store -r from the cache only, with its signatures required, no cached miss and no narinfo older than a minute
 # trusted. Nix's in-memory narinfo cache obeys the same TTL: at 0, Nix 2.8 fetches each narinfo five times (class B).
 realise() {
-    nix-store -r "$@" --option substituters "${ahead_url:+$ahead_url }$cache" --option trusted-public-keys "$key" --option require-sigs true \
+    nix-store -r "$@" --option substituters "${ahead_url:-$cache}" --option trusted-public-keys "$key" --option require-sigs true \
         --option narinfo-cache-negative-ttl 0 --option narinfo-cache-positive-ttl 60 --option fallback false \
         --option connect-timeout 15
 }
@@ -357,9 +357,10 @@ fetch() {
 # Nix asks the cache for one path after another (at 100 ms, Nix 2.8 takes 42 times as long as curl). So the host
 # reads the closure's manifest (one request), fetches the missing paths' narinfos and then their NARs itself, many
 # at once over kept-alive connections, into a binary cache folder on /nix's own filesystem; then Nix substitutes
-# from that folder first and the cache second, with the same rules (signatures required, only the cache's key
-# trusted, every NAR's hash checked by Nix): nothing here is trusted that Nix would not trust. Whatever fails is
-# logged, and Nix fetches from the cache itself as it always did (`fetch`).
+# from that folder alone (with the cache as a second substituter, Nix 2.26 and 2.34 still asked it about path after
+# path), with the same rules (signatures required, only the cache's key trusted, every NAR's hash checked by Nix):
+# nothing here is trusted that Nix would not trust. Whatever fails is logged, and Nix fetches from the cache itself
+# as it always did (`fetch`).
 AHEAD=$STATE/fetch
 NUMBER_RE='^[0-9][0-9]*$'
 
@@ -465,7 +466,7 @@ ahead_all_fetched() {  # whether the lines of `ahead_curl` on stdin say that all
 
 ahead_error() { one_line "$(tail -n 3 "$AHEAD/curl.err" 2>/dev/null)"; }
 
-ahead_realise() {  # Nix substitutes from the folder first; its progress keeps the bytes fetched above
+ahead_realise() {  # Nix substitutes from the folder; its progress keeps the bytes fetched above
     ahead_url="file://$AHEAD"
     { realise "$target" --add-root "$rundir/gcroot" --log-format internal-json -v 2>&1 >/dev/null
       echo $? > "$AHEAD/nix.status"; } |
