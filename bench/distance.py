@@ -80,8 +80,10 @@ class Distance:
         host = self.lab.host(name)
         nix = host.sh("nix-store --version").split()[-1]
         seconds: dict[tuple[str, str], float] = {}
+        held: dict[str, int] = {}
         for way in ("curl", "topdeck", "nix"):
             self._forget(host)
+            held[way] = self._held(host)
             for case, target in (("cold", self.built.base), ("small change", self.built.changed)):
                 log(f"distance: {rtt} ms, {name} ({kind}, Nix {nix}), {case}, {way}")
                 seconds[case, way] = self._fetch(host, way, case, target, url)
@@ -100,7 +102,9 @@ class Distance:
                 f"{case} fetch at {rtt} ms, {kind} (Nix {nix}): topdeck vs nix-store -r", ours, theirs, "s", goal, met,
                 f"curl floor {curl:.2f} s ({ours / curl:.2f}x), physical floor {physical:.2f} s "
                 f"({ours / physical:.2f}x); Nix {theirs / curl:.1f}x the curl floor; {len(self.files[case])} paths, "
-                f"{self.bytes[case] / 1024 / 1024:.1f} MiB"))
+                f"{self.bytes[case] / 1024 / 1024:.1f} MiB"
+                + (f"; the host held {held['topdeck']} / {held['nix']} / {held['curl']} of them before the cold fetch "
+                   "(topdeck / Nix / curl: paths its own system shares)" if case == "cold" else "")))
         return figures
 
     def _fetch(self, host: LabHost, way: str, case: str, target: str, url: str) -> float:
@@ -131,6 +135,12 @@ class Distance:
         seconds = time.perf_counter() - started
         host.run(["sh", "-c", "rm -rf /nix/var/nix/bench-curl"])
         return seconds
+
+    def _held(self, host: LabHost) -> int:
+        """How many of the base closure's paths the host holds (those its own system shares, after `_forget`)."""
+        paths = "".join(f"{info.path}\n" for info in self.files["cold"]).encode()
+        invalid = host.run(["sh", "-c", "xargs nix-store --check-validity --print-invalid"], input=paths).stdout
+        return len(self.files["cold"]) - len(invalid.splitlines())
 
     def _forget(self, host: LabHost) -> None:
         """The host without either closure: their roots removed, the store collected."""
