@@ -30,6 +30,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "deploy": ("bench.deploy", "no-change deploy of 10 hosts, small-change deploy of 20 hosts"),
     "tui": ("bench.tui", "TUI start-up and refresh"),
     "baselines": ("bench.baselines", "topdeck vs `nix copy --to ssh://` to 10 hosts; 20 hosts vs plain ssh"),
+    "distance": ("bench.distance", "cold fetch and 1 % change at 0-200 ms from the cache, each host kind: topdeck's "
+                 "fetch ahead vs nix-store -r vs curl vs the physical floor"),
+    "wanfleet": ("bench.wanfleet", "changed closure to 10 hosts vs `nix copy --to ssh://`, 40 ms to the hosts and a "
+                 "20 Mbit uplink"),
     "scale": ("bench.scale", "100 native + 2 image hosts: plan, no-change deploy, SSH logins, CPU, B2 per host, TUI"),
 }
 

@@ -107,7 +107,7 @@ class PushModel:
         lines = []
         for name, front in self.front.items():
             host = self.lab.host(name)
-            pid, _ = forward.start((front, 22), (host.address, 22), self._log(name))
+            pid, _ = forward.start((front, 22), (self.lab.ssh_address(name), 22), self._log(name))
             self.forwarders.append(pid)
             lines.append(f"{front} {host.public_host_key()}\n")
         self.known_hosts.write_text("".join(lines))

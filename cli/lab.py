@@ -29,6 +29,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     up.add_argument("--emulator-port", type=int, default=17890, metavar="PORT",
                     help="B2 emulator port on 127.0.0.1 (default 17890; 0 picks a free one)")
     _add_image_option(up)
+    up.add_argument("--rtt", type=_rtt, default=None, metavar="LEG=TIME,...",
+                    help="round trips on the lab's legs: cache (hosts to the bucket's downloads), ssh (operator to "
+                    "hosts), api (operator to the B2 API); say cache=100ms,ssh=40ms. With --uplink and --downlink, "
+                    "replaces what a running lab has (none given: kept)")
+    up.add_argument("--uplink", type=_rate("uplink"), default=None, metavar="RATE",
+                    help="cap what the operator sends (SSH and B2 API), say 20mbit (tc htb on lo)")
+    up.add_argument("--downlink", type=_rate("downlink"), default=None, metavar="RATE",
+                    help="cap what the cache sends to the hosts, all together, say 100mbit")
     up.set_defaults(handler=lab_up)
 
     images = actions.add_parser("images", help="the kinds of lab host and what each has (Nix, OpenSSH, systemd)",
@@ -90,6 +98,30 @@ def _kinds(choices: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
     return default, {host: kind for host, kind in choices if host}
 
 
+def _rtt(text: str) -> dict[str, int]:
+    from topdeck.lab.errors import LabError
+    from topdeck.lab.wan import parse_rtt
+
+    try:
+        return parse_rtt(text)
+    except LabError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--rtt ")) from None
+
+
+def _rate(what: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        from topdeck.lab.errors import LabError
+        from topdeck.lab.wan import parse_rate
+
+        try:
+            return parse_rate(text, what)
+        except LabError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{what} ")) from None
+
+    parse.__name__ = what
+    return parse
+
+
 def _host_count(text: str) -> int:
     try:
         value = int(text)
@@ -108,10 +140,13 @@ def _lab(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def lab_up(args: argparse.Namespace) -> int:
     from topdeck.lab.lab import Lab
+    from topdeck.lab.wan import make_wan
 
     lab = Lab(args.root, base_address=args.base_address, emulator_port=args.emulator_port)
     image, kinds = _kinds(args.image)
-    lab.up(count=args.hosts, image=image, kinds=kinds)
+    given = (args.rtt, args.uplink, args.downlink)
+    distance = None if given == (None, None, None) else make_wan(args.rtt, args.uplink or 0, args.downlink or 0)
+    lab.up(count=args.hosts, image=image, kinds=kinds, distance=distance)
     _print_status(lab.status())
     return 0
 
@@ -213,6 +248,10 @@ def _print_status(status) -> None:  # type: ignore[no-untyped-def]
     say(f"lab folder: {status.root}")
     emulator = status.emulator_url if status.emulator_running else "not running"
     say(f"B2 emulator: {emulator}")
+    say(f"distance: {status.wan}")
+    if status.download_url and status.download_url != status.emulator_url:
+        say(f"  hosts fetch through {status.download_url} (an inventory's [cache] url: "
+            f"{status.download_url}/file/BUCKET/PREFIX)")
     if status.counters:
         c = status.counters
         say(f"  transactions: class A {c.get('A', 0)}, class B {c.get('B', 0)}, class C {c.get('C', 0)}")

@@ -7,7 +7,9 @@ In process:   with B2Emulator("lab-key-id", "lab-secret").start() as b2: ... b2.
 As a process: python -m topdeck.lab.b2emu --port 17890 --key-id ID --key-env VAR --bucket NAME
 Control over HTTP (never counted, never faulted): GET /_emulator/counters,
 POST /_emulator/counters/reset, GET|POST|DELETE /_emulator/faults (POST takes FaultPlan's
-fields as a JSON object), GET /_emulator/downloads (each request to /file/...: the peer's address,
+fields as a JSON object), GET|POST /_emulator/delay ({"api_ms": N}: every B2 API call, not /file/ downloads, is
+answered N ms late, the round trip of the operator's leg to B2 in the WAN lab), GET /_emulator/downloads (each
+request to /file/...: the peer's address,
 the path, the User-Agent and whether it carried B2 authorization, oldest first).
 
 The pieces: b2emu_account (the simulator and its errors), b2emu_calls (one handler per B2 call),
@@ -78,6 +80,7 @@ class B2Emulator:
         self.port = port
         self.calls = B2Calls(LabSimulator(key_id, key), recommended_part_size, absolute_minimum_part_size)
         self.fault_picker = FaultPicker()
+        self.api_delay_ms = 0
         self.stopping = threading.Event()
         self._counters = Counters()
         self._downloads: deque[dict[str, Any]] = deque(maxlen=_DOWNLOADS_KEPT)
@@ -190,6 +193,16 @@ class B2Emulator:
     def _set_faults(self, request: Request) -> dict[str, Any]:
         return self.set_faults(**request.params()).as_json()
 
+    def _get_delay(self, request: Request) -> dict[str, Any]:
+        return {"api_ms": self.api_delay_ms}
+
+    def _set_delay(self, request: Request) -> dict[str, Any]:
+        value = request.params().get("api_ms")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
+            raise ValueError("api_ms must be a whole number of milliseconds, 0 to 10000")
+        self.api_delay_ms = value
+        return self._get_delay(request)
+
     def _clear_faults(self, request: Request) -> dict[str, Any]:
         self.clear_faults()
         return self.fault_plan.as_json()
@@ -202,6 +215,8 @@ _CONTROL_ROUTES: dict[tuple[str, str], Callable[[B2Emulator, Request], dict[str,
     ("GET", "faults"): B2Emulator._get_faults,
     ("POST", "faults"): B2Emulator._set_faults,
     ("DELETE", "faults"): B2Emulator._clear_faults,
+    ("GET", "delay"): B2Emulator._get_delay,
+    ("POST", "delay"): B2Emulator._set_delay,
 }
 
 
@@ -276,12 +291,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if request.path.startswith("/file/"):
             emulator.record_download(self.client_address[0], request)
+        elif emulator.api_delay_ms:
+            emulator.stopping.wait(emulator.api_delay_ms / 1000)
         call = call_name(request.method, request.path) or ""
         route = ROUTES.get(call)
         if route is None:
             self._write(Answer.error(not_found(f"no such B2 call: {request.path}")))
             return
-        fault = emulator.fault_picker.pick(call, route.transaction_class, request.on_file_path)
+        fault = emulator.fault_picker.pick(call, route.transaction_class, request.on_file_path, request.path)
         if fault is not None:
             emulator.count_fault(fault)
             self._inject(fault, route, request)

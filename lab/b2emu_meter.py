@@ -73,7 +73,8 @@ class FaultPlan:
     caps answer every request of their class (B for download_cap, C for transaction_cap).
 
     Every fault, caps included, only touches requests in scope: `classes`, `calls` (None: all)
-    and `public_only` (only GET/HEAD on /file/<bucket>/<key>). `max_faults` stops the random
+    and `public_only` (only GET/HEAD on /file/<bucket>/<key>), `path_contains` (only requests whose path holds
+    this text, say "/nar/"). `max_faults` stops the random
     faults (not the caps) after that many. `retry_after` is the Retry-After header of a 503
     (None: no header, so b2sdk backs off 1 s, 1.5 s, ...)."""
 
@@ -86,6 +87,7 @@ class FaultPlan:
     classes: tuple[str, ...] = TRANSACTION_CLASSES
     calls: tuple[str, ...] | None = None
     public_only: bool = False
+    path_contains: str | None = None
     max_faults: int | None = None
     retry_after: int | None = 0
     seed: int = 0
@@ -114,11 +116,12 @@ class FaultPlan:
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def covers(self, call: str, transaction_class: str, public: bool) -> bool:
+    def covers(self, call: str, transaction_class: str, public: bool, path: str = "") -> bool:
         return (
             transaction_class in self.classes
             and (self.calls is None or call in self.calls)
             and (public or not self.public_only)
+            and (self.path_contains is None or self.path_contains in path)
         )
 
 
@@ -141,10 +144,10 @@ class FaultPicker:
             self._random = random.Random(plan.seed)
             self._random_faults = 0
 
-    def pick(self, call: str, transaction_class: str, public: bool) -> FaultKind | None:
+    def pick(self, call: str, transaction_class: str, public: bool, path: str = "") -> FaultKind | None:
         with self._lock:
             plan = self._plan
-            if not plan.covers(call, transaction_class, public):
+            if not plan.covers(call, transaction_class, public, path):
                 return None
             if plan.download_cap and transaction_class == "B":
                 return FaultKind.DOWNLOAD_CAP

@@ -5,9 +5,11 @@ The lab uses it to put a second address in front of the B2 emulator (a CDN or cu
 and to let a host in a network namespace of its own reach the emulator at the same URL as every other host.
 Every accepted connection is logged as `connection from HOST:PORT`, so a test can tell who came through, and
 when it ends as `closed HOST:PORT up N down M` (bytes the client sent through it, and received), so a benchmark can
-tell how much crossed.
+tell how much crossed. With `--rtt-ms N` it is a distance: every byte is held for half the round trip each way
+(pipelined: a propagation delay, not a bandwidth cap), and a new connection's first bytes wait one round trip more, as
+a TCP handshake would (this kernel has no netem; topdeck.lab.wan uses it for the WAN lab's legs).
 
-    python -m topdeck.lab.forward --listen 127.0.0.1:8080 --to 127.0.0.1:17890 [--netns /run/netns/NAME]
+    python -m topdeck.lab.forward --listen 127.0.0.1:8080 --to 127.0.0.1:17890 [--netns /run/netns/NAME] [--rtt-ms N]
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import argparse
 import contextlib
 import ctypes
 import os
+import queue
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from topdeck.lab.errors import LabError
@@ -70,16 +74,19 @@ def _say(line: str) -> None:
         sys.stdout.flush()
 
 
-def serve(server: socket.socket, target: tuple[str, int], source: str | None = None) -> None:
+def serve(server: socket.socket, target: tuple[str, int], source: str | None = None, rtt: float = 0.0) -> None:
     host, port = server.getsockname()[:2]
     _say(f"listening on {host}:{port}")
     while True:
         client, peer = server.accept()
         _say(f"connection from {peer[0]}:{peer[1]}")
-        threading.Thread(target=_relay, args=(client, target, source, f"{peer[0]}:{peer[1]}"), daemon=True).start()
+        threading.Thread(target=_relay, args=(client, target, source, f"{peer[0]}:{peer[1]}", rtt),
+                         daemon=True).start()
 
 
-def _relay(client: socket.socket, target: tuple[str, int], source: str | None, peer: str = "") -> None:
+def _relay(client: socket.socket, target: tuple[str, int], source: str | None, peer: str = "",
+           rtt: float = 0.0) -> None:
+    opened = time.monotonic()
     try:
         upstream = socket.create_connection(target, timeout=10, source_address=(source, 0) if source else None)
     except OSError as error:
@@ -88,15 +95,18 @@ def _relay(client: socket.socket, target: tuple[str, int], source: str | None, p
         return
     upstream.settimeout(None)
     down: list[int] = []
-    back = threading.Thread(target=lambda: down.append(_pipe(upstream, client)), daemon=True)
+    back = threading.Thread(target=lambda: down.append(_pipe(upstream, client, rtt / 2)), daemon=True)
     back.start()
-    up = _pipe(client, upstream)
+    up = _pipe(client, upstream, rtt / 2, not_before=opened + rtt)
     back.join()
     _say(f"closed {peer} up {up} down {sum(down)}")
 
 
-def _pipe(reader: socket.socket, writer: socket.socket) -> int:
-    """Copy until the reader ends; the bytes copied."""
+def _pipe(reader: socket.socket, writer: socket.socket, delay: float = 0.0, not_before: float = 0.0) -> int:
+    """Copy until the reader ends, each chunk `delay` seconds after it was read (and not before `not_before` +
+    `delay`); the bytes copied."""
+    if delay > 0:
+        return _delayed_pipe(reader, writer, delay, not_before)
     copied = 0
     try:
         while data := reader.recv(CHUNK):
@@ -112,8 +122,45 @@ def _pipe(reader: socket.socket, writer: socket.socket) -> int:
     return copied
 
 
+def _delayed_pipe(reader: socket.socket, writer: socket.socket, delay: float, not_before: float) -> int:
+    """`_pipe` with a propagation delay: this thread reads, another writes each chunk when its time comes."""
+    chunks: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=512)  # 32 MiB held at most: back-pressure
+    sender = threading.Thread(target=_send_when_due, args=(chunks, writer, reader), daemon=True)
+    sender.start()
+    copied = 0
+    try:
+        while data := reader.recv(CHUNK):
+            chunks.put((max(time.monotonic(), not_before) + delay, data))
+            copied += len(data)
+    except OSError:
+        pass
+    chunks.put((max(time.monotonic(), not_before) + delay, b""))
+    sender.join()
+    return copied
+
+
+def _send_when_due(chunks: queue.Queue[tuple[float, bytes]], writer: socket.socket,
+                   reader: socket.socket) -> None:
+    try:
+        while True:
+            due, data = chunks.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if not data:
+                break
+            writer.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            writer.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            reader.shutdown(socket.SHUT_RD)
+
+
 def start(listen_at: tuple[str, int], target: tuple[str, int], log: Path, *, netns: Path | None = None,
-          source: str | None = None) -> tuple[int, int]:
+          source: str | None = None, rtt_ms: int = 0) -> tuple[int, int]:
     """Start a detached forwarder; returns (pid, the port it listens on: `listen_at`'s, or a free one for 0)."""
     log.write_text("")
     argv = [sys.executable, "-m", "topdeck.lab.forward", "--listen", f"{listen_at[0]}:{listen_at[1]}",
@@ -122,6 +169,8 @@ def start(listen_at: tuple[str, int], target: tuple[str, int], log: Path, *, net
         argv += ["--netns", str(netns)]
     if source is not None:
         argv += ["--source", source]
+    if rtt_ms:
+        argv += ["--rtt-ms", str(rtt_ms)]
     pid = spawn_detached(argv, log)
     wait_for(lambda: "listening on" in log.read_text() or not Path(f"/proc/{pid}").exists(), 10,
              f"the forwarder on {listen_at[0]}:{listen_at[1]} did not start", lambda: log.read_text()[-300:])
@@ -154,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", type=parse_address, required=True, metavar="HOST:PORT")
     parser.add_argument("--netns", type=Path, help="listen inside this network namespace (/run/netns/NAME)")
     parser.add_argument("--source", help="connect to the target from this local address")
+    parser.add_argument("--rtt-ms", type=int, default=0, metavar="N", help="add this round trip (milliseconds)")
     args = parser.parse_args(argv)
     try:
         server = listen(args.listen, args.netns)
@@ -161,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {args.listen[0]}:{args.listen[1]}: {error.strerror}", flush=True)
         return 1
     with contextlib.suppress(KeyboardInterrupt):
-        serve(server, args.to, args.source)
+        serve(server, args.to, args.source, args.rtt_ms / 1000)
     return 0
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from topdeck.lab import factory, forward, images, netns
+from topdeck.lab import factory, forward, images, netns, wan
 from topdeck.lab.errors import LabError
 from topdeck.lab.hosts import (
     HostState,
@@ -76,6 +76,8 @@ class LabStatus:
     emulator_url: str
     emulator_running: bool
     counters: dict[str, object]
+    wan: str = "none (loopback)"  # the WAN lab's distances and caps (topdeck.lab.wan)
+    download_url: str = ""  # where hosts fetch the bucket: through the cache relay when the cache leg has a distance
 
 
 class Lab:
@@ -88,6 +90,8 @@ class Lab:
         self.emulator = EmulatorState()
         self.network: netns.Layout | None = None  # a bastion and the hosts behind it, if the lab has them
         self.forwarder_pid = 0  # lets the hosts behind the bastion reach the emulator
+        self.wan = wan.Wan()
+        self.relays: dict[str, tuple[int, int]] = {}  # "cache" and the hosts' names: (pid, port) of their relays
         self._load_state()
 
     # --- files the lab writes ---------------------------------------------------------------------
@@ -130,14 +134,14 @@ class Lab:
     def up(self, count: int = 3, hosts: dict[str, str] | None = None, small_nix: dict[str, int] | None = None,
            image: str = images.NATIVE, kinds: dict[str, str] | None = None,
            network: netns.Layout | None = None, listen: dict[str, tuple[str, ...]] | None = None,
-           log=print) -> None:  # type: ignore[no-untyped-def]
+           distance: wan.Wan | None = None, log=print) -> None:  # type: ignore[no-untyped-def]
         """Start the emulator and hosts, each installed with a first toplevel; whatever runs already is kept.
 
         `hosts` maps names to loopback addresses; without it, `count` hosts `host-1`... get addresses from
         the base address up. Each host is of kind `image` (topdeck.lab.images: native, trixie, sid) unless
         `kinds` names another for it. `network` makes one host a bastion in a network namespace of its own and
         others hosts that only it can reach (topdeck.lab.netns); their addresses come from it. `listen` gives hosts
-        more `address[:port]`s for their sshd.
+        more `address[:port]`s for their sshd. `distance` sets the WAN lab's round trips and caps (`set_wan`).
         """
         check_prerequisites()
         wanted = hosts or {f"host-{i + 1}": "" for i in range(count)}
@@ -165,8 +169,58 @@ class Lab:
                               missing))
         for name in wanted:
             self._check_listener(self.hosts[name])
+        if distance is not None and (distance != self.wan or not self._relays_alive()):
+            self.set_wan(distance)
         self._write_known_hosts()
         self._save_state()
+
+    # --- the WAN lab ------------------------------------------------------------------------------
+
+    def set_wan(self, distance: wan.Wan) -> None:
+        """Give the legs these round trips and caps (topdeck.lab.wan), replacing whatever they had."""
+        if distance.ssh_ms and self.network is not None:
+            raise LabError("an SSH round trip is not available with a bastion layout", setting="rtt")
+        addresses = {name: wan.relay_address(host.address) for name, host in self.hosts.items()} \
+            if distance.ssh_ms else {}
+        self._stop_relays()
+        wan.unshape()
+        port = int(self.emulator.url.rpartition(":")[2])
+        if distance.cache_ms:
+            self.relays["cache"] = forward.start(("127.0.0.1", 0), ("127.0.0.1", port), self.root / "relay-cache.log",
+                                                 rtt_ms=distance.cache_ms)
+        for name, address in addresses.items():
+            self.relays[name] = forward.start((address, 22), (self.hosts[name].address, 22),
+                                              self.root / f"relay-{name}.log", rtt_ms=distance.ssh_ms)
+        self.emulator_control("POST", "delay", {"api_ms": distance.api_ms})
+        cache_port = self.relays["cache"][1] if "cache" in self.relays else port
+        wan.shape(distance, (port,), tuple(addresses.values()) or tuple(h.address for h in self.hosts.values()),
+                  cache_port)
+        self.wan = distance
+        self._write_known_hosts()
+        self._save_state()
+
+    @property
+    def download_url(self) -> str:
+        """The emulator's download URL as the hosts reach it: through the cache relay when the leg has a distance
+        (an inventory's `[cache] url` is `<download_url>/file/<bucket>/<prefix>`)."""
+        if "cache" in self.relays:
+            return f"http://127.0.0.1:{self.relays['cache'][1]}"
+        return self.emulator.url
+
+    def ssh_address(self, name: str) -> str:
+        """Where the operator logs in to host `name`: its SSH relay when the leg has a distance."""
+        host = self.host(name)
+        return wan.relay_address(host.address) if name in self.relays else host.address
+
+    def _relays_alive(self) -> bool:
+        return all(_pid_alive(pid) for pid, _ in self.relays.values())
+
+    def _stop_relays(self) -> None:
+        for pid, _ in self.relays.values():
+            _kill(pid)
+        for pid, _ in self.relays.values():
+            wait_for(lambda pid=pid: not _pid_alive(pid), 10, f"relay {pid} did not stop")
+        self.relays = {}
 
     def build_initial_toplevel(self) -> str:
         spec = factory.initial_system(authorized_keys=[self.client_public_key()])
@@ -305,8 +359,9 @@ class Lab:
         return b"topdeck.lab.b2emu" in cmdline
 
     def _write_known_hosts(self) -> None:
-        lines = [f"{_known_name(address)} {host.public_host_key()}\n" for host in self.hosts.values()
-                 for address in (host.address, *host.state.listen)]
+        lines = [f"{_known_name(address)} {host.public_host_key()}\n" for name, host in self.hosts.items()
+                 for address in (host.address, *host.state.listen,
+                                 *((wan.relay_address(host.address),) if name in self.relays else ()))]
         self.known_hosts.write_text("".join(lines))
 
     # --- controls for tests -----------------------------------------------------------------------
@@ -368,6 +423,9 @@ class Lab:
             except LabError as error:  # the others are stopped all the same
                 failures.append(error)
         try:
+            self._stop_relays()
+            if self.wan.shaped:
+                wan.unshape()
             if self.emulator_running():
                 os.kill(self.emulator.pid, 15)
                 wait_for(lambda: not _pid_alive(self.emulator.pid), 10, "the B2 emulator did not stop")
@@ -384,6 +442,7 @@ class Lab:
         self.hosts = {}
         self.emulator = EmulatorState()
         self.network, self.forwarder_pid = None, 0
+        self.wan = wan.Wan()
         shutil.rmtree(self.root / "hosts", ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         self.known_hosts.unlink(missing_ok=True)
@@ -411,6 +470,8 @@ class Lab:
             emulator_url=self.emulator.url,
             emulator_running=running,
             counters=counters,
+            wan=self.wan.describe(),
+            download_url=self.download_url if running else "",
         )
 
     def _host_status(self, host: LabHost) -> HostStatus:
@@ -439,6 +500,8 @@ class Lab:
             self.network = netns.Layout(network["bastion"], tuple(network["behind"]), network["block"],
                                         network["tag"])
         self.forwarder_pid = data.get("forwarder_pid", 0)
+        self.wan = wan.Wan(**data.get("wan", {}))
+        self.relays = {name: (pid, port) for name, (pid, port) in data.get("relays", {}).items()}
 
     def _save_state(self) -> None:
         data = {
@@ -448,6 +511,8 @@ class Lab:
             "hosts": [asdict(host.state) for host in self.hosts.values()],
             "network": asdict(self.network) if self.network else None,
             "forwarder_pid": self.forwarder_pid,
+            "wan": asdict(self.wan),
+            "relays": self.relays,
         }
         temporary = self.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(data, indent=2))

@@ -20,7 +20,7 @@ from conftest import write_lab_inventory
 from deploytools import deploy, deploy_inventory, last_activation, release, state, three_host_lab, topdeck
 from labtools import ssh_run
 
-from topdeck.core.events import HostPhase, Progress
+from topdeck.core.events import HostPhase
 from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.inventory import load_inventory
 from topdeck.lab import factory
@@ -274,8 +274,10 @@ def test_a_b2_download_cap_during_the_pulls_stops_the_deploy_and_names_the_cap(l
     inv = load_inventory(inventory)
     capped = threading.Event()
 
+    # The cap comes as the first host starts to fetch: the fetch ahead has every request of a host in flight at once,
+    # so a cap after its first bytes would find nothing left to refuse (the host would have all it needs).
     def emit(event) -> None:  # type: ignore[no-untyped-def]
-        if isinstance(event, Progress) and event.phase == "fetch" and event.bytes_done and not capped.is_set():
+        if isinstance(event, HostPhase) and event.phase == "fetch" and not capped.is_set():
             capped.set()
             lab.emulator_control("POST", "faults", {"download_cap": True})
 
