@@ -14,7 +14,19 @@ The spec as JSON (what toplevel.nix reads; `spec_to_json` writes it; fields afte
                    "outputs": ["out", "lib", "bin"], "deps": ["glibc"]}, ...],
      "init_interface_version": "systemd 2",
      "sshd_settings": ["ClientAliveInterval 60"],
-     "specialisations": {"rescue": "ok"}}
+     "specialisations": {"rescue": "ok"},
+     "switch_lock": "fail" | "wait", "units": ["topdeck-lab-demo.service"], "distro_id": "debian",
+     "switch_program": "/path/to/switch-to-configuration"}
+
+`switch_lock` is how its switch meets /run/nixos/switch-to-configuration.lock held by another process: "fail" at once
+with exit 11 (current ng), or "wait" for it (ng of 2024, the Perl switch). Each toplevel is shaped like NixOS's: sw/bin,
+etc/fstab, etc/systemd/system (sysinit-reactivation.target and a service per name in `units`, linked into
+/etc/systemd/system by `activate` on systemd hosts, started and stopped by the switch), and the user unit
+etc/systemd/user/nixos-activation.service. Its switch checks what ng checks first: root, the distro (/etc/os-release's
+ID or ID_LIKE names `distro_id`; the lab's hosts are Debian), /run/current-system/sw/bin. `switch_program`, when set
+(by default from TOPDECK_LAB_SWITCH_PROGRAM), is an executable on this machine that the toplevel carries and runs as its
+switch on systemd hosts, with ng's environment (OUT, TOPLEVEL, DISTRO_ID, INSTALL_BOOTLOADER, LOCALE_ARCHIVE, SYSTEMD):
+nixpkgs' switch-to-configuration-ng, for one; the lab's own switch runs elsewhere.
 
 Each toplevel's bin/switch-to-configuration follows the contract of NixOS's switch-to-configuration-ng: the
 actions, exit codes and messages are listed at the top of nix/toplevel.nix (and in SWITCH_EXIT_CODES). The
@@ -57,6 +69,9 @@ from topdeck.lab.nixenv import lab_env
 TOPLEVEL_NIX = Path(__file__).parent / "nix" / "toplevel.nix"
 DEFAULT_VERSION = "24.05.20240601.abcdef0"
 ACTIVATIONS = ("ok", "fail", "incompatible-init", "failed-units", "slow", "break-ssh")
+SWITCH_LOCKS = ("fail", "wait")  # current ng fails at once (exit 11); ng of 2024 and the Perl switch wait
+SWITCH_PROGRAM_VARIABLE = "TOPDECK_LAB_SWITCH_PROGRAM"
+_UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\.service")
 # Older names of activation kinds, still accepted (a spec keeps the kind's own name).
 ACTIVATION_ALIASES = {"reboot": "incompatible-init"}
 DEFAULT_INIT_INTERFACE_VERSION = "systemd 2"  # what NixOS writes: "systemd ${systemd.interfaceVersion}"
@@ -122,6 +137,10 @@ class SystemSpec:
     sshd_settings: tuple[str, ...] = ()
     # (name, activation kind) pairs, sorted by name; a mapping is accepted too.
     specialisations: tuple[tuple[str, str], ...] = ()
+    switch_lock: str = "fail"
+    units: tuple[str, ...] = ()
+    distro_id: str = "debian"
+    switch_program: str = ""
 
     def __post_init__(self) -> None:
         if not _STORE_NAME.fullmatch(self.toplevel_name):
@@ -142,6 +161,16 @@ class SystemSpec:
                 raise ValueError(f"sshd setting {line!r} must be one non-empty line")
         if not self.init_interface_version or "\n" in self.init_interface_version:
             raise ValueError(f"init_interface_version {self.init_interface_version!r} must be one non-empty line")
+        object.__setattr__(self, "units", tuple(self.units))
+        if self.switch_lock not in SWITCH_LOCKS:
+            raise ValueError(f"unknown switch_lock {self.switch_lock!r}; expected one of {SWITCH_LOCKS}")
+        for unit in self.units:
+            if not _UNIT_NAME.fullmatch(unit):
+                raise ValueError(f"{unit!r} is not a service unit name")
+        if not re.fullmatch(r"[a-z0-9._-]+", self.distro_id):
+            raise ValueError(f"distro_id {self.distro_id!r} is not an os-release ID")
+        if self.switch_program and not (os.path.isabs(self.switch_program) and os.access(self.switch_program, os.X_OK)):
+            raise ValueError(f"switch program {self.switch_program!r} is not an executable's absolute path")
         if self.slow_seconds < 0:
             raise ValueError(f"negative slow_seconds {self.slow_seconds}")
         seen: set[str] = set()
@@ -192,6 +221,10 @@ def spec_from_json(text: str) -> SystemSpec:
         init_interface_version=data.get("init_interface_version", DEFAULT_INIT_INTERFACE_VERSION),
         sshd_settings=tuple(data.get("sshd_settings", ())),
         specialisations=tuple(sorted(data.get("specialisations", {}).items())),
+        switch_lock=data.get("switch_lock", "fail"),
+        units=tuple(data.get("units", ())),
+        distro_id=data.get("distro_id", "debian"),
+        switch_program=data.get("switch_program", ""),
     )
 
 
@@ -274,6 +307,16 @@ def with_sshd_settings(spec: SystemSpec, *lines: str) -> SystemSpec:
     """The spec whose sshd fragment is `lines`: on systemd hosts, switching to it from a system with another
     fragment restarts ssh.service."""
     return dataclasses.replace(spec, sshd_settings=tuple(lines))
+
+
+def with_switch_lock(spec: SystemSpec, behaviour: str) -> SystemSpec:
+    """The spec whose switch meets a held lock as `behaviour` says: "fail" (exit 11) or "wait"."""
+    return dataclasses.replace(spec, switch_lock=behaviour)
+
+
+def with_units(spec: SystemSpec, *units: str) -> SystemSpec:
+    """The spec whose system has these services (each `sleep infinity`), started by its switch on systemd hosts."""
+    return dataclasses.replace(spec, units=tuple(units))
 
 
 def without_ssh(spec: SystemSpec) -> SystemSpec:
@@ -455,6 +498,8 @@ def build(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if not spec.switch_program and os.environ.get(SWITCH_PROGRAM_VARIABLE):
+        spec = dataclasses.replace(spec, switch_program=os.environ[SWITCH_PROGRAM_VARIABLE])
     text = spec_to_json(spec)
     stem = f"toplevel-{spec.host}-{_digest(text)}"
     spec_file = workdir / f"{stem}.json"
