@@ -479,8 +479,8 @@ lock_holder() {  # a process that has file $1 open (but $2 and what it started):
     # names the process that took a flock, which may have ended since, like `flock FD` in a script; the lock stays
     # with whoever holds the file)
     found=
-    for fd in /proc/[0-9]*/fd/*; do
-        [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
+    # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
+    for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$1" 2>/dev/null); do
         pid=${fd#/proc/}
         pid=${pid%%/*}
         [ "$pid" != $$ ] || continue

@@ -15,7 +15,7 @@ The spec as JSON (what toplevel.nix reads; `spec_to_json` writes it; fields afte
      "init_interface_version": "systemd 2",
      "sshd_settings": ["ClientAliveInterval 60"],
      "specialisations": {"rescue": "ok"},
-     "switch_lock": "fail" | "wait", "units": ["topdeck-lab-demo.service"], "distro_id": "debian",
+     "switch_lock": "fail" | "wait", "lock_delay": 0, "units": ["topdeck-lab-demo.service"], "distro_id": "debian",
      "switch_program": "/path/to/switch-to-configuration"}
 
 `switch_lock` is how its switch meets /run/nixos/switch-to-configuration.lock held by another process: "fail" at once
@@ -138,6 +138,7 @@ class SystemSpec:
     # (name, activation kind) pairs, sorted by name; a mapping is accepted too.
     specialisations: tuple[tuple[str, str], ...] = ()
     switch_lock: str = "fail"
+    lock_delay: float = 0  # seconds its switch takes to start before it takes the lock (0: none)
     units: tuple[str, ...] = ()
     distro_id: str = "debian"
     switch_program: str = ""
@@ -171,6 +172,8 @@ class SystemSpec:
             raise ValueError(f"distro_id {self.distro_id!r} is not an os-release ID")
         if self.switch_program and not (os.path.isabs(self.switch_program) and os.access(self.switch_program, os.X_OK)):
             raise ValueError(f"switch program {self.switch_program!r} is not an executable's absolute path")
+        if self.lock_delay < 0:
+            raise ValueError(f"negative lock_delay {self.lock_delay}")
         if self.slow_seconds < 0:
             raise ValueError(f"negative slow_seconds {self.slow_seconds}")
         seen: set[str] = set()
@@ -222,6 +225,7 @@ def spec_from_json(text: str) -> SystemSpec:
         sshd_settings=tuple(data.get("sshd_settings", ())),
         specialisations=tuple(sorted(data.get("specialisations", {}).items())),
         switch_lock=data.get("switch_lock", "fail"),
+        lock_delay=data.get("lock_delay", 0),
         units=tuple(data.get("units", ())),
         distro_id=data.get("distro_id", "debian"),
         switch_program=data.get("switch_program", ""),
@@ -309,9 +313,10 @@ def with_sshd_settings(spec: SystemSpec, *lines: str) -> SystemSpec:
     return dataclasses.replace(spec, sshd_settings=tuple(lines))
 
 
-def with_switch_lock(spec: SystemSpec, behaviour: str) -> SystemSpec:
-    """The spec whose switch meets a held lock as `behaviour` says: "fail" (exit 11) or "wait"."""
-    return dataclasses.replace(spec, switch_lock=behaviour)
+def with_switch_lock(spec: SystemSpec, behaviour: str, delay: float = 0) -> SystemSpec:
+    """The spec whose switch meets a held lock as `behaviour` says: "fail" (exit 11) or "wait"; it takes `delay`
+    seconds to start before it takes the lock."""
+    return dataclasses.replace(spec, switch_lock=behaviour, lock_delay=delay)
 
 
 def with_units(spec: SystemSpec, *units: str) -> SystemSpec:

@@ -262,7 +262,8 @@ let
       finish 1 failed
     fi
 
-    # --- the lock: exclusive and non-blocking, held until this process ends -----------------------
+    # --- the lock: exclusive (non-blocking, or waited for), held until this process ends -------------
+    if [ "$lock_delay" != 0 ]; then /bin/sleep "$lock_delay"; fi  # a switch slow to start: lets a test take the lock
     if ! /bin/mkdir -p $nixos 2>/dev/null || ! /bin/chmod 0755 $nixos; then
       echo "Failed to create /run/nixos directory" >&2
       finish 1 failed
@@ -508,6 +509,7 @@ let
       inherit activation systemPath initInterfaceVersion sshdFragment;
       inherit switchToConfiguration activateScript dryActivateScript installBootloaderScript;
       switchLock = spec.switch_lock or "fail";
+      lockDelay = toString (spec.lock_delay or 0);
       distroId = spec.distro_id or "debian";
       labUnits = spec.units or [ ];
       externalSwitch = if (spec.switch_program or "") == "" then "" else
@@ -545,8 +547,8 @@ let
         fi
         printf '%s' "$sshdUnitHash" > $out/etc/topdeck-lab/sshd-unit-hash
         script() {  # script PATH BODY
-          printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\nswitch_lock=%s\ndistro_id=%s\nexternal=%s\n\n%s' \
-            "$out" "$activation" "$slowSeconds" "$switchLock" "$distroId" "$externalSwitch" "$2" > "$1"
+          printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\nswitch_lock=%s\nlock_delay=%s\ndistro_id=%s\nexternal=%s\n\n%s' \
+            "$out" "$activation" "$slowSeconds" "$switchLock" "$lockDelay" "$distroId" "$externalSwitch" "$2" > "$1"
           /bin/chmod 555 "$1"
         }
         # As NixOS's: etc/fstab, the units (a unit a service of the spec, and sysinit-reactivation.target), the user
