@@ -601,24 +601,29 @@ run_switch() {  # the switch's whole output into the run's log and the journal; 
 # A switch that waits for SWITCH_LOCK (ng of 2024 and the Perl switch do; current ng exits 11 at once) while another
 # process holds it, taken after check_switch_lock: shown as the phase switch-lock, and stopped after lock_wait seconds.
 follow_switch_lock() {
-    waiting='' deadline=0
+    waiting='' deadline=0 looks=0
     while kill -0 "$1" 2>/dev/null; do
-        if switch_waits "$1"; then
-            if [ -z "$waiting" ]; then
-                waiting=$(held_by "$(lock_holder "$SWITCH_LOCK" "$1")")
+        if holder=$(switch_waits "$1"); then
+            looks=$((looks + 1))  # twice in a row: a switch that fails at once (exit 11) is not waiting
+            if [ -z "$waiting" ] && [ "$looks" -ge 2 ]; then
+                waiting=$(held_by "$holder")
                 deadline=$(( $(date +%s) + lock_wait ))
                 event phase switch-lock "$waiting"
-            elif [ "$(date +%s)" -ge "$deadline" ]; then
+            elif [ -n "$waiting" ] && [ "$(date +%s)" -ge "$deadline" ]; then
                 stop_switch "$1"
                 gave_up=$waiting
                 return 0
             fi
-        elif [ -n "$waiting" ]; then
-            waiting=''
-            event phase activate "$mode"
+        else
+            looks=0
+            if [ -n "$waiting" ]; then
+                waiting=''
+                event phase activate "$mode"
+            fi
         fi
         sleep 0.5
     done
+    if [ -n "$waiting" ]; then event phase activate "$mode"; fi  # it got the lock, and ended before the next look
 }
 
 held_by() {  # who holds the switch lock, for the operator: process $1
@@ -627,14 +632,26 @@ held_by() {  # who holds the switch lock, for the operator: process $1
     printf 'pid %s (%s), which is not a switch' "$1" "$(command_of "$1")"
 }
 
-switch_waits() {  # whether switch $1 (or what it started) waits for SWITCH_LOCK: /proc/locks lists a waiter after `->`
-    inode=$(stat -c %i "$SWITCH_LOCK" 2>/dev/null) || return 1
-    # shellcheck disable=SC2013 # pids, one word each
-    for waiter in $(awk -v inode="$inode" '$2 == "->" { n = split($7, id, ":"); if (id[n] == inode) print $6 }' \
-        /proc/locks 2>/dev/null); do
-        if descends_from "$waiter" "$1"; then return 0; fi
+switch_waits() {  # whether switch $1 waits for SWITCH_LOCK: it (or what it started) has the file open, and a process
+    # outside it holds the lock (its fdinfo lists the lock: /proc/locks hides a lock whose taker ended, in a container);
+    # prints the holder's pid
+    held_by_other='' opened=''
+    # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
+    for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$SWITCH_LOCK" 2>/dev/null); do
+        pid=${fd#/proc/}
+        pid=${pid%%/*}
+        [ "$pid" != $$ ] || continue
+        locked=''
+        if grep -q '^lock:' "/proc/$pid/fdinfo/${fd##*/}" 2>/dev/null; then locked=1; fi
+        if descends_from "$pid" "$1"; then
+            [ -z "$locked" ] || return 1  # the switch has the lock
+            opened=1
+        elif [ -n "$locked" ]; then
+            held_by_other=${held_by_other:-$pid}
+        fi
     done
-    return 1
+    [ -n "$opened" ] && [ -n "$held_by_other" ] || return 1
+    echo "$held_by_other"
 }
 
 descendants() {  # the processes that process $1 started, and theirs
@@ -645,9 +662,10 @@ descendants() {  # the processes that process $1 started, and theirs
     done
 }
 
-stop_switch() {  # end switch $1, which waits for the lock and so has done nothing, and what it started
+stop_switch() {  # end switch $1, which waits for the lock and so has done nothing, and what it started (KILL: the
+    # deploy ignores TERM from the profile on, and what it starts outside systemd inherits that)
     # shellcheck disable=SC2046 # one argument per process
-    kill "$1" $(descendants "$1") 2>/dev/null
+    kill -KILL "$1" $(descendants "$1") 2>/dev/null
 }
 
 # ng's own words first (what it stops, starts, restarts; what failed; why it needs a reboot), then the last lines of
