@@ -153,8 +153,9 @@ def test_a_holder_that_never_lets_go_is_stopped_after_lock_wait_with_the_profile
     for name in HOSTS:
         reason = outcomes[name]["reason"]
         assert outcomes[name]["outcome"] == "failed" and "\n" not in reason, reason
-        assert re.fullmatch(rf"the switch waited 3 s for {LOCK}, held by pid \d+ \((flock {LOCK} )?sleep 600\), which is "
-                            r"not a switch; stopped it: nothing was activated, the profile is back", reason), reason
+        assert re.fullmatch(rf"the switch waited 3 s for {LOCK}, held by pid \d+ \((flock {LOCK} )?sleep 600\), "
+                            r"which is not a switch; stopped it: nothing was activated, the profile is back",
+                            reason), reason
         assert state(lab, name) == before[name]
         assert left[name] == "0", "no switch is left waiting for the lock"
 
