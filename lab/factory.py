@@ -19,34 +19,15 @@ The spec as JSON (what toplevel.nix reads; `spec_to_json` writes it; fields afte
      "switch_program": "/path/to/switch-to-configuration"}
 
 `switch_lock` is how its switch meets /run/nixos/switch-to-configuration.lock held by another process: "fail" at once
-with exit 11 (current ng), or "wait" for it (ng of 2024, the Perl switch). Each toplevel is shaped like NixOS's: sw/bin,
-etc/fstab, etc/systemd/system (sysinit-reactivation.target and a service per name in `units`, linked into
-/etc/systemd/system by `activate` on systemd hosts, started and stopped by the switch), and the user unit
-etc/systemd/user/nixos-activation.service. Its switch checks what ng checks first: root, the distro (/etc/os-release's
-ID or ID_LIKE names `distro_id`; the lab's hosts are Debian), /run/current-system/sw/bin. `switch_program`, when set
-(by default from TOPDECK_LAB_SWITCH_PROGRAM), is an executable on this machine that the toplevel carries and runs as its
-switch on systemd hosts, with ng's environment (OUT, TOPLEVEL, DISTRO_ID, INSTALL_BOOTLOADER, LOCALE_ARCHIVE, SYSTEMD):
-nixpkgs' switch-to-configuration-ng, for one; the lab's own switch runs elsewhere.
-
-Each toplevel's bin/switch-to-configuration follows the contract of NixOS's switch-to-configuration-ng: the
-actions, exit codes and messages are listed at the top of nix/toplevel.nix (and in SWITCH_EXIT_CODES). The
-activation kinds:
-
-    ok                 activates (points /run/current-system); exit 0
-    fail               the activate script fails (after pointing /run/current-system, as NixOS's does): exit 2
-    incompatible-init  another init-interface-version: switch, test and dry-activate exit 100 and activate nothing
-                       (switch still moves the boot entry first); "reboot" is the older name, still accepted
-    failed-units       activates, then a unit fails to start (a real transient unit on systemd hosts): exit 4
-    slow               the activate script sleeps slow_seconds first
-    break-ssh          the toplevel lacks the authorized keys, so new SSH logins fail once it is active
-
-`sshd_settings` are the lines of the system's sshd fragment: on a systemd host, a switch to a system whose
-fragment differs from the running one's restarts ssh.service after the activation. `specialisations` maps a
-name to an activation kind: `<toplevel>/specialisation/<name>` is a full toplevel of the same spec with that
-activation (and no specialisations of its own), switched to with its own bin/switch-to-configuration.
-
-A package's deps name packages listed before it. File contents are partly random, so a path built twice
-(in two stores) has two NAR hashes: hosts must get toplevels by substitution, never by building them.
+with exit 11 (current ng), or "wait" for it (ng of 2024, the Perl switch); `lock_delay` is how long the switch takes to
+start before it takes the lock. Each toplevel is shaped like NixOS's: sw/bin, etc/fstab, etc/systemd/system
+(sysinit-reactivation.target and a service per name in `units`, linked into /etc/systemd/system by `activate` on systemd
+hosts, started and stopped by the switch), and the user unit etc/systemd/user/nixos-activation.service. Its switch
+checks what ng checks first: root, the distro (/etc/os-release's ID or ID_LIKE names `distro_id`; the lab's hosts are
+Debian), /run/current-system/sw/bin. `switch_program` (else TOPDECK_LAB_SWITCH_PROGRAM in nix-build's environment) is an
+executable on this machine that the toplevel carries and runs as its switch on systemd hosts, with ng's environment
+(OUT, TOPLEVEL, DISTRO_ID, INSTALL_BOOTLOADER, LOCALE_ARCHIVE, SYSTEMD): nixpkgs' switch-to-configuration-ng, for one;
+the lab's own switch runs elsewhere.
 """
 
 import dataclasses
@@ -70,7 +51,7 @@ TOPLEVEL_NIX = Path(__file__).parent / "nix" / "toplevel.nix"
 DEFAULT_VERSION = "24.05.20240601.abcdef0"
 ACTIVATIONS = ("ok", "fail", "incompatible-init", "failed-units", "slow", "break-ssh")
 SWITCH_LOCKS = ("fail", "wait")  # current ng fails at once (exit 11); ng of 2024 and the Perl switch wait
-SWITCH_PROGRAM_VARIABLE = "TOPDECK_LAB_SWITCH_PROGRAM"
+SWITCH_PROGRAM_VARIABLE = "TOPDECK_LAB_SWITCH_PROGRAM"  # read by nix/toplevel.nix
 _UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\.service")
 # Older names of activation kinds, still accepted (a spec keeps the kind's own name).
 ACTIVATION_ALIASES = {"reboot": "incompatible-init"}
@@ -503,8 +484,6 @@ def build(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if not spec.switch_program and os.environ.get(SWITCH_PROGRAM_VARIABLE):
-        spec = dataclasses.replace(spec, switch_program=os.environ[SWITCH_PROGRAM_VARIABLE])
     text = spec_to_json(spec)
     stem = f"toplevel-{spec.host}-{_digest(text)}"
     spec_file = workdir / f"{stem}.json"

@@ -512,8 +512,12 @@ let
       lockDelay = toString (spec.lock_delay or 0);
       distroId = spec.distro_id or "debian";
       labUnits = spec.units or [ ];
-      externalSwitch = if (spec.switch_program or "") == "" then "" else
-        builtins.path { path = /. + spec.switch_program; name = "lab-external-switch-to-configuration"; };
+      externalSwitch = let
+        # the spec's, else TOPDECK_LAB_SWITCH_PROGRAM's (empty in a pure evaluation, as of a flake)
+        program = if (spec.switch_program or "") != "" then spec.switch_program
+          else builtins.getEnv "TOPDECK_LAB_SWITCH_PROGRAM";
+      in if program == "" then "" else
+        builtins.path { path = /. + program; name = "lab-external-switch-to-configuration"; };
       inherit externalSwitchWrapper;
       nixosVersion = spec.version;
       slowSeconds = toString (spec.slow_seconds or 0);

@@ -199,3 +199,43 @@ def test_a_dry_run_of_a_system_with_a_new_init_would_need_a_reboot(lab, inventor
         assert "nothing was changed" in outcome["reason"] and "roll" not in outcome["reason"]
         assert "rollback" not in [phase for phase, _ in phases(events, name)]
         assert state(lab, name) == before[name]
+
+
+STAND_IN = """#!/bin/sh
+# stands in for nixpkgs' switch-to-configuration-ng: records what it was given, then does what a switch does
+{ echo "argv $*"; for v in OUT TOPLEVEL DISTRO_ID INSTALL_BOOTLOADER LOCALE_ARCHIVE SYSTEMD; do
+    eval "echo $v=\\${$v:-}"; done; } > /run/lab-stand-in.log
+case $1 in switch | boot) "$INSTALL_BOOTLOADER" "$TOPLEVEL" || exit 1 ;; esac
+case $1 in switch | test) ln -sfn "$TOPLEVEL" /run/lab-next && mv -T /run/lab-next /run/current-system ;; esac
+echo "the stand-in switched to $TOPLEVEL"
+"""
+
+
+def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(lab, inventory, tmp_path, monkeypatch):
+    program = tmp_path / "switch-to-configuration"
+    program.write_text(STAND_IN)
+    program.chmod(0o755)
+    monkeypatch.setenv("TOPDECK_LAB_SWITCH_PROGRAM", str(program))
+    for name in HOSTS:
+        lab.host(name).sh("rm -f /run/lab-stand-in.log")
+
+    target = release(inventory, "web", lambda s: s)
+    code, events, outcomes = run(inventory, "deploy")
+
+    assert code == 0, outcomes
+    for name in HOSTS:
+        assert outcomes[name]["outcome"] == "done" and state(lab, name)["current"] == target, outcomes[name]
+        assert state(lab, name)["boot"] == target
+    for name in SYSTEMD_HOSTS:
+        recorded = lab.host(name).sh("cat /run/lab-stand-in.log").splitlines()
+        assert recorded == ["argv switch", f"OUT={target}", f"TOPLEVEL={target}", "DISTRO_ID=debian",
+                            f"INSTALL_BOOTLOADER={target}/bin/lab-install-bootloader",
+                            "LOCALE_ARCHIVE=/usr/lib/locale/locale-archive", "SYSTEMD=/usr"], recorded
+        assert f"the stand-in switched to {target}" in logs(events, name)
+    native = lab.host("host-1")  # no systemd: the lab's own switch
+    assert native.sh("test -e /run/lab-stand-in.log || echo none").strip() == "none"
+    assert native.sh("tail -n 1 /run/lab/activation.log").split("\t")[1:] == ["switch", target, "ok"]
+
+    monkeypatch.delenv("TOPDECK_LAB_SWITCH_PROGRAM")
+    release(inventory, "web", lambda s: s)
+    assert run(inventory, "deploy")[0] == 0
