@@ -9,6 +9,7 @@ tests (test_deploy.py, test_faults_deploy.py, ...) hold the end-to-end truth.
 from __future__ import annotations
 
 import hashlib
+import io
 import shlex
 import threading
 import time
@@ -736,3 +737,17 @@ def test_the_hosts_are_told_how_long_a_switch_may_wait_for_its_lock():
                                 threading.Event(), time.time)
     args = runner._deploy_args(Host("web-1", "127.0.0.1", "web"), Target(NEW))
     assert args[args.index("--lock-wait") + 1] == 8
+
+
+def test_the_cli_shows_a_waiting_switch_on_the_hosts_row_and_in_its_log():
+    from topdeck.cli.deploy import DeployBoard  # the engine's events, as the CLI draws them off a terminal
+
+    log = io.StringIO()
+    board = DeployBoard(stream=io.StringIO(), log_stream=log)
+    track = engine._Tracker("web-1", board, lambda: None)  # type: ignore[arg-type]
+    track.line("phase\tswitch-lock\tanother switch, pid 42 (/run/current-system/bin/switch-to-configuration boot)")
+    track.line("phase\tactivate\tswitch")
+    waiting = "waiting for the switch lock held by another switch, pid 42 (/run/current-system/bin/switch-to-" \
+              "configuration boot)"
+    assert log.getvalue().splitlines() == [f"web-1: switch-lock ({waiting})", f"web-1 | {waiting}",
+                                           "web-1: activate (switch)"]
