@@ -601,8 +601,11 @@ run_switch() {  # the switch's whole output into the run's log and the journal; 
 # A switch that waits for SWITCH_LOCK (ng of 2024 and the Perl switch do; current ng exits 11 at once) while another
 # process holds it, taken after check_switch_lock: shown as the phase switch-lock, and stopped after lock_wait seconds.
 follow_switch_lock() {
-    waiting='' deadline=0 looks=0
+    waiting='' deadline=0 looks=0 tick=0
     while kill -0 "$1" 2>/dev/null; do
+        sleep 0.1  # the switch's end is seen within 0.1 s; the lock is looked at every 0.5 s
+        tick=$((tick + 1))
+        [ $((tick % 5)) = 0 ] || continue
         if holder=$(switch_waits "$1"); then
             looks=$((looks + 1))  # twice in a row: a switch that fails at once (exit 11) is not waiting
             if [ -z "$waiting" ] && [ "$looks" -ge 2 ]; then
@@ -621,7 +624,6 @@ follow_switch_lock() {
                 event phase activate "$mode"
             fi
         fi
-        sleep 0.5
     done
     if [ -n "$waiting" ]; then event phase activate "$mode"; fi  # it got the lock, and ended before the next look
 }

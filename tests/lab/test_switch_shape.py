@@ -45,6 +45,12 @@ def inventory(lab, tmp_path_factory):
     return root
 
 
+def plain(spec: factory.SystemSpec) -> factory.SystemSpec:
+    """The role's system as the lab's first one behaves: activates, a switch that fails at once on a held lock (the
+    role's spec file keeps what the last release changed)."""
+    return factory.with_switch_lock(factory.with_activation(spec, "ok"), "fail")
+
+
 def run(inventory, *args: str) -> tuple[int, list[dict], dict[str, dict]]:  # type: ignore[no-untyped-def]
     """`topdeck ARGS --yes --json`: its exit code, its events, and the result's outcome per host."""
     result = topdeck(inventory, *args, "--yes", "--json")
@@ -113,7 +119,7 @@ def test_a_move_from_the_first_system_onto_a_nixos_shaped_one_and_back(lab, inve
 
 def test_a_lock_taken_after_the_check_is_waited_for_shown_and_then_the_switch_goes_on(lab, inventory):
     set_lock_wait(inventory, 60)
-    target = release(inventory, "web", lambda s: factory.with_switch_lock(s, "wait", delay=LOCK_DELAY))
+    target = release(inventory, "web", lambda s: factory.with_switch_lock(plain(s), "wait", delay=LOCK_DELAY))
     for name in HOSTS:  # another switch (a program of that name) takes the lock after topdeck's check, and lets go
         # about 4 s after the deploy's switch began to wait for it
         hold_lock_after_the_check(lab, name, "/run/lab-held/switch-to-configuration",
@@ -136,7 +142,7 @@ def test_a_lock_taken_after_the_check_is_waited_for_shown_and_then_the_switch_go
 
 def test_a_holder_that_never_lets_go_is_stopped_after_lock_wait_with_the_profile_back(lab, inventory):
     set_lock_wait(inventory, 3)
-    release(inventory, "web", lambda s: factory.with_switch_lock(s, "wait", delay=LOCK_DELAY))
+    release(inventory, "web", lambda s: factory.with_switch_lock(plain(s), "wait", delay=LOCK_DELAY))
     before = {name: state(lab, name) for name in HOSTS}
     for name in HOSTS:  # a process that is no switch: its command line merely names the lock file
         hold_lock_after_the_check(lab, name, "/run/lab-held/leftover", f"exec flock {LOCK} sleep 600")
@@ -161,10 +167,10 @@ def test_a_holder_that_never_lets_go_is_stopped_after_lock_wait_with_the_profile
 
 
 def test_a_failed_unit_is_named_in_the_report_and_ngs_words_come_first(lab, inventory):
-    release(inventory, "web", lambda s: s)
+    release(inventory, "web", plain)
     run(inventory, "deploy")
     before = {name: state(lab, name) for name in HOSTS}
-    release(inventory, "web", lambda s: factory.with_activation(s, "failed-units"))
+    release(inventory, "web", lambda s: factory.with_activation(plain(s), "failed-units"))
 
     code, events, outcomes = run(inventory, "deploy")
 
@@ -184,10 +190,10 @@ def test_a_failed_unit_is_named_in_the_report_and_ngs_words_come_first(lab, inve
 
 
 def test_a_dry_run_of_a_system_with_a_new_init_would_need_a_reboot(lab, inventory):
-    release(inventory, "web", lambda s: s)
+    release(inventory, "web", plain)
     run(inventory, "deploy")
     before = {name: state(lab, name) for name in HOSTS}
-    release(inventory, "web", factory.with_incompatible_init)
+    release(inventory, "web", lambda s: factory.with_incompatible_init(plain(s)))
 
     code, events, outcomes = run(inventory, "deploy", "--mode", "dry-activate")
 
@@ -219,7 +225,7 @@ def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(l
     for name in HOSTS:
         lab.host(name).sh("rm -f /run/lab-stand-in.log")
 
-    target = release(inventory, "web", lambda s: s)
+    target = release(inventory, "web", plain)
     code, events, outcomes = run(inventory, "deploy")
 
     assert code == 0, outcomes
@@ -237,5 +243,5 @@ def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(l
     assert native.sh("tail -n 1 /run/lab/activation.log").split("\t")[1:] == ["switch", target, "ok"]
 
     monkeypatch.delenv("TOPDECK_LAB_SWITCH_PROGRAM")
-    release(inventory, "web", lambda s: s)
+    release(inventory, "web", plain)
     assert run(inventory, "deploy")[0] == 0
