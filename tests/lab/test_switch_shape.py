@@ -240,7 +240,7 @@ def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(l
         assert f"the stand-in switched to {target}" in logs(events, name)
     native = lab.host("host-1")  # no systemd: the lab's own switch
     assert native.sh("test -e /run/lab-stand-in.log || echo none").strip() == "none"
-    assert native.sh("tail -n 1 /run/lab/activation.log").split("\t")[1:] == ["switch", target, "ok"]
+    assert native.sh("tail -n 1 /run/lab/activation.log").strip().split("\t")[1:] == ["switch", target, "ok"]
 
     monkeypatch.delenv("TOPDECK_LAB_SWITCH_PROGRAM")
     release(inventory, "web", plain)
