@@ -23,7 +23,7 @@ with exit 11 (current ng), or "wait" for it (ng of 2024, the Perl switch); `lock
 start before it takes the lock. Each toplevel is shaped like NixOS's: sw/bin, etc/fstab, etc/systemd/system
 (sysinit-reactivation.target and a service per name in `units`, linked into /etc/systemd/system by `activate` on systemd
 hosts, started and stopped by the switch), and the user unit etc/systemd/user/nixos-activation.service. Its switch
-checks what ng checks first: root, the distro (/etc/os-release's ID or ID_LIKE names `distro_id`; the lab's hosts are
+checks what ng checks first: root, the distro (/etc/NIXOS, or /etc/os-release's ID is `distro_id`; the lab's hosts are
 Debian), /run/current-system/sw/bin. `switch_program` (else TOPDECK_LAB_SWITCH_PROGRAM in nix-build's environment) is an
 executable on this machine that the toplevel carries and runs as its switch on systemd hosts, with ng's environment
 (OUT, TOPLEVEL, DISTRO_ID, INSTALL_BOOTLOADER, LOCALE_ARCHIVE, SYSTEMD): nixpkgs' switch-to-configuration-ng, for one;

@@ -244,18 +244,12 @@ let
     fi
     export NIXOS_ACTION=$action
 
-    # --- ng's checks before the lock: a NixOS installation (the distro check), a current system with sw/bin ------
-    if [ "''${NIXOS_NO_CHECK:-}" != 1 ]; then
-      distro_ok=
-      if [ -r /etc/os-release ]; then
-        id=$(/bin/sed -n 's/^ID="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)
-        like=$(/bin/sed -n 's/^ID_LIKE="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)
-        case " $id $like " in *" $distro_id "*) distro_ok=1 ;; esac
-      fi
-      if [ -z "$distro_ok" ]; then
-        echo "This is not a NixOS installation!" >&2
-        finish 1 failed
-      fi
+    # --- ng's checks before the lock: a NixOS installation (/etc/NIXOS, or /etc/os-release's ID is DISTRO_ID), a
+    # current system with sw/bin ------------------------------------------------------------------------
+    id=$(/bin/sed -n 's/^ID="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)
+    if [ ! -f /etc/NIXOS ] && [ "$id" != "$distro_id" ]; then
+      echo "This is not a NixOS installation!" >&2
+      finish 1 failed
     fi
     if { [ -e /run/current-system ] || [ -L /run/current-system ]; } && [ ! -d /run/current-system/sw/bin ]; then
       echo "Error: /run/current-system/sw/bin is missing" >&2

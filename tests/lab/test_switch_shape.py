@@ -7,19 +7,24 @@ with systemd as PID 1. All three follow pointer `web`.
 - a lock taken after the host script's own check, held by another switch that lets go: the wait shown, then done;
 - a lock held by a process that is no switch and never lets go: stopped after deploy.lock_wait, profile back, one line;
 - a failed unit named in the report, ng's words first in the log;
-- a dry run of a system with a new init: "would need a reboot", exit 0.
+- a dry run of a system with a new init: "would need a reboot", exit 0;
+- an external switch program (a stand-in script) run on the systemd hosts with ng's environment;
+- the lab's switch itself: ng's checks (the distro, sw/bin) and both lock behaviours.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
+import time
 
 import pytest
 from deploytools import MIXED_KINDS, deploy_inventory, release, state, three_host_lab, topdeck
 
 from topdeck.lab import factory
+from topdeck.lab.nixenv import lab_env
 
 HOSTS = tuple(MIXED_KINDS)
 SYSTEMD_HOSTS = ("host-2", "host-3")
@@ -245,3 +250,33 @@ def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(l
     monkeypatch.delenv("TOPDECK_LAB_SWITCH_PROGRAM")
     release(inventory, "web", plain)
     assert run(inventory, "deploy")[0] == 0
+
+
+def test_the_switch_checks_as_ng_does_and_meets_a_held_lock_as_its_spec_says(lab, tmp_path):
+    first = factory.initial_system(authorized_keys=[lab.client_public_key()])
+    variants = {"wait": factory.with_switch_lock(first, "wait"), "fail": factory.with_switch_lock(first, "fail"),
+                "nixos": dataclasses.replace(first, distro_id="nixos")}
+    built = {name: factory.build(spec, tmp_path) for name, spec in variants.items()}
+    for name in HOSTS:
+        host = lab.host(name)
+        for path in built.values():
+            host.import_closure(path, lab_env())
+
+        def switch(toplevel: str, action: str = "test") -> tuple[int, str, float]:
+            started = time.monotonic()
+            result = host.run([f"{toplevel}/bin/switch-to-configuration", action], check=False)  # noqa: B023
+            return result.returncode, result.stderr.decode(), time.monotonic() - started
+
+        assert switch(built["nixos"])[:2] == (1, "This is not a NixOS installation!\n")
+        current = host.sh("readlink /run/current-system").strip()
+        host.sh("mkdir -p /run/lab-no-sw && ln -sfn /run/lab-no-sw /run/current-system")
+        try:
+            assert switch(built["fail"])[:2] == (1, "Error: /run/current-system/sw/bin is missing\n")
+        finally:
+            host.sh(f"ln -sfn {current} /run/current-system")
+        host.sh(f"mkdir -p /run/nixos && (setsid flock {LOCK} sleep 3 </dev/null >/dev/null 2>&1 &) && sleep 0.3")
+        code, said, took = switch(built["fail"])
+        assert (code, said) == (11, "Could not acquire lock\n") and took < 2, (name, took)
+        code, said, took = switch(built["wait"])
+        assert code == 0 and took >= 2, (name, code, said, took)
+        assert host.current_system() == built["wait"]
