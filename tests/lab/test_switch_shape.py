@@ -226,7 +226,7 @@ def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(l
     program = tmp_path / "switch-to-configuration"
     program.write_text(STAND_IN)
     program.chmod(0o755)
-    monkeypatch.setenv("TOPDECK_LAB_SWITCH_PROGRAM", str(program))
+    monkeypatch.setenv(factory.SWITCH_PROGRAM_VARIABLE, str(program))
     for name in HOSTS:
         lab.host(name).sh("rm -f /run/lab-stand-in.log")
 
@@ -247,7 +247,7 @@ def test_an_external_switch_program_runs_on_systemd_hosts_with_ngs_environment(l
     assert native.sh("test -e /run/lab-stand-in.log || echo none").strip() == "none"
     assert native.sh("tail -n 1 /run/lab/activation.log").strip().split("\t")[1:] == ["switch", target, "ok"]
 
-    monkeypatch.delenv("TOPDECK_LAB_SWITCH_PROGRAM")
+    monkeypatch.delenv(factory.SWITCH_PROGRAM_VARIABLE)
     release(inventory, "web", plain)
     assert run(inventory, "deploy")[0] == 0
 
