@@ -589,11 +589,12 @@ activate() {
 
 run_switch() {  # the switch's whole output into the run's log and the journal; its status in $status
     gave_up=
-    "$(switch_program)" "$mode" > "$rundir/switch.log" 2>&1 &
+    rm -f "$rundir/switch.status"
+    { "$(switch_program)" "$mode" > "$rundir/switch.log" 2>&1; echo $? > "$rundir/switch.status"; } &
     switch_pid=$!
     follow_switch_lock "$switch_pid"
     wait "$switch_pid"
-    status=$?
+    status=$(cat "$rundir/switch.status" 2>/dev/null) || status=137  # stopped while it waited
     tee -a "$rundir/activate.log" < "$rundir/switch.log"
     switch_words
 }
@@ -602,7 +603,7 @@ run_switch() {  # the switch's whole output into the run's log and the journal; 
 # process holds it, taken after check_switch_lock: shown as the phase switch-lock, and stopped after lock_wait seconds.
 follow_switch_lock() {
     waiting='' deadline=0 looks=0 tick=0
-    while kill -0 "$1" 2>/dev/null; do
+    while [ ! -e "$rundir/switch.status" ] && kill -0 "$1" 2>/dev/null; do
         sleep 0.1  # the switch's end is seen within 0.1 s; the lock is looked at every 0.5 s
         tick=$((tick + 1))
         [ $((tick % 5)) = 0 ] || continue
