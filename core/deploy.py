@@ -93,6 +93,7 @@ class Settings:
     run_id: str = ""
     reboot: bool = False  # reboot the hosts after a boot-mode deploy (always, in mode REBOOT)
     reboot_timeout: float = 300.0  # how long a host may take to come back from its reboot, confirmation included
+    lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", mode_of(self.mode))
@@ -285,7 +286,8 @@ class _HostRunner:
         args: list[str | int] = [s.run_id, s.mode, str(target.path) if target.path else "-",
                                  "--cache", s.cache_url, "--key", s.trusted_key.to_text(),
                                  "--confirm", math.ceil(s.confirm_timeout),
-                                 "--on-failed-units", self.on_failed_units.get(host.name, "rollback")]
+                                 "--on-failed-units", self.on_failed_units.get(host.name, "rollback"),
+                                 "--lock-wait", math.ceil(s.lock_wait)]
         if target.need_bytes:
             args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
         if target.specialisation:
@@ -312,7 +314,7 @@ class _HostRunner:
         if track.reboot_from:  # it went down for its reboot: _after_reboot follows it
             return
         changing = track.current_phase not in INTERRUPTIBLE
-        window = self.settings.confirm_timeout + 60 if changing else LOST_FETCH_WINDOW
+        window = self.settings.confirm_timeout + self.settings.lock_wait + 60 if changing else LOST_FETCH_WINDOW
         self.emit(LogLine(f"{error}; asking the host how the run ended", host.name))
         deadline = time.monotonic() + window
         while time.monotonic() < deadline:
@@ -485,6 +487,10 @@ class _Tracker:
         elif name == "confirmed":
             self.confirmed = True
             self.emit(LogLine("confirmed", self.host))
+        elif name == Phase.SWITCH_LOCK:
+            waiting = f"waiting for the switch lock held by {detail}"
+            self.phase(Phase.SWITCH_LOCK, waiting)
+            self.emit(LogLine(waiting, self.host))
         elif name == "reboot":
             self.reboot_from = detail
             self.phase(Phase.REBOOT, f"from boot {detail}")

@@ -70,7 +70,9 @@ class PushResult:
 class HostPhase:
     """A host entered a phase of a deploy or rollback.
 
-    Phases in order: queued, connect, lock, verify, fetch, profile, activate, confirm, check; a run that reboots
+    Phases in order: queued, connect, lock, verify, fetch, profile, activate, confirm, check; switch-lock (detail:
+    "waiting for the switch lock held by …") while a switch that waits for its lock waits, then activate again
+    (or failed, once deploy.lock_wait has passed and the host stopped it and put its profile back); a run that reboots
     has reboot, booted and confirm (or rollback, returning) after the activation; then one final phase: done,
     failed, rolled-back, skipped (not started: an earlier wave failed) or cancelled."""
 

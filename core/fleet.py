@@ -97,7 +97,8 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: Mode = Mo
     test modes. Hosts the plan could not reach end as failed without being tried."""
     cache = cache or open_cache(inventory.cache)
     settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
-                        new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout)
+                        new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout,
+                        lock_wait=inventory.deploy.lock_wait)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     contents = keys.read_keys(inventory, fleet_plan.hosts) if settings.mode != Mode.DRY_ACTIVATE else {}
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
@@ -158,7 +159,7 @@ def rollback_fleet(inventory: Inventory, names: Iterable[str], to: int | None = 
     chosen = dict(zip((h.name for h in hosts), values(numbers), strict=True))
     cache = open_cache(inventory.cache)
     settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
-                        new_run_id(clock))
+                        new_run_id(clock), lock_wait=inventory.deploy.lock_wait)
     result = deploy(hosts, {name: Target(generation=number) for name, number in chosen.items()}, settings,
                     inventory.ssh, parallel=inventory.deploy.parallel,
                     checks={h.name: inventory.checks_for(h) for h in hosts},

@@ -74,6 +74,7 @@ event() {  # record an event for `follow`, and print it
 
 cache='' key='' confirm=0 need_kib='' pointer='' sidecar='' signer='' generation='' on_failed_units=rollback specialisation=''
 status='' with_reboot='' rebooted=''
+lock_wait=180  # how long a switch may wait for SWITCH_LOCK that another process holds (--lock-wait)
 check_command='' check_http='' check_units='' booted_check=''
 fetch_parallel=64 ahead_url=''
 parse_options() {
@@ -90,6 +91,7 @@ parse_options() {
             --signer) signer=$2 ;;
             --generation) generation=$2 ;;
             --on-failed-units) on_failed_units=$2 ;;
+            --lock-wait) lock_wait=$2 ;;
             --specialisation) specialisation=$2 ;;
             --check-command) check_command=$2 ;;
             --check-http) check_http=$2 ;;
@@ -106,6 +108,7 @@ parse_options() {
     case $generation in *[!0-9]*) usage "--generation must be a number" ;; esac
     case $pointer in .* | *[!A-Za-z0-9._-]*) usage "bad pointer name" ;; esac
     case $on_failed_units in rollback | keep) ;; *) usage "--on-failed-units must be rollback or keep" ;; esac
+    case $lock_wait in *[!0-9]* | '') usage "--lock-wait must be a number of seconds" ;; esac
     case $specialisation in .* | *[!A-Za-z0-9._-]*) usage "bad specialisation name" ;; esac
     [ -z "$booted_check" ] || matches "$booted_check" "$STORE_PATH_RE" || usage "--booted must be a store path"
 }
@@ -521,6 +524,7 @@ write_run_env() {
 run='$run' mode='$mode' target='$target' confirm='$confirm' pointer='$pointer' p_serial='${p_serial:-}'
 prev_current='$prev_current' prev_gen='$prev_gen' prev_profile='$prev_profile' new_gen='$new_gen' created='$created'
 on_failed_units='$on_failed_units' specialisation='$specialisation' with_reboot='$with_reboot'
+lock_wait='$lock_wait'
 EOF
 }
 
@@ -595,29 +599,58 @@ check_switch_lock() {  # another switch running (nixos-rebuild, autoUpgrade) or 
     command -v flock >/dev/null 2>&1 || return 0
     flock -n "$SWITCH_LOCK" true 2>/dev/null && return 0
     holder=$(lock_holder "$SWITCH_LOCK")
-    command=$(tr '\0' ' ' < "/proc/$holder/cmdline" 2>/dev/null | cut -c 1-120)
-    case $command in
-        *switch-to-configuration*)
-            fail "busy: another switch holds $SWITCH_LOCK (pid $holder: $command); try again when it ends: nothing was changed" ;;
-        *)
-            fail "stale switch lock: $SWITCH_LOCK is held by ${holder:+pid $holder (${command:-unknown}), }which is not a switch (left by an interrupted one?); stop that process once you know it is not activating, then deploy again: nothing was changed" ;;
-    esac
+    command=$(command_of "$holder")
+    if is_switch "$holder"; then
+        fail "busy: another switch holds $SWITCH_LOCK (pid $holder: $command); try again when it ends: nothing was changed"
+    fi
+    fail "stale switch lock: $SWITCH_LOCK is held by ${holder:+pid $holder (${command:-unknown}), }which is not a switch (left by an interrupted one?); stop that process once you know it is not activating, then deploy again: nothing was changed"
 }
 
-lock_holder() {  # a process that has file $1 open: a switch if one does (/proc/locks names the process that took
-    # a flock, which may have ended since, like `flock FD` in a script; the lock stays with whoever holds the file)
+lock_holder() {  # a process that has file $1 open (but $2 and what it started): a switch if one does (/proc/locks
+    # names the process that took a flock, which may have ended since, like `flock FD` in a script; the lock stays
+    # with whoever holds the file)
     found=
-    for fd in /proc/[0-9]*/fd/*; do
-        [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
+    # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
+    for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$1" 2>/dev/null); do
         pid=${fd#/proc/}
         pid=${pid%%/*}
         [ "$pid" != $$ ] || continue
-        case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in
-            *switch-to-configuration*) echo "$pid"; return 0 ;;
-        esac
+        if [ -n "${2:-}" ] && descends_from "$pid" "$2"; then continue; fi
+        if is_switch "$pid"; then echo "$pid"; return 0; fi
         found=${found:-$pid}
     done
     [ -z "$found" ] || echo "$found"
+}
+
+is_switch() {  # whether process $1 is a switch-to-configuration: its executable, its argv[0], or the script it runs
+    # (the kernel names a process after the file it executed, cut to 15 characters, a script's too), never merely
+    # a command line that names the lock file
+    [ -n "$1" ] || return 1
+    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || exe=
+    argv0=$(tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | head -n 1)
+    comm=$(cat "/proc/$1/comm" 2>/dev/null) || comm=
+    case ${exe##*/}/${argv0##*/}/$comm in
+        switch-to-configuration/* | */switch-to-configuration/* | */switch-to-confi) return 0 ;;
+    esac
+    return 1
+}
+
+command_of() {  # process $1's command line, on one line, cut to 120 characters
+    tr '\0\t\n\r' '    ' < "/proc/$1/cmdline" 2>/dev/null | cut -c 1-120 | sed 's/ *$//'
+}
+
+descends_from() {  # whether process $1 is $2 or was started by it (or by what it started)
+    ancestor=$1 depth=0
+    while [ "$depth" -lt 32 ]; do
+        [ "$ancestor" != "$2" ] || return 0
+        case $ancestor in '' | 0 | 1) return 1 ;; esac
+        stat=$(cat "/proc/$ancestor/stat" 2>/dev/null) || return 1
+        stat=${stat##*) }  # after the command's name: the state, then the parent's pid
+        stat=${stat#* }
+        ancestor=${stat%% *}
+        depth=$((depth + 1))
+    done
+    return 1
 }
 
 # Run `host.sh VERB RUN` detached from the SSH session. Where systemd runs, as a transient unit of its own (as
@@ -685,10 +718,110 @@ activate() {
     finish "done" "$note"
 }
 
-run_switch() {  # the switch's output into the run's log and the journal; its status in $status
-    { "$(switch_program)" "$mode" 2>&1; echo $? > "$rundir/switch.status"; } | tee -a "$rundir/activate.log"
-    status=$(cat "$rundir/switch.status")
-    tail -n 5 "$rundir/activate.log" | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
+run_switch() {  # the switch's whole output into the run's log and the journal; its status in $status
+    gave_up=
+    rm -f "$rundir/switch.status"
+    { "$(switch_program)" "$mode" > "$rundir/switch.log" 2>&1; echo $? > "$rundir/switch.status"; } &
+    switch_pid=$!
+    follow_switch_lock "$switch_pid"
+    wait "$switch_pid"
+    status=$(cat "$rundir/switch.status" 2>/dev/null) || status=137  # stopped while it waited
+    tee -a "$rundir/activate.log" < "$rundir/switch.log"
+    switch_words
+}
+
+# A switch that waits for SWITCH_LOCK (ng of 2024 and the Perl switch do; current ng exits 11 at once) while another
+# process holds it, taken after check_switch_lock: shown as the phase switch-lock, and stopped after lock_wait seconds.
+follow_switch_lock() {
+    waiting='' deadline=0 looks=0 tick=0
+    while [ ! -e "$rundir/switch.status" ] && kill -0 "$1" 2>/dev/null; do
+        sleep 0.1  # the switch's end is seen within 0.1 s; the lock is looked at every 0.5 s
+        tick=$((tick + 1))
+        [ $((tick % 5)) = 0 ] || continue
+        if holder=$(switch_waits "$1"); then
+            looks=$((looks + 1))  # twice in a row: a switch that fails at once (exit 11) is not waiting
+            if [ -z "$waiting" ] && [ "$looks" -ge 2 ]; then
+                waiting=$(held_by "$holder")
+                deadline=$(( $(date +%s) + lock_wait ))
+                event phase switch-lock "$waiting"
+            elif [ -n "$waiting" ] && [ "$(date +%s)" -ge "$deadline" ]; then
+                stop_switch "$1"
+                gave_up=$waiting
+                return 0
+            fi
+        else
+            looks=0
+            if [ -n "$waiting" ]; then
+                waiting=''
+                event phase activate "$mode"
+            fi
+        fi
+    done
+    if [ -n "$waiting" ]; then event phase activate "$mode"; fi  # it got the lock, and ended before the next look
+}
+
+held_by() {  # who holds the switch lock, for the operator: process $1
+    if [ -z "$1" ]; then printf 'a process that could not be named'; return 0; fi
+    if is_switch "$1"; then printf 'another switch, pid %s (%s)' "$1" "$(command_of "$1")"; return 0; fi
+    printf 'pid %s (%s), which is not a switch' "$1" "$(command_of "$1")"
+}
+
+switch_waits() {  # whether switch $1 waits for SWITCH_LOCK: it (or what it started) has the file open, and a process
+    # outside it holds the lock (its fdinfo lists the lock: /proc/locks hides a lock whose taker ended, in a container);
+    # prints the holder's pid
+    held_by_other='' opened=''
+    # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
+    for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$SWITCH_LOCK" 2>/dev/null); do
+        pid=${fd#/proc/}
+        pid=${pid%%/*}
+        [ "$pid" != $$ ] || continue
+        locked=''
+        if grep -q '^lock:' "/proc/$pid/fdinfo/${fd##*/}" 2>/dev/null; then locked=1; fi
+        if descends_from "$pid" "$1"; then
+            [ -z "$locked" ] || return 1  # the switch has the lock
+            opened=1
+        elif [ -n "$locked" ]; then
+            held_by_other=${held_by_other:-$pid}
+        fi
+    done
+    [ -n "$opened" ] && [ -n "$held_by_other" ] || return 1
+    echo "$held_by_other"
+}
+
+descendants() {  # the processes that process $1 started, and theirs
+    # shellcheck disable=SC2013 # pids, one word each
+    for child in $(cat "/proc/$1/task/"*/children 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+stop_switch() {  # end switch $1, which waits for the lock and so has done nothing, and what it started (KILL: the
+    # deploy ignores TERM from the profile on, and what it starts outside systemd inherits that)
+    # shellcheck disable=SC2046 # one argument per process
+    kill -KILL "$1" $(descendants "$1") 2>/dev/null
+}
+
+# ng's own words first (what it stops, starts, restarts; what failed; why it needs a reboot), then the last lines of
+# the rest (often the journal's); its whole output stays in the run's activate.log.
+SWITCH_WORDS='^(would )?(stopping|starting|restarting|reloading|NOT restarting) the following|^the following new units were started|^warning: the following units failed|^Failed to run activate script|^Failed to install bootloader|^Pre-switch checks failed|^Could not acquire lock|^Error: |^Warning: the new NixOS configuration|^incompatible with the current configuration|^won.t take effect until you reboot'
+
+switch_words() {
+    { grep -E "$SWITCH_WORDS" "$rundir/switch.log" | head -n 20; grep -Ev "$SWITCH_WORDS" "$rundir/switch.log" | tail -n 5; } \
+        | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
+}
+
+failed_units_words() {  # ng's line naming the units that failed, if it printed one
+    grep -m 1 '^warning: the following units failed' "$rundir/switch.log" 2>/dev/null | tr '\t\r' '  ' | cut -c 1-300
+}
+
+# A dry run changes nothing, so it never rolls back: 100 says the system would need a reboot.
+dry_run_outcome() {
+    case $status in
+        0) finish "done" "dry run of $target: nothing was changed" ;;
+        100) finish "done" "this system would need a reboot (its init differs from the running one's): $target; a dry run, nothing was changed" ;;
+        *) finish failed "the dry run of $target failed (switch-to-configuration dry-activate exit $status): nothing was changed" ;;
+    esac
 }
 
 # What switch-to-configuration's exit status means (switch-to-configuration-ng): 0 activated; 100 the new init is
@@ -696,6 +829,11 @@ run_switch() {  # the switch's output into the run's log and the journal; its st
 # activation script failed; 11 (EWOULDBLOCK) another switch holds its lock, nothing was done; others: it failed.
 outcome_of_switch() {
     note="$mode of $target"
+    if [ -n "$gave_up" ]; then
+        restore_profile
+        finish failed "the switch waited ${lock_wait} s for $SWITCH_LOCK, held by $gave_up; stopped it: nothing was activated, the profile is back"
+    fi
+    if [ "$mode" = dry-activate ]; then dry_run_outcome; fi
     case $status in
         0) ;;
         100)
@@ -705,10 +843,10 @@ outcome_of_switch() {
             esac ;;
         4)
             if [ "$on_failed_units" = keep ]; then
-                note="$mode of $target; units failed to start (kept, as deploy.on_failed_units says)"
+                note="$mode of $target; units failed to start (kept, as deploy.on_failed_units says)$(failed_units_words | sed 's/^/: /')"
                 event log "units failed to start; keeping the new system (on_failed_units = keep)"
             else
-                revert "units failed to start after activating $target (switch-to-configuration exit 4)"
+                revert "units failed to start after activating $target (switch-to-configuration exit 4)$(failed_units_words | sed 's/^/: /')"
             fi ;;
         2) revert "the activation script of $target failed (switch-to-configuration exit 2)" ;;
         11) revert "another switch holds $SWITCH_LOCK, so nothing was activated (switch-to-configuration exit 11)" ;;

@@ -142,6 +142,7 @@ class DeployConfig:
     on_failed_units: str = "rollback"
     reboot_timeout: float = 300.0  # how long a rebooted host may take to come back, confirmation included
     pointer_valid_for: int = 0  # seconds a published pointer stays valid (hosts refuse it after); 0: no end
+    lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds, then stopped
 
 
 @dataclass(frozen=True)
@@ -391,7 +392,8 @@ def _ssh_client_config(section: _Section, root: Path) -> Path | None:
 
 
 def _deploy_config(section: _Section) -> DeployConfig:
-    section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout", "pointer_valid_for")
+    section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout", "pointer_valid_for",
+                       "lock_wait")
     return DeployConfig(
         parallel=section.get("parallel", int, default=8, check=_positive),
         confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
@@ -399,6 +401,7 @@ def _deploy_config(section: _Section) -> DeployConfig:
                                     check=_one_of(*FAILED_UNITS_CHOICES)),
         reboot_timeout=float(section.get("reboot_timeout", (int, float), default=300.0, check=_positive)),
         pointer_valid_for=_valid_for(section),
+        lock_wait=float(section.get("lock_wait", (int, float), default=180.0, check=_positive)),
     )
 
 

@@ -55,6 +55,7 @@ class Phase(StrEnum):
     FETCH = "fetch"
     PROFILE = "profile"
     ACTIVATE = "activate"
+    SWITCH_LOCK = "switch-lock"  # the switch waits for /run/nixos/switch-to-configuration.lock another process holds
     CONFIRM = "confirm"
     CHECK = "check"
     REBOOT = "reboot"

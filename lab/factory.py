@@ -14,27 +14,20 @@ The spec as JSON (what toplevel.nix reads; `spec_to_json` writes it; fields afte
                    "outputs": ["out", "lib", "bin"], "deps": ["glibc"]}, ...],
      "init_interface_version": "systemd 2",
      "sshd_settings": ["ClientAliveInterval 60"],
-     "specialisations": {"rescue": "ok"}}
+     "specialisations": {"rescue": "ok"},
+     "switch_lock": "fail" | "wait", "lock_delay": 0, "units": ["topdeck-lab-demo.service"], "distro_id": "debian",
+     "switch_program": "/path/to/switch-to-configuration"}
 
-Each toplevel's bin/switch-to-configuration follows the contract of NixOS's switch-to-configuration-ng: the
-actions, exit codes and messages are listed at the top of nix/toplevel.nix (and in SWITCH_EXIT_CODES). The
-activation kinds:
-
-    ok                 activates (points /run/current-system); exit 0
-    fail               the activate script fails (after pointing /run/current-system, as NixOS's does): exit 2
-    incompatible-init  another init-interface-version: switch, test and dry-activate exit 100 and activate nothing
-                       (switch still moves the boot entry first); "reboot" is the older name, still accepted
-    failed-units       activates, then a unit fails to start (a real transient unit on systemd hosts): exit 4
-    slow               the activate script sleeps slow_seconds first
-    break-ssh          the toplevel lacks the authorized keys, so new SSH logins fail once it is active
-
-`sshd_settings` are the lines of the system's sshd fragment: on a systemd host, a switch to a system whose
-fragment differs from the running one's restarts ssh.service after the activation. `specialisations` maps a
-name to an activation kind: `<toplevel>/specialisation/<name>` is a full toplevel of the same spec with that
-activation (and no specialisations of its own), switched to with its own bin/switch-to-configuration.
-
-A package's deps name packages listed before it. File contents are partly random, so a path built twice
-(in two stores) has two NAR hashes: hosts must get toplevels by substitution, never by building them.
+`switch_lock` is how its switch meets /run/nixos/switch-to-configuration.lock held by another process: "fail" at once
+with exit 11 (current ng), or "wait" for it (ng of 2024, the Perl switch); `lock_delay` is how long the switch takes to
+start before it takes the lock. Each toplevel is shaped like NixOS's: sw/bin, etc/fstab, etc/systemd/system
+(sysinit-reactivation.target and a service per name in `units`, linked into /etc/systemd/system by `activate` on systemd
+hosts, started and stopped by the switch), and the user unit etc/systemd/user/nixos-activation.service. Its switch
+checks what ng checks first: root, the distro (/etc/NIXOS, or /etc/os-release's ID is `distro_id`; the lab's hosts are
+Debian), /run/current-system/sw/bin. `switch_program` (else TOPDECK_LAB_SWITCH_PROGRAM in nix-build's environment) is an
+executable on this machine that the toplevel carries and runs as its switch on systemd hosts, with ng's environment
+(OUT, TOPLEVEL, DISTRO_ID, INSTALL_BOOTLOADER, LOCALE_ARCHIVE, SYSTEMD): nixpkgs' switch-to-configuration-ng, for one;
+the lab's own switch runs elsewhere.
 """
 
 import dataclasses
@@ -57,6 +50,9 @@ from topdeck.lab.nixenv import lab_env
 TOPLEVEL_NIX = Path(__file__).parent / "nix" / "toplevel.nix"
 DEFAULT_VERSION = "24.05.20240601.abcdef0"
 ACTIVATIONS = ("ok", "fail", "incompatible-init", "failed-units", "slow", "break-ssh")
+SWITCH_LOCKS = ("fail", "wait")  # current ng fails at once (exit 11); ng of 2024 and the Perl switch wait
+SWITCH_PROGRAM_VARIABLE = "TOPDECK_LAB_SWITCH_PROGRAM"  # read by nix/toplevel.nix
+_UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\.service")
 # Older names of activation kinds, still accepted (a spec keeps the kind's own name).
 ACTIVATION_ALIASES = {"reboot": "incompatible-init"}
 DEFAULT_INIT_INTERFACE_VERSION = "systemd 2"  # what NixOS writes: "systemd ${systemd.interfaceVersion}"
@@ -122,6 +118,11 @@ class SystemSpec:
     sshd_settings: tuple[str, ...] = ()
     # (name, activation kind) pairs, sorted by name; a mapping is accepted too.
     specialisations: tuple[tuple[str, str], ...] = ()
+    switch_lock: str = "fail"
+    lock_delay: float = 0  # seconds its switch takes to start before it takes the lock (0: none)
+    units: tuple[str, ...] = ()
+    distro_id: str = "debian"
+    switch_program: str = ""
 
     def __post_init__(self) -> None:
         if not _STORE_NAME.fullmatch(self.toplevel_name):
@@ -142,6 +143,18 @@ class SystemSpec:
                 raise ValueError(f"sshd setting {line!r} must be one non-empty line")
         if not self.init_interface_version or "\n" in self.init_interface_version:
             raise ValueError(f"init_interface_version {self.init_interface_version!r} must be one non-empty line")
+        object.__setattr__(self, "units", tuple(self.units))
+        if self.switch_lock not in SWITCH_LOCKS:
+            raise ValueError(f"unknown switch_lock {self.switch_lock!r}; expected one of {SWITCH_LOCKS}")
+        for unit in self.units:
+            if not _UNIT_NAME.fullmatch(unit):
+                raise ValueError(f"{unit!r} is not a service unit name")
+        if not re.fullmatch(r"[a-z0-9._-]+", self.distro_id):
+            raise ValueError(f"distro_id {self.distro_id!r} is not an os-release ID")
+        if self.switch_program and not (os.path.isabs(self.switch_program) and os.access(self.switch_program, os.X_OK)):
+            raise ValueError(f"switch program {self.switch_program!r} is not an executable's absolute path")
+        if self.lock_delay < 0:
+            raise ValueError(f"negative lock_delay {self.lock_delay}")
         if self.slow_seconds < 0:
             raise ValueError(f"negative slow_seconds {self.slow_seconds}")
         seen: set[str] = set()
@@ -192,6 +205,11 @@ def spec_from_json(text: str) -> SystemSpec:
         init_interface_version=data.get("init_interface_version", DEFAULT_INIT_INTERFACE_VERSION),
         sshd_settings=tuple(data.get("sshd_settings", ())),
         specialisations=tuple(sorted(data.get("specialisations", {}).items())),
+        switch_lock=data.get("switch_lock", "fail"),
+        lock_delay=data.get("lock_delay", 0),
+        units=tuple(data.get("units", ())),
+        distro_id=data.get("distro_id", "debian"),
+        switch_program=data.get("switch_program", ""),
     )
 
 
@@ -274,6 +292,17 @@ def with_sshd_settings(spec: SystemSpec, *lines: str) -> SystemSpec:
     """The spec whose sshd fragment is `lines`: on systemd hosts, switching to it from a system with another
     fragment restarts ssh.service."""
     return dataclasses.replace(spec, sshd_settings=tuple(lines))
+
+
+def with_switch_lock(spec: SystemSpec, behaviour: str, delay: float = 0) -> SystemSpec:
+    """The spec whose switch meets a held lock as `behaviour` says: "fail" (exit 11) or "wait"; it takes `delay`
+    seconds to start before it takes the lock."""
+    return dataclasses.replace(spec, switch_lock=behaviour, lock_delay=delay)
+
+
+def with_units(spec: SystemSpec, *units: str) -> SystemSpec:
+    """The spec whose system has these services (each `sleep infinity`), started by its switch on systemd hosts."""
+    return dataclasses.replace(spec, units=tuple(units))
 
 
 def without_ssh(spec: SystemSpec) -> SystemSpec:

@@ -35,6 +35,7 @@ PHASE_STYLES: dict[str, str] = {
     Phase.SKIPPED: "dim",
     Phase.CANCELLED: "yellow",
     Phase.QUEUED: "dim",
+    Phase.SWITCH_LOCK: "yellow",  # the switch waits for a lock another process holds
 }
 
 KIND_STYLES = {

@@ -126,8 +126,14 @@ let
     packages = builtins.concatMap allOutputs (builtins.attrValues packages);
     passAsFile = [ "packages" ];
     args = [ "-c" ''
-      /bin/mkdir -p $out
+      /bin/mkdir -p $out/bin
       { /usr/bin/tr ' ' '\n' < "$packagesPath"; echo; } > $out/packages
+      # sw/bin, as NixOS's system-path has it (ng refuses a current system without it): every package's programs
+      while read -r package; do
+        for program in "$package"/bin/*; do
+          if [ -e "$program" ] && [ ! -e "$out/bin/''${program##*/}" ]; then /bin/ln -s "$program" "$out/bin/"; fi
+        done
+      done < $out/packages
     '' ];
   };
 
@@ -151,6 +157,19 @@ let
     fi
     # As in NixOS, the link moves whatever snippet failed, and the script exits with the failure.
     point /run/current-system "$toplevel" || { echo "cannot update /run/current-system" >&2; exit 1; }
+    # On a systemd host, the system's units into /etc/systemd/system, as NixOS's /etc does it (one link each, so the
+    # host's own units stay); a unit an earlier lab system linked and this one lacks goes.
+    if [ -d /run/systemd/system ]; then
+      units=/etc/systemd/system
+      for link in $units/*; do
+        case $(/bin/readlink "$link" 2>/dev/null) in
+          /nix/store/*/etc/systemd/system/*) [ -e "$toplevel/etc/systemd/system/''${link##*/}" ] || /bin/rm -f "$link" ;;
+        esac
+      done
+      for unit in "$toplevel"/etc/systemd/system/*; do
+        point "$units/''${unit##*/}" "$unit" || { echo "cannot link $unit" >&2; status=1; }
+      done
+    fi
     exit $status
   '';
 
@@ -225,7 +244,20 @@ let
     fi
     export NIXOS_ACTION=$action
 
-    # --- the lock: exclusive and non-blocking, held until this process ends -----------------------
+    # --- ng's checks before the lock: a NixOS installation (/etc/NIXOS, or /etc/os-release's ID is DISTRO_ID), a
+    # current system with sw/bin ------------------------------------------------------------------------
+    id=$(/bin/sed -n 's/^ID="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)
+    if [ ! -f /etc/NIXOS ] && [ "$id" != "$distro_id" ]; then
+      echo "This is not a NixOS installation!" >&2
+      finish 1 failed
+    fi
+    if { [ -e /run/current-system ] || [ -L /run/current-system ]; } && [ ! -d /run/current-system/sw/bin ]; then
+      echo "Error: /run/current-system/sw/bin is missing" >&2
+      finish 1 failed
+    fi
+
+    # --- the lock: exclusive (non-blocking, or waited for), held until this process ends -------------
+    if [ "$lock_delay" != 0 ]; then /bin/sleep "$lock_delay"; fi  # a switch slow to start: lets a test take the lock
     if ! /bin/mkdir -p $nixos 2>/dev/null || ! /bin/chmod 0755 $nixos; then
       echo "Failed to create /run/nixos directory" >&2
       finish 1 failed
@@ -235,7 +267,9 @@ let
       finish 1 failed
     fi
     exec 9>> $nixos/switch-to-configuration.lock
-    if ! /usr/bin/flock -n 9; then
+    if [ "$switch_lock" = wait ]; then
+      /usr/bin/flock 9  # ng of 2024 and the Perl switch: wait for whoever holds it
+    elif ! /usr/bin/flock -n 9; then
       echo "Could not acquire lock" >&2
       finish 11 locked
     fi
@@ -307,11 +341,33 @@ let
         add restart_units ssh.service  # stopIfChanged = false: restarted after the activation, never stopped
       fi
     fi
+    # The system's own services (etc/systemd/system): one the new system lacks is stopped before the activation, one
+    # whose unit changed is restarted after it, and every one not running is started.
+    stop_units=
+    if [ -n "$on_systemd" ] && [ -z "$fresh" ]; then
+      for unit in /run/current-system/etc/systemd/system/*.service; do
+        [ -e "$unit" ] || continue
+        name=''${unit##*/}
+        $systemctl is-active --quiet "$name" || continue
+        if [ ! -e "$toplevel/etc/systemd/system/$name" ]; then
+          add stop_units "$name"
+        elif ! /usr/bin/cmp -s "$unit" "$toplevel/etc/systemd/system/$name"; then
+          add restart_units "$name"
+        fi
+      done
+    fi
+    if [ -n "$on_systemd" ]; then
+      for unit in "$toplevel"/etc/systemd/system/*.service; do
+        [ -e "$unit" ] || continue
+        $systemctl is-active --quiet "''${unit##*/}" || add start_units "''${unit##*/}"
+      done
+    fi
     if [ "$activation" = failed-units ]; then add start_units lab-broken.service; fi
 
     listed() { echo "$1" | /bin/sed 's/ /, /g'; }
 
     if [ "$action" = dry-activate ]; then
+      if [ -n "$stop_units" ]; then echo "would stop the following units: $(listed "$stop_units")" >&2; fi
       if [ -n "$restart_units" ]; then echo "would restart the following units: $(listed "$restart_units")" >&2; fi
       if [ -n "$start_units" ]; then echo "would start the following units: $(listed "$start_units")" >&2; fi
       echo "would activate the configuration..." >&2
@@ -331,6 +387,10 @@ let
     record reload $reload_units
 
     exit_code=0
+    if [ -n "$stop_units" ]; then
+      echo "stopping the following units: $(listed "$stop_units")" >&2
+      for unit in $stop_units; do $systemctl stop "$unit" 9>&- || echo "Failed to stop $unit" >&2; done
+    fi
     echo "activating the configuration..." >&2
     if ! "$toplevel/activate" "$toplevel" 9>&-; then
       echo "Failed to run activate script" >&2
@@ -339,6 +399,7 @@ let
 
     failed_units=
     if [ -n "$on_systemd" ]; then
+      $systemctl daemon-reload 9>&- || echo "Failed to reload the systemd manager" >&2
       $systemctl reset-failed 9>&- || echo "Failed to reset failed units" >&2
     fi
     unit_job() {  # unit_job reload|restart UNITS...: each unit, exit code 4 for one that fails
@@ -401,6 +462,19 @@ let
     esac
   '';
 
+  # bin/switch-to-configuration when the spec names an external switch program (TOPDECK_LAB_SWITCH_PROGRAM): on a
+  # systemd host that program, with the environment nixpkgs gives switch-to-configuration-ng; elsewhere the lab's own.
+  externalSwitchWrapper = ''
+    if [ -d /run/systemd/system ]; then
+      OUT=$toplevel TOPLEVEL=$toplevel INSTALL_BOOTLOADER=$toplevel/bin/lab-install-bootloader SYSTEMD=/usr
+      DISTRO_ID=$(/bin/sed -n 's/^ID="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)
+      LOCALE_ARCHIVE=/usr/lib/locale/locale-archive
+      export OUT TOPLEVEL INSTALL_BOOTLOADER SYSTEMD DISTRO_ID LOCALE_ARCHIVE
+      exec "$external" "$@"
+    fi
+    exec "$toplevel/bin/.lab-switch-to-configuration" "$@"
+  '';
+
   # A small path that stands for a package's version (the kernel, its modules, systemd), "" without the package.
   versionMarker = pname: kind:
     let found = builtins.filter (package: package.pname == pname) spec.packages;
@@ -428,6 +502,17 @@ let
       name = "nixos-system-${spec.host}-${spec.version}";
       inherit activation systemPath initInterfaceVersion sshdFragment;
       inherit switchToConfiguration activateScript dryActivateScript installBootloaderScript;
+      switchLock = spec.switch_lock or "fail";
+      lockDelay = toString (spec.lock_delay or 0);
+      distroId = spec.distro_id or "debian";
+      labUnits = spec.units or [ ];
+      externalSwitch = let
+        # the spec's, else TOPDECK_LAB_SWITCH_PROGRAM's (empty in a pure evaluation, as of a flake)
+        program = if (spec.switch_program or "") != "" then spec.switch_program
+          else builtins.getEnv "TOPDECK_LAB_SWITCH_PROGRAM";
+      in if program == "" then "" else
+        builtins.path { path = /. + program; name = "lab-external-switch-to-configuration"; };
+      inherit externalSwitchWrapper;
       nixosVersion = spec.version;
       slowSeconds = toString (spec.slow_seconds or 0);
       authorizedKeys = builtins.concatStringsSep "" (map (key: key + "\n") spec.authorized_keys);
@@ -460,11 +545,27 @@ let
         fi
         printf '%s' "$sshdUnitHash" > $out/etc/topdeck-lab/sshd-unit-hash
         script() {  # script PATH BODY
-          printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\n\n%s' \
-            "$out" "$activation" "$slowSeconds" "$2" > "$1"
+          printf '#!/bin/sh\ntoplevel=%s\nactivation=%s\nslow_seconds=%s\nswitch_lock=%s\nlock_delay=%s\ndistro_id=%s\nexternal=%s\n\n%s' \
+            "$out" "$activation" "$slowSeconds" "$switchLock" "$lockDelay" "$distroId" "$externalSwitch" "$2" > "$1"
           /bin/chmod 555 "$1"
         }
-        script $out/bin/switch-to-configuration "$switchToConfiguration"
+        # As NixOS's: etc/fstab, the units (a unit a service of the spec, and sysinit-reactivation.target), the user
+        # unit nixos-activation.service
+        /bin/mkdir -p $out/etc/systemd/system $out/etc/systemd/user
+        echo "# the lab's fstab: nothing to mount" > $out/etc/fstab
+        printf '[Unit]\nDescription=Reactivate sysinit units\n' > $out/etc/systemd/system/sysinit-reactivation.target
+        for unit in $labUnits; do
+          printf '[Unit]\nDescription=the lab unit %s of %s\n\n[Service]\nExecStart=/bin/sleep infinity\n' \
+            "$unit" "$out" > "$out/etc/systemd/system/$unit"
+        done
+        printf '[Unit]\nDescription=Run user-specific NixOS activation\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n' \
+          > $out/etc/systemd/user/nixos-activation.service
+        if [ -n "$externalSwitch" ]; then
+          script $out/bin/switch-to-configuration "$externalSwitchWrapper"
+          script $out/bin/.lab-switch-to-configuration "$switchToConfiguration"
+        else
+          script $out/bin/switch-to-configuration "$switchToConfiguration"
+        fi
         script $out/bin/lab-install-bootloader "$installBootloaderScript"
         script $out/activate "$activateScript"
         script $out/dry-activate "$dryActivateScript"

@@ -9,6 +9,7 @@ tests (test_deploy.py, test_faults_deploy.py, ...) hold the end-to-end truth.
 from __future__ import annotations
 
 import hashlib
+import io
 import shlex
 import threading
 import time
@@ -728,3 +729,37 @@ def test_core_names_the_setting_at_fault_and_no_front_ends_flag(call, setting, m
     with pytest.raises(TopdeckError) as caught:
         call()
     assert (caught.value.setting, str(caught.value)) == (setting, message)
+
+
+def test_a_switch_waiting_for_its_lock_is_a_phase_of_its_own_and_a_log_line():
+    events: list[Event] = []
+    track = engine._Tracker("web-1", events.append, lambda: None)
+    holder = "pid 42 (flock /run/nixos/switch-to-configuration.lock sleep 60), which is not a switch"
+    track.line(f"phase\tswitch-lock\t{holder}")
+    track.line("phase\tactivate\tswitch")
+    waiting = f"waiting for the switch lock held by {holder}"
+    assert events == [HostPhase("web-1", Phase.SWITCH_LOCK, waiting), LogLine(waiting, "web-1"),
+                      HostPhase("web-1", Phase.ACTIVATE, "switch")]
+    assert track.current_phase == Phase.ACTIVATE
+
+
+def test_the_hosts_are_told_how_long_a_switch_may_wait_for_its_lock():
+    settings = Settings(Mode.SWITCH, "http://cache", generate_keypair("k")[1], lock_wait=7.2)
+    runner = engine._HostRunner(settings, SSHConfig(), lambda *_: None, {}, {}, lambda _: None,  # type: ignore[arg-type,return-value]
+                                threading.Event(), time.time)
+    args = runner._deploy_args(Host("web-1", "127.0.0.1", "web"), Target(NEW))
+    assert args[args.index("--lock-wait") + 1] == 8
+
+
+def test_the_cli_shows_a_waiting_switch_on_the_hosts_row_and_in_its_log():
+    from topdeck.cli.deploy import DeployBoard  # the engine's events, as the CLI draws them off a terminal
+
+    log = io.StringIO()
+    board = DeployBoard(stream=io.StringIO(), log_stream=log)
+    track = engine._Tracker("web-1", board, lambda: None)  # type: ignore[arg-type]
+    track.line("phase\tswitch-lock\tanother switch, pid 42 (/run/current-system/bin/switch-to-configuration boot)")
+    track.line("phase\tactivate\tswitch")
+    waiting = "waiting for the switch lock held by another switch, pid 42 (/run/current-system/bin/switch-to-" \
+              "configuration boot)"
+    assert log.getvalue().splitlines() == [f"web-1: switch-lock ({waiting})", f"web-1 | {waiting}",
+                                           "web-1: activate (switch)"]

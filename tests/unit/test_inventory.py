@@ -92,6 +92,8 @@ BAD_CONFIGS = [
     ("prefix escapes", '[cache]\nbucket = "topdeck-test"\nprefix = "../x"\n', "prefix: '../x' is not a safe prefix"),
     ("both public keys", CONFIG + 'public_key = "a:b"\npublic_key_file = "k"\n', "not both"),
     ("bad parallel", CONFIG + "[deploy]\nparallel = 0\n", "deploy.parallel: 0 must be greater than 0"),
+    ("bad lock_wait", CONFIG + "[deploy]\nlock_wait = -5\n", "deploy.lock_wait: -5 must be greater than 0"),
+    ("lock_wait not a number", CONFIG + '[deploy]\nlock_wait = "3m"\n', "deploy.lock_wait"),
     ("bad cache type", '[cache]\ntype = "s3"\n', "cache.type: 's3' must be one of: b2, dir"),
 ]
 
@@ -280,3 +282,9 @@ def test_a_key_file_inside_a_flake_nix_copies_whole_is_refused(tmp_path):
     with pytest.raises(InventoryError) as error:
         load_inventory(root)
     assert f"keys db-password: {root}/db.txt would be copied with flake {root} into" in str(error.value)
+
+
+def test_lock_wait_defaults_to_three_minutes_and_reads_seconds(tmp_path):
+    assert load_inventory(write_inventory(tmp_path / "a", {"web-1": HOST})).deploy.lock_wait == 180
+    root = write_inventory(tmp_path / "b", {"web-1": HOST}, config=CONFIG + "[deploy]\nlock_wait = 7\n")
+    assert load_inventory(root).deploy.lock_wait == 7

@@ -285,7 +285,8 @@ def _toml_value(value: object) -> str:
 toml_values = st.recursive(st.booleans() | huge | st.integers(min_value=-(10**30), max_value=10**400) | st.floats()
                            | words, lambda inner: st.lists(inner, max_size=3), max_leaves=8)
 HOST_KEYS = ["address", "port", "user", "pointer", "tags", "sudo", "specialisation", "connect_timeout"]
-CONFIG_KEYS = ["parallel", "confirm_timeout", "reboot_timeout", "connect_timeout", "port", "bucket", "prefix"]
+CONFIG_KEYS = ["parallel", "confirm_timeout", "reboot_timeout", "lock_wait", "connect_timeout", "port", "bucket",
+               "prefix"]
 
 
 @given(st.dictionaries(st.sampled_from(HOST_KEYS), toml_values, max_size=5), st.sampled_from(["deploy", "ssh"]),
