@@ -29,6 +29,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # topdeck's own state (run records) goes to a folder of this session, never to the user's ~/.local/state
     _STATE.append(tempfile.mkdtemp(prefix="topdeck-test-state-"))
     os.environ["XDG_STATE_HOME"] = _STATE[0]
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.geteuid() == 0:  # as any other user, only the unit tier can run (and needs no namespace)
+        import workerns
+
+        workerns.isolate(worker)
 
 
 TIERS = {"unit": Path(__file__).parent / "unit", "lab": Path(__file__).parent / "lab"}

@@ -193,9 +193,9 @@ def test_small_nix_and_slow_host_controls(tmp_path):
         assert 60 * 1024 <= size_kib <= 64 * 1024
         assert host.generation() == 1
         lab.set_slow("host-1", 20)
-        quota = Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.5.11/cpu.cfs_quota_us").read_text().strip()
+        quota = (host._cgroup() / "cpu.cfs_quota_us").read_text().strip()
         assert quota == "20000"
-        procs = Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.5.11/cgroup.procs").read_text().split()
+        procs = (host._cgroup() / "cgroup.procs").read_text().split()
         assert str(host.state.sshd_pid) in procs
         connect(lab, "host-1").close()  # the pinned key is accepted before the rotation
         lab.rotate_host_key("host-1")
@@ -203,4 +203,4 @@ def test_small_nix_and_slow_host_controls(tmp_path):
             connect(lab, "host-1")
     finally:
         lab.down(log=lambda *_: None)
-    assert not Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.5.11").exists()
+    assert not host._cgroup().exists()
