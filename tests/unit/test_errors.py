@@ -11,7 +11,8 @@ from topdeck.core.errors import CacheError, CacheMissing, InternalError, Topdeck
 
 
 def test_every_error_topdeck_reports_is_a_topdeck_error() -> None:
-    classes = [value for value in vars(errors).values() if inspect.isclass(value) and value.__module__ == errors.__name__]
+    classes = [value for value in vars(errors).values()
+               if inspect.isclass(value) and value.__module__ == errors.__name__]
     assert len(classes) >= 19
     assert all(issubclass(cls, TopdeckError) for cls in classes)
     # a missing file and a passing failure are both cache errors: a caller that handles CacheError handles them

@@ -27,7 +27,8 @@ def test_a_manifest_reads_back_as_written() -> None:
     data = render_manifest(MANIFEST)
     document = json.loads(data)
     assert document["format"] == 1 and document["toplevel"] == str(TOP)
-    assert document["paths"][0]["references"] == [LIB.basename] and document["paths"][0]["narHash"].startswith("sha256:")
+    assert document["paths"][0]["references"] == [LIB.basename]
+    assert document["paths"][0]["narHash"].startswith("sha256:")
     assert "narHash" not in document["paths"][1]
     assert parse_manifest(data, "manifests/x.json") == MANIFEST
 
