@@ -56,6 +56,7 @@ def test_a_fetch_larger_than_the_free_space_does_not_fit_and_says_so() -> None:
     plan = host_plan("web-1", NEW, MANIFEST, state(free=20_000))
     assert not plan.fits
     assert plan.space_note == "/nix has 19.5 KiB free, the fetch unpacks to 20.5 KiB"
+    assert Plan((plan,)).warnings == (f"web-1: {plan.space_note}: the deploy would stop there",)
 
 
 def test_hosts_with_the_same_change_share_a_group_and_unplanned_hosts_none() -> None:
@@ -71,6 +72,8 @@ def test_hosts_with_the_same_change_share_a_group_and_unplanned_hosts_none() -> 
 def test_a_plan_that_costs_more_than_a_days_free_downloads_says_so() -> None:
     many = HostPlan("big", PlanStatus.CHANGE, fetch_paths=B2_FREE_CLASS_B_PER_DAY // 2 + 1)
     assert Plan((many,)).exceeds_free_class_b
+    assert Plan((many,)).warnings == ("the deploy would cost about 2502 B2 class B transactions, more than the 2500 "
+                                      "free per day",)
 
 
 def test_the_probe_answer_is_read() -> None:
