@@ -1,5 +1,5 @@
 """core.trust without a network: the CI decision by fingerprint, the hop an UnknownHostKey names, and pinning it
-into known_hosts (the whole walk over real hops: tests/lab/test_ssh.py and test_bastion.py)."""
+into known_hosts (the whole walk over real hops: tests/lab/test_ssh_lab.py and test_bastion.py)."""
 
 from __future__ import annotations
 
