@@ -6,8 +6,9 @@ size-limited tmpfs for a small disk), `/etc/nix`, the host key and the sshd conf
 this machine's network, so its sshd (Debian's `ssh.service`, a systemd unit) listens on the host's own loopback
 address. `/run` is the container's own tmpfs, which systemd needs; like a real host's it is empty after a boot.
 
-Each host runs in a cgroup of its own (`topdeck-lab-<address>-n<network namespace>` in the name=systemd and unified hierarchies), which
-systemd inside the container manages as its root and which tears the host down in one write to `cgroup.kill`.
+Each host runs in a cgroup of its own (`topdeck-lab-<address>-n<network namespace>` in the name=systemd and unified
+hierarchies), which systemd inside the container manages as its root and which tears the host down in one write to
+`cgroup.kill`.
 """
 
 from __future__ import annotations
