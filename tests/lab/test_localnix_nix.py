@@ -140,6 +140,7 @@ def test_nar_stream_of_a_small_path_and_of_text(infos: list[localnix.PathInfo]) 
     assert hashlib.sha256(data).digest() == small.nar_hash
 
 
+@pytest.mark.alone
 def test_stopping_early_kills_the_dump(infos: list[localnix.PathInfo]) -> None:
     big = next(info for info in infos if info.path.name == BIG.name)
     started = time.monotonic()
@@ -183,6 +184,7 @@ def test_build_streams_its_log_live(tmp_path: Path) -> None:
 # Cancelling a running build: tests/lab/test_nix_versions.py, on every Nix the lab has.
 
 
+@pytest.mark.alone
 def test_a_cancel_set_before_the_build_stops_it_at_once(tmp_path: Path) -> None:
     file = derivation_file(tmp_path, "/bin/sleep 30")
     cancel = threading.Event()

@@ -300,6 +300,7 @@ def test_an_evaluation_error_gives_its_first_line(operator: OperatorNix, tmp_pat
         localnix.build(Build("nix", file), log=lambda line: None, env=operator.env)
 
 
+@pytest.mark.alone
 def test_cancel_stops_the_build_and_its_builder(operator: OperatorNix, tmp_path: Path) -> None:
     pid_file = tmp_path / "builder.pid"
     file = derivation_file(tmp_path, f"echo $$ > {pid_file}; echo sleeping; exec /bin/sleep 30")

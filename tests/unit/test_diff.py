@@ -189,6 +189,7 @@ def test_signature_groups_equal_changes_whatever_the_paths() -> None:
     assert len({signature(a), signature(b), signature(c)}) == 2
 
 
+@pytest.mark.alone
 def test_a_thousand_paths_take_milliseconds() -> None:
     rng = random.Random(1)
     before: dict[StorePath, int] = {}
