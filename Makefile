@@ -15,10 +15,16 @@ demo: setup
 	.venv/bin/topdeck demo
 
 # The lab's image hosts (Debian 13 and sid roots) are built once, cached in /var/cache/topdeck-lab/images.
-# Both tiers: tests/unit/ and tests/lab/ (the lab needs root).
+# Both tiers: tests/unit/ and tests/lab/ (the lab needs root). The lab tests mostly wait (SSH, Nix, timeouts), so they
+# run in TEST_JOBS pytest-xdist workers, each in network and mount namespaces of its own (tests/workerns.py), one test
+# file per worker at a time (a file's labs are its module fixtures); TEST_JOBS=0 runs them in this process, one by one.
+# The tests marked `alone` (a bound on time that the others' load could break) run after, by themselves (pytest exits
+# 5 when PYTEST_ARGS leaves none of them).
+TEST_JOBS ?= 3
 test: setup
 	.venv/bin/topdeck lab images --build
-	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --alone=skip $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -p no:xdist --alone=only $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # What needs neither root, Nix nor the lab; CI runs it before `make test`, so a type or unit error fails in a minute.
 # Its parts run side by side (the TUI's unit tests, about two thirds of the tier's time, in a pytest of their own),

@@ -28,6 +28,13 @@ SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 
 
+def machine_wide_name(address: str) -> str:
+    """A name for the lab host at `address` among what every network namespace of this machine shares (cgroups,
+    systemd-nspawn's machine names): an address names a host only within the network namespace its lab runs in, and
+    two labs (say, two pytest-xdist workers) may each have a host on 127.0.3.11 in namespaces of their own."""
+    return f"{address}-n{os.stat('/proc/self/ns/net').st_ino}"
+
+
 @dataclass(frozen=True)
 class HostState:
     """What the lab remembers about a running host between commands (kept in the lab's state file)."""
@@ -322,7 +329,7 @@ class LabHost:
         self.state = replace(self.state, anchor_pid=0, sshd_pid=0, namespace="")
 
     def _cgroup(self) -> Path:
-        return CGROUP_CPU / f"topdeck-lab-{self.address}"
+        return CGROUP_CPU / f"topdeck-lab-{machine_wide_name(self.address)}"
 
     def _ns_log(self) -> str:
         return _tail(self.dir / "namespace.log")

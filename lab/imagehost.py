@@ -6,8 +6,9 @@ size-limited tmpfs for a small disk), `/etc/nix`, the host key and the sshd conf
 this machine's network, so its sshd (Debian's `ssh.service`, a systemd unit) listens on the host's own loopback
 address. `/run` is the container's own tmpfs, which systemd needs; like a real host's it is empty after a boot.
 
-Each host runs in a cgroup of its own (`topdeck-lab-<address>` in the name=systemd and unified hierarchies), which
-systemd inside the container manages as its root and which tears the host down in one write to `cgroup.kill`.
+Each host runs in a cgroup of its own (`topdeck-lab-<address>-n<network namespace>` in the name=systemd and unified
+hierarchies), which systemd inside the container manages as its root and which tears the host down in one write to
+`cgroup.kill`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from topdeck.lab.hosts import (
     _all_pids,
     _kill,
     _tail,
+    machine_wide_name,
     spawn_detached,
     wait_for,
 )
@@ -83,7 +85,7 @@ class ImageHost(LabHost):
     @property
     def machine(self) -> str:
         """The container's machine name: unique on this machine, as two labs may both have a host-1."""
-        return "lab-" + self.address.replace(".", "-")
+        return "lab-" + machine_wide_name(self.address).replace(".", "-")
 
     def start_namespace(self, small_nix: int = 0) -> None:
         image = ensure_image(self.image)
@@ -191,7 +193,7 @@ class ImageHost(LabHost):
         self.state = replace(self.state, boot_pid=0)
 
     def _group(self, hierarchy: str) -> Path:
-        return CGROUP_ROOT / hierarchy / f"topdeck-lab-{self.address}"
+        return CGROUP_ROOT / hierarchy / f"topdeck-lab-{machine_wide_name(self.address)}"
 
     # --- sshd, a systemd unit -----------------------------------------------------------------------
 

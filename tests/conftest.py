@@ -29,17 +29,35 @@ def pytest_configure(config: pytest.Config) -> None:
     # topdeck's own state (run records) goes to a folder of this session, never to the user's ~/.local/state
     _STATE.append(tempfile.mkdtemp(prefix="topdeck-test-state-"))
     os.environ["XDG_STATE_HOME"] = _STATE[0]
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.geteuid() == 0:  # as any other user, only the unit tier can run (and needs no namespace)
+        import workerns
+
+        workerns.isolate(worker)
 
 
 TIERS = {"unit": Path(__file__).parent / "unit", "lab": Path(__file__).parent / "lab"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--alone", choices=("with", "skip", "only"), default="with",
+                     help="the tests marked `alone`: run with the others (default), skip them (the parallel part of "
+                          "`make test`), or run only them (its serial part)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test by its folder, so `-m unit` and `-m lab` select a tier from any list of paths."""
+    """Mark every test by its folder, so `-m unit` and `-m lab` select a tier from any list of paths; keep or drop
+    the `alone` tests as --alone says."""
     for item in items:
         for marker, folder in TIERS.items():
             if folder in item.path.parents:
                 item.add_marker(marker)
+    alone = config.getoption("alone")
+    if alone != "with":
+        dropped = [item for item in items if (item.get_closest_marker("alone") is not None) == (alone == "skip")]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if item not in dropped]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -133,7 +133,7 @@ def test_a_small_slow_image_host(tmp_path):
         assert 60 * 1024 <= size_kib <= 64 * 1024
         assert host.generation() == 1
         lab.set_slow("host-1", 20)
-        group = Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.23.31")
+        group = host._cgroup()  # /sys/fs/cgroup/cpu/topdeck-lab-127.0.23.31-n<this network namespace>
         assert (group / "cpu.cfs_quota_us").read_text().strip() == "20000"
         procs = (group / "cgroup.procs").read_text().split()
         assert {str(host.state.anchor_pid), str(host.state.sshd_pid)} <= set(procs)
@@ -142,7 +142,7 @@ def test_a_small_slow_image_host(tmp_path):
             connect(lab, "host-1")
     finally:
         lab.down(log=lambda *_: None)
-    assert not Path("/sys/fs/cgroup/cpu/topdeck-lab-127.0.23.31").exists()
+    assert not group.exists()
 
 
 def test_lab_down_leaves_nothing_running_mounted_or_listening(tmp_path):

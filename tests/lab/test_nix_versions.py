@@ -1,10 +1,10 @@
-"""core.localnix on every Nix from 2.8 to 2.34: the recorded `nix path-info --json` forms of 2.8, 2.26 and 2.34
-parse to one closure, and closures, NAR streams and builds work with the real Nix of this machine (native, 2.8),
-of the trixie image (2.26) and of the sid image (2.34), each against a store of its own (topdeck.lab.opnix)."""
+"""core.localnix on every Nix from 2.8 to 2.34: closures, NAR streams and builds work with the real Nix of this
+machine (native, 2.8), of the trixie image (2.26) and of the sid image (2.34), each against a store of its own
+(topdeck.lab.opnix), and each prints the closure recorded in tests/data/path-info/ (whose forms the unit tier's
+tests/unit/test_localnix.py parses without Nix)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -19,17 +19,15 @@ from pathlib import Path
 
 import nixtools
 import pytest
+from test_localnix import DATA, RECORDED_TOP, recorded  # the unit tier's recordings, checked here against each Nix
 
-from topdeck.core import localnix, nixbase32
+from topdeck.core import localnix
 from topdeck.core.errors import Cancelled, NixError, TopdeckError
 from topdeck.core.inventory import Build
 from topdeck.core.narinfo import hash_to_sri
 from topdeck.core.store import StorePath
 from topdeck.lab import opnix
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "path-info"
-RECORDINGS = sorted(DATA.glob("*.json"))
-RECORDED_TOP = "/nix/store/g11ini5llddcw1j6avc0gjxj04qq00h0-topdeck-fixture-c-3.0"
 ABSENT = "/nix/store/00000000000000000000000000000000-topdeck-absent-1.0"
 KINDS = ["native", "trixie", "sid"]
 # (major, minor) of each kind's Nix: Debian 12's nix-bin, Debian 13's, Debian sid's (FACTS.md).
@@ -40,109 +38,6 @@ def _debian_nix(dpkg_query: list[str]) -> tuple[int, ...]:
 
 
 EXPECTED_VERSIONS = {"native": _debian_nix(["dpkg-query"]), "trixie": (2, 26), "sid": (2, 34)}
-
-
-def recorded(name: str) -> list[localnix.PathInfo]:
-    return localnix.parse_path_info_json((DATA / name).read_text())
-
-
-# --- the recordings (no Nix needed) -----------------------------------------------------------------
-
-
-def test_the_recordings_are_the_forms_the_module_describes() -> None:
-    assert [path.name for path in RECORDINGS] == [
-        "nix-2.26.3.json", "nix-2.34.8-json-format-1.json", "nix-2.34.8-json-format-2.json", "nix-2.34.8.json",
-        "nix-2.8.0.json"]
-    old = json.loads((DATA / "nix-2.8.0.json").read_text())
-    assert isinstance(old, list) and all("path" in entry for entry in old)
-    keyed = json.loads((DATA / "nix-2.26.3.json").read_text())
-    assert RECORDED_TOP in keyed and "path" not in keyed[RECORDED_TOP] and keyed[RECORDED_TOP]["ca"] is None
-    for name in ("nix-2.34.8.json", "nix-2.34.8-json-format-1.json"):
-        entry = json.loads((DATA / name).read_text())[RECORDED_TOP]
-        assert entry["version"] == 1 and entry["storeDir"] == "/nix/store"
-    wrapped = json.loads((DATA / "nix-2.34.8-json-format-2.json").read_text())
-    assert wrapped["version"] == 2 and wrapped["storeDir"] == "/nix/store"
-    entry = wrapped["info"][RECORDED_TOP.removeprefix("/nix/store/")]
-    assert entry["deriver"].endswith("-topdeck-fixture-c-3.0.drv") and "/" not in entry["deriver"]
-    assert entry["references"] and not any("/" in reference for reference in entry["references"])
-
-
-@pytest.mark.parametrize("recording", [path.name for path in RECORDINGS])
-def test_every_recording_parses_to_the_same_closure(recording: str) -> None:
-    infos = recorded(recording)
-    assert infos == recorded("nix-2.8.0.json")  # paths, hashes, sizes, references, derivers, ca, signatures
-    by_name = {info.path.name: info for info in infos}
-    assert list(by_name) == ["topdeck-fixture-a-1.0", "topdeck-fixture-b-2.0", "topdeck-fixture-note", "source.txt",
-                             "topdeck-fixture-c-3.0"]
-    top = by_name["topdeck-fixture-c-3.0"]
-    assert str(top.path) == RECORDED_TOP
-    assert hash_to_sri(top.nar_hash) == "sha256-X4NXPVTuzA1fjkkRO0gzoy3T6Qpcxf5b3A3TJ7iXXvo=" and top.nar_size == 536
-    assert [reference.name for reference in top.references] == [
-        "topdeck-fixture-a-1.0", "topdeck-fixture-b-2.0", "topdeck-fixture-note", "source.txt"]
-    assert str(top.deriver) == "/nix/store/71h75pbwqfgk1acgbyc716pjb48z0cfb-topdeck-fixture-c-3.0.drv"
-    assert top.ca == "" and len(top.sigs) == 1 and top.sigs[0].startswith("topdeck-fixture-1:")
-    b = by_name["topdeck-fixture-b-2.0"]
-    assert b.path in b.references  # the self-reference survives every form
-    # The structured "ca" of --json-format 2 becomes the string that 2.8 prints and narinfos carry.
-    assert by_name["topdeck-fixture-note"].ca == "text:sha256:1g9fj5z3zfkzlg82k9cvhizrya73p3g0m9rik6cwdmaj6qkn4gza"
-    assert by_name["source.txt"].ca == "fixed:r:sha256:16085vlkz49l57x0zg7h8006w2xsydn2gmq5znik5b503b7vhg6w"
-    assert by_name["source.txt"].deriver is None
-
-
-@pytest.mark.parametrize("form", ["sri", "nix32", "base16", "base64"])
-def test_every_nar_hash_form_gives_the_same_digest(form: str) -> None:
-    document = json.loads((DATA / "nix-2.26.3.json").read_text())
-    for entry in document.values():
-        digest = base64.b64decode(entry["narHash"].removeprefix("sha256-"))
-        entry["narHash"] = {
-            "sri": f"sha256-{base64.b64encode(digest).decode()}",
-            "nix32": f"sha256:{nixbase32.encode(digest)}",
-            "base16": f"sha256:{digest.hex()}",
-            "base64": f"sha256:{base64.b64encode(digest).decode()}",
-        }[form]
-    assert localnix.parse_path_info_json(json.dumps(document)) == recorded("nix-2.26.3.json")
-
-
-def test_structured_content_addresses_of_every_method() -> None:
-    document = json.loads((DATA / "nix-2.34.8-json-format-2.json").read_text())
-    entry = document["info"]["xxqpiq4fk2plbr0k7m7m3j1vqr27459s-source.txt"]
-    sha1 = hashlib.sha1(b"x").digest()
-    cases = {
-        ("flat", "sha256-3Dy4zxqgrDKj/QXXJ2zzugtuAEDwvA/6KTSRP+kuCJg="):
-            "fixed:sha256:16085vlkz49l57x0zg7h8006w2xsydn2gmq5znik5b503b7vhg6w",
-        ("git", f"sha1-{base64.b64encode(sha1).decode()}"): f"fixed:git:sha1:{nixbase32.encode(sha1)}",
-        ("nar", f"sha1-{base64.b64encode(sha1).decode()}"): f"fixed:r:sha1:{nixbase32.encode(sha1)}",
-    }
-    for (method, digest), expected in cases.items():
-        entry["ca"] = {"method": method, "hash": digest}
-        source = next(info for info in localnix.parse_path_info_json(json.dumps(document))
-                      if info.path.name == "source.txt")
-        assert source.ca == expected
-
-
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda doc: doc.update(version=3), "JSON format version 3"),
-    (lambda doc: doc.update(storeDir="/gnu/store"), "store directory '/gnu/store'"),
-    (lambda doc: next(iter(doc["info"].values())).update(ca={"method": "magic", "hash": "x"}), "method 'magic'"),
-    (lambda doc: next(iter(doc["info"].values())).update(references=["/nix/store/x"]), "basename"),
-    (lambda doc: next(iter(doc["info"].values())).update(narHash="md5-AAAA"), "not a sha256 hash"),
-    (lambda doc: next(iter(doc["info"].values())).update(narSize=True), "narSize True"),
-])
-def test_a_malformed_document_is_one_line(change, message: str) -> None:
-    document = json.loads((DATA / "nix-2.34.8-json-format-2.json").read_text())
-    change(document)
-    with pytest.raises(NixError, match="^nix path-info printed something unexpected: .*" + message) as caught:
-        localnix.parse_path_info_json(json.dumps(document))
-    assert "\n" not in str(caught.value)
-
-
-def test_an_invalid_path_in_any_form_is_not_in_the_local_store() -> None:
-    for document in ({ABSENT: None}, [{"path": ABSENT, "valid": False}]):
-        with pytest.raises(NixError, match=f"^{ABSENT}: not in the local store$"):
-            localnix.parse_path_info_json(json.dumps(document))
-
-
-# --- the version (fake `nix` executables) -----------------------------------------------------------
 
 
 def fake_nix(folder: Path, version_line: str, status: int = 0) -> dict[str, str]:
@@ -405,6 +300,7 @@ def test_an_evaluation_error_gives_its_first_line(operator: OperatorNix, tmp_pat
         localnix.build(Build("nix", file), log=lambda line: None, env=operator.env)
 
 
+@pytest.mark.alone
 def test_cancel_stops_the_build_and_its_builder(operator: OperatorNix, tmp_path: Path) -> None:
     pid_file = tmp_path / "builder.pid"
     file = derivation_file(tmp_path, f"echo $$ > {pid_file}; echo sleeping; exec /bin/sleep 30")

@@ -48,14 +48,18 @@ def demo_inventory(tmp_path: Path) -> tuple[Path, Path]:
 
 
 class Tmux:
-    def __init__(self, name: str):
+    """A tmux server of this test's own (its socket in the test's folder): the default one is shared by everyone on
+    this machine, and runs what it is given in the namespaces and with the settings of whoever started it first."""
+
+    def __init__(self, name: str, socket: Path):
         self.name = name
+        self.tmux = ["tmux", "-S", str(socket)]
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
                               check=True).stdout
 
     def wait_for(self, pattern: str, timeout: float) -> str:
@@ -73,10 +77,12 @@ def test_demo_opens_the_tui_in_a_real_terminal(tmp_path):
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
     hosts, lab_dir = demo_inventory(tmp_path)
-    env = {**os.environ, "TOPDECK_LAB_DIR": str(lab_dir), "NIX_CONFIG": LAB_NIX_CONFIG, "TERM": "xterm-256color"}
-    session = Tmux(f"topdeck-test-{uuid.uuid4().hex[:8]}")
+    # the terminal's own size, not one that COLUMNS and LINES impose (pytest-xdist's workers set them to 80x24)
+    inherited = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    env = {**inherited, "TOPDECK_LAB_DIR": str(lab_dir), "NIX_CONFIG": LAB_NIX_CONFIG, "TERM": "xterm-256color"}
+    session = Tmux(f"topdeck-test-{uuid.uuid4().hex[:8]}", tmp_path / "tmux")
     command = (f"{REPO}/.venv/bin/topdeck --inventory {hosts} demo; echo TOPDECK-EXITED-$?; sleep 600")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session.name, "-x", "120", "-y", "30", command],
+    subprocess.run([*session.tmux, "new-session", "-d", "-s", session.name, "-x", "120", "-y", "30", command],
                    check=True, env=env, cwd=tmp_path)
     try:
         # The fleet screen, refreshed from the hosts: the demo published both pointers; the hosts still run the
@@ -106,6 +112,6 @@ def test_demo_opens_the_tui_in_a_real_terminal(tmp_path):
         text = session.wait_for(r"TOPDECK-EXITED-\d+", timeout=30)
         assert "TOPDECK-EXITED-0" in text
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session.name], capture_output=True)
+        subprocess.run([*session.tmux, "kill-server"], capture_output=True)
         subprocess.run([f"{REPO}/.venv/bin/topdeck", "lab", "--root", str(lab_dir), "down"], capture_output=True,
                        env=env, timeout=120)

@@ -3,7 +3,7 @@ outcomes, recovery after a lost session, waves, magic rollback decisions, status
 
 No root, no Nix, no SSH; the fake runs a host's deploy the way host.sh does (in the background, its events recorded
 for `follow`, waiting for a confirmation from another login) so the engine's decisions are what is tested. The lab
-tests (test_deploy.py, test_faults_deploy.py, ...) hold the end-to-end truth.
+tests (test_deploy_lab.py, test_faults_deploy.py, ...) hold the end-to-end truth.
 """
 
 from __future__ import annotations

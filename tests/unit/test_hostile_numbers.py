@@ -2,7 +2,7 @@
 lies in a number or a repeated JSON key, or prints without end, fails (or is ignored) alone, in one line.
 
 No lab, no root: the fake hosts of test_engine_units.py speak the host script's protocol; the attack is what they
-print. tests/lab/test_ssh.py has the bounded output over a real SSH session.
+print. tests/lab/test_ssh_lab.py has the bounded output over a real SSH session.
 """
 
 from __future__ import annotations

@@ -82,6 +82,9 @@ MISMATCHED = "k:" + base64.b64encode(SECRET.seed + generate_keypair("k")[1].raw)
         (f"k:{SECRET_MATERIAL}".encode(), load_public_key),
         (f"k:{PUBLIC_MATERIAL[:-4]}".encode(), load_public_key),
     ],
+    # named, not shown: the keys are made anew in each process, and pytest-xdist's workers must collect the same ids
+    ids=["empty", "no colon", "no material", "no name", "bad base64", "public as secret", "mismatched halves",
+         "blank lines after", "not utf-8", "secret as public", "short public"],
 )
 def test_rejects_malformed_key_files_without_showing_them(
     content: bytes, load: Callable[[Path], object], tmp_path: Path

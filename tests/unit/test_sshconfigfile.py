@@ -127,3 +127,39 @@ def test_an_unsupported_match_that_is_not_reached_is_no_problem(home: Path) -> N
                                              "Host *\n  GSSAPIAuthentication no\n")
     assert target(config, "x").user == "v"
     assert not os.path.exists(home / "ran")
+
+
+def test_no_file_is_an_empty_configuration() -> None:
+    assert read_config(None).lookup("web-1")["hostname"] == "web-1"
+
+
+def test_a_file_is_read_and_read_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "ssh_config"
+    path.write_text("Host web-1\n    HostName 10.0.0.1\n    Port 2222\n")
+    first = read_config(path)
+    assert (first.lookup("web-1")["hostname"], first.lookup("web-1")["port"]) == ("10.0.0.1", "2222")
+    assert read_config(path) is first  # unchanged: parsed once
+    path.write_text("Host web-1\n    HostName 10.0.0.2\n")
+    stamp = path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stamp, stamp))  # a later modification time, however coarse the file system's clock
+    assert read_config(path).lookup("web-1")["hostname"] == "10.0.0.2"
+
+
+def test_a_missing_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere"
+    with pytest.raises(SSHConfigError) as caught:
+        read_config(path)
+    assert str(caught.value) == f"{path}: cannot read the SSH client configuration: No such file or directory"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\xff\xfe not utf-8\n", "cannot read the SSH client configuration"),
+    (b"Host\n", "1: not a valid SSH client configuration line: 'Host'"),  # Host without a pattern
+])
+def test_an_unreadable_or_invalid_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "ssh_config"
+    path.write_bytes(content)
+    with pytest.raises(SSHConfigError) as caught:
+        read_config(path)
+    assert str(caught.value).startswith(f"{path}:") and message in str(caught.value)
+    assert "\n" not in str(caught.value)

@@ -46,6 +46,7 @@ def app_for(backend: FakeBackend | None = None) -> TopdeckApp:
     return TopdeckApp(backend or FakeBackend(), clock=lambda: NOW)
 
 
+@pytest.mark.alone
 async def test_fleet_is_usable_while_the_refresh_runs_in_the_background():
     app = app_for(FakeBackend(status_delay=3.0))
     async with app.run_test(size=(100, 30)) as pilot:
@@ -143,6 +144,7 @@ async def test_cancel_shows_cancelling_until_the_engine_stops():
         assert "cancelling" not in text_of(deploy, "#outcome")
 
 
+@pytest.mark.alone
 async def test_quit_asks_while_a_deploy_runs():
     backend = FakeBackend(delay=0.5)
     app = app_for(backend)

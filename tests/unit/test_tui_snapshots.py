@@ -160,6 +160,7 @@ def pointers_screen() -> PointersScreen:
     return PointersScreen(backend.pointers(), {"web": backend.history("web"), "db": backend.history("db")})
 
 
+@pytest.mark.alone  # failed under load twice here (make check's -j4, make test's -n 3), never alone: cause not found
 def test_pointers(snap_compare):
     assert snap_compare(fake_app(), terminal_size=(80, 24),
                         run_before=opening(pointers_screen, lambda pilot: pilot.press("down")))

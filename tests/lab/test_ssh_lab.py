@@ -121,6 +121,7 @@ def test_stdin_while_the_remote_writes_a_lot_back(session: Session) -> None:
     assert result.ok and result.stdout == data
 
 
+@pytest.mark.alone
 def test_stdin_the_command_never_reads_does_not_block(session: Session) -> None:
     start = time.monotonic()
     result = session.run("echo done", stdin=b"x" * (8 * 1024 * 1024), timeout=10)
@@ -149,6 +150,7 @@ def still_running(session: Session, marker: str) -> bool:
     return marker in session.run("ps -eo args").stdout.decode()
 
 
+@pytest.mark.alone
 def test_the_overall_timeout_fires_and_stops_the_command(session: Session) -> None:
     marker = f"timeout-{uuid.uuid4().hex}"
     start = time.monotonic()
@@ -159,6 +161,7 @@ def test_the_overall_timeout_fires_and_stops_the_command(session: Session) -> No
     assert session.run("echo still usable").stdout == b"still usable\n"
 
 
+@pytest.mark.alone
 def test_cancel_stops_the_command(session: Session) -> None:
     marker = f"cancel-{uuid.uuid4().hex}"
     cancel = threading.Event()
@@ -339,6 +342,7 @@ def test_a_missing_identity_file_is_named(lab: Lab, tmp_path: Path) -> None:
         connect(lab_host(lab, "host-1"), lab_ssh(lab, identity=tmp_path / "nope"))
 
 
+@pytest.mark.alone
 def test_a_stopped_host_is_unreachable_fast(lab: Lab, capfd: pytest.CaptureFixture[str]) -> None:
     host = lab_host(lab, "host-3")
     lab.stop_host("host-3")
