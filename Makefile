@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up what is missing first.
 # `make check` is the fast one for a change (about a minute, no root): lint, types, shellcheck and the unit tier.
-.PHONY: setup demo test check check-setup lint shellcheck unit unit-tui unit-rest bench lab-down
+.PHONY: setup demo test check check-setup lint collect shellcheck unit unit-tui unit-rest bench lab-down
 
 # VENV=/path/to/.venv runs the checks with another venv (as it is: nothing is installed into it).
 VENV ?= .venv
@@ -30,7 +30,7 @@ test: setup
 # Its parts run side by side (the TUI's unit tests, about two thirds of the tier's time, in a pytest of their own),
 # each part's output printed whole when it ends.
 check: check-setup
-	@$(MAKE) --no-print-directory -j4 --output-sync=target lint shellcheck unit-tui unit-rest
+	@$(MAKE) --no-print-directory -j4 --output-sync=target lint collect shellcheck unit-tui unit-rest
 
 check-setup:
 ifeq ($(VENV),.venv)
@@ -40,6 +40,11 @@ endif
 lint: check-setup
 	$(VENV)/bin/ruff check --no-cache core cli tui lab tests bench
 	$(VENV)/bin/mypy --cache-dir "$${TMPDIR:-/tmp}/topdeck-mypy-$$(id -u)"
+
+# Every test of both tiers imports (a lab test importing a name that moved fails here, not 10 minutes into CI).
+collect: check-setup
+	@out=$$($(VENV)/bin/python -m pytest -p no:cacheprovider --collect-only -qq tests 2>&1) || \
+		{ printf '%s\n' "$$out" | tail -n 40; exit 1; }
 
 # Clean, with no exclusion list: each deliberate exception is a `# shellcheck disable=` beside its line, with why.
 shellcheck: check-setup
