@@ -53,8 +53,7 @@ def test_known_hosts_lines_plain_hashed_revoked_and_unusable(tmp_path: Path) -> 
     assert [k.asbytes() for k in keys.lookup("10.0.0.2", 2222)] == [KEY.asbytes()]
     assert keys.lookup("10.0.0.2") == [] and keys.lookup("10.0.0.3") == []
     assert keys.lookup("10.0.0.4") == [] and keys.revoked(OTHER)  # pinned, and revoked elsewhere in the file
-    assert keys.problems == [f"{path}:5: @cert-authority lines are not supported; skipped",
-                             f"{path}:6: not a usable known_hosts line; skipped"]
+    assert keys.problems == [f"{path}:6: not a usable known_hosts line; skipped"]  # the CA line is read
 
 
 def test_a_missing_file_holds_no_keys_and_a_system_file_is_read_too(tmp_path: Path) -> None:

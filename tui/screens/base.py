@@ -13,7 +13,7 @@ from textual.worker import Worker, get_current_worker
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Event
 from topdeck.tui.jobs import EngineEvent, Job, JobDone, JobFailed
-from topdeck.tui.state import Shell
+from topdeck.tui.state import Run, Shell
 from topdeck.tui.text import shown
 
 
@@ -108,3 +108,50 @@ class TopdeckScreen(Screen[Any]):
 
     def host_key_accepted(self, host: str) -> None:
         """After the operator pinned `host`'s key; screens re-read what failed because of it."""
+
+
+class RunScreen(TopdeckScreen):
+    """A screen whose one job is a run on hosts (a deploy, a command): while it runs, the app's `q` asks first,
+    `c` cancels it (the job still reports how far it got) and escape refuses to leave."""
+
+    busy = "a run is in progress: c cancels it"
+
+    def __init__(self, running: bool) -> None:
+        super().__init__()
+        self.running = running
+        self.worker: Worker[None] | None = None
+        self.run: Run | None = None
+        self.result: object = None
+        self.cancel_asked = False
+
+    def start_run(self, title: str, hosts: tuple[str, ...], job: Job[Any]) -> None:
+        self.worker = self.start(job)
+        self.run = Run(title, hosts, self.worker.cancel)
+        self.topdeck.run_started(self.run)
+
+    def end_run(self) -> None:
+        self.running = False
+        if self.run is not None:
+            self.topdeck.run_finished(self.run)
+
+    @property
+    def cancelling(self) -> bool:
+        return self.running and self.cancel_asked
+
+    def action_cancel(self) -> None:
+        if not self.running:
+            self.notify("nothing is running", severity="warning", markup=False)
+            return
+        if self.worker is not None:
+            self.worker.cancel()
+        self.cancel_asked = True
+        self.show_outcome()
+
+    def show_outcome(self) -> None:
+        """Draw how the run stands (running, cancelling, its end)."""
+
+    def action_back(self) -> None:
+        if self.running:
+            self.notify(self.busy, severity="warning", markup=False)
+            return
+        self.dismiss(self.result)

@@ -16,7 +16,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Label, Log, Static
-from textual.worker import Worker
 
 from topdeck.core.events import (
     DeployResult,
@@ -31,8 +30,7 @@ from topdeck.core.events import (
 from topdeck.core.vocabulary import FINAL_PHASES, Mode, Phase
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import bar, phase_text, short_system, size_pair
-from topdeck.tui.screens.base import TopdeckScreen
-from topdeck.tui.state import Run
+from topdeck.tui.screens.base import RunScreen
 from topdeck.tui.text import plain, shown
 from topdeck.tui.widgets.table import SafeTable
 
@@ -59,7 +57,7 @@ class HostRow:
         return self.phase in FINAL_PHASES
 
 
-class DeployScreen(TopdeckScreen):
+class DeployScreen(RunScreen):
     help_title = "deploy"
     DEFAULT_CSS = """
     DeployScreen #summary { height: auto; padding: 0 1; background: $boost; }
@@ -75,19 +73,15 @@ class DeployScreen(TopdeckScreen):
 
     def __init__(self, title: str, hosts: Sequence[str], runner: Runner | None = None, *, mode: str = Mode.SWITCH,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
+        super().__init__(running=runner is not None)
         self.title_text, self.mode, self.runner, self.clock = title, mode, runner, clock
         self.rows: dict[str, HostRow] = {host: HostRow() for host in hosts}
         self.waves: list[WaveStarted] = []
         self.result: DeployResult | None = None
         self.error = ""
-        self.worker: Worker[None] | None = None
-        self.cancelling = False
-        self.running = runner is not None
         self.started = clock()
         self.dirty: set[str] = set()
         self.summary_dirty = False
-        self.run: Run | None = None
         self.log_host = next(iter(self.rows), "")
 
     def compose(self) -> ComposeResult:
@@ -112,9 +106,8 @@ class DeployScreen(TopdeckScreen):
         self.show_outcome()
         self.set_interval(REDRAW_INTERVAL, self.redraw)
         if self.runner is not None:
-            self.worker = self.start(Job("deploy", self.runner, self.deploy_done, self.deploy_failed, self.apply))
-            self.run = Run(self.title_text, tuple(self.rows), self.worker.cancel)
-            self.topdeck.run_started(self.run)
+            self.start_run(self.title_text, tuple(self.rows),
+                           Job("deploy", self.runner, self.deploy_done, self.deploy_failed, self.apply))
 
     # --- the model: events only change it ----------------------------------------------------------------
 
@@ -255,23 +248,7 @@ class DeployScreen(TopdeckScreen):
         self.finish()
 
     def finish(self) -> None:
-        self.running = False
-        if self.run is not None:
-            self.topdeck.run_finished(self.run)
+        self.end_run()
         self.summary_dirty = True
         self.redraw()
 
-    def action_cancel(self) -> None:
-        if not self.running:
-            self.notify("nothing is running", severity="warning", markup=False)
-            return
-        if self.worker is not None:
-            self.worker.cancel()
-        self.cancelling = True
-        self.show_outcome()
-
-    def action_back(self) -> None:
-        if self.running:
-            self.notify("a run is in progress: c cancels it", severity="warning", markup=False)
-            return
-        self.dismiss(self.result)

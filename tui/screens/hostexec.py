@@ -13,13 +13,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Label, Log, Static
-from textual.worker import Worker
 
 from topdeck.core.events import Emit, Event, LogLine
 from topdeck.core.hostexec import ExecResult, HostExit
 from topdeck.tui.jobs import Job
-from topdeck.tui.screens.base import TopdeckScreen
-from topdeck.tui.state import Run
+from topdeck.tui.screens.base import RunScreen
 from topdeck.tui.text import plain, shown
 from topdeck.tui.widgets.table import SafeTable
 
@@ -40,7 +38,8 @@ class ExecRow:
         return plain("failed" if self.run.error else self.run.ending, style="green" if self.run.ok else "bold red")
 
 
-class ExecScreen(TopdeckScreen):
+class ExecScreen(RunScreen):
+    busy = "the command still runs: c cancels it"
     help_title = "exec"
     DEFAULT_CSS = """
     ExecScreen #summary { height: auto; padding: 0 1; background: $boost; }
@@ -55,15 +54,12 @@ class ExecScreen(TopdeckScreen):
     ]
 
     def __init__(self, hosts: Sequence[str], argv: Sequence[str], runner: Runner | None = None) -> None:
-        super().__init__()
+        super().__init__(running=runner is not None)
         self.argv, self.runner = tuple(argv), runner
         self.rows: dict[str, ExecRow] = {host: ExecRow() for host in hosts}
         self.result: ExecResult | None = None
         self.error = ""
-        self.worker: Worker[None] | None = None
-        self.running = runner is not None
         self.shown_host = next(iter(self.rows), "")
-        self.run: Run | None = None
 
     @property
     def command_text(self) -> str:
@@ -91,9 +87,8 @@ class ExecScreen(TopdeckScreen):
         self.show_summary()
         self.show_output()
         if self.runner is not None:
-            self.worker = self.start(Job("exec", self.runner, self.exec_done, self.exec_failed, self.apply))
-            self.run = Run("command", tuple(self.rows), self.worker.cancel)
-            self.topdeck.run_started(self.run)
+            self.start_run("command", tuple(self.rows),
+                           Job("exec", self.runner, self.exec_done, self.exec_failed, self.apply))
 
     # --- the model ---------------------------------------------------------------------------------------
 
@@ -139,7 +134,7 @@ class ExecScreen(TopdeckScreen):
 
     def show_outcome(self) -> None:
         text = Text()
-        if self.running and self.worker is not None and self.worker.is_cancelled:
+        if self.cancelling:
             text.append("cancelling…", style="cyan")
         elif self.running:
             text.append("running… c cancels", style="cyan")
@@ -187,22 +182,7 @@ class ExecScreen(TopdeckScreen):
         self.finish()
 
     def finish(self) -> None:
-        if self.run is not None:
-            self.topdeck.run_finished(self.run)
+        self.end_run()
         for host in self.rows:
             self.update_row(host)
         self.show_outcome()
-
-    def action_cancel(self) -> None:
-        if not self.running:
-            self.notify("nothing is running", severity="warning", markup=False)
-            return
-        if self.worker is not None:
-            self.worker.cancel()
-        self.show_outcome()
-
-    def action_back(self) -> None:
-        if self.running:
-            self.notify("the command still runs: c cancels it", severity="warning", markup=False)
-            return
-        self.dismiss(self.result)
