@@ -41,10 +41,14 @@ lint: check-setup
 	$(VENV)/bin/ruff check --no-cache core cli tui lab tests bench
 	$(VENV)/bin/mypy --cache-dir "$${TMPDIR:-/tmp}/topdeck-mypy-$$(id -u)"
 
-# Every test of both tiers imports (a lab test importing a name that moved fails here, not 10 minutes into CI).
+# Every test of both tiers imports (a lab test importing a name that moved fails here, not 10 minutes into CI),
+# and two collections name the same tests (pytest-xdist refuses test ids made from random data).
+COLLECT = $(VENV)/bin/python -m pytest -p no:cacheprovider --collect-only -q tests
 collect: check-setup
-	@out=$$($(VENV)/bin/python -m pytest -p no:cacheprovider --collect-only -qq tests 2>&1) || \
-		{ printf '%s\n' "$$out" | tail -n 40; exit 1; }
+	@first=$$($(COLLECT) 2>&1) || { printf '%s\n' "$$first" | tail -n 40; exit 1; }; \
+		second=$$($(COLLECT) 2>&1); \
+		[ "$$(printf '%s' "$$first" | grep '::')" = "$$(printf '%s' "$$second" | grep '::')" ] || \
+		{ echo "collect: two collections name different tests (a parametrize id made from random data?)"; exit 1; }
 
 # Clean, with no exclusion list: each deliberate exception is a `# shellcheck disable=` beside its line, with why.
 shellcheck: check-setup

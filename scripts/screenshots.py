@@ -6,8 +6,8 @@
 It copies the demo fleet's inventory (hosts/) to a scratch folder, sets the lab up for it with
 `topdeck demo --no-tui`, publishes a newer web system so that there is something to plan, then drives the
 real app headless with Textual's Pilot: fleet, plan, the deploy confirmation, a deploy running and done,
-generations with a diff, pointers, a command on every host (x), a push of a system the cache lacks, an unknown
-host key, and the help.
+generations with a diff, pointers, the shared history (h), a command on every host (x), a push of a system the
+cache lacks, an unknown host key, and the help.
 Needs root (the lab)."""
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ async def shoot(inventory_dir: Path, out: Path) -> None:
     from topdeck.tui.backend import Backend
     from topdeck.tui.screens.deploy import DeployScreen
     from topdeck.tui.screens.generations import GenerationsScreen
+    from topdeck.tui.screens.history import HistoryScreen
     from topdeck.tui.screens.hostexec import ExecScreen
     from topdeck.tui.screens.hostkey import HostKeyScreen
     from topdeck.tui.screens.plan import PlanScreen
@@ -177,6 +178,15 @@ async def shoot(inventory_dir: Path, out: Path) -> None:
         await until(lambda: app.screen.query_one("#history").row_count >= 2)
         await pilot.pause(0.3)
         save("pointers")
+        await pilot.press("escape")
+
+        # h: every operator's runs, from the bucket; enter opens one run's hosts.
+        await pilot.press("h")
+        await until(lambda: isinstance(app.screen, HistoryScreen) and app.screen.query_one("#runs").row_count)
+        await pilot.press("enter")
+        await until(lambda: app.screen.query_one("#runhosts").row_count)
+        await pilot.pause(0.3)
+        save("history")
         await pilot.press("escape")
 
         # x: a command on every host; hosts with the same output are grouped at the end.

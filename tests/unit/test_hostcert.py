@@ -67,7 +67,7 @@ def test_no_principals_means_any_name() -> None:
     (certificate(after=NOW + 100), "it is not valid yet"),
     (certificate(ca=OTHER_CA), "signed by a CA that no @cert-authority line trusts"),
     (certificate(critical=True), "critical options"),
-])
+], ids=["user", "principal", "expired", "not-yet", "other-ca", "critical"])  # the blobs differ in each process
 def test_invalid_certificates_say_why(blob: bytes, why: str) -> None:
     authority, reason = check(blob)
     assert authority is None and why in reason
