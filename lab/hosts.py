@@ -308,9 +308,12 @@ class LabHost:
 
     def namespace_pids(self) -> list[int]:
         # Never this machine's own namespace: a stale record would make a teardown kill every process here.
+        # And never a namespace that only has its number: numbers are reused once a namespace is gone (by a Nix
+        # build's sandbox, another lab), so a process counts only when its mounts come from this host's folder.
         if not self.state.namespace or self.state.namespace == self._namespace_of(os.getpid()):
             return []
-        return [pid for pid in _all_pids() if self._namespace_of(pid) == self.state.namespace]
+        return [pid for pid in _all_pids()
+                if self._namespace_of(pid) == self.state.namespace and _mounts_from(pid, self.dir)]
 
     def teardown(self) -> None:
         """Kill every process in the host's namespace; the namespace and its mounts go with the last one."""
@@ -392,6 +395,14 @@ def _namespace_of(pid: int, kind: str = "mnt") -> str:
         return os.readlink(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return ""
+
+
+def _mounts_from(pid: int, folder: Path) -> bool:
+    """Whether any mount of process `pid` comes from `folder` (its mountinfo names it)."""
+    try:
+        return str(folder).encode() in Path(f"/proc/{pid}/mountinfo").read_bytes()
+    except OSError:
+        return False
 
 
 def _comm(pid: int) -> str:

@@ -689,7 +689,12 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(lab, fleet, other_accou
     for fragment in expected:
         fragment = fragment.format(inv=inv, tmp=tmp_path, top=ctx.toplevel)
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    assert bucket_state(lab) == bucket, "the bucket changed"
+    after = bucket_state(lab)
+    recorded = {name for name in after.keys() - bucket.keys() if "/runs/" in f"/{name}"}
+    assert {name: state for name, state in after.items() if name not in recorded} == bucket, "the bucket changed"
+    for name in recorded:  # a deploy the hosts refused goes into the shared history, as a failed run
+        record = json.loads(B2Cache(BUCKET, "", lab.emulator.url, *lab.b2_key()).get_bytes(name))["record"]
+        assert record["hosts"] and all(host["outcome"] != "done" for host in record["hosts"]), record
     assert hosts_state(lab) == hosts, "a host's system changed"
     assert not MARKER.exists(), "a hostile value ran"
     for secret in [*lab_secrets(lab), *ctx.secrets]:

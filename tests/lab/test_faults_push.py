@@ -225,7 +225,7 @@ def test_push_killed_at_twenty_random_moments_leaves_a_consistent_cache_and_reru
                             "--jobs", "2"], capture_output=True, text=True, env=lab_env(), timeout=120)
     assert whole.returncode == 0, whole.stderr
     total_uploads = uploads_so_far(lab) - before
-    assert total_uploads == 2 * len(closure) + 4  # NARs, narinfos, nix-cache-info, manifest, sidecar, .txt
+    assert total_uploads == 2 * len(closure) + 5  # NARs, narinfos, nix-cache-info, manifest, sidecar, .txt, run record
 
     moments = []
     for round_ in range(KILLS):
@@ -252,7 +252,8 @@ def test_push_killed_at_twenty_random_moments_leaves_a_consistent_cache_and_reru
         missing_nars = [i for i in closure if f"nar/{_nar32(i)}.nar.zst" not in listing]
         missing_narinfos = [i for i in closure if narinfo_name(i.path) not in listing]
         expected_uploads = (len(missing_nars) + len(missing_narinfos) + ("nix-cache-info" not in listing)
-                            + (manifest_name(toplevel) not in listing) + 2 * (not found["txt"]))
+                            + (manifest_name(toplevel) not in listing)
+                            + 3 * (not found["txt"]))  # the sidecar, the .txt and the run record
         before = uploads_so_far(lab)
 
         rerun = subprocess.run([TOPDECK, "--inventory", str(inventory), "push", str(toplevel), "--pointer", "web",

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import zstandard
-from conftest import TEST_BASE_ADDRESS, write_lab_inventory
+from conftest import write_lab_inventory
 from deploytools import MIXED_KINDS, deploy, release, state, three_host_lab
 
 from topdeck.core.b2cache import B2Cache
@@ -19,13 +19,15 @@ from topdeck.core.store import parse_store_path
 from topdeck.lab.lab import BUCKET
 from topdeck.lab.wan import make_wan
 
+ADDRESS = "127.0.56.11"  # a lab of its own: the session lab holds TOPDECK_TEST_BASE_ADDRESS
+
 HOSTS = ("host-1", "host-2", "host-3")  # native (Nix 2.8), trixie (2.26), sid (2.34)
 AHEAD_FAILED = "fetching ahead did not work"
 
 
 @pytest.fixture(scope="module")
 def far_lab(tmp_path_factory):
-    with three_host_lab(tmp_path_factory.mktemp("ahead-lab"), TEST_BASE_ADDRESS, MIXED_KINDS) as lab:
+    with three_host_lab(tmp_path_factory.mktemp("ahead-lab"), ADDRESS, MIXED_KINDS) as lab:
         lab.set_wan(make_wan({"cache": 50}))
         yield lab
 
