@@ -308,12 +308,14 @@ class LabHost:
 
     def namespace_pids(self) -> list[int]:
         # Never this machine's own namespace: a stale record would make a teardown kill every process here.
-        # And never a namespace that only has its number: numbers are reused once a namespace is gone (by a Nix
-        # build's sandbox, another lab), so a process counts only when its mounts come from this host's folder.
         if not self.state.namespace or self.state.namespace == self._namespace_of(os.getpid()):
             return []
-        return [pid for pid in _all_pids()
-                if self._namespace_of(pid) == self.state.namespace and _mounts_from(pid, self.dir)]
+        pids = [pid for pid in _all_pids() if self._namespace_of(pid) == self.state.namespace]
+        if self.namespace_alive():
+            return pids
+        # Without its anchor, the record may name a namespace that is gone: its number is reused (by a Nix build's
+        # sandbox, another lab), so a process counts only when its mounts come from this host's folder.
+        return [pid for pid in pids if _mounts_from(pid, self.dir)]
 
     def teardown(self) -> None:
         """Kill every process in the host's namespace; the namespace and its mounts go with the last one."""

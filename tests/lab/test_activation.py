@@ -104,6 +104,11 @@ def test_a_held_switch_lock_stops_the_deploy_and_is_never_deleted(lab, inventory
     before = state(lab, name)
     next_web(inventory)
     host = lab.host(name)
+    # The deploy's own switch may still be ending (its services, its lock) for a moment after its result.
+    deadline = time.monotonic() + 30
+    while host.sh(f"flock -n {LOCK} true && echo free || echo held", check=False).strip() != "free":
+        assert time.monotonic() < deadline, host.sh(f"ls -l /proc/[0-9]*/fd 2>/dev/null | grep {LOCK}", check=False)
+        time.sleep(0.2)
     # A running switch (a program of that name holding the lock), or a process that is no switch holding it.
     program = "/run/lab-held/switch-to-configuration" if holder == "switch" else "/run/lab-held/leftover"
     script = f"#!/bin/sh\necho $$ > /run/lab-held/pid\nexec 8>>{LOCK}\nflock 8\nsleep 60 8>&-\n"
