@@ -192,10 +192,9 @@ class SSHLab:
                     conn, _ = listener.accept()
                 except OSError:
                     return
-                if close:
-                    conn.close()
-                else:
-                    held.append(conn)
+                if close:  # an end-of-file, never a reset: close() with the client's banner unread would send RST
+                    conn.shutdown(socket.SHUT_WR)
+                held.append(conn)
 
         threading.Thread(target=serve, daemon=True).start()
         self._listeners = [*getattr(self, "_listeners", []), listener]
