@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import time
+import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,8 @@ class DirCache:
     def _write(self, name: str, chunks) -> int:  # type: ignore[no-untyped-def]
         target = self._path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f"{target.name}.tmp.{os.getpid()}")
+        # One temporary name per writer: two paths with the same NAR write one file name from two threads at once.
+        temporary = target.with_name(f"{target.name}.tmp.{os.getpid()}.{uuid.uuid4().hex[:12]}")
         size = 0
         with temporary.open("wb") as handle:
             for chunk in chunks:

@@ -68,3 +68,40 @@ def test_a_broken_history_is_one_line_naming_it(cache: DirCache) -> None:
     history.write_text('{"size": 1, "size": 2}\n')
     with pytest.raises(CacheError, match=r"p\.jsonl: not a readable version history"):
         cache.versions("p")
+
+
+def test_two_writers_of_one_name_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two store paths with the same NAR upload one file name from two push threads at the same moment."""
+    import threading
+
+    cache = DirCache(tmp_path / "cache", f"file://{tmp_path / 'cache'}")
+    both_open = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b"nar"
+        both_open.wait(timeout=5)  # each writer holds its temporary file open until the other has one too
+        yield b" bytes"
+
+    def write() -> None:
+        try:
+            cache.put_stream("nar/same.nar.zst", _Chunks(chunks()), content_type="application/x-nix-nar")
+        except BaseException as error:  # noqa: BLE001 - the test reports any failure of either writer
+            failures.append(error)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=10)
+    assert failures == []
+    assert cache.get_bytes("nar/same.nar.zst") == b"nar bytes"
+    assert [p.name for p in (tmp_path / "cache" / "nar").iterdir()] == ["same.nar.zst"]
+
+
+class _Chunks(io.RawIOBase):
+    def __init__(self, chunks) -> None:  # type: ignore[no-untyped-def]
+        self.chunks = chunks
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self.chunks, b"")
