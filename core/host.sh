@@ -609,17 +609,23 @@ check_switch_lock() {  # another switch running (nixos-rebuild, autoUpgrade) or 
 lock_holder() {  # a process that has file $1 open (but $2 and what it started): a switch if one does (/proc/locks
     # names the process that took a flock, which may have ended since, like `flock FD` in a script; the lock stays
     # with whoever holds the file)
-    found=
+    # A process whose fdinfo lists the lock holds it; one that only has the file open (a switch waiting for it, or
+    # what a switch left running) is named only when no holder can be seen.
+    found='' holder=''
     # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
     for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$1" 2>/dev/null); do
         pid=${fd#/proc/}
         pid=${pid%%/*}
         [ "$pid" != $$ ] || continue
         if [ -n "${2:-}" ] && descends_from "$pid" "$2"; then continue; fi
-        if is_switch "$pid"; then echo "$pid"; return 0; fi
-        found=${found:-$pid}
+        if grep -q '^lock:' "/proc/$pid/fdinfo/${fd##*/}" 2>/dev/null; then
+            if is_switch "$pid"; then echo "$pid"; return 0; fi
+            holder=${holder:-$pid}
+        elif [ -z "$found" ] || { ! is_switch "$found" && is_switch "$pid"; }; then
+            found=$pid
+        fi
     done
-    [ -z "$found" ] || echo "$found"
+    if [ -n "$holder" ]; then echo "$holder"; elif [ -n "$found" ]; then echo "$found"; fi
 }
 
 is_switch() {  # whether process $1 is a switch-to-configuration: its executable, its argv[0], or the script it runs

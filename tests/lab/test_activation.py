@@ -97,6 +97,7 @@ def test_a_session_cut_mid_switch_with_kill_user_processes_and_a_sudo_user_still
     assert after["current"] == after["profile"] == after["boot"] == web
 
 
+@pytest.mark.alone  # under parallel load its stale row once met a switch where it placed a plain holder (unexplained)
 @pytest.mark.parametrize("holder", ["switch", "stale"])
 @pytest.mark.parametrize("name", ["host-1", "host-2"])
 def test_a_held_switch_lock_stops_the_deploy_and_is_never_deleted(lab, inventory, holder, name):
@@ -113,7 +114,11 @@ def test_a_held_switch_lock_stops_the_deploy_and_is_never_deleted(lab, inventory
     program = "/run/lab-held/switch-to-configuration" if holder == "switch" else "/run/lab-held/leftover"
     script = f"#!/bin/sh\necho $$ > /run/lab-held/pid\nexec 8>>{LOCK}\nflock 8\nsleep 60 8>&-\n"
     host.sh(f"mkdir -p /run/nixos /run/lab-held && printf %s {shlex.quote(script)} > {program} && chmod +x {program}"
-            f" && (setsid {program} </dev/null >/dev/null 2>&1 &) && sleep 0.5")
+            f" && (setsid {program} </dev/null >/dev/null 2>&1 &)")
+    deadline = time.monotonic() + 30  # until the holder has the lock (a busy machine may take more than a moment)
+    while host.sh(f"flock -n {LOCK} true && echo free || echo held", check=False).strip() != "held":
+        assert time.monotonic() < deadline, "the holder did not take the lock"
+        time.sleep(0.1)
     try:
         result, _, outcomes = deploy(inventory, "--on", name)
         still_held = host.sh(f"flock -n {LOCK} true && echo free || echo held").strip()
