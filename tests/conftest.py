@@ -45,13 +45,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "`make test`), or run only them (its serial part)")
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark every test by its folder, so `-m unit` and `-m lab` select a tier from any list of paths."""
+    for marker, folder in TIERS.items():
+        if folder in item.path.parents:
+            item.add_marker(marker)
+
+
+# Last, after syrupy has listed the collected tests: a snapshot whose test is dropped here is then not "unused".
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test by its folder, so `-m unit` and `-m lab` select a tier from any list of paths; keep or drop
-    the `alone` tests as --alone says."""
-    for item in items:
-        for marker, folder in TIERS.items():
-            if folder in item.path.parents:
-                item.add_marker(marker)
+    """Keep or drop the `alone` tests as --alone says."""
     alone = config.getoption("alone")
     if alone != "with":
         dropped = [item for item in items if (item.get_closest_marker("alone") is not None) == (alone == "skip")]
