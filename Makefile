@@ -5,7 +5,7 @@
 # VENV=/path/to/.venv runs the checks with another venv (as it is: nothing is installed into it).
 VENV ?= .venv
 # POSIX sh run on the hosts and in the lab's image roots (no #! line: checked as sh), and the bash scripts here.
-SH_SCRIPTS = core/host.sh core/probe.sh lab/image/configure.sh
+SH_SCRIPTS = core/remote/host.sh core/remote/probe.sh lab/image/configure.sh
 BASH_SCRIPTS = scripts/setup.sh scripts/test-on-debian13.sh .ci/run
 
 setup:

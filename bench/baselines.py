@@ -34,10 +34,10 @@ from bench.common import (
     work_root,
 )
 from bench.fleetlab import ChangingSystem, measure, own_lab, ssh_all, ssh_argv, write_inventory
+from topdeck.core.cache.push import push
 from topdeck.core.events import DeployResult, HostPhase
-from topdeck.core.fleet import deploy_fleet, plan_fleet
-from topdeck.core.push import push
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.operations import deploy_fleet, plan_fleet
 from topdeck.lab import forward
 from topdeck.lab.hosts import SYSTEM_PROFILE, wait_for
 from topdeck.lab.lab import BUCKET, Lab

@@ -13,9 +13,10 @@ import threading
 from urllib.parse import unquote
 
 from bench.common import PACKAGES, Figure, b2_cache, closures, log, median, repeats, shared_lab, signing_key, timed
-from topdeck.core import localnix
-from topdeck.core.push import nar_name, push
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.presence import nar_name
+from topdeck.core.cache.push import push
+from topdeck.core.nix import localnix
+from topdeck.core.nix.store import parse_store_path
 
 
 class UploadedBytes:

@@ -146,14 +146,14 @@ def close_shared_lab() -> None:
 
 def b2_cache(lab, prefix: str):  # type: ignore[no-untyped-def]
     """A B2Cache on the lab's bucket under `prefix`, with the lab's restricted key."""
-    from topdeck.core.b2cache import B2Cache
+    from topdeck.core.cache.b2 import B2Cache
     from topdeck.lab.lab import BUCKET
 
     return B2Cache(BUCKET, prefix, lab.emulator.url, *lab.b2_key())
 
 
 def signing_key(lab):  # type: ignore[no-untyped-def]
-    from topdeck.core.signing import load_secret_key
+    from topdeck.core.nix.signing import load_secret_key
 
     return load_secret_key(lab.cache_secret_key)
 
@@ -194,8 +194,8 @@ class Closures:
 
 def closures() -> Closures:
     """The two toplevels, with the lab's operator key authorized (hosts can activate them and stay reachable)."""
-    from topdeck.core import localnix
-    from topdeck.core.store import parse_store_path
+    from topdeck.core.nix import localnix
+    from topdeck.core.nix.store import parse_store_path
     from topdeck.lab import factory
 
     lab = shared_lab()

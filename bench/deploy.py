@@ -13,8 +13,8 @@ import secrets
 
 from bench.common import Figure, b2_cache, log, median, repeats, shared_lab, signing_key, timed, work_root
 from bench.fleetlab import ChangingSystem, write_inventory
-from topdeck.core import pointers
-from topdeck.core.fleet import deploy_fleet, plan_fleet, trusted_key
+from topdeck.core.cache import pointers
+from topdeck.core.operations import deploy_fleet, plan_fleet, trusted_key
 
 HOSTS = 20
 NO_CHANGE_HOSTS = 10

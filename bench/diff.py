@@ -1,4 +1,4 @@
-"""Benchmark 6: the closure diff of the base and the 1 %-changed closures, by core.diff, against `nix store
+"""Benchmark 6: the closure diff of the base and the 1 %-changed closures, by core.nix.diff, against `nix store
 diff-closures` on the same pair (goal: at most its time).
 
 topdeck's time is what a plan spends on it: `diff_closures` of two {path: NarSize} maps it already has (from the
@@ -11,8 +11,8 @@ from __future__ import annotations
 import subprocess
 
 from bench.common import Figure, closures, log, median, repeats, shared_lab, times
-from topdeck.core import localnix
-from topdeck.core.diff import diff_closures, render_diff_closures
+from topdeck.core.nix import localnix
+from topdeck.core.nix.diff import diff_closures, render_diff_closures
 from topdeck.lab.nixenv import lab_env
 
 
@@ -31,7 +31,7 @@ def run(quick: bool = False) -> list[Figure]:
                        env=lab_env())
 
     count = repeats(quick, 20, 3)
-    log("diff: core.diff, then nix store diff-closures")
+    log("diff: core.nix.diff, then nix store diff-closures")
     topdeck, baseline = median(times(ours, count)), median(times(nix, count))
     nix_lines = subprocess.run(["nix", "store", "diff-closures", built.base, built.changed], check=True,
                                capture_output=True, text=True, env=lab_env()).stdout.splitlines()

@@ -2,7 +2,7 @@
 127.0.55.11 and up), the cache leg given a round trip by the WAN lab's relay (topdeck.lab.wan).
 
 For each round trip and host kind, the cold fetch of the ~1100-path closure and then its 1 % change, four ways:
-- topdeck: core/host.sh `deploy RUN dry-activate TARGET` (the fetch ahead: curl into a local folder, Nix
+- topdeck: core/remote/host.sh `deploy RUN dry-activate TARGET` (the fetch ahead: curl into a local folder, Nix
   substitutes from it with signatures required);
 - Nix: the same script with `--fetch-parallel 0`, which is today's path (`nix-store -r` from the cache);
 - the curl floor: one `curl --parallel --parallel-max 64` on the host for the same narinfos and NARs, no Nix;
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from bench.common import Figure, b2_cache, closures, log, shared_lab, signing_key
 from bench.fleetlab import own_lab
-from topdeck.core import localnix
-from topdeck.core.presence import nar_name
-from topdeck.core.push import push
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.presence import nar_name
+from topdeck.core.cache.push import push
+from topdeck.core.nix import localnix
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab.hosts import LabHost
 from topdeck.lab.lab import BUCKET, Lab
 from topdeck.lab.wan import make_wan
@@ -33,7 +33,7 @@ from topdeck.lab.wan import make_wan
 BASE_ADDRESS = "127.0.55.11"
 RTTS = (0, 50, 100, 200)
 KINDS = ("native", "trixie", "sid")
-HOST_SCRIPT = Path(__file__).resolve().parent.parent / "core" / "host.sh"
+HOST_SCRIPT = Path(__file__).resolve().parent.parent / "core" / "remote" / "host.sh"
 PARALLEL = 64
 
 

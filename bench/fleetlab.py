@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log, use_lab_nix, work_root
-from topdeck.core.cache import Cache
+from topdeck.core.cache.interface import Cache
+from topdeck.core.cache.push import push
 from topdeck.core.inventory import Inventory, load_inventory
-from topdeck.core.push import push
-from topdeck.core.signing import SecretKey
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import SecretKey
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab import factory
 from topdeck.lab.lab import BUCKET, Lab
 

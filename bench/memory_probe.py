@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.push import push
-from topdeck.core.signing import load_secret_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.push import push
+from topdeck.core.nix.signing import load_secret_key
+from topdeck.core.nix.store import parse_store_path
 
 
 def peak_rss_bytes() -> int:

@@ -29,9 +29,9 @@ from bench.common import (
     timed_and_counted,
     work_root,
 )
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.push import push
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.push import push
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab.lab import BUCKET
 from topdeck.lab.nixenv import lab_env
 

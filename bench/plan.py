@@ -31,12 +31,12 @@ from bench.common import (  # noqa: E402
     table,
     times,
 )
+from topdeck.core.cache.manifest import manifest_name, parse_manifest  # noqa: E402
+from topdeck.core.cache.push import push  # noqa: E402
 from topdeck.core.inventory import Host, SSHConfig  # noqa: E402
-from topdeck.core.manifest import manifest_name, parse_manifest  # noqa: E402
+from topdeck.core.nix.store import parse_store_path  # noqa: E402
 from topdeck.core.plan import plan  # noqa: E402
-from topdeck.core.push import push  # noqa: E402
-from topdeck.core.ssh import connect  # noqa: E402
-from topdeck.core.store import parse_store_path  # noqa: E402
+from topdeck.core.remote.ssh import connect  # noqa: E402
 from topdeck.lab.nixenv import lab_env  # noqa: E402
 
 HOSTS = 10

@@ -15,9 +15,9 @@ import shutil
 import subprocess
 
 from bench.common import Figure, b2_cache, closures, log, median, repeats, shared_lab, signing_key, times, work_root
-from topdeck.core import localnix
-from topdeck.core.push import push
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.push import push
+from topdeck.core.nix import localnix
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab import images, opnix
 from topdeck.lab.nixenv import lab_env
 

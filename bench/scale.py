@@ -22,9 +22,9 @@ import time
 
 from bench.common import BENCH_DIR, Figure, b2_cache, counters, log, median, repeats, signing_key, work_root
 from bench.fleetlab import SshdCount, measure, own_lab, ssh_all, write_inventory
-from topdeck.core.fleet import deploy_fleet, plan_fleet
-from topdeck.core.push import push
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.push import push
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.operations import deploy_fleet, plan_fleet
 from topdeck.lab import factory
 
 BASE_ADDRESS = "127.0.50.11"

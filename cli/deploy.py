@@ -23,10 +23,10 @@ from topdeck.cli.output import (
     until,
 )
 from topdeck.cli.plan import plan_json, render_plan
+from topdeck.core.cache.pointers import is_expired
 from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.facade import Fleet, check_waves
-from topdeck.core.fleet import HostStatus
-from topdeck.core.pointers import is_expired
+from topdeck.core.operations import HostStatus
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Mode, Outcome
 
 

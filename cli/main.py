@@ -68,7 +68,7 @@ def show_inventory(args: argparse.Namespace) -> int:
     """Each host of the inventory on one line: name, where it is reached, pointer and tags."""
     from topdeck.cli.output import say
     from topdeck.core.inventory import load_inventory
-    from topdeck.core.sshroute import endpoint_label
+    from topdeck.core.remote.sshroute import endpoint_label
 
     inventory = load_inventory(args.inventory)
     width = max(len(host.name) for host in inventory.hosts)

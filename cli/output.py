@@ -124,7 +124,7 @@ def to_json(value: object) -> object:
 def load_inventory(root: Path) -> Inventory:
     """core's load_inventory, with SSH key passphrases asked on the terminal (once per key file per run)."""
     from topdeck.core.inventory import load_inventory as load
-    from topdeck.core.ssh import AskOnce
+    from topdeck.core.remote.ssh import AskOnce
 
     inventory = load(root)
     ssh = dataclasses.replace(inventory.ssh, passphrase=AskOnce(terminal_passphrase))

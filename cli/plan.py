@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 import humanize
 
 from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, say, say_json, say_lines, size
-from topdeck.core.diff import render_diff_closures
 from topdeck.core.keys import KeyPlan, grouped
+from topdeck.core.nix.diff import render_diff_closures
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
-from topdeck.core.planview import GroupView, plan_view, reason
+from topdeck.core.planreport import GroupView, plan_view, reason
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

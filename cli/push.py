@@ -9,12 +9,12 @@ import time
 import humanize
 
 from topdeck.cli.output import EventPrinter, ago, ask, say, say_json, say_lines, selector, size, to_json, until
+from topdeck.core.cache.pointers import PointerVersion, check_name, is_expired
 from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.events import PublishedPointer, PushResult
 from topdeck.core.facade import Fleet
 from topdeck.core.inventory import load_inventory
-from topdeck.core.pointers import PointerVersion, check_name, is_expired
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.store import StorePath, parse_store_path
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -9,7 +9,7 @@ import sys
 
 from topdeck.cli.output import ask, open_fleet, say, say_json, say_lines
 from topdeck.core.errors import TopdeckError
-from topdeck.core.trust import Decide, HopKey, expect
+from topdeck.core.remote.trust import Decide, HopKey, expect
 
 FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 

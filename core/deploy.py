@@ -1,6 +1,6 @@
 """Deploy: make hosts pull a system from the cache and activate it, in parallel and in waves, with magic rollback.
 
-Each host runs core/host.sh (sent over SSH on stdin) under a host-side lock: verify the pointer, fetch with
+Each host runs core/remote/host.sh (sent over SSH on stdin) under a host-side lock: verify the pointer, fetch with
 signatures required, set the profile, activate detached from the SSH session, and wait for a confirmation
 that topdeck gives through a *new* SSH login (after the health checks); without it the host rolls back by
 itself. The script's output lines become events; the last one is the host's result.
@@ -32,8 +32,13 @@ from topdeck.core.events import (
     ignore,
     switch_meaning,
 )
-from topdeck.core.hostpool import each_host, values
-from topdeck.core.hostverbs import (
+from topdeck.core.inventory import Checks, Host, SSHConfig
+from topdeck.core.keys import KeyContent
+from topdeck.core.keys import upload as upload_keys
+from topdeck.core.nix.signing import PublicKey, ssh_public_key
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.remote.hostpool import each_host, values
+from topdeck.core.remote.hostverbs import (
     ConfirmLine,
     CurrentLine,
     LogText,
@@ -46,12 +51,7 @@ from topdeck.core.hostverbs import (
     run_verb,
     status,
 )
-from topdeck.core.inventory import Checks, Host, SSHConfig
-from topdeck.core.keys import KeyContent
-from topdeck.core.keys import upload as upload_keys
-from topdeck.core.signing import PublicKey, ssh_public_key
-from topdeck.core.ssh import MAX_OUTPUT, Connect, Session, connect
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.remote.ssh import MAX_OUTPUT, Connect, Session, connect
 from topdeck.core.strict import parse_uint
 from topdeck.core.vocabulary import SWITCH_MODES, Mode, Outcome, Phase, Step
 

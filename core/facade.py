@@ -15,12 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from topdeck.core import fleet, gc, hostexec, keys, pointers, release, runs, trust
+from topdeck.core import gc, hostexec, keys, operations, release, runs
 from topdeck.core import history as shared
-from topdeck.core.cache import Cache, Entry
-from topdeck.core.caches import open_cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
+from topdeck.core.cache.interface import Cache, Entry
+from topdeck.core.cache.manifest import manifest_name
+from topdeck.core.cache.pointers import Pointer, PointerVersion
+from topdeck.core.cache.push import push
 from topdeck.core.deploy import Settings, mode_of, new_run_id, plan_waves
-from topdeck.core.diff import ClosureDiff
 from topdeck.core.errors import (
     CacheError,
     DeployError,
@@ -31,16 +34,15 @@ from topdeck.core.errors import (
     UnknownHostKey,
 )
 from topdeck.core.events import DeployResult, Emit, LogLine, PushResult, ignore
-from topdeck.core.fleet import FleetPlan, HostStatus
-from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import Checks, Host, Inventory, select_hosts
-from topdeck.core.manifest import manifest_name
-from topdeck.core.pointers import Pointer, PointerVersion
-from topdeck.core.push import push
-from topdeck.core.signing import PublicKey, SecretKey, load_secret_key, ssh_public_key
-from topdeck.core.ssh import Connect, connect
-from topdeck.core.state import inventory_state
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.diff import ClosureDiff
+from topdeck.core.nix.signing import PublicKey, SecretKey, load_secret_key, ssh_public_key
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.operations import FleetPlan, HostStatus
+from topdeck.core.remote import trust
+from topdeck.core.remote.hostverbs import Generation
+from topdeck.core.remote.ssh import Connect, connect
+from topdeck.core.statedir import inventory_state
 from topdeck.core.vocabulary import HostState, Mode
 
 Clock = Callable[[], float]
@@ -132,7 +134,7 @@ class Fleet:
 
     def trusted_key(self) -> PublicKey:
         """The key hosts trust for the cache's signatures and the pointers."""
-        return fleet.trusted_key(self.inventory)
+        return operations.trusted_key(self.inventory)
 
     def agent_config(self, host_name: str) -> AgentConfig:
         host = self.inventory.host(host_name)
@@ -144,7 +146,7 @@ class Fleet:
 
     def status(self, selectors: Sequence[str] = (), emit: Emit = ignore,
                cancel: threading.Event | None = None) -> tuple[HostStatus, ...]:
-        found = fleet.status_fleet(self.inventory, selectors, cache=self.cache, connect=self._connect, emit=emit,
+        found = operations.status_fleet(self.inventory, selectors, cache=self.cache, connect=self._connect, emit=emit,
                                    cancel=cancel)
         try:
             last = shared.last_deploys(self.run_history())
@@ -155,10 +157,10 @@ class Fleet:
                      for status in found)
 
     def generations(self, host: str) -> tuple[Generation, ...]:
-        return fleet.generations(self.inventory, host, connect=self._connect)
+        return operations.generations(self.inventory, host, connect=self._connect)
 
     def generation_diff(self, host: str, path: str) -> ClosureDiff:
-        return fleet.generation_diff(self.inventory, host, path, connect=self._connect)
+        return operations.generation_diff(self.inventory, host, path, connect=self._connect)
 
     # --- pointers and the cache -----------------------------------------------------------------------
 
@@ -207,7 +209,7 @@ class Fleet:
     def _require_closure(self, path: StorePath) -> None:
         """Refuse a path whose manifest, or a narinfo of whose closure, the cache lacks (one line)."""
         try:
-            fleet.require_complete(self.cache.listing(), fleet.load_manifests({path}, self.cache))
+            operations.require_complete(self.cache.listing(), operations.load_manifests({path}, self.cache))
         except (CacheError, DeployError) as error:
             raise CacheError(f"{error}; nothing published") from None
 
@@ -273,13 +275,13 @@ class Fleet:
              cancel: threading.Event | None = None) -> FleetPlan:
         """`target`: a store path, `pointer:NAME` (every host deploys through that pointer), or None (each host's
         own pointer)."""
-        return fleet.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit, cancel=cancel,
-                                clock=self._clock)
+        return operations.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit,
+                                     cancel=cancel, clock=self._clock)
 
     def deploy(self, fleet_plan: FleetPlan, mode: Mode = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
                wave: str | None = None, specialisation: str | None = None, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
-        result = fleet.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,
+        result = operations.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,
                                     specialisation=specialisation, cache=self.cache, emit=emit, cancel=cancel,
                                     clock=self._clock)
         through = {h.name: fleet_plan.pointer or h.pointer for h in fleet_plan.hosts} if fleet_plan.from_pointers \
@@ -297,12 +299,12 @@ class Fleet:
 
     def rollback(self, hosts: Sequence[str], to: int | None = None, emit: Emit = ignore,
                  cancel: threading.Event | None = None) -> DeployResult:
-        result = fleet.rollback_fleet(self.inventory, list(hosts), to, emit=emit, cancel=cancel, clock=self._clock)
+        result = operations.rollback_fleet(self.inventory, list(hosts), to, emit=emit, cancel=cancel, clock=self._clock)
         self._record(shared.from_result(result, "rollback", self.operator), emit)
         return result
 
     def reboot(self, hosts: Sequence[str], emit: Emit = ignore, cancel: threading.Event | None = None) -> DeployResult:
-        result = fleet.reboot_fleet(self.inventory, list(hosts), emit=emit, cancel=cancel, clock=self._clock)
+        result = operations.reboot_fleet(self.inventory, list(hosts), emit=emit, cancel=cancel, clock=self._clock)
         self._record(shared.from_result(result, "reboot", self.operator), emit)
         return result
 

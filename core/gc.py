@@ -19,21 +19,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from topdeck.core import history, pointers
-from topdeck.core.cache import DeletingCache, Entry
-from topdeck.core.caches import open_deleting_cache
+from topdeck.core import history
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_deleting_cache
+from topdeck.core.cache.interface import DeletingCache, Entry
+from topdeck.core.cache.manifest import manifest_name, parse_manifest
+from topdeck.core.cache.presence import NAR_FOLDER, nar_file, narinfo_name
 from topdeck.core.errors import Cancelled, GcError, TopdeckError
 from topdeck.core.events import Emit, LogLine, Progress, Transactions, ignore
-from topdeck.core.fleet import trusted_key
-from topdeck.core.hostpool import each_host
-from topdeck.core.hostverbs import generations, status
 from topdeck.core.inventory import Host, Inventory
-from topdeck.core.manifest import manifest_name, parse_manifest
-from topdeck.core.narinfo import parse_narinfo
-from topdeck.core.push import NAR_FOLDER, nar_file, narinfo_name
-from topdeck.core.signing import PublicKey
-from topdeck.core.ssh import Connect, connect
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.narinfo import parse_narinfo
+from topdeck.core.nix.signing import PublicKey
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.operations import trusted_key
+from topdeck.core.remote.hostpool import each_host
+from topdeck.core.remote.hostverbs import generations, status
+from topdeck.core.remote.ssh import Connect, connect
 from topdeck.core.vocabulary import Step
 
 PRICE_PER_GB_MONTH = 0.006  # USD: Backblaze B2's list price for storage, per decimal GB and month

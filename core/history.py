@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from topdeck.core import strict
-from topdeck.core.cache import NO_CACHING, Cache, Entry
+from topdeck.core.cache.interface import NO_CACHING, Cache, Entry
 from topdeck.core.errors import CacheMissing, TopdeckError
 from topdeck.core.events import DeployResult
 from topdeck.core.inventory import is_safe_name
-from topdeck.core.signing import PublicKey, SecretKey, sign, verify
+from topdeck.core.nix.signing import PublicKey, SecretKey, sign, verify
 
 FOLDER = "runs/"
 FINGERPRINT = "topdeck-run-1"

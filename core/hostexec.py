@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from topdeck.core.errors import DeployError, TopdeckError
 from topdeck.core.events import Emit, LogLine, ignore
-from topdeck.core.hostpool import each_host
-from topdeck.core.hostverbs import sudo_argv
 from topdeck.core.inventory import LARGEST_SETTING, Host, SSHConfig
-from topdeck.core.ssh import Connect, remote_command
+from topdeck.core.remote.hostpool import each_host
+from topdeck.core.remote.hostverbs import sudo_argv
+from topdeck.core.remote.ssh import Connect, remote_command
 
 MAX_KEPT = 256 * 1024  # of each host's output, kept for the summary (the live lines show it all)
 CUT = "[topdeck: output cut for the summary]"

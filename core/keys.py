@@ -22,11 +22,11 @@ from pathlib import Path
 
 from topdeck.core.errors import DeployError, InventoryError
 from topdeck.core.events import Emit, LogLine, ignore
-from topdeck.core.hostpool import each_host
-from topdeck.core.hostverbs import sudo_argv
 from topdeck.core.inventory import Host, Inventory, Key, select_hosts
-from topdeck.core.ssh import Connect, Session, connect, remote_command
-from topdeck.core.state import ensure_inventory_state, inventory_state
+from topdeck.core.remote.hostpool import each_host
+from topdeck.core.remote.hostverbs import sudo_argv
+from topdeck.core.remote.ssh import Connect, Session, connect, remote_command
+from topdeck.core.statedir import ensure_inventory_state, inventory_state
 
 COMMAND_TIMEOUT = 60.0
 UPLOAD_TIMEOUT = 60.0

@@ -1,7 +1,7 @@
 """The plan: for each selected host, before anything happens, what would change and what it would download.
 
 Targets come from the cache: one listing gives every pointer, one manifest download per distinct target gives
-its closure with sizes. Each host costs one SSH round trip (core/probe.sh). Nothing changes on any host.
+its closure with sizes. Each host costs one SSH round trip (core/remote/probe.sh). Nothing changes on any host.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from importlib import resources
 
 from humanize import naturalsize
 
-from topdeck.core import pointers
-from topdeck.core.cache import Cache, Entry
-from topdeck.core.diff import ClosureDiff, diff_closures, signature
+from topdeck.core.cache import pointers
+from topdeck.core.cache.interface import Cache, Entry
+from topdeck.core.cache.manifest import Manifest, manifest_name, parse_manifest
 from topdeck.core.errors import (
     CacheError,
     CacheMissing,
@@ -27,12 +27,12 @@ from topdeck.core.errors import (
     internal_error,
 )
 from topdeck.core.events import Emit, Progress, ignore
-from topdeck.core.hostpool import each_host, values
 from topdeck.core.inventory import Host, SSHConfig
-from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
-from topdeck.core.signing import PublicKey
-from topdeck.core.ssh import Connect, connect, remote_command
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.diff import ClosureDiff, diff_closures, signature
+from topdeck.core.nix.signing import PublicKey
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.remote.hostpool import each_host, values
+from topdeck.core.remote.ssh import Connect, connect, remote_command
 from topdeck.core.strict import parse_uint
 from topdeck.core.vocabulary import PlanStatus, Step
 
@@ -211,7 +211,7 @@ def group(host_plans: tuple[HostPlan, ...]) -> tuple[PlanGroup, ...]:
 
 @functools.cache
 def probe_script() -> str:
-    return resources.files("topdeck.core").joinpath("probe.sh").read_text()
+    return resources.files("topdeck.core.remote").joinpath("probe.sh").read_text()
 
 
 def probe(host: Host, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> ProbeState:

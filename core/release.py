@@ -1,7 +1,7 @@
 """Build hosts' toplevels and push them as one release: what `topdeck build`, `push --on`, `apply` and the
 TUI's plan screen share.
 
-All flake hosts build in one `nix build` (core.flakes), all `nix` files in one nix-build, and each distinct `nixos`
+All flake hosts build in one `nix build` (core.nix.flakes), all `nix` files in one nix-build, and each distinct `nixos`
 configuration once; a host's build runs once however many hosts share it. The pushed closures are the union of
 the hosts' toplevels, in one push (one presence check), and then each host's pointer names its toplevel; hosts that
 follow one pointer must build one toplevel.
@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from topdeck.core import flakes, localnix
-from topdeck.core.cache import Cache
+from topdeck.core.cache.interface import Cache
+from topdeck.core.cache.push import push_all
 from topdeck.core.errors import InventoryError, NixError
 from topdeck.core.events import Emit, LogLine, PushResult, ignore
 from topdeck.core.inventory import Build, Host
-from topdeck.core.push import push_all
-from topdeck.core.signing import SecretKey
-from topdeck.core.store import StorePath
+from topdeck.core.nix import flakes, localnix
+from topdeck.core.nix.signing import SecretKey
+from topdeck.core.nix.store import StorePath
 
 
 def buildable(hosts: Sequence[Host]) -> None:

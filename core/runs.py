@@ -1,5 +1,5 @@
 """The record of every deploy, rollback and reboot run: `<run id>.json` in the inventory's state folder
-(core/state.py: `$XDG_STATE_HOME/topdeck/inventories/<inventory>/runs/`).
+(core/statedir.py: `$XDG_STATE_HOME/topdeck/inventories/<inventory>/runs/`).
 
 `--retry-failed` reads the newest record and retries the hosts that did not end on their target. Records that
 earlier versions kept beside the inventory, in `.topdeck/runs/`, are still read.
@@ -16,7 +16,7 @@ from pathlib import Path
 from topdeck.core import strict
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome
-from topdeck.core.state import ensure_inventory_state, inventory_state
+from topdeck.core.statedir import ensure_inventory_state, inventory_state
 from topdeck.core.vocabulary import Mode, Outcome
 
 LEGACY_RUNS_DIR = Path(".topdeck") / "runs"

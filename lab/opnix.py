@@ -1,4 +1,4 @@
-"""The operator side with another Nix: run topdeck's core.localnix with the Nix of a lab image (trixie: 2.26,
+"""The operator side with another Nix: run topdeck's core.nix.localnix with the Nix of a lab image (trixie: 2.26,
 sid: 2.34) against a store of its own, or with this machine's own Nix and /nix ("native").
 
 An image's Nix runs here natively, without a chroot: its root's own dynamic loader starts the root's

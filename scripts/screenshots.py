@@ -101,8 +101,8 @@ def release(inventory: Path, role: str, serial: str) -> None:
 
 
 async def shoot(inventory_dir: Path, out: Path) -> None:
-    from topdeck.core import localnix
     from topdeck.core.inventory import load_inventory
+    from topdeck.core.nix import localnix
     from topdeck.lab import factory
     from topdeck.tui.app import TopdeckApp
     from topdeck.tui.backend import Backend

@@ -18,7 +18,7 @@ STAND_IN = Path(__file__).resolve().parent / "data" / "module_stand_in.nix"
 
 def configuration(folder: Path, body: str, modules: tuple[str, ...] = ("topdeck-agent",)) -> Path:
     """A fresh folder holding copies of `modules` (as `cp -rL` copies them: the agent's host.sh is a link to
-    core/host.sh in this repository, copied as the file it names) and a configuration.nix of `body`."""
+    core/remote/host.sh in this repository, copied as the file it names) and a configuration.nix of `body`."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in modules:
         source = MODULES / name

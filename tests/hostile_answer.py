@@ -1,5 +1,5 @@
-"""The hostile host's side: sshd's ForceCommand. It answers topdeck's host-script protocol (core/probe.sh,
-core/host.sh's verbs) the way a compromised host could, as the row named in `<folder>/row` says:
+"""The hostile host's side: sshd's ForceCommand. It answers topdeck's host-script protocol (core/remote/probe.sh,
+core/remote/host.sh's verbs) the way a compromised host could, as the row named in `<folder>/row` says:
 
 - text: markup, escape sequences, bidi overrides and a forged error line in every text field;
 - huge: 2^64 and 10^400 where numbers go;

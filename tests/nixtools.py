@@ -7,7 +7,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from topdeck.core import localnix
+from topdeck.core.nix import localnix
 from topdeck.lab.nixenv import lab_env
 
 # `mk NAME SCRIPT`: a derivation built by /bin/sh (a builder's PATH is empty: call tools by absolute path).

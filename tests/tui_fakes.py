@@ -1,6 +1,6 @@
 """A fake engine for the TUI's snapshot tests and benchmarks: fixed, deterministic data of the same types the
 real backend returns (core's own Plan, PointerVersion, DeployResult; statuses and generations with the
-fields core.fleet gives them), and a deploy that emits real core events from its worker thread."""
+fields core.operations gives them), and a deploy that emits real core events from its worker thread."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from topdeck.core import nixbase32
+from topdeck.core.cache.manifest import Manifest, ManifestPath
+from topdeck.core.cache.pointers import Pointer, PointerVersion
 from topdeck.core.errors import PointerError, TopdeckError
 from topdeck.core.events import (
     DeployResult,
@@ -25,14 +26,13 @@ from topdeck.core.events import (
     WaveStarted,
     ignore,
 )
-from topdeck.core.fleet import FleetPlan, HostStatus
 from topdeck.core.history import UNVERIFIED, HistoryEntry, HostRun, RunRecord
-from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import CacheConfig, Host, Inventory
-from topdeck.core.manifest import Manifest, ManifestPath
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.operations import FleetPlan, HostStatus
 from topdeck.core.plan import Plan, ProbeState, group, host_plan
-from topdeck.core.pointers import Pointer, PointerVersion
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.remote.hostverbs import Generation
 from topdeck.core.vocabulary import Step
 
 NOW = 1_795_000_000.0  # a fixed "now" for the clock of every fake app (November 2026)
@@ -79,12 +79,14 @@ def fake_inventory(count: int = 3, root: Path = Path("hosts")) -> Inventory:
 
 
 class FakeBackend:
-    """Deterministic data; `delay` slows the fake deploy's phases (seconds per phase)."""
+    """Deterministic data; `delay` slows the fake deploy's phases (seconds per phase); with `stopping`, a cancelled
+    deploy ends only once that event is set (as an engine finishes the step it is in), whatever the machine's load."""
 
     def __init__(self, inventory: Inventory | None = None, *, delay: float = 0.0, fetch_steps: int = 4,
-                 status_delay: float = 0.0) -> None:
+                 status_delay: float = 0.0, stopping: threading.Event | None = None) -> None:
         self.inventory = inventory or fake_inventory()
         self.delay, self.fetch_steps, self.status_delay = delay, fetch_steps, status_delay
+        self.stopping = stopping
         self.calls: list[tuple[Any, ...]] = []
         self.accepted: list[str] = []
         self.refused: dict[str, str] = {}  # pointer name -> why hosts refuse its sidecar (read_pointer raises)
@@ -235,6 +237,8 @@ class FakeBackend:
             if self.delay:
                 time.sleep(self.delay)
         final = "cancelled" if cancel.is_set() else "done"
+        if final == "cancelled" and self.stopping is not None:
+            self.stopping.wait(30)
         for name in hosts:
             outcome = HostOutcome(name, final, str(toplevel(WEB_NEW)), str(toplevel(WEB_OLD)),
                                   str(toplevel(WEB_NEW)) if final == "done" else str(toplevel(WEB_OLD)), 5,
@@ -254,7 +258,7 @@ class FakeBackend:
                 Generation(4, "2026-11-20 09:12:05", str(toplevel(WEB_NEW)), "24.05.20240715", True))
 
     def generation_diff(self, host: str, path: str) -> Any:
-        from topdeck.core.diff import diff_closures
+        from topdeck.core.nix.diff import diff_closures
 
         return diff_closures(WEB_NEW, WEB_OLD)
 

@@ -113,7 +113,7 @@ def run_app(inventory_dir: Path) -> int:
     import dataclasses
 
     from topdeck.core.inventory import load_inventory
-    from topdeck.core.ssh import AskOnce
+    from topdeck.core.remote.ssh import AskOnce
     from topdeck.tui.backend import Backend
     from topdeck.tui.screens.passphrase import PassphraseAsker
 

@@ -12,16 +12,16 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from topdeck.core.diff import ClosureDiff
+from topdeck.core.cache.pointers import Pointer, PointerVersion
 from topdeck.core.errors import UnknownHostKey
 from topdeck.core.events import DeployResult, Emit, PushResult, ignore
 from topdeck.core.facade import Fleet
-from topdeck.core.fleet import FleetPlan, HostStatus
 from topdeck.core.history import HistoryEntry
 from topdeck.core.hostexec import ExecResult
-from topdeck.core.hostverbs import Generation
 from topdeck.core.inventory import Inventory
-from topdeck.core.pointers import Pointer, PointerVersion
+from topdeck.core.nix.diff import ClosureDiff
+from topdeck.core.operations import FleetPlan, HostStatus
+from topdeck.core.remote.hostverbs import Generation
 from topdeck.core.vocabulary import Mode
 
 

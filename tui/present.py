@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import humanize
 from rich.text import Text
 
-from topdeck.core.diff import ClosureDiff, PackageChange, render_size_delta, show_versions
-from topdeck.core.planview import changes_by_kind
-from topdeck.core.store import split_name_version
+from topdeck.core.nix.diff import ClosureDiff, PackageChange, render_size_delta, show_versions
+from topdeck.core.nix.store import split_name_version
+from topdeck.core.planreport import changes_by_kind
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Phase
 from topdeck.tui.text import plain, shown
 

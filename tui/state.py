@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from topdeck.core.fleet import HostStatus
+from topdeck.core.cache.pointers import PointerVersion
 from topdeck.core.inventory import Inventory
-from topdeck.core.pointers import PointerVersion
+from topdeck.core.operations import HostStatus
 from topdeck.tui.backend import EngineBackend
 from topdeck.tui.present import Clock
 

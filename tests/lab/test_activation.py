@@ -16,8 +16,8 @@ import pytest
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, state, three_host_lab, topdeck
 
 from topdeck.core.events import HostPhase
-from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.inventory import load_inventory
+from topdeck.core.operations import deploy_fleet, plan_fleet
 from topdeck.lab import factory
 
 CONFIRM_TIMEOUT = 8

@@ -14,7 +14,7 @@ from agentmodule import configuration, systemd_units
 from deploytools import MIXED_KINDS, deploy_inventory, release, state, three_host_lab, topdeck
 from labtools import ssh_run
 
-from topdeck.core.hostverbs import host_script
+from topdeck.core.remote.hostverbs import host_script
 from topdeck.lab import factory
 
 pytestmark = pytest.mark.lab

@@ -1,5 +1,5 @@
 """The NixOS modules are self-contained: copied out of this repository, as docs/DEPLOY.md tells an operator to, they
-evaluate, and the agent's unit runs core/host.sh, which the module carries (a link in this repository, copied
+evaluate, and the agent's unit runs core/remote/host.sh, which the module carries (a link in this repository, copied
 as the file it names).
 
 What this does not cover: the evaluation runs against a stand-in for nixpkgs (tests/data/module_stand_in.nix), not a
@@ -30,7 +30,7 @@ AGENT = """
 
 def test_the_agent_modules_host_script_is_core_host_sh_itself():
     link = MODULES / "topdeck-agent" / "host.sh"
-    assert link.is_symlink() and link.resolve() == (REPO / "core" / "host.sh").resolve()
+    assert link.is_symlink() and link.resolve() == (REPO / "core" / "remote" / "host.sh").resolve()
 
 
 def test_the_agent_module_copied_out_runs_the_script_it_carries(tmp_path: Path):
@@ -41,7 +41,7 @@ def test_the_agent_module_copied_out_runs_the_script_it_carries(tmp_path: Path):
     assert argv[0] == "/stand-in/bash/bin/sh"
     script = Path(argv[1])
     assert script.is_relative_to("/nix/store") and script.is_file(), argv[1]
-    assert script.read_bytes() == (REPO / "core" / "host.sh").read_bytes()
+    assert script.read_bytes() == (REPO / "core" / "remote" / "host.sh").read_bytes()
     options = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert argv[2] == "agent" and options == {
         "--pointer": "web", "--sidecar": "https://cache.example.com/file/fleet-bucket/nix/toplevels/web.json",

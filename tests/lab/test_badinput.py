@@ -34,14 +34,17 @@ import pytest
 from conftest import TEST_BASE_ADDRESS
 from labtools import ssh_run, substitute
 
-from topdeck.core import flakes, pointers, runs
-from topdeck.core.b2cache import B2Cache
+from topdeck.core import runs
+from topdeck.core.cache import pointers
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.manifest import manifest_name
+from topdeck.core.cache.presence import narinfo_name
+from topdeck.core.cache.push import push
 from topdeck.core.inventory import Build
-from topdeck.core.manifest import manifest_name
-from topdeck.core.narinfo import parse_narinfo, render_narinfo
-from topdeck.core.push import narinfo_name, push
-from topdeck.core.signing import generate_keypair, load_secret_key
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix import flakes
+from topdeck.core.nix.narinfo import parse_narinfo, render_narinfo
+from topdeck.core.nix.signing import generate_keypair, load_secret_key
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.lab import factory, flakefleet
 from topdeck.lab.b2emu import B2Emulator
 from topdeck.lab.lab import BUCKET, Lab

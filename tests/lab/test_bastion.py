@@ -21,7 +21,7 @@ from opensshlab import wait_for_agent
 
 from topdeck.core.errors import SSHError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig, load_inventory
-from topdeck.core.ssh import AskOnce, connect
+from topdeck.core.remote.ssh import AskOnce, connect
 from topdeck.lab import netns
 from topdeck.lab.lab import Lab
 

@@ -12,13 +12,13 @@ import time
 import pytest
 from deploytools import deploy, deploy_inventory, last_activation, release, state, three_host_lab, topdeck
 
-from topdeck.core import pointers
-from topdeck.core.caches import open_cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
 from topdeck.core.events import HostOutcome, HostPhase
-from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.inventory import load_inventory
-from topdeck.core.signing import generate_keypair, load_secret_key, ssh_public_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import generate_keypair, load_secret_key, ssh_public_key
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.operations import deploy_fleet, plan_fleet
 from topdeck.lab import factory
 
 CONFIRM_TIMEOUT = 6
@@ -250,8 +250,8 @@ def test_outcome_events_are_emitted_once_per_host(lab, inventory):
 
 def test_the_installed_script_is_an_unattended_pull_agent(lab, inventory):
     """The same host script, installed on the host and run by a timer, applies its pointer when it moves."""
-    from topdeck.core.fleet import trusted_key
-    from topdeck.core.hostverbs import host_script
+    from topdeck.core.operations import trusted_key
+    from topdeck.core.remote.hostverbs import host_script
 
     inv = load_inventory(inventory)
     key = trusted_key(inv)

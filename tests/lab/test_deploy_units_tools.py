@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from topdeck.core.signing import generate_keypair, ssh_public_key, ssh_signature
+from topdeck.core.nix.signing import generate_keypair, ssh_public_key, ssh_signature
 
 PATH = "/nix/store/" + "a" * 32 + "-nixos-system-web-1"
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from test_diff import VERSION_CASES  # the unit tier's table, checked here against Nix itself
 
-from topdeck.core.diff import (
+from topdeck.core.nix.diff import (
     ADDED,
     CHANGED,
     DOWNGRADED,
@@ -22,8 +22,8 @@ from topdeck.core.diff import (
     diff_closures,
     render_diff_closures,
 )
-from topdeck.core.localnix import closure
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.localnix import closure
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.lab.factory import (
     KiB,
     MiB,

@@ -21,8 +21,8 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, state, t
 from labtools import ssh_run
 
 from topdeck.core import runs
-from topdeck.core.hostverbs import host_script
 from topdeck.core.inventory import load_inventory
+from topdeck.core.remote.hostverbs import host_script
 from topdeck.lab import factory, forward
 from topdeck.lab.lab import BUCKET
 

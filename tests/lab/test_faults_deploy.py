@@ -21,8 +21,8 @@ from deploytools import deploy, deploy_inventory, last_activation, release, stat
 from labtools import ssh_run
 
 from topdeck.core.events import HostPhase
-from topdeck.core.fleet import deploy_fleet, plan_fleet
 from topdeck.core.inventory import load_inventory
+from topdeck.core.operations import deploy_fleet, plan_fleet
 from topdeck.lab import factory
 from topdeck.lab.lab import Lab
 from topdeck.lab.nixenv import lab_env

@@ -24,14 +24,15 @@ import pytest
 import zstandard
 from labtools import public_file, substitute
 
-from topdeck.core import localnix
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.manifest import manifest_name, parse_manifest
-from topdeck.core.narinfo import Narinfo, hash_to_nix32, parse_narinfo, render_narinfo
-from topdeck.core.push import narinfo_name, push
-from topdeck.core.signing import load_secret_key, sign_narinfo
-from topdeck.core.state import b2_account_file
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.manifest import manifest_name, parse_manifest
+from topdeck.core.cache.presence import narinfo_name
+from topdeck.core.cache.push import push
+from topdeck.core.nix import localnix
+from topdeck.core.nix.narinfo import Narinfo, hash_to_nix32, parse_narinfo, render_narinfo
+from topdeck.core.nix.signing import load_secret_key, sign_narinfo
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.statedir import b2_account_file
 from topdeck.lab import factory
 from topdeck.lab.lab import BUCKET, Lab
 from topdeck.lab.nixenv import lab_env
@@ -181,7 +182,7 @@ def test_retrying_tries_transient_failures_again_and_everything_else_once():
     pause), then reported in one line; a cap, a refused key or a missing file is reported at the first failure."""
     from b2sdk.v2.exception import B2ConnectionError, ServiceError, TransactionCapExceeded, Unauthorized
 
-    from topdeck.core.b2cache import retrying
+    from topdeck.core.cache.b2 import retrying
     from topdeck.core.errors import CacheError, TransientCacheError
 
     for transient in (ServiceError("503 service_unavailable"), B2ConnectionError("Connection refused"),

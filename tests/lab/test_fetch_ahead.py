@@ -1,7 +1,7 @@
-"""The fetch ahead (core/host.sh `fetch_ahead`), end to end on every host kind, 50 ms from the cache (the WAN lab's
-cache relay): the host fetches the missing narinfos and NARs itself with curl into a folder, and Nix substitutes from
-it with signatures required; a tampered NAR or narinfo is refused by Nix with nothing changed; a failing fetch falls
-back to Nix fetching from the cache itself and the deploy still succeeds."""
+"""The fetch ahead (core/remote/host.sh `fetch_ahead`), end to end on every host kind, 50 ms from the cache (the WAN
+lab's cache relay): the host fetches the missing narinfos and NARs itself with curl into a folder, and Nix substitutes
+from it with signatures required; a tampered NAR or narinfo is refused by Nix with nothing changed; a failing fetch
+falls back to Nix fetching from the cache itself and the deploy still succeeds."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import zstandard
 from conftest import write_lab_inventory
 from deploytools import MIXED_KINDS, deploy, release, state, three_host_lab
 
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.narinfo import parse_narinfo
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.nix.narinfo import parse_narinfo
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab.lab import BUCKET
 from topdeck.lab.wan import make_wan
 

@@ -21,15 +21,15 @@ import pytest
 from conftest import write_lab_inventory
 from deploytools import MIXED_KINDS, state, three_host_lab
 
-from topdeck.core import flakes
 from topdeck.core import release as release_module
-from topdeck.core.b2cache import B2Cache
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.manifest import manifest_name
+from topdeck.core.cache.presence import narinfo_name
 from topdeck.core.errors import Cancelled, NixError
 from topdeck.core.events import LogLine, Progress
 from topdeck.core.inventory import Build, load_inventory
-from topdeck.core.manifest import manifest_name
-from topdeck.core.push import narinfo_name
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix import flakes
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab import factory, flakefleet, images, opnix
 from topdeck.lab.lab import BUCKET
 from topdeck.lab.nixenv import lab_env

@@ -21,17 +21,19 @@ import pytest
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, three_host_lab
 from labtools import substitute
 
-from topdeck.core import nixbase32, pointers
-from topdeck.core.cache import Cache, DirCache
-from topdeck.core.caches import open_cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.interface import Cache
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, parse_manifest, render_manifest
+from topdeck.core.cache.presence import nar_file, narinfo_name
 from topdeck.core.errors import GcError
 from topdeck.core.gc import collect, monthly_cost, plan_gc, pointer_systems
 from topdeck.core.inventory import load_inventory
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, parse_manifest, render_manifest
-from topdeck.core.narinfo import Narinfo, parse_narinfo, render_narinfo
-from topdeck.core.push import nar_file, narinfo_name
-from topdeck.core.signing import generate_keypair
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.narinfo import Narinfo, parse_narinfo, render_narinfo
+from topdeck.core.nix.signing import generate_keypair
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.lab.nixenv import lab_env
 
 TOPDECK = str(Path(sys.executable).with_name("topdeck"))

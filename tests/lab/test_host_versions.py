@@ -1,4 +1,5 @@
-"""End-to-end: the host side (core/host.sh, core/probe.sh) gives the same answers on every Nix the lab has.
+"""End-to-end: the host side (core/remote/host.sh, core/remote/probe.sh) gives the same answers on every Nix the lab
+has.
 
 One lab of its own mixes the kinds of host: host-1 native (this machine's Nix 2.8, no init), host-2 Debian 13
 (Nix 2.26) and host-3 Debian sid (Nix 2.34), both booted with systemd as PID 1. Every test runs on each host (its
@@ -24,23 +25,24 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, three_ho
 from labtools import connect as ssh_connect
 from labtools import ssh_run
 
-from topdeck.core import narinfo, nixbase32, pointers
-from topdeck.core.caches import open_cache
-from topdeck.core.fleet import trusted_key
-from topdeck.core.hostverbs import host_command, host_script
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
+from topdeck.core.cache.manifest import manifest_name, parse_manifest
 from topdeck.core.inventory import load_inventory
-from topdeck.core.manifest import manifest_name, parse_manifest
+from topdeck.core.nix import narinfo, nixbase32
+from topdeck.core.nix.signing import generate_keypair, load_secret_key, sign_narinfo, ssh_public_key
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.operations import trusted_key
 from topdeck.core.plan import parse_probe, probe_script
-from topdeck.core.signing import generate_keypair, load_secret_key, sign_narinfo, ssh_public_key
-from topdeck.core.ssh import connect
-from topdeck.core.store import parse_store_path
+from topdeck.core.remote.hostverbs import host_command, host_script
+from topdeck.core.remote.ssh import connect
 from topdeck.lab import factory, images
 from topdeck.lab.nixenv import lab_env
 
 BASE_ADDRESS = "127.0.21.11"
 CONFIRM_TIMEOUT = 6
 ROLES = {"host-1": "web", "host-2": "web", "host-3": "db"}
-HOST_SCRIPT = Path(__file__).resolve().parents[2] / "core" / "host.sh"
+HOST_SCRIPT = Path(__file__).resolve().parents[2] / "core" / "remote" / "host.sh"
 
 # "these 45 paths will be fetched (3.32 MiB download, 8.24 MiB unpacked):" or "this path will be fetched (...)".
 FETCHED = re.compile(r"^(?:these (\d+) paths|this path) will be fetched \((\S+ \S+) download, (\S+ \S+) unpacked\):$",
@@ -122,7 +124,7 @@ def assert_printed_as(printed: str, exact: int, what: str) -> None:
 
 def run_host_script(inventory, name: str, verb: str, *args: str | int,
                     nix_config: str = "") -> tuple[int, list[list[str]]]:
-    """core/host.sh run on the host as topdeck runs it (over SSH, on stdin): its exit status and its lines.
+    """core/remote/host.sh run on the host as topdeck runs it (over SSH, on stdin): its exit status and its lines.
     `nix_config`: a NIX_CONFIG for the host's Nix."""
     inv = load_inventory(inventory)
     host = inv.host(name)

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from deploytools import deploy, deploy_inventory, release, three_host_lab, topdeck
 
-from topdeck.core import pointers
-from topdeck.core.caches import open_cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
 from topdeck.core.deploy import Settings, Target, new_run_id
 from topdeck.core.deploy import deploy as deploy_hosts
 from topdeck.core.facade import Fleet
 from topdeck.core.inventory import load_inventory
-from topdeck.core.signing import generate_keypair, ssh_public_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import generate_keypair, ssh_public_key
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab import factory
 
 pytestmark = pytest.mark.lab
@@ -254,7 +254,7 @@ def test_an_expired_pointer_is_refused_by_the_host_and_the_agent(lab, inv):
     assert result.outcomes[0].outcome == "failed" and reason.startswith("pointer web: expired at "), reason
     assert "(signed " in reason and reason.endswith("; publish it again")
     agent = lab.host("host-2").sh(
-        f"sh {REPO}/core/host.sh agent --cache '{fleet.cache.substituter_url}' "
+        f"sh {REPO}/core/remote/host.sh agent --cache '{fleet.cache.substituter_url}' "
         f"--key '{fleet.trusted_key().to_text()}' --pointer web "
         f"--sidecar '{fleet.cache.substituter_url}/toplevels/web.json' "
         f"--signer '{ssh_public_key(fleet.trusted_key())}'", check=False)

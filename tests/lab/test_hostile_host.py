@@ -19,8 +19,8 @@ from hostile import FORGED, forged_lines, raw_controls
 from hostile_host import NAME, HostileHost, hostile_address
 
 from topdeck.core.inventory import load_inventory
+from topdeck.core.remote.ssh import MAX_LINE
 from topdeck.core.runs import runs_dir
-from topdeck.core.ssh import MAX_LINE
 from topdeck.lab.nixenv import lab_env
 
 pytestmark = pytest.mark.lab
@@ -30,7 +30,7 @@ NUMBERS = ["huge", "superscript-digit", "arabic-digit"]
 ENDLESS = "endless"
 ROWS = [TEXT, *NUMBERS, ENDLESS]
 PROBE_ROWS = [f"probe-{row}" for row in ("error", *NUMBERS, ENDLESS)]  # the plan's probe answers with the attack
-# what the operator's terminal may get in one line: one capped host line (core/ssh.py) and the words around it
+# what the operator's terminal may get in one line: one capped host line (core/remote/ssh.py) and the words around it
 LONGEST_LINE = MAX_LINE + 1024
 BASE_ADDRESS = "127.0.41.11"
 

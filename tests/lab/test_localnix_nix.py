@@ -1,4 +1,4 @@
-"""core.localnix against the real Nix: closures checked against nix-store -qR and nix path-info, NAR streams
+"""core.nix.localnix against the real Nix: closures checked against nix-store -qR and nix path-info, NAR streams
 against their NarHash, and builds with a live log, cancel and failures (what needs no Nix is in the unit tier's
 tests/unit/test_localnix.py)."""
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from nixtools import derivation_file
 
-from topdeck.core import localnix
 from topdeck.core.errors import Cancelled, NixError
 from topdeck.core.inventory import Build
-from topdeck.core.narinfo import hash_to_sri
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix import localnix
+from topdeck.core.nix.narinfo import hash_to_sri
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab import factory
 from topdeck.lab.factory import KiB, MiB, Package
 

@@ -9,7 +9,7 @@ import pytest
 from nixtools import build_closure, nix, path_info_command, path_info_entries, path_info_json
 from test_narinfo import REFUSED_BY_NIX, minimal_narinfo  # the unit tier's, checked here against Nix itself
 
-from topdeck.core.narinfo import (
+from topdeck.core.nix.narinfo import (
     Narinfo,
     fingerprint,
     hash_to_nix32,
@@ -19,7 +19,7 @@ from topdeck.core.narinfo import (
     render_narinfo,
     sri_to_nix32,
 )
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab.nixenv import lab_env
 
 # zlib has no references, openssl refers to zlib, app to both and to itself.

@@ -1,4 +1,4 @@
-"""core.localnix on every Nix from 2.8 to 2.34: closures, NAR streams and builds work with the real Nix of this
+"""core.nix.localnix on every Nix from 2.8 to 2.34: closures, NAR streams and builds work with the real Nix of this
 machine (native, 2.8), of the trixie image (2.26) and of the sid image (2.34), each against a store of its own
 (topdeck.lab.opnix), and each prints the closure recorded in tests/data/path-info/ (whose forms the unit tier's
 tests/unit/test_localnix.py parses without Nix)."""
@@ -21,11 +21,11 @@ import nixtools
 import pytest
 from test_localnix import DATA, RECORDED_TOP, recorded  # the unit tier's recordings, checked here against each Nix
 
-from topdeck.core import localnix
 from topdeck.core.errors import Cancelled, NixError, TopdeckError
 from topdeck.core.inventory import Build
-from topdeck.core.narinfo import hash_to_sri
-from topdeck.core.store import StorePath
+from topdeck.core.nix import localnix
+from topdeck.core.nix.narinfo import hash_to_sri
+from topdeck.core.nix.store import StorePath
 from topdeck.lab import opnix
 
 ABSENT = "/nix/store/00000000000000000000000000000000-topdeck-absent-1.0"

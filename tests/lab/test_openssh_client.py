@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from opensshlab import SSHLab, run, sid_root
 
-from topdeck.core import trust
 from topdeck.core.errors import ChangedHostKey, TopdeckError
 from topdeck.core.inventory import Host, SSHConfig
-from topdeck.core.ssh import connect
+from topdeck.core.remote import trust
+from topdeck.core.remote.ssh import connect
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -27,13 +27,14 @@ def test_wheel_contains_every_subpackage(tmp_path):
         assert sources and sources <= names, f"missing from wheel: {sorted(sources - names)}"
     assert "topdeck/__init__.py" in names
     assert {"topdeck/lab/nix/toplevel.nix", "topdeck/lab/image/configure.sh"} <= names
-    assert {"topdeck/core/host.sh", "topdeck/core/probe.sh"} <= names
+    assert {"topdeck/core/remote/host.sh", "topdeck/core/remote/probe.sh"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "topdeck = topdeck.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_core_never_imports_ui():
-    modules = sorted(f"topdeck.core.{p.stem}" for p in (REPO / "core").glob("*.py") if p.stem != "__init__")
+    modules = sorted("topdeck." + ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (REPO / "core").rglob("*.py"))
     code = (
         "import sys\n"
         + "".join(f"import {m}\n" for m in modules)

@@ -14,11 +14,11 @@ from collections import defaultdict
 import pytest
 from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, three_host_lab, topdeck
 
-from topdeck.core import pointers
-from topdeck.core.caches import open_cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
 from topdeck.core.inventory import load_inventory
-from topdeck.core.signing import load_secret_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import load_secret_key
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab.nixenv import lab_env
 
 pytestmark = pytest.mark.lab

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core import localnix
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.caches import open_cache
+from topdeck.core.cache.access import open_cache
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.manifest import manifest_name, parse_manifest
+from topdeck.core.cache.push import push, push_all
 from topdeck.core.errors import CacheError
 from topdeck.core.inventory import CacheConfig
-from topdeck.core.manifest import manifest_name, parse_manifest
-from topdeck.core.nixbase32 import ALPHABET
-from topdeck.core.push import push, push_all
-from topdeck.core.signing import SecretKey, load_secret_key
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix import localnix
+from topdeck.core.nix.nixbase32 import ALPHABET
+from topdeck.core.nix.signing import SecretKey, load_secret_key
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.lab import factory
 from topdeck.lab.b2emu import B2Emulator
 from topdeck.lab.nixenv import lab_env

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 from labtools import public_file, ssh_run, substitute
 
-from topdeck.core import localnix, pointers
-from topdeck.core.b2cache import B2Cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.manifest import manifest_name, parse_manifest
+from topdeck.core.cache.push import push
 from topdeck.core.errors import CacheError, Cancelled, NixError, PointerError, StorePathError
-from topdeck.core.manifest import manifest_name, parse_manifest
-from topdeck.core.narinfo import parse_narinfo
-from topdeck.core.push import push
-from topdeck.core.signing import load_public_key, load_secret_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix import localnix
+from topdeck.core.nix.narinfo import parse_narinfo
+from topdeck.core.nix.signing import load_public_key, load_secret_key
+from topdeck.core.nix.store import parse_store_path
 from topdeck.lab import factory
 from topdeck.lab.lab import BUCKET, Lab
 from topdeck.lab.nixenv import lab_env
@@ -150,10 +151,10 @@ def listing_invariants(lab: Lab, prefix: str) -> tuple[int, bool]:
 PUSH_SCRIPT = """
 import sys
 from pathlib import Path
-from topdeck.core.b2cache import B2Cache
-from topdeck.core.push import push
-from topdeck.core.signing import load_secret_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.push import push
+from topdeck.core.nix.signing import load_secret_key
+from topdeck.core.nix.store import parse_store_path
 url, prefix, key_id, secret_key, toplevel = sys.argv[1:]
 cache = B2Cache("topdeck-lab", prefix, url, key_id, sys.stdin.readline().strip())
 push(parse_store_path(toplevel), cache, load_secret_key(Path(secret_key)), pointer="web", jobs=2)
@@ -271,7 +272,7 @@ def test_pointer_txt_is_served_without_caching(lab, systems, prefix):
 
 
 def test_local_directory_cache_serves_nix_too(lab, systems, tmp_path):
-    from topdeck.core.cache import DirCache
+    from topdeck.core.cache.folder import DirCache
 
     toplevel = parse_store_path(systems["base"])
     cache = DirCache(tmp_path / "dircache", f"file://{tmp_path / 'dircache'}")

@@ -17,7 +17,7 @@ from conftest import write_lab_inventory
 from deploytools import MIXED_KINDS, three_host_lab
 from labtools import public_file, substitute
 
-from topdeck.core import localnix
+from topdeck.core.nix import localnix
 from topdeck.lab import images, opnix
 from topdeck.lab.lab import BUCKET
 

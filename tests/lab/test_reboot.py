@@ -18,7 +18,7 @@ from topdeck.core import runs
 from topdeck.core.deploy import REBOOT, Settings, Target, _HostRunner, _Tracker
 from topdeck.core.errors import DeployError, SSHError
 from topdeck.core.events import HostPhase
-from topdeck.core.signing import generate_keypair
+from topdeck.core.nix.signing import generate_keypair
 from topdeck.lab import factory
 from topdeck.lab.errors import LabError
 from topdeck.lab.hosts import listener, processes_of

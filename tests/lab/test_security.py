@@ -31,15 +31,15 @@ import pytest
 from conftest import TEST_BASE_ADDRESS
 from labtools import ssh_run
 
-from topdeck.core import pointers
-from topdeck.core.b2cache import B2Cache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.b2 import B2Cache
+from topdeck.core.cache.manifest import manifest_name
+from topdeck.core.cache.push import push
 from topdeck.core.errors import ChangedHostKey, InventoryError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig, load_inventory
-from topdeck.core.manifest import manifest_name
-from topdeck.core.push import push
-from topdeck.core.signing import load_secret_key
-from topdeck.core.ssh import HostKeys, connect, quote, remote_command
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import load_secret_key
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.remote.ssh import HostKeys, connect, quote, remote_command
 from topdeck.lab import factory
 from topdeck.lab.b2emu import B2Emulator
 from topdeck.lab.lab import BUCKET, Lab
@@ -263,7 +263,7 @@ def test_a_refused_host_key_leaves_every_known_hosts_file_as_it_was(lab, tmp_pat
 
 def test_only_an_explicit_accept_pins_an_unknown_key(lab, tmp_path):
     """connect refuses an unknown key and writes nothing; the separate accept step pins it, one line."""
-    from topdeck.core.ssh import accept_host_key
+    from topdeck.core.remote.ssh import accept_host_key
 
     known = tmp_path / "known_hosts"
     known.write_text("")
@@ -278,7 +278,7 @@ def test_only_an_explicit_accept_pins_an_unknown_key(lab, tmp_path):
 
 def test_only_the_operator_facing_backend_writes_known_hosts():
     """Static: nothing in the engine or the lab calls accept_host_key or uses a policy that accepts keys; the only
-    caller is core/trust.py's `pin`, which `topdeck trust` and the TUI's explicit accept action both use."""
+    caller is core/remote/trust.py's `pin`, which `topdeck trust` and the TUI's explicit accept action both use."""
     callers = []
     for path in [*REPO.joinpath("core").rglob("*.py"), *REPO.joinpath("tui").rglob("*.py"),
                  *REPO.joinpath("cli").rglob("*.py"), *REPO.joinpath("lab").rglob("*.py")]:
@@ -288,7 +288,7 @@ def test_only_the_operator_facing_backend_writes_known_hosts():
         if re.search(r"\baccept_host_key\(", text.replace("def accept_host_key(", "")):
             callers.append(path.relative_to(REPO).as_posix())
     # topdeck trust and the TUI's accept action (base.py, through the backend and the facade) pin through trust.py
-    assert callers == ["core/trust.py"], callers
+    assert callers == ["core/remote/trust.py"], callers
     assert "backend.pin_host_key(" in REPO.joinpath("tui/screens/base.py").read_text()
     assert "trust.pin(" in REPO.joinpath("core/facade.py").read_text()
 

@@ -16,10 +16,10 @@ import pytest
 from deploytools import MIXED_KINDS, deploy_inventory, release, three_host_lab
 
 from topdeck.core import history
-from topdeck.core.caches import open_cache
+from topdeck.core.cache.access import open_cache
 from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.inventory import load_inventory
-from topdeck.core.signing import generate_keypair
+from topdeck.core.nix.signing import generate_keypair
 from topdeck.core.vocabulary import Mode, Outcome
 from topdeck.lab import factory
 from topdeck.lab.nixenv import lab_env

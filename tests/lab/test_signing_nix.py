@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from nixtools import build_closure, nix, run_nix
 
-from topdeck.core.narinfo import Narinfo, fingerprint, parse_narinfo, render_narinfo
-from topdeck.core.signing import (
+from topdeck.core.nix.narinfo import Narinfo, fingerprint, parse_narinfo, render_narinfo
+from topdeck.core.nix.signing import (
     PublicKey,
     generate_keypair,
     load_public_key,
@@ -21,7 +21,7 @@ from topdeck.core.signing import (
     verify_narinfo,
     write_secret_key,
 )
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.store import parse_store_path
 
 # Two paths, the second referring to the first and to itself.
 CLOSURE_BINDINGS = """  lib = mk "signing-lib-1.0" "echo lib > $out/data";"""

@@ -1,4 +1,4 @@
-"""core/ssh.py against the lab's real sshd: pinned host keys, login failures, commands without a pty."""
+"""core/remote/ssh.py against the lab's real sshd: pinned host keys, login failures, commands without a pty."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from topdeck.core.errors import Cancelled, ChangedHostKey, HostKeyError, SSHError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig
-from topdeck.core.ssh import (
+from topdeck.core.remote.ssh import (
     MAX_LINE,
     MAX_OUTPUT,
     TRUNCATED,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_store import DIFF_CLOSURES  # the unit tier's table, checked here against Nix itself
 
-from topdeck.core import nixbase32
 from topdeck.core.errors import StorePathError
-from topdeck.core.store import (
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.store import (
     diff_closures_key,
     parse_store_path,
 )

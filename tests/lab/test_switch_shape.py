@@ -31,7 +31,7 @@ SYSTEMD_HOSTS = ("host-2", "host-3")
 LOCK = "/run/nixos/switch-to-configuration.lock"
 UNIT = "topdeck-lab-demo.service"
 LOCK_DELAY = 3  # seconds the waiting switch takes before it takes its lock: the holder takes it first
-# ng's summary lines (core/host.sh's SWITCH_WORDS, in short)
+# ng's summary lines (core/remote/host.sh's SWITCH_WORDS, in short)
 NG_WORDS = re.compile(r"^((would )?(stopping|starting|restarting|reloading) the following|warning: the following units"
                       r" failed|Failed to run activate script|Warning: the new NixOS configuration)")
 

@@ -35,7 +35,7 @@ def test_every_package_is_checked_and_clean():
 def test_a_wrong_call_into_another_module_fails_the_check(tmp_path):
     root = copy_of_the_tree(tmp_path)
     with (root / "tui" / "backend.py").open("a") as module:
-        module.write("\n\nfrom topdeck.core.store import parse_store_path  # noqa: E402\n\n\n"
+        module.write("\n\nfrom topdeck.core.nix.store import parse_store_path  # noqa: E402\n\n\n"
                      "def injected() -> int:\n"
                      "    return parse_store_path(1).hash_part\n")
     result = mypy(root)

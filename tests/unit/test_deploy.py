@@ -10,7 +10,7 @@ import pytest
 
 from topdeck.core.deploy import Target, mode_of, new_run_id, plan_waves
 from topdeck.core.errors import DeployError
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.store import parse_store_path
 from topdeck.core.vocabulary import Mode
 
 PATH = parse_store_path("/nix/store/" + "a" * 32 + "-nixos-system-web-1")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core import runs, state
+from topdeck.core import runs, statedir
 from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
-from topdeck.core.hostverbs import host_command
 from topdeck.core.inventory import Checks, Host, load_inventory
-from topdeck.core.signing import generate_keypair
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import generate_keypair
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.remote.hostverbs import host_command
 
 PATH = "/nix/store/" + "a" * 32 + "-nixos-system-web-1"
 
@@ -113,9 +113,10 @@ def test_run_records_give_the_failed_hosts_of_the_newest_run(tmp_path):
 
 
 def test_the_state_folder_follows_xdg_state_home(tmp_path):
-    assert state.state_home({"XDG_STATE_HOME": str(tmp_path), "HOME": "/home/x"}) == tmp_path / "topdeck"
-    assert state.state_home({"HOME": "/home/x"}) == Path("/home/x/.local/state/topdeck")
-    assert state.state_home({"XDG_STATE_HOME": "relative", "HOME": "/home/x"}) == Path("/home/x/.local/state/topdeck")
+    assert statedir.state_home({"XDG_STATE_HOME": str(tmp_path), "HOME": "/home/x"}) == tmp_path / "topdeck"
+    assert statedir.state_home({"HOME": "/home/x"}) == Path("/home/x/.local/state/topdeck")
+    assert statedir.state_home({"XDG_STATE_HOME": "relative", "HOME": "/home/x"}) == Path(
+        "/home/x/.local/state/topdeck")
 
 
 def test_each_inventory_has_a_state_folder_of_its_own_with_a_readable_name(tmp_path):
@@ -124,11 +125,12 @@ def test_each_inventory_has_a_state_folder_of_its_own_with_a_readable_name(tmp_p
     one.mkdir(parents=True)
     other.mkdir(parents=True)
     (tmp_path / "link").symlink_to(one)
-    folder = state.inventory_state(one, environ)
+    folder = statedir.inventory_state(one, environ)
     assert folder.parent == tmp_path / "state" / "topdeck" / "inventories"
-    assert folder.name.startswith("fleet-hosts-") and folder != state.inventory_state(other, environ)
-    assert state.inventory_state(tmp_path / "link", environ) == folder == state.inventory_state(one / ".", environ)
-    assert (state.ensure_inventory_state(one, environ) / "inventory").read_text() == f"{one}\n"
+    assert folder.name.startswith("fleet-hosts-") and folder != statedir.inventory_state(other, environ)
+    assert statedir.inventory_state(tmp_path / "link", environ) == folder
+    assert folder == statedir.inventory_state(one / ".", environ)
+    assert (statedir.ensure_inventory_state(one, environ) / "inventory").read_text() == f"{one}\n"
 
 
 def test_run_records_stay_out_of_the_inventory_and_the_old_ones_are_still_read(tmp_path):

@@ -1,14 +1,13 @@
-"""core.diff without Nix: compareVersions against Nix's own test table, the kinds of change, rendering as
+"""core.nix.diff without Nix: compareVersions against Nix's own test table, the kinds of change, rendering as
 `nix store diff-closures` prints, grouping by signature. tests/lab/test_diff_nix.py checks the same tables and
 renderings against Nix 2.8 itself (`builtins.compareVersions`, `nix store diff-closures` on factory-built systems)."""
 
 import dataclasses
 import random
-import time
 
 import pytest
 
-from topdeck.core.diff import (
+from topdeck.core.nix.diff import (
     ADDED,
     CHANGED,
     DOWNGRADED,
@@ -24,7 +23,7 @@ from topdeck.core.diff import (
     signature,
     version_components,
 )
-from topdeck.core.store import StorePath
+from topdeck.core.nix.store import StorePath
 
 MiB = 1024 * 1024
 
@@ -189,8 +188,8 @@ def test_signature_groups_equal_changes_whatever_the_paths() -> None:
     assert len({signature(a), signature(b), signature(c)}) == 2
 
 
-@pytest.mark.alone
-def test_a_thousand_paths_take_milliseconds() -> None:
+def test_a_thousand_paths_with_300_replaced() -> None:
+    """Its speed is bench/diff.py's (against `nix store diff-closures`); here, what it finds at that size."""
     rng = random.Random(1)
     before: dict[StorePath, int] = {}
     for index in range(1000):
@@ -201,14 +200,11 @@ def test_a_thousand_paths_take_milliseconds() -> None:
         del after[path]
         after[fake_path(path.name, "new")] = rng.randint(1000, 10**7)
 
-    start = time.perf_counter()
-    for _ in range(10):
-        diff = diff_closures(before, after)
-        render_diff_closures(diff)
-    elapsed = (time.perf_counter() - start) / 10
+    diff = diff_closures(before, after)
 
     assert len(diff.paths_added) == len(diff.paths_removed) == 300
-    assert elapsed < 0.05
+    assert set(diff.paths_added) == set(after) - set(before)
+    assert render_diff_closures(diff)
 
 
 def test_change_is_hashable_and_frozen() -> None:

@@ -1,5 +1,6 @@
-"""The engine's logic against a fake host that speaks core/host.sh's protocol (and core/probe.sh's): plan, deploy
-outcomes, recovery after a lost session, waves, magic rollback decisions, status, generations and gc's host systems.
+"""The engine's logic against a fake host that speaks core/remote/host.sh's protocol (and core/remote/probe.sh's): plan,
+deploy outcomes, recovery after a lost session, waves, magic rollback decisions, status, generations and gc's host
+systems.
 
 No root, no Nix, no SSH; the fake runs a host's deploy the way host.sh does (in the background, its events recorded
 for `follow`, waiting for a confirmation from another login) so the engine's decisions are what is tested. The lab
@@ -19,18 +20,20 @@ from pathlib import Path
 import pytest
 
 from topdeck.core import deploy as engine
-from topdeck.core import fleet, gc, hostverbs, nixbase32
+from topdeck.core import gc, operations
+from topdeck.core.cache.manifest import Manifest, ManifestPath
+from topdeck.core.cache.pointers import PointerVersion
 from topdeck.core.deploy import Settings, Target, deploy, plan_waves
 from topdeck.core.errors import Cancelled, ChangedHostKey, GcError, SSHError, TopdeckError, UnknownHostKey
 from topdeck.core.events import DeployResult, Event, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
-from topdeck.core.hostpool import each_host, values
 from topdeck.core.inventory import Host, Inventory, SSHConfig, load_inventory
-from topdeck.core.manifest import Manifest, ManifestPath
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.signing import generate_keypair
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.core.plan import plan
-from topdeck.core.pointers import PointerVersion
-from topdeck.core.signing import generate_keypair
-from topdeck.core.ssh import Result
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.remote import hostverbs
+from topdeck.core.remote.hostpool import each_host, values
+from topdeck.core.remote.ssh import Result
 from topdeck.core.vocabulary import HostState, Mode, Outcome, Phase, PlanStatus
 
 KEY = generate_keypair("engine-test")[1]
@@ -603,15 +606,15 @@ def test_status_classifies_each_host_against_its_pointer(inventory):
     lab.fakes["web-1"].current = str(NEW)
     lab.fakes["web-3"].reachable = False
     history = [PointerVersion(str(NEW), 2, 0), PointerVersion(str(OLD), 1, 0)]
-    found = {h.name: fleet._status(inventory, inventory.host(h.name), history, lab.connect)
+    found = {h.name: operations._status(inventory, inventory.host(h.name), history, lab.connect)
              for h in lab.hosts}
     assert found["web-1"].status == HostState.UP_TO_DATE
     assert found["web-2"].status == HostState.BEHIND and found["web-2"].current == str(OLD)
     assert found["web-3"].status == HostState.UNREACHABLE and "connection refused" in found["web-3"].reason
-    assert fleet._status(inventory, inventory.host("web-2"), history[:1], lab.connect).status == \
+    assert operations._status(inventory, inventory.host("web-2"), history[:1], lab.connect).status == \
         HostState.DRIFTED
     lab.fakes["web-2"].last_run = f"run-0\t2026-12-01T10:00:00Z\trolled-back\t{NEW}"
-    rolled = fleet._status(inventory, inventory.host("web-2"), history, lab.connect)
+    rolled = operations._status(inventory, inventory.host("web-2"), history, lab.connect)
     assert rolled.status == HostState.ROLLED_BACK and rolled.last_run == "2026-12-01T10:00:00Z rolled-back"
 
 
@@ -623,19 +626,19 @@ def test_a_changed_host_key_is_a_key_problem_in_status_not_unreachable(inventory
     def connect(host, ssh):
         raise changed
 
-    found = fleet._status(inventory, inventory.host("web-1"), [PointerVersion(str(NEW), 2, 0)], connect)
+    found = operations._status(inventory, inventory.host("web-1"), [PointerVersion(str(NEW), 2, 0)], connect)
     assert found.status == HostState.HOST_KEY and "HOST KEY CHANGED" in found.reason
 
 
 def test_generations_and_a_generation_diff_come_from_the_host(inventory):
     lab = Fleet("web-1")
     lab.deploy()
-    found = fleet.generations(inventory, "web-1", connect=lab.connect)
+    found = operations.generations(inventory, "web-1", connect=lab.connect)
     assert [(g.number, g.path, g.current) for g in found] == [(1, str(OLD), False), (2, str(NEW), True)]
-    diff = fleet.generation_diff(inventory, "web-1", str(OLD), connect=lab.connect)
+    diff = operations.generation_diff(inventory, "web-1", str(OLD), connect=lab.connect)
     assert {c.name for c in diff.changes} >= {"nginx", "web-app"}
     with pytest.raises(TopdeckError, match=r"^web-1: /nix/store/\S+-nixos-system-gone is not in this host's store"):
-        fleet.generation_diff(inventory, "web-1", str(store_path("nixos-system-gone")), connect=lab.connect)
+        operations.generation_diff(inventory, "web-1", str(store_path("nixos-system-gone")), connect=lab.connect)
 
 
 def test_gc_asks_every_host_and_refuses_when_one_cannot_answer(inventory):

@@ -20,7 +20,7 @@ from topdeck.core.deploy import Settings, Target, deploy
 from topdeck.core.errors import DeployError, SSHError
 from topdeck.core.events import LogLine
 from topdeck.core.inventory import Host, Key, SSHConfig
-from topdeck.core.ssh import Result
+from topdeck.core.remote.ssh import Result
 from topdeck.core.vocabulary import Outcome
 
 # --- exec -------------------------------------------------------------------------------------------

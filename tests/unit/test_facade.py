@@ -1,5 +1,5 @@
 """core/facade.py's own rules, against a folder cache and fixed run records (no SSH, no Nix): which hosts a retry
-takes, which keys sign and are trusted, pointer publish and rollback; and core/planview.py's plan model."""
+takes, which keys sign and are trusted, pointer publish and rollback; and core/planreport.py's plan model."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import dataclasses
 import pytest
 from tui_fakes import WEB_NEW, WEB_OLD, FakeBackend, fake_inventory, toplevel
 
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.cache.presence import narinfo_name
 from topdeck.core.errors import CacheError, DeployError, InventoryError
 from topdeck.core.facade import NEVER_DEPLOYED, Fleet, explained
-from topdeck.core.fleet import HostStatus
 from topdeck.core.inventory import CacheConfig, Inventory
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
-from topdeck.core.planview import changes_by_kind, plan_view
-from topdeck.core.presence import narinfo_name
-from topdeck.core.signing import generate_keypair, write_secret_key
+from topdeck.core.nix.signing import generate_keypair, write_secret_key
+from topdeck.core.operations import HostStatus
+from topdeck.core.planreport import changes_by_kind, plan_view
 from topdeck.core.vocabulary import HostState
 
 

@@ -1,4 +1,4 @@
-"""core.flakes against a scripted Nix (localnix's runner faked): one evaluation per flake, one `nix build` for all,
+"""core.nix.flakes against a scripted Nix (localnix's runner faked): one evaluation per flake, one `nix build` for all,
 the `^out` suffix by version, and Nix's errors said plainly (tests/lab/test_flake.py runs the real Nix)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core import flakes, localnix
 from topdeck.core.errors import NixError
 from topdeck.core.inventory import Build
+from topdeck.core.nix import flakes, localnix
 
 
 def drv(name: str) -> str:

@@ -1,5 +1,5 @@
-"""core.gc on a folder cache that core.push filled (no hosts, no B2): what a plan keeps and deletes, in which order,
-that deleting leaves a cache a push finds whole, and the price (hosts and B2: tests/lab/test_gc_lab.py)."""
+"""core.gc on a folder cache that core.cache.push filled (no hosts, no B2): what a plan keeps and deletes, in which
+order, that deleting leaves a cache a push finds whole, and the price (hosts and B2: tests/lab/test_gc_lab.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from test_push import APP, LIBC, OTHER_TOP, SECRET, TOP, closure_of, nar_source
 
-from topdeck.core.cache import DirCache
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.manifest import manifest_name
+from topdeck.core.cache.presence import nar_name, narinfo_name
+from topdeck.core.cache.push import push
 from topdeck.core.errors import GcError
 from topdeck.core.gc import check_keep, collect, monthly_cost, plan_gc
-from topdeck.core.manifest import manifest_name
-from topdeck.core.presence import nar_name, narinfo_name
-from topdeck.core.push import push
-from topdeck.core.store import StorePath
+from topdeck.core.nix.store import StorePath
 
 LATER = time.time() + 10 * 24 * 3600  # every file older than the minimum age
 

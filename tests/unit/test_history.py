@@ -14,7 +14,7 @@ from topdeck.core import history
 from topdeck.core.events import DeployResult, HostOutcome, LogLine
 from topdeck.core.facade import Fleet, _last_deploy
 from topdeck.core.gc import plan_gc
-from topdeck.core.signing import generate_keypair
+from topdeck.core.nix.signing import generate_keypair
 from topdeck.core.vocabulary import Mode, Outcome
 
 

@@ -1,4 +1,4 @@
-"""core/hostcert.py: host certificates checked as OpenSSH does, with certificates made by `cryptography`."""
+"""core/remote/hostcert.py: host certificates checked as OpenSSH does, with certificates made by `cryptography`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.serialization import (
     SSHCertificateType,
 )
 
-from topdeck.core import hostcert
-from topdeck.core.hostcert import Authority
+from topdeck.core.remote import hostcert
+from topdeck.core.remote.hostcert import Authority
 
 NOW = int(time.time())
 

@@ -14,18 +14,20 @@ import pytest
 from test_engine_units import KEY, NEW, OLD, FakeHost, Fleet, manifest, store_path
 from test_engine_units import inventory as inventory  # the fixture: three hosts, a folder cache
 
-from topdeck.core import fleet, hostverbs, localnix, strict
-from topdeck.core.caches import open_cache
+from topdeck.core import operations, strict
+from topdeck.core.cache.access import open_cache
+from topdeck.core.cache.manifest import parse_manifest, render_manifest
 from topdeck.core.deploy import _Tracker
 from topdeck.core.errors import CacheError, DeployError, InventoryError, NixError, SSHConfigError, TopdeckError
 from topdeck.core.events import DeployResult, Event, LogLine
 from topdeck.core.inventory import Host, Inventory, SSHConfig, load_inventory
-from topdeck.core.manifest import parse_manifest, render_manifest
+from topdeck.core.nix import localnix
+from topdeck.core.nix.store import StorePath
 from topdeck.core.plan import parse_probe, plan
+from topdeck.core.remote import hostverbs
+from topdeck.core.remote.ssh import MAX_LINE, MAX_OUTPUT, TRUNCATED, Result, _Stream
+from topdeck.core.remote.sshroute import route
 from topdeck.core.runs import load_run, save_run
-from topdeck.core.ssh import MAX_LINE, MAX_OUTPUT, TRUNCATED, Result, _Stream
-from topdeck.core.sshroute import route
-from topdeck.core.store import StorePath
 from topdeck.core.vocabulary import HostState, Outcome, PlanStatus
 
 
@@ -87,7 +89,7 @@ def test_fleet_status_with_one_host_answering_generation_superscript_two_shows_e
     lab = Fleet("web-1", "web-2", "web-3")
     lab.fakes["web-2"] = _SuperscriptGeneration("web-2", lab.fakes["web-1"].systems)
     (inventory.root / "cache").mkdir()
-    statuses = fleet.status_fleet(inventory, cache=open_cache(inventory.cache), connect=lab.connect)
+    statuses = operations.status_fleet(inventory, cache=open_cache(inventory.cache), connect=lab.connect)
     assert [(s.host, s.current, s.generation) for s in statuses] == [(h, str(OLD), 1 if h != "web-2" else 0)
                                                                      for h in ("web-1", "web-2", "web-3")]
 
@@ -177,7 +179,7 @@ def test_an_internal_error_on_one_host_fails_that_hosts_plan_and_status(inventor
     assert [p.status for p in found.hosts] == [PlanStatus.CHANGE, PlanStatus.ERROR, PlanStatus.CHANGE]
     assert "internal error in topdeck (RuntimeError" in found.hosts[1].reason
     (inventory.root / "cache").mkdir()
-    statuses = fleet.status_fleet(inventory, cache=open_cache(inventory.cache), connect=lab.connect)
+    statuses = operations.status_fleet(inventory, cache=open_cache(inventory.cache), connect=lab.connect)
     assert [s.status for s in statuses][1] == HostState.ERROR
     assert [s.status for s in statuses][0] != HostState.ERROR and "internal error" in statuses[1].reason
 

@@ -1,4 +1,5 @@
-"""core.hostpool: each host's work in a bounded pool; a failure or a bug stays with its host, in the hosts' order."""
+"""core.remote.hostpool: each host's work in a bounded pool; a failure or a bug stays with its host, in the hosts'
+order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from topdeck.core.errors import Cancelled, InternalError, SSHError
-from topdeck.core.hostpool import each_host, values
+from topdeck.core.remote.hostpool import each_host, values
 
 
 @dataclass(frozen=True)

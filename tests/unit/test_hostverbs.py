@@ -1,4 +1,4 @@
-"""core.hostverbs: the verbs' command lines and how their answers are read, against a scripted session (the
+"""core.remote.hostverbs: the verbs' command lines and how their answers are read, against a scripted session (the
 host script itself answers in the lab tier)."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import shlex
 import pytest
 
 from topdeck.core.errors import DeployError, SSHError
-from topdeck.core.hostverbs import (
+from topdeck.core.inventory import Host
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.remote.hostverbs import (
     Generation,
     LastRun,
     closures,
@@ -18,9 +20,7 @@ from topdeck.core.hostverbs import (
     parse_status,
     run_verb,
 )
-from topdeck.core.inventory import Host
-from topdeck.core.ssh import Result
-from topdeck.core.store import parse_store_path
+from topdeck.core.remote.ssh import Result
 
 HOST = Host("web-1", "10.0.0.1", "web")
 OLD = "/nix/store/" + "1" * 32 + "-nixos-system-web-1-old"

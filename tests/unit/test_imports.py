@@ -119,14 +119,14 @@ ENGINE_ACTIONS = {"plan_fleet", "deploy_fleet", "status_fleet", "rollback_fleet"
                   "failed_hosts", "read_verified", "history", "current"}
 
 
-def engine_calls(tree: ast.AST) -> list[str]:
+def engine_calls(tree: ast.AST, known: set[str] | None = None) -> list[str]:
     """What a module imports from core that acts on a fleet: an engine function, or a core module whole."""
+    known = set(modules()) if known is None else known
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "topdeck.core":
-            found += [f"topdeck.core.{alias.name}" for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("topdeck.core."):
-            found += [f"{node.module}.{alias.name}" for alias in node.names if alias.name in ENGINE_ACTIONS]
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("topdeck.core"):
+            found += [f"{node.module}.{alias.name}" for alias in node.names
+                      if alias.name in ENGINE_ACTIONS or f"{node.module}.{alias.name}" in known]
     return found
 
 
@@ -137,8 +137,51 @@ def test_the_front_ends_act_on_a_fleet_through_the_facade_only():
 
 
 def test_the_facade_check_sees_a_direct_engine_call():
-    tree = ast.parse("from topdeck.core.fleet import HostStatus, deploy_fleet\nfrom topdeck.core import pointers\n")
-    assert engine_calls(tree) == ["topdeck.core.fleet.deploy_fleet", "topdeck.core.pointers"]
+    tree = ast.parse("from topdeck.core.operations import HostStatus, deploy_fleet\n"
+                     "from topdeck.core.cache import pointers\nfrom topdeck.core import runs\n")
+    assert engine_calls(tree) == ["topdeck.core.operations.deploy_fleet", "topdeck.core.cache.pointers",
+                                  "topdeck.core.runs"]
+
+
+# core/ in rooms: the shared base at the top of core/ (what every room may use), then nix, then cache and remote
+# side by side on nix, and the engine (the rest of core/'s top level) on all of them.
+BASE = {f"topdeck.core.{name}" for name in ("errors", "strict", "events", "vocabulary", "shown", "statedir",
+                                            "inventory", "sshconfigfile")}
+ROOMS = {"topdeck.core.nix": (), "topdeck.core.cache": ("topdeck.core.nix",),
+         "topdeck.core.remote": ("topdeck.core.nix",)}
+
+
+def against_the_rooms(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a base module or a room's module that reaches outside what it may use."""
+    found = []
+    for name, targets in graph.items():
+        if name in BASE:
+            allowed: tuple[str, ...] = ()
+        else:
+            room = next((room for room in ROOMS if name.startswith(room + ".")), None)
+            if room is None:
+                continue
+            allowed = (room, *ROOMS[room])
+        found += [f"{name} -> {target}" for target in sorted(targets) if target.startswith("topdeck.")
+                  and target not in BASE and not target.startswith(tuple(f"{a}." for a in allowed))]
+    return found
+
+
+def test_core_rooms_keep_their_directions():
+    graph = import_graph()
+    assert {name for name in graph if name.startswith("topdeck.core.") and name.count(".") == 3} >= {
+        "topdeck.core.nix.store", "topdeck.core.cache.push", "topdeck.core.remote.ssh"}
+    assert against_the_rooms(graph) == []
+
+
+def test_the_room_check_sees_a_wrong_direction():
+    graph = {"topdeck.core.nix.store": {"topdeck.core.cache.push", "topdeck.core.errors"},
+             "topdeck.core.remote.ssh": {"topdeck.core.nix.store", "topdeck.core.cache.interface"},
+             "topdeck.core.cache.push": {"topdeck.core.nix.store", "topdeck.core.operations"},
+             "topdeck.core.errors": {"topdeck.core.nix.store"}, "topdeck.core.deploy": {"topdeck.core.cache.push"}}
+    assert against_the_rooms(graph) == [
+        "topdeck.core.nix.store -> topdeck.core.cache.push", "topdeck.core.remote.ssh -> topdeck.core.cache.interface",
+        "topdeck.core.cache.push -> topdeck.core.operations", "topdeck.core.errors -> topdeck.core.nix.store"]
 
 
 def test_no_re_exports():
@@ -149,4 +192,23 @@ def test_no_re_exports():
             if isinstance(node, ast.ImportFrom | ast.Import):
                 found += [f"{name}: {alias.name}" for alias in node.names
                           if alias.asname and alias.asname == alias.name.rsplit(".", 1)[-1]]
+    assert found == []
+
+
+# tui/text.py hands the TUI `shown` beside `plain`, so that a screen draws foreign text through one module (shownlint)
+DELIBERATE_EXPORTS = {"topdeck.tui.text": {"shown"}}
+
+
+def test_all_lists_only_what_the_module_defines():
+    """An `__all__` that names an imported name is a re-export too."""
+    found = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        imported_names = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
+                          if isinstance(node, ast.ImportFrom | ast.Import) for alias in node.names}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+                listed = {element.value for element in getattr(node.value, "elts", ())
+                          if isinstance(element, ast.Constant)}
+                found += [f"{name}: {n}" for n in sorted(listed & imported_names - DELIBERATE_EXPORTS.get(name, set()))]
     assert found == []

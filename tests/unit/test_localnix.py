@@ -1,4 +1,4 @@
-"""core.localnix without Nix: the recorded `nix path-info --json` forms of Nix 2.8, 2.26 and 2.34
+"""core.nix.localnix without Nix: the recorded `nix path-info --json` forms of Nix 2.8, 2.26 and 2.34
 (tests/data/path-info/) parse to one closure, in dependency order; values that are not store paths are refused
 before any Nix runs; the build command lines. tests/lab/test_localnix_nix.py and tests/lab/test_nix_versions.py
 run the real Nix."""
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core import localnix, nixbase32
 from topdeck.core.errors import NixError, StorePathError
 from topdeck.core.inventory import Build
-from topdeck.core.narinfo import hash_to_sri
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix import localnix, nixbase32
+from topdeck.core.nix.narinfo import hash_to_sri
+from topdeck.core.nix.store import parse_store_path
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "path-info"
 RECORDINGS = sorted(DATA.glob("*.json"))

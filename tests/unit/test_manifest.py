@@ -1,4 +1,4 @@
-"""core.manifest: the closure manifest rendered and read back, strictly (a bad one is a CacheError naming it)."""
+"""core.cache.manifest: the closure manifest rendered and read back, strictly (a bad one is a CacheError naming it)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, parse_manifest, render_manifest
 from topdeck.core.errors import CacheError
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, parse_manifest, render_manifest
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.store import parse_store_path
 
 TOP = parse_store_path("/nix/store/" + "1" * 32 + "-nixos-system-web-1")
 LIB = parse_store_path("/nix/store/" + "2" * 32 + "-glibc-2.40")

@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from topdeck.core.errors import NarinfoError
-from topdeck.core.narinfo import (
+from topdeck.core.nix.narinfo import (
     fingerprint,
     hash_to_nix32,
     hash_to_sri,

@@ -1,4 +1,4 @@
-"""core.nixbase32: Nix's base-32, against values Nix 2.8 prints (`nix-hash --to-base32`) and its refusals."""
+"""core.nix.nixbase32: Nix's base-32, against values Nix 2.8 prints (`nix-hash --to-base32`) and its refusals."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from topdeck.core import nixbase32
+from topdeck.core.nix import nixbase32
 
 # (bytes, what `nix-hash --type sha256|sha1 --to-base32 <hex>` printed here)
 NIX_PRINTS = [

@@ -14,21 +14,22 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from topdeck.core import hostverbs, strict
+from topdeck.core import strict
+from topdeck.core.cache.manifest import Manifest, ManifestPath, parse_manifest, render_manifest
 from topdeck.core.deploy import _Tracker
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Event, Progress
-from topdeck.core.hostverbs import ProgressLine, parse_line, parse_status
 from topdeck.core.inventory import Host, SSHConfig, load_inventory
-from topdeck.core.localnix import parse_path_info_json
-from topdeck.core.manifest import Manifest, ManifestPath, parse_manifest, render_manifest
-from topdeck.core.narinfo import Narinfo, parse_narinfo, render_narinfo
-from topdeck.core.nixbase32 import ALPHABET
+from topdeck.core.nix.localnix import parse_path_info_json
+from topdeck.core.nix.narinfo import Narinfo, parse_narinfo, render_narinfo
+from topdeck.core.nix.nixbase32 import ALPHABET
+from topdeck.core.nix.store import StorePath
 from topdeck.core.plan import parse_probe
+from topdeck.core.remote import hostverbs
+from topdeck.core.remote.hostverbs import ProgressLine, parse_line, parse_status
+from topdeck.core.remote.ssh import Result, _Stream
+from topdeck.core.remote.sshroute import route
 from topdeck.core.runs import load_run
-from topdeck.core.ssh import Result, _Stream
-from topdeck.core.sshroute import route
-from topdeck.core.store import StorePath
 
 settings.register_profile("topdeck", deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("topdeck")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core.cache import DirCache
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, render_manifest
 from topdeck.core.errors import CacheError, TopdeckError
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.core.plan import (
     B2_FREE_CLASS_B_PER_DAY,
     HostPlan,
@@ -20,7 +21,6 @@ from topdeck.core.plan import (
     load_manifests,
     parse_probe,
 )
-from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.vocabulary import PlanStatus
 
 

@@ -10,10 +10,10 @@ from collections import defaultdict
 import pytest
 from tui_fakes import DB, WEB_NEW, toplevel
 
-from topdeck.core import pointers
-from topdeck.core.cache import DirCache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.folder import DirCache
 from topdeck.core.errors import PointerRace
-from topdeck.core.signing import generate_keypair
+from topdeck.core.nix.signing import generate_keypair
 
 MINE, THEIRS = toplevel(WEB_NEW), toplevel(DB)
 KEY, _ = generate_keypair("test-1")

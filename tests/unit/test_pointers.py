@@ -11,16 +11,17 @@ import json
 import pytest
 from tui_fakes import DB, WEB_NEW, WEB_OLD, fake_inventory, toplevel
 
-from topdeck.core import pointers, strict
+from topdeck.core import strict
+from topdeck.core.cache import pointers
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.cache.presence import narinfo_name
+from topdeck.core.cache.push import _publish_pointer
 from topdeck.core.errors import CacheError, InventoryError, PointerError
 from topdeck.core.facade import Fleet
 from topdeck.core.gc import pointer_systems
 from topdeck.core.inventory import CacheConfig, Inventory, load_inventory
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.nix.signing import generate_keypair, write_secret_key
 from topdeck.core.plan import targets_from_pointers
-from topdeck.core.presence import narinfo_name
-from topdeck.core.push import _publish_pointer
-from topdeck.core.signing import generate_keypair, write_secret_key
 
 NOW = 1_795_000_000.0
 OLD, NEW, OTHER = toplevel(WEB_OLD), toplevel(WEB_NEW), toplevel(DB)

@@ -1,4 +1,4 @@
-"""core.presence: what a push finds already stored, reading manifests before asking name by name, against a
+"""core.cache.presence: what a push finds already stored, reading manifests before asking name by name, against a
 folder cache that counts what it is asked."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core.cache import DirCache, Entry
-from topdeck.core.localnix import PathInfo
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
-from topdeck.core.nixbase32 import encode
-from topdeck.core.presence import CACHE_INFO, nar_file, nar_name, narinfo_name, presence
-from topdeck.core.store import parse_store_path
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.interface import Entry
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.cache.presence import CACHE_INFO, nar_file, nar_name, narinfo_name, presence
+from topdeck.core.nix.localnix import PathInfo
+from topdeck.core.nix.nixbase32 import encode
+from topdeck.core.nix.store import parse_store_path
 
 
 class CountingCache(DirCache):

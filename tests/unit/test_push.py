@@ -1,4 +1,4 @@
-"""core.push into a folder cache with the closure and the NARs given (no Nix): what a first push stores and signs,
+"""core.cache.push into a folder cache with the closure and the NARs given (no Nix): what a first push stores and signs,
 what a second one skips, and the pointer it publishes. Pushing real closures into the B2 emulator, and hosts
 substituting from it: tests/lab/test_push_lab.py."""
 
@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from topdeck.core import pointers
-from topdeck.core.cache import DirCache
+from topdeck.core.cache import pointers
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.manifest import manifest_name, parse_manifest
+from topdeck.core.cache.presence import nar_name, narinfo_name
+from topdeck.core.cache.push import closure_within, push, push_all
 from topdeck.core.errors import TopdeckError
-from topdeck.core.localnix import PathInfo
-from topdeck.core.manifest import manifest_name, parse_manifest
-from topdeck.core.narinfo import parse_narinfo
-from topdeck.core.presence import nar_name, narinfo_name
-from topdeck.core.push import closure_within, push, push_all
-from topdeck.core.signing import generate_keypair, verify_narinfo
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.localnix import PathInfo
+from topdeck.core.nix.narinfo import parse_narinfo
+from topdeck.core.nix.signing import generate_keypair, verify_narinfo
+from topdeck.core.nix.store import StorePath, parse_store_path
 
 SECRET, PUBLIC = generate_keypair("unit-push-1")
 NARS: dict[StorePath, bytes] = {}
@@ -89,6 +89,26 @@ def test_several_toplevels_in_one_push_each_get_a_manifest_of_their_own_closure(
     assert result.paths_total == 4 and [p.name for p in result.pointers] == ["db"]
     manifest = parse_manifest(cache.get_bytes(manifest_name(OTHER_TOP.path)), "manifest")
     assert {p.path for p in manifest.paths} == {LIBC.path, OTHER_TOP.path}
+
+
+def test_two_paths_with_the_same_contents_store_their_nar_once(tmp_path: Path) -> None:
+    twin_a, twin_b = info("share-data", "5", size=100_000), info("share-data", "6", size=100_000)
+    top = info("nixos-system-twins", "7", twin_a, twin_b)
+    CLOSURES[top.path] = [twin_a, twin_b, top]
+    puts: list[str] = []
+
+    class Counting(DirCache):
+        def put_bytes(self, name: str, data: bytes, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            puts.append(name)
+            super().put_bytes(name, data, **kwargs)
+
+    cache = Counting(tmp_path / "cache", "file:///cache")
+    result = push(top.path, cache, SECRET, closure_of=closure_of, nar_source=nar_source, jobs=8)
+    assert nar_name(twin_a) == nar_name(twin_b) and puts.count(nar_name(twin_a)) == 1
+    assert (result.paths_uploaded, result.paths_skipped) == (2, 1)  # the second twin's NAR was there: skipped
+    for twin in (twin_a, twin_b):
+        narinfo = parse_narinfo(cache.get_bytes(narinfo_name(twin.path)).decode())
+        assert narinfo.url == nar_name(twin) and narinfo.file_size == len(cache.get_bytes(nar_name(twin)))
 
 
 def test_a_pointer_to_something_not_pushed_is_refused_before_anything_is_stored(cache: DirCache) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from topdeck.core.errors import InventoryError
 from topdeck.core.inventory import Build, Host
+from topdeck.core.nix.store import parse_store_path
 from topdeck.core.release import buildable, pointer_targets
-from topdeck.core.store import parse_store_path
 
 WEB = parse_store_path("/nix/store/" + "1" * 32 + "-nixos-system-web")
 WEB_OTHER = parse_store_path("/nix/store/" + "2" * 32 + "-nixos-system-web-other")

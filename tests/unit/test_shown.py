@@ -16,8 +16,8 @@ from shownlint import cli_violations, tui_violations
 from topdeck.cli import deploy as cli_deploy
 from topdeck.cli.output import EventPrinter
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress, WaveStarted
-from topdeck.core.fleet import HostStatus
-from topdeck.core.hostverbs import Generation
+from topdeck.core.operations import HostStatus
+from topdeck.core.remote.hostverbs import Generation
 from topdeck.core.shown import shown
 from topdeck.core.vocabulary import Step
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from topdeck.core.errors import SignatureError, SigningKeyError
-from topdeck.core.narinfo import fingerprint, parse_narinfo
-from topdeck.core.signing import (
+from topdeck.core.nix.narinfo import fingerprint, parse_narinfo
+from topdeck.core.nix.signing import (
     generate_keypair,
     load_public_key,
     load_secret_key,

@@ -1,5 +1,5 @@
-"""core.ssh without a network: fingerprints and known_hosts names as OpenSSH writes them, known_hosts read line by
-line (hashed names, revoked keys, lines it cannot use), pinning that never replaces a key, remote quoting, and the
+"""core.remote.ssh without a network: fingerprints and known_hosts names as OpenSSH writes them, known_hosts read line
+by line (hashed names, revoked keys, lines it cannot use), pinning that never replaces a key, remote quoting, and the
 passphrase asked once per key file. Real sessions against sshd: tests/lab/test_ssh_lab.py."""
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ import paramiko
 import pytest
 
 from topdeck.core.errors import Cancelled, HostKeyError
-from topdeck.core.ssh import AskOnce, HostKeys, accept_host_key, fingerprint, known_hosts_name, quote, remote_command
+from topdeck.core.remote.ssh import (
+    AskOnce,
+    HostKeys,
+    accept_host_key,
+    fingerprint,
+    known_hosts_name,
+    quote,
+    remote_command,
+)
 
 KEY, OTHER = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
 

@@ -10,8 +10,8 @@ import pytest
 
 from topdeck.core.errors import SSHConfigError
 from topdeck.core.inventory import Host, SSHConfig
+from topdeck.core.remote.sshroute import route
 from topdeck.core.sshconfigfile import read_config
-from topdeck.core.sshroute import route
 
 
 @pytest.fixture

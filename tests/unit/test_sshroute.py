@@ -1,4 +1,4 @@
-"""core/sshroute.py: how an inventory host reads through a real ssh_config (parsed by paramiko's SSHConfig).
+"""core/remote/sshroute.py: how an inventory host reads through a real ssh_config (parsed by paramiko's SSHConfig).
 
 Pure logic, no network: which address, port, user, keys, jumps and known_hosts name each host gets. The lab tests
 (tests/lab/test_bastion.py) connect through the same routes."""
@@ -12,7 +12,7 @@ import pytest
 
 from topdeck.core.errors import InventoryError, SSHConfigError
 from topdeck.core.inventory import Host, SSHConfig, load_inventory
-from topdeck.core.sshroute import route
+from topdeck.core.remote.sshroute import route
 
 CONFIG = """
 # a fleet behind a bastion, as an operator writes it

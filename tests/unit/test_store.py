@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from topdeck.core import nixbase32
 from topdeck.core.errors import StorePathError
-from topdeck.core.store import (
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.store import (
     StorePath,
     diff_closures_key,
     parse_store_path,

@@ -1,4 +1,4 @@
-"""core.trust without a network: the CI decision by fingerprint, the hop an UnknownHostKey names, and pinning it
+"""core.remote.trust without a network: the CI decision by fingerprint, the hop an UnknownHostKey names, and pinning it
 into known_hosts (the whole walk over real hops: tests/lab/test_ssh_lab.py and test_bastion.py)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import paramiko
 import pytest
 
 from topdeck.core.errors import HostKeyError, UnknownHostKey
-from topdeck.core.ssh import HostKeys, fingerprint
-from topdeck.core.trust import NEW, HopKey, expect, from_error, pin
+from topdeck.core.remote.ssh import HostKeys, fingerprint
+from topdeck.core.remote.trust import NEW, HopKey, expect, from_error, pin
 
 KEY = paramiko.ECDSAKey.generate()
 

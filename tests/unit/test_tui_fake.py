@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from types import SimpleNamespace
 
@@ -129,7 +130,8 @@ async def start_deploy(app: TopdeckApp, pilot) -> DeployScreen:  # type: ignore[
 
 
 async def test_cancel_shows_cancelling_until_the_engine_stops():
-    backend = FakeBackend(delay=1.0)  # each phase lasts long enough for the key to land mid-run, even on a busy CPU
+    stopping = threading.Event()
+    backend = FakeBackend(delay=1.0, stopping=stopping)
     app = app_for(backend)
     async with app.run_test(size=(100, 30)) as pilot:
         deploy = await start_deploy(app, pilot)
@@ -138,6 +140,7 @@ async def test_cancel_shows_cancelling_until_the_engine_stops():
         assert "cancelling…" in text_of(deploy, "#outcome") and deploy.running
         await pilot.press("escape")
         assert app.screen is deploy  # cannot leave while it runs
+        stopping.set()
         await until(pilot, lambda: not deploy.running)
         await pilot.pause(0.2)
         assert cells(deploy.query_one("#rows"), "web-1")[1] == "cancelled"

@@ -12,11 +12,11 @@ from hostile import ALL, TEXT_ATTACKS, raw_controls
 from rich.text import Text
 from tui_fakes import NOW, WEB_NEW, FakeBackend, toplevel
 
+from topdeck.core.cache.pointers import PointerVersion
 from topdeck.core.events import Emit, HostOutcome, HostPhase, LogLine, ignore
-from topdeck.core.fleet import FleetPlan, HostStatus
-from topdeck.core.hostverbs import Generation
+from topdeck.core.operations import FleetPlan, HostStatus
 from topdeck.core.plan import HostPlan, Plan, group
-from topdeck.core.pointers import PointerVersion
+from topdeck.core.remote.hostverbs import Generation
 from topdeck.tui.app import TopdeckApp
 from topdeck.tui.screens.deploy import DeployScreen
 from topdeck.tui.screens.generations import GenerationsScreen

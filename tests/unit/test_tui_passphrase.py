@@ -12,7 +12,7 @@ from textual.app import App
 from textual.widgets import Input
 
 from topdeck.core.errors import Cancelled
-from topdeck.core.ssh import AskOnce
+from topdeck.core.remote.ssh import AskOnce
 from topdeck.tui.screens.passphrase import PassphraseAsker, PassphraseScreen
 
 KEY = Path("/home/op/.ssh/id_ed25519")

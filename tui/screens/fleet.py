@@ -14,12 +14,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Input, Static
 
+from topdeck.core.cache.pointers import PointerVersion, is_expired
 from topdeck.core.errors import TopdeckError
 from topdeck.core.events import Emit, Event, Progress
-from topdeck.core.fleet import HostStatus
 from topdeck.core.inventory import Host
-from topdeck.core.pointers import PointerVersion, is_expired
-from topdeck.core.sshroute import endpoint_label
+from topdeck.core.operations import HostStatus
+from topdeck.core.remote.sshroute import endpoint_label
 from topdeck.core.vocabulary import HostState
 from topdeck.tui.backend import EngineBackend
 from topdeck.tui.jobs import Job, Work

@@ -14,9 +14,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
-from topdeck.core.diff import ClosureDiff
 from topdeck.core.events import DeployResult
-from topdeck.core.hostverbs import Generation
+from topdeck.core.nix.diff import ClosureDiff
+from topdeck.core.remote.hostverbs import Generation
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import diff_text, short_system, store_name
 from topdeck.tui.screens.base import TopdeckScreen

@@ -14,9 +14,9 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Header, Static
 
 from topdeck.core.events import Event, Progress, PushResult
-from topdeck.core.fleet import POINTER_TARGET, FleetPlan
 from topdeck.core.keys import grouped
-from topdeck.core.planview import plan_view
+from topdeck.core.operations import POINTER_TARGET, FleetPlan
+from topdeck.core.planreport import plan_view
 from topdeck.core.vocabulary import Mode, PlanStatus
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name

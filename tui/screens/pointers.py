@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Label, Static
 
-from topdeck.core.pointers import Pointer, PointerVersion, is_expired
+from topdeck.core.cache.pointers import Pointer, PointerVersion, is_expired
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import short_system, until, when
 from topdeck.tui.screens.base import TopdeckScreen

@@ -1,10 +1,10 @@
-# The topdeck pull agent: the host-side script that `topdeck deploy` sends over SSH (core/host.sh), run by a
+# The topdeck pull agent: the host-side script that `topdeck deploy` sends over SSH (core/remote/host.sh), run by a
 # systemd timer, so a host applies its pointer by itself: it reads the signed pointer from the cache, refuses
 # a forged or older one, fetches the closure with signatures required, sets the profile and switches; then it runs
 # the deploy's health checks (and that the cache is still reachable) and rolls the switch back when one fails. Its
 # outcome is kept on the host, where `topdeck status` reads it.
 #
-# The module is this folder: default.nix and host.sh, a copy of topdeck's core/host.sh (a test keeps them equal).
+# The module is this folder: default.nix and host.sh, a copy of topdeck's core/remote/host.sh (a test keeps them equal).
 # Copy the whole folder beside configuration.nix (`cp -r hosts/modules/topdeck-agent /etc/nixos/`), then in
 # configuration.nix (`topdeck agent-config HOST` prints this block with the host's values):
 #   imports = [ ./topdeck-agent ];

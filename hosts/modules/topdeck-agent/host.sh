@@ -1,1 +1,1 @@
-../../../core/host.sh
+../../../core/remote/host.sh

@@ -25,7 +25,7 @@ from functools import cmp_to_key
 from operator import attrgetter
 from typing import Final, Literal
 
-from topdeck.core.store import StorePath, diff_closures_key
+from topdeck.core.nix.store import StorePath, diff_closures_key
 
 Kind = Literal["added", "removed", "upgraded", "downgraded", "changed"]
 ADDED: Final = "added"

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from topdeck.core import strict
 from topdeck.core.errors import CacheError, NarinfoError, StorePathError
-from topdeck.core.narinfo import hash_to_nix32, parse_hash
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.narinfo import hash_to_nix32, parse_hash
+from topdeck.core.nix.store import StorePath, parse_store_path
 
 FORMAT = 1
 

@@ -1,4 +1,4 @@
-"""core.b2cache without B2: which call a URL is and what class B2 bills it in, retries of what may pass, and
+"""core.cache.b2 without B2: which call a URL is and what class B2 bills it in, retries of what may pass, and
 b2sdk's errors turned into one line (the bucket itself is tested against the emulator in tests/lab/)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import requests
 from b2sdk.v2.exception import B2ConnectionError, BadRequest, ServiceError, TransactionCapExceeded, Unauthorized
 
-from topdeck.core import b2cache
-from topdeck.core.b2cache import CallCounter, b2_errors, call_name, retrying, transaction_class
+from topdeck.core.cache import b2
+from topdeck.core.cache.b2 import CallCounter, b2_errors, call_name, retrying, transaction_class
 from topdeck.core.errors import CacheError, TransientCacheError
 
 
@@ -54,7 +54,7 @@ def test_retrying_tries_again_with_a_doubling_pause_while_the_failure_may_pass()
         return answer
 
     assert retrying("listing", operation, sleep=pauses.append) == "ok"
-    assert pauses == [b2cache.BACKOFF, b2cache.BACKOFF * 2]
+    assert pauses == [b2.BACKOFF, b2.BACKOFF * 2]
 
 
 def test_retrying_gives_up_after_its_attempts_with_the_last_reason() -> None:

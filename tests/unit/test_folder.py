@@ -1,4 +1,4 @@
-"""core.cache: the folder cache (DirCache) keeps files, their versions and custom info as a bucket does."""
+"""core.cache.folder: the folder cache (DirCache) keeps files, their versions and custom info as a bucket does."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core.cache import DirCache, Entry
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.interface import Entry
 from topdeck.core.errors import CacheError, CacheMissing
 
 

@@ -64,11 +64,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from topdeck.core import nixbase32, strict
+from topdeck.core import strict
 from topdeck.core.errors import Cancelled, NarinfoError, NixError, StorePathError
 from topdeck.core.inventory import Build
-from topdeck.core.narinfo import parse_hash
-from topdeck.core.store import STORE_DIR, StorePath, parse_store_path
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.narinfo import parse_hash
+from topdeck.core.nix.store import STORE_DIR, StorePath, parse_store_path
 
 # `nix` needs this feature; asking on the command line works whatever nix.conf or NIX_CONFIG say.
 NIX_COMMAND = ("nix", "--extra-experimental-features", "nix-command")

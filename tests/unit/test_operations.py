@@ -1,4 +1,4 @@
-"""core.fleet's own rules without hosts: the completeness gate before a deploy, and which key hosts trust (status,
+"""core.operations's own rules without hosts: the completeness gate before a deploy, and which key hosts trust (status,
 generations and gc's questions against fake hosts are in test_engine_units.py; the whole flows in tests/lab/)."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core.cache import Entry
+from topdeck.core.cache.interface import Entry
+from topdeck.core.cache.manifest import Manifest, ManifestPath
 from topdeck.core.errors import DeployError, InventoryError, SigningKeyError
-from topdeck.core.fleet import require_complete, trusted_key
 from topdeck.core.inventory import CacheConfig, Inventory, load_inventory
-from topdeck.core.manifest import Manifest, ManifestPath
-from topdeck.core.signing import generate_keypair, write_secret_key
-from topdeck.core.store import parse_store_path
+from topdeck.core.nix.signing import generate_keypair, write_secret_key
+from topdeck.core.nix.store import parse_store_path
+from topdeck.core.operations import require_complete, trusted_key
 
 LIBC = parse_store_path("/nix/store/" + "1" * 32 + "-glibc-2.40")
 TOP = parse_store_path("/nix/store/" + "2" * 32 + "-nixos-system-web")

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from topdeck.core import pointers as pointers_module
-from topdeck.core.cache import Entry, NameLookup
+from topdeck.core.cache import pointers as pointers_module
+from topdeck.core.cache.interface import Entry, NameLookup
+from topdeck.core.cache.manifest import Manifest, manifest_name, parse_manifest
 from topdeck.core.errors import CacheError, CacheMissing, StorePathError
-from topdeck.core.localnix import PathInfo
-from topdeck.core.manifest import Manifest, manifest_name, parse_manifest
-from topdeck.core.narinfo import hash_to_nix32
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.localnix import PathInfo
+from topdeck.core.nix.narinfo import hash_to_nix32
+from topdeck.core.nix.store import StorePath, parse_store_path
 
 CACHE_INFO = "nix-cache-info"
 EXTRA_MANIFESTS = 4
@@ -88,7 +88,7 @@ def _vouch(found: Presence, unknown: dict[StorePath, PathInfo], name: str, manif
 
     This is the one place presence is taken on a manifest's word, and it is sound because of an invariant every
     writer of the cache keeps: a manifest present means every narinfo of its closure is present. Push stores a
-    manifest only after all those narinfos (core/push.py), and gc deletes manifests before any narinfo
+    manifest only after all those narinfos (core/cache/push.py), and gc deletes manifests before any narinfo
     (core/gc.py). A cache broken otherwise (a narinfo deleted by hand under a manifest that names it) is outside
     it: a push then neither sees the hole nor fills it, and a new manifest it writes names the missing path too;
     `push(..., verify=True)` checks every path against a listing of the cache and uploads what is missing."""

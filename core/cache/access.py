@@ -8,17 +8,18 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from topdeck.core.cache import Cache, DeletingCache, DirCache
+from topdeck.core.cache.folder import DirCache
+from topdeck.core.cache.interface import Cache, DeletingCache
 from topdeck.core.errors import CacheError
 from topdeck.core.inventory import CacheConfig
-from topdeck.core.state import b2_account_file
+from topdeck.core.statedir import b2_account_file
 
 
 def open_cache(config: CacheConfig, environ: Mapping[str, str] = os.environ) -> Cache:
     if config.kind == "dir":
         assert config.path is not None
         return DirCache(config.path, config.url or f"file://{config.path}")
-    from topdeck.core.b2cache import B2Cache
+    from topdeck.core.cache.b2 import B2Cache
 
     key_id, key = b2_credentials(config, environ)
     return B2Cache(config.bucket, config.prefix, config.realm, key_id, key, download_url=config.download_url,
@@ -30,7 +31,7 @@ def open_deleting_cache(config: CacheConfig, environ: Mapping[str, str] = os.env
     if config.kind == "dir":
         assert config.path is not None
         return DirCache(config.path, config.url or f"file://{config.path}")
-    from topdeck.core.b2cache import B2Cache
+    from topdeck.core.cache.b2 import B2Cache
 
     key_id, key = gc_credentials(config, environ)
     cache = B2Cache(config.bucket, config.prefix, config.realm, key_id, key,

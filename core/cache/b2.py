@@ -40,7 +40,7 @@ from b2sdk.v2.exception import (
     Unauthorized,
 )
 
-from topdeck.core.cache import Entry
+from topdeck.core.cache.interface import Entry
 from topdeck.core.errors import CacheError, CacheMissing, TransientCacheError
 from topdeck.core.events import Transactions
 

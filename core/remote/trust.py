@@ -20,7 +20,7 @@ import paramiko
 
 from topdeck.core.errors import ChangedHostKey, HostKeyError, SSHError, UnknownHostKey
 from topdeck.core.inventory import Host, SSHConfig
-from topdeck.core.ssh import (
+from topdeck.core.remote.ssh import (
     Transport,
     accept_host_key,
     authenticate,
@@ -30,7 +30,7 @@ from topdeck.core.ssh import (
     open_transport,
     tunnel,
 )
-from topdeck.core.sshroute import Endpoint, route
+from topdeck.core.remote.sshroute import Endpoint, route
 
 TRUSTED, NEW, CERTIFIED = "trusted", "new", "certified"
 

@@ -29,10 +29,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from topdeck.core import localnix, strict
+from topdeck.core import strict
 from topdeck.core.errors import NixError
 from topdeck.core.inventory import Build, is_safe_name
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix import localnix
+from topdeck.core.nix.store import StorePath, parse_store_path
 
 FLAKE_COMMAND = ("nix", "--extra-experimental-features", "nix-command flakes")
 TOPLEVEL = "config.system.build.toplevel"

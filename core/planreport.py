@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from topdeck.core.diff import ClosureDiff, PackageChange
+from topdeck.core.nix.diff import ClosureDiff, PackageChange
+from topdeck.core.nix.store import StorePath
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
-from topdeck.core.store import StorePath
 from topdeck.core.vocabulary import PlanStatus
 
 KIND_ORDER = ("upgraded", "downgraded", "added", "removed", "changed")

@@ -1,4 +1,4 @@
-"""core.caches: which cache an inventory opens, and which key: the environment first, then the files it names;
+"""core.cache.access: which cache an inventory opens, and which key: the environment first, then the files it names;
 the garbage collector's key is never the deploy key."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from topdeck.core.cache import DirCache
-from topdeck.core.caches import b2_credentials, gc_credentials, open_cache, open_deleting_cache
+from topdeck.core.cache.access import b2_credentials, gc_credentials, open_cache, open_deleting_cache
+from topdeck.core.cache.folder import DirCache
 from topdeck.core.errors import CacheError
 from topdeck.core.inventory import CacheConfig
 

@@ -36,11 +36,11 @@ from pathlib import Path
 import paramiko
 from paramiko.kex_curve25519 import KexCurve25519
 
-from topdeck.core import hostcert
 from topdeck.core.errors import Cancelled, ChangedHostKey, HostKeyError, SSHError, TopdeckError, UnknownHostKey
-from topdeck.core.hostcert import Authority
 from topdeck.core.inventory import Host, Passphrase, SSHConfig
-from topdeck.core.sshroute import Endpoint, Route, route
+from topdeck.core.remote import hostcert
+from topdeck.core.remote.hostcert import Authority
+from topdeck.core.remote.sshroute import Endpoint, Route, route
 from topdeck.core.strict import parse_uint
 
 # paramiko logs transport failures (with tracebacks) at ERROR; without a handler Python's last-resort
@@ -135,7 +135,7 @@ class HostKeys:
     `path` is the operator's own file (the one keys are pinned into); `also` are read-only files such as
     /etc/ssh/ssh_known_hosts, where NixOS's programs.ssh.knownHosts puts a fleet's keys. A key is trusted when
     any of them pins it for the name, or when it is a host certificate that a `@cert-authority` line for the name
-    vouches for (core/hostcert.py checks it as OpenSSH does). Plain and hashed (`|1|...`) host names are
+    vouches for (core/remote/hostcert.py checks it as OpenSSH does). Plain and hashed (`|1|...`) host names are
     understood, as paramiko's `load_system_host_keys` does; wildcard patterns match only on @cert-authority lines,
     as in OpenSSH. Unlike paramiko, one line it cannot use (an unknown key type, bad base64) does not make the whole
     file fail: that line is skipped and noted in `problems`. Keys on `@revoked` lines (in any file) are never

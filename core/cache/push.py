@@ -1,7 +1,7 @@
 """Push a closure to the binary cache, then publish a pointer to it.
 
 Order, so that a reader never sees a narinfo without its NAR or a pointer to an incomplete closure:
-1. what the cache holds (core.presence: the manifests it needs, then by name only what no manifest answers for;
+1. what the cache holds (core.cache.presence: the manifests it needs, then by name only what no manifest answers for;
    with `verify`, one listing of the whole cache instead);
 2. each missing path's NAR, streamed from `nix-store --dump` through zstd into the upload, in parallel (a small
    path's NAR is serialized in this process instead, and checked against its NarHash);
@@ -29,17 +29,17 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import zstandard
 
-from topdeck.core import localnix
-from topdeck.core import pointers as pointers_module
-from topdeck.core.cache import NAR_TYPE, NARINFO_TYPE, Cache, Entry, NameLookup
+from topdeck.core.cache import pointers as pointers_module
+from topdeck.core.cache.interface import NAR_TYPE, NARINFO_TYPE, Cache, Entry, NameLookup
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.cache.presence import NAR_FOLDER, Presence, nar_name, narinfo_name, presence
 from topdeck.core.errors import Cancelled, TopdeckError, TransientCacheError
 from topdeck.core.events import Emit, Progress, PublishedPointer, PushResult, ignore
-from topdeck.core.localnix import PathInfo
-from topdeck.core.manifest import Manifest, ManifestPath, manifest_name, render_manifest
-from topdeck.core.narinfo import Narinfo, parse_narinfo, render_narinfo
-from topdeck.core.presence import NAR_FOLDER, Presence, nar_file, nar_name, narinfo_name, presence
-from topdeck.core.signing import SecretKey, sign_narinfo
-from topdeck.core.store import StorePath
+from topdeck.core.nix import localnix
+from topdeck.core.nix.localnix import PathInfo
+from topdeck.core.nix.narinfo import Narinfo, parse_narinfo, render_narinfo
+from topdeck.core.nix.signing import SecretKey, sign_narinfo
+from topdeck.core.nix.store import StorePath
 from topdeck.core.vocabulary import Step
 
 ZSTD_LEVEL = 3
@@ -52,7 +52,6 @@ CACHE_INFO = b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
 
 NarSource = Callable[[StorePath], AbstractContextManager[BinaryIO]]
 _NAR_PADDING = bytes(8)
-__all__ = ["NAR_FOLDER", "nar_file", "nar_name", "narinfo_name", "push", "push_all"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,8 @@ class _Push:
         self.lock = threading.Lock()
         self.nar_bytes_read = 0
         self.stored: dict[StorePath, Stored] = {}
+        self.nar_locks: dict[str, threading.Lock] = {}  # by NAR name: paths with the same contents share one NAR
+        self.stored_nars: dict[str, Stored] = {}
         self.published: set[StorePath] = set()
         self.uploaded: set[StorePath] = set()
         self.failures: list[BaseException] = []
@@ -165,6 +166,19 @@ class _Push:
     # --- the work, in worker threads ---------------------------------------------------------------
 
     def _store_nar(self, info: PathInfo) -> None:
+        """Store the path's NAR once: a second path with the same contents (the same NAR name) waits for the first
+        and uses what it stored, instead of uploading the same file again beside it."""
+        name = nar_name(info)
+        with self.lock:
+            name_lock = self.nar_locks.setdefault(name, threading.Lock())
+        with name_lock:
+            if name in self.stored_nars:
+                self.stored[info.path] = self.stored_nars[name]
+                return
+            self._store_new_nar(info)
+            self.stored_nars[name] = self.stored[info.path]
+
+    def _store_new_nar(self, info: PathInfo) -> None:
         existing = self.listing.get(nar_name(info))
         if existing is not None:
             stored = self._compress(info, upload=False)
@@ -259,7 +273,7 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
              nar_source: NarSource | None = None, emit: Emit = ignore,
              cancel: threading.Event | None = None, jobs: int = 8,
              clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0) -> PushResult:
-    """Push several toplevels as one: what the cache holds (core.presence), the NARs and narinfos of the union of
+    """Push several toplevels as one: what the cache holds (core.cache.presence), the NARs and narinfos of the union of
     their closures, then each toplevel's manifest, and last the pointers (name -> toplevel, each one of
     `toplevels`). `verify` takes no manifest's word: every path is checked against one listing of the cache, and
     what is missing is uploaded (the repair for a cache whose narinfos something other than topdeck deleted).
@@ -331,7 +345,7 @@ class FolderListing(Protocol):
 
 def _presence(cache: Cache, closure: list[PathInfo], toplevels: list[StorePath], pointers: list[str],
               verify: bool) -> Presence:
-    """What the push needs to know of the cache: by manifests and names (core.presence), or from a listing when
+    """What the push needs to know of the cache: by manifests and names (core.cache.presence), or from a listing when
     asked to verify or when the cache cannot answer by name."""
     if isinstance(cache, NameLookup) and not verify:
         return presence(cache, closure, toplevels, pointers)

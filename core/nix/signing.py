@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from topdeck.core import narinfo
 from topdeck.core.errors import SignatureError, SigningKeyError
+from topdeck.core.nix import narinfo
 
 _SEED_SIZE = 32
 _PUBLIC_SIZE = 32

@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from topdeck.core import strict
-from topdeck.core.cache import NO_CACHING, Cache, Entry
+from topdeck.core.cache.interface import NO_CACHING, Cache, Entry
 from topdeck.core.errors import CacheMissing, PointerError, PointerRace, StorePathError
 from topdeck.core.inventory import is_safe_name
-from topdeck.core.signing import PublicKey, SecretKey, sign, ssh_signature, verify
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.signing import PublicKey, SecretKey, sign, ssh_signature, verify
+from topdeck.core.nix.store import StorePath, parse_store_path
 
 DIRECTORY = "toplevels"
 FINGERPRINT_V1 = "topdeck-pointer-1"  # name;path;serial;time: sidecars signed before pointers could expire
@@ -74,7 +74,7 @@ def utc(seconds: int) -> str:
 
 
 def expired_reason(name: str, signed_at: int, expires: int) -> str:
-    """The line hosts print for an expired pointer (core/host.sh says the same)."""
+    """The line hosts print for an expired pointer (core/remote/host.sh says the same)."""
     return f"pointer {name}: expired at {utc(expires)} (signed {utc(signed_at)}); publish it again"
 
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from topdeck.core.errors import StorePathError
-from topdeck.core.nixbase32 import ALPHABET
+from topdeck.core.nix.nixbase32 import ALPHABET
 
 STORE_DIR = "/nix/store"
 HASH_LENGTH = 32

@@ -1,12 +1,12 @@
-"""core.planview: what both front ends show of a plan, built once from it (groups, closures, unplanned hosts)."""
+"""core.planreport: what both front ends show of a plan, built once from it (groups, closures, unplanned hosts)."""
 
 from __future__ import annotations
 
 from test_plan import MANIFEST, NEW, OLD_CLOSURE, host_plan, state
 
-from topdeck.core.diff import ADDED, CHANGED, REMOVED, UPGRADED, ClosureDiff, PackageChange
+from topdeck.core.nix.diff import ADDED, CHANGED, REMOVED, UPGRADED, ClosureDiff, PackageChange
 from topdeck.core.plan import HostPlan, Plan, group
-from topdeck.core.planview import changes_by_kind, plan_view, reason
+from topdeck.core.planreport import changes_by_kind, plan_view, reason
 from topdeck.core.vocabulary import PlanStatus
 
 

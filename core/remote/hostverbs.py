@@ -1,4 +1,4 @@
-"""The host script's verbs (core/host.sh, sent over SSH on stdin): the remote command that runs one, and what it
+"""The host script's verbs (core/remote/host.sh, sent over SSH on stdin): the remote command that runs one, and what it
 prints read into records.
 
 The wire protocol is host.sh's and does not change (hosts may run an older copy): tab-separated lines, the first
@@ -15,8 +15,8 @@ from importlib import resources
 
 from topdeck.core.errors import DeployError
 from topdeck.core.inventory import Host
-from topdeck.core.ssh import Result, Session, remote_command
-from topdeck.core.store import StorePath, parse_store_path
+from topdeck.core.nix.store import StorePath, parse_store_path
+from topdeck.core.remote.ssh import Result, Session, remote_command
 from topdeck.core.strict import parse_uint
 from topdeck.core.vocabulary import Outcome
 
@@ -28,7 +28,7 @@ VERB_TIMEOUT = 60.0
 
 @functools.cache
 def host_script() -> bytes:
-    return resources.files("topdeck.core").joinpath("host.sh").read_bytes()
+    return resources.files("topdeck.core.remote").joinpath("host.sh").read_bytes()
 
 
 def sudo_argv(host: Host) -> list[str]:

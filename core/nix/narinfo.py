@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from topdeck.core import nixbase32, strict
+from topdeck.core import strict
 from topdeck.core.errors import NarinfoError, StorePathError
-from topdeck.core.store import STORE_DIR, StorePath, parse_store_path
+from topdeck.core.nix import nixbase32
+from topdeck.core.nix.store import STORE_DIR, StorePath, parse_store_path
 
 SHA256_SIZE = 32
 

@@ -8,22 +8,24 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from topdeck.core import hostverbs, keys, pointers
-from topdeck.core.cache import Cache, Entry
-from topdeck.core.caches import open_cache
+from topdeck.core import keys
+from topdeck.core.cache import pointers
+from topdeck.core.cache.access import open_cache
+from topdeck.core.cache.interface import Cache, Entry
+from topdeck.core.cache.manifest import Manifest
 from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
-from topdeck.core.diff import ClosureDiff, diff_closures
 from topdeck.core.errors import DeployError, HostKeyError, InventoryError, TopdeckError, internal_error
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
-from topdeck.core.hostpool import each_host, values
-from topdeck.core.hostverbs import StatusReport
 from topdeck.core.inventory import Host, Inventory, is_safe_name, select_hosts
-from topdeck.core.manifest import Manifest
+from topdeck.core.nix.diff import ClosureDiff, diff_closures
+from topdeck.core.nix.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
+from topdeck.core.remote import hostverbs
+from topdeck.core.remote.hostpool import each_host, values
+from topdeck.core.remote.hostverbs import StatusReport
+from topdeck.core.remote.ssh import Connect, connect
 from topdeck.core.runs import save_run
-from topdeck.core.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
-from topdeck.core.ssh import Connect, connect
-from topdeck.core.store import StorePath, parse_store_path
 from topdeck.core.vocabulary import HostState, Mode, Outcome, Phase, Step
 
 
