@@ -365,7 +365,7 @@ async def test_tui_x_runs_a_command_on_the_selected_hosts(lab, inventory):
             assert rows == {"host-1": ["host-1", "exit 0", "1", "[b]hello"],
                             "host-2": ["host-2", "exit 0", "1", "[b]hello"],
                             "host-3": ["host-3", "exit 4", "1", "[b]hello"]}
-            assert list(screen.query_one("#output").lines) == ["[b]hello"]
+            assert list(screen.query_one("#log").lines) == ["[b]hello"]
             assert screen.result is not None and screen.result.failed == ("host-3",)
     finally:
         lab.host("host-3").sh("rm -f /run/topdeck-exec-fail")

@@ -314,9 +314,9 @@ def test_cancel_stops_the_build_and_its_builder(operator: OperatorNix, tmp_path:
 
     with pytest.raises(Cancelled, match=r"build cancelled$"):
         localnix.build(Build("nix", file), log=log, cancel=cancel, env=operator.env)
-    assert time.monotonic() - marks["cancel"] < 3
+    assert time.monotonic() - marks["cancel"] < 15  # the builder sleeps 30 s: ending well before is the proof
     builder = Path(f"/proc/{pid_file.read_text().strip()}/stat")
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10
     while builder.exists() and builder.read_text().split(") ")[-1][0] != "Z" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not builder.exists() or builder.read_text().split(") ")[-1][0] == "Z", "the builder still runs"

@@ -50,11 +50,11 @@ async def test_x_asks_for_a_command_and_shows_each_hosts_exit_code_and_output():
         assert cells(table, "db-1")[:3] == ["db-1", "exit 3", "2"]
         assert cells(table, "web-1")[:3] == ["web-1", "exit 0", "1"]
         assert cells(table, "web-2")[1:] == ["failed", "0", "web-2 (127.0.0.12:22): connection refused"]
-        assert list(screen.query_one("#output").lines) == ["inactive", "Unit nginx.service could not be found."]
-        assert text_of(screen, "#outtitle") == "output: db-1 (exit 3)"
+        assert list(screen.query_one("#log").lines) == ["inactive", "Unit nginx.service could not be found."]
+        assert text_of(screen, "#logtitle") == "output: db-1 (exit 3)"
         await pilot.press("down")
         await until(pilot, lambda: screen.shown_host == "web-1")
-        assert list(screen.query_one("#output").lines) == ["active"]
+        assert list(screen.query_one("#log").lines) == ["active"]
         outcome = text_of(screen, "#outcome")
         assert outcome.startswith("1 of 3 host(s) exited 0")
         assert "exit 3: db-1: inactive (+1 lines)" in outcome and "exit 0: web-1: active" in outcome
@@ -96,7 +96,7 @@ async def test_hostile_host_output_is_drawn_as_data():
         table = screen.query_one("#rows")
         texts = [cell.plain if isinstance(cell, Text) else str(cell) for key in table.rows
                  for cell in table.get_row(key)]
-        joined = "\n".join([*texts, *screen.query_one("#output").lines, text_of(screen, "#outcome")])
+        joined = "\n".join([*texts, *screen.query_one("#log").lines, text_of(screen, "#outcome")])
         assert TEXT_ATTACKS["markup_close_tag"] in joined and "[/]" in joined
         assert raw_controls(joined.replace("\n", "")) == []
         assert app.is_running

@@ -7,7 +7,9 @@ from functools import partial
 from typing import Any, cast
 
 from textual import work
+from textual.app import ComposeResult
 from textual.screen import Screen
+from textual.widgets import Footer, Header, Label, Log, Static
 from textual.worker import Worker, get_current_worker
 
 from topdeck.core.errors import TopdeckError
@@ -15,6 +17,7 @@ from topdeck.core.events import Event
 from topdeck.tui.jobs import EngineEvent, Job, JobDone, JobFailed
 from topdeck.tui.state import Run, Shell
 from topdeck.tui.text import shown
+from topdeck.tui.widgets.table import SafeTable
 
 
 def one_line(error: BaseException) -> str:
@@ -115,6 +118,28 @@ class RunScreen(TopdeckScreen):
     `c` cancels it (the job still reports how far it got) and escape refuses to leave."""
 
     busy = "a run is in progress: c cancels it"
+    # The rows' table: (key, label, width); `cells(host, row)` gives a row's values in this order.
+    columns: tuple[tuple[str, str, int | None], ...] = ()
+    lines_kept = 2000  # per host, in the log below the table
+    rows: dict[str, Any]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="summary")
+        yield SafeTable.with_columns(self.columns, id="rows")
+        yield Label(id="logtitle")
+        yield Log(id="log", max_lines=self.lines_kept)
+        yield Static(id="outcome")
+        yield Footer()
+
+    def fill_rows(self) -> None:
+        table = self.query_one("#rows", SafeTable)
+        for host, row in self.rows.items():
+            table.add_row(*self.cells(host, row), key=host)
+        table.focus()
+
+    def cells(self, host: str, row: Any) -> list[Any]:
+        raise NotImplementedError
 
     def __init__(self, running: bool) -> None:
         super().__init__()

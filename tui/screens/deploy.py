@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Header, Label, Log, Static
+from textual.widgets import Label, Log, Static
 
 from topdeck.core.events import (
     DeployResult,
@@ -66,6 +65,8 @@ class DeployScreen(RunScreen):
     DeployScreen #log { height: 1fr; max-height: 12; }
     DeployScreen #outcome { height: auto; max-height: 4; padding: 0 1; background: $panel; }
     """
+    columns = DEPLOY_COLUMNS
+    lines_kept = LOG_LINES_KEPT
     BINDINGS = [
         Binding("c", "cancel", "Cancel run", id="deploy.cancel"),
         Binding("escape", "back", "Back", id="deploy.back"),
@@ -84,23 +85,8 @@ class DeployScreen(RunScreen):
         self.summary_dirty = False
         self.log_host = next(iter(self.rows), "")
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static(id="summary")
-        table: SafeTable = SafeTable(id="rows", cursor_type="row")
-        for key, label, width in DEPLOY_COLUMNS:
-            table.add_column(label, key=key, width=width)
-        yield table
-        yield Label(id="logtitle")
-        yield Log(id="log", max_lines=LOG_LINES_KEPT)
-        yield Static(id="outcome")
-        yield Footer()
-
     def on_mount(self) -> None:
-        table = self.query_one("#rows", SafeTable)
-        for host, row in self.rows.items():
-            table.add_row(*self.cells(host, row), key=host)
-        table.focus()
+        self.fill_rows()
         self.show_summary()
         self.show_log()
         self.show_outcome()

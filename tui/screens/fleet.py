@@ -99,10 +99,7 @@ class FleetScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Input(placeholder="filter: text, @tag or status:behind (enter keeps it, escape clears)", id="filter")
-        table: SafeTable = SafeTable(id="hosts", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield SafeTable.with_columns(COLUMNS, id="hosts", zebra_stripes=True)
         yield Static(id="detail")
         yield Static(id="statusline")
         yield Footer()

@@ -60,10 +60,7 @@ class GenerationsScreen(TopdeckScreen):
         with Horizontal(id="body"):
             yield OptionList(*(Option(plain(name), id=name) for name in self.hosts), id="hostlist")
             with Vertical():
-                table: SafeTable = SafeTable(id="generations", cursor_type="row")
-                for key, label in GEN_COLUMNS:
-                    table.add_column(label, key=key)
-                yield table
+                yield SafeTable.with_columns(GEN_COLUMNS, id="generations")
                 with VerticalScroll(id="diffbox", classes="empty"):
                     yield Static(id="diff")
         yield Static(id="statusline")

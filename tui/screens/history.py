@@ -50,15 +50,9 @@ class HistoryScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Input(placeholder="host name (empty: every host)", id="hostfilter")
-        runs: SafeTable = SafeTable(id="runs", cursor_type="row")
-        for key, label in RUN_COLUMNS:
-            runs.add_column(label, key=key)
-        yield runs
+        yield SafeTable.with_columns(RUN_COLUMNS, id="runs")
         yield Label(id="runtitle")
-        hosts: SafeTable = SafeTable(id="runhosts", cursor_type="row")
-        for key, label in HOST_COLUMNS:
-            hosts.add_column(label, key=key)
-        yield hosts
+        yield SafeTable.with_columns(HOST_COLUMNS, id="runhosts")
         yield Static(id="statusline")
         yield Footer()
 

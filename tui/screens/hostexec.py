@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Header, Label, Log, Static
+from textual.widgets import Label, Log, Static
 
 from topdeck.core.events import Emit, Event, LogLine
 from topdeck.core.hostexec import ExecResult, HostExit
@@ -44,10 +43,12 @@ class ExecScreen(RunScreen):
     DEFAULT_CSS = """
     ExecScreen #summary { height: auto; padding: 0 1; background: $boost; }
     ExecScreen #rows { height: 1fr; min-height: 4; }
-    ExecScreen #outtitle { height: 1; width: 100%; background: $panel; padding: 0 1; }
-    ExecScreen #output { height: 1fr; }
+    ExecScreen #logtitle { height: 1; width: 100%; background: $panel; padding: 0 1; }
+    ExecScreen #log { height: 1fr; }
     ExecScreen #outcome { height: auto; max-height: 6; padding: 0 1; background: $panel; }
     """
+    columns = EXEC_COLUMNS
+    lines_kept = LINES_KEPT
     BINDINGS = [
         Binding("c", "cancel", "Cancel", id="exec.cancel"),
         Binding("escape", "back", "Back", id="exec.back"),
@@ -67,23 +68,8 @@ class ExecScreen(RunScreen):
 
         return shlex.join(self.argv)
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static(id="summary")
-        table: SafeTable = SafeTable(id="rows", cursor_type="row")
-        for key, label, width in EXEC_COLUMNS:
-            table.add_column(label, key=key, width=width)
-        yield table
-        yield Label(id="outtitle")
-        yield Log(id="output", max_lines=LINES_KEPT)
-        yield Static(id="outcome")
-        yield Footer()
-
     def on_mount(self) -> None:
-        table = self.query_one("#rows", SafeTable)
-        for host, row in self.rows.items():
-            table.add_row(*self.cells(host, row), key=host)
-        table.focus()
+        self.fill_rows()
         self.show_summary()
         self.show_output()
         if self.runner is not None:
@@ -100,7 +86,7 @@ class ExecScreen(RunScreen):
             del row.lines[:-LINES_KEPT]
             self.update_row(event.host)
             if event.host == self.shown_host and self.is_mounted:
-                self.query_one("#output", Log).write_line(shown(event.text))
+                self.query_one("#log", Log).write_line(shown(event.text))
         elif isinstance(event, ExecResult):
             self.result = event
             for run in event.runs:
@@ -162,8 +148,8 @@ class ExecScreen(RunScreen):
     def show_output(self) -> None:
         row = self.rows.get(self.shown_host)
         ending = f" ({row.run.ending})" if row is not None and row.run is not None else ""
-        self.query_one("#outtitle", Label).update(plain(f"output: {self.shown_host}{ending}", style="bold"))
-        log = self.query_one("#output", Log)
+        self.query_one("#logtitle", Label).update(plain(f"output: {self.shown_host}{ending}", style="bold"))
+        log = self.query_one("#log", Log)
         log.clear()
         if row and row.lines:
             log.write_lines(shown(line) for line in row.lines)

@@ -66,10 +66,7 @@ class PlanScreen(TopdeckScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="summary")
-        table: SafeTable = SafeTable(id="hosts", cursor_type="row")
-        for key, label in PLAN_COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield SafeTable.with_columns(PLAN_COLUMNS, id="hosts")
         with VerticalScroll(id="diffbox"):
             yield Static(id="diff")
         yield Static(id="statusline")

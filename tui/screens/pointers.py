@@ -50,15 +50,9 @@ class PointersScreen(TopdeckScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        table: SafeTable = SafeTable(id="pointers", cursor_type="row")
-        for key, label in POINTER_COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield SafeTable.with_columns(POINTER_COLUMNS, id="pointers")
         yield Label(id="historytitle")
-        history: SafeTable = SafeTable(id="history", cursor_type="row")
-        for key, label in HISTORY_COLUMNS:
-            history.add_column(label, key=key)
-        yield history
+        yield SafeTable.with_columns(HISTORY_COLUMNS, id="history")
         yield Static(id="statusline")
         yield Footer()
 

@@ -3,6 +3,7 @@ from a host or the bucket is never parsed as markup (a plain `str` cell of Textu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from textual.coordinate import Coordinate
@@ -14,6 +15,15 @@ from topdeck.tui.text import as_text
 
 class SafeTable(DataTable[Any]):
     """A DataTable whose cells and column labels are never parsed as markup: each becomes `as_text(value)`."""
+
+    @classmethod
+    def with_columns(cls, columns: Sequence[tuple[str, str] | tuple[str, str, int | None]], *, id: str,
+                     zebra_stripes: bool = False) -> SafeTable:
+        """A row-cursor table with `columns`: (key, label) or (key, label, width)."""
+        table = cls(id=id, cursor_type="row", zebra_stripes=zebra_stripes)
+        for key, label, *width in columns:
+            table.add_column(label, key=key, width=width[0] if width else None)
+        return table
 
     def add_column(self, label: Any, *, width: int | None = None, key: str | None = None,
                    default: Any = None) -> ColumnKey:
