@@ -26,7 +26,7 @@ from topdeck.cli.plan import plan_json, render_plan
 from topdeck.core.cache.pointers import is_expired
 from topdeck.core.events import DeployResult, HostOutcome
 from topdeck.core.facade import Fleet, check_waves
-from topdeck.core.operations import HostStatus
+from topdeck.core.operations import DeployRequest, HostStatus
 from topdeck.core.vocabulary import SWITCH_MODES, HostState, Mode, Outcome
 
 
@@ -138,8 +138,9 @@ def plan_confirm_deploy(fleet: Fleet, selectors: list[str], args: argparse.Names
         return 1
     board = DeployBoard(json_lines=args.json)
     try:
-        result = fleet.deploy(fleet_plan, args.mode, reboot=args.reboot, canary=args.canary, wave=args.wave,
-                              specialisation=args.specialisation, emit=board)
+        request = DeployRequest(Mode(args.mode), reboot=args.reboot, canary=args.canary, wave=args.wave,
+                                specialisation=args.specialisation)
+        result = fleet.deploy(fleet_plan, request, emit=board)
     finally:
         board.close()
     return _report(result, args.json)

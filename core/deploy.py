@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from topdeck.core.errors import Cancelled, DeployError, HostKeyError, SSHError, TopdeckError, internal_error
 from topdeck.core.events import (
@@ -94,6 +94,8 @@ class Settings:
     reboot: bool = False  # reboot the hosts after a boot-mode deploy (always, in mode REBOOT)
     reboot_timeout: float = 300.0  # how long a host may take to come back from its reboot, confirmation included
     lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds
+    parallel: int = 8  # hosts at once, within a wave
+    waves: tuple[tuple[str, ...], ...] = ()  # the hosts by wave (plan_waves); none: all in one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", mode_of(self.mode))
@@ -104,6 +106,17 @@ class Settings:
     @property
     def rebooting(self) -> bool:
         return self.reboot or self.mode == REBOOT
+
+
+@dataclass(frozen=True)
+class HostRules:
+    """What each host of a run brings of its own, by host name: its health checks; what units that fail to start
+    after the switch do, "rollback" (the default) or "keep"; its keys (read beforehand, core/keys.py), uploaded
+    before its activation or after it succeeded, as each key's `upload` says."""
+
+    checks: Mapping[str, Checks] = field(default_factory=dict)
+    on_failed_units: Mapping[str, str] = field(default_factory=dict)
+    keys: Mapping[str, Sequence[KeyContent]] = field(default_factory=dict)
 
 
 def mode_of(text: str) -> Mode:
@@ -143,26 +156,19 @@ def _wave_size(wave: str, count: int) -> int:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Settings, ssh: SSHConfig, *,
-           waves: tuple[tuple[str, ...], ...] | None = None, checks: Mapping[str, Checks] | None = None,
-           on_failed_units: Mapping[str, str] | None = None, connect: Connect = connect, parallel: int = 8,
-           emit: Emit = ignore, cancel: threading.Event | None = None,
-           clock: Callable[[], float] = time.time,
-           keys: Mapping[str, Sequence[KeyContent]] | None = None) -> DeployResult:
+def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Settings, ssh: SSHConfig,
+           rules: HostRules = HostRules(), *, connect: Connect = connect, emit: Emit = ignore,
+           cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> DeployResult:
     """Run the hosts wave by wave (all at once without waves), `parallel` at a time; stop after a wave in
-    which a host failed. Cancel starts no new host and stops running ones only where that changes nothing.
-    `on_failed_units` says per host whether units that fail to start after the switch roll it back ("rollback",
-    the default) or are kept ("keep"). `keys` (read beforehand, core/keys.py) are uploaded to each host before
-    its activation or after it succeeded, as each key's `upload` says."""
+    which a host failed. Cancel starts no new host and stops running ones only where that changes nothing."""
     cancel = cancel or threading.Event()
     emit = _one_at_a_time(emit)
     by_name = {host.name: host for host in hosts}
-    waves = waves or (tuple(by_name),)
+    waves = settings.waves or (tuple(by_name),)
     started = clock()
     outcomes: dict[str, HostOutcome] = {}
     stopped = ""
-    runner = _HostRunner(settings, ssh, connect, checks or {}, on_failed_units or {}, emit, cancel, clock,
-                         keys=keys or {})
+    runner = _HostRunner(settings, ssh, rules, connect, emit, cancel, clock)
     for name in by_name:
         emit(HostPhase(name, Phase.QUEUED))
     for index, wave in enumerate(waves, 1):
@@ -173,8 +179,8 @@ def deploy(hosts: tuple[Host, ...], targets: Mapping[str, Target], settings: Set
                                           emit)
             continue
         emit(WaveStarted(index, len(waves), wave))
-        results = values(each_host(wave, lambda name: runner.run(by_name[name], targets[name]), parallel=parallel,
-                                   thread_name="topdeck-deploy"))
+        results = values(each_host(wave, lambda name: runner.run(by_name[name], targets[name]),
+                                   parallel=settings.parallel, thread_name="topdeck-deploy"))
         outcomes.update((outcome.host, outcome) for outcome in results)
         failed = [name for name in wave if not outcomes[name].ok]
         if failed and index < len(waves):
@@ -210,16 +216,13 @@ def _target_text(target: Target) -> str:
 
 
 class _HostRunner:
-    def __init__(self, settings: Settings, ssh: SSHConfig, connect: Connect, checks: Mapping[str, Checks],
-                 on_failed_units: Mapping[str, str], emit: Emit, cancel: threading.Event,
-                 clock: Callable[[], float], *, keys: Mapping[str, Sequence[KeyContent]] | None = None):
-        self.settings, self.ssh, self.connect, self.checks = settings, ssh, connect, checks
-        self.on_failed_units = on_failed_units
+    def __init__(self, settings: Settings, ssh: SSHConfig, rules: HostRules, connect: Connect, emit: Emit,
+                 cancel: threading.Event, clock: Callable[[], float]):
+        self.settings, self.ssh, self.rules, self.connect = settings, ssh, rules, connect
         self.emit, self.cancel, self.clock = emit, cancel, clock
-        self.keys: Mapping[str, Sequence[KeyContent]] = keys or {}
 
     def _keys(self, host: Host, upload: str) -> list[KeyContent]:
-        return [item for item in self.keys.get(host.name, ()) if item.key.upload == upload]
+        return [item for item in self.rules.keys.get(host.name, ()) if item.key.upload == upload]
 
     def _upload_keys(self, session: Session, host: Host, upload: str) -> None:
         chosen = self._keys(host, upload)
@@ -286,7 +289,7 @@ class _HostRunner:
         args: list[str | int] = [s.run_id, s.mode, str(target.path) if target.path else "-",
                                  "--cache", s.cache_url, "--key", s.trusted_key.to_text(),
                                  "--confirm", math.ceil(s.confirm_timeout),
-                                 "--on-failed-units", self.on_failed_units.get(host.name, "rollback"),
+                                 "--on-failed-units", self.rules.on_failed_units.get(host.name, "rollback"),
                                  "--lock-wait", math.ceil(s.lock_wait)]
         if target.need_bytes:
             args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
@@ -377,7 +380,7 @@ class _HostRunner:
         """Confirm through a new login (after the health checks), trying again while the host waits: a busy
         host may be slow to answer. Without a confirmation the host rolls back by itself. After a reboot, the
         login first checks that the host booted the target."""
-        checks = _check_args(self.checks.get(host.name, Checks()))
+        checks = _check_args(self.rules.checks.get(host.name, Checks()))
         if self.settings.rebooting:
             try:
                 checks = ["--booted", str(parse_store_path(track.target)), *checks]

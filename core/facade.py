@@ -38,7 +38,7 @@ from topdeck.core.inventory import Checks, Host, Inventory, select_hosts
 from topdeck.core.nix.diff import ClosureDiff
 from topdeck.core.nix.signing import PublicKey, SecretKey, load_secret_key, ssh_public_key
 from topdeck.core.nix.store import StorePath, parse_store_path
-from topdeck.core.operations import FleetPlan, HostStatus
+from topdeck.core.operations import DeployRequest, FleetPlan, HostStatus
 from topdeck.core.remote import trust
 from topdeck.core.remote.hostverbs import Generation
 from topdeck.core.remote.ssh import Connect, connect
@@ -278,12 +278,10 @@ class Fleet:
         return operations.plan_fleet(self.inventory, list(selectors), target, cache=self.cache, emit=emit,
                                      cancel=cancel, clock=self._clock)
 
-    def deploy(self, fleet_plan: FleetPlan, mode: Mode = Mode.SWITCH, *, reboot: bool = False, canary: int = 0,
-               wave: str | None = None, specialisation: str | None = None, emit: Emit = ignore,
+    def deploy(self, fleet_plan: FleetPlan, request: DeployRequest | None = None, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
-        result = operations.deploy_fleet(self.inventory, fleet_plan, mode=mode, reboot=reboot, canary=canary, wave=wave,
-                                    specialisation=specialisation, cache=self.cache, emit=emit, cancel=cancel,
-                                    clock=self._clock)
+        result = operations.deploy_fleet(self.inventory, fleet_plan, request or DeployRequest(), cache=self.cache,
+                                         emit=emit, cancel=cancel, clock=self._clock)
         through = {h.name: fleet_plan.pointer or h.pointer for h in fleet_plan.hosts} if fleet_plan.from_pointers \
             else {}
         record = shared.from_result(result, "deploy", self.operator, through)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from topdeck.core import keys
@@ -13,10 +13,11 @@ from topdeck.core.cache import pointers
 from topdeck.core.cache.access import open_cache
 from topdeck.core.cache.interface import Cache, Entry
 from topdeck.core.cache.manifest import Manifest
-from topdeck.core.deploy import REBOOT, Settings, Target, deploy, mode_of, new_run_id, plan_waves
+from topdeck.core.deploy import REBOOT, HostRules, Settings, Target, deploy, mode_of, new_run_id, plan_waves
 from topdeck.core.errors import DeployError, HostKeyError, InventoryError, TopdeckError, internal_error
 from topdeck.core.events import DeployResult, Emit, HostOutcome, HostPhase, Progress, ignore
 from topdeck.core.inventory import Host, Inventory, is_safe_name, select_hosts
+from topdeck.core.keys import KeyContent
 from topdeck.core.nix.diff import ClosureDiff, diff_closures
 from topdeck.core.nix.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.nix.store import StorePath, parse_store_path
@@ -88,32 +89,41 @@ def trusted_key(inventory: Inventory) -> PublicKey:
                          "(the key hosts trust)")
 
 
-def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: Mode = Mode.SWITCH, reboot: bool = False,
-                 canary: int = 0, wave: str | None = None, specialisation: str | None = None,
+@dataclass(frozen=True)
+class DeployRequest:
+    """What the operator asks of a deploy besides its plan: the mode; with `reboot` (mode boot), each host then
+    reboots into its target and is confirmed after the boot; `canary` hosts first, then waves of `wave` hosts
+    ("5") or of a share ("25%"); the specialisation each host activates in switch and test modes (None: its own
+    setting; "": none)."""
+
+    mode: Mode = Mode.SWITCH
+    reboot: bool = False
+    canary: int = 0
+    wave: str | None = None
+    specialisation: str | None = None
+
+
+def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, request: DeployRequest = DeployRequest(), *,
                  cache: Cache | None = None, emit: Emit = ignore, cancel: threading.Event | None = None,
                  clock: Callable[[], float] = time.time) -> DeployResult:
-    """Deploy the plan's hosts to their targets, after the completeness gate; record the run. With `reboot` (mode
-    boot), each host then reboots into its target and is confirmed after the boot.
-
-    Each host activates its `specialisation` setting (or `specialisation`, when given, "" for none) in switch and
-    test modes. Hosts the plan could not reach end as failed without being tried."""
+    """Deploy the plan's hosts to their targets, after the completeness gate; record the run. Hosts the plan could
+    not reach end as failed without being tried."""
     cache = cache or open_cache(inventory.cache)
-    settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
-                        new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout,
-                        lock_wait=inventory.deploy.lock_wait)
+    mode = mode_of(request.mode)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
-    contents = keys.read_keys(inventory, fleet_plan.hosts) if settings.mode != Mode.DRY_ACTIVATE else {}
+    contents = keys.read_keys(inventory, fleet_plan.hosts) if mode != Mode.DRY_ACTIVATE else {}
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}
     targets = {name: Target(plan.target, pointer=_pointer_of(fleet_plan, name),
                             need_bytes=plan.unpacked_bytes,
-                            specialisation=_specialisation(_host(fleet_plan, name), mode, specialisation))
+                            specialisation=_specialisation(_host(fleet_plan, name), mode, request.specialisation))
                for name, plan in ready.items()}
     hosts = tuple(h for h in fleet_plan.hosts if h.name in ready)
-    waves = plan_waves(tuple(h.name for h in hosts), canary, wave)
-    result = deploy(hosts, targets, settings, inventory.ssh, waves=waves, parallel=inventory.deploy.parallel,
-                    checks={h.name: inventory.checks_for(h) for h in hosts},
-                    on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
-                    emit=emit, cancel=cancel, clock=clock, keys=contents)
+    settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
+                        new_run_id(clock), reboot=request.reboot, reboot_timeout=inventory.deploy.reboot_timeout,
+                        lock_wait=inventory.deploy.lock_wait, parallel=inventory.deploy.parallel,
+                        waves=plan_waves(tuple(h.name for h in hosts), request.canary, request.wave))
+    result = deploy(hosts, targets, settings, inventory.ssh, _rules(inventory, hosts, contents), emit=emit,
+                    cancel=cancel, clock=clock)
     for outcome in result.outcomes:
         if outcome.ok and contents.get(outcome.host):
             keys.remember(inventory.root, outcome.host, contents[outcome.host])
@@ -121,6 +131,13 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: Mode = Mo
     result = dataclasses.replace(result, outcomes=result.outcomes + unplanned)
     save_run(inventory.root, result)
     return result
+
+
+def _rules(inventory: Inventory, hosts: Iterable[Host],
+           contents: Mapping[str, Sequence[KeyContent]] | None = None) -> HostRules:
+    return HostRules(checks={h.name: inventory.checks_for(h) for h in hosts},
+                     on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
+                     keys=contents or {})
 
 
 def _pointer_of(fleet_plan: FleetPlan, name: str) -> str:
@@ -161,12 +178,9 @@ def rollback_fleet(inventory: Inventory, names: Iterable[str], to: int | None = 
     chosen = dict(zip((h.name for h in hosts), values(numbers), strict=True))
     cache = open_cache(inventory.cache)
     settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
-                        new_run_id(clock), lock_wait=inventory.deploy.lock_wait)
+                        new_run_id(clock), lock_wait=inventory.deploy.lock_wait, parallel=inventory.deploy.parallel)
     result = deploy(hosts, {name: Target(generation=number) for name, number in chosen.items()}, settings,
-                    inventory.ssh, parallel=inventory.deploy.parallel,
-                    checks={h.name: inventory.checks_for(h) for h in hosts},
-                    on_failed_units={h.name: inventory.on_failed_units_for(h) for h in hosts},
-                    emit=emit, cancel=cancel, clock=clock)
+                    inventory.ssh, _rules(inventory, hosts), emit=emit, cancel=cancel, clock=clock)
     save_run(inventory.root, result, kind="rollback")
     return result
 
@@ -177,9 +191,9 @@ def reboot_fleet(inventory: Inventory, names: Iterable[str], *, emit: Emit = ign
     guard returns it to the system it ran before (when the boot default is another one). Record the run."""
     hosts = select_hosts(inventory, list(names), what="reboot")
     settings = Settings(REBOOT, "", trusted_key(inventory), inventory.deploy.confirm_timeout, new_run_id(clock),
-                        reboot=True, reboot_timeout=inventory.deploy.reboot_timeout)
-    result = deploy(hosts, {h.name: Target(boot_default=True) for h in hosts}, settings, inventory.ssh,
-                    parallel=inventory.deploy.parallel, checks={h.name: inventory.checks_for(h) for h in hosts},
+                        reboot=True, reboot_timeout=inventory.deploy.reboot_timeout, parallel=inventory.deploy.parallel)
+    rules = HostRules(checks={h.name: inventory.checks_for(h) for h in hosts})
+    result = deploy(hosts, {h.name: Target(boot_default=True) for h in hosts}, settings, inventory.ssh, rules,
                     emit=emit, cancel=cancel, clock=clock)
     save_run(inventory.root, result, kind="reboot")
     return result

@@ -20,7 +20,7 @@ from topdeck.core.history import HistoryEntry
 from topdeck.core.hostexec import ExecResult
 from topdeck.core.inventory import Inventory
 from topdeck.core.nix.diff import ClosureDiff
-from topdeck.core.operations import FleetPlan, HostStatus
+from topdeck.core.operations import DeployRequest, FleetPlan, HostStatus
 from topdeck.core.remote.hostverbs import Generation
 from topdeck.core.vocabulary import Mode
 
@@ -75,7 +75,7 @@ class Backend:
 
     def deploy(self, fleet_plan: FleetPlan, mode: Mode, emit: Emit = ignore,
                cancel: threading.Event | None = None) -> DeployResult:
-        return self.fleet.deploy(fleet_plan, mode, emit=emit, cancel=cancel)
+        return self.fleet.deploy(fleet_plan, DeployRequest(mode), emit=emit, cancel=cancel)
 
     def generations(self, host: str) -> tuple[Generation, ...]:
         return self.fleet.generations(host)

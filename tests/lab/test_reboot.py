@@ -15,7 +15,7 @@ from deploytools import MIXED_KINDS, deploy, deploy_inventory, release, topdeck
 
 from topdeck.core import deploy as engine
 from topdeck.core import runs
-from topdeck.core.deploy import REBOOT, Settings, Target, _HostRunner, _Tracker
+from topdeck.core.deploy import REBOOT, HostRules, Settings, Target, _HostRunner, _Tracker
 from topdeck.core.errors import DeployError, SSHError
 from topdeck.core.events import HostPhase
 from topdeck.core.nix.signing import generate_keypair
@@ -210,7 +210,7 @@ def test_a_host_that_does_not_come_back_fails_with_what_its_guard_does_by_itself
 
     settings = Settings("boot", "http://cache.invalid", generate_keypair("t")[1], 30, "run-1", reboot=True,
                         reboot_timeout=0.2)
-    runner = _HostRunner(settings, None, unreachable, {}, {}, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
+    runner = _HostRunner(settings, None, HostRules(), unreachable, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
     track = _Tracker("web-1", lambda _: None, lambda: None)
     for line in [f"state\tbefore\t{OLD}", f"state\ttarget\t{NEW}", "phase\treboot\tb1"]:
         track.line(line)

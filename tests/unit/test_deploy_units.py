@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from topdeck.core import runs, statedir
-from topdeck.core.deploy import Settings, Target, _HostRunner, _Tracker, plan_waves
+from topdeck.core.deploy import HostRules, Settings, Target, _HostRunner, _Tracker, plan_waves
 from topdeck.core.errors import DeployError
 from topdeck.core.events import DeployResult, HostOutcome, HostPhase, LogLine, Progress
 from topdeck.core.inventory import Checks, Host, load_inventory
@@ -77,7 +77,7 @@ UNCONFIRMED = "topdeck could not confirm it, so it returns to /nix/store/old by 
 ])
 def test_a_host_lost_while_it_changes_is_reported_with_where_it_ends(mode, confirmed, expected):
     settings = Settings(mode, "http://cache.invalid", generate_keypair("t")[1], 30, "run-1")
-    runner = _HostRunner(settings, None, None, {}, {}, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
+    runner = _HostRunner(settings, None, HostRules(), None, lambda _: None, None, time.monotonic)  # type: ignore[arg-type]
     track = _Tracker("web-1", lambda _: None, lambda: None)
     for line in ["state\tbefore\t/nix/store/old", f"state\ttarget\t{PATH}", "phase\tactivate\tswitch"]:
         track.line(line)

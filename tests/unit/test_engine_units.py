@@ -335,9 +335,10 @@ class Fleet:
     def deploy(self, target: Target | None = None, *, mode: str = "switch", confirm: float = 2, waves=None,
                cancel: threading.Event | None = None, parallel: int = 4) -> tuple[DeployResult, list[Event]]:
         events: list[Event] = []
-        settings = Settings(engine.mode_of(mode), "http://cache.invalid", KEY, confirm, "run-1")
+        settings = Settings(engine.mode_of(mode), "http://cache.invalid", KEY, confirm, "run-1", parallel=parallel,
+                            waves=waves or ())
         result = deploy(self.hosts, {h.name: target or Target(NEW) for h in self.hosts}, settings, SSHConfig(),
-                        waves=waves, connect=self.connect, parallel=parallel, emit=events.append, cancel=cancel)
+                        connect=self.connect, emit=events.append, cancel=cancel)
         return result, events
 
 
@@ -748,8 +749,8 @@ def test_a_switch_waiting_for_its_lock_is_a_phase_of_its_own_and_a_log_line():
 
 def test_the_hosts_are_told_how_long_a_switch_may_wait_for_its_lock():
     settings = Settings(Mode.SWITCH, "http://cache", generate_keypair("k")[1], lock_wait=7.2)
-    runner = engine._HostRunner(settings, SSHConfig(), lambda *_: None, {}, {}, lambda _: None,  # type: ignore[arg-type,return-value]
-                                threading.Event(), time.time)
+    runner = engine._HostRunner(settings, SSHConfig(), engine.HostRules(), lambda *_: None,  # type: ignore[arg-type,return-value]
+                                lambda _: None, threading.Event(), time.time)
     args = runner._deploy_args(Host("web-1", "127.0.0.1", "web"), Target(NEW))
     assert args[args.index("--lock-wait") + 1] == 8
 

@@ -16,7 +16,7 @@ from test_engine_units import Fleet as FakeFleet
 from topdeck.cli.hostexec import render_summary, result_json
 from topdeck.cli.plan import render_keys
 from topdeck.core import hostexec, keys
-from topdeck.core.deploy import Settings, Target, deploy
+from topdeck.core.deploy import HostRules, Settings, Target, deploy
 from topdeck.core.errors import DeployError, SSHError
 from topdeck.core.events import LogLine
 from topdeck.core.inventory import Host, Key, SSHConfig
@@ -199,8 +199,8 @@ def test_deploy_uploads_pre_activation_keys_before_the_run_and_post_activation_a
     lab = _key_fleet()
     contents = {"web-1": [_content("pre"), _content("post", b"later", upload="post-activation")], "web-2": []}
     settings = Settings("switch", "http://cache.invalid", KEY, 2, "run-1")
-    result = deploy(lab.hosts, {h.name: Target(NEW) for h in lab.hosts}, settings, SSHConfig(), connect=lab.connect,
-                    keys=contents)
+    result = deploy(lab.hosts, {h.name: Target(NEW) for h in lab.hosts}, settings, SSHConfig(),
+                    HostRules(keys=contents), connect=lab.connect)
     assert result.ok
     assert lab.fakes["web-1"].verbs[0] == "key pre" and lab.fakes["web-1"].verbs[-1] == "key post"
     assert lab.fakes["web-1"].verbs.index("deploy") < lab.fakes["web-1"].verbs.index("key post")
@@ -219,8 +219,8 @@ def test_a_failed_pre_activation_key_fails_the_host_before_its_run():
         refuse(command, stdin, out, cancel) if "topdeck-key" in command else KeyHost.run(lab.fakes["web-1"], command,
                                                                                          stdin, out, cancel))
     settings = Settings("switch", "http://cache.invalid", KEY, 2, "run-1")
-    result = deploy(lab.hosts[:1], {"web-1": Target(NEW)}, settings, SSHConfig(), connect=lab.connect,
-                    keys={"web-1": [_content("tls", group="www")]})
+    result = deploy(lab.hosts[:1], {"web-1": Target(NEW)}, settings, SSHConfig(),
+                    HostRules(keys={"web-1": [_content("tls", group="www")]}), connect=lab.connect)
     outcome, = result.outcomes
     assert outcome.outcome == Outcome.FAILED
     assert outcome.reason == ("web-1: key tls (/run/keys/tls): group www does not exist on the host; the host's "
@@ -271,8 +271,10 @@ def test_a_failed_post_activation_key_fails_the_host_that_was_activated():
 
     fake.run = run  # type: ignore[method-assign]
     settings = Settings("switch", "http://cache.invalid", KEY, 2, "run-1")
-    result = deploy(lab.hosts[:1], {"web-1": Target(NEW)}, settings, SSHConfig(), connect=lab.connect,
-                    keys={"web-1": [_content("early"), _content("late", group="www", upload="post-activation")]})
+    result = deploy(lab.hosts[:1], {"web-1": Target(NEW)}, settings, SSHConfig(),
+                    HostRules(keys={"web-1": [_content("early"),
+                                              _content("late", group="www", upload="post-activation")]}),
+                    connect=lab.connect)
     outcome, = result.outcomes
     assert fake.current == str(NEW) and fake.verbs[-1] == "key late refused"
     assert outcome.outcome == Outcome.FAILED and outcome.after == str(NEW)
