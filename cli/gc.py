@@ -9,7 +9,7 @@ import humanize
 
 from topdeck.cli.output import EventPrinter, ask, say, say_json, say_lines, size, to_json
 from topdeck.core.facade import Fleet
-from topdeck.core.gc import DEFAULT_MIN_AGE, GcPlan, GcResult, monthly_cost
+from topdeck.core.gc import DEFAULT_MIN_AGE, GcPlan, GcRequest, GcResult, monthly_cost
 from topdeck.core.inventory import load_inventory
 
 DEFAULT_KEEP = 3
@@ -75,8 +75,9 @@ def gc_command(args: argparse.Namespace) -> int:
         return False
 
     try:
-        result = fleet.gc(keep=args.keep, dry_run=args.dry_run, skip_unreachable=args.skip_unreachable,
-                          min_age=args.min_age, confirm=confirm, emit=printer, history_days=args.history_days)
+        request = GcRequest(args.keep, dry_run=args.dry_run, skip_unreachable=args.skip_unreachable,
+                            min_age=args.min_age, history_days=args.history_days)
+        result = fleet.gc(request, confirm=confirm, emit=printer)
     finally:
         printer.close()
     if declined:

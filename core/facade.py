@@ -366,14 +366,11 @@ class Fleet:
 
     # --- gc, host keys --------------------------------------------------------------------------------
 
-    def gc(self, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,
-           min_age: float = gc.DEFAULT_MIN_AGE, confirm: Callable[[gc.GcPlan], bool] = lambda plan: True,
-           emit: Emit = ignore, cancel: threading.Event | None = None,
-           history_days: float | None = None) -> gc.GcResult:
+    def gc(self, request: gc.GcRequest, confirm: Callable[[gc.GcPlan], bool] = lambda plan: True,
+           emit: Emit = ignore, cancel: threading.Event | None = None) -> gc.GcResult:
         """Collect the cache (with the gc key, not the deploy key: its own cache, opened by core.gc)."""
-        return gc.gc_fleet(self.inventory, keep=keep, dry_run=dry_run, skip_unreachable=skip_unreachable,
-                           min_age=min_age, confirm=confirm, connect=self._connect, emit=emit, cancel=cancel,
-                           clock=self._clock, history_days=history_days)
+        return gc.gc_fleet(self.inventory, request, confirm=confirm, connect=self._connect, emit=emit, cancel=cancel,
+                           clock=self._clock)
 
     def trust(self, host: Host, decide: trust.Decide) -> list[trust.HopKey]:
         """Show the host's (and its jump hosts') keys to `decide`, and pin the accepted ones."""

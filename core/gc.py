@@ -332,27 +332,41 @@ def _refuse_new_manifests(cache: DeletingCache, plan: GcPlan, deleted: int) -> N
                       "deletions (manifests only, the cache is valid): run it again")
 
 
-def gc_fleet(inventory: Inventory, *, keep: int, dry_run: bool = False, skip_unreachable: bool = False,
-             min_age: float = DEFAULT_MIN_AGE, confirm: Callable[[GcPlan], bool] = lambda plan: True,
+@dataclass(frozen=True)
+class GcRequest:
+    """What the operator asks of a gc: keep each pointer's `keep` latest versions' closures; with `dry_run`, only
+    show the plan; `skip_unreachable` plans without the hosts that cannot be asked what they run (their systems
+    may go); nothing younger than `min_age` seconds goes; run records older than `history_days` go (None: all
+    stay)."""
+
+    keep: int
+    dry_run: bool = False
+    skip_unreachable: bool = False
+    min_age: float = DEFAULT_MIN_AGE
+    history_days: float | None = None
+
+
+def gc_fleet(inventory: Inventory, request: GcRequest, *, confirm: Callable[[GcPlan], bool] = lambda plan: True,
              cache: DeletingCache | None = None, connect: Connect = connect, emit: Emit = ignore,
-             cancel: threading.Event | None = None, clock: Callable[[], float] = time.time,
-             history_days: float | None = None) -> GcResult:
-    """Plan a gc of the inventory's cache (asking every host what it runs); then, unless `dry_run` or `confirm`
-    (shown the plan) says no, delete. Run records stay, or those older than `history_days` go."""
+             cancel: threading.Event | None = None, clock: Callable[[], float] = time.time) -> GcResult:
+    """Plan a gc of the inventory's cache (asking every host what it runs); then, unless the request is a dry run
+    or `confirm` (shown the plan) says no, delete."""
+    keep = request.keep
     check_keep(keep)  # before any host or bucket is asked
     started = clock()
     cache = cache or open_deleting_cache(inventory.cache)
     emit(Progress(Step.GC_HOSTS, 0, len(inventory.hosts)))
-    systems = host_systems(inventory, skip_unreachable=skip_unreachable, connect=connect, emit=emit, cancel=cancel)
+    systems = host_systems(inventory, skip_unreachable=request.skip_unreachable, connect=connect, emit=emit,
+                           cancel=cancel)
     versions = cache.all_versions()
     keys = [trusted_key(inventory)]
     for path, reasons in pointer_systems(versions, keep, keys).items():
         systems.setdefault(path, []).extend(reasons)
-    plan = plan_gc(cache, systems, versions, min_age=min_age, now=clock(), history_days=history_days)
+    plan = plan_gc(cache, systems, versions, min_age=request.min_age, now=clock(), history_days=request.history_days)
     _check_current_pointers(plan, versions, keys)
-    go = not dry_run and bool(plan.deletions) and confirm(plan)
+    go = not request.dry_run and bool(plan.deletions) and confirm(plan)
     deleted, freed = collect(cache, plan, emit=emit, cancel=cancel) if go else (0, 0)
-    return GcResult(plan, deleted, freed, clock() - started, cache.transactions(), dry_run)
+    return GcResult(plan, deleted, freed, clock() - started, cache.transactions(), request.dry_run)
 
 
 def _check_current_pointers(plan: GcPlan, versions: Sequence[Entry], keys: list[PublicKey]) -> None:
