@@ -23,7 +23,7 @@ demo: setup
 TEST_JOBS ?= 3
 test: setup
 	.venv/bin/topdeck lab images --build
-	.venv/bin/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --alone=skip $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --alone=skip --durations=20 $(PYTEST_ARGS)
 	.venv/bin/python -m pytest -q -p no:xdist --alone=only $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # What needs neither root, Nix nor the lab; CI runs it before `make test`, so a type or unit error fails in a minute.
