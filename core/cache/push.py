@@ -109,6 +109,7 @@ class _Push:
         self.stored: dict[StorePath, Stored] = {}
         self.nar_locks: dict[str, threading.Lock] = {}  # by NAR name: paths with the same contents share one NAR
         self.stored_nars: dict[str, Stored] = {}
+        self.uploaded_nars: set[str] = set()
         self.published: set[StorePath] = set()
         self.uploaded: set[StorePath] = set()
         self.failures: list[BaseException] = []
@@ -174,6 +175,9 @@ class _Push:
         with name_lock:
             if name in self.stored_nars:
                 self.stored[info.path] = self.stored_nars[name]
+                with self.lock:
+                    if name in self.uploaded_nars:  # stored by this push: the twin's path is new in the cache too
+                        self.uploaded.add(info.path)
                 return
             self._store_new_nar(info)
             self.stored_nars[name] = self.stored[info.path]
@@ -196,6 +200,7 @@ class _Push:
                 self.cancel.wait(STREAM_BACKOFF * 2**attempt)
         with self.lock:
             self.uploaded.add(info.path)
+            self.uploaded_nars.add(nar_name(info))
 
     def _compress(self, info: PathInfo, upload: bool) -> Stored:
         with self._nar(info) as nar:
@@ -303,14 +308,15 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
                  for name, target in wanted.items()]
     skipped = [info for info in closure if info.path not in job.uploaded]
     uploaded = [info for info in closure if info.path in job.uploaded]
+    sent = list({nar_name(info): info for info in uploaded}.values())  # a NAR two paths share went once
     first = published[0] if published else None
     return PushResult(
         toplevel=str(toplevels[0]),
         paths_total=len(closure),
         paths_uploaded=len(uploaded),
         paths_skipped=len(skipped),
-        nar_bytes_uploaded=sum(info.nar_size for info in uploaded),
-        file_bytes_uploaded=sum(job.stored[info.path].file_size for info in uploaded),
+        nar_bytes_uploaded=sum(info.nar_size for info in sent),
+        file_bytes_uploaded=sum(job.stored[info.path].file_size for info in sent),
         nar_bytes_skipped=sum(info.nar_size for info in skipped),
         seconds=time.monotonic() - started,
         transactions=cache.transactions(),

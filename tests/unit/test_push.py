@@ -105,7 +105,8 @@ def test_two_paths_with_the_same_contents_store_their_nar_once(tmp_path: Path) -
     cache = Counting(tmp_path / "cache", "file:///cache")
     result = push(top.path, cache, SECRET, closure_of=closure_of, nar_source=nar_source, jobs=8)
     assert nar_name(twin_a) == nar_name(twin_b) and puts.count(nar_name(twin_a)) == 1
-    assert (result.paths_uploaded, result.paths_skipped) == (2, 1)  # the second twin's NAR was there: skipped
+    assert (result.paths_uploaded, result.paths_skipped) == (3, 0)  # both twins are new in the cache
+    assert result.nar_bytes_uploaded == twin_a.nar_size + top.nar_size  # their NAR went once
     for twin in (twin_a, twin_b):
         narinfo = parse_narinfo(cache.get_bytes(narinfo_name(twin.path)).decode())
         assert narinfo.url == nar_name(twin) and narinfo.file_size == len(cache.get_bytes(nar_name(twin)))
