@@ -119,17 +119,21 @@ class StubHost:
 
     # -- the host's systems, profile and runs
 
-    def system(self, name: str, version: str = "24.11", switch_code: int = 0) -> str:
-        """A NixOS system in the root's store (nixos-version, a switch-to-configuration stub exiting
-        `switch_code`); its path as the host names it (/nix/store/...)."""
-        path = system_path(name)
+    def system(self, name: str, version: str = "24.11", switch_code: int = 0, path: str | None = None,
+               says: str = "switching") -> str:
+        """A NixOS system in the root's store (nixos-version, and a switch-to-configuration stub that prints `says`,
+        points the root's /run/current-system at the system for switch and test when it activates (exit 0 or 4),
+        and exits `switch_code`); its path as the host names it (/nix/store/..., system_path(name) unless given)."""
+        path = path or system_path(name)
         top = self.path(path)
         (top / "bin").mkdir(parents=True, exist_ok=True)
         (top / "nixos-version").write_text(f"{version}\n")
+        current = shlex.quote(str(self.path("/run/current-system")))
+        activates = f'case $2 in switch | test) ln -sfn "${{0%/bin/switch-to-configuration}}" {current} ;; esac\n'
         self._write(top / "bin/switch-to-configuration",
                     f'#!/bin/sh\nset -- "$0" "$@"\n{self._record("switch-to-configuration")}\n'
-                    f'echo "switch-to-configuration $*"\n'
-                    f"exit {switch_code}\n")
+                    f'{activates if switch_code in (0, 4) else ""}'
+                    f'{f"echo {shlex.quote(says)}" if says else ":"}\nexit {switch_code}\n')
         return path
 
     def path(self, host_path: str) -> Path:

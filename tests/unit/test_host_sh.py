@@ -9,8 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from tests.unit.hoststubs import StubHost, system_path
+from hoststubs import StubHost, system_path
 
 OLD, NEW = system_path("old"), system_path("new")
 CACHE = "http://cache.test"
@@ -253,6 +252,7 @@ def test_a_switch_to_a_generation_activates_it(host: StubHost) -> None:
     assert ["phase", "activate", "switch"] in ran.fields()
     assert ["state", "switch-code", "0"] in ran.fields()
     assert ran.result() == ["result", "done", f"switch of {NEW}"]
+    assert ["state", "current", NEW] in ran.fields() and ["log", "switching"] in ran.fields()
     assert host.calls("switch-to-configuration") == [[str(host.path(f"{NEW}/bin/switch-to-configuration")), "switch"]]
     assert host.path("/nix/var/nix/profiles/system").readlink() == Path("system-2-link")
     last = host.path("/nix/var/nix/topdeck/last-run").read_text().split("\t")
