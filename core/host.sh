@@ -894,6 +894,7 @@ stop_switch() {  # end switch $1, which waits for the lock and so has done nothi
 SWITCH_WORDS='^(would )?(stopping|starting|restarting|reloading|NOT restarting) the following|^the following new units were started|^warning: the following units failed|^Failed to run activate script|^Failed to install bootloader|^Pre-switch checks failed|^Could not acquire lock|^Error: |^Warning: the new NixOS configuration|^incompatible with the current configuration|^won.t take effect until you reboot'
 
 switch_words() {
+    local text
     { grep -E "$SWITCH_WORDS" "$rundir/switch.log" | head -n 20; grep -Ev "$SWITCH_WORDS" "$rundir/switch.log" | tail -n 5; } \
         | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
 }
