@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 from hoststubs import StubHost, system_path
+from test_engine_units import store_path
+
+from topdeck.core.manifest import Manifest, ManifestPath, render_manifest
+from topdeck.core.store import StorePath
 
 OLD, NEW = system_path("old"), system_path("new")
 CACHE = "http://cache.test"
@@ -173,6 +177,65 @@ def test_the_fetch_turns_nix_log_into_progress_and_log_lines(host: StubHost) -> 
     assert not host.calls("nix-env")
 
 
+# --- deploy: the fetch ahead (the manifest, the narinfos and the NARs over curl, then Nix from that folder) ------
+
+# curl --parallel ... --config FILE as it fetches: each `url`'s file from ROOT/cache into its `output`, a line each
+# (`exitcode size`), as --write-out asks
+CURL_PARALLEL = r"""
+for config; do :; done
+sed -n 's|^url = "http://cache.test/\(.*\)"$|\1|p' "$config" > "$config.urls"
+sed -n 's|^output = "\(.*\)"$|\1|p' "$config" | paste "$config.urls" - | while read -r url output; do
+    if [ -f "$ROOT/cache/$url" ]; then cp "$ROOT/cache/$url" "$output" && echo "0 $(wc -c < "$output")"
+    else echo "22 0"; fi
+done
+"""
+
+
+def cache_serves(host: StubHost, target: StorePath, members: list[StorePath], path_text: str | None = None) -> None:
+    """The cache's manifest of `target` (its closure: `members` and itself), and a narinfo and NAR for each."""
+    closure = [*members, target]
+    document = render_manifest(Manifest(target, tuple(ManifestPath(p, 2000, 1000, ()) for p in closure)))
+    if path_text is not None:
+        document = document.replace(str(members[0]).encode(), path_text.encode())
+    (host.root / "cache/manifests").mkdir(parents=True)
+    (host.root / "cache/nar").mkdir()
+    (host.root / f"cache/manifests/{target.hash_part}.json").write_bytes(document)
+    for path in closure:
+        (host.root / f"cache/{path.hash_part}.narinfo").write_text(
+            f"StorePath: {path}\nURL: nar/{path.hash_part}.nar.xz\nCompression: xz\nFileSize: 1000\nNarSize: 2000\n")
+        (host.root / f"cache/nar/{path.hash_part}.nar.xz").write_bytes(b"x" * 1000)
+    (host.root / "curl-parallel.sh").write_text(CURL_PARALLEL)
+    host.answer("curl", "--parallel *", then='. "$ROOT/curl-parallel.sh"')
+
+
+def test_the_fetch_ahead_reads_the_manifest_and_fetches_what_is_missing(host: StubHost) -> None:
+    target, members = store_path("nixos-system-ahead"), [store_path("glibc"), store_path("web-app")]
+    cache_serves(host, target, members)
+    missing = [members[1], target]  # glibc is in the store already
+    host.answer("nix-store", "--check-validity --print-invalid *", "".join(f"{p}\n" for p in missing))
+    ran = host.run("deploy", "r1", "switch", str(target), "--cache", CACHE, "--key", KEY)
+    fetched = [line for line in ran.lines[ran.lines.index("phase\tfetch") + 1:] if not line.startswith("result")]
+    assert fetched[0].startswith("log\tthe fetch needs up to ")
+    assert fetched[1:] == ["progress\t1\t2\t1000\t2000", "progress\t2\t2\t2000\t2000", "progress\t0\t0\t2000\t2000"]
+    urls = [call[call.index("--config") + 1] for call in host.calls("curl")]
+    assert [Path(url).name for url in urls] == ["manifest.curl", "narinfos.curl", "nars.curl"]
+    realise = next(call for call in host.calls("nix-store") if call[:2] == ["-r", str(target)])
+    options = {realise[at + 1]: realise[at + 2] for at, word in enumerate(realise) if word == "--option"}
+    assert options["substituters"] == f"file://{host.root}/nix/var/nix/topdeck/fetch"
+    assert not host.path("/nix/var/nix/topdeck/fetch").exists()
+
+
+def test_a_manifest_naming_no_store_path_leaves_the_fetch_to_nix(host: StubHost) -> None:
+    target, members = store_path("nixos-system-ahead"), [store_path("glibc")]
+    cache_serves(host, target, members, path_text="/etc/passwd")
+    ran = host.run("deploy", "r1", "switch", str(target), "--cache", CACHE, "--key", KEY)
+    assert ("log\tfetching ahead did not work (the manifest names something that is no store path): "
+            "Nix fetches from the cache itself") in ran.lines
+    realise = next(call for call in host.calls("nix-store") if call[:2] == ["-r", str(target)])
+    options = {realise[at + 1]: realise[at + 2] for at, word in enumerate(realise) if word == "--option"}
+    assert options["substituters"] == CACHE
+
+
 # --- deploy: the pointer -------------------------------------------------------------------------------
 
 
@@ -304,6 +367,38 @@ def test_a_switch_confirmed_in_its_window_is_kept(host: StubHost) -> None:
     assert ["phase", "confirmed"] in ran.fields()
     assert ran.result() == ["result", "done", f"switch of {NEW}"]
     assert host.path("/nix/var/nix/profiles/system").readlink() == Path("system-2-link")
+
+
+def test_where_systemd_runs_the_activation_runs_in_a_unit_that_takes_the_lock_over(host: StubHost) -> None:
+    host.path("/run/systemd/system").mkdir(parents=True)
+    host.generation(2, NEW)
+    host.generation(1, OLD)
+    switch_generation(host)
+    # systemd-run as it starts a unit: the command after its options, detached, without the deploy's lock (fd 9)
+    host.answer("systemd-run", "--unit=*",
+                then='shift 8; TOPDECK_DETACHED=unit setsid "$@" < /dev/null > /dev/null 2>&1 9>&- &')
+    host.answer("systemctl", "is-active --quiet topdeck-activate-r1")
+    ran = host.run("deploy", "r1", "switch", "-", "--generation", "2")
+    assert ran.code == 0, ran
+    assert ran.result() == ["result", "done", f"switch of {NEW}"]
+    unit = host.calls("systemd-run")[0]
+    assert unit[:8] == ["--unit=topdeck-activate-r1", "--description=topdeck activate of run r1", "--collect",
+                        "--no-ask-password", "--quiet", "--service-type=exec", "--setenv=NIXOS_INSTALL_BOOTLOADER=0",
+                        "--setenv=TOPDECK_DETACHED=unit"]
+    assert unit[8:] == ["/bin/sh", str(host.path("/run/topdeck/runs/r1/host.sh")), "activate", "r1"]
+    assert ["-w", "60", "9"] in host.calls("flock")  # the unit took the lock over
+    assert not host.path("/run/topdeck/runs/r1/unit").exists()
+
+
+def test_a_reboot_is_refused_where_nothing_could_guard_it(host: StubHost) -> None:
+    ran = host.run("reboot", "r1", "--confirm", "60")
+    assert (ran.code, ran.result()[2]) == (1, "cannot reboot: this host runs no systemd, so nothing can reboot it and "
+                                              "guard the boot: nothing was changed")
+    host.path("/run/systemd/system").mkdir(parents=True)
+    host.answer("systemctl", "cat topdeck-reboot-guard.service", code=1)
+    ran = host.run("reboot", "r1", "--confirm", "60")
+    assert ran.code == 1 and "this host has no topdeck-reboot-guard.service" in ran.result()[2]
+    assert not host.path("/run/topdeck").exists() and not host.calls("nix-env")
 
 
 def test_confirm_answers_late_ok_or_rejected(host: StubHost) -> None:
