@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -68,9 +69,14 @@ class Ran:
         return next(fields for fields in reversed(self.fields()) if fields[0] == "result")
 
 
+# The shells hosts run it with: dash (Debian's sh), bash (NixOS's sh), busybox sh; those on this machine.
+SHELLS = tuple(shell for shell in ("dash", "bash", "busybox") if shutil.which(shell))
+
+
 @dataclass
 class StubHost:
     root: Path
+    shell: str = "sh"  # one of SHELLS, or the machine's sh
     answers: dict[str, list[Answer]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,7 +108,8 @@ class StubHost:
 
     def _record(self, tool: str) -> str:
         log = shlex.quote(str(self.root / "calls" / tool))
-        return f"{{ for a in \"$@\"; do printf '%s\\037' \"$a\"; done; printf '\\036'; }} >> {log}"
+        # one write for the whole call, so that stubs running at once cannot interleave their calls
+        return f"call=''; for a in \"$@\"; do call=\"$call$a\x1f\"; done; printf '%s\x1e' \"$call\" >> {log}"
 
     def _write_stub(self, tool: str) -> None:
         cases = "".join(
@@ -168,11 +175,12 @@ class StubHost:
     # -- running the script
 
     def run(self, *args: str, timeout: float = 60) -> Ran:
-        """`sh core/host.sh ARGS` on this root: its stdout lines with the root taken out of them."""
+        """`SHELL core/host.sh ARGS` on this root: its stdout lines with the root taken out of them."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TOPDECK_HOST_TEST_ROOT": str(self.root),
                "LC_ALL": "C"}
         with host_script_may_run():
-            done = subprocess.run(["sh", str(HOST_SH), *args], env=env, stdin=subprocess.DEVNULL,
+            shell = [self.shell, "sh"] if self.shell == "busybox" else [self.shell]
+            done = subprocess.run([*shell, str(HOST_SH), *args], env=env, stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=timeout, check=False)
         return Ran(done.returncode, done.stdout.replace(str(self.root), "").splitlines(), done.stderr)
 

@@ -10,7 +10,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from hoststubs import StubHost
+import pytest
+from hoststubs import SHELLS, StubHost
 from test_engine_units import NEW, NEW_CLOSURE, OLD, OLD_CLOSURE, FakeHost, FakeSession
 
 from topdeck.core import hostverbs
@@ -55,8 +56,9 @@ def _pattern(line: str) -> str:
     return "[^\t]*".join(re.escape(part) for part in line.split("{ANY}"))
 
 
-def test_host_sh_speaks_the_transcript(tmp_path: Path) -> None:
-    host = StubHost(tmp_path / "root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_host_sh_speaks_the_transcript(tmp_path: Path, shell: str) -> None:
+    host = StubHost(tmp_path / "root", shell=shell)
     for path in {*OLD_CLOSURE, *NEW_CLOSURE} - {OLD, NEW}:
         host.path(str(path)).mkdir(parents=True)
     host.system("old", "24.11.1", path=str(OLD), says="")

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hoststubs import StubHost, system_path
+from hoststubs import SHELLS, StubHost, system_path
 from test_engine_units import store_path
 
 from topdeck.core.manifest import Manifest, ManifestPath, render_manifest
@@ -20,9 +20,9 @@ CACHE = "http://cache.test"
 KEY = "cache.test-1:AAAA"
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> StubHost:
-    stub = StubHost(tmp_path / "root")
+@pytest.fixture(params=SHELLS)
+def host(tmp_path: Path, request: pytest.FixtureRequest) -> StubHost:
+    stub = StubHost(tmp_path / "root", shell=request.param)
     stub.system("old", "24.11.1")
     stub.system("new", "24.11.2")
     stub.generation(1, OLD)
