@@ -12,6 +12,8 @@ import pytest
 from hoststubs import SHELLS, StubHost, system_path
 from test_engine_units import store_path
 
+from topdeck.core import hostverbs
+from topdeck.core.inventory import Host
 from topdeck.core.manifest import Manifest, ManifestPath, render_manifest
 from topdeck.core.store import StorePath
 
@@ -31,7 +33,8 @@ def host(tmp_path: Path, request: pytest.FixtureRequest) -> StubHost:
 
 
 def events(host: StubHost, run: str) -> list[list[str]]:
-    return [line.split("\t") for line in host.path(f"/run/topdeck/runs/{run}/events").read_text().splitlines()]
+    text = host.path(f"/run/topdeck/runs/{run}/events").read_text().replace(str(host.root), "")
+    return [line.split("\t") for line in text.splitlines()]
 
 
 # --- status, generations, closures --------------------------------------------------------------------
@@ -399,6 +402,56 @@ def test_a_reboot_is_refused_where_nothing_could_guard_it(host: StubHost) -> Non
     ran = host.run("reboot", "r1", "--confirm", "60")
     assert ran.code == 1 and "this host has no topdeck-reboot-guard.service" in ran.result()[2]
     assert not host.path("/run/topdeck").exists() and not host.calls("nix-env")
+
+
+def guarded_reboot(host: StubHost, phase: str, booted: str) -> Path:
+    """A run that rebooted the host into NEW (from OLD, generation 1 to 2), its `pending` at `phase`, and the
+    system that booted."""
+    host.generation(1, OLD)
+    host.generation(2, NEW)
+    switch_generation(host)
+    reboot = host.path("/nix/var/nix/topdeck/reboot")
+    (reboot / "run").mkdir(parents=True)
+    (reboot / "pending").write_text(f"{phase} r1\n")
+    root = {name: str(host.path(path)) for name, path in (("old", OLD), ("new", NEW))}
+    (reboot / "run/env").write_text(
+        f"run='r1' mode='boot' target='{root['new']}' confirm='0' pointer='' p_serial=''\n"
+        f"prev_current='{root['old']}' prev_gen='1' prev_profile='{root['old']}' new_gen='2' created='1'\n"
+        "on_failed_units='rollback' specialisation='' with_reboot='1'\nlock_wait='180'\n"
+        + ("rebooted=1\n" if phase != "armed" else ""))
+    (reboot / "run/events").write_text("phase\tlock\nphase\treboot\tb00t-0\n")
+    host.runs(booted)
+    return reboot
+
+
+def test_the_boot_guard_ends_a_run_that_booted_its_target(host: StubHost) -> None:
+    reboot = guarded_reboot(host, "armed", booted=NEW)
+    ran = host.run("boot-guard")
+    assert ran.code == 0, ran
+    assert host.path("/run/topdeck/runs/r1").resolve() == (reboot / "run").resolve()
+    tail = events(host, "r1")[2:]
+    assert tail[0][:2] == ["phase", "booted"] and tail[1] == ["state", "booted", NEW]
+    assert tail[-1] == ["result", "done", f"booted {NEW}"]
+    assert not (reboot / "pending").exists()
+
+
+def test_the_boot_guard_returns_a_host_that_booted_again_unconfirmed(host: StubHost) -> None:
+    reboot = guarded_reboot(host, "waiting", booted=OLD)
+    ran = host.run("boot-guard")
+    assert ran.code == 2, ran
+    assert events(host, "r1")[-1] == ["result", "rolled-back", f"it booted again before it was confirmed; {OLD}, which "
+                                                               "it runs, is its boot default again"]
+    assert host.path("/nix/var/nix/profiles/system").readlink() == Path("system-1-link")
+    assert ["-p", str(host.path("/nix/var/nix/profiles/system")), "--delete-generations", "2"] in host.calls("nix-env")
+    old_switch = str(host.path(f"{OLD}/bin/switch-to-configuration"))
+    assert host.calls("switch-to-configuration") == [[old_switch, "boot"]]
+    assert not (reboot / "pending").exists()
+
+
+def test_the_engine_never_passes_the_test_root_to_a_host() -> None:
+    command = hostverbs.host_command(Host("web-1", "10.0.0.1", "web", sudo=True, user="deployer"), "deploy", "r1",
+                                     "switch", "-")
+    assert "TOPDECK_HOST" not in command and "topdeck-test-root" not in command
 
 
 def test_confirm_answers_late_ok_or_rejected(host: StubHost) -> None:
