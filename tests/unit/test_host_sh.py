@@ -5,6 +5,7 @@ test_activation, test_reboot, ...) hold the end-to-end truth on native, Debian 1
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -295,6 +296,17 @@ def test_a_b2_cap_is_named_when_the_sidecar_cannot_be_read(host: StubHost) -> No
     host.answer("curl", "-sS --max-time 15 -w *", '{\n  "code": "download_cap_exceeded",\n  "status": 403\n}\n403')
     result = deploy_pointer(host, "curl: (22) The requested URL returned error: 403", code=22)
     assert result[2].startswith("cannot read pointer web: the B2 daily download cap is exceeded (HTTP 403")
+
+
+def test_the_agent_records_what_it_failed_to_apply_for_status(host: StubHost) -> None:
+    host.answer("curl", "-fsS --max-time 30 http://cache.test/pointers/web.json", sidecar())
+    ran = host.run("agent", "--pointer", "web", "--sidecar", f"{CACHE}/pointers/web.json", "--signer",
+                   "ssh-ed25519 AAAAkey", "--cache", CACHE, "--key", KEY, "--fetch-parallel", "0")
+    assert ran.code == 1
+    path = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-x"
+    agent = next(line[1] for line in host.run("status").fields() if line[0] == "agent")
+    assert re.fullmatch(rf"agent: failed to apply web #7 \({path}\) at [0-9TZ:-]+: {path} is not a NixOS system "
+                        r"\(it has no nixos-version\): nothing was changed", agent), agent
 
 
 # --- deploy: the activation, detached ------------------------------------------------------------------
