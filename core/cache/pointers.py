@@ -105,7 +105,7 @@ def signed(pointer: Pointer, key: SecretKey) -> Pointer:
 
 
 def render_sidecar(pointer: Pointer) -> bytes:
-    """One field a line, always in this order: the host-side script reads it with sed."""
+    """One field a line, always in this order (host.sh reads it with its JSON reader, json_read)."""
     fields: dict[str, Any] = {"name": pointer.name, "path": str(pointer.path), "serial": pointer.serial,
                               "time": pointer.time}
     if pointer.expires is not None:

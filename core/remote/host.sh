@@ -30,15 +30,25 @@
 # BYTES_TOTAL`, `current PATH`, `log TEXT`, `state KEY VALUE`, and last `result done|failed|rolled-back REASON`.
 # Exit status: 0 done, 1 failed, 2 rolled back, 3 another deploy holds the host's lock, 5 rebooting (the result
 # comes after the boot: `follow RUN --since-reboot`), 64 bad arguments.
+# shellcheck disable=SC3043  # `local`: not POSIX, but dash, bash and busybox sh (every host's sh) have it
 set -u
-PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
+# The host's / : a test's stand-in folder (tests/unit/hoststubs.py) only when it holds the file `topdeck-test-root`,
+# so that no environment a login or a unit passes on can move what this script reads and changes on a real host.
+ROOT=''
+if [ -n "${TOPDECK_HOST_TEST_ROOT:-}" ] && [ -f "$TOPDECK_HOST_TEST_ROOT/topdeck-test-root" ]; then
+    ROOT=$TOPDECK_HOST_TEST_ROOT
+fi
+PATH=$ROOT/run/current-system/sw/bin:$ROOT/nix/var/nix/profiles/default/bin:/usr/local/bin:/usr/bin:/bin:$PATH
 export PATH
 umask 022
 
-PROFILE=/nix/var/nix/profiles/system
-STATE=/nix/var/nix/topdeck
-RUNTIME=/run/topdeck
-GCROOTS=/nix/var/nix/gcroots/topdeck
+PROFILE=$ROOT/nix/var/nix/profiles/system
+STATE=$ROOT/nix/var/nix/topdeck
+RUNTIME=$ROOT/run/topdeck
+GCROOTS=$ROOT/nix/var/nix/gcroots/topdeck
+CURRENT_SYSTEM=$ROOT/run/current-system
+BOOTED_SYSTEM=$ROOT/run/booted-system
+SYSTEMD_DIR=$ROOT/run/systemd/system  # there when systemd runs the host
 # A reboot in progress, kept where it survives the reboot: `pending` (PHASE RUN) starts the guard unit at boot,
 # `host.sh` is the script it runs, `run` the run's folder (/run/topdeck/runs/RUN links to it).
 REBOOT=$STATE/reboot
@@ -50,7 +60,7 @@ NEWLINE='
 '
 
 line() {  # one output line: the arguments tab-separated (no fork: many of these are printed)
-    saved_ifs=$IFS
+    local saved_ifs="$IFS"
     IFS=$TAB
     printf '%s\n' "$*"
     IFS=$saved_ifs
@@ -68,6 +78,77 @@ usage() { line result failed "topdeck-host: $*"; exit 64; }
 event() {  # record an event for `follow`, and print it
     line "$@" >> "$rundir/events" 2>/dev/null
     line "$@"
+}
+
+# The one reader of the JSON this script is given (the pointer's sidecar, the closure's manifest, a B2 error, Nix's
+# internal-json log): json_read(TEXT) puts TEXT's members in order into json_key[1..n] and json_value[1..n] (returns
+# n), the first value of each name into json[NAME]. Strings are unescaped with tabs, newlines and other escapes made
+# spaces (\u001b kept as ESC for colours to be removed); numbers, true, false and null as written; an array of plain
+# values as its values joined by ","; the members of nested objects in order, as if they were the outer one's. It stops
+# at the first thing that is not JSON, with what it read. Awk functions, so that the log of a fetch is read in one awk.
+# shellcheck disable=SC2016  # an awk program: its $ are awk's
+JSON_AWK='
+function json_unescape(text,   out, at, c) {
+    if (!index(text, "\\")) { gsub(/\t/, " ", text); return text }
+    out = ""
+    for (at = 1; at <= length(text); at++) {
+        c = substr(text, at, 1)
+        if (c == "\\") {
+            at++; c = substr(text, at, 1)
+            if (c == "u") { c = substr(text, at + 1, 4) == "001b" ? "\033" : " "; at += 4 }
+            else if (c != "\"" && c != "\\" && c != "/") c = " "
+        } else if (c == "\t") c = " "
+        out = out c
+    }
+    return out
+}
+function json_member(name, value) {
+    json_count++; json_key[json_count] = name; json_value[json_count] = value
+    if (!(name in json)) json[name] = value
+}
+function json_scalar(value) {  # a string, number or literal where json_read is
+    if (!json_depth) return
+    if (json_kind[json_depth] == "[") json_list[json_depth] = json_list[json_depth] (json_list[json_depth] == "" ? "" : ",") value
+    else if (json_expect_name) { json_name[json_depth] = value; json_expect_name = 0 }
+    else json_member(json_name[json_depth], value)
+}
+function json_read(text,   part, count, at, rest, c, value) {  # split at the quotes: each string is read whole
+    json_count = json_depth = json_expect_name = 0; split("", json); split("", json_key); split("", json_value)
+    count = split(text, part, "\"")
+    for (at = 1; at <= count; at++) {
+        rest = part[at]
+        while (rest != "") {  # between two strings: the structure, numbers, true, false, null
+            c = substr(rest, 1, 1)
+            if (c == "{" || c == "[") {
+                json_depth++; json_kind[json_depth] = c; json_list[json_depth] = ""; json_expect_name = c == "{"
+            } else if (c == "}" || c == "]") {
+                if (!json_depth || json_kind[json_depth] != (c == "}" ? "{" : "[")) return json_count
+                if (c == "]" && json_depth > 1 && json_kind[json_depth - 1] == "{")
+                    json_member(json_name[json_depth - 1], json_list[json_depth])
+                json_depth--; json_expect_name = 0
+            } else if (c == ",") json_expect_name = json_depth && json_kind[json_depth] == "{"
+            else if (match(rest, /^(-?[0-9][0-9.eE+-]*|true|false|null)/)) {
+                json_scalar(substr(rest, 1, RLENGTH)); rest = substr(rest, RLENGTH + 1); continue
+            } else if (c != ":" && c != " " && c != "\t" && c != "\r" && c != "\n") return json_count
+            rest = substr(rest, 2)
+        }
+        if (at == count) break
+        at++; value = part[at]
+        while (value ~ /(^|[^\\])(\\\\)*\\$/ && at < count) { at++; value = value "\"" part[at] }  # an escaped quote
+        if (at == count) return json_count  # no closing quote
+        json_scalar(json_unescape(value))
+    }
+    return json_count
+}'
+
+json_pairs() {  # the members of the JSON text on stdin, a `NAME<TAB>VALUE` line each, as json_read reads them
+    awk "$JSON_AWK"'
+        { text = text $0 "\n" }
+        END { count = json_read(text); for (at = 1; at <= count; at++) printf "%s\t%s\n", json_key[at], json_value[at] }'
+}
+
+pair_value() {  # the first value of member $1 in the `json_pairs` lines on stdin
+    awk -F "$TAB" -v name="$1" '$1 == name { print substr($0, length(name) + 2); exit }'
 }
 
 # --- arguments --------------------------------------------------------------------------------------
@@ -133,6 +214,7 @@ record_last_run() {
 }
 
 take_lock() {
+    local owner
     if [ "$(id -u)" != 0 ]; then
         line result failed "user $(id -un) is not root here: log in as root, or set sudo = true for this host"
         exit 1
@@ -164,12 +246,12 @@ make_rundir() {  # the folder of a run that reboots the host is kept under /nix,
     mkdir -p "$REBOOT/run" && ln -s "$REBOOT/run" "$rundir" || fail "cannot create $REBOOT/run"
 }
 
-sidecar_field() {  # one field of the sidecar, which topdeck writes one field a line
-    printf '%s\n' "$sidecar_text" | sed -n "s/^ *\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" | head -n 1
+sidecar_field() {  # one field of the sidecar
+    printf '%s\n' "$sidecar_pairs" | pair_value "$1"
 }
 
 has_field() {
-    printf '%s\n' "$sidecar_text" | grep -q "^ *\"$1\":"
+    printf '%s\n' "$sidecar_pairs" | cut -f 1 | grep -qxF "$1"
 }
 
 # A serial, time or expiry: at most 16 digits and at most 2^53 (as topdeck writes them), checked before any
@@ -184,12 +266,14 @@ check_number() {  # NAME VALUE
 utc() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || printf '%s' "$1"; }
 
 verify_pointer() {
+    local sidecar_text sidecar_pairs twice p_name p_path p_time p_sig p_expires signed last
     event phase verify "pointer $pointer"
     command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
     command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"
     sidecar_text=$(curl -fsS --max-time 30 "$sidecar" 2>&1) \
         || fail "cannot read pointer $pointer: $(cache_refusal "$sidecar" || printf '%s' "$sidecar_text")"
-    twice=$(printf '%s\n' "$sidecar_text" | sed -n 's/^ *"\([^"]*\)" *:.*/\1/p' | sort | uniq -d | head -n 1)
+    sidecar_pairs=$(printf '%s\n' "$sidecar_text" | json_pairs)
+    twice=$(printf '%s\n' "$sidecar_pairs" | cut -f 1 | sort | uniq -d | head -n 1)
     [ -z "$twice" ] || fail "pointer $pointer: the sidecar names a field twice ($(one_line "$twice")): refused"
     p_name=$(sidecar_field name) p_path=$(sidecar_field path) p_serial=$(sidecar_field serial)
     p_time=$(sidecar_field time) p_sig=$(sidecar_field sshsig)
@@ -233,13 +317,15 @@ realise() {
 }
 
 cache_refusal() {  # why the cache does not serve $1: no answer, or a refusal (B2 names its daily caps in a 403)
+    local answer code b2code
     answer=$(curl -sS --max-time 15 -w '\n%{http_code}' "$1" 2>"$rundir/curl.err") || {
         printf 'no answer from %s (%s)' "$1" "$(one_line "$(cat "$rundir/curl.err")")"
         return 0
     }
     code=$(printf '%s\n' "$answer" | tail -n 1)
     case $code in 2??) return 1 ;; esac
-    b2code=$(printf '%s\n' "$answer" | sed -n 's/.*"code": *"\([a-z_]*\)".*/\1/p' | head -n 1)
+    b2code=$(printf '%s\n' "$answer" | sed '$d' | json_pairs | pair_value code)
+    case $b2code in *[!a-z_]*) b2code='' ;; esac
     case $b2code in
         download_cap_exceeded) printf 'the B2 daily download cap is exceeded (HTTP %s %s): raise it in the B2 account' "$code" "$b2code" ;;
         transaction_cap_exceeded) printf 'the B2 daily transaction cap is exceeded (HTTP %s %s): raise it in the B2 account' "$code" "$b2code" ;;
@@ -266,6 +352,7 @@ SIZE_AWK='
 }'
 
 check_space() {
+    local unpacked size_from free_kib
     if [ -z "$need_kib" ]; then
         # "these N paths will be fetched (X download, Y unpacked):", or "this path will be fetched (...)"; no line
         # when nothing is missing. A failing dry run leaves the reason to the fetch itself.
@@ -280,7 +367,7 @@ check_space() {
     else
         size_from="the plan"
     fi
-    free_kib=$(df -Pk /nix/store | LC_ALL=C awk 'NR == 2 { print $4 }')
+    free_kib=$(df -Pk "$ROOT/nix/store" | LC_ALL=C awk 'NR == 2 { print $4 }')
     case $need_kib:$free_kib in
         :* | *: | *[!0-9:]*)
             event log "cannot tell whether /nix has room for the fetch (${size_from}; free: ${free_kib:-unknown} KiB): not checked"
@@ -295,44 +382,24 @@ check_space() {
 # Nix's internal-json log, turned into progress lines: paths from the copy-paths activity (type 103), bytes from
 # the NAR downloads (type 101), the expected download size from its set-expected result (106 with 101). The same
 # on Nix 2.8, 2.26 and 2.34 (which print the keys in another order and add "parent"). Warnings and errors (level
-# 0 and 1) become log lines: their "msg" string unescaped, up to its closing quote (errors add "raw_msg" and
+# 0 and 1) become log lines: their "msg" string as json_read reads it, without colours (errors add "raw_msg" and
 # more keys after it); so do lines that are not JSON (Nix 2.8 prints the warnings of reading its configuration,
 # "warning: unknown setting 'x'", before its JSON logger starts). Numbers are printed with "%.0f": Debian 12's
 # mawk clamps "%d" at 2^31 - 1.
 # shellcheck disable=SC2016  # an awk program: its $ are awk's
-PROGRESS_AWK='
-function number(key,   at) { at = index($0, "\"" key "\":"); return at ? substr($0, at + length(key) + 3) + 0 : -1 }
-function word(key,   text) {  # a number as text: activity ids are too large for some awks as array keys
-    text = substr($0, index($0, "\"" key "\":") + length(key) + 3); return substr(text, 1, match(text, /[^0-9]/) - 1)
-}
-function fields(   text) { text = substr($0, index($0, "\"fields\":[") + 10); return substr(text, 1, index(text, "]") - 1) }
+PROGRESS_AWK="$JSON_AWK"'
 function show() {
     printf "progress\t%.0f\t%.0f\t%.0f\t%.0f\n", paths, total, bytes, expected; fflush(); shown = bytes
 }
-function message(   text, out, at, c) {  # the JSON string after "msg":, without colours; control characters as spaces
-    text = substr($0, index($0, "\"msg\":\"") + 7); gsub(/\\u001b\[[0-9;]*m/, "", text); out = ""
-    for (at = 1; at <= length(text); at++) {
-        c = substr(text, at, 1)
-        if (c == "\"") break
-        if (c == "\\") {
-            at++; c = substr(text, at, 1)
-            if (c == "u") { at += 4; c = " " }
-            else if (c != "\"" && c != "\\" && c != "/") c = " "
-        } else if (c == "\t") c = " "
-        out = out c
-    }
-    return out
-}
 !/^@nix / { if ($0 != "") { gsub(/\033\[[0-9;]*m/, ""); gsub(/\t/, " "); printf "log\t%s\n", $0; fflush() } next }
-/"action":"start"/ {
-    type = number("type"); id = word("id")
+{ json_read(substr($0, 6)); type = json["type"] + 0; id = json["id"]; split(json["fields"], f, ",") }
+json["action"] == "start" {
     if (type == 103) copies = id
     if (type == 101 && index($0, "/nar/")) nar[id] = 0
-    if (type == 100) { split(fields(), f, ","); gsub(/"/, "", f[1]); printf "current\t%s\n", f[1]; fflush() }
+    if (type == 100) { printf "current\t%s\n", f[1]; fflush() }
     next
 }
-/"action":"result"/ {
-    type = number("type"); id = word("id"); split(fields(), f, ",")
+json["action"] == "result" {
     if (type == 106 && f[1] == 101) { expected = f[2]; show() }
     else if (type == 105 && id == copies && (f[1] != paths || f[2] != total)) { paths = f[1]; total = f[2]; show() }
     else if (type == 105 && (id in nar)) {
@@ -341,10 +408,13 @@ function message(   text, out, at, c) {  # the JSON string after "msg":, without
     }
     next
 }
-/"action":"msg"/ && number("level") <= 1 { printf "log\t%s\n", message(); fflush() }
+json["action"] == "msg" && (("level" in json) ? json["level"] : -1) <= 1 {  # without colours
+    text = json["msg"]; gsub(/\033\[[0-9;]*m/, "", text); gsub(/\033/, " ", text); printf "log\t%s\n", text; fflush()
+}
 END { show() }'
 
 fetch() {
+    local status why
     event phase fetch
     fetch_ahead && return 0
     check_space
@@ -370,7 +440,7 @@ NUMBER_RE='^[0-9][0-9]*$'
 
 fetch_ahead() {  # 0: the target is in the store, rooted; 1: not fetched here (the log says why)
     [ "$fetch_parallel" -gt 0 ] || return 1
-    ahead_why='' ahead_bytes=0
+    local ahead_why='' ahead_bytes=0
     rm -rf "$AHEAD"
     if ahead_fetch && ahead_realise; then
         rm -rf "$AHEAD"
@@ -383,6 +453,7 @@ fetch_ahead() {  # 0: the target is in the store, rooted; 1: not fetched here (t
 }
 
 ahead_fetch() {  # the missing paths' narinfos and NARs into $AHEAD, the free space checked first
+    local hash total
     command -v curl >/dev/null 2>&1 || { ahead_why="no curl on this host"; return 1; }
     case $cache in
         http://* | https://*) ;;
@@ -415,10 +486,11 @@ ahead_fetch() {  # the missing paths' narinfos and NARs into $AHEAD, the free sp
 }
 
 ahead_closure() {  # the manifest's paths that this host lacks, into $AHEAD/missing
+    local hash
     hash=$(basename "$target" | cut -c 1-32)
     printf 'url = "%s/manifests/%s.json"\noutput = "%s/manifest.json"\n' "$cache" "$hash" "$AHEAD" > "$AHEAD/manifest.curl"
     ahead_curl "$AHEAD/manifest.curl" | ahead_all_fetched 1 || { ahead_why="the manifest: $(ahead_error)"; return 1; }
-    grep -o '"path":"[^"]*"' "$AHEAD/manifest.json" | sed 's/^"path":"//; s/"$//' > "$AHEAD/closure"
+    json_pairs < "$AHEAD/manifest.json" | awk -F "$TAB" '$1 == "path" { print $2 }' > "$AHEAD/closure"
     if grep -v "$STORE_PATH_RE" "$AHEAD/closure" | grep -q .; then
         ahead_why="the manifest names something that is no store path"
         return 1
@@ -447,10 +519,11 @@ ahead_nars() {  # each missing path's NAR (URL FileSize NarSize), read from its 
 }
 
 ahead_space() {  # the folder and what Nix unpacks from it must both fit on /nix
+    local sizes need free_kib
     sizes=$(awk '{ file += $2; nar += $3 } END { printf "%.0f %.0f\n", file, nar }' "$AHEAD/nars")
     ahead_bytes=${sizes% *}
     need=$(( (ahead_bytes + ${sizes#* }) / 1024 + 1 ))
-    free_kib=$(df -Pk /nix/store | LC_ALL=C awk 'NR == 2 { print $4 }')
+    free_kib=$(df -Pk "$ROOT/nix/store" | LC_ALL=C awk 'NR == 2 { print $4 }')
     matches "$free_kib" "$NUMBER_RE" || { ahead_why="cannot tell what /nix has free"; return 1; }
     event log "the fetch needs up to $need KiB on /nix (the fetched folder and what Nix unpacks from it), which has $free_kib KiB free"
     [ "$need" -le "$free_kib" ] || { ahead_why="/nix has too little room for the folder besides the unpacked paths"; return 1; }
@@ -471,6 +544,7 @@ ahead_all_fetched() {  # whether the lines of `ahead_curl` on stdin say that all
 ahead_error() { one_line "$(tail -n 3 "$AHEAD/curl.err" 2>/dev/null)"; }
 
 ahead_realise() {  # Nix substitutes from the folder; its progress keeps the bytes fetched above
+    local ahead_status
     ahead_url="file://$AHEAD"
     { realise "$target" --add-root "$rundir/gcroot" --log-format internal-json -v 2>&1 >/dev/null
       echo $? > "$AHEAD/nix.status"; } |
@@ -483,13 +557,14 @@ ahead_realise() {  # Nix substitutes from the folder; its progress keeps the byt
 }
 
 generation_of() {  # the generation number a profile link names
+    local link
     link=$(readlink "$1" 2>/dev/null) || { echo 0; return; }
     link=${link#system-}
     echo "${link%-link}"
 }
 
 save_previous() {
-    prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    prev_current=$(readlink -f "$CURRENT_SYSTEM" 2>/dev/null || true)
     prev_gen=$(generation_of "$PROFILE")
     prev_profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
     event state before "$prev_current"
@@ -543,7 +618,7 @@ deploy() {
     fi
     take_lock
     if [ -n "$generation" ]; then
-        target=$(readlink -f "/nix/var/nix/profiles/system-$generation-link" 2>/dev/null) \
+        target=$(readlink -f "$PROFILE-$generation-link" 2>/dev/null) \
             || fail "this host has no system generation $generation"
     elif [ -n "$pointer" ]; then
         verify_pointer
@@ -592,9 +667,10 @@ activated() {
 switch_program() { printf '%s/bin/switch-to-configuration' "$(activated)"; }
 
 # NixOS's switch-to-configuration takes an exclusive flock on this file and refuses to run while it is held.
-SWITCH_LOCK=/run/nixos/switch-to-configuration.lock
+SWITCH_LOCK=$ROOT/run/nixos/switch-to-configuration.lock
 
 check_switch_lock() {  # another switch running (nixos-rebuild, autoUpgrade) or a process left holding its lock
+    local holder command
     [ -e "$SWITCH_LOCK" ] || return 0
     command -v flock >/dev/null 2>&1 || return 0
     flock -n "$SWITCH_LOCK" true 2>/dev/null && return 0
@@ -611,7 +687,7 @@ lock_holder() {  # a process that has file $1 open (but $2 and what it started):
     # with whoever holds the file)
     # A process whose fdinfo lists the lock holds it; one that only has the file open (a switch waiting for it, or
     # what a switch left running) is named only when no holder can be seen.
-    found='' holder=''
+    local found='' holder='' fd pid
     # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
     for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$1" 2>/dev/null); do
         pid=${fd#/proc/}
@@ -631,6 +707,7 @@ lock_holder() {  # a process that has file $1 open (but $2 and what it started):
 is_switch() {  # whether process $1 is a switch-to-configuration: its executable, its argv[0], or the script it runs
     # (the kernel names a process after the file it executed, cut to 15 characters, a script's too), never merely
     # a command line that names the lock file
+    local exe argv0 comm
     [ -n "$1" ] || return 1
     exe=$(readlink "/proc/$1/exe" 2>/dev/null) || exe=
     argv0=$(tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | head -n 1)
@@ -646,7 +723,7 @@ command_of() {  # process $1's command line, on one line, cut to 120 characters
 }
 
 descends_from() {  # whether process $1 is $2 or was started by it (or by what it started)
-    ancestor=$1 depth=0
+    local ancestor="$1" depth=0 stat
     while [ "$depth" -lt 32 ]; do
         [ "$ancestor" != "$2" ] || return 0
         case $ancestor in '' | 0 | 1) return 1 ;; esac
@@ -665,7 +742,7 @@ descends_from() {  # whether process $1 is $2 or was started by it (or by what i
 # host's lock (fd 9). A unit cannot inherit it: the run's `unit` file names the unit that takes the lock over
 # (`take_over`), and the run is alive while its lock is held or that unit is active (`run_alive`).
 detach() {
-    if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+    if [ -d "$SYSTEMD_DIR" ] && command -v systemd-run >/dev/null 2>&1; then
         printf 'topdeck-%s-%s\n' "$1" "$run" > "$rundir/unit"
         if systemd-run --unit="topdeck-$1-$run" --description="topdeck $1 of run $run" --collect \
             --no-ask-password --quiet --service-type=exec --setenv=NIXOS_INSTALL_BOOTLOADER=0 \
@@ -682,6 +759,7 @@ detach() {
 }
 
 detach_and_follow() {  # detach step $1 and print its events: counted first, as the step may write them at once
+    local seen_before
     seen_before=$(wc -l < "$rundir/events")
     detach "$1"
     follow_events "$run" "$seen_before"
@@ -699,6 +777,7 @@ take_over() {  # in the unit `detach` started for step $1: hold the host's lock 
 }
 
 unit_alive() {  # whether the unit that runs (or takes the lock over for) run $1 is active
+    local unit
     unit=$(cat "$RUNTIME/runs/$1/unit" 2>/dev/null) && [ -n "$unit" ] && systemctl is-active --quiet "$unit" 2>/dev/null
 }
 
@@ -710,7 +789,7 @@ activate() {
     # shellcheck source=/dev/null  # the run's env file, written by `start` at run time
     . "$rundir/env"
     take_over activate
-    [ -d /run/systemd/system ] || exec > /dev/null  # under systemd, the unit's output goes to the journal
+    [ -d "$SYSTEMD_DIR" ] || exec > /dev/null  # under systemd, the unit's output goes to the journal
     event phase activate "$mode"
     run_switch
     event state switch-code "$status"
@@ -725,6 +804,7 @@ activate() {
 }
 
 run_switch() {  # the switch's whole output into the run's log and the journal; its status in $status
+    local switch_pid
     gave_up=
     rm -f "$rundir/switch.status"
     { "$(switch_program)" "$mode" > "$rundir/switch.log" 2>&1; echo $? > "$rundir/switch.status"; } &
@@ -739,7 +819,7 @@ run_switch() {  # the switch's whole output into the run's log and the journal; 
 # A switch that waits for SWITCH_LOCK (ng of 2024 and the Perl switch do; current ng exits 11 at once) while another
 # process holds it, taken after check_switch_lock: shown as the phase switch-lock, and stopped after lock_wait seconds.
 follow_switch_lock() {
-    waiting='' deadline=0 looks=0 tick=0
+    local waiting='' deadline=0 looks=0 tick=0 holder
     while [ ! -e "$rundir/switch.status" ] && kill -0 "$1" 2>/dev/null; do
         sleep 0.1  # the switch's end is seen within 0.1 s; the lock is looked at every 0.5 s
         tick=$((tick + 1))
@@ -775,7 +855,7 @@ held_by() {  # who holds the switch lock, for the operator: process $1
 switch_waits() {  # whether switch $1 waits for SWITCH_LOCK: it (or what it started) has the file open, and a process
     # outside it holds the lock (its fdinfo lists the lock: /proc/locks hides a lock whose taker ended, in a container);
     # prints the holder's pid
-    held_by_other='' opened=''
+    local held_by_other='' opened='' fd pid locked
     # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
     for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$SWITCH_LOCK" 2>/dev/null); do
         pid=${fd#/proc/}
@@ -795,6 +875,7 @@ switch_waits() {  # whether switch $1 waits for SWITCH_LOCK: it (or what it star
 }
 
 descendants() {  # the processes that process $1 started, and theirs
+    local child
     # shellcheck disable=SC2013 # pids, one word each
     for child in $(cat "/proc/$1/task/"*/children 2>/dev/null); do
         echo "$child"
@@ -813,6 +894,7 @@ stop_switch() {  # end switch $1, which waits for the lock and so has done nothi
 SWITCH_WORDS='^(would )?(stopping|starting|restarting|reloading|NOT restarting) the following|^the following new units were started|^warning: the following units failed|^Failed to run activate script|^Failed to install bootloader|^Pre-switch checks failed|^Could not acquire lock|^Error: |^Warning: the new NixOS configuration|^incompatible with the current configuration|^won.t take effect until you reboot'
 
 switch_words() {
+    local text
     { grep -E "$SWITCH_WORDS" "$rundir/switch.log" | head -n 20; grep -Ev "$SWITCH_WORDS" "$rundir/switch.log" | tail -n 5; } \
         | tr '\t\r' '  ' | while IFS= read -r text; do event log "$text"; done
 }
@@ -866,12 +948,13 @@ watch() {  # the magic-rollback watcher, detached like the activation: confirm i
     # shellcheck source=/dev/null  # the run's env file, written by `start` at run time
     . "$rundir/env"
     take_over watch
-    [ -d /run/systemd/system ] || exec > /dev/null
+    [ -d "$SYSTEMD_DIR" ] || exec > /dev/null
     await_confirmation
     finish "done" "$(cat "$rundir/note" 2>/dev/null || printf '%s of %s' "$mode" "$target")"
 }
 
 await_confirmation() {
+    local deadline
     : > "$rundir/canary"
     event phase confirm "$confirm"
     deadline=$(( $(date +%s) + confirm ))
@@ -922,20 +1005,22 @@ reactivate() {
 }
 
 already_there() {  # whether the mode would change nothing: the system runs (and boots) the target already
-    running=$(readlink -f /run/current-system 2>/dev/null || true)
+    local running profile active
+    running=$(readlink -f "$CURRENT_SYSTEM" 2>/dev/null || true)
     profile=$(readlink -f "$PROFILE" 2>/dev/null || true)
     active=$(readlink -f "$(activated)" 2>/dev/null || true)
     case $mode in
         switch) [ "$running" = "$active" ] && [ "$profile" = "$target" ] ;;
         boot)
             [ "$profile" = "$target" ] || return 1
-            [ -z "$with_reboot" ] || [ "$(readlink -f /run/booted-system 2>/dev/null)" = "$target" ] ;;
+            [ -z "$with_reboot" ] || [ "$(readlink -f "$BOOTED_SYSTEM" 2>/dev/null)" = "$target" ] ;;
         test) [ "$running" = "$active" ] ;;
         *) false ;;
     esac
 }
 
 check_serial_path() {  # $1, the last serial applied: that serial must name the system it named then
+    local applied
     [ "$p_serial" = "$1" ] || return 0
     applied=$(cat "$STATE/pointers/$pointer.path" 2>/dev/null || true)
     if [ -n "$applied" ] && [ "$applied" != "$p_path" ]; then
@@ -956,9 +1041,9 @@ finish() {
     record_last_run "$1"
     if [ -n "$with_reboot" ]; then
         clear_pending
-        event state booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
+        event state booted "$(readlink -f "$BOOTED_SYSTEM" 2>/dev/null || true)"
     fi
-    event state current "$(readlink -f /run/current-system 2>/dev/null || true)"
+    event state current "$(readlink -f "$CURRENT_SYSTEM" 2>/dev/null || true)"
     event state generation "$(generation_of "$PROFILE")"
     event result "$1" "$2"
     case $1 in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
@@ -974,7 +1059,7 @@ finish() {
 boot_id() { tr -cd '0-9a-f-' < /proc/sys/kernel/random/boot_id 2>/dev/null; }
 
 check_can_reboot() {  # before the lock: what cannot reboot with a guard is refused with nothing changed
-    if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then
+    if [ ! -d "$SYSTEMD_DIR" ] || ! command -v systemctl >/dev/null 2>&1; then
         line result failed "cannot reboot: this host runs no systemd, so nothing can reboot it and guard the boot: nothing was changed"
         exit 1
     fi
@@ -995,7 +1080,7 @@ reboot_verb() {  # reboot RUN [options]: boot the boot default again, guarded; t
     # shellcheck disable=SC2015  # either step failing is the same failure
     target=$(readlink -f "$PROFILE" 2>/dev/null) && [ -e "$target" ] || fail "this host has no system profile to boot: nothing was changed"
     event state target "$target"
-    prev_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    prev_current=$(readlink -f "$CURRENT_SYSTEM" 2>/dev/null || true)
     event state before "$prev_current"
     event state generation "$(generation_of "$PROFILE")"
     prev_gen='' prev_profile='' new_gen='' created=''
@@ -1010,7 +1095,7 @@ reboot_verb() {  # reboot RUN [options]: boot the boot default again, guarded; t
 }
 
 generation_naming() {  # the newest system generation whose system is $1, if there is one
-    found=
+    local found='' link number
     for link in "$PROFILE"-*-link; do
         [ "$(readlink -f "$link" 2>/dev/null)" = "$1" ] || continue
         number=${link#"$PROFILE"-}
@@ -1031,6 +1116,7 @@ reboot_now() {  # the detached part of `reboot`
 }
 
 reboot_into() {  # arm the guard for the next boot, then reboot; $1: what failing to reboot means
+    local old_boot
     old_boot=$(boot_id)
     printf "old_boot='%s'\n" "$old_boot" >> "$rundir/env"
     { cp "$rundir/host.sh" "$REBOOT/host.sh.tmp" && mv "$REBOOT/host.sh.tmp" "$REBOOT/host.sh"; } 2>/dev/null \
@@ -1048,6 +1134,7 @@ clear_pending() {  # when the pending reboot is this run's
 }
 
 reboot_and_wait() {  # reboot, and hold the host's lock until the shutdown ends this process
+    local deadline
     if ! systemctl --no-block reboot < /dev/null >> "$rundir/activate.log" 2>&1; then
         clear_pending
         finish failed "$1: systemctl reboot failed ($(tail -n 1 "$rundir/activate.log" | tr '\t' ' '))"
@@ -1059,6 +1146,7 @@ reboot_and_wait() {  # reboot, and hold the host's lock until the shutdown ends 
 }
 
 boot_guard() {  # at boot, before sshd: take over the run that rebooted the host
+    local phase
     [ -f "$REBOOT/pending" ] || exit 0
     read -r phase run < "$REBOOT/pending" || exit 0
     check_run_id "$run"
@@ -1068,7 +1156,7 @@ boot_guard() {  # at boot, before sshd: take over the run that rebooted the host
     exec 9>>"$RUNTIME/lock"
     flock -n 9 || { echo "topdeck-host: the host's lock is held at boot" >&2; exit 1; }
     printf 'run %s since %s' "$run" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$RUNTIME/lock.owner"
-    booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+    booted=$(readlink -f "$BOOTED_SYSTEM" 2>/dev/null || true)
     event phase booted "$(boot_id)"
     event state booted "$booted"
     case $phase in
@@ -1094,7 +1182,7 @@ return_to_previous() {  # after the reboot, unconfirmed: the boot entry back to 
     restore_profile
     reactivate "$prev_profile" boot
     one_line "$1" > "$rundir/reason"
-    if [ "$(readlink -f /run/booted-system 2>/dev/null)" = "$prev_profile" ]; then
+    if [ "$(readlink -f "$BOOTED_SYSTEM" 2>/dev/null)" = "$prev_profile" ]; then
         finish rolled-back "$1; $prev_profile, which it runs, is its boot default again"
     fi
     set_pending returning
@@ -1103,6 +1191,7 @@ return_to_previous() {  # after the reboot, unconfirmed: the boot entry back to 
 }
 
 returned() {  # the boot after returning
+    local reason
     reason=$(cat "$rundir/reason" 2>/dev/null)
     if [ "$booted" = "$prev_profile" ]; then
         finish rolled-back "$reason; it rebooted into $prev_profile by itself"
@@ -1113,7 +1202,7 @@ returned() {  # the boot after returning
 # --- the other commands -------------------------------------------------------------------------------
 
 follow_events() {  # print run $1's events after line $2 until its result
-    seen=$2
+    local seen="$2" count
     while :; do
         count=$(wc -l < "$rundir/events")
         if [ "$count" -gt "$seen" ]; then
@@ -1140,6 +1229,7 @@ follow_events() {  # print run $1's events after line $2 until its result
 }
 
 exit_as_result() {  # exit as the run's result says: 0 done, 2 rolled back, else 1
+    local outcome
     outcome=$(sed -n "s/^result$TAB\([^$TAB]*\).*/\1/p" "$rundir/events" | tail -n 1)
     case $outcome in done) exit 0 ;; rolled-back) exit 2 ;; *) exit 1 ;; esac
 }
@@ -1164,7 +1254,7 @@ follow() {
         exit 1
     fi
     [ -f "$rundir/events" ] || { line result failed "this host has no run $1 (rebooted since?)"; exit 1; }
-    start=0
+    local start=0
     if [ $# = 2 ]; then
         since_reboot=1
         start=$(grep -n "^phase${TAB}reboot$TAB" "$rundir/events" | head -n 1 | cut -d : -f 1)
@@ -1173,6 +1263,7 @@ follow() {
 }
 
 confirm_run() {
+    local reason
     [ $# -ge 1 ] || usage "confirm RUN [checks]"
     check_run_id "$1"
     shift
@@ -1189,8 +1280,9 @@ confirm_run() {
 }
 
 run_checks() {  # prints why the first failing check failed, nothing if all pass
+    local booted new
     if [ -n "$booted_check" ]; then
-        booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+        booted=$(readlink -f "$BOOTED_SYSTEM" 2>/dev/null || true)
         [ "$booted" = "$booted_check" ] || { echo "it booted ${booted:-no system}, not $booted_check"; return; }
     fi
     if [ -n "$check_command" ]; then
@@ -1209,22 +1301,24 @@ run_checks() {  # prints why the first failing check failed, nothing if all pass
 }
 
 status() {
-    current=$(readlink -f /run/current-system 2>/dev/null || true)
+    local current
+    current=$(readlink -f "$CURRENT_SYSTEM" 2>/dev/null || true)
     line current "$current"
-    line booted "$(readlink -f /run/booted-system 2>/dev/null || true)"
+    line booted "$(readlink -f "$BOOTED_SYSTEM" 2>/dev/null || true)"
     line profile "$(readlink -f "$PROFILE" 2>/dev/null || true)"
     line generation "$(generation_of "$PROFILE")"
     line boot-id "$(boot_id)"
     line last-run "$(cat "$STATE/last-run" 2>/dev/null || true)"
     line agent "$(cat "$STATE/agent" 2>/dev/null || true)"
     running_specialisation "$current"
-    if [ -e /run/booted-system ]; then line needs-reboot "$(needs_reboot)"; fi
+    if [ -e "$BOOTED_SYSTEM" ]; then line needs-reboot "$(needs_reboot)"; fi
     if [ -e "$RUNTIME/lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$RUNTIME/lock" true; then
         line deploying "$(cat "$RUNTIME/lock.owner" 2>/dev/null || true)"
     fi
 }
 
 running_specialisation() {  # `specialisation NAME` and `system PARENT` when $1 is a specialisation of the profile's
+    local parent entry
     parent=$(readlink -f "$PROFILE" 2>/dev/null) || return 0
     for entry in "$parent"/specialisation/*; do
         [ -e "$entry" ] || continue
@@ -1237,9 +1331,10 @@ running_specialisation() {  # `specialisation NAME` and `system PARENT` when $1 
 }
 
 needs_reboot() {  # whether what runs differs from what booted in what only a reboot changes (as autoUpgrade asks)
+    local link
     for link in kernel initrd kernel-modules systemd; do
         # -e: a link neither system has names nothing (-f would name a path under each system, always apart)
-        if [ "$(readlink -e "/run/booted-system/$link" 2>/dev/null)" != "$(readlink -e "/run/current-system/$link" 2>/dev/null)" ]; then
+        if [ "$(readlink -e "$BOOTED_SYSTEM/$link" 2>/dev/null)" != "$(readlink -e "$CURRENT_SYSTEM/$link" 2>/dev/null)" ]; then
             printf 'yes\t%s' "$link"
             return 0
         fi
@@ -1248,9 +1343,10 @@ needs_reboot() {  # whether what runs differs from what booted in what only a re
 }
 
 generations() {
+    local current number day clock path version is_current
     current=$(generation_of "$PROFILE")
     nix-env -p "$PROFILE" --list-generations 2>/dev/null | while read -r number day clock _; do
-        path=$(readlink -f "/nix/var/nix/profiles/system-$number-link" 2>/dev/null || true)
+        path=$(readlink -f "$PROFILE-$number-link" 2>/dev/null || true)
         version=$(cat "$path/nixos-version" 2>/dev/null || true)
         is_current=
         [ "$number" = "$current" ] && is_current=current
@@ -1259,11 +1355,12 @@ generations() {
 }
 
 closures() {
+    local list index top
     # shellcheck disable=SC2015  # either test failing is the same failure
     [ $# = 1 ] && matches "$1" "$STORE_PATH_RE" || usage "closures PATH"
     list=$(mktemp) || exit 1
     index=0
-    for top in "$(readlink -f /run/current-system)" "$1"; do
+    for top in "$(readlink -f "$CURRENT_SYSTEM")" "$1"; do
         nix-store --query --requisites "$top" > "$list" 2>/dev/null \
             || { rm -f "$list"; line result failed "$top is not in this host's store"; exit 1; }
         # shellcheck disable=SC2094  # $list is only read, twice (paths beside their sizes)
@@ -1301,6 +1398,7 @@ agent_confirm() {  # in the background of `agent`: once the switch waits for con
 }
 
 record_agent() {  # the agent's outcome, for `status`: $1 the agent's exit status; nothing when nothing was to do
+    local result reason what at text
     result=$(grep "^result$TAB" "$rundir/events" 2>/dev/null | tail -n 1)
     [ -n "$result" ] || return 0
     if [ "$1" = 0 ] && ! grep -q "^phase${TAB}activate" "$rundir/events"; then return 0; fi

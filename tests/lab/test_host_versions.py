@@ -402,9 +402,12 @@ def test_nix_errors_and_warnings_come_through_as_nix_prints_them(lab, inventory,
 
 
 def progress_awk() -> str:
-    match = re.search(r"^PROGRESS_AWK='\n(.*?)'$", HOST_SCRIPT.read_text(), re.S | re.M)
-    assert match
-    return match.group(1)
+    """PROGRESS_AWK as host.sh runs it: its JSON reader (JSON_AWK), then the program that reads the log with it."""
+    text = HOST_SCRIPT.read_text()
+    reader = re.search(r"^JSON_AWK='(\n.*?)'$", text, re.S | re.M)
+    program = re.search(r"^PROGRESS_AWK=\"\$JSON_AWK\"'(\n.*?)'$", text, re.S | re.M)
+    assert reader and program
+    return reader.group(1) + program.group(1)
 
 
 @pytest.fixture(scope="module")

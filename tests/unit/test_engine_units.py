@@ -71,6 +71,7 @@ class FakeHost:
         self.store: dict[StorePath, int] = dict(OLD_CLOSURE)
         self.current = self.booted = self.profile = str(OLD)
         self.generation_paths = {1: str(OLD)}
+        self.generation = 1  # the profile's generation
         self.free_kib = free_kib
         self.last_run = ""
         self.reachable = True
@@ -125,14 +126,14 @@ class FakeHost:
 
     def verb_status(self, out: Callable[[str], None], cancel: object) -> int:
         for key, value in [("current", self.current), ("booted", self.booted), ("profile", self.profile),
-                           ("generation", max(self.generation_paths)), ("boot-id", "b00t-1"),
-                           ("last-run", self.last_run)]:
+                           ("generation", self.generation), ("boot-id", "b00t-1"), ("last-run", self.last_run),
+                           ("agent", ""), ("needs-reboot", "no")]:
             out(f"{key}\t{value}")
         return 0
 
     def verb_generations(self, out: Callable[[str], None], cancel: object) -> int:
         for number, path in sorted(self.generation_paths.items()):
-            current = "current" if path == self.profile and number == max(self.generation_paths) else ""
+            current = "current" if number == self.generation else ""
             out(f"generation\t{number}\t2026-11-0{number} 10:00:00\t{path}\t24.11.{number}\t{current}")
         return 0
 
@@ -228,16 +229,19 @@ class FakeHost:
         if run in self.topdeck_gone:
             return  # the script ends on the line it cannot write; the host is as it was
         event("state", "fetched", target)
-        before, before_profile = self.current, self.profile
-        event("state", "before", before)
+        before = (self.current, self.profile, self.generation)
+        event("state", "before", self.current)
         event("phase", "profile")
-        generation = max(self.generation_paths) + 1
+        created = "--generation" not in options  # else the profile switches to that generation
+        generation = max(self.generation_paths) + 1 if created else int(options["--generation"])
         self.generation_paths[generation] = self.profile = target
+        self.generation = generation
+        event("state", "generation", generation)
         event("phase", "activate", mode)
         event("state", "switch-code", self.switch_code)
         if self.switch_code != 0:
             self._revert(run, f"the activation script of {target} failed (switch-to-configuration exit "
-                              f"{self.switch_code})", before, before_profile, generation, target)
+                              f"{self.switch_code})", before, generation if created else None, target)
             return
         if mode in ("switch", "test"):
             self.current = target
@@ -248,7 +252,7 @@ class FakeHost:
             if not waiting.wait(confirm) or run in self.rejected:
                 why = (f"a health check failed: {self.rejected[run]}" if run in self.rejected
                        else f"no confirmation within {confirm}s (a new SSH login could not confirm)")
-                self._revert(run, why, before, before_profile, generation, target)
+                self._revert(run, why, before, generation if created else None, target)
                 return
             event("phase", "confirmed")
         self._finish(run, "done", f"{mode} of {target}", target)
@@ -265,16 +269,17 @@ class FakeHost:
             done += self.store[path]
             self._event(run, "progress", index, len(missing), done, total)
 
-    def _revert(self, run: str, why: str, before: str, before_profile: str, generation: int, target: str) -> None:
+    def _revert(self, run: str, why: str, before: tuple[str, str, int], created: int | None, target: str) -> None:
         self._event(run, "phase", "rollback", why)
-        self.current, self.profile = before, before_profile
-        del self.generation_paths[generation]
+        self.current, self.profile, self.generation = before
+        if created is not None:
+            del self.generation_paths[created]
         self._finish(run, "rolled-back", why, target)
 
     def _finish(self, run: str, outcome: str, note: str, target: str) -> None:
         self.last_run = f"{run}\t2026-12-01T12:00:00Z\t{outcome}\t{target}"
         self._event(run, "state", "current", self.current)
-        self._event(run, "state", "generation", max(self.generation_paths))
+        self._event(run, "state", "generation", self.generation)
         self._event(run, "result", outcome, note)
 
 
