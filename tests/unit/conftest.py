@@ -1,7 +1,7 @@
-"""The unit tier: no root, no Nix, no network, no lab, no subprocess. A test here that starts a process, opens or
-serves a network socket, or asks for the `lab` fixture fails with the reason, so the tier stays fast and runs as
-any user (`make check`). What needs any of these belongs in tests/lab/. The one exception is core/host.sh itself, run
-by tests/unit/hoststubs.py in a folder that stands for the host's /, with stub tools and no network."""
+"""The unit tier: no root, no Nix, no network, no lab, no subprocess. A test here that starts a process, opens or serves
+a network socket, or asks for the `lab` fixture fails with the reason, so the tier stays fast and runs as any user
+(`make check`). What needs any of these belongs in tests/lab/. The one exception is core/remote/host.sh itself, run by
+tests/unit/hoststubs.py in a folder that stands for the host's /, with stub tools and no network."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""core/host.sh run in the unit tier: a host's / in a folder (the script's TOPDECK_HOST_TEST_ROOT), with stub tools
-first on the script's PATH that record their arguments and answer from a table.
+"""core/remote/host.sh run in the unit tier: a host's / in a folder (the script's TOPDECK_HOST_TEST_ROOT), with stub
+tools first on the script's PATH that record their arguments and answer from a table.
 
 The stubs stand where Nix's tools are on a host that is not NixOS (ROOT/nix/var/nix/profiles/default/bin); what is
 not stubbed is the machine's own (sed, awk, readlink, setsid, ...). `flock` records and then runs the machine's
@@ -8,7 +8,7 @@ folders under ROOT/nix/store, and what host.sh prints is read with ROOT taken ou
 them as a host names its store paths.
 
 The unit tier refuses to start processes (tests/unit/conftest.py); `StubHost.run` is the one exception: it starts
-`sh core/host.sh` alone, with the root's stubs, and no network (curl is a stub).
+`sh core/remote/host.sh` alone, with the root's stubs, and no network (curl is a stub).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import IO
 
 import pytest
 
-from topdeck.core import nixbase32
+from topdeck.core.nix import nixbase32
 
-HOST_SH = Path(__file__).resolve().parents[2] / "core" / "host.sh"
+HOST_SH = Path(__file__).resolve().parents[2] / "core" / "remote" / "host.sh"
 STUBBED = ("nix-store", "nix-env", "systemctl", "systemd-run", "curl", "ssh-keygen", "id")
 
 # Captured when this module is imported (while tests are collected), before the unit tier's guard replaces it for
@@ -175,7 +175,7 @@ class StubHost:
     # -- running the script
 
     def run(self, *args: str, timeout: float = 60) -> Ran:
-        """`SHELL core/host.sh ARGS` on this root: its stdout lines with the root taken out of them."""
+        """`SHELL core/remote/host.sh ARGS` on this root: its stdout lines with the root taken out of them."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TOPDECK_HOST_TEST_ROOT": str(self.root),
                "LC_ALL": "C"}
         with host_script_may_run():

@@ -1,8 +1,8 @@
-"""One transcript of the host protocol replayed against core/host.sh (with stub tools, tests/unit/hoststubs.py) and
-against FakeHost (tests/unit/test_engine_units.py), which the engine's unit tests trust to speak as host.sh does: a
-host on generation 2 asked for its status, its generations and closures, rolled back to generation 1, asked again,
-then asked to confirm and follow runs that are not waiting. Both must print the same lines and exit the same way, so
-the fake cannot drift from the script. `{ANY}` stands for a field that differs by nature (a boot id, a time)."""
+"""One transcript of the host protocol replayed against core/remote/host.sh (with stub tools, tests/unit/hoststubs.py)
+and against FakeHost (tests/unit/test_engine_units.py), which the engine's unit tests trust to speak as host.sh does: a
+host on generation 2 asked for its status, its generations and closures, rolled back to generation 1, asked again, then
+asked to confirm and follow runs that are not waiting. Both must print the same lines and exit the same way, so the fake
+cannot drift from the script. `{ANY}` stands for a field that differs by nature (a boot id, a time)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hoststubs import SHELLS, StubHost
 from test_engine_units import NEW, NEW_CLOSURE, OLD, OLD_CLOSURE, FakeHost, FakeSession
 
-from topdeck.core import hostverbs
 from topdeck.core.inventory import Host
+from topdeck.core.remote import hostverbs
 
 TRANSCRIPT: list[tuple[list[str], int, list[str]]] = [
     (["status"], 0, [

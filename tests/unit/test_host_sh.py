@@ -1,6 +1,6 @@
-"""core/host.sh's verbs against stub tools in a folder that stands for the host's / (tests/unit/hoststubs.py): what
-each prints, its exit status, and what it did to the profile, the runs and the stubs. The lab tests (test_deploy_lab,
-test_activation, test_reboot, ...) hold the end-to-end truth on native, Debian 13 and sid hosts."""
+"""core/remote/host.sh's verbs against stub tools in a folder that stands for the host's / (tests/unit/hoststubs.py):
+what each prints, its exit status, and what it did to the profile, the runs and the stubs. The lab tests
+(test_deploy_lab, test_activation, test_reboot, ...) hold the end-to-end truth on native, Debian 13 and sid hosts."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from hoststubs import SHELLS, StubHost, system_path
 from test_engine_units import store_path
 
-from topdeck.core import hostverbs
+from topdeck.core.cache.manifest import Manifest, ManifestPath, render_manifest
 from topdeck.core.inventory import Host
-from topdeck.core.manifest import Manifest, ManifestPath, render_manifest
-from topdeck.core.store import StorePath
+from topdeck.core.nix.store import StorePath
+from topdeck.core.remote import hostverbs
 
 OLD, NEW = system_path("old"), system_path("new")
 CACHE = "http://cache.test"
