@@ -687,12 +687,16 @@ lock_holder() {  # a process that has file $1 open (but $2 and what it started):
     # with whoever holds the file)
     # A process whose fdinfo lists the lock holds it; one that only has the file open (a switch waiting for it, or
     # what a switch left running) is named only when no holder can be seen.
-    local found='' holder='' fd pid
+    local found='' holder='' fd pid file
+    # A process in another mount namespace may have a file of the same name open (another container's switch):
+    # only the same file counts, by device and inode.
+    file=$(stat -L -c '%d:%i' "$1" 2>/dev/null) || file=
     # shellcheck disable=SC2044 # the paths are /proc/PID/fd/N, without spaces
     for fd in $(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$1" 2>/dev/null); do
         pid=${fd#/proc/}
         pid=${pid%%/*}
         [ "$pid" != $$ ] || continue
+        [ -z "$file" ] || [ "$(stat -L -c '%d:%i' "$fd" 2>/dev/null)" = "$file" ] || continue
         if [ -n "${2:-}" ] && descends_from "$pid" "$2"; then continue; fi
         if grep -q '^lock:' "/proc/$pid/fdinfo/${fd##*/}" 2>/dev/null; then
             if is_switch "$pid"; then echo "$pid"; return 0; fi

@@ -8,7 +8,9 @@ switch-to-configuration). All three follow pointer `web`, so one release reaches
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import threading
 import time
 
@@ -97,7 +99,6 @@ def test_a_session_cut_mid_switch_with_kill_user_processes_and_a_sudo_user_still
     assert after["current"] == after["profile"] == after["boot"] == web
 
 
-@pytest.mark.alone  # under parallel load its stale row once met a switch where it placed a plain holder (unexplained)
 @pytest.mark.parametrize("holder", ["switch", "stale"])
 @pytest.mark.parametrize("name", ["host-1", "host-2"])
 def test_a_held_switch_lock_stops_the_deploy_and_is_never_deleted(lab, inventory, holder, name):
@@ -135,6 +136,47 @@ def test_a_held_switch_lock_stops_the_deploy_and_is_never_deleted(lab, inventory
     assert still_held == "held" and host.sh(f"test -e {LOCK} && echo kept").strip() == "kept"
     status = json.loads(topdeck(inventory, "status", "--on", name, "--json").stdout)
     assert status[0]["status"] != "deploying"
+
+
+@pytest.mark.alone  # its switch, in a mount namespace of this machine, is seen by every native host's process scan
+def test_a_switch_in_another_mount_namespace_is_not_the_holder(lab, inventory, tmp_path):
+    """The native host shares this machine's process list: a switch of another container (here, a mount namespace
+    with its own /run) holding its own lock at the same path must not be named as this host's holder."""
+    import subprocess
+
+    name = "host-1"
+    deploy(inventory, "--on", name)
+    next_web(inventory)
+    host = lab.host(name)
+    deadline = time.monotonic() + 30
+    while host.sh(f"flock -n {LOCK} true && echo free || echo held", check=False).strip() != "free":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    elsewhere = tmp_path / "switch-to-configuration"
+    ready = tmp_path / "ready"
+    elsewhere.write_text(f"#!/bin/sh\nmkdir -p /run/nixos\nexec 8>>{LOCK}\nflock 8\ntouch {ready}\nsleep 60 8>&-\n")
+    elsewhere.chmod(0o755)
+    other = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                              f"mount -t tmpfs other-container /run && exec {elsewhere}"], start_new_session=True)
+    script = f"#!/bin/sh\necho $$ > /run/lab-held/pid\nexec 8>>{LOCK}\nflock 8\nsleep 60 8>&-\n"
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline and other.poll() is None, "the other namespace's switch did not start"
+            time.sleep(0.1)
+        host.sh(f"mkdir -p /run/nixos /run/lab-held && printf %s {shlex.quote(script)} > /run/lab-held/leftover"
+                " && chmod +x /run/lab-held/leftover && (setsid /run/lab-held/leftover </dev/null >/dev/null 2>&1 &)")
+        while host.sh(f"flock -n {LOCK} true && echo free || echo held", check=False).strip() != "held":
+            assert time.monotonic() < deadline, "the holder did not take the lock"
+            time.sleep(0.1)
+        result, _, outcomes = deploy(inventory, "--on", name)
+    finally:
+        host.sh("kill $(cat /run/lab-held/pid)", check=False)
+        os.killpg(other.pid, signal.SIGTERM)
+        other.wait(10)
+    reason = outcomes[name]["reason"]
+    assert result.returncode == 1
+    assert f"stale switch lock: {LOCK} is held by pid" in reason and "which is not a switch" in reason, reason
 
 
 def test_an_incompatible_init_is_installed_as_the_boot_default_and_not_rolled_back(lab, inventory):
