@@ -60,11 +60,12 @@ UNIT_PYTEST = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 unit: check-setup
 	$(UNIT_PYTEST) tests/unit $(PYTEST_ARGS)
 
+# The TUI's tests mostly wait (pauses, a fake engine's phases): four workers; the rest in two.
 unit-tui: check-setup
-	$(UNIT_PYTEST) $(wildcard tests/unit/test_tui_*.py) $(PYTEST_ARGS)
+	$(UNIT_PYTEST) -n 4 $(wildcard tests/unit/test_tui_*.py) $(PYTEST_ARGS)
 
 unit-rest: check-setup
-	$(UNIT_PYTEST) --ignore-glob='tests/unit/test_tui_*' tests/unit $(PYTEST_ARGS)
+	$(UNIT_PYTEST) -n 2 --ignore-glob='tests/unit/test_tui_*' tests/unit $(PYTEST_ARGS)
 
 # Every benchmark against its baseline (needs root: it starts its own lab); writes bench/RESULTS.md.
 # `.venv/bin/python -m bench --help` lists them; `.venv/bin/python -m bench NAME --quick` runs one, with fewer repeats.
