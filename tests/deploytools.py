@@ -34,11 +34,14 @@ def three_host_lab(root: Path, base_address: str, kinds: dict[str, str] | None =
         lab.down(log=lambda *_: None)
 
 
-def deploy_inventory(lab: Lab, root: Path, confirm_timeout: int) -> Path:
-    """host-1 and host-2 follow `web`, host-3 `db`; both pointers published once."""
+def deploy_inventory(lab: Lab, root: Path, confirm_timeout: int, lock_wait: int | None = None) -> Path:
+    """host-1 and host-2 follow `web`, host-3 `db`; both pointers published once. `lock_wait` (the switch lock's)
+    also bounds how long a deploy waits for a host it lost while it changed (confirm_timeout + lock_wait + 60 s)."""
     root = write_lab_inventory(lab, root, f"{root.parent.name[:12]}-{uuid.uuid4().hex[:6]}")
     with (root / "topdeck.toml").open("a") as config:
         config.write(f"\n[deploy]\nparallel = 8\nconfirm_timeout = {confirm_timeout}\n")
+        if lock_wait is not None:
+            config.write(f"lock_wait = {lock_wait}\n")
     release(root, "web", lambda spec: spec)
     release(root, "db", lambda spec: spec)
     return root

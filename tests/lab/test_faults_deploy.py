@@ -41,7 +41,8 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inventory(lab, tmp_path_factory):
     """host-1 and host-2 follow `web`, host-3 `db`, and all three run their pointer's system."""
-    root = deploy_inventory(lab, tmp_path_factory.mktemp("faults") / "hosts", CONFIRM_TIMEOUT)
+    # no switch here waits for its lock: a lost host is given up after 60 s + confirm_timeout + 10 s, not + 180 s
+    root = deploy_inventory(lab, tmp_path_factory.mktemp("faults") / "hosts", CONFIRM_TIMEOUT, lock_wait=10)
     assert deploy(root)[0].returncode == 0
     return root
 
