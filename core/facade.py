@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from topdeck.core import fleet, gc, hostexec, keys, pointers, release, runs, trust
+from topdeck.core import delta, fleet, gc, hostexec, keys, pointers, release, runs, trust
 from topdeck.core import history as shared
 from topdeck.core.cache import Cache, Entry
 from topdeck.core.caches import open_cache
@@ -217,6 +217,9 @@ class Fleet:
 
     # --- build, push, release -----------------------------------------------------------------------
 
+    def _delta_max_bytes(self) -> int:
+        return delta.max_bytes(self.inventory.cache.delta_max_mib)
+
     def build(self, host: Host, emit: Emit = ignore, cancel: threading.Event | None = None) -> StorePath:
         return release.build_hosts([host], emit=emit, cancel=cancel)[host.name]
 
@@ -230,7 +233,8 @@ class Fleet:
         path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
         key = self.signing_key()
         result = push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                      verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+                      verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for,
+                      delta_max_bytes=self._delta_max_bytes())
         return self._recorded_push(result, emit)
 
     def check_buildable(self, hosts: Sequence[Host]) -> None:
@@ -242,7 +246,8 @@ class Fleet:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         key = self.signing_key()
         result = release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                                 verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+                                 verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for,
+                                 delta_max_bytes=self._delta_max_bytes())
         return self._recorded_push(result, emit)
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from topdeck.core.hostpool import each_host, values
 from topdeck.core.hostverbs import StatusReport
 from topdeck.core.inventory import Host, Inventory, is_safe_name, select_hosts
 from topdeck.core.manifest import Manifest
-from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
+from topdeck.core.plan import HostPlan, Plan, deltas_from_pointers, load_manifests, plan, targets_from_pointers
 from topdeck.core.runs import save_run
 from topdeck.core.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.ssh import Connect, connect
@@ -63,9 +63,10 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     else:
         listing = cache.listing()
         targets = targets_from_pointers(hosts, listing, [trusted_key(inventory)], clock(), through or None)
+    deltas = deltas_from_pointers(hosts, listing, [trusted_key(inventory)], through or None) if listing else {}
     manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
-                  cancel=cancel)
+                  cancel=cancel, deltas=deltas)
     return FleetPlan(hosts, targets, manifests, result, from_pointers=not target or bool(through), listing=listing,
                      fetch_url=cache.substituter_url, pointer=through, keys=key_plans)
 

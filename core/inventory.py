@@ -116,6 +116,7 @@ class CacheConfig:
     public_key_file: Path | None = None
     download_url: str = ""  # B2: the cache's root as hosts fetch it (a CDN or own domain); "" for B2's own URL
     gc_credentials_file: Path | None = None  # the key `topdeck gc` deletes with (never the deploy key)
+    delta_max_mib: int = 64  # a push writes a delta object for a moved pointer while it is at most this (0: never)
 
 
 # Asked for a key file's passphrase (the file's path); raises Cancelled when the operator gives none.
@@ -333,7 +334,7 @@ def _copied_with(secret: Path, folder: Path, whole: bool) -> bool:
 def _cache_config(section: _Section, root: Path) -> CacheConfig:
     section.allow_only(
         "type", "bucket", "prefix", "realm", "credentials_file", "path", "url",
-        "signing_key", "public_key", "public_key_file", "download_url", "gc_credentials_file",
+        "signing_key", "public_key", "public_key_file", "download_url", "gc_credentials_file", "delta_max_mib",
     )
     kind = section.get("type", str, default="b2", check=_one_of("b2", "dir"))
     if kind == "b2":
@@ -364,7 +365,12 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         public_key_file=section.path("public_key_file", root),
         download_url=section.get("download_url", str, default="", check=_valid_download_url).rstrip("/"),
         gc_credentials_file=section.path("gc_credentials_file", root),
+        delta_max_mib=section.get("delta_max_mib", int, default=64, check=_valid_delta_max),
     )
+
+
+def _valid_delta_max(value: int) -> str | None:
+    return None if 0 <= value <= 4096 else "must be from 0 (no delta objects) to 4096 (MiB)"
 
 
 def _ssh_config(section: _Section, root: Path) -> SSHConfig:
