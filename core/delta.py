@@ -31,7 +31,7 @@ FINGERPRINT = "topdeck-delta-1"
 DEFAULT_MAX_MIB = 64
 MAX_MIB = 4096  # the largest limit a setting may give (B2 takes up to 5 GB in one upload)
 _NARINFO_MEMBER = re.compile(r"[0-9a-df-np-sv-z]{32}\.narinfo", re.ASCII)
-_NAR_MEMBER = re.compile(r"nar/[0-9a-z]+\.nar(\.[a-z0-9]+)?", re.ASCII)
+_NAR_MEMBER = re.compile(r"nar/[0-9a-z:]+\.nar(\.[a-z0-9]+)?", re.ASCII)
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
@@ -99,7 +99,8 @@ class Member:
 
 
 def pack(members: Iterable[Member]) -> bytes:
-    """The tar (deterministic: no times, owners or modes but 0644), narinfos first."""
+    """The tar (deterministic: no times, owners or modes but 0644), narinfos first, ending with its two zero
+    blocks."""
     members = list(members)
     files = [(m.narinfo_name, m.narinfo) for m in members] + [(m.nar_name, m.nar) for m in members]
     out = io.BytesIO()
@@ -109,7 +110,8 @@ def pack(members: Iterable[Member]) -> bytes:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+        end = tar.offset + 2 * tarfile.BLOCKSIZE
+    return out.getvalue()[:end]  # without the padding to a 10 KiB record, which tar does not need
 
 
 def unpack(data: bytes, source: str = "the delta") -> dict[str, bytes]:

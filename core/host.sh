@@ -490,7 +490,7 @@ ahead_realise() {  # Nix substitutes from the folder; its progress keeps the byt
 # cache's key trusted, every NAR's hash checked). The delta's fields are signed on their own, bound to the pointer's
 # name, path and serial; its sha256 is checked before tar reads it, and tar may write only a binary cache folder's
 # files. Whatever fails, the host fetches path by path (`fetch_ahead`), then as Nix does (`fetch`).
-DELTA_MEMBER_RE='^[0-9a-df-np-sv-z]\{32\}\.narinfo$\|^nar/[0-9a-z][0-9a-z]*\.nar\(\.[a-z0-9][a-z0-9]*\)\{0,1\}$'
+DELTA_MEMBER_RE='^[0-9a-df-np-sv-z]\{32\}\.narinfo$\|^nar/[0-9a-z:][0-9a-z:]*\.nar\(\.[a-z0-9][a-z0-9]*\)\{0,1\}$'
 
 delta_fetch() {  # 0: the target is in the store, rooted, from the delta; 1: not (the log says why)
     [ "$fetch_parallel" -gt 0 ] && [ -n "$pointer" ] && [ -n "${sidecar_text:-}" ] || return 1
