@@ -5,11 +5,13 @@ Hosts fetching it: tests/lab/test_delta.py."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import tarfile
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 import zstandard
@@ -41,8 +43,9 @@ def cache(tmp_path: Path) -> DirCache:
     return DirCache(tmp_path / "cache", "file:///cache")
 
 
-def _push(cache: DirCache, top: StorePath, **options: int) -> int:
-    result = push(top, cache, SECRET, pointer="web", closure_of=closure_of, nar_source=nar_source, **options)
+def _push(cache: DirCache, top: StorePath, delta_max_bytes: int = delta.max_bytes(delta.DEFAULT_MAX_MIB)) -> int:
+    result = push(top, cache, SECRET, pointer="web", closure_of=closure_of, nar_source=nar_source,
+                  delta_max_bytes=delta_max_bytes)
     return result.pointers[0].delta_bytes
 
 
@@ -84,7 +87,7 @@ def test_build_stops_making_members_once_past_the_limit() -> None:
         made.append(n)
         return delta.Member(NARINFO, b"i" * 100, f"nar/{n}.nar.zst", b"n" * 1000)
 
-    assert delta.build(TOP.path, TOP2.path, [lambda n=n: member(n) for n in range(10)], limit=5000) is None
+    assert delta.build(TOP.path, TOP2.path, [functools.partial(member, n) for n in range(10)], limit=5000) is None
     assert made == [0, 1]
     assert delta.build(TOP.path, TOP2.path, [lambda: member(0)], limit=10_000) is not None
 
@@ -229,3 +232,22 @@ def test_the_limit_is_a_setting_of_the_cache_checked_with_one_line(tmp_path: Pat
         with pytest.raises(InventoryError) as error:
             load_inventory(write_inventory(tmp_path / f"bad{n}", {"web-1": HOST}, config))
         assert "cache.delta_max_mib" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_cli_plan_shows_the_hosts_that_take_the_delta_in_text_and_json() -> None:
+    from topdeck.cli.plan import plan_json, render_plan
+    from topdeck.core.plan import Plan, group
+
+    takes = host_plan("web-1", TOP2.path, MANIFEST, _state(TOP.path), DELTA)
+    other = host_plan("web-2", TOP2.path, MANIFEST, _state(APP.path), DELTA)
+    plan = Plan((takes, other), group((takes, other)))
+    text = render_plan(plan)
+    assert sum("fetched through the delta object: one request of 8.8 KiB" in line for line in text) == 1
+    where = [next(i for i, line in enumerate(text) if what(line)) for what in (
+        lambda line: line.startswith("web-1:"), lambda line: "delta object" in line,
+        lambda line: line.startswith("web-2:"))]
+    assert where == sorted(where)  # under web-1's group, not web-2's
+    hosts = {h["host"]: h for h in cast(list[dict[str, object]], plan_json(plan)["hosts"])}
+    assert (hosts["web-1"]["delta_bytes"], hosts["web-1"]["b2_class_b"]) == (9000, 1)
+    assert (hosts["web-2"]["delta_bytes"], hosts["web-2"]["b2_class_b"]) == (0, 4)
+    assert plan_json(plan)["b2_class_b"] == 5

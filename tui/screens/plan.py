@@ -185,7 +185,8 @@ class PlanScreen(TopdeckScreen):
             if not group.fits:
                 text.append("  DOES NOT FIT", style="bold red")
             if delta_line(group):
-                text.append(shown(f"\n  {delta_line(group)}"), style="cyan")
+                text.append("\n")
+                text.append(shown(f"  {delta_line(group)}"), style="cyan")
             text.append("\n\n")
         for hosts, keys in grouped(self.fleet_plan.keys):
             text.append(shown(", ".join(hosts)), style="bold")
