@@ -94,6 +94,7 @@ class Settings:
     reboot: bool = False  # reboot the hosts after a boot-mode deploy (always, in mode REBOOT)
     reboot_timeout: float = 300.0  # how long a host may take to come back from its reboot, confirmation included
     lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds
+    fetch_parallel: int = 64  # transfers at once when a host fetches ahead; 0: Nix fetches by itself
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", mode_of(self.mode))
@@ -287,7 +288,7 @@ class _HostRunner:
                                  "--cache", s.cache_url, "--key", s.trusted_key.to_text(),
                                  "--confirm", math.ceil(s.confirm_timeout),
                                  "--on-failed-units", self.on_failed_units.get(host.name, "rollback"),
-                                 "--lock-wait", math.ceil(s.lock_wait)]
+                                 "--lock-wait", math.ceil(s.lock_wait), "--fetch-parallel", s.fetch_parallel]
         if target.need_bytes:
             args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
         if target.specialisation:

@@ -99,7 +99,7 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, *, mode: Mode = Mo
     cache = cache or open_cache(inventory.cache)
     settings = Settings(mode_of(mode), cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock), reboot=reboot, reboot_timeout=inventory.deploy.reboot_timeout,
-                        lock_wait=inventory.deploy.lock_wait)
+                        lock_wait=inventory.deploy.lock_wait, fetch_parallel=inventory.deploy.fetch_parallel)
     require_complete(fleet_plan.listing or cache.listing(), fleet_plan.manifests)
     contents = keys.read_keys(inventory, fleet_plan.hosts) if settings.mode != Mode.DRY_ACTIVATE else {}
     ready = {h.host: h for h in fleet_plan.plan.hosts if h.planned and h.target is not None and h.fits}

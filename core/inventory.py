@@ -144,6 +144,7 @@ class DeployConfig:
     reboot_timeout: float = 300.0  # how long a rebooted host may take to come back, confirmation included
     pointer_valid_for: int = 0  # seconds a published pointer stays valid (hosts refuse it after); 0: no end
     lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds, then stopped
+    fetch_parallel: int = 64  # transfers at once when a host fetches ahead (core/host.sh); 0: Nix fetches by itself
 
 
 @dataclass(frozen=True)
@@ -399,7 +400,7 @@ def _ssh_client_config(section: _Section, root: Path) -> Path | None:
 
 def _deploy_config(section: _Section) -> DeployConfig:
     section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout", "pointer_valid_for",
-                       "lock_wait")
+                       "lock_wait", "fetch_parallel")
     return DeployConfig(
         parallel=section.get("parallel", int, default=8, check=_positive),
         confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
@@ -408,7 +409,12 @@ def _deploy_config(section: _Section) -> DeployConfig:
         reboot_timeout=float(section.get("reboot_timeout", (int, float), default=300.0, check=_positive)),
         pointer_valid_for=_valid_for(section),
         lock_wait=float(section.get("lock_wait", (int, float), default=180.0, check=_positive)),
+        fetch_parallel=section.get("fetch_parallel", int, default=64, check=_valid_fetch_parallel),
     )
+
+
+def _valid_fetch_parallel(value: int) -> str | None:
+    return None if 0 <= value <= 999 else "must be from 0 (Nix fetches by itself) to 999 transfers at once"
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -206,3 +206,22 @@ def _tampered(data: bytes, toplevel) -> bytes:
                                    files[parse_narinfo(files[name].decode()).url])
                for name in files if name.endswith(".narinfo")]
     return delta_module.pack(members)
+
+
+def test_fetch_parallel_0_in_the_inventory_has_nix_fetch_by_itself_and_no_delta(far_lab, inventory):
+    root, prefix, roles = inventory
+    host = "host-3"
+    (root / "topdeck.toml").write_text((root / "topdeck.toml").read_text().replace(
+        "[deploy]\n", "[deploy]\nfetch_parallel = 0\n", 1))
+    target = _next_version(root, roles[host], host)
+    since = _downloads(far_lab)
+
+    result, _, outcomes = deploy(root, "--on", host)
+
+    assert outcomes[host]["outcome"] == "done", result.stdout[-3000:]
+    assert state(far_lab, host)["current"] == target
+    fetched = _host_downloads(far_lab, prefix, since)
+    assert any(name.startswith("nar/") for name in fetched) and not any(n.startswith("deltas/") for n in fetched)
+    agents = {d["user_agent"] for d in far_lab.emulator_control("GET", "downloads")["downloads"][since:]
+              if "/nar/" in d["path"]}
+    assert agents and all(" Nix/" in agent for agent in agents), agents
