@@ -7,6 +7,7 @@ in the store) and the host fetches path by path: the deploy still succeeds."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import uuid
 
@@ -31,6 +32,7 @@ HOSTS = ("host-1", "host-2", "host-3")  # native (Nix 2.8), trixie (2.26), sid (
 TOOK_DELTA = "fetching the delta from"
 DELTA_FAILED = "the delta did not work"
 AHEAD_FAILED = "fetching ahead did not work"
+_VERSIONS = itertools.count(1)  # each release upgrades the app to a newer version
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,7 @@ def inventory(far_lab, tmp_path):
 
 
 def _next_version(root, role: str, host: str) -> str:
-    return release(root, role, lambda spec: factory.upgrade(spec, f"{role}-app", f"2.{uuid.uuid4().hex[:4]}"),
-                   via=host)
+    return release(root, role, lambda spec: factory.upgrade(spec, f"{role}-app", f"2.{next(_VERSIONS)}"), via=host)
 
 
 def _cache(lab, prefix: str, gc: bool = False) -> B2Cache:
