@@ -442,14 +442,16 @@ def _nar_node(chunks: _Chunks, path: bytes, limit: int) -> None:
 def _write_delta(cache: Cache, job: _Push, closure: list[PathInfo], found: Presence, source: StorePath,
                  target: StorePath, limit: int) -> Delta | None:
     """Store the delta object from `source` to `target` and describe it; None when deltas are off, `source`'s
-    manifest is not in the cache, or the delta would be larger than `limit` bytes (told before compressing anything,
-    from the sizes the push knows, when it can)."""
+    manifest (read by the presence check, else downloaded here) is not in the cache, or the delta would be larger
+    than `limit` bytes (told before compressing anything, from the sizes the push knows, when it can)."""
     if limit <= 0 or source == target:
         return None
-    try:
-        before = parse_manifest(cache.get_bytes(manifest_name(source)), manifest_name(source))
-    except (CacheMissing, CacheError):
-        return None
+    before = found.manifests.get(source)
+    if before is None:
+        try:
+            before = parse_manifest(cache.get_bytes(manifest_name(source)), manifest_name(source))
+        except (CacheMissing, CacheError):
+            return None
     had = {item.path for item in before.paths}
     added = [info for info in closure_within(closure, target) if info.path not in had]
     known = sum(job.stored[i.path].file_size if i.path in job.stored else found.file_sizes.get(i.path, 0)
