@@ -519,7 +519,8 @@ delta_take() {  # whether this host takes the pointer's delta: its signature ver
     fi
     d_current=$(readlink -f /run/current-system 2>/dev/null || true)
     if [ "$d_current" != "$d_source" ]; then
-        event log "the pointer's delta is from ${d_source#/nix/store/}, this host runs ${d_current#/nix/store/}: fetching path by path"
+        d_runs=${d_current#/nix/store/}
+        event log "the pointer's delta is from ${d_source#/nix/store/}, this host runs ${d_runs:-no system}: fetching path by path"
         return 1
     fi
     case $d_sig in '' | *[!A-Za-z0-9+/=]*) event log "the pointer's delta has no SSH signature: fetching path by path"; return 1 ;; esac
