@@ -14,7 +14,7 @@ import uuid
 import pytest
 import zstandard
 from conftest import write_lab_inventory
-from deploytools import MIXED_KINDS, deploy, release, state, three_host_lab
+from deploytools import MIXED_KINDS, deploy, release, state, three_host_lab, topdeck
 
 from topdeck.core import delta as delta_module
 from topdeck.core import pointers
@@ -226,3 +226,25 @@ def test_fetch_parallel_0_in_the_inventory_has_nix_fetch_by_itself_and_no_delta(
     agents = {d["user_agent"] for d in far_lab.emulator_control("GET", "downloads")["downloads"][since:]
               if "/nar/" in d["path"]}
     assert agents and all(" Nix/" in agent for agent in agents), agents
+
+
+def test_gc_keeps_the_current_pointers_delta_deletes_the_older_ones_and_hosts_still_take_it(far_lab, inventory):
+    root, prefix, roles = inventory
+    older = {host: _next_version(root, roles[host], host) for host in HOSTS}
+    result, _, outcomes = deploy(root)
+    assert all(o["outcome"] == "done" for o in outcomes.values()), result.stdout[-3000:]
+    targets = {host: _next_version(root, roles[host], host) for host in HOSTS}  # the hosts stay on `older`
+    cache = _cache(far_lab, prefix)
+    deltas = {name for name in cache.listing() if name.startswith(delta_module.FOLDER)}
+    current = {_pointer(far_lab, prefix, roles[h]).delta.name for h in HOSTS}  # type: ignore[union-attr]
+    assert len(deltas) == 2 * len(HOSTS) and current < deltas
+
+    run = topdeck(root, "gc", "--keep", "1", "--min-age", "0", "--yes", "--json")
+
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+    assert {name for name in cache.listing() if name.startswith(delta_module.FOLDER)} == current
+    result, _, outcomes = deploy(root)
+    assert {h: o["outcome"] for h, o in outcomes.items()} == dict.fromkeys(HOSTS, "done"), result.stdout[-3000:]
+    assert sum(TOOK_DELTA in text for text in _logs(result)) == len(HOSTS)
+    assert all(state(far_lab, host)["current"] == targets[host] for host in HOSTS)
+    assert all(older[host] != targets[host] for host in HOSTS)
