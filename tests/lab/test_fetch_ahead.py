@@ -44,7 +44,7 @@ def inventory(far_lab, tmp_path):
     toml = (root / "topdeck.toml").read_text()
     (root / "topdeck.toml").write_text(toml.replace(
         "[cache]\n", f'[cache]\ndownload_url = "{far_lab.download_url}/file/{BUCKET}/{prefix}"\n'
-                      "delta_max_mib = 0\n", 1))  # path by path: no delta objects (those: test_delta.py)
+                      "delta_max_mib = 0\n", 1))  # path by path: no delta objects (those: test_delta_lab.py)
     for host in HOSTS:
         release(root, roles[host], lambda spec: spec, via=host)
     result, _, outcomes = deploy(root)

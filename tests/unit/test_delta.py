@@ -1,6 +1,6 @@
 """The delta object (core/delta.py) without hosts: its container, the size limit, what push writes into it and how
 the pointer names it (under its own signature), which hosts the plan has take it, how gc treats it, and its setting.
-Hosts fetching it: tests/lab/test_delta.py."""
+Hosts fetching it: tests/lab/test_delta_lab.py."""
 
 from __future__ import annotations
 
