@@ -96,7 +96,9 @@ def summary(result: PushResult) -> str:
     ]
     for pointer in result.pointers:
         state = "published" if pointer.changed else "already named it"
-        lines.append(f"  pointer {pointer.name}: {state} (serial {pointer.serial}){_named(pointer, result)}")
+        delta = f"; a delta object of {size(pointer.delta_bytes)} from its previous target" if pointer.delta_bytes \
+            else ""
+        lines.append(f"  pointer {pointer.name}: {state} (serial {pointer.serial}){_named(pointer, result)}{delta}")
     return "\n".join(lines)
 
 

@@ -304,6 +304,7 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
             emit(Progress(phase=Step.MANIFEST, paths_done=len(own), paths_total=len(own)))
             manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, found, cache)))
             cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
+
     def make_delta(source: StorePath, target: StorePath) -> Delta | None:
         return _write_delta(cache, job, closure, found, source, target, delta_max_bytes)
 

@@ -71,6 +71,16 @@ def test_a_moved_pointer_names_a_delta_of_exactly_the_added_paths_signed_and_sto
         assert files[narinfo.url] == cache.get_bytes(nar_name(item))  # the same bytes the cache serves
 
 
+def test_the_push_summary_names_the_delta_it_wrote(cache: DirCache) -> None:
+    from topdeck.cli.push import summary
+
+    first = push(TOP.path, cache, SECRET, pointer="web", closure_of=closure_of, nar_source=nar_source)
+    second = push(TOP2.path, cache, SECRET, pointer="web", closure_of=closure_of, nar_source=nar_source)
+    assert "delta object" not in summary(first)
+    assert f"pointer web: published (serial 2); a delta object of {second.pointers[0].delta_bytes / 1024:.1f} KiB " \
+           "from its previous target" in summary(second)
+
+
 def test_no_delta_above_the_limit_or_with_deltas_off_and_the_pointer_still_moves(cache: DirCache) -> None:
     _push(cache, TOP.path)
     assert _push(cache, TOP2.path, delta_max_bytes=2000) == 0
