@@ -1,12 +1,17 @@
 """Benchmark: fetching at a distance from the cache (issue 24), on a lab of its own (a host of each kind on
 127.0.55.11 and up), the cache leg given a round trip by the WAN lab's relay (topdeck.lab.wan).
 
-For each round trip and host kind, the cold fetch of the ~1100-path closure and then its 1 % change, four ways:
+For each round trip and host kind, the cold fetch of the ~1100-path closure and then its 1 % change, four ways
+(and the change a fifth):
 - topdeck: core/remote/host.sh `deploy RUN dry-activate TARGET` (the fetch ahead: curl into a local folder, Nix
   substitutes from it with signatures required);
+- the delta (small change only): the same script through the signed pointer, on a host whose /run/current-system is
+  the base closure, so it fetches the push's delta object with one request (core/cache/delta.py);
 - Nix: the same script with `--fetch-parallel 0`, which is today's path (`nix-store -r` from the cache);
 - the curl floor: one `curl --parallel --parallel-max 64` on the host for the same narinfos and NARs, no Nix;
 - the physical floor: one round trip plus the bytes at the link's rate (the curl floor's rate at 0 ms).
+Beside them, B2 class B per host for the small change (the emulator's count over the host's fetch): the delta
+against the fetch ahead and Nix.
 
     .venv/bin/python -m bench distance          every round trip and kind (long: Nix 2.8 needs minutes at 200 ms)
     TOPDECK_BENCH_RTTS=0,100 TOPDECK_BENCH_KINDS=native,sid .venv/bin/python -m bench distance
@@ -25,6 +30,7 @@ from bench.fleetlab import own_lab
 from topdeck.core.cache.presence import nar_name
 from topdeck.core.cache.push import push
 from topdeck.core.nix import localnix
+from topdeck.core.nix.signing import ssh_public_key
 from topdeck.core.nix.store import parse_store_path
 from topdeck.lab.hosts import LabHost
 from topdeck.lab.lab import BUCKET, Lab
@@ -63,6 +69,8 @@ class Distance:
         listing = cache.listing()
         self.bytes = {case: sum(listing[nar_name(info)].size for info in infos) for case, infos in self.files.items()}
         self.key = lab.cache_public_key.read_text().strip()
+        self.signer = ssh_public_key(key.public_key())
+        self.class_b: dict[str, int] = {}
         self.link_rate = 0.0  # bytes per second, from the curl floor at 0 ms
         for name in names:
             lab.host(name).run(["sh", "-c", "cat > /run/bench-host.sh"], input=HOST_SCRIPT.read_bytes())
@@ -90,6 +98,30 @@ class Distance:
                 if way == "curl" and case == "cold":  # the next case needs the base closure in the store
                     self._fetch(host, "topdeck", case, target, url)
         self._forget(host)
+        log(f"distance: {rtt} ms, {name} ({kind}, Nix {nix}), small change, delta")
+        seconds["small change", "delta"] = self._delta(host, url)
+        self._forget(host)
+        figures = self._rows(kind, nix, rtt, seconds, held)
+        delta_b, ahead_b, nix_b = (self.class_b[way] for way in ("delta", "topdeck", "nix"))
+        figures.append(Figure(
+            f"class B per host, small change at {rtt} ms, {kind} (Nix {nix}): delta vs fetch ahead", delta_b, ahead_b,
+            "requests", "≤ 3", delta_b <= 3,
+            f"the delta's count includes the pointer's sidecar; Nix's own fetch: {nix_b}"))
+        return figures
+
+    def _delta(self, host: LabHost, url: str) -> float:
+        """The small change through the delta: the base closure fetched, the host made to run it, then the deploy
+        through the pointer (whose sidecar names the delta from the base)."""
+        self._fetch(host, "topdeck", "cold", self.built.base, url)
+        running = host.sh("readlink /run/current-system").strip()
+        host.sh(f"ln -sfn {shlex.quote(self.built.base)} /run/current-system; rm -rf /nix/var/nix/topdeck/pointers")
+        try:
+            return self._fetch(host, "delta", "small change", "-", url)
+        finally:
+            host.sh(f"ln -sfn {shlex.quote(running)} /run/current-system; rm -rf /nix/var/nix/topdeck/pointers")
+
+    def _rows(self, kind: str, nix: str, rtt: int, seconds: dict[tuple[str, str], float],
+              held: dict[str, int]) -> list[Figure]:
         figures = []
         for case in ("cold", "small change"):
             if rtt == 0 and case == "cold":
@@ -105,6 +137,14 @@ class Distance:
                 f"{self.bytes[case] / 1024 / 1024:.1f} MiB"
                 + (f"; the host held {held['topdeck']} / {held['nix']} / {held['curl']} of them before the cold fetch "
                    "(topdeck / Nix / curl: paths its own system shares)" if case == "cold" else "")))
+        delta = seconds["small change", "delta"]
+        physical = rtt / 1000 + (self.bytes["small change"] / self.link_rate if self.link_rate else 0.0)
+        curl = seconds["small change", "curl"]
+        figures.append(Figure(
+            f"small change at {rtt} ms, {kind} (Nix {nix}): topdeck's delta vs nix-store -r", delta,
+            seconds["small change", "nix"], "s", "≤ 2 round trips + bytes", delta <= physical + rtt / 1000,
+            f"fetch ahead {seconds['small change', 'topdeck']:.2f} s; curl floor {curl:.2f} s ({delta / curl:.2f}x); "
+            f"physical floor {physical:.2f} s ({delta / physical:.2f}x)"))
         return figures
 
     def _fetch(self, host: LabHost, way: str, case: str, target: str, url: str) -> float:
@@ -113,11 +153,17 @@ class Distance:
         run = f"bench-{secrets.token_hex(4)}"
         command = ["sh", "/run/bench-host.sh", "deploy", run, "dry-activate", target, "--cache", url,
                    "--key", self.key, "--confirm", "0", "--fetch-parallel", "0" if way == "nix" else str(PARALLEL)]
+        if way == "delta":
+            command += ["--pointer", "distance", "--sidecar", f"{url}/toplevels/distance.json", "--signer", self.signer]
+        before = self.lab.emulator_control("GET", "counters")["B"]
         started = time.perf_counter()
         result = host.run(command, check=False, timeout=1800)
         seconds = time.perf_counter() - started
+        if case == "small change":
+            self.class_b[way] = self.lab.emulator_control("GET", "counters")["B"] - before
         output = result.stdout.decode(errors="replace")
-        if result.returncode != 0 or "fetching ahead did not work" in output:
+        if result.returncode != 0 or "fetching ahead did not work" in output or "the delta did not work" in output \
+                or (way == "delta" and "fetching the delta from" not in output):
             raise RuntimeError(f"{way} fetch on {host.name} failed: {output[-600:]}")
         return seconds
 

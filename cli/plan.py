@@ -13,7 +13,7 @@ from topdeck.cli.output import EventPrinter, add_selector_option, open_fleet, sa
 from topdeck.core.keys import KeyPlan, grouped
 from topdeck.core.nix.diff import render_diff_closures
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
-from topdeck.core.planreport import GroupView, plan_view, reason
+from topdeck.core.planreport import GroupView, delta_line, plan_view, reason
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -86,6 +86,8 @@ def _render_group(group: GroupView) -> list[str]:
     fits = "" if group.fits else "  DOES NOT FIT"
     lines.append(f"  fetch: {group.fetch_paths} paths, {size(group.download_bytes)} download, "
                  f"{size(group.unpacked_bytes)} unpacked; {size(group.free_bytes)} free on /nix{fits}")
+    if delta_line(group):
+        lines.append(f"  {delta_line(group)}")
     return lines
 
 
@@ -118,6 +120,7 @@ def _host_json(host: HostPlan) -> dict[str, object]:
         unpacked_bytes=host.unpacked_bytes,
         fits=host.fits,
         b2_class_b=host.class_b,
+        delta_bytes=host.delta.size if host.delta is not None else 0,
         size_before=host.diff.size_before,
         size_after=host.diff.size_after,
         paths_added=len(host.diff.paths_added),

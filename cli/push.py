@@ -96,7 +96,9 @@ def summary(result: PushResult) -> str:
     ]
     for pointer in result.pointers:
         state = "published" if pointer.changed else "already named it"
-        lines.append(f"  pointer {pointer.name}: {state} (serial {pointer.serial}){_named(pointer, result)}")
+        delta = f"; a delta object of {size(pointer.delta_bytes)} from its previous target" if pointer.delta_bytes \
+            else ""
+        lines.append(f"  pointer {pointer.name}: {state} (serial {pointer.serial}){_named(pointer, result)}{delta}")
     return "\n".join(lines)
 
 
@@ -160,7 +162,8 @@ def _rollback(fleet: Fleet, args: argparse.Namespace) -> int:
 
 def _show(versions: list[PointerVersion], as_json: bool) -> None:
     if as_json:
-        say_json([to_json(v) for v in versions], indent=1)
+        say_json([{**to_json(v), "delta": v.delta.field if v.delta else None}  # type: ignore[dict-item]
+                  for v in versions], indent=1)
         return
     for version in versions:
         say(_version(version))
@@ -169,8 +172,9 @@ def _show(versions: list[PointerVersion], as_json: bool) -> None:
 def _version(version: PointerVersion) -> str:
     if not version.verified:
         return f"{'serial -':<12} {ago(version.uploaded_ms / 1000):<16} {version.problem}"
+    delta = f" (delta from {version.delta.source.name}, {size(version.delta.size)})" if version.delta else ""
     return (f"{f'serial {version.serial}':<12} {ago(version.uploaded_ms / 1000):<16} {version.path}"
-            f"{_expiry(version.expires)}")
+            f"{_expiry(version.expires)}{delta}")
 
 
 def _expiry(expires: int) -> str:

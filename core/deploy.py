@@ -96,6 +96,7 @@ class Settings:
     lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds
     parallel: int = 8  # hosts at once, within a wave
     waves: tuple[tuple[str, ...], ...] = ()  # the hosts by wave (plan_waves); none: all in one
+    fetch_parallel: int = 64  # transfers at once when a host fetches ahead; 0: Nix fetches by itself
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", mode_of(self.mode))
@@ -290,7 +291,7 @@ class _HostRunner:
                                  "--cache", s.cache_url, "--key", s.trusted_key.to_text(),
                                  "--confirm", math.ceil(s.confirm_timeout),
                                  "--on-failed-units", self.rules.on_failed_units.get(host.name, "rollback"),
-                                 "--lock-wait", math.ceil(s.lock_wait)]
+                                 "--lock-wait", math.ceil(s.lock_wait), "--fetch-parallel", s.fetch_parallel]
         if target.need_bytes:
             args += ["--need-kib", math.ceil(target.need_bytes / 1024)]
         if target.specialisation:

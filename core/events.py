@@ -46,6 +46,7 @@ class PublishedPointer:
     path: str
     serial: int
     changed: bool
+    delta_bytes: int = 0  # the delta object from the pointer's previous target this push wrote (0: none)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from topdeck.core import gc, hostexec, keys, operations, release, runs
 from topdeck.core import history as shared
-from topdeck.core.cache import pointers
+from topdeck.core.cache import delta, pointers
 from topdeck.core.cache.access import open_cache
 from topdeck.core.cache.interface import Cache, Entry
 from topdeck.core.cache.manifest import manifest_name
@@ -219,6 +219,9 @@ class Fleet:
 
     # --- build, push, release -----------------------------------------------------------------------
 
+    def _delta_max_bytes(self) -> int:
+        return delta.max_bytes(self.inventory.cache.delta_max_mib)
+
     def build(self, host: Host, emit: Emit = ignore, cancel: threading.Event | None = None) -> StorePath:
         return release.build_hosts([host], emit=emit, cancel=cancel)[host.name]
 
@@ -232,7 +235,8 @@ class Fleet:
         path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
         key = self.signing_key()
         result = push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                      verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+                      verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for,
+                      delta_max_bytes=self._delta_max_bytes())
         return self._recorded_push(result, emit)
 
     def check_buildable(self, hosts: Sequence[Host]) -> None:
@@ -244,7 +248,8 @@ class Fleet:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         key = self.signing_key()
         result = release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                                 verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for)
+                                 verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for,
+                                 delta_max_bytes=self._delta_max_bytes())
         return self._recorded_push(result, emit)
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------

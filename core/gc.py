@@ -7,8 +7,12 @@ come before its manifest). A closure is read from its manifest; a kept toplevel 
 followed narinfo by narinfo. Files gc does not know (nix-cache-info, the pointers, anything else) are never touched;
 the run history (`runs/`) is kept, or with `history_days` its records older than that are deleted last.
 
-Deleted, in this order: manifests, narinfos (a path's referrers before the path), NARs. So a kill at any moment
-leaves every remaining manifest with its narinfos, and every narinfo with its NAR and its references.
+A delta object (core/cache/delta.py) is kept while a pointer's current version names it and its source system is kept
+too (a pointer's earlier version or a host's system): then both ends of it are kept. Every other delta goes.
+
+Deleted, in this order: delta objects, manifests, narinfos (a path's referrers before the path), NARs. So a kill at
+any moment leaves every remaining manifest with its narinfos, every narinfo with its NAR and its references, and
+every delta with the closures it goes between.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from topdeck.core import history
 from topdeck.core.cache import pointers
 from topdeck.core.cache.access import open_deleting_cache
+from topdeck.core.cache.delta import FOLDER as DELTA_FOLDER
+from topdeck.core.cache.delta import Delta
 from topdeck.core.cache.interface import DeletingCache, Entry
 from topdeck.core.cache.manifest import manifest_name, parse_manifest
 from topdeck.core.cache.presence import NAR_FOLDER, nar_file, narinfo_name
@@ -213,9 +219,11 @@ class _Marker:
 
 
 def plan_gc(cache: DeletingCache, systems: Mapping[StorePath, Sequence[str]], versions: Sequence[Entry], *,
-            min_age: float = DEFAULT_MIN_AGE, now: float | None = None, history_days: float | None = None) -> GcPlan:
-    """What a gc would delete from `versions` (the cache's `all_versions`), keeping `systems`' closures and the run
-    history (only its records older than `history_days`, when given, go, after everything else)."""
+            min_age: float = DEFAULT_MIN_AGE, now: float | None = None, history_days: float | None = None,
+            deltas: Iterable[Delta] = ()) -> GcPlan:
+    """What a gc would delete from `versions` (the cache's `all_versions`), keeping `systems`' closures, the
+    `deltas` the pointers name whose both ends are kept, and the run history (only its records older than
+    `history_days`, when given, go, after everything else)."""
     now_ms = int((time.time() if now is None else now) * 1000)
     latest = _latest(versions)
     marker = _Marker(cache, latest)
@@ -226,7 +234,7 @@ def plan_gc(cache: DeletingCache, systems: Mapping[StorePath, Sequence[str]], ve
             marker.manifest(name)
     marker.follow(name.removesuffix(".narinfo") for name in sorted(young) if _is_narinfo(name))
     marker.resolve_nars()
-    keep = marker.kept_names() | young
+    keep = marker.kept_names() | young | {d.name for d in deltas if d.source in systems and d.target in systems}
     doomed = {name for name in latest if _collectable(name) and name not in keep}
     for name in sorted(doomed):
         if _is_manifest(name):
@@ -265,11 +273,11 @@ def _is_narinfo(name: str) -> bool:
 
 
 def _collectable(name: str) -> bool:
-    return _is_manifest(name) or _is_narinfo(name) or name.startswith(NAR_FOLDER)
+    return _is_manifest(name) or _is_narinfo(name) or name.startswith((NAR_FOLDER, DELTA_FOLDER))
 
 
 def _deletion_order(doomed: set[str], references: Mapping[str, tuple[str, ...]]) -> list[str]:
-    """Manifests, then narinfos with every referrer before what it refers to, then NARs."""
+    """Deltas, manifests, then narinfos with every referrer before what it refers to, then NARs."""
     infos = {name.removesuffix(".narinfo"): name for name in doomed if _is_narinfo(name)}
     refs: dict[str, list[str]] = defaultdict(list)
     for path, targets in references.items():
@@ -296,7 +304,8 @@ def _deletion_order(doomed: set[str], references: Mapping[str, tuple[str, ...]])
             visit(hash_part)
     manifests = sorted(name for name in doomed if _is_manifest(name))
     nars = sorted(name for name in doomed if name.startswith(NAR_FOLDER))
-    return manifests + [infos[h] for h in reversed(after_references)] + nars
+    deltas = sorted(name for name in doomed if name.startswith(DELTA_FOLDER))
+    return deltas + manifests + [infos[h] for h in reversed(after_references)] + nars
 
 
 # --- deleting ---------------------------------------------------------------------------------------
@@ -362,7 +371,9 @@ def gc_fleet(inventory: Inventory, request: GcRequest, *, confirm: Callable[[GcP
     keys = [trusted_key(inventory)]
     for path, reasons in pointer_systems(versions, keep, keys).items():
         systems.setdefault(path, []).extend(reasons)
-    plan = plan_gc(cache, systems, versions, min_age=request.min_age, now=clock(), history_days=request.history_days)
+    deltas = [v.delta for v in pointers.current(_latest(versions), keys).values() if v.delta is not None]
+    plan = plan_gc(cache, systems, versions, min_age=request.min_age, now=clock(), history_days=request.history_days,
+                   deltas=deltas)
     _check_current_pointers(plan, versions, keys)
     go = not request.dry_run and bool(plan.deletions) and confirm(plan)
     deleted, freed = collect(cache, plan, emit=emit, cancel=cancel) if go else (0, 0)

@@ -116,6 +116,7 @@ class CacheConfig:
     public_key_file: Path | None = None
     download_url: str = ""  # B2: the cache's root as hosts fetch it (a CDN or own domain); "" for B2's own URL
     gc_credentials_file: Path | None = None  # the key `topdeck gc` deletes with (never the deploy key)
+    delta_max_mib: int = 64  # a push writes a delta object for a moved pointer while it is at most this (0: never)
 
 
 # Asked for a key file's passphrase (the file's path); raises Cancelled when the operator gives none.
@@ -143,6 +144,7 @@ class DeployConfig:
     reboot_timeout: float = 300.0  # how long a rebooted host may take to come back, confirmation included
     pointer_valid_for: int = 0  # seconds a published pointer stays valid (hosts refuse it after); 0: no end
     lock_wait: float = 180.0  # how long a switch may wait for the switch lock another process holds, then stopped
+    fetch_parallel: int = 64  # transfers at once when a host fetches ahead (core/remote/host.sh); 0: Nix fetches
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,7 @@ def _copied_with(secret: Path, folder: Path, whole: bool) -> bool:
 def _cache_config(section: _Section, root: Path) -> CacheConfig:
     section.allow_only(
         "type", "bucket", "prefix", "realm", "credentials_file", "path", "url",
-        "signing_key", "public_key", "public_key_file", "download_url", "gc_credentials_file",
+        "signing_key", "public_key", "public_key_file", "download_url", "gc_credentials_file", "delta_max_mib",
     )
     kind = section.get("type", str, default="b2", check=_one_of("b2", "dir"))
     if kind == "b2":
@@ -364,7 +366,12 @@ def _cache_config(section: _Section, root: Path) -> CacheConfig:
         public_key_file=section.path("public_key_file", root),
         download_url=section.get("download_url", str, default="", check=_valid_download_url).rstrip("/"),
         gc_credentials_file=section.path("gc_credentials_file", root),
+        delta_max_mib=section.get("delta_max_mib", int, default=64, check=_valid_delta_max),
     )
+
+
+def _valid_delta_max(value: int) -> str | None:
+    return None if 0 <= value <= 4096 else "must be from 0 (no delta objects) to 4096 (MiB)"
 
 
 def _ssh_config(section: _Section, root: Path) -> SSHConfig:
@@ -393,7 +400,7 @@ def _ssh_client_config(section: _Section, root: Path) -> Path | None:
 
 def _deploy_config(section: _Section) -> DeployConfig:
     section.allow_only("parallel", "confirm_timeout", "on_failed_units", "reboot_timeout", "pointer_valid_for",
-                       "lock_wait")
+                       "lock_wait", "fetch_parallel")
     return DeployConfig(
         parallel=section.get("parallel", int, default=8, check=_positive),
         confirm_timeout=float(section.get("confirm_timeout", (int, float), default=30.0, check=_positive)),
@@ -402,7 +409,12 @@ def _deploy_config(section: _Section) -> DeployConfig:
         reboot_timeout=float(section.get("reboot_timeout", (int, float), default=300.0, check=_positive)),
         pointer_valid_for=_valid_for(section),
         lock_wait=float(section.get("lock_wait", (int, float), default=180.0, check=_positive)),
+        fetch_parallel=section.get("fetch_parallel", int, default=64, check=_valid_fetch_parallel),
     )
+
+
+def _valid_fetch_parallel(value: int) -> str | None:
+    return None if 0 <= value <= 999 else "must be from 0 (Nix fetches by itself) to 999 transfers at once"
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -21,7 +21,7 @@ from topdeck.core.keys import KeyContent
 from topdeck.core.nix.diff import ClosureDiff, diff_closures
 from topdeck.core.nix.signing import PublicKey, load_public_key, load_secret_key, parse_public_key
 from topdeck.core.nix.store import StorePath, parse_store_path
-from topdeck.core.plan import HostPlan, Plan, load_manifests, plan, targets_from_pointers
+from topdeck.core.plan import HostPlan, Plan, deltas_from_pointers, load_manifests, plan, targets_from_pointers
 from topdeck.core.remote import hostverbs
 from topdeck.core.remote.hostpool import each_host, values
 from topdeck.core.remote.hostverbs import StatusReport
@@ -66,9 +66,10 @@ def plan_fleet(inventory: Inventory, selectors: list[str] | tuple[str, ...], tar
     else:
         listing = cache.listing()
         targets = targets_from_pointers(hosts, listing, [trusted_key(inventory)], clock(), through or None)
+    deltas = deltas_from_pointers(hosts, listing, [trusted_key(inventory)], through or None) if listing else {}
     manifests = load_manifests({t for t in targets.values() if isinstance(t, StorePath)}, cache)
     result = plan(hosts, targets, manifests, inventory.ssh, parallel=inventory.deploy.parallel, emit=emit,
-                  cancel=cancel)
+                  cancel=cancel, deltas=deltas)
     return FleetPlan(hosts, targets, manifests, result, from_pointers=not target or bool(through), listing=listing,
                      fetch_url=cache.substituter_url, pointer=through, keys=key_plans)
 
@@ -121,6 +122,7 @@ def deploy_fleet(inventory: Inventory, fleet_plan: FleetPlan, request: DeployReq
     settings = Settings(mode, cache.substituter_url, trusted_key(inventory), inventory.deploy.confirm_timeout,
                         new_run_id(clock), reboot=request.reboot, reboot_timeout=inventory.deploy.reboot_timeout,
                         lock_wait=inventory.deploy.lock_wait, parallel=inventory.deploy.parallel,
+                        fetch_parallel=inventory.deploy.fetch_parallel,
                         waves=plan_waves(tuple(h.name for h in hosts), request.canary, request.wave))
     result = deploy(hosts, targets, settings, inventory.ssh, _rules(inventory, hosts, contents), emit=emit,
                     cancel=cancel, clock=clock)

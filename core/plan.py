@@ -15,6 +15,7 @@ from importlib import resources
 from humanize import naturalsize
 
 from topdeck.core.cache import pointers
+from topdeck.core.cache.delta import Delta, takes_delta
 from topdeck.core.cache.interface import Cache, Entry
 from topdeck.core.cache.manifest import Manifest, manifest_name, parse_manifest
 from topdeck.core.errors import (
@@ -64,6 +65,7 @@ class HostPlan:
     download_bytes: int = 0
     unpacked_bytes: int = 0
     fits: bool = True
+    delta: Delta | None = None  # the delta object the host fetches instead of path by path (core/cache/delta.py)
 
     @property
     def planned(self) -> bool:
@@ -71,8 +73,8 @@ class HostPlan:
 
     @property
     def class_b(self) -> int:
-        """B2 class B transactions the host's pull costs: a narinfo and a NAR per path fetched."""
-        return 2 * self.fetch_paths
+        """B2 class B transactions the host's pull costs: the delta, or a narinfo and a NAR per path fetched."""
+        return 1 if self.delta is not None else 2 * self.fetch_paths
 
     @property
     def space_note(self) -> str:
@@ -137,6 +139,18 @@ def targets_from_pointers(hosts: tuple[Host, ...], listing: Mapping[str, Entry],
     return targets
 
 
+def deltas_from_pointers(hosts: tuple[Host, ...], listing: Mapping[str, Entry], keys: Iterable[PublicKey],
+                         pointer: str | None = None) -> dict[str, Delta]:
+    """The verified delta of the pointer each host follows (or `pointer`), for the hosts whose pointer names one."""
+    current = pointers.current(listing, keys)
+    deltas = {}
+    for host in hosts:
+        version = current.get(pointer or host.pointer)
+        if version is not None and version.delta is not None:
+            deltas[host.name] = version.delta
+    return deltas
+
+
 def load_manifests(targets: set[StorePath], cache: Cache) -> dict[StorePath, Manifest]:
     """One download per distinct target."""
     manifests = {}
@@ -151,14 +165,15 @@ def load_manifests(targets: set[StorePath], cache: Cache) -> dict[StorePath, Man
 
 def plan(hosts: tuple[Host, ...], targets: Mapping[str, StorePath | str], manifests: Mapping[StorePath, Manifest],
          ssh: SSHConfig, *, connect: Connect = connect, parallel: int = 8, emit: Emit = ignore,
-         cancel: threading.Event | None = None) -> Plan:
-    """Probe every host (in parallel, one round trip each) and work out its plan."""
+         cancel: threading.Event | None = None, deltas: Mapping[str, Delta] | None = None) -> Plan:
+    """Probe every host (in parallel, one round trip each) and work out its plan; `deltas`: the delta object each
+    host's pointer names, if any."""
 
     def one(host: Host) -> HostPlan:
         target = targets[host.name]
         if isinstance(target, str):
             return HostPlan(host.name, PlanStatus.ERROR, target)
-        return plan_host(host, target, manifests[target], ssh, connect)
+        return plan_host(host, target, manifests[target], ssh, connect, (deltas or {}).get(host.name))
 
     def done(host: Host, count: int) -> None:
         emit(Progress(phase=Step.PLAN, paths_done=count, paths_total=len(hosts), host=host.name))
@@ -168,9 +183,10 @@ def plan(hosts: tuple[Host, ...], targets: Mapping[str, StorePath | str], manife
     return Plan(host_plans, group(host_plans))
 
 
-def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig, connect: Connect) -> HostPlan:
+def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig, connect: Connect,
+              delta: Delta | None = None) -> HostPlan:
     try:
-        return host_plan(host.name, target, manifest, probe(host, manifest, ssh, connect))
+        return host_plan(host.name, target, manifest, probe(host, manifest, ssh, connect), delta)
     except HostKeyError as error:
         return HostPlan(host.name, PlanStatus.HOST_KEY, str(error), target)
     except SSHError as error:
@@ -181,8 +197,9 @@ def plan_host(host: Host, target: StorePath, manifest: Manifest, ssh: SSHConfig,
         return HostPlan(host.name, PlanStatus.ERROR, str(internal_error(host.name, error)), target)
 
 
-def host_plan(name: str, target: StorePath, manifest: Manifest, state: ProbeState) -> HostPlan:
-    """The plan for one host from what its probe read (pure: no I/O)."""
+def host_plan(name: str, target: StorePath, manifest: Manifest, state: ProbeState,
+              delta: Delta | None = None) -> HostPlan:
+    """The plan for one host from what its probe read (pure: no I/O); it takes `delta` when it runs its source."""
     fetch = [p for p in manifest.paths if p.path in state.missing]
     unpacked = sum(p.nar_size for p in fetch)
     target_closure = {p.path: p.nar_size for p in manifest.paths}
@@ -196,6 +213,7 @@ def host_plan(name: str, target: StorePath, manifest: Manifest, state: ProbeStat
         download_bytes=sum(p.file_size for p in fetch),
         unpacked_bytes=unpacked,
         fits=unpacked <= state.free_bytes,
+        delta=delta if fetch and takes_delta(state.current, target, delta) else None,
     )
 
 
@@ -204,7 +222,8 @@ def group(host_plans: tuple[HostPlan, ...]) -> tuple[PlanGroup, ...]:
     groups: dict[object, list[HostPlan]] = {}
     for host in host_plans:
         if host.planned and host.diff is not None and host.state is not None:
-            key = (host.state.current, host.target, signature(host.diff), host.fetch_paths, host.download_bytes)
+            key = (host.state.current, host.target, signature(host.diff), host.fetch_paths, host.download_bytes,
+                   host.delta)
             groups.setdefault(key, []).append(host)
     return tuple(PlanGroup(tuple(h.host for h in members), members[0]) for members in groups.values())
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from humanize import naturalsize
+
 from topdeck.core.nix.diff import ClosureDiff, PackageChange
 from topdeck.core.nix.store import StorePath
 from topdeck.core.plan import B2_FREE_CLASS_B_PER_DAY, HostPlan, Plan
@@ -43,6 +45,7 @@ class GroupView:
     unpacked_bytes: int
     free_bytes: int
     fits: bool
+    delta_bytes: int = 0  # the hosts fetch one delta object of this size instead of path by path (0: no delta)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,15 @@ def group_view(hosts: tuple[str, ...], host: HostPlan) -> GroupView:
     closure = Closure(before, before + len(diff.paths_added) - len(diff.paths_removed), diff.size_before,
                       diff.size_after)
     return GroupView(hosts, host.state.current, host.target, host.status == PlanStatus.UP_TO_DATE, diff, closure,
-                     host.fetch_paths, host.download_bytes, host.unpacked_bytes, host.state.free_bytes, host.fits)
+                     host.fetch_paths, host.download_bytes, host.unpacked_bytes, host.state.free_bytes, host.fits,
+                     host.delta.size if host.delta is not None else 0)
+
+
+def delta_line(group: GroupView) -> str:
+    """The line both front ends show for hosts that take the delta object ("" for hosts that fetch path by path)."""
+    if not group.delta_bytes:
+        return ""
+    return f"fetched through the delta object: one request of {naturalsize(group.delta_bytes, binary=True)}"
 
 
 def reason(host: HostPlan) -> str:

@@ -90,6 +90,7 @@ class FakeBackend:
         self.calls: list[tuple[Any, ...]] = []
         self.accepted: list[str] = []
         self.refused: dict[str, str] = {}  # pointer name -> why hosts refuse its sidecar (read_pointer raises)
+        self.deltas: dict[str, Any] = {}  # host name -> the delta object its pointer names (core.delta.Delta)
 
     # --- fleet ---
     def statuses(self) -> tuple[HostStatus, ...]:
@@ -167,7 +168,7 @@ class FakeBackend:
             manifest = Manifest(target, tuple(ManifestPath(p, s, s // 3, ()) for p, s in sorted(after.items())))
             missing = frozenset(p for p in after if p not in before)
             state = ProbeState(toplevel(before), toplevel(before), 4, 12 * GiB, missing, before)
-            plans.append(host_plan(name, target, manifest, state))
+            plans.append(host_plan(name, target, manifest, state, self.deltas.get(name)))
             targets[name] = target
         host_plans = tuple(plans)
         return FleetPlan(tuple(self.inventory.host(n) for n in hosts), targets, {}, Plan(host_plans, group(host_plans)),

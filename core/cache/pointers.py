@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from topdeck.core import strict
+from topdeck.core.cache import delta as delta_module
+from topdeck.core.cache.delta import Delta
 from topdeck.core.cache.interface import NO_CACHING, Cache, Entry
-from topdeck.core.errors import CacheMissing, PointerError, PointerRace, StorePathError
+from topdeck.core.errors import CacheError, CacheMissing, PointerError, PointerRace, StorePathError
 from topdeck.core.inventory import is_safe_name
 from topdeck.core.nix.signing import PublicKey, SecretKey, sign, ssh_signature, verify
 from topdeck.core.nix.store import StorePath, parse_store_path
@@ -32,6 +34,7 @@ FINGERPRINT_V2 = "topdeck-pointer-2"  # name;path;serial;time;expires
 SSH_NAMESPACE = "topdeck-pointer"
 INFO_PATH, INFO_SERIAL, INFO_TIME, INFO_EXPIRES, INFO_SIG = (
     "topdeck-path", "topdeck-serial", "topdeck-time", "topdeck-expires", "topdeck-sig")
+INFO_DELTA, INFO_DELTA_SIG = "topdeck-delta", "topdeck-delta-sig"
 OLDER_TOPDECK = "unverified: published without a signature in its file info (older topdeck)"
 FORGED_INFO = ("unverified: its file info's signature does not verify with the trusted key (written by someone "
                "without the signing key, or copied from another pointer)")
@@ -46,6 +49,11 @@ class Pointer:
     sig: str = ""
     sshsig: str = ""  # the same fingerprint as an SSH signature, which hosts check with `ssh-keygen -Y verify`
     expires: int | None = 0  # when it stops being valid, 0 never; None: a v1 sidecar, signed before expiry existed
+    # the delta object from the previous target (core/cache/delta.py), signed on its own (delta_module.fingerprint) so
+    # that hosts that know nothing of deltas still verify the pointer as before
+    delta: Delta | None = None
+    delta_sig: str = ""
+    delta_sshsig: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class PointerVersion:
     time: int = 0  # when it was signed (seconds since the epoch)
     expires: int = 0  # when it stops being valid, 0 never
     problem: str = ""
+    delta: Delta | None = None  # only when its own signature verifies too
 
     @property
     def verified(self) -> bool:
@@ -101,7 +110,24 @@ def fingerprint(pointer: Pointer) -> str:
 
 def signed(pointer: Pointer, key: SecretKey) -> Pointer:
     text = fingerprint(pointer)
-    return dataclasses.replace(pointer, sig=sign(key, text), sshsig=ssh_signature(key, text, SSH_NAMESPACE))
+    pointer = dataclasses.replace(pointer, sig=sign(key, text), sshsig=ssh_signature(key, text, SSH_NAMESPACE))
+    if pointer.delta is None:
+        return pointer
+    text = delta_fingerprint(pointer)
+    return dataclasses.replace(pointer, delta_sig=sign(key, text),
+                               delta_sshsig=ssh_signature(key, text, SSH_NAMESPACE))
+
+
+def delta_fingerprint(pointer: Pointer) -> str:
+    assert pointer.delta is not None
+    return delta_module.fingerprint(pointer.name, pointer.path, pointer.serial, pointer.delta)
+
+
+def verified_delta(pointer: Pointer, keys: Iterable[PublicKey]) -> Delta | None:
+    """The pointer's delta when its signature verifies (else None: the hosts fetch path by path)."""
+    if pointer.delta is None or not verify(keys, delta_fingerprint(pointer), pointer.delta_sig):
+        return None
+    return pointer.delta
 
 
 def render_sidecar(pointer: Pointer) -> bytes:
@@ -111,6 +137,8 @@ def render_sidecar(pointer: Pointer) -> bytes:
     if pointer.expires is not None:
         fields["expires"] = pointer.expires
     fields.update(sig=pointer.sig, sshsig=pointer.sshsig)
+    if pointer.delta is not None:
+        fields.update(delta=pointer.delta.field, delta_sig=pointer.delta_sig, delta_sshsig=pointer.delta_sshsig)
     return (json.dumps(fields, indent=1) + "\n").encode()
 
 
@@ -129,10 +157,21 @@ def parse_sidecar(data: bytes, source: str) -> Pointer:
         if not (isinstance(sig, str) and isinstance(sshsig, str)):
             raise TypeError("sig and sshsig must be strings")
         expires = _bounded(fields["expires"], "expires") if "expires" in fields else None
-        return Pointer(check_name(fields["name"]), parse_store_path(fields["path"]),
-                       _bounded(fields["serial"], "serial"), _bounded(fields["time"], "time"), sig, sshsig, expires)
-    except (ValueError, KeyError, TypeError, StorePathError, PointerError) as error:
+        path = parse_store_path(fields["path"])
+        delta, delta_sig, delta_sshsig = _sidecar_delta(fields, path)
+        return Pointer(check_name(fields["name"]), path, _bounded(fields["serial"], "serial"),
+                       _bounded(fields["time"], "time"), sig, sshsig, expires, delta, delta_sig, delta_sshsig)
+    except (ValueError, KeyError, TypeError, StorePathError, PointerError, CacheError) as error:
         raise PointerError(f"{source}: not a valid pointer sidecar ({error})") from None
+
+
+def _sidecar_delta(fields: Mapping[str, Any], path: StorePath) -> tuple[Delta | None, str, str]:
+    if "delta" not in fields:
+        return None, "", ""
+    values = [fields["delta"], fields.get("delta_sig", ""), fields.get("delta_sshsig", "")]
+    if not all(isinstance(value, str) for value in values):
+        raise TypeError("delta, delta_sig and delta_sshsig must be strings")
+    return delta_module.parse_field(values[0], path), values[1], values[2]
 
 
 def parse_text(data: bytes, source: str) -> StorePath:
@@ -164,8 +203,11 @@ def verify_pointer(pointer: Pointer, keys: Iterable[PublicKey], newer_than: int 
 def info_of(pointer: Pointer) -> dict[str, str]:
     """The .txt's file info: the signed fields and the Nix-format signature (B2 allows 10 keys of small values;
     the longer SSH signature stays in the sidecar)."""
-    return {INFO_PATH: str(pointer.path), INFO_SERIAL: str(pointer.serial), INFO_TIME: str(pointer.time),
+    info = {INFO_PATH: str(pointer.path), INFO_SERIAL: str(pointer.serial), INFO_TIME: str(pointer.time),
             INFO_EXPIRES: str(pointer.expires or 0), INFO_SIG: pointer.sig}
+    if pointer.delta is not None:
+        info.update({INFO_DELTA: pointer.delta.field, INFO_DELTA_SIG: pointer.delta_sig})
+    return info
 
 
 def _from_info(name: str, info: Mapping[str, str]) -> Pointer:
@@ -180,12 +222,19 @@ def _from_info(name: str, info: Mapping[str, str]) -> Pointer:
         path = parse_store_path(info.get(INFO_PATH, ""))
     except StorePathError:
         raise PointerError("unverified: its file info's path is not a store path") from None
+    delta = None
+    if INFO_DELTA in info:
+        try:
+            delta = delta_module.parse_field(info[INFO_DELTA], path)
+        except CacheError:
+            delta = None  # an unreadable delta is no delta: the hosts fetch path by path
     return Pointer(name, path, numbers[INFO_SERIAL] or 0, numbers[INFO_TIME] or 0, info[INFO_SIG],
-                   expires=numbers.get(INFO_EXPIRES))
+                   expires=numbers.get(INFO_EXPIRES), delta=delta, delta_sig=info.get(INFO_DELTA_SIG, ""))
 
 
 def version_of(entry: Entry, name: str, keys: Iterable[PublicKey]) -> PointerVersion:
     """One version of pointer `name`: verified, or carried with its problem (never with an unverified path)."""
+    keys = list(keys)
     info = {key.lower(): value for key, value in entry.info.items()}
     try:
         pointer = _from_info(name, info)
@@ -193,7 +242,8 @@ def version_of(entry: Entry, name: str, keys: Iterable[PublicKey]) -> PointerVer
         return PointerVersion("", 0, entry.uploaded_ms, problem=str(error))
     if not verify(keys, fingerprint(pointer), pointer.sig):
         return PointerVersion("", 0, entry.uploaded_ms, problem=FORGED_INFO)
-    return PointerVersion(str(pointer.path), pointer.serial, entry.uploaded_ms, pointer.time, pointer.expires or 0)
+    return PointerVersion(str(pointer.path), pointer.serial, entry.uploaded_ms, pointer.time, pointer.expires or 0,
+                          delta=verified_delta(pointer, keys))
 
 
 def pointer_name(file_name: str) -> str | None:
@@ -248,9 +298,10 @@ RACE_PAUSE = 0.25  # seconds, times a random factor and the try's number, before
 
 
 def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: Callable[[], float] = time.time,
-            valid_for: int = 0, pause: Callable[[float], None] = time.sleep) -> Pointer:
+            valid_for: int = 0, pause: Callable[[float], None] = time.sleep, delta: Delta | None = None) -> Pointer:
     """Publish `path` under `name` as a new version, its serial one above the highest verified one in the pointer's
-    history, valid for `valid_for` seconds (0: no end): the signed sidecar first, then the .txt.
+    history, valid for `valid_for` seconds (0: no end), naming `delta` (already stored) when given: the signed
+    sidecar first, then the .txt.
 
     B2 has no conditional write, so the sidecar's versions are the claim of a serial: after uploading its sidecar a
     publish reads the sidecar's versions back, and writes the .txt (the history) only when no other system claimed
@@ -264,7 +315,8 @@ def publish(cache: Cache, name: str, path: StorePath, key: SecretKey, *, clock: 
     for attempt in range(1, RACE_TRIES + 1):
         serial = max(floor, next_serial(history(cache, check_name(name), keys)))
         now = int(clock())
-        pointer = signed(Pointer(name, path, serial, now, expires=now + valid_for if valid_for else 0), key)
+        pointer = signed(Pointer(name, path, serial, now, expires=now + valid_for if valid_for else 0, delta=delta),
+                         key)
         cache.put_bytes(sidecar_name(name), render_sidecar(pointer), content_type="application/json",
                         cache_control=NO_CACHING, info=info_of(pointer))
         rival = claimed_meanwhile(sidecar_history(cache, name, keys), pointer)

@@ -31,10 +31,11 @@ NAR_FOLDER = "nar/"
 class Presence:
     """`names`: files known to be stored (pointers, manifests, narinfos, NARs, nix-cache-info), as a listing would
     name them (the sizes of narinfos and manifests known only from a manifest are 0); `file_sizes`: FileSize by
-    path, from the manifests read."""
+    path, from the manifests read; `manifests`: those manifests, by toplevel (a delta needs its source's)."""
 
     names: dict[str, Entry] = field(default_factory=dict)
     file_sizes: dict[StorePath, int] = field(default_factory=dict)
+    manifests: dict[StorePath, Manifest] = field(default_factory=dict)
 
 
 def narinfo_name(path: StorePath) -> str:
@@ -95,6 +96,7 @@ def _vouch(found: Presence, unknown: dict[StorePath, PathInfo], name: str, manif
     if manifest is None:
         return
     found.names[name] = Entry(name, 0)
+    found.manifests[manifest.toplevel] = manifest
     for item in manifest.paths:
         found.names[narinfo_name(item.path)] = Entry(narinfo_name(item.path), 0)
         found.file_sizes[item.path] = item.file_size

@@ -8,13 +8,15 @@ Order, so that a reader never sees a narinfo without its NAR or a pointer to an 
 3. each path's signed narinfo, once its NAR is stored and the narinfos of all its references exist
    (so every narinfo in the cache has its whole closure behind it);
 4. `nix-cache-info` if absent, the closure manifest (of each toplevel, when several are pushed as one);
-5. last, the pointers.
+5. for each pointer that moves, while it is small, the delta object from its previous target (core/cache/delta.py);
+6. last, the pointers (each naming its delta).
 NARs are named by their NarHash, so a NAR left without its narinfo by an interrupted push is found by name;
 its FileHash is recomputed locally (zstd is deterministic) instead of uploading it again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -29,17 +31,19 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import zstandard
 
+from topdeck.core.cache import delta as delta_module
 from topdeck.core.cache import pointers as pointers_module
+from topdeck.core.cache.delta import Delta
 from topdeck.core.cache.interface import NAR_TYPE, NARINFO_TYPE, Cache, Entry, NameLookup
-from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, render_manifest
+from topdeck.core.cache.manifest import Manifest, ManifestPath, manifest_name, parse_manifest, render_manifest
 from topdeck.core.cache.presence import NAR_FOLDER, Presence, nar_name, narinfo_name, presence
-from topdeck.core.errors import Cancelled, TopdeckError, TransientCacheError
+from topdeck.core.errors import CacheError, CacheMissing, Cancelled, TopdeckError, TransientCacheError
 from topdeck.core.events import Emit, Progress, PublishedPointer, PushResult, ignore
 from topdeck.core.nix import localnix
 from topdeck.core.nix.localnix import PathInfo
 from topdeck.core.nix.narinfo import Narinfo, parse_narinfo, render_narinfo
 from topdeck.core.nix.signing import SecretKey, sign_narinfo
-from topdeck.core.nix.store import StorePath
+from topdeck.core.nix.store import StorePath, parse_store_path
 from topdeck.core.vocabulary import Step
 
 ZSTD_LEVEL = 3
@@ -49,6 +53,7 @@ TICK = 0.2
 STREAM_ATTEMPTS = 3  # a streamed (large) NAR that fails on a transient error is dumped and sent again
 STREAM_BACKOFF = 1.0
 CACHE_INFO = b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+DELTA_TYPE = "application/x-tar"
 
 NarSource = Callable[[StorePath], AbstractContextManager[BinaryIO]]
 _NAR_PADDING = bytes(8)
@@ -223,14 +228,25 @@ class _Push:
         return (self.nar_source or localnix.nar_stream)(info.path)
 
     def _publish_narinfo(self, path: StorePath) -> None:
-        info, stored = self.closure[path], self.stored[path]
+        self.cache.put_bytes(narinfo_name(path), self._narinfo(path, self.stored[path]), content_type=NARINFO_TYPE)
+
+    def _narinfo(self, path: StorePath, stored: Stored) -> bytes:
+        info = self.closure[path]
         narinfo = Narinfo(
             store_path=path, url=nar_name(info), compression="zstd", file_hash=stored.file_hash,
             file_size=stored.file_size, nar_hash=info.nar_hash, nar_size=info.nar_size,
             references=info.references, deriver=info.deriver, ca=info.ca,
         )
-        signed = sign_narinfo(narinfo, self.key)
-        self.cache.put_bytes(narinfo_name(path), render_narinfo(signed).encode(), content_type=NARINFO_TYPE)
+        return render_narinfo(sign_narinfo(narinfo, self.key)).encode()
+
+    def delta_member(self, info: PathInfo) -> delta_module.Member:
+        """A path as a delta carries it: its signed narinfo and its compressed NAR (compressed again here: zstd is
+        deterministic, so these are the bytes the cache holds under the same name)."""
+        with self._nar(info) as nar:
+            stream = _Compressed(nar, lambda _: None, self.cancel)
+            data = stream.read_all()
+        return delta_module.Member(narinfo_name(info.path), self._narinfo(info.path, stream.stored()),
+                                   nar_name(info), data)
 
     def _count(self, nbytes: int) -> None:
         with self.lock:
@@ -262,14 +278,15 @@ def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | No
          closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
          nar_source: NarSource | None = None, emit: Emit = ignore,
          cancel: threading.Event | None = None, jobs: int = 8,
-         clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0) -> PushResult:
+         clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0,
+         delta_max_bytes: int = delta_module.max_bytes(delta_module.DEFAULT_MAX_MIB)) -> PushResult:
     """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it.
 
     NARs come from `nar_source`; by default small ones are serialized in this process (checked against their
     NarHash) and the others come from `nix-store --dump`. `verify`: see push_all."""
     return push_all([toplevel], cache, key, pointers={pointer: toplevel} if pointer is not None else {},
                     closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel, jobs=jobs, clock=clock,
-                    verify=verify, pointer_valid_for=pointer_valid_for)
+                    verify=verify, pointer_valid_for=pointer_valid_for, delta_max_bytes=delta_max_bytes)
 
 
 def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
@@ -277,12 +294,14 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
              closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
              nar_source: NarSource | None = None, emit: Emit = ignore,
              cancel: threading.Event | None = None, jobs: int = 8,
-             clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0) -> PushResult:
-    """Push several toplevels as one: what the cache holds (core.cache.presence), the NARs and narinfos of the union of
+             clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0,
+             delta_max_bytes: int = delta_module.max_bytes(delta_module.DEFAULT_MAX_MIB)) -> PushResult:
+    """Push several toplevels as one: what the cache holds (core.presence), the NARs and narinfos of the union of
     their closures, then each toplevel's manifest, and last the pointers (name -> toplevel, each one of
     `toplevels`). `verify` takes no manifest's word: every path is checked against one listing of the cache, and
     what is missing is uploaded (the repair for a cache whose narinfos something other than topdeck deleted).
-    Pointers are published valid for `pointer_valid_for` seconds (0: no end)."""
+    Pointers are published valid for `pointer_valid_for` seconds (0: no end); a pointer that moves names a delta
+    object from its previous target when that is at most `delta_max_bytes` (0: no deltas)."""
     toplevels = list(dict.fromkeys(toplevels))
     wanted = dict(pointers or {})
     for name, target in wanted.items():
@@ -304,7 +323,11 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
             emit(Progress(phase=Step.MANIFEST, paths_done=len(own), paths_total=len(own)))
             manifest = Manifest(toplevel, tuple(_manifest_paths(own, job.stored, found, cache)))
             cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
-    published = [_publish_pointer(cache, name, target, key, listing, clock, pointer_valid_for)
+
+    def make_delta(source: StorePath, target: StorePath) -> Delta | None:
+        return _write_delta(cache, job, closure, found, source, target, delta_max_bytes)
+
+    published = [_publish_pointer(cache, name, target, key, listing, clock, pointer_valid_for, make_delta)
                  for name, target in wanted.items()]
     skipped = [info for info in closure if info.path not in job.uploaded]
     uploaded = [info for info in closure if info.path in job.uploaded]
@@ -437,8 +460,37 @@ def _nar_node(chunks: _Chunks, path: bytes, limit: int) -> None:
     _nar_string(chunks, b")")
 
 
+def _write_delta(cache: Cache, job: _Push, closure: list[PathInfo], found: Presence, source: StorePath,
+                 target: StorePath, limit: int) -> Delta | None:
+    """Store the delta object from `source` to `target` and describe it; None when deltas are off, `source`'s
+    manifest (read by the presence check, else downloaded here) is not in the cache, or the delta would be larger
+    than `limit` bytes (told before compressing anything, from the sizes the push knows, when it can)."""
+    if limit <= 0 or source == target:
+        return None
+    before = found.manifests.get(source)
+    if before is None:
+        try:
+            before = parse_manifest(cache.get_bytes(manifest_name(source)), manifest_name(source))
+        except (CacheMissing, CacheError):
+            return None
+    had = {item.path for item in before.paths}
+    added = [info for info in closure_within(closure, target) if info.path not in had]
+    known = sum(job.stored[i.path].file_size if i.path in job.stored else found.file_sizes.get(i.path, 0)
+                for i in added)
+    if known > limit:
+        return None
+    data = delta_module.build(source, target, [functools.partial(job.delta_member, info) for info in added], limit)
+    if data is None:
+        return None
+    described = delta_module.describe(source, target, data)
+    cache.put_bytes(described.name, data, content_type=DELTA_TYPE)
+    return described
+
+
 def _publish_pointer(cache: Cache, name: str, toplevel: StorePath, key: SecretKey,
-                     listing: dict[str, Entry], clock: Callable[[], float], valid_for: int) -> PublishedPointer:
+                     listing: dict[str, Entry], clock: Callable[[], float], valid_for: int,
+                     make_delta: Callable[[StorePath, StorePath], Delta | None] = lambda *_: None
+                     ) -> PublishedPointer:
     """The pointer after the push, and whether this push published it: not when its verified, unexpired file info
     already names `toplevel` (a replayed genuine .txt could claim that, but the same writer could as well replay
     the sidecar after any publish: hosts' serials and the validity window answer that, not a publish)."""
@@ -446,8 +498,10 @@ def _publish_pointer(cache: Cache, name: str, toplevel: StorePath, key: SecretKe
     if before is not None and before.path == str(toplevel) and not pointers_module.is_expired(before.expires,
                                                                                              clock()):
         return PublishedPointer(name, str(toplevel), before.serial, False)
-    published = pointers_module.publish(cache, name, toplevel, key, clock=clock, valid_for=valid_for)
-    return PublishedPointer(name, str(toplevel), published.serial, True)
+    source = parse_store_path(before.path) if before is not None and before.verified else None
+    delta = make_delta(source, toplevel) if source is not None else None
+    published = pointers_module.publish(cache, name, toplevel, key, clock=clock, valid_for=valid_for, delta=delta)
+    return PublishedPointer(name, str(toplevel), published.serial, True, delta.size if delta else 0)
 
 
 def _manifest_paths(closure: list[PathInfo], stored: dict[StorePath, Stored], found: Presence,

@@ -416,6 +416,7 @@ END { show() }'
 fetch() {
     local status why
     event phase fetch
+    delta_fetch && return 0
     fetch_ahead && return 0
     check_space
     { realise "$target" --add-root "$rundir/gcroot" --log-format internal-json -v 2>&1 >/dev/null
@@ -554,6 +555,88 @@ ahead_realise() {  # Nix substitutes from the folder; its progress keeps the byt
     ahead_url=''
     ahead_status=$(cat "$AHEAD/nix.status")
     [ "$ahead_status" = 0 ] || { ahead_why="nix-store exit $ahead_status substituting from the fetched folder"; return 1; }
+}
+
+# --- the delta -----------------------------------------------------------------------------------------
+# A pointer that moved can name a delta object (core/cache/delta.py): what its target adds to the closure of the system it
+# named before, each path's narinfo and NAR, in one tar. A host that runs that system fetches it with one request
+# into the fetch-ahead folder, and Nix substitutes from there as after fetching ahead (signatures required, only the
+# cache's key trusted, every NAR's hash checked). The delta's fields are signed on their own, bound to the pointer's
+# name, path and serial; its sha256 is checked before tar reads it, and tar may write only a binary cache folder's
+# files. Whatever fails, the host fetches path by path (`fetch_ahead`), then as Nix does (`fetch`).
+DELTA_MEMBER_RE='^[0-9a-df-np-sv-z]\{32\}\.narinfo$\|^nar/[0-9a-z:][0-9a-z:]*\.nar\(\.[a-z0-9][a-z0-9]*\)\{0,1\}$'
+
+delta_fetch() {  # 0: the target is in the store, rooted, from the delta; 1: not (the log says why)
+    [ "$fetch_parallel" -gt 0 ] && [ -n "$pointer" ] && [ -n "${sidecar_text:-}" ] || return 1
+    has_field delta || return 1
+    delta_why='' ahead_why='' ahead_bytes=0
+    delta_take || return 1
+    rm -rf "$AHEAD"
+    if delta_download && delta_unpack && ahead_realise; then
+        rm -rf "$AHEAD"
+        return 0
+    fi
+    ahead_url=''
+    rm -rf "$AHEAD"
+    event log "the delta did not work (${delta_why:-$ahead_why}): fetching path by path"
+    return 1
+}
+
+delta_take() {  # whether this host takes the pointer's delta: its signature verifies and the host runs its source
+    d_field=$(sidecar_field delta) d_sig=$(sidecar_field delta_sshsig)
+    d_source=${d_field%% *} d_rest=${d_field#* }
+    d_sha=${d_rest%% *} d_size=${d_rest#* }
+    if ! matches "$d_source" "$STORE_PATH_RE" || ! matches "$d_sha" '^[0-9a-f]\{64\}$' \
+        || ! matches "$d_size" "$NUMBER_RE" || [ ${#d_size} -gt 15 ]; then
+        event log "the pointer's delta is not 'SOURCE SHA256 SIZE': fetching path by path"
+        return 1
+    fi
+    d_current=$(readlink -f /run/current-system 2>/dev/null || true)
+    if [ "$d_current" != "$d_source" ]; then
+        d_runs=${d_current#/nix/store/}
+        event log "the pointer's delta is from ${d_source#/nix/store/}, this host runs ${d_runs:-no system}: fetching path by path"
+        return 1
+    fi
+    case $d_sig in '' | *[!A-Za-z0-9+/=]*) event log "the pointer's delta has no SSH signature: fetching path by path"; return 1 ;; esac
+    printf -- '-----BEGIN SSH SIGNATURE-----\n%s\n-----END SSH SIGNATURE-----\n' "$d_sig" > "$rundir/delta.sig"
+    if ! printf '%s' "topdeck-delta-1;$p_name;$p_path;$p_serial;$d_source;$d_sha;$d_size" |
+        ssh-keygen -Y verify -f "$rundir/signers" -I topdeck -n topdeck-pointer -s "$rundir/delta.sig" >/dev/null 2>&1; then
+        event log "the pointer's delta: its signature does not verify with the trusted key: fetching path by path"
+        return 1
+    fi
+}
+
+delta_download() {  # the delta into $AHEAD/delta.tar: its signed size and sha256, room for it and its files first
+    case $cache in http://* | https://*) ;; *) delta_why="the cache is no HTTP URL"; return 1 ;; esac
+    mkdir -p "$AHEAD/nar" || { delta_why="cannot make $AHEAD"; return 1; }
+    free_kib=$(df -Pk /nix/store | LC_ALL=C awk 'NR == 2 { print $4 }')
+    matches "$free_kib" "$NUMBER_RE" || { delta_why="cannot tell what /nix has free"; return 1; }
+    [ $((d_size / 512 + 1)) -le "$free_kib" ] || { delta_why="/nix has too little room for the delta and its files"; return 1; }
+    d_url="$cache/deltas/$(basename "$d_source" | cut -c 1-32)-$(basename "$target" | cut -c 1-32).tar"
+    event log "fetching the delta from ${d_source#/nix/store/}: $d_size bytes, one request"
+    curl -fsS --connect-timeout 15 --speed-limit 1 --speed-time 60 --max-filesize "$d_size" -o "$AHEAD/delta.tar" \
+        "$d_url" 2>"$AHEAD/curl.err" || { delta_why="fetching it: $(ahead_error)"; return 1; }
+    [ "$(wc -c < "$AHEAD/delta.tar")" = "$d_size" ] || { delta_why="it is not the size its pointer signed"; return 1; }
+    sum=$(sha256sum "$AHEAD/delta.tar" | cut -c 1-64)
+    [ "$sum" = "$d_sha" ] || { delta_why="its sha256 is not the one its pointer signed"; return 1; }
+}
+
+delta_unpack() {  # the delta's narinfos and NARs into $AHEAD, as a binary cache folder; the paths in $AHEAD/missing
+    tar -tvf "$AHEAD/delta.tar" > "$AHEAD/delta.list" 2>"$AHEAD/tar.err" || { delta_why="not a tar file"; return 1; }
+    tar -tf "$AHEAD/delta.tar" > "$AHEAD/delta.names" 2>>"$AHEAD/tar.err" || { delta_why="not a tar file"; return 1; }
+    if grep -qv '^-' "$AHEAD/delta.list" || grep -v "$DELTA_MEMBER_RE" "$AHEAD/delta.names" | grep -q . \
+        || sort "$AHEAD/delta.names" | uniq -d | grep -q .; then
+        delta_why="it holds something else than a binary cache folder's files"
+        return 1
+    fi
+    (cd "$AHEAD" && tar -xof delta.tar) 2>>"$AHEAD/tar.err" || { delta_why="tar: $(one_line "$(tail -n 2 "$AHEAD/tar.err")")"; return 1; }
+    rm -f "$AHEAD/delta.tar" "$AHEAD/delta.list" "$AHEAD/delta.names"
+    printf 'StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 10\n' > "$AHEAD/nix-cache-info"
+    : > "$AHEAD/missing"
+    [ -n "$(find "$AHEAD" -maxdepth 1 -name '*.narinfo' | head -n 1)" ] || return 0
+    sed -n 's/^StorePath: //p' "$AHEAD"/*.narinfo > "$AHEAD/missing"
+    ahead_nars || { delta_why=$ahead_why; return 1; }
+    ahead_space || { delta_why=$ahead_why; return 1; }
 }
 
 generation_of() {  # the generation number a profile link names

@@ -88,18 +88,21 @@ def release_both(inventory) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 def assert_hosts_came_through_the_front(lab, inventory, since: int, nix_versions: set[str]) -> None:
     """Every request without B2 authorization (the hosts': the fetch ahead's and the sidecar's curl, Nix's when it
-    fetches) since `since` came from the front; they include narinfos, NARs and both pointers' sidecars, fetched by
-    each host kind (each has a curl of its own version: 7.88, 8.14, 8.23)."""
+    fetches) since `since` came from the front; they include both pointers' sidecars and the closures' files (narinfos
+    and NARs, or a delta object for a host on the pointer's previous system: docs/DEPLOY.md), fetched by each host
+    kind (each has a curl of its own version: 7.88, 8.14, 8.23)."""
     root = f"/file/{BUCKET}/{load_inventory(inventory).cache.prefix}/"
     public = [d for d in downloads(lab)[since:] if not d["authorized"]]
     assert public, "the hosts fetched nothing"
     assert {d["peer"] for d in public} == {FRONT_SOURCE}, [d for d in public if d["peer"] != FRONT_SOURCE][:3]
     paths = {d["path"] for d in public}
     assert all(path.startswith(root) for path in paths), paths
-    assert any(path.endswith(".narinfo") for path in paths) and any(path.startswith(f"{root}nar/") for path in paths)
+    files = [d for d in public if d["path"].startswith((f"{root}nar/", f"{root}deltas/"))]
+    assert files and all(d["path"].startswith(f"{root}deltas/") for d in files) or \
+        any(path.endswith(".narinfo") for path in paths), paths
     assert {f"{root}toplevels/web.json", f"{root}toplevels/db.json"} <= paths
-    nar_agents = {d["user_agent"].split()[0] for d in public if d["path"].startswith(f"{root}nar/")}
-    assert len(nar_agents) == len(nix_versions), nar_agents
+    agents = {d["user_agent"].split()[0] for d in files}
+    assert len(agents) == len(nix_versions), agents
 
 
 def test_plan_and_deploy_fetch_through_the_front_on_every_kind(lab, inventory, front, nix_versions):

@@ -35,7 +35,7 @@ def far_lab(tmp_path_factory):
 @pytest.fixture
 def inventory(far_lab, tmp_path):
     """Every host follows a pointer of its own (new names: a host refuses a pointer's older serial); the hosts fetch
-    through the cache relay."""
+    through the cache relay, path by path (pushes write no delta objects)."""
     prefix = f"ahead-{uuid.uuid4().hex[:8]}"
     roles = {host: f"{prefix}-{host}" for host in HOSTS}
     root = write_lab_inventory(far_lab, tmp_path / "hosts", prefix, roles=roles)
@@ -43,7 +43,8 @@ def inventory(far_lab, tmp_path):
         config.write('\n[deploy]\nparallel = 3\nconfirm_timeout = 30\n')
     toml = (root / "topdeck.toml").read_text()
     (root / "topdeck.toml").write_text(toml.replace(
-        "[cache]\n", f'[cache]\ndownload_url = "{far_lab.download_url}/file/{BUCKET}/{prefix}"\n', 1))
+        "[cache]\n", f'[cache]\ndownload_url = "{far_lab.download_url}/file/{BUCKET}/{prefix}"\n'
+                      "delta_max_mib = 0\n", 1))  # path by path: no delta objects (those: test_delta_lab.py)
     for host in HOSTS:
         release(root, roles[host], lambda spec: spec, via=host)
     result, _, outcomes = deploy(root)

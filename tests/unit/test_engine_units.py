@@ -760,6 +760,25 @@ def test_the_hosts_are_told_how_long_a_switch_may_wait_for_its_lock():
     assert args[args.index("--lock-wait") + 1] == 8
 
 
+def test_the_hosts_are_told_how_many_transfers_to_fetch_ahead_with_from_the_inventory(tmp_path):
+    from test_inventory import HOST, write_inventory
+
+    from topdeck.core.errors import InventoryError
+    from topdeck.core.inventory import load_inventory
+
+    config = '[cache]\nbucket = "topdeck-test"\n\n[deploy]\nfetch_parallel = 0\n'
+    assert load_inventory(write_inventory(tmp_path / "a", {"web-1": HOST}, config)).deploy.fetch_parallel == 0
+    assert load_inventory(write_inventory(tmp_path / "b", {"web-1": HOST})).deploy.fetch_parallel == 64
+    with pytest.raises(InventoryError, match=r"deploy\.fetch_parallel: 1000 must be from 0"):
+        load_inventory(write_inventory(tmp_path / "c", {"web-1": HOST}, config.replace("= 0", "= 1000")))
+    for parallel in (0, 64, 200):
+        settings = Settings(Mode.SWITCH, "http://cache", generate_keypair("k")[1], fetch_parallel=parallel)
+        runner = engine._HostRunner(settings, SSHConfig(), lambda *_: None, {}, {}, lambda _: None,  # type: ignore[arg-type,return-value]
+                                    threading.Event(), time.time)
+        args = runner._deploy_args(Host("web-1", "127.0.0.1", "web"), Target(NEW))
+        assert args[args.index("--fetch-parallel") + 1] == parallel
+
+
 def test_the_cli_shows_a_waiting_switch_on_the_hosts_row_and_in_its_log():
     from topdeck.cli.deploy import DeployBoard  # the engine's events, as the CLI draws them off a terminal
 

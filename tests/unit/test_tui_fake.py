@@ -318,6 +318,23 @@ async def test_plan_errors_are_one_line_and_a_missing_target_can_be_pushed():
         await until(pilot, lambda: app.screen is plan and plan.error == "the cache is down")
 
 
+async def test_the_plan_shows_which_hosts_take_the_delta_object():
+    from tui_fakes import WEB_NEW, WEB_OLD, toplevel
+
+    from topdeck.core.cache.delta import Delta
+
+    backend = FakeBackend()
+    backend.deltas = {"web-1": Delta(toplevel(WEB_OLD), toplevel(WEB_NEW), "a" * 64, 3 * 1024 * 1024)}
+    app = app_for(backend)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await until(pilot, lambda: not app.screen.refreshing)
+        app.push_screen(PlanScreen(["web-1", "db-1"], None))
+        await until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.fleet_plan is not None)
+        shown = text_of(app.screen, "#diff")
+        assert "web-1: " in shown and shown.count("fetched through the delta object: one request of 3.0 MiB") == 1
+        assert cells(app.screen.query_one("#hosts"), "web-1")[-1] == "1"  # one class B
+
+
 async def test_build_and_push_from_the_plan_shows_the_log_and_the_push_then_plans_again():
     backend = FakeBackend()
     app = app_for(backend)

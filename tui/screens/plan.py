@@ -16,7 +16,7 @@ from textual.widgets import Footer, Header, Static
 from topdeck.core.events import Event, Progress, PushResult
 from topdeck.core.keys import grouped
 from topdeck.core.operations import POINTER_TARGET, FleetPlan
-from topdeck.core.planreport import plan_view
+from topdeck.core.planreport import delta_line, plan_view
 from topdeck.core.vocabulary import Mode, PlanStatus
 from topdeck.tui.jobs import Job
 from topdeck.tui.present import MODES, diff_text, short_system, signed_size, size, store_name
@@ -181,6 +181,9 @@ class PlanScreen(TopdeckScreen):
                         f"{size(group.unpacked_bytes)} unpacked; {size(group.free_bytes)} free on /nix"))
             if not group.fits:
                 text.append("  DOES NOT FIT", style="bold red")
+            if delta_line(group):
+                text.append("\n")
+                text.append(shown(f"  {delta_line(group)}"), style="cyan")
             text.append("\n\n")
         for hosts, keys in grouped(self.fleet_plan.keys):
             text.append(shown(", ".join(hosts)), style="bold")
