@@ -22,7 +22,7 @@ from topdeck.core.cache.access import open_cache
 from topdeck.core.cache.interface import Cache, Entry
 from topdeck.core.cache.manifest import manifest_name
 from topdeck.core.cache.pointers import Pointer, PointerVersion
-from topdeck.core.cache.push import push
+from topdeck.core.cache.push import PushSettings, push
 from topdeck.core.deploy import Settings, mode_of, new_run_id, plan_waves
 from topdeck.core.errors import (
     CacheError,
@@ -219,8 +219,9 @@ class Fleet:
 
     # --- build, push, release -----------------------------------------------------------------------
 
-    def _delta_max_bytes(self) -> int:
-        return delta.max_bytes(self.inventory.cache.delta_max_mib)
+    def _push_settings(self, jobs: int, verify: bool) -> PushSettings:
+        return PushSettings(max(1, jobs), verify, self.inventory.deploy.pointer_valid_for,
+                            delta.max_bytes(self.inventory.cache.delta_max_mib))
 
     def build(self, host: Host, emit: Emit = ignore, cancel: threading.Event | None = None) -> StorePath:
         return release.build_hosts([host], emit=emit, cancel=cancel)[host.name]
@@ -234,9 +235,8 @@ class Fleet:
              cancel: threading.Event | None = None, jobs: int = 8, verify: bool = False) -> PushResult:
         path = toplevel if isinstance(toplevel, StorePath) else parse_store_path(toplevel)
         key = self.signing_key()
-        result = push(path, self.cache, key, pointer=pointer, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                      verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for,
-                      delta_max_bytes=self._delta_max_bytes())
+        result = push(path, self.cache, key, pointer=pointer, settings=self._push_settings(jobs, verify), emit=emit,
+                      cancel=cancel)
         return self._recorded_push(result, emit)
 
     def check_buildable(self, hosts: Sequence[Host]) -> None:
@@ -247,9 +247,8 @@ class Fleet:
                 jobs: int = 8, verify: bool = False) -> PushResult:
         """Build the hosts (one build), push what the cache lacks (one push) and publish their pointers."""
         key = self.signing_key()
-        result = release.release(hosts, lambda: self.cache, key, emit=emit, cancel=cancel, jobs=max(1, jobs),
-                                 verify=verify, pointer_valid_for=self.inventory.deploy.pointer_valid_for,
-                                 delta_max_bytes=self._delta_max_bytes())
+        result = release.release(hosts, lambda: self.cache, key, settings=self._push_settings(jobs, verify),
+                                 emit=emit, cancel=cancel)
         return self._recorded_push(result, emit)
 
     # --- plan, deploy, rollback, reboot ---------------------------------------------------------------

@@ -12,9 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from topdeck.core.cache import delta
 from topdeck.core.cache.interface import Cache
-from topdeck.core.cache.push import push_all
+from topdeck.core.cache.push import PushSettings, push_all
 from topdeck.core.errors import InventoryError, NixError
 from topdeck.core.events import Emit, LogLine, PushResult, ignore
 from topdeck.core.inventory import Build, Host
@@ -92,18 +91,17 @@ def pointer_targets(hosts: Sequence[Host], toplevels: Mapping[str, StorePath]) -
     return {pointer: next(iter(targets)) for pointer, targets in by_pointer.items()}
 
 
-def release(hosts: Sequence[Host], cache_of: Callable[[], Cache], key: SecretKey, *, emit: Emit = ignore,
-            cancel: threading.Event | None = None, jobs: int = 8, nix_path_args: Sequence[str] = (),
-            env: Mapping[str, str] | None = None, verify: bool = False, pointer_valid_for: int = 0,
-            delta_max_bytes: int = delta.max_bytes(delta.DEFAULT_MAX_MIB)) -> PushResult:
-    """Build the hosts, then push all their toplevels in one push and point each host's pointer at its toplevel
-    (`verify`, `pointer_valid_for`, `delta_max_bytes`: see push_all). A pointer conflict is refused after the
-    build, before the cache is opened."""
+def release(hosts: Sequence[Host], cache_of: Callable[[], Cache], key: SecretKey, *,
+            settings: PushSettings | None = None, nix_path_args: Sequence[str] = (),
+            env: Mapping[str, str] | None = None, emit: Emit = ignore,
+            cancel: threading.Event | None = None) -> PushResult:
+    """Build the hosts, then push all their toplevels in one push and point each host's pointer at its toplevel.
+    A pointer conflict is refused after the build, before the cache is opened."""
     toplevels = build_hosts(hosts, emit=emit, cancel=cancel, nix_path_args=nix_path_args, env=env)
     targets = pointer_targets(hosts, toplevels)
     unique = list(dict.fromkeys(toplevels[host.name] for host in hosts))
-    return push_all(unique, cache_of(), key, pointers=targets, emit=emit, cancel=cancel, jobs=jobs, verify=verify,
-                    pointer_valid_for=pointer_valid_for, delta_max_bytes=delta_max_bytes)
+    return push_all(unique, cache_of(), key, pointers=targets, settings=settings or PushSettings(), emit=emit,
+                    cancel=cancel)
 
 
 def _logger(emit: Emit, label: str) -> Callable[[str], None]:

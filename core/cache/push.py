@@ -274,34 +274,42 @@ class _Push:
         return TopdeckError(f"push failed: {first!r} ({progress})")
 
 
+@dataclass(frozen=True)
+class PushSettings:
+    """How a push runs: `jobs` NARs at once; with `verify` it takes no manifest's word: every path is checked
+    against one listing of the cache, and what is missing is uploaded (the repair for a cache whose narinfos
+    something other than topdeck deleted); pointers are published valid for `pointer_valid_for` seconds (0: no
+    end); a pointer that moves names a delta object from its previous target when that is at most
+    `delta_max_bytes` (0: no deltas)."""
+
+    jobs: int = 8
+    verify: bool = False
+    pointer_valid_for: int = 0
+    delta_max_bytes: int = delta_module.max_bytes(delta_module.DEFAULT_MAX_MIB)
+
+
 def push(toplevel: StorePath, cache: Cache, key: SecretKey, *, pointer: str | None = None,
+         settings: PushSettings = PushSettings(),
          closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
-         nar_source: NarSource | None = None, emit: Emit = ignore,
-         cancel: threading.Event | None = None, jobs: int = 8,
-         clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0,
-         delta_max_bytes: int = delta_module.max_bytes(delta_module.DEFAULT_MAX_MIB)) -> PushResult:
+         nar_source: NarSource | None = None, emit: Emit = ignore, cancel: threading.Event | None = None,
+         clock: Callable[[], float] = time.time) -> PushResult:
     """Make the cache hold `toplevel`'s closure, its manifest and (if asked) the pointer `pointer` to it.
 
     NARs come from `nar_source`; by default small ones are serialized in this process (checked against their
-    NarHash) and the others come from `nix-store --dump`. `verify`: see push_all."""
+    NarHash) and the others come from `nix-store --dump`."""
     return push_all([toplevel], cache, key, pointers={pointer: toplevel} if pointer is not None else {},
-                    closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel, jobs=jobs, clock=clock,
-                    verify=verify, pointer_valid_for=pointer_valid_for, delta_max_bytes=delta_max_bytes)
+                    settings=settings, closure_of=closure_of, nar_source=nar_source, emit=emit, cancel=cancel,
+                    clock=clock)
 
 
 def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
-             pointers: Mapping[str, StorePath] | None = None,
+             pointers: Mapping[str, StorePath] | None = None, settings: PushSettings = PushSettings(),
              closure_of: Callable[[list[StorePath]], list[PathInfo]] = localnix.closure,
-             nar_source: NarSource | None = None, emit: Emit = ignore,
-             cancel: threading.Event | None = None, jobs: int = 8,
-             clock: Callable[[], float] = time.time, verify: bool = False, pointer_valid_for: int = 0,
-             delta_max_bytes: int = delta_module.max_bytes(delta_module.DEFAULT_MAX_MIB)) -> PushResult:
-    """Push several toplevels as one: what the cache holds (core.presence), the NARs and narinfos of the union of
-    their closures, then each toplevel's manifest, and last the pointers (name -> toplevel, each one of
-    `toplevels`). `verify` takes no manifest's word: every path is checked against one listing of the cache, and
-    what is missing is uploaded (the repair for a cache whose narinfos something other than topdeck deleted).
-    Pointers are published valid for `pointer_valid_for` seconds (0: no end); a pointer that moves names a delta
-    object from its previous target when that is at most `delta_max_bytes` (0: no deltas)."""
+             nar_source: NarSource | None = None, emit: Emit = ignore, cancel: threading.Event | None = None,
+             clock: Callable[[], float] = time.time) -> PushResult:
+    """Push several toplevels as one: what the cache holds (core.cache.presence), the NARs and narinfos of the union
+    of their closures, then each toplevel's manifest, and last the pointers (name -> toplevel, each one of
+    `toplevels`)."""
     toplevels = list(dict.fromkeys(toplevels))
     wanted = dict(pointers or {})
     for name, target in wanted.items():
@@ -311,9 +319,9 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
     started = time.monotonic()
     closure = closure_of(toplevels)
     emit(Progress(phase=Step.LIST, paths_total=len(closure)))
-    found = _presence(cache, closure, toplevels, list(wanted), verify)
+    found = _presence(cache, closure, toplevels, list(wanted), settings.verify)
     listing = found.names
-    job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), jobs)
+    job = _Push(closure, cache, key, nar_source, emit, cancel or threading.Event(), settings.jobs)
     job.run(listing)
     if "nix-cache-info" not in listing:
         cache.put_bytes("nix-cache-info", CACHE_INFO, content_type="text/x-nix-cache-info")
@@ -325,9 +333,9 @@ def push_all(toplevels: Sequence[StorePath], cache: Cache, key: SecretKey, *,
             cache.put_bytes(manifest_name(toplevel), render_manifest(manifest), content_type="application/json")
 
     def make_delta(source: StorePath, target: StorePath) -> Delta | None:
-        return _write_delta(cache, job, closure, found, source, target, delta_max_bytes)
+        return _write_delta(cache, job, closure, found, source, target, settings.delta_max_bytes)
 
-    published = [_publish_pointer(cache, name, target, key, listing, clock, pointer_valid_for, make_delta)
+    published = [_publish_pointer(cache, name, target, key, listing, clock, settings.pointer_valid_for, make_delta)
                  for name, target in wanted.items()]
     skipped = [info for info in closure if info.path not in job.uploaded]
     uploaded = [info for info in closure if info.path in job.uploaded]

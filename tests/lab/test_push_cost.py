@@ -23,7 +23,7 @@ import pytest
 from topdeck.core.cache.access import open_cache
 from topdeck.core.cache.b2 import B2Cache
 from topdeck.core.cache.manifest import manifest_name, parse_manifest
-from topdeck.core.cache.push import push, push_all
+from topdeck.core.cache.push import PushSettings, push, push_all
 from topdeck.core.errors import CacheError
 from topdeck.core.inventory import CacheConfig
 from topdeck.core.nix import localnix
@@ -139,7 +139,8 @@ def test_a_noop_push_costs_one_class_c_and_one_class_b_at_1000_and_at_20000_name
         assert (result.transactions.a, result.transactions.b, result.transactions.c) == measured[size]
         # the same push told to verify lists the whole cache: the counters do see the bucket's size
         before = emulator.counters()
-        push(systems[0], cache(emulator, prefix, info), signing_key, pointer="web", verify=True)
+        push(systems[0], cache(emulator, prefix, info), signing_key, pointer="web",
+             settings=PushSettings(verify=True))
         listed[size] = costs(emulator, before)[2]
     print(f"\nno-op push (A, B, C): {measured}; with verify, class C: {listed}")
     assert measured[SMALL] == measured[BIG] == (0, 1, 1)
@@ -243,8 +244,8 @@ def _file_id(bucket, name: str) -> str:  # type: ignore[no-untyped-def]
 def test_a_narinfo_deleted_under_a_manifest_is_trusted_away_and_verify_puts_it_back(emulator, systems, signing_key,
                                                                                      tmp_path):
     """A cache broken by something other than topdeck (a narinfo deleted by hand, its manifest left): a push takes
-    the manifest's word and does not see the hole; `verify=True` lists the cache, finds it and fills it (the NAR is
-    there: only the narinfo goes up again)."""
+    the manifest's word and does not see the hole; `PushSettings(verify=True)` lists the cache, finds it and fills it
+    (the NAR is there: only the narinfo goes up again)."""
     prefix, info = seeded(emulator, systems, signing_key, tmp_path, SMALL, "broken")
     closure = localnix.closure([systems[0]])
     victim = next(i for i in closure if not i.references)
@@ -257,7 +258,8 @@ def test_a_narinfo_deleted_under_a_manifest_is_trusted_away_and_verify_puts_it_b
     assert trusted.paths_uploaded == 0 and calls(emulator, before, "b2_upload_file") == 0
 
     before = emulator.counters()
-    repaired = push(systems[0], cache(emulator, prefix, info), signing_key, pointer="web", verify=True)
+    repaired = push(systems[0], cache(emulator, prefix, info), signing_key, pointer="web",
+                    settings=PushSettings(verify=True))
     assert repaired.paths_uploaded == 0  # the NAR was still there
     assert calls(emulator, before, "b2_upload_file") == 1
     listing = cache(emulator, prefix, info).listing()

@@ -19,7 +19,7 @@ from labtools import public_file, ssh_run, substitute
 from topdeck.core.cache import pointers
 from topdeck.core.cache.b2 import B2Cache
 from topdeck.core.cache.manifest import manifest_name, parse_manifest
-from topdeck.core.cache.push import push
+from topdeck.core.cache.push import PushSettings, push
 from topdeck.core.errors import CacheError, Cancelled, NixError, PointerError, StorePathError
 from topdeck.core.nix import localnix
 from topdeck.core.nix.narinfo import parse_narinfo
@@ -152,12 +152,13 @@ PUSH_SCRIPT = """
 import sys
 from pathlib import Path
 from topdeck.core.cache.b2 import B2Cache
-from topdeck.core.cache.push import push
+from topdeck.core.cache.push import PushSettings, push
 from topdeck.core.nix.signing import load_secret_key
 from topdeck.core.nix.store import parse_store_path
 url, prefix, key_id, secret_key, toplevel = sys.argv[1:]
 cache = B2Cache("topdeck-lab", prefix, url, key_id, sys.stdin.readline().strip())
-push(parse_store_path(toplevel), cache, load_secret_key(Path(secret_key)), pointer="web", jobs=2)
+push(parse_store_path(toplevel), cache, load_secret_key(Path(secret_key)), pointer="web",
+     settings=PushSettings(jobs=2))
 """
 
 
@@ -207,7 +208,8 @@ def test_cancel_stops_cleanly_and_what_finished_stays_valid(lab, prefix, tmp_pat
             cancel.set()
 
     with pytest.raises(Cancelled, match="a re-run uploads only the rest"):
-        push(toplevel, open_cache(lab, prefix), key(lab), pointer="web", emit=emit, cancel=cancel, jobs=2)
+        push(toplevel, open_cache(lab, prefix), key(lab), pointer="web", emit=emit, cancel=cancel,
+             settings=PushSettings(jobs=2))
     narinfos, pointer = listing_invariants(lab, prefix)
     assert narinfos >= 5 and not pointer
 

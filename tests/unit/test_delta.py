@@ -22,7 +22,7 @@ from topdeck.core.cache import delta, pointers
 from topdeck.core.cache.folder import DirCache
 from topdeck.core.cache.manifest import Manifest, ManifestPath
 from topdeck.core.cache.presence import nar_name, narinfo_name
-from topdeck.core.cache.push import push
+from topdeck.core.cache.push import PushSettings, push
 from topdeck.core.errors import CacheError, InventoryError
 from topdeck.core.gc import plan_gc
 from topdeck.core.inventory import load_inventory
@@ -45,7 +45,7 @@ def cache(tmp_path: Path) -> DirCache:
 
 def _push(cache: DirCache, top: StorePath, delta_max_bytes: int = delta.max_bytes(delta.DEFAULT_MAX_MIB)) -> int:
     result = push(top, cache, SECRET, pointer="web", closure_of=closure_of, nar_source=nar_source,
-                  delta_max_bytes=delta_max_bytes)
+                  settings=PushSettings(delta_max_bytes=delta_max_bytes))
     return result.pointers[0].delta_bytes
 
 

@@ -773,8 +773,8 @@ def test_the_hosts_are_told_how_many_transfers_to_fetch_ahead_with_from_the_inve
         load_inventory(write_inventory(tmp_path / "c", {"web-1": HOST}, config.replace("= 0", "= 1000")))
     for parallel in (0, 64, 200):
         settings = Settings(Mode.SWITCH, "http://cache", generate_keypair("k")[1], fetch_parallel=parallel)
-        runner = engine._HostRunner(settings, SSHConfig(), lambda *_: None, {}, {}, lambda _: None,  # type: ignore[arg-type,return-value]
-                                    threading.Event(), time.time)
+        runner = engine._HostRunner(settings, SSHConfig(), engine.HostRules(), lambda *_: None,  # type: ignore[arg-type,return-value]
+                                    lambda _: None, threading.Event(), time.time)
         args = runner._deploy_args(Host("web-1", "127.0.0.1", "web"), Target(NEW))
         assert args[args.index("--fetch-parallel") + 1] == parallel
 

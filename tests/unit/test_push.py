@@ -17,7 +17,7 @@ from topdeck.core.cache import pointers
 from topdeck.core.cache.folder import DirCache
 from topdeck.core.cache.manifest import manifest_name, parse_manifest
 from topdeck.core.cache.presence import nar_name, narinfo_name
-from topdeck.core.cache.push import closure_within, push, push_all
+from topdeck.core.cache.push import PushSettings, closure_within, push, push_all
 from topdeck.core.errors import TopdeckError
 from topdeck.core.nix.localnix import PathInfo
 from topdeck.core.nix.narinfo import parse_narinfo
@@ -103,7 +103,8 @@ def test_two_paths_with_the_same_contents_store_their_nar_once(tmp_path: Path) -
             super().put_bytes(name, data, **kwargs)
 
     cache = Counting(tmp_path / "cache", "file:///cache")
-    result = push(top.path, cache, SECRET, closure_of=closure_of, nar_source=nar_source, jobs=8)
+    result = push(top.path, cache, SECRET, closure_of=closure_of, nar_source=nar_source,
+                  settings=PushSettings(jobs=8))
     assert nar_name(twin_a) == nar_name(twin_b) and puts.count(nar_name(twin_a)) == 1
     assert (result.paths_uploaded, result.paths_skipped) == (3, 0)  # both twins are new in the cache
     assert result.nar_bytes_uploaded == twin_a.nar_size + top.nar_size  # their NAR went once
