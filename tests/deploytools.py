@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import write_lab_inventory
 
 from topdeck.lab import factory
-from topdeck.lab.lab import Lab
+from topdeck.lab.lab import BUCKET, Lab
 from topdeck.lab.nixenv import lab_env
 
 # A lab of every kind of host: host-1 native (this machine's Nix, no init), host-2 Debian 13 (Nix 2.26) and
@@ -45,6 +45,25 @@ def deploy_inventory(lab: Lab, root: Path, confirm_timeout: int, lock_wait: int 
     release(root, "web", lambda spec: spec)
     release(root, "db", lambda spec: spec)
     return root
+
+
+def far_inventory(lab: Lab, root: Path, word: str, hosts: tuple[str, ...],
+                  cache_settings: str = "") -> tuple[Path, str, dict[str, str]]:
+    """Every host follows a pointer of its own (new names: a host refuses a pointer's older serial) and runs its first
+    version; the hosts fetch through the lab's download URL (the WAN lab's cache relay, when it has one)."""
+    prefix = f"{word}-{uuid.uuid4().hex[:8]}"
+    roles = {host: f"{prefix}-{host}" for host in hosts}
+    root = write_lab_inventory(lab, root, prefix, roles=roles)
+    with (root / "topdeck.toml").open("a") as config:
+        config.write("\n[deploy]\nparallel = 3\nconfirm_timeout = 30\n")
+    toml = (root / "topdeck.toml").read_text()
+    (root / "topdeck.toml").write_text(toml.replace(
+        "[cache]\n", f'[cache]\ndownload_url = "{lab.download_url}/file/{BUCKET}/{prefix}"\n{cache_settings}', 1))
+    for host in hosts:
+        release(root, roles[host], lambda spec: spec, via=host)
+    result, _, outcomes = deploy(root)
+    assert all(o["outcome"] == "done" for o in outcomes.values()), result.stdout[-3000:]
+    return root, prefix, roles
 
 
 def topdeck(inventory, *args, timeout=300):

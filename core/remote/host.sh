@@ -266,7 +266,8 @@ check_number() {  # NAME VALUE
 utc() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || printf '%s' "$1"; }
 
 verify_pointer() {
-    local sidecar_text sidecar_pairs twice p_name p_path p_time p_sig p_expires signed last
+    # sidecar_text, sidecar_pairs, p_name, p_path and p_serial stay global: the pointer's delta (delta_take) reads them
+    local twice p_time p_sig p_expires signed last
     event phase verify "pointer $pointer"
     command -v curl >/dev/null 2>&1 || fail "curl is missing on this host (needed to read the pointer)"
     command -v ssh-keygen >/dev/null 2>&1 || fail "ssh-keygen is missing on this host (needed to verify the pointer)"

@@ -9,12 +9,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import uuid
 
 import pytest
 import zstandard
-from conftest import write_lab_inventory
-from deploytools import MIXED_KINDS, deploy, release, state, three_host_lab, topdeck
+from deploytools import MIXED_KINDS, deploy, far_inventory, release, state, three_host_lab, topdeck
 
 from topdeck.core.cache import delta as delta_module
 from topdeck.core.cache import pointers
@@ -45,19 +43,7 @@ def far_lab(tmp_path_factory):
 @pytest.fixture
 def inventory(far_lab, tmp_path):
     """Every host follows a pointer of its own and runs its first version; the hosts fetch through the cache relay."""
-    prefix = f"delta-{uuid.uuid4().hex[:8]}"
-    roles = {host: f"{prefix}-{host}" for host in HOSTS}
-    root = write_lab_inventory(far_lab, tmp_path / "hosts", prefix, roles=roles)
-    with (root / "topdeck.toml").open("a") as config:
-        config.write('\n[deploy]\nparallel = 3\nconfirm_timeout = 30\n')
-    toml = (root / "topdeck.toml").read_text()
-    (root / "topdeck.toml").write_text(toml.replace(
-        "[cache]\n", f'[cache]\ndownload_url = "{far_lab.download_url}/file/{BUCKET}/{prefix}"\n', 1))
-    for host in HOSTS:
-        release(root, roles[host], lambda spec: spec, via=host)
-    result, _, outcomes = deploy(root)
-    assert all(o["outcome"] == "done" for o in outcomes.values()), result.stdout[-3000:]
-    return root, prefix, roles
+    return far_inventory(far_lab, tmp_path / "hosts", "delta", HOSTS)
 
 
 def _next_version(root, role: str, host: str) -> str:

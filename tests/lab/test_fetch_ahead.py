@@ -6,12 +6,10 @@ falls back to Nix fetching from the cache itself and the deploy still succeeds."
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 import zstandard
-from conftest import write_lab_inventory
-from deploytools import MIXED_KINDS, deploy, release, state, three_host_lab
+from deploytools import MIXED_KINDS, deploy, far_inventory, release, state, three_host_lab
 
 from topdeck.core.cache.b2 import B2Cache
 from topdeck.core.nix.narinfo import parse_narinfo
@@ -34,21 +32,8 @@ def far_lab(tmp_path_factory):
 
 @pytest.fixture
 def inventory(far_lab, tmp_path):
-    """Every host follows a pointer of its own (new names: a host refuses a pointer's older serial); the hosts fetch
-    through the cache relay, path by path (pushes write no delta objects)."""
-    prefix = f"ahead-{uuid.uuid4().hex[:8]}"
-    roles = {host: f"{prefix}-{host}" for host in HOSTS}
-    root = write_lab_inventory(far_lab, tmp_path / "hosts", prefix, roles=roles)
-    with (root / "topdeck.toml").open("a") as config:
-        config.write('\n[deploy]\nparallel = 3\nconfirm_timeout = 30\n')
-    toml = (root / "topdeck.toml").read_text()
-    (root / "topdeck.toml").write_text(toml.replace(
-        "[cache]\n", f'[cache]\ndownload_url = "{far_lab.download_url}/file/{BUCKET}/{prefix}"\n'
-                      "delta_max_mib = 0\n", 1))  # path by path: no delta objects (those: test_delta_lab.py)
-    for host in HOSTS:
-        release(root, roles[host], lambda spec: spec, via=host)
-    result, _, outcomes = deploy(root)
-    assert all(o["outcome"] == "done" for o in outcomes.values()), result.stdout[-3000:]
+    """Each host on a pointer of its own, path by path (pushes write no delta objects: those are test_delta_lab.py)."""
+    root, prefix, _ = far_inventory(far_lab, tmp_path / "hosts", "ahead", HOSTS, "delta_max_mib = 0\n")
     return root, prefix
 
 

@@ -30,7 +30,9 @@ def test_push_host_then_pointers_history_and_rollback(lab, lab_inventory):
 
     again = topdeck(lab_inventory, "push", db_path, "--pointer", "web")
     assert "pointer web: published (serial 2)" in again.stdout
-    assert "0 of" in again.stdout and "class B 1" in again.stdout  # its manifest answers for the whole closure
+    # its manifest answers for the whole closure (class B 1); the pointer moves from web's system, whose manifest
+    # the delta object from it reads (class B 2)
+    assert "0 of" in again.stdout and "class B 2" in again.stdout and "a delta object of" in again.stdout
 
     listed = json.loads(topdeck(lab_inventory, "pointers", "--json").stdout)
     assert {name: (v["serial"], v["path"]) for name, v in listed.items()} == {"db": (1, db_path), "web": (2, db_path)}
